@@ -1,0 +1,1 @@
+"""Gradio demos built on embedhub (installed as ``embedhub.demos``)."""

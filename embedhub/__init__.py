@@ -1,0 +1,42 @@
+"""embedhub: load text and image embedding models by name and encode with them.
+
+>>> import embedhub
+>>> model = embedhub.load("all-MiniLM-L6-v2")       # doctest: +SKIP
+>>> model.encode(["A man is playing a guitar."]).shape  # doctest: +SKIP
+(1, 384)
+"""
+
+from __future__ import annotations
+
+from ._errors import (
+    EmbedhubError,
+    InputError,
+    InputTypeError,
+    MissingDependencyError,
+    ModalityError,
+    ModelNotCachedError,
+    ModelNotFoundError,
+    UnknownFormatError,
+    WeightsError,
+)
+from ._load import load
+from ._model import EmbeddingModel
+from ._registry import list_models, register_model
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "EmbedhubError",
+    "EmbeddingModel",
+    "InputError",
+    "InputTypeError",
+    "MissingDependencyError",
+    "ModalityError",
+    "ModelNotCachedError",
+    "ModelNotFoundError",
+    "UnknownFormatError",
+    "WeightsError",
+    "list_models",
+    "load",
+    "register_model",
+]

@@ -1,0 +1,82 @@
+"""``embedhub.load``: name -> folder -> format -> model."""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+import torch
+
+from ._formats import detect
+from ._hub import download, resolve
+from ._model import EmbeddingModel
+
+Backend = Literal["torch"]
+_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
+           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _device(device: str | torch.device) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return dev
+
+
+def _dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise ValueError(f"dtype {dtype} not supported; use float32, float16 or bfloat16")
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype {dtype!r} not supported; use one of {sorted(_DTYPES)}")
+    return _DTYPES[dtype]
+
+
+def load(
+    name: str | os.PathLike,
+    *,
+    revision: str | None = None,
+    backend: Backend = "torch",
+    device: str | torch.device = "auto",
+    dtype: str | torch.dtype | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    local_files_only: bool = False,
+    token: str | bool | None = None,
+    trust_remote_code: bool = False,
+) -> EmbeddingModel:
+    """Load an embedding model by Hub repo id (``org/name[@revision]``), local folder or alias.
+
+    The format (embedhub, sentence-transformers, open_clip, transformers CLIP) is detected from
+    the files; weights load from safetensors only, strictly.
+
+    >>> model = embedhub.load("all-MiniLM-L6-v2")          # doctest: +SKIP
+    >>> model = embedhub.load("openai/clip-vit-base-patch32@main", device="cuda")  # doctest: +SKIP
+    """
+    if backend != "torch":
+        raise ValueError(f"backend {backend!r} is not available; supported: 'torch'")
+    dev, dt = _device(device), _dtype(dtype)
+    src = resolve(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+    fmt = detect(src.folder)
+    folder = src.folder
+    if src.repo_id is not None:
+        folder = download(src.repo_id, fmt.ALLOW_PATTERNS, revision=src.revision, cache_dir=cache_dir,
+                          local_files_only=local_files_only, token=token)
+    parts = fmt.load(folder, trust_remote_code=trust_remote_code)
+    return EmbeddingModel(
+        parts["towers"],
+        parts["preprocessors"],
+        embed_dim=parts["embed_dim"],
+        name=str(name),
+        format=fmt.NAME,
+        folder=folder,
+        logit_scale=parts.get("logit_scale"),
+        templates=parts.get("templates"),
+        device=dev,
+        dtype=dt,
+        spec=parts.get("spec"),
+    )

@@ -1,0 +1,1 @@
+"""ONNX export built on embedhub (installed as ``embedhub.export``)."""

@@ -1,0 +1,1 @@
+"""Training recipes built on embedhub (installed as ``embedhub.training``); see the issues for the recipes."""
