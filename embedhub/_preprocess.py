@@ -72,14 +72,13 @@ class HFTextPreprocessor:
 class OpenCLIPTextPreprocessor:
     """open_clip's own tokenizer (from ``open_clip_config.json``), unpadded for length sorting.
 
-    Batches are padded with 0 to the longest sequence when the text tower is causal with
-    end-of-text pooling (then padding cannot change the result), else to the context length.
+    Batches are padded with 0 to the context length: open_clip's text towers add their full
+    positional embedding, so they take only that width.
     """
 
-    def __init__(self, tokenizer: Any, *, max_length: int, pad_to_context: bool):
+    def __init__(self, tokenizer: Any, *, max_length: int):
         self._tok = tokenizer
         self.max_length = max_length
-        self.pad_to_context = pad_to_context
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         ids = np.asarray(self._tok(texts)).astype(np.int64)
@@ -90,16 +89,15 @@ class OpenCLIPTextPreprocessor:
         return [row[:n].tolist() for row, n in zip(ids, lengths)]
 
     def collate(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
-        width = self.max_length if self.pad_to_context else max((len(x) for x in ids), default=1)
-        input_ids = np.zeros((len(ids), width), dtype=np.int64)
-        mask = np.zeros((len(ids), width), dtype=np.int64)
+        input_ids = np.zeros((len(ids), self.max_length), dtype=np.int64)
+        mask = np.zeros((len(ids), self.max_length), dtype=np.int64)
         for row, x in enumerate(ids):
             input_ids[row, : len(x)] = x
             mask[row, : len(x)] = 1
         return {"input_ids": input_ids, "attention_mask": mask}
 
     def config(self) -> dict[str, Any]:
-        return {"kind": "open_clip", "max_length": self.max_length, "pad_to_context": self.pad_to_context}
+        return {"kind": "open_clip", "max_length": self.max_length}
 
 
 @dataclass

@@ -24,10 +24,16 @@ def matches(folder: Path) -> bool:
 
 
 def image_config(folder: Path) -> ImageConfig:
-    path = folder / "preprocessor_config.json"
-    if not path.is_file():
-        raise UnknownFormatError(f"{folder} has a CLIPModel but no preprocessor_config.json (save the CLIPProcessor)")
-    p = read_json(path)
+    path = folder / "preprocessor_config.json"  # transformers 4.x and most Hub repos
+    if path.is_file():
+        p = read_json(path)
+    elif (folder / "processor_config.json").is_file():  # transformers 5 nests it in the processor's config
+        path = folder / "processor_config.json"
+        p = read_json(path).get("image_processor", {})
+    else:
+        raise UnknownFormatError(
+            f"{folder} has a CLIPModel but no preprocessor_config.json or processor_config.json (save the CLIPProcessor)"
+        )
     size = p.get("size", 224)
     crop = p.get("crop_size", size)
     if isinstance(size, dict):

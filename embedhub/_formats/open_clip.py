@@ -75,10 +75,7 @@ def load(folder: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
     tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
     text_cfg = model_cfg["text_cfg"]
     context = int(text_cfg.get("context_length", 77))
-    causal_eot = (not text_cfg.get("hf_model_name") and text_cfg.get("pool_type", "argmax") in ("argmax", "eot")
-                  and not text_cfg.get("no_causal_mask", False)
-                  and type(tokenizer).__name__ == "SimpleTokenizer")
-    text = OpenCLIPTextPreprocessor(tokenizer, max_length=context, pad_to_context=not causal_eot)
+    text = OpenCLIPTextPreprocessor(tokenizer, max_length=context)
     image = ImagePreprocessor(image_config(model_cfg, cfg.get("preprocess_cfg", {})))
     logit_scale = float(model.logit_scale.exp().item()) if getattr(model, "logit_scale", None) is not None else None
     return {

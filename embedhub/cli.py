@@ -1,0 +1,455 @@
+"""The ``embedhub`` command line: ``encode`` files to embeddings, ``search`` a corpus, list ``models``.
+
+Examples::
+
+    embedhub encode --model all-MiniLM-L6-v2 --input sentences.txt --output emb.npy
+    embedhub search --model all-MiniLM-L6-v2 --corpus sts-test.csv --column 5 --query "A man is playing a guitar."
+    embedhub models
+
+Exit codes: 0 success, 1 the model or the library failed (message on stderr), 2 bad usage or bad input.
+Heavy imports (torch, numpy, pyarrow) happen inside the commands.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from ._model import EmbeddingModel
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+TEXT_EXTENSIONS = (".txt", ".jsonl", ".tsv", ".csv")
+OUTPUT_EXTENSIONS = (".npy", ".parquet")
+
+
+class UsageError(Exception):
+    """Bad arguments or bad input data: reported on stderr, exit code 2."""
+
+
+@dataclass
+class Corpus:
+    """Inputs read from a file or folder, with what to print for each and where each came from."""
+
+    source: Path
+    items: list[str | Path] = field(default_factory=list)
+    #: the text, or the image path as str (the parquet ``input`` column, search hits)
+    labels: list[str] = field(default_factory=list)
+    #: where each item came from, for error messages: "line 7 of data.jsonl", "img/b.png"
+    origins: list[str] = field(default_factory=list)
+
+    def add(self, item: str | Path, origin: str) -> None:
+        self.items.append(item)
+        self.labels.append(str(item))
+        self.origins.append(origin)
+
+    @property
+    def is_text(self) -> bool:
+        return all(isinstance(x, str) for x in self.items)
+
+
+# ---------------------------------------------------------------------------------------------- readers
+def _read_txt(path: Path) -> Corpus:
+    corpus = Corpus(path)
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(_lines(fh, path), start=1):
+            text = line[:-1] if line.endswith("\n") else line
+            if text.strip():
+                corpus.add(text, f"line {lineno} of {path}")
+    return corpus
+
+
+def _read_jsonl(path: Path, field_name: str) -> Corpus:
+    corpus = Corpus(path)
+    as_image = field_name == "image"
+    with _open_text(path) as fh:
+        for lineno, line in enumerate(_lines(fh, path), start=1):
+            if not line.strip():
+                continue
+            where = f"{path} line {lineno}"
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise UsageError(f"{where}: invalid JSON: {exc}") from None
+            if not isinstance(obj, dict):
+                raise UsageError(f"{where}: expected a JSON object, got {type(obj).__name__}")
+            if field_name not in obj:
+                keys = ", ".join(sorted(map(str, obj))) or "none"
+                raise UsageError(f"{where}: missing field {field_name!r} (keys: {keys}); choose one with --field")
+            value = obj[field_name]
+            if not isinstance(value, str) or not value.strip():
+                raise UsageError(f"{where}: field {field_name!r} must be a non-empty string, got {value!r:.80}")
+            if as_image:
+                image = path.parent / value
+                if not image.is_file():
+                    raise UsageError(f"{where}: image file {image} not found")
+                corpus.add(image, f"{image} ({where})")
+            else:
+                corpus.add(value, f"line {lineno} of {path}")
+    return corpus
+
+
+def _read_table(path: Path, column: int) -> Corpus:
+    """``.tsv`` is tab separated; ``.csv`` too if its first line holds a tab (as STS benchmark files do)."""
+    with _open_text(path, newline="") as fh:
+        first = fh.readline()
+        fh.seek(0)
+        tab = path.suffix.lower() == ".tsv" or "\t" in first
+        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE) if tab else csv.reader(fh)
+        corpus = Corpus(path)
+        try:
+            for row in reader:
+                if not row or (len(row) == 1 and not row[0].strip()):
+                    continue
+                where = f"{path} line {reader.line_num}"
+                if column >= len(row):
+                    raise UsageError(f"{where}: has {len(row)} column(s), --column {column} is out of range "
+                                     f"(columns count from 0)")
+                value = row[column]
+                if not value.strip():
+                    raise UsageError(f"{where}: column {column} is empty")
+                corpus.add(value, f"line {reader.line_num} of {path}")
+        except csv.Error as exc:
+            raise UsageError(f"{path} line {reader.line_num}: {exc}") from None
+    return corpus
+
+
+def _read_folder(path: Path) -> Corpus:
+    corpus = Corpus(path)
+    for file in sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
+        corpus.add(file, str(file))
+    if not corpus.items:
+        raise UsageError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return corpus
+
+
+def _open_text(path: Path, newline: str | None = None):
+    try:
+        return open(path, encoding="utf-8-sig", newline=newline)
+    except OSError as exc:
+        raise UsageError(f"cannot read {path}: {exc.strerror}") from None
+
+
+def _lines(fh: Any, path: Path):
+    """The file's lines; a decoding error names the file instead of raising a traceback."""
+    try:
+        yield from fh
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+
+
+def read_inputs(path: str | os.PathLike, *, field_name: str = "text", column: int = 0) -> Corpus:
+    """Read inputs from a ``.txt``/``.jsonl``/``.tsv``/``.csv`` file or a folder of images.
+
+    Raises :class:`UsageError` (exit 2) naming the file and line for unreadable or empty input.
+    """
+    p = Path(path)
+    if p.is_dir():
+        corpus = _read_folder(p)
+    elif not p.exists():
+        raise UsageError(f"input {p} not found")
+    else:
+        ext = p.suffix.lower()
+        try:
+            if ext == ".txt":
+                corpus = _read_txt(p)
+            elif ext == ".jsonl":
+                corpus = _read_jsonl(p, field_name)
+            elif ext in (".tsv", ".csv"):
+                corpus = _read_table(p, column)
+            else:
+                raise UsageError(f"{p}: unknown input extension {ext or '(none)'!r}; expected one of "
+                                 f"{', '.join(TEXT_EXTENSIONS)} or a folder of images")
+        except UnicodeDecodeError as exc:
+            raise UsageError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
+    if not corpus.items:
+        raise UsageError(f"{p}: no inputs (the file is empty or holds only blank lines)")
+    return corpus
+
+
+# ---------------------------------------------------------------------------------------------- writers
+def _atomic_write(out: Path, write: Any) -> None:
+    """Call ``write(tmp_path)`` on a temp file next to ``out``, then move it into place."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_npy(out: Path, emb: np.ndarray) -> None:
+    import numpy as np
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, emb, allow_pickle=False)
+
+    _atomic_write(out, write)
+
+
+def write_parquet(out: Path, emb: np.ndarray, labels: list[str]) -> None:
+    """Columns ``id`` (int64), ``input`` (str) and ``embedding`` (``fixed_size_list<float32>[D]``)."""
+    import numpy as np
+
+    from ._errors import require
+
+    pa = require("pyarrow", "parquet", "writing .parquet output")
+    import pyarrow.parquet as pq
+
+    n, dim = emb.shape
+    flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1), type=pa.float32())
+    table = pa.table({
+        "id": pa.array(np.arange(n, dtype=np.int64)),
+        "input": pa.array(labels, type=pa.string()),
+        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+    })
+    _atomic_write(out, lambda tmp: pq.write_table(table, tmp))
+
+
+# ---------------------------------------------------------------------------------------------- commands
+def _load_model(args: argparse.Namespace) -> EmbeddingModel:
+    from ._load import load
+
+    start = time.perf_counter()
+    model = load(args.model, revision=args.revision, device=args.device)
+    print(f"embedhub: loaded {args.model} ({model.format}, {'+'.join(model.modalities)}, {model.embed_dim} dims) "
+          f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    return model
+
+
+def _encode(model: EmbeddingModel, corpus: Corpus, *, batch_size: int, normalize: bool = True) -> np.ndarray:
+    """Encode with a progress bar; ``inputs[i]`` in library errors is rewritten to say where item i came from."""
+    from ._errors import EmbedhubError
+
+    try:
+        return model.encode(corpus.items, batch_size=batch_size, normalize=normalize, show_progress_bar=True)
+    except EmbedhubError as exc:
+        message = str(exc)
+        match = re.search(r"inputs\[(\d+)\]:?\s*", message)
+        if match and int(match.group(1)) < len(corpus.origins):
+            i = int(match.group(1))
+            rest = message[match.end():] if match.start() == 0 else message
+            where = "" if corpus.origins[i] in rest else f" ({corpus.origins[i]})"
+            raise type(exc)(f"item {i}{where}: {rest}") from exc
+        raise
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    """``embedhub encode``: inputs -> ``.npy`` or ``.parquet``."""
+    out = Path(args.output)
+    ext = out.suffix.lower()
+    if ext not in OUTPUT_EXTENSIONS:
+        raise UsageError(f"{out}: unknown output extension {ext or '(none)'!r}; expected .npy or .parquet")
+    if out.is_dir():
+        raise UsageError(f"{out} is a folder; --output must be a file path")
+    if ext == ".parquet":
+        from ._errors import require
+
+        require("pyarrow", "parquet", "writing .parquet output")
+    corpus = read_inputs(args.input, field_name=args.field, column=args.column)
+    model = _load_model(args)
+    start = time.perf_counter()
+    emb = _encode(model, corpus, batch_size=args.batch_size, normalize=not args.no_normalize)
+    seconds = time.perf_counter() - start
+    if ext == ".npy":
+        write_npy(out, emb)
+    else:
+        write_parquet(out, emb, corpus.labels)
+    kind = "texts" if corpus.is_text else "items"
+    print(f"embedhub: encoded {emb.shape[0]} {kind} into {emb.shape[1]} dims in {seconds:.2f} s "
+          f"({emb.shape[0] / max(seconds, 1e-9):.1f}/s) -> {out}", file=sys.stderr)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """``embedhub search``: print the ``--top-k`` corpus texts most similar to each ``--query``."""
+    import numpy as np
+
+    corpus = read_inputs(args.corpus, field_name=args.field, column=args.column)
+    if not corpus.is_text:
+        raise UsageError(f"{args.corpus}: search needs a text corpus (.txt, .jsonl, .tsv, .csv), not images")
+    if any(not q.strip() for q in args.query):
+        raise UsageError("--query must not be empty")
+    pre = None
+    if args.embeddings:
+        path = Path(args.embeddings)
+        if path.suffix.lower() != ".npy":
+            raise UsageError(f"--embeddings {path}: expected a .npy file written by `embedhub encode`")
+        try:
+            pre = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"--embeddings {path}: cannot read: {exc}") from None
+        if pre.ndim != 2 or not np.issubdtype(pre.dtype, np.floating):
+            raise UsageError(f"--embeddings {path}: expected a 2-d float array, got {pre.dtype} {pre.shape}")
+        if pre.shape[0] != len(corpus.items):
+            raise UsageError(f"--embeddings {path} has {pre.shape[0]} rows but the corpus {args.corpus} has "
+                             f"{len(corpus.items)} items; re-run `embedhub encode` with the same corpus options")
+    model = _load_model(args)
+    if pre is not None and pre.shape[1] != model.embed_dim:
+        raise UsageError(f"--embeddings {args.embeddings} has {pre.shape[1]} dims but {args.model} embeds "
+                         f"{model.embed_dim}; were they made with another model?")
+    start = time.perf_counter()
+    docs = pre if pre is not None else _encode(model, corpus, batch_size=args.batch_size)
+    queries = model.encode(list(args.query), batch_size=args.batch_size, show_progress_bar=False)
+    scores = model.similarity(queries, docs)
+    k = min(args.top_k, len(corpus.items))
+    for qi, query in enumerate(args.query):
+        if qi:
+            print()
+        print(f"query: {query}")
+        for j in np.argsort(-scores[qi], kind="stable")[:k]:
+            print(f"  {scores[qi, j]:.4f}  {corpus.labels[j]}")
+    print(f"embedhub: searched {len(corpus.items)} texts for {len(args.query)} queries in "
+          f"{time.perf_counter() - start:.2f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``embedhub models``: the registered aliases, one a line."""
+    from ._registry import list_models
+
+    for alias in list_models():
+        print(alias)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _column(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more (columns count from 0)")
+    return value
+
+
+_INPUT_HELP = (
+    "inputs: a .txt file (one text per line; empty lines are skipped), a .jsonl file (one JSON object per line; "
+    "the --field value is embedded, and --field image means the values are image paths relative to the "
+    "file's folder), a .tsv/.csv file (no header; --column N, 0-based; a .csv whose first line holds a tab "
+    "is read as tab separated) or a folder of images (jpg, jpeg, png, bmp, gif, webp, tif, tiff; sorted by name)"
+)
+
+
+_CORPUS_HELP = (
+    "corpus: a .txt file (one text per line; empty lines are skipped), a .jsonl file (the --field value of each "
+    "JSON object) or a .tsv/.csv file (no header; --column N, 0-based; a .csv whose first line holds a tab is "
+    "read as tab separated)"
+)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="alias (see `embedhub models`), Hub repo id or local folder")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ... (default: auto)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per batch (default: 32)")
+
+
+def _add_reader_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--field", default="text", help="JSON field to embed in .jsonl input (default: text)")
+    p.add_argument("--column", type=_column, default=0, help="0-based column of .tsv/.csv input (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``embedhub`` argument parser."""
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="embedhub",
+        description="Embed text and images with embedhub models.",
+        epilog="Exit codes: 0 ok, 1 model/library error, 2 bad arguments or bad input.",
+    )
+    parser.add_argument("--version", action="version", version=f"embedhub {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    enc = sub.add_parser("encode", help="embed a file or folder of inputs into .npy or .parquet",
+                         description="Embed inputs and write them as .npy (float32 N x D) or .parquet "
+                                     "(id, input, embedding).", epilog=_INPUT_HELP)
+    _add_model_args(enc)
+    enc.add_argument("--input", required=True, help="input file or folder (see below)")
+    enc.add_argument("--output", required=True, help="output .npy or .parquet file (written atomically)")
+    _add_reader_args(enc)
+    enc.add_argument("--no-normalize", action="store_true", help="keep raw embeddings (default: L2-normalised)")
+    enc.set_defaults(func=cmd_encode)
+
+    sea = sub.add_parser("search", help="find the corpus texts most similar to queries",
+                         description="Embed a text corpus (or load its --embeddings) and print the --top-k most "
+                                     "similar texts for each --query with their cosine scores.",
+                         epilog=_CORPUS_HELP)
+    _add_model_args(sea)
+    sea.add_argument("--corpus", required=True, help="text corpus: .txt, .jsonl, .tsv or .csv")
+    _add_reader_args(sea)
+    sea.add_argument("--query", action="append", required=True, help="query text; repeat for several")
+    sea.add_argument("--top-k", type=_positive_int, default=5, help="hits per query (default: 5)")
+    sea.add_argument("--embeddings", default=None,
+                     help="precomputed corpus embeddings (.npy from `embedhub encode`, same corpus options)")
+    sea.set_defaults(func=cmd_search)
+
+    mod = sub.add_parser("models", help="list the registered model aliases")
+    mod.set_defaults(func=cmd_models)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the ``embedhub`` command line; returns the exit code (0 ok, 1 library error, 2 bad input)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 2
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return 2
+    prog = f"embedhub {args.command}"
+    from ._errors import EmbedhubError
+
+    try:
+        return int(args.func(args))
+    except UsageError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except (EmbedhubError, ValueError, TypeError, OSError, RuntimeError) as exc:
+        if os.environ.get("EMBEDHUB_TRACEBACK"):
+            raise
+        print(f"{prog}: error: {exc} [{type(exc).__name__}; set EMBEDHUB_TRACEBACK=1 for details]",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

