@@ -19,9 +19,25 @@ from ._errors import (
     UnknownFormatError,
     WeightsError,
 )
-from ._load import load
-from ._model import EmbeddingModel
 from ._registry import list_models, register_model
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from ._load import load
+    from ._model import EmbeddingModel
+
+
+def __getattr__(name: str):
+    # torch and transformers load on first use, so `import embedhub` and `embedhub --help` stay fast
+    if name == "load":
+        from ._load import load
+
+        return load
+    if name == "EmbeddingModel":
+        from ._model import EmbeddingModel
+
+        return EmbeddingModel
+    raise AttributeError(f"module 'embedhub' has no attribute {name!r}")
 
 __version__ = "0.1.0"
 

@@ -51,6 +51,5 @@ def require(module: str, extra: str, purpose: str):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingDependencyError(
-            f"{purpose} needs the '{module}' package, which is not installed: "
-            f"pip install 'embedhub[{extra}]'"
+            f"{purpose} needs the '{module}' package, which is not installed: pip install 'embedhub[{extra}]'"
         ) from exc

@@ -79,8 +79,9 @@ def resolve(
             msg += f"; close aliases: {', '.join(hint)}"
         msg += "; see embedhub.list_models()"
         raise ModelNotFoundError(msg)
-    folder = download(base, CONFIG_PATTERNS, revision=revision, cache_dir=cache_dir,
-                      local_files_only=local_files_only, token=token)
+    folder = download(
+        base, CONFIG_PATTERNS, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
+    )
     return Source(folder, name, base, revision)
 
 

@@ -54,7 +54,9 @@ def modality_of(item: Any, index: int) -> Modality:
         return "image"
     if isinstance(item, np.ndarray):
         if item.dtype != np.uint8:
-            raise InputTypeError(f"inputs[{index}] is a numpy array of dtype {item.dtype}; images must be uint8 HxW[xC]")
+            raise InputTypeError(
+                f"inputs[{index}] is a numpy array of dtype {item.dtype}; images must be uint8 HxW[xC]"
+            )
         if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
             raise InputTypeError(
                 f"inputs[{index}] is a numpy array of shape {item.shape}; images must be HxW or HxWxC with C in 1, 3, 4"
@@ -64,7 +66,8 @@ def modality_of(item: Any, index: int) -> Modality:
         raise InputTypeError(f"inputs[{index}] is None; expected {_EXPECTED}")
     if isinstance(item, (list, tuple, dict, set)):
         raise InputTypeError(
-            f"inputs[{index}] is a {type(item).__name__}; nested inputs are not supported, pass a flat list of {_EXPECTED}"
+            f"inputs[{index}] is a {type(item).__name__}; nested inputs are not supported, "
+            f"pass a flat list of {_EXPECTED}"
         )
     raise InputTypeError(f"inputs[{index}] has type {type(item).__name__}; expected {_EXPECTED}")
 
@@ -96,7 +99,9 @@ def load_image(item: Any, index: int, *, max_pixels: int = MAX_IMAGE_PIXELS):
             except OSError as exc:
                 raise InputError(f"inputs[{index}]: cannot read image file {item}: {exc.strerror}") from exc
             if size > MAX_IMAGE_BYTES:
-                raise InputError(f"inputs[{index}]: image file {item} is {size} bytes, over the {MAX_IMAGE_BYTES} limit")
+                raise InputError(
+                    f"inputs[{index}]: image file {item} is {size} bytes, over the {MAX_IMAGE_BYTES} limit"
+                )
             data = item.read_bytes()
         else:
             data = bytes(item)

@@ -12,8 +12,14 @@ from ._hub import download, resolve
 from ._model import EmbeddingModel
 
 Backend = Literal["torch"]
-_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,
-           "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+}
 
 
 def _device(device: str | torch.device) -> torch.device:
@@ -21,7 +27,7 @@ def _device(device: str | torch.device) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+        raise ValueError(f"device {device!r} requested but CUDA is not available (use device='auto' or 'cpu')")
     return dev
 
 
@@ -64,8 +70,14 @@ def load(
     fmt = detect(src.folder)
     folder = src.folder
     if src.repo_id is not None:
-        folder = download(src.repo_id, fmt.ALLOW_PATTERNS, revision=src.revision, cache_dir=cache_dir,
-                          local_files_only=local_files_only, token=token)
+        folder = download(
+            src.repo_id,
+            fmt.ALLOW_PATTERNS,
+            revision=src.revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            token=token,
+        )
     parts = fmt.load(folder, trust_remote_code=trust_remote_code)
     return EmbeddingModel(
         parts["towers"],

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -14,7 +15,7 @@ from torch import nn
 from ._batching import plan_batches
 from ._errors import ModalityError
 from ._inputs import MAX_IMAGE_PIXELS, as_items, load_image, modality_of
-from ._preprocess import ImagePreprocessor, TextPreprocessor, token_lengths
+from ._preprocess import token_lengths
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
@@ -68,8 +69,10 @@ class EmbeddingModel:
         return pre.max_length if pre is not None else None
 
     def __repr__(self) -> str:
-        return (f"EmbeddingModel(name={self.name!r}, format={self.format!r}, modalities={self.modalities}, "
-                f"embed_dim={self.embed_dim}, device={str(self.device)!r}, dtype={self.dtype})")
+        return (
+            f"EmbeddingModel(name={self.name!r}, format={self.format!r}, modalities={self.modalities}, "
+            f"embed_dim={self.embed_dim}, device={str(self.device)!r}, dtype={self.dtype})"
+        )
 
     # ------------------------------------------------------------------ encoding
     def encode(
@@ -107,8 +110,13 @@ class EmbeddingModel:
             index = np.fromiter((i for i, k in enumerate(kinds) if k == modality), dtype=np.int64)
             if len(index):
                 out[torch.from_numpy(index)] = self._encode_modality(
-                    modality, [items[i] for i in index], index, batch_size=batch_size, max_tokens=max_tokens,
-                    show_progress_bar=show_progress_bar, max_image_pixels=max_image_pixels,
+                    modality,
+                    [items[i] for i in index],
+                    index,
+                    batch_size=batch_size,
+                    max_tokens=max_tokens,
+                    show_progress_bar=show_progress_bar,
+                    max_image_pixels=max_image_pixels,
                 )
         if normalize:
             out = torch.nn.functional.normalize(out, p=2, dim=-1)
@@ -141,8 +149,9 @@ class EmbeddingModel:
         with torch.inference_mode():
             return self.towers[modality](**tensors).float()
 
-    def _encode_modality(self, modality, items, index, *, batch_size, max_tokens, show_progress_bar,
-                         max_image_pixels) -> torch.Tensor:
+    def _encode_modality(
+        self, modality, items, index, *, batch_size, max_tokens, show_progress_bar, max_image_pixels
+    ) -> torch.Tensor:
         from tqdm.auto import tqdm
 
         pre = self.preprocessors[modality]

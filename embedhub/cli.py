@@ -114,8 +114,9 @@ def _read_table(path: Path, column: int) -> Corpus:
                     continue
                 where = f"{path} line {reader.line_num}"
                 if column >= len(row):
-                    raise UsageError(f"{where}: has {len(row)} column(s), --column {column} is out of range "
-                                     f"(columns count from 0)")
+                    raise UsageError(
+                        f"{where}: has {len(row)} column(s), --column {column} is out of range (columns count from 0)"
+                    )
                 value = row[column]
                 if not value.strip():
                     raise UsageError(f"{where}: column {column} is empty")
@@ -169,8 +170,10 @@ def read_inputs(path: str | os.PathLike, *, field_name: str = "text", column: in
             elif ext in (".tsv", ".csv"):
                 corpus = _read_table(p, column)
             else:
-                raise UsageError(f"{p}: unknown input extension {ext or '(none)'!r}; expected one of "
-                                 f"{', '.join(TEXT_EXTENSIONS)} or a folder of images")
+                raise UsageError(
+                    f"{p}: unknown input extension {ext or '(none)'!r}; expected one of "
+                    f"{', '.join(TEXT_EXTENSIONS)} or a folder of images"
+                )
         except UnicodeDecodeError as exc:
             raise UsageError(f"{p}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     if not corpus.items:
@@ -219,11 +222,13 @@ def write_parquet(out: Path, emb: np.ndarray, labels: list[str]) -> None:
 
     n, dim = emb.shape
     flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1), type=pa.float32())
-    table = pa.table({
-        "id": pa.array(np.arange(n, dtype=np.int64)),
-        "input": pa.array(labels, type=pa.string()),
-        "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-    })
+    table = pa.table(
+        {
+            "id": pa.array(np.arange(n, dtype=np.int64)),
+            "input": pa.array(labels, type=pa.string()),
+            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
+        }
+    )
     _atomic_write(out, lambda tmp: pq.write_table(table, tmp))
 
 
@@ -233,8 +238,11 @@ def _load_model(args: argparse.Namespace) -> EmbeddingModel:
 
     start = time.perf_counter()
     model = load(args.model, revision=args.revision, device=args.device)
-    print(f"embedhub: loaded {args.model} ({model.format}, {'+'.join(model.modalities)}, {model.embed_dim} dims) "
-          f"in {time.perf_counter() - start:.2f} s", file=sys.stderr)
+    print(
+        f"embedhub: loaded {args.model} ({model.format}, {'+'.join(model.modalities)}, {model.embed_dim} dims) "
+        f"in {time.perf_counter() - start:.2f} s",
+        file=sys.stderr,
+    )
     return model
 
 
@@ -249,7 +257,7 @@ def _encode(model: EmbeddingModel, corpus: Corpus, *, batch_size: int, normalize
         match = re.search(r"inputs\[(\d+)\]:?\s*", message)
         if match and int(match.group(1)) < len(corpus.origins):
             i = int(match.group(1))
-            rest = message[match.end():] if match.start() == 0 else message
+            rest = message[match.end() :] if match.start() == 0 else message
             where = "" if corpus.origins[i] in rest else f" ({corpus.origins[i]})"
             raise type(exc)(f"item {i}{where}: {rest}") from exc
         raise
@@ -277,8 +285,11 @@ def cmd_encode(args: argparse.Namespace) -> int:
     else:
         write_parquet(out, emb, corpus.labels)
     kind = "texts" if corpus.is_text else "items"
-    print(f"embedhub: encoded {emb.shape[0]} {kind} into {emb.shape[1]} dims in {seconds:.2f} s "
-          f"({emb.shape[0] / max(seconds, 1e-9):.1f}/s) -> {out}", file=sys.stderr)
+    print(
+        f"embedhub: encoded {emb.shape[0]} {kind} into {emb.shape[1]} dims in {seconds:.2f} s "
+        f"({emb.shape[0] / max(seconds, 1e-9):.1f}/s) -> {out}",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -303,12 +314,16 @@ def cmd_search(args: argparse.Namespace) -> int:
         if pre.ndim != 2 or not np.issubdtype(pre.dtype, np.floating):
             raise UsageError(f"--embeddings {path}: expected a 2-d float array, got {pre.dtype} {pre.shape}")
         if pre.shape[0] != len(corpus.items):
-            raise UsageError(f"--embeddings {path} has {pre.shape[0]} rows but the corpus {args.corpus} has "
-                             f"{len(corpus.items)} items; re-run `embedhub encode` with the same corpus options")
+            raise UsageError(
+                f"--embeddings {path} has {pre.shape[0]} rows but the corpus {args.corpus} has "
+                f"{len(corpus.items)} items; re-run `embedhub encode` with the same corpus options"
+            )
     model = _load_model(args)
     if pre is not None and pre.shape[1] != model.embed_dim:
-        raise UsageError(f"--embeddings {args.embeddings} has {pre.shape[1]} dims but {args.model} embeds "
-                         f"{model.embed_dim}; were they made with another model?")
+        raise UsageError(
+            f"--embeddings {args.embeddings} has {pre.shape[1]} dims but {args.model} embeds "
+            f"{model.embed_dim}; were they made with another model?"
+        )
     start = time.perf_counter()
     docs = pre if pre is not None else _encode(model, corpus, batch_size=args.batch_size)
     queries = model.encode(list(args.query), batch_size=args.batch_size, show_progress_bar=False)
@@ -320,8 +335,11 @@ def cmd_search(args: argparse.Namespace) -> int:
         print(f"query: {query}")
         for j in np.argsort(-scores[qi], kind="stable")[:k]:
             print(f"  {scores[qi, j]:.4f}  {corpus.labels[j]}")
-    print(f"embedhub: searched {len(corpus.items)} texts for {len(args.query)} queries in "
-          f"{time.perf_counter() - start:.2f} s", file=sys.stderr)
+    print(
+        f"embedhub: searched {len(corpus.items)} texts for {len(args.query)} queries in "
+        f"{time.perf_counter() - start:.2f} s",
+        file=sys.stderr,
+    )
     return 0
 
 
@@ -394,9 +412,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"embedhub {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    enc = sub.add_parser("encode", help="embed a file or folder of inputs into .npy or .parquet",
-                         description="Embed inputs and write them as .npy (float32 N x D) or .parquet "
-                                     "(id, input, embedding).", epilog=_INPUT_HELP)
+    enc = sub.add_parser(
+        "encode",
+        help="embed a file or folder of inputs into .npy or .parquet",
+        description="Embed inputs and write them as .npy (float32 N x D) or .parquet (id, input, embedding).",
+        epilog=_INPUT_HELP,
+    )
     _add_model_args(enc)
     enc.add_argument("--input", required=True, help="input file or folder (see below)")
     enc.add_argument("--output", required=True, help="output .npy or .parquet file (written atomically)")
@@ -404,17 +425,23 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--no-normalize", action="store_true", help="keep raw embeddings (default: L2-normalised)")
     enc.set_defaults(func=cmd_encode)
 
-    sea = sub.add_parser("search", help="find the corpus texts most similar to queries",
-                         description="Embed a text corpus (or load its --embeddings) and print the --top-k most "
-                                     "similar texts for each --query with their cosine scores.",
-                         epilog=_CORPUS_HELP)
+    sea = sub.add_parser(
+        "search",
+        help="find the corpus texts most similar to queries",
+        description="Embed a text corpus (or load its --embeddings) and print the --top-k most "
+        "similar texts for each --query with their cosine scores.",
+        epilog=_CORPUS_HELP,
+    )
     _add_model_args(sea)
     sea.add_argument("--corpus", required=True, help="text corpus: .txt, .jsonl, .tsv or .csv")
     _add_reader_args(sea)
     sea.add_argument("--query", action="append", required=True, help="query text; repeat for several")
     sea.add_argument("--top-k", type=_positive_int, default=5, help="hits per query (default: 5)")
-    sea.add_argument("--embeddings", default=None,
-                     help="precomputed corpus embeddings (.npy from `embedhub encode`, same corpus options)")
+    sea.add_argument(
+        "--embeddings",
+        default=None,
+        help="precomputed corpus embeddings (.npy from `embedhub encode`, same corpus options)",
+    )
     sea.set_defaults(func=cmd_search)
 
     mod = sub.add_parser("models", help="list the registered model aliases")
@@ -443,8 +470,7 @@ def main(argv: list[str] | None = None) -> int:
     except (EmbedhubError, ValueError, TypeError, OSError, RuntimeError) as exc:
         if os.environ.get("EMBEDHUB_TRACEBACK"):
             raise
-        print(f"{prog}: error: {exc} [{type(exc).__name__}; set EMBEDHUB_TRACEBACK=1 for details]",
-              file=sys.stderr)
+        print(f"{prog}: error: {exc} [{type(exc).__name__}; set EMBEDHUB_TRACEBACK=1 for details]", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)

@@ -70,8 +70,13 @@ def open_clip_dir(tmp_path_factory) -> Path:
     model.visual.image_mean = (0.5, 0.45, 0.4)
     model.visual.image_std = (0.25, 0.26, 0.27)
     folder = tmp_path_factory.mktemp("tiny_open_clip")
-    save_for_hf(model, tokenizer=_NoTokenizerFiles(), model_config=TINY_OPEN_CLIP, save_directory=str(folder),
-                safe_serialization=True)
+    save_for_hf(
+        model,
+        tokenizer=_NoTokenizerFiles(),
+        model_config=TINY_OPEN_CLIP,
+        save_directory=str(folder),
+        safe_serialization=True,
+    )
     return folder
 
 
@@ -86,17 +91,32 @@ def hf_clip_dir(tmp_path_factory, minilm_path) -> Path:
     tokenizer = _clip_tokenizer(folder / "_tok")
     torch.manual_seed(0)
     config = transformers.CLIPConfig(
-        text_config={"vocab_size": tokenizer.vocab_size, "hidden_size": 32, "intermediate_size": 64,
-                     "num_hidden_layers": 2, "num_attention_heads": 2, "max_position_embeddings": 32,
-                     "eos_token_id": tokenizer.eos_token_id, "bos_token_id": tokenizer.bos_token_id,
-                     "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2,
-                       "image_size": 32, "patch_size": 8},
+        text_config={
+            "vocab_size": tokenizer.vocab_size,
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "max_position_embeddings": 32,
+            "eos_token_id": tokenizer.eos_token_id,
+            "bos_token_id": tokenizer.bos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "hidden_size": 32,
+            "intermediate_size": 64,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 2,
+            "image_size": 32,
+            "patch_size": 8,
+        },
         projection_dim=24,
     )
     model = transformers.CLIPModel(config).eval()
     processor = transformers.CLIPProcessor(
-        image_processor=transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}),
+        image_processor=transformers.CLIPImageProcessor(
+            size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32}
+        ),
         tokenizer=tokenizer,
     )
     model.save_pretrained(folder)
@@ -115,7 +135,7 @@ def _clip_tokenizer(tmp: Path):
 
     tmp.mkdir(parents=True, exist_ok=True)
     bpe = Path(open_clip.__file__).parent / "bpe_simple_vocab_16e6.txt.gz"
-    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1 : 2000]
+    merges = gzip.open(bpe).read().decode("utf-8").split("\n")[1:2000]
     vocab = list(bytes_to_unicode().values())
     vocab = vocab + [v + "</w>" for v in vocab] + ["".join(m.split()) for m in merges]
     vocab += ["<|startoftext|>", "<|endoftext|>"]

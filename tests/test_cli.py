@@ -54,8 +54,20 @@ def test_txt_to_npy_matches_library_and_skips_empty_lines(tmp_path, capsys, mini
     # blank and whitespace-only lines are skipped; CRLF endings are not part of the text
     src.write_bytes(("\n".join(SENTENCES[:2]) + "\n\n   \r\n" + "\r\n".join(SENTENCES[2:]) + "\n").encode())
     out = tmp_path / "emb.npy"
-    code, _, err = run(capsys, "encode", "--model", MODEL, "--device", "cpu", "--input", str(src),
-                       "--output", str(out), "--batch-size", "2")
+    code, _, err = run(
+        capsys,
+        "encode",
+        "--model",
+        MODEL,
+        "--device",
+        "cpu",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--batch-size",
+        "2",
+    )
     assert code == 0, err
     emb = np.load(out)
     assert emb.dtype == np.float32 and emb.shape == (len(SENTENCES), 384)
@@ -73,8 +85,20 @@ def test_jsonl_to_parquet_columns_ids_and_embeddings(tmp_path, capsys, minilm):
     rows = [{"id": f"d{i}", "body": s, "extra": [1, 2]} for i, s in enumerate(SENTENCES[:3])]
     src.write_text("\n".join(json.dumps(r) for r in rows[:2]) + "\n\n" + json.dumps(rows[2]) + "\n")
     out = tmp_path / "sub" / "emb.parquet"  # missing parent folder is created
-    code, _, err = run(capsys, "encode", "--model", MODEL, "--device", "cpu", "--input", str(src),
-                       "--output", str(out), "--field", "body")
+    code, _, err = run(
+        capsys,
+        "encode",
+        "--model",
+        MODEL,
+        "--device",
+        "cpu",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--field",
+        "body",
+    )
     assert code == 0, err
     table = pq.read_table(out)
     assert table.column_names == ["id", "input", "embedding"]
@@ -91,9 +115,24 @@ def test_python_dash_m_entry_point(tmp_path, minilm):
     out = tmp_path / "out.npy"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}
     proc = subprocess.run(
-        [sys.executable, "-m", "embedhub", "encode", "--model", MODEL, "--device", "cpu",
-         "--input", str(src), "--output", str(out)],
-        capture_output=True, text=True, env=env, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "embedhub",
+            "encode",
+            "--model",
+            MODEL,
+            "--device",
+            "cpu",
+            "--input",
+            str(src),
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "encoded 2 texts into 384 dims" in proc.stderr
@@ -124,7 +163,7 @@ def _hits(stdout: str) -> dict[str, list[tuple[float, str]]]:
     current = None
     for line in stdout.splitlines():
         if line.startswith("query: "):
-            current = blocks.setdefault(line[len("query: "):], [])
+            current = blocks.setdefault(line[len("query: ") :], [])
         elif line.strip():
             score, text = line.strip().split("  ", 1)
             assert line.startswith("  ")
@@ -135,8 +174,24 @@ def _hits(stdout: str) -> dict[str, list[tuple[float, str]]]:
 def test_search_exact_sentence_is_top_hit(sts_corpus, capsys):
     path, texts = sts_corpus
     q1, q2 = texts[7], 'She said "no" to the offer.'
-    code, out, err = run(capsys, "search", "--model", MODEL, "--device", "cpu", "--corpus", str(path),
-                         "--column", "5", "--query", q1, "--query", q2, "--top-k", "3")
+    code, out, err = run(
+        capsys,
+        "search",
+        "--model",
+        MODEL,
+        "--device",
+        "cpu",
+        "--corpus",
+        str(path),
+        "--column",
+        "5",
+        "--query",
+        q1,
+        "--query",
+        q2,
+        "--top-k",
+        "3",
+    )
     assert code == 0, err
     hits = _hits(out)
     assert list(hits) == [q1, q2]
@@ -156,8 +211,24 @@ def test_search_uses_precomputed_embeddings(sts_corpus, tmp_path, capsys, minilm
     query = texts[3]
     expected = texts[4]
     assert expected != query
-    code, out, err = run(capsys, "search", "--model", MODEL, "--device", "cpu", "--corpus", str(path),
-                         "--column", "5", "--query", query, "--top-k", "1", "--embeddings", str(shifted))
+    code, out, err = run(
+        capsys,
+        "search",
+        "--model",
+        MODEL,
+        "--device",
+        "cpu",
+        "--corpus",
+        str(path),
+        "--column",
+        "5",
+        "--query",
+        query,
+        "--top-k",
+        "1",
+        "--embeddings",
+        str(shifted),
+    )
     assert code == 0, err
     ((score, text),) = _hits(out)[query]
     assert text == expected and score == pytest.approx(1.0, abs=1e-3)
@@ -168,8 +239,20 @@ def test_search_embeddings_row_mismatch_exit_2(sts_corpus, tmp_path, capsys):
     path, texts = sts_corpus
     bad = tmp_path / "bad.npy"
     np.save(bad, np.zeros((len(texts) - 1, 384), dtype=np.float32))
-    code, out, err = run(capsys, "search", "--model", MODEL, "--corpus", str(path), "--column", "5",
-                         "--query", "x", "--embeddings", str(bad))
+    code, out, err = run(
+        capsys,
+        "search",
+        "--model",
+        MODEL,
+        "--corpus",
+        str(path),
+        "--column",
+        "5",
+        "--query",
+        "x",
+        "--embeddings",
+        str(bad),
+    )
     assert code == 2 and out == ""
     assert f"has {len(texts) - 1} rows" in err and f"{len(texts)} items" in err
     assert "loaded" not in err  # failed before loading the model
@@ -213,8 +296,9 @@ def test_unknown_output_extension_exit_2(tmp_path, capsys):
 
 
 def test_missing_input_and_usage_errors_exit_2(tmp_path, capsys):
-    code, _, err = run(capsys, "encode", "--model", MODEL, "--input", str(tmp_path / "nope.txt"),
-                       "--output", str(tmp_path / "o.npy"))
+    code, _, err = run(
+        capsys, "encode", "--model", MODEL, "--input", str(tmp_path / "nope.txt"), "--output", str(tmp_path / "o.npy")
+    )
     assert code == 2 and "not found" in err
     assert run(capsys, "encode", "--model", MODEL)[0] == 2  # argparse: --input/--output required
     assert run(capsys, "search", "--model", MODEL, "--corpus", "c.txt", "--query", "q", "--top-k", "0")[0] == 2
@@ -226,8 +310,16 @@ def test_missing_input_and_usage_errors_exit_2(tmp_path, capsys):
 def test_unknown_model_exit_1_without_traceback(tmp_path, capsys):
     src = tmp_path / "in.txt"
     src.write_text("hello\n")
-    code, _, err = run(capsys, "encode", "--model", str(tmp_path / "no-such-model"), "--input", str(src),
-                       "--output", str(tmp_path / "o.npy"))
+    code, _, err = run(
+        capsys,
+        "encode",
+        "--model",
+        str(tmp_path / "no-such-model"),
+        "--input",
+        str(src),
+        "--output",
+        str(tmp_path / "o.npy"),
+    )
     assert code == 1
     assert "does not exist" in err and "ModelNotFoundError" in err and "Traceback" not in err
 
@@ -269,7 +361,8 @@ def _write_images(folder: Path) -> list[Path]:
     for name in ["c.png", "a.jpg", "b.PNG", "d.webp"]:
         path = folder / name
         Image.fromarray(rng.integers(0, 256, (20 + len(paths) * 7, 40, 3), dtype=np.uint8)).save(
-            path, format={"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[name.rsplit(".", 1)[1].lower()])
+            path, format={"png": "PNG", "jpg": "JPEG", "webp": "WEBP"}[name.rsplit(".", 1)[1].lower()]
+        )
         paths.append(path)
     (folder / "notes.txt").write_text("not an image")
     return sorted(paths, key=lambda p: p.name)
@@ -278,8 +371,20 @@ def _write_images(folder: Path) -> list[Path]:
 def test_image_folder_to_npy(tiny_clip, tmp_path, capsys):
     images = _write_images(tmp_path / "imgs")
     out = tmp_path / "img.npy"
-    code, _, err = run(capsys, "encode", "--model", str(tiny_clip), "--device", "cpu",
-                       "--input", str(tmp_path / "imgs"), "--output", str(out), "--batch-size", "3")
+    code, _, err = run(
+        capsys,
+        "encode",
+        "--model",
+        str(tiny_clip),
+        "--device",
+        "cpu",
+        "--input",
+        str(tmp_path / "imgs"),
+        "--output",
+        str(out),
+        "--batch-size",
+        "3",
+    )
     assert code == 0, err
     emb = np.load(out)
     assert emb.shape == (4, 32)
@@ -294,8 +399,21 @@ def test_jsonl_image_paths_to_parquet(tiny_clip, tmp_path, capsys):
     src = tmp_path / "images.jsonl"
     src.write_text("".join(json.dumps({"image": f"imgs/{p.name}"}) + "\n" for p in reversed(images)))
     out = tmp_path / "img.parquet"
-    code, _, err = run(capsys, "encode", "--model", str(tiny_clip), "--device", "cpu", "--input", str(src),
-                       "--output", str(out), "--field", "image", "--no-normalize")
+    code, _, err = run(
+        capsys,
+        "encode",
+        "--model",
+        str(tiny_clip),
+        "--device",
+        "cpu",
+        "--input",
+        str(src),
+        "--output",
+        str(out),
+        "--field",
+        "image",
+        "--no-normalize",
+    )
     assert code == 0, err
     table = pq.read_table(out)
     assert table.column("input").to_pylist() == [str(p) for p in reversed(images)]
@@ -309,8 +427,18 @@ def test_jsonl_image_paths_to_parquet(tiny_clip, tmp_path, capsys):
 def test_jsonl_missing_image_exit_2(tiny_clip, tmp_path, capsys):
     src = tmp_path / "images.jsonl"
     src.write_text('{"image": "nope.png"}\n')
-    code, _, err = run(capsys, "encode", "--model", str(tiny_clip), "--input", str(src),
-                       "--output", str(tmp_path / "o.npy"), "--field", "image")
+    code, _, err = run(
+        capsys,
+        "encode",
+        "--model",
+        str(tiny_clip),
+        "--input",
+        str(src),
+        "--output",
+        str(tmp_path / "o.npy"),
+        "--field",
+        "image",
+    )
     assert code == 2 and "line 1" in err and "nope.png" in err and "not found" in err
 
 
@@ -320,8 +448,18 @@ def test_corrupt_image_exit_1_names_file_and_keeps_old_output(tiny_clip, tmp_pat
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 10)
     out = tmp_path / "img.npy"
     out.write_bytes(b"previous result")
-    code, _, err = run(capsys, "encode", "--model", str(tiny_clip), "--device", "cpu",
-                       "--input", str(tmp_path / "imgs"), "--output", str(out))
+    code, _, err = run(
+        capsys,
+        "encode",
+        "--model",
+        str(tiny_clip),
+        "--device",
+        "cpu",
+        "--input",
+        str(tmp_path / "imgs"),
+        "--output",
+        str(out),
+    )
     assert code == 1
     assert "item 2" in err and str(bad) in err and "Traceback" not in err
     assert out.read_bytes() == b"previous result"
@@ -331,8 +469,9 @@ def test_corrupt_image_exit_1_names_file_and_keeps_old_output(tiny_clip, tmp_pat
 def test_empty_image_folder_exit_2(tmp_path, capsys):
     (tmp_path / "imgs").mkdir()
     (tmp_path / "imgs" / "readme.md").write_text("x")
-    code, _, err = run(capsys, "encode", "--model", MODEL, "--input", str(tmp_path / "imgs"),
-                       "--output", str(tmp_path / "o.npy"))
+    code, _, err = run(
+        capsys, "encode", "--model", MODEL, "--input", str(tmp_path / "imgs"), "--output", str(tmp_path / "o.npy")
+    )
     assert code == 2 and "holds no images" in err
 
 
@@ -340,6 +479,7 @@ def test_search_rejects_image_corpus(tiny_clip, tmp_path, capsys):
     images = _write_images(tmp_path / "imgs")
     src = tmp_path / "images.jsonl"
     src.write_text(json.dumps({"image": f"imgs/{images[0].name}"}) + "\n")
-    code, _, err = run(capsys, "search", "--model", str(tiny_clip), "--corpus", str(src), "--field", "image",
-                       "--query", "a cat")
+    code, _, err = run(
+        capsys, "search", "--model", str(tiny_clip), "--corpus", str(src), "--field", "image", "--query", "a cat"
+    )
     assert code == 2 and "needs a text corpus" in err

@@ -29,7 +29,9 @@ def image_only(tmp_path_factory):
     tower.architecture = ("resnet10t", {})
     pre = ImagePreprocessor(ImageConfig(size=32, crop_size=(32, 32)))
     folder = tmp_path_factory.mktemp("image_only")
-    EmbeddingModel({"image": tower}, {"image": pre}, embed_dim=16, name="img", format="embedhub").save_pretrained(folder)
+    EmbeddingModel({"image": tower}, {"image": pre}, embed_dim=16, name="img", format="embedhub").save_pretrained(
+        folder
+    )
     return embedhub.load(folder, device="cpu")
 
 
@@ -48,9 +50,15 @@ def test_empty_list_gives_zero_rows(minilm, image_only):
 
 @pytest.mark.parametrize(
     "bad, index, word",
-    [(["ok", None], 1, "None"), (["ok", "fine", 3], 2, "int"), ([1.5], 0, "float"), (["a", ["b", "c"]], 1, "nested"),
-     (["a", {"text": "b"}], 1, "nested"), ([np.zeros((4, 4), np.float32)], 0, "uint8"),
-     ([np.zeros((4, 4, 2), np.uint8)], 0, "shape")],
+    [
+        (["ok", None], 1, "None"),
+        (["ok", "fine", 3], 2, "int"),
+        ([1.5], 0, "float"),
+        (["a", ["b", "c"]], 1, "nested"),
+        (["a", {"text": "b"}], 1, "nested"),
+        ([np.zeros((4, 4), np.float32)], 0, "uint8"),
+        ([np.zeros((4, 4, 2), np.uint8)], 0, "shape"),
+    ],
 )
 def test_wrong_types_name_the_index(minilm, bad, index, word):
     with pytest.raises(TypeError, match=rf"inputs\[{index}\].*{word}|inputs\[{index}\]") as err:

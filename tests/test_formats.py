@@ -79,8 +79,9 @@ def test_sentence_transformers_dense_and_pooling_modes(tmp_path, minilm_path):
 
     base = st.SentenceTransformer(str(minilm_path), device="cpu")
     torch.manual_seed(0)
-    peer = st.SentenceTransformer(modules=[base[0], Pooling(384, pooling_mode=("cls", "mean")),
-                                           Dense(768, 64)], device="cpu")
+    peer = st.SentenceTransformer(
+        modules=[base[0], Pooling(384, pooling_mode=("cls", "mean")), Dense(768, 64)], device="cpu"
+    )
     peer.save(str(tmp_path))
     model = embedhub.load(tmp_path, device="cpu")
     texts = ["A quick brown fox.", "Tanh heads squash values.", "short"]
@@ -184,9 +185,15 @@ def test_own_format_with_timm_image_tower(tmp_path, minilm, photos):
     image = TimmImageTower(backbone, Head([{"in_features": backbone.num_features, "out_features": 384}]))
     image.architecture = ("resnet10t", {})
     pre = ImagePreprocessor(ImageConfig(size=64, crop_size=(64, 64), mean=(0.5,) * 3, std=(0.5,) * 3))
-    model = EmbeddingModel({"text": minilm.towers["text"], "image": image},
-                           {"text": minilm.preprocessors["text"], "image": pre},
-                           embed_dim=384, name="lit", format="embedhub", logit_scale=50.0, templates=["{}"])
+    model = EmbeddingModel(
+        {"text": minilm.towers["text"], "image": image},
+        {"text": minilm.preprocessors["text"], "image": pre},
+        embed_dim=384,
+        name="lit",
+        format="embedhub",
+        logit_scale=50.0,
+        templates=["{}"],
+    )
     model.save_pretrained(tmp_path / "lit")
     again = embedhub.load(tmp_path / "lit", device="cpu")
     assert again.modalities == ("text", "image") and again.logit_scale == 50.0 and again.templates == ("{}",)

@@ -48,11 +48,12 @@ def _put_in_cache(hf_home: Path, repo_id: str, sha: str, folder: Path, refs: lis
 def _run(hf_home: Path, calls: list) -> dict:
     env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
     env.pop("HF_HUB_CACHE", None)
-    proc = subprocess.run([sys.executable, "-c", _CHILD, json.dumps(calls)], env=env, capture_output=True,
-                          text=True, timeout=300)
+    proc = subprocess.run(
+        [sys.executable, "-c", _CHILD, json.dumps(calls)], env=env, capture_output=True, text=True, timeout=300
+    )
     line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT")), None)
     assert line, proc.stderr[-3000:]
-    return json.loads(line[len("RESULT"):])
+    return json.loads(line[len("RESULT") :])
 
 
 @pytest.fixture(scope="module")
@@ -64,8 +65,9 @@ def second_model(tmp_path_factory, open_clip_dir) -> Path:
     shutil.copytree(open_clip_dir, folder, dirs_exist_ok=True)
     state = load_file(str(folder / "open_clip_model.safetensors"))
     gen = torch.Generator().manual_seed(1)
-    state = {k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v
-             for k, v in state.items()}
+    state = {
+        k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in state.items()
+    }
     save_file(state, str(folder / "open_clip_model.safetensors"))
     return folder
 
@@ -74,14 +76,17 @@ def test_load_by_repo_id_and_revision_offline(tmp_path, open_clip_dir, second_mo
     hf_home = tmp_path / "hf"
     _put_in_cache(hf_home, "tiny-org/tiny-clip", MAIN_SHA, open_clip_dir, ["main"])
     _put_in_cache(hf_home, "tiny-org/tiny-clip", V1_SHA, second_model, ["v1"])
-    res = _run(hf_home, [
-        ["tiny-org/tiny-clip", {}],
-        ["tiny-org/tiny-clip@v1", {}],
-        ["tiny-org/tiny-clip", {"revision": "v1"}],
-        ["tiny-org/tiny-clip@" + MAIN_SHA, {}],
-        ["tiny-org/not-cached", {}],
-        ["tiny-org/tiny-clip@v2", {}],
-    ])
+    res = _run(
+        hf_home,
+        [
+            ["tiny-org/tiny-clip", {}],
+            ["tiny-org/tiny-clip@v1", {}],
+            ["tiny-org/tiny-clip", {"revision": "v1"}],
+            ["tiny-org/tiny-clip@" + MAIN_SHA, {}],
+            ["tiny-org/not-cached", {}],
+            ["tiny-org/tiny-clip@v2", {}],
+        ],
+    )
     texts = ["a photo of a cat", "rocket"]
     expected_main = embedhub.load(open_clip_dir, device="cpu").encode(texts)
     expected_v1 = embedhub.load(second_model, device="cpu").encode(texts)

@@ -25,8 +25,9 @@ def _token_content(tok: Any) -> str | None:
     return tok if isinstance(tok, str) else None
 
 
-def text_preprocessor(folder: Path, *, max_length: int | None = None, lowercase: bool = False,
-                      fallback_max_length: int = 512) -> HFTextPreprocessor:
+def text_preprocessor(
+    folder: Path, *, max_length: int | None = None, lowercase: bool = False, fallback_max_length: int = 512
+) -> HFTextPreprocessor:
     """The fast tokenizer of a transformers folder, with its pad token and max length."""
     from tokenizers import Tokenizer
 
@@ -68,7 +69,10 @@ def from_pretrained(cls: Any, folder: Path, *, what: str, trust_remote_code: boo
         )
     try:
         model, info = cls.from_pretrained(
-            str(folder), use_safetensors=True, local_files_only=True, output_loading_info=True,
+            str(folder),
+            use_safetensors=True,
+            local_files_only=True,
+            output_loading_info=True,
             trust_remote_code=trust_remote_code,
         )
     except (OSError, RuntimeError, ValueError) as exc:
@@ -77,8 +81,9 @@ def from_pretrained(cls: Any, folder: Path, *, what: str, trust_remote_code: boo
         if type(exc).__name__ in {"SafetensorError", "HeaderTooLarge"} or "safetensor" in str(exc).lower():
             raise WeightsError(f"cannot load the {what} weights from {folder}: corrupted safetensors ({exc})") from exc
         raise
-    problems = {k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys",
-                                                               "error_msgs")}
+    problems = {
+        k: v for k, v in info.items() if v and k in ("missing_keys", "unexpected_keys", "mismatched_keys", "error_msgs")
+    }
     if problems:
         detail = "; ".join(f"{k}: {list(v)[:3]}" for k, v in problems.items())
         raise WeightsError(f"weights in {folder} do not match the {what} architecture (strict load): {detail}")

@@ -53,8 +53,13 @@ def _text_tower(folder: Path, spec: dict[str, Any], trust_remote_code: bool):
     backbone = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
     tower = TransformersTextTower(backbone, Pooling(spec["pooling"]), Head(**spec.get("head", {})))
     pre = spec["preprocess"]
-    text = HFTextPreprocessor(sub / pre.get("file", "tokenizer.json"), max_length=int(pre["max_length"]),
-                              pad_id=pre.get("pad_id"), pad_to=pre.get("pad_to"), lowercase=pre.get("lowercase", False))
+    text = HFTextPreprocessor(
+        sub / pre.get("file", "tokenizer.json"),
+        max_length=int(pre["max_length"]),
+        pad_id=pre.get("pad_id"),
+        pad_to=pre.get("pad_to"),
+        lowercase=pre.get("lowercase", False),
+    )
     return tower, text
 
 
@@ -88,18 +93,31 @@ def load(folder: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
     if not towers:
         raise UnknownFormatError(f"{folder / MARKER} names no towers")
     load_strict(nn.ModuleDict(towers), read_safetensors(find_safetensors(folder)), what="embedhub model")
-    return {"towers": towers, "preprocessors": pre, "embed_dim": int(cfg["embed_dim"]),
-            "logit_scale": cfg.get("logit_scale"), "templates": cfg.get("templates"), "spec": cfg}
+    return {
+        "towers": towers,
+        "preprocessors": pre,
+        "embed_dim": int(cfg["embed_dim"]),
+        "logit_scale": cfg.get("logit_scale"),
+        "templates": cfg.get("templates"),
+        "spec": cfg,
+    }
 
 
 def tower_spec(modality: str, tower: nn.Module, preprocessor: Any) -> dict[str, Any]:
     if isinstance(tower, TransformersTextTower):
-        return {"backbone": {"library": "transformers"}, "pooling": tower.pooling.modes, "head": tower.head.spec(),
-                "preprocess": preprocessor.config()}
+        return {
+            "backbone": {"library": "transformers"},
+            "pooling": tower.pooling.modes,
+            "head": tower.head.spec(),
+            "preprocess": preprocessor.config(),
+        }
     if isinstance(tower, TimmImageTower) and hasattr(tower, "architecture"):
         arch, kwargs = tower.architecture
-        return {"backbone": {"library": "timm", "architecture": arch, "kwargs": kwargs}, "head": tower.head.spec(),
-                "preprocess": preprocessor.config()}
+        return {
+            "backbone": {"library": "timm", "architecture": arch, "kwargs": kwargs},
+            "head": tower.head.spec(),
+            "preprocess": preprocessor.config(),
+        }
     raise NotImplementedError(
         f"the {modality} tower ({type(tower).__name__}) cannot be written in embedhub's format; "
         "models loaded from open_clip or transformers CLIP folders stay in their own format"

@@ -32,7 +32,8 @@ def image_config(folder: Path) -> ImageConfig:
         p = read_json(path).get("image_processor", {})
     else:
         raise UnknownFormatError(
-            f"{folder} has a CLIPModel but no preprocessor_config.json or processor_config.json (save the CLIPProcessor)"
+            f"{folder} has a CLIPModel but no preprocessor_config.json or processor_config.json "
+            "(save the CLIPProcessor too)"
         )
     size = p.get("size", 224)
     crop = p.get("crop_size", size)

@@ -12,8 +12,7 @@ from ._hf import from_pretrained, read_json, text_preprocessor
 
 NAME = "sentence-transformers"
 MARKER = "modules.json"
-ALLOW_PATTERNS = ["*.json", "*/*.json", "*.safetensors", "*/*.safetensors", "*.txt", "*.model", "*/*.txt",
-                  "*/*.model"]
+ALLOW_PATTERNS = ["*.json", "*/*.json", "*.safetensors", "*/*.safetensors", "*.txt", "*.model", "*/*.txt", "*/*.model"]
 _LEGACY_POOLING = {
     "pooling_mode_cls_token": "cls",
     "pooling_mode_max_tokens": "max",
@@ -53,8 +52,12 @@ def _dense(folder: Path, index: int) -> tuple[dict[str, Any], dict]:
         raise UnknownFormatError(
             f"Dense module {index} ({folder.name}) uses activation {act!r}; supported: {sorted(_ACTIVATIONS)}"
         )
-    spec = {"in_features": int(cfg["in_features"]), "out_features": int(cfg["out_features"]),
-            "bias": bool(cfg.get("bias", True)), "activation": _ACTIVATIONS[act]}
+    spec = {
+        "in_features": int(cfg["in_features"]),
+        "out_features": int(cfg["out_features"]),
+        "bias": bool(cfg.get("bias", True)),
+        "activation": _ACTIVATIONS[act],
+    }
     return spec, read_safetensors(find_safetensors(folder))
 
 
@@ -74,14 +77,21 @@ def load(folder: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
             f"(one Transformer, one Pooling){'; unsupported: ' + ', '.join(unknown) if unknown else ''}"
         )
     tdir = folder / modules[0].get("path", "")
-    st_cfg_path = next((p for p in (tdir / "sentence_bert_config.json", folder / "sentence_bert_config.json")
-                        if p.is_file()), None)
+    st_cfg_path = next(
+        (p for p in (tdir / "sentence_bert_config.json", folder / "sentence_bert_config.json") if p.is_file()), None
+    )
     st_cfg = read_json(st_cfg_path) if st_cfg_path else {}
-    backbone = from_pretrained(AutoModel, tdir, what="sentence-transformers Transformer", trust_remote_code=trust_remote_code)
+    backbone = from_pretrained(
+        AutoModel, tdir, what="sentence-transformers Transformer", trust_remote_code=trust_remote_code
+    )
     max_len = st_cfg.get("max_seq_length")
     fallback = int(getattr(backbone.config, "max_position_embeddings", 512))
-    text = text_preprocessor(tdir, max_length=int(max_len) if max_len else None,
-                             lowercase=bool(st_cfg.get("do_lower_case", False)), fallback_max_length=fallback)
+    text = text_preprocessor(
+        tdir,
+        max_length=int(max_len) if max_len else None,
+        lowercase=bool(st_cfg.get("do_lower_case", False)),
+        fallback_max_length=fallback,
+    )
     text.max_length = min(text.max_length, fallback)
     text.tokenizer.enable_truncation(max_length=text.max_length)
 
@@ -109,7 +119,13 @@ def load(folder: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
     tower = TransformersTextTower(backbone, pooling, head)
     spec = {
         "embed_dim": embed_dim,
-        "towers": {"text": {"backbone": {"library": "transformers"}, "pooling": pooling.modes, "head": head.spec(),
-                            "preprocess": text.config()}},
+        "towers": {
+            "text": {
+                "backbone": {"library": "transformers"},
+                "pooling": pooling.modes,
+                "head": head.spec(),
+                "preprocess": text.config(),
+            }
+        },
     }
     return {"towers": {"text": tower}, "preprocessors": {"text": text}, "embed_dim": embed_dim, "spec": spec}

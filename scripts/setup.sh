@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Create .venv with embedhub and everything its tests and benchmarks need.
+# Needs only the package registries (torch 2.14.1 / torchvision 0.29.1 install from this machine's disk).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+python3 -m venv .venv
+# shellcheck disable=SC1091
+. .venv/bin/activate
+python -m pip install -q --upgrade pip
+python -m pip install -q torch==2.14.1 torchvision==0.29.1
+python -m pip install -q -e '.[dev]'
+echo "embedhub installed in .venv ($(python -c 'import embedhub; print(embedhub.__version__)'))"
