@@ -48,7 +48,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-STSB_TRAIN = Path("/work/shared/data/stsbenchmark/sts-train.csv")
+STSB_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
 MODEL_ALIAS = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 LOAD_WARN = 0.5
