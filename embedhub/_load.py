@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import os
-from typing import Literal
 
 import torch
 
+from ._backends import Backend
 from ._formats import detect
+from ._formats import embedhub as own_format
 from ._hub import download, resolve
 from ._model import EmbeddingModel
 
-Backend = Literal["torch"]
 _DTYPES = {
     "float32": torch.float32,
     "fp32": torch.float32,
@@ -54,17 +54,21 @@ def load(
     local_files_only: bool = False,
     token: str | bool | None = None,
     trust_remote_code: bool = False,
+    threads: int | None = None,
 ) -> EmbeddingModel:
     """Load an embedding model by Hub repo id (``org/name[@revision]``), local folder or alias.
 
     The format (embedhub, sentence-transformers, open_clip, transformers CLIP) is detected from
-    the files; weights load from safetensors only, strictly.
+    the files; weights load from safetensors only, strictly. ``backend="onnx"`` runs the ONNX
+    graphs of a folder written by ``embedhub export`` on ONNX Runtime (CUDA when ``device`` is a
+    GPU and onnxruntime-gpu is installed, with ``threads`` intra-op threads); ``"auto"`` takes
+    them when present, else torch.
 
     >>> model = embedhub.load("all-MiniLM-L6-v2")          # doctest: +SKIP
     >>> model = embedhub.load("openai/clip-vit-base-patch32@main", device="cuda")  # doctest: +SKIP
     """
-    if backend != "torch":
-        raise ValueError(f"backend {backend!r} is not available; supported: 'torch'")
+    if backend not in ("torch", "onnx", "auto"):
+        raise ValueError(f"backend {backend!r} is not available; supported: 'torch', 'onnx', 'auto'")
     dev, dt = _device(device), _dtype(dtype)
     src = resolve(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
     fmt = detect(src.folder)
@@ -78,7 +82,15 @@ def load(
             local_files_only=local_files_only,
             token=token,
         )
-    parts = fmt.load(folder, trust_remote_code=trust_remote_code)
+    if fmt is own_format:
+        parts = fmt.load(folder, trust_remote_code=trust_remote_code, backend=backend, device=dev, threads=threads)
+    elif backend == "onnx":
+        raise ValueError(
+            f"{name} is a {fmt.NAME} model without embedhub ONNX graphs; export it first with "
+            f"`embedhub export {name} --output DIR`, then load DIR with backend='onnx'"
+        )
+    else:
+        parts = fmt.load(folder, trust_remote_code=trust_remote_code)
     return EmbeddingModel(
         parts["towers"],
         parts["preprocessors"],

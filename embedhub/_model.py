@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._backends import Runner, TorchRunner
 from ._batching import plan_batches
 from ._errors import ModalityError
 from ._inputs import MAX_IMAGE_PIXELS, as_items, load_image, modality_of
@@ -30,7 +31,7 @@ class EmbeddingModel:
 
     def __init__(
         self,
-        towers: dict[str, nn.Module],
+        towers: dict[str, nn.Module | Runner],
         preprocessors: dict[str, Any],
         *,
         embed_dim: int,
@@ -43,7 +44,9 @@ class EmbeddingModel:
         dtype: torch.dtype = torch.float32,
         spec: dict[str, Any] | None = None,
     ):
-        self.towers = nn.ModuleDict(towers)
+        modules = {m: t for m, t in towers.items() if isinstance(t, nn.Module)}
+        #: the torch towers (empty for a model that runs only on ONNX Runtime)
+        self.towers = nn.ModuleDict(modules)
         self.preprocessors = dict(preprocessors)
         self.embed_dim = int(embed_dim)
         self.name = name
@@ -55,12 +58,16 @@ class EmbeddingModel:
         self.dtype = dtype
         self._spec = spec
         self.towers.to(device=self.device, dtype=dtype).eval()
+        self._runners: dict[str, Runner] = {
+            m: TorchRunner(t, self.device, dtype) if isinstance(t, nn.Module) else t for m, t in towers.items()
+        }
+        self.backend = "torch" if modules else next(iter(self._runners.values())).backend
 
     # ------------------------------------------------------------------ properties
     @property
     def modalities(self) -> tuple[str, ...]:
         """The input kinds this model embeds: ``("text",)``, ``("image",)`` or both."""
-        return tuple(m for m in ("text", "image") if m in self.towers)
+        return tuple(m for m in ("text", "image") if m in self._runners)
 
     @property
     def max_seq_length(self) -> int | None:
@@ -101,7 +108,7 @@ class EmbeddingModel:
         items, single = as_items(inputs)
         kinds = [modality_of(x, i) for i, x in enumerate(items)]
         for i, kind in enumerate(kinds):
-            if kind not in self.towers:
+            if kind not in self._runners:
                 raise ModalityError(
                     f"inputs[{i}] is {kind}, but {self.name} embeds only {' and '.join(self.modalities)}"
                 )
@@ -133,7 +140,7 @@ class EmbeddingModel:
         return self._encode_only("image", images, **kwargs)
 
     def _encode_only(self, modality: str, inputs: Any, **kwargs: Any):
-        if modality not in self.towers:
+        if modality not in self._runners:
             raise ModalityError(f"{self.name} has no {modality} tower; it embeds only {' and '.join(self.modalities)}")
         items, _ = as_items(inputs)
         for i, x in enumerate(items):
@@ -141,13 +148,6 @@ class EmbeddingModel:
             if kind != modality:
                 raise ModalityError(f"inputs[{i}] is {kind}; encode_{modality} takes {modality} only")
         return self.encode(inputs, **kwargs)
-
-    def _run(self, modality: str, batch: dict[str, np.ndarray]) -> torch.Tensor:
-        tensors = {k: torch.from_numpy(v).to(self.device, non_blocking=True) for k, v in batch.items()}
-        if "pixel_values" in tensors:
-            tensors["pixel_values"] = tensors["pixel_values"].to(self.dtype)
-        with torch.inference_mode():
-            return self.towers[modality](**tensors).float()
 
     def _encode_modality(
         self, modality, items, index, *, batch_size, max_tokens, show_progress_bar, max_image_pixels
@@ -167,7 +167,7 @@ class EmbeddingModel:
                 batch = pre.collate([ids[r] for r in rows])
             else:
                 batch = pre([load_image(items[r], int(index[r]), max_pixels=max_image_pixels) for r in rows])
-            emb = self._run(modality, batch)
+            emb = self._runners[modality](batch)
             if emb.shape[-1] != self.embed_dim:
                 raise RuntimeError(f"{modality} tower returned {emb.shape[-1]} dims, config says {self.embed_dim}")
             result[torch.from_numpy(rows)] = emb.cpu()
@@ -207,7 +207,7 @@ class EmbeddingModel:
         >>> model.zero_shot(img, ["cat", "dog"])  # doctest: +SKIP
         array([0.97, 0.03], dtype=float32)
         """
-        if "image" not in self.towers or "text" not in self.towers:
+        if "image" not in self._runners or "text" not in self._runners:
             raise ModalityError(f"zero_shot needs a text and an image tower; {self.name} has {self.modalities}")
         labels = list(labels)
         if not labels or not all(isinstance(x, str) and x for x in labels):

@@ -25,6 +25,8 @@ class TextPreprocessor(Protocol):
 
     def config(self) -> dict[str, Any]: ...
 
+    def save(self, folder: Path) -> dict[str, Any]: ...
+
 
 class HFTextPreprocessor:
     """A ``tokenizers`` fast tokenizer (``tokenizer.json``) with truncation at ``max_length``.
@@ -81,6 +83,12 @@ class HFTextPreprocessor:
             "lowercase": self.lowercase,
         }
 
+    def save(self, folder: Path) -> dict[str, Any]:
+        """Write ``tokenizer.json`` into ``folder``; returns the config :func:`load_preprocessor` reads."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save(str(folder / "tokenizer.json"))
+        return self.config()
+
 
 class OpenCLIPTextPreprocessor:
     """open_clip's own tokenizer (from ``open_clip_config.json``), unpadded for length sorting.
@@ -89,9 +97,26 @@ class OpenCLIPTextPreprocessor:
     positional embedding, so they take only that width.
     """
 
-    def __init__(self, tokenizer: Any, *, max_length: int):
+    #: files of an open_clip folder that its tokenizer may read
+    FILES = ("open_clip_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+
+    def __init__(self, tokenizer: Any, *, max_length: int, source: Path | None = None):
         self._tok = tokenizer
         self.max_length = max_length
+        self.source = source
+
+    @classmethod
+    def from_folder(cls, folder: Path) -> OpenCLIPTextPreprocessor:
+        """open_clip's tokenizer for the ``open_clip_config.json`` in ``folder``."""
+        import json
+
+        from ._errors import require
+
+        open_clip = require("open_clip", "open-clip", "open_clip tokenisation")
+        cfg = json.loads((folder / "open_clip_config.json").read_text())
+        context = int(cfg["model_cfg"]["text_cfg"].get("context_length", 77))
+        return cls(open_clip.get_tokenizer(f"local-dir:{folder}"), max_length=context, source=folder)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         ids = np.asarray(self._tok(texts)).astype(np.int64)
@@ -111,6 +136,17 @@ class OpenCLIPTextPreprocessor:
 
     def config(self) -> dict[str, Any]:
         return {"kind": "open_clip", "max_length": self.max_length}
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        import shutil
+
+        if self.source is None:
+            raise ValueError("this open_clip tokenizer has no source folder to save from")
+        folder.mkdir(parents=True, exist_ok=True)
+        for name in self.FILES:
+            if (self.source / name).is_file():
+                shutil.copyfile(self.source / name, folder / name)
+        return self.config()
 
 
 @dataclass
@@ -228,6 +264,26 @@ class ImagePreprocessor:
 
     def config(self) -> dict[str, Any]:
         return {"kind": "image", **self.cfg.to_dict()}
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        return self.config()
+
+
+def load_preprocessor(folder: Path, cfg: dict[str, Any]):
+    """Rebuild a preprocessor from its ``config()`` and the files its ``save(folder)`` wrote."""
+    kind = cfg.get("kind")
+    if kind == "tokenizers":
+        return HFTextPreprocessor(folder / cfg.get("file", "tokenizer.json"), max_length=int(cfg["max_length"]),
+                                  pad_id=cfg.get("pad_id"), pad_to=cfg.get("pad_to"),
+                                  lowercase=bool(cfg.get("lowercase", False)))
+    if kind == "open_clip":
+        return OpenCLIPTextPreprocessor.from_folder(folder)
+    if kind == "image":
+        d = {k: v for k, v in cfg.items() if k != "kind"}
+        return ImagePreprocessor(ImageConfig.from_dict(d))
+    from ._errors import UnknownFormatError
+
+    raise UnknownFormatError(f"unknown preprocessing kind {kind!r} in {folder} (expected tokenizers, open_clip, image)")
 
 
 def _crop_or_pad(arr: np.ndarray, left: int, top: int, cw: int, ch: int) -> np.ndarray:

@@ -122,7 +122,9 @@ def test_bad_arguments(minilm):
         minilm.encode(["a"], batch_size=0)
     with pytest.raises(ValueError, match="convert_to"):
         minilm.encode(["a"], convert_to="list")
-    with pytest.raises(ValueError, match="backend 'onnx' is not available"):
+    with pytest.raises(ValueError, match="backend 'tensorrt' is not available"):
+        embedhub.load("all-MiniLM-L6-v2", backend="tensorrt")
+    with pytest.raises(ValueError, match="without embedhub ONNX graphs; export it first"):
         embedhub.load("all-MiniLM-L6-v2", backend="onnx")
     with pytest.raises(ValueError, match="dtype 'int8' not supported"):
         embedhub.load("all-MiniLM-L6-v2", dtype="int8")

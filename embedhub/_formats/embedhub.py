@@ -3,13 +3,18 @@
 Layout::
 
     embedhub_config.json   # format version, embed_dim, logit_scale, templates, one entry per tower
-    model.safetensors      # every tower's weights, keys prefixed "text." / "image."
+    model.safetensors      # every torch tower's weights, keys prefixed "text." / "image."
     text/config.json       # transformers config of the text backbone
-    text/tokenizer.json    # fast tokenizer
+    text/tokenizer.json    # fast tokenizer (or open_clip's tokenizer files)
+    onnx/text.onnx         # optional: ONNX graphs written by `embedhub export`
+    onnx/image.onnx
+    onnx/export_metadata.json
 
 A tower entry names its backbone (``{"library": "transformers"}`` or
 ``{"library": "timm", "architecture": "efficientnet_lite0", "kwargs": {...}}``), its pooling (text),
-its head (dense layers, normalise) and its preprocessing (tokenizer or image config).
+its head (dense layers, normalise), its preprocessing (tokenizer or image config) and, when
+exported, its ONNX graph (``"onnx": "onnx/text.onnx"``). A folder may hold torch weights, ONNX
+graphs or both; ``backend="auto"`` takes ONNX when every tower has a graph.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +31,7 @@ from torch import nn
 
 from .._errors import UnknownFormatError, require
 from .._modules import Head, Pooling, TimmImageTower, TransformersTextTower
-from .._preprocess import HFTextPreprocessor, ImageConfig, ImagePreprocessor
+from .._preprocess import load_preprocessor
 from .._weights import find_safetensors, load_strict, read_safetensors
 from ._hf import read_json
 
@@ -35,64 +41,85 @@ if TYPE_CHECKING:
 NAME = "embedhub"
 MARKER = "embedhub_config.json"
 FORMAT_VERSION = 1
-ALLOW_PATTERNS = ["*.json", "*/*.json", "*.safetensors", "*.txt", "*/*.txt"]
+ALLOW_PATTERNS = ["*.json", "*/*.json", "*.safetensors", "*.txt", "*/*.txt", "*/*.model", "onnx/*.onnx", "onnx/*.data"]
 
 
 def matches(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
-def _text_tower(folder: Path, spec: dict[str, Any], trust_remote_code: bool):
+def _text_tower(folder: Path, spec: dict[str, Any], trust_remote_code: bool) -> nn.Module:
     from transformers import AutoConfig, AutoModel
 
-    bb = spec.get("backbone", {})
-    if bb.get("library") != "transformers":
-        raise UnknownFormatError(f"text backbone library {bb.get('library')!r} not supported (expected transformers)")
-    sub = folder / "text"
-    config = AutoConfig.from_pretrained(str(sub), local_files_only=True, trust_remote_code=trust_remote_code)
-    backbone = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-    tower = TransformersTextTower(backbone, Pooling(spec["pooling"]), Head(**spec.get("head", {})))
-    pre = spec["preprocess"]
-    text = HFTextPreprocessor(
-        sub / pre.get("file", "tokenizer.json"),
-        max_length=int(pre["max_length"]),
-        pad_id=pre.get("pad_id"),
-        pad_to=pre.get("pad_to"),
-        lowercase=pre.get("lowercase", False),
+    config = AutoConfig.from_pretrained(
+        str(folder / "text"), local_files_only=True, trust_remote_code=trust_remote_code
     )
-    return tower, text
+    backbone = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
+    return TransformersTextTower(backbone, Pooling(spec["pooling"]), Head(**spec.get("head", {})))
 
 
-def _image_tower(spec: dict[str, Any]):
-    bb = spec.get("backbone", {})
-    if bb.get("library") != "timm":
-        raise UnknownFormatError(f"image backbone library {bb.get('library')!r} not supported (expected timm)")
+def _image_tower(spec: dict[str, Any]) -> nn.Module:
+    bb = spec["backbone"]
     timm = require("timm", "open-clip", "timm image towers")
     backbone = timm.create_model(bb["architecture"], pretrained=False, num_classes=0, **bb.get("kwargs", {}))
     tower = TimmImageTower(backbone, Head(**spec.get("head", {})))
     tower.architecture = (bb["architecture"], dict(bb.get("kwargs", {})))
-    pre = dict(spec["preprocess"])
-    pre.pop("kind", None)
-    return tower, ImagePreprocessor(ImageConfig.from_dict(pre))
+    return tower
 
 
-def load(folder: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
+#: the backbone library each modality's torch tower is built with
+_BACKBONES = {"text": "transformers", "image": "timm"}
+
+
+def has_onnx(folder: Path) -> bool:
+    """Whether ``folder`` is in embedhub's format and every tower has an ONNX graph."""
+    if not matches(folder):
+        return False
+    towers = read_json(folder / MARKER).get("towers", {})
+    return bool(towers) and all(spec.get("onnx") for spec in towers.values())
+
+
+def load(
+    folder: Path,
+    *,
+    trust_remote_code: bool = False,
+    backend: str = "torch",
+    device: Any = None,
+    threads: int | None = None,
+) -> dict[str, Any]:
     cfg = read_json(folder / MARKER)
     version = cfg.get("format_version")
     if version != FORMAT_VERSION:
         raise UnknownFormatError(f"{folder / MARKER}: format_version {version!r}; this embedhub reads {FORMAT_VERSION}")
-    towers: dict[str, nn.Module] = {}
-    pre: dict[str, Any] = {}
-    for modality, spec in cfg.get("towers", {}).items():
-        if modality == "text":
-            towers["text"], pre["text"] = _text_tower(folder, spec, trust_remote_code)
-        elif modality == "image":
-            towers["image"], pre["image"] = _image_tower(spec)
-        else:
-            raise UnknownFormatError(f"{folder / MARKER}: unknown modality {modality!r} (expected text, image)")
-    if not towers:
+    specs = cfg.get("towers", {})
+    if not specs:
         raise UnknownFormatError(f"{folder / MARKER} names no towers")
-    load_strict(nn.ModuleDict(towers), read_safetensors(find_safetensors(folder)), what="embedhub model")
+    unknown = [m for m in specs if m not in _BACKBONES]
+    if unknown:
+        raise UnknownFormatError(f"{folder / MARKER}: unknown modality {unknown[0]!r} (expected text, image)")
+    if backend == "auto":
+        backend = "onnx" if has_onnx(folder) else "torch"
+    pre = {m: load_preprocessor(folder / m, spec["preprocess"]) for m, spec in specs.items()}
+    towers: dict[str, Any] = {}
+    if backend == "onnx":
+        from .._backends import OnnxRunner
+
+        missing = [m for m, spec in specs.items() if not spec.get("onnx")]
+        if missing:
+            raise UnknownFormatError(
+                f"{folder} has no ONNX graph for its {' and '.join(missing)} tower; write one with "
+                f"`embedhub export {folder} --output DIR`, or load with backend='torch'"
+            )
+        towers = {m: OnnxRunner(folder / spec["onnx"], device=device, threads=threads) for m, spec in specs.items()}
+    else:
+        for m, spec in specs.items():
+            lib = spec.get("backbone", {}).get("library")
+            if lib is None:
+                raise UnknownFormatError(f"{folder} has only an ONNX graph for its {m} tower; use backend='onnx'")
+            if lib != _BACKBONES[m]:
+                raise UnknownFormatError(f"{m} backbone library {lib!r} not supported (expected {_BACKBONES[m]})")
+            towers[m] = _text_tower(folder, spec, trust_remote_code) if m == "text" else _image_tower(spec)
+        load_strict(nn.ModuleDict(towers), read_safetensors(find_safetensors(folder)), what="embedhub model")
     return {
         "towers": towers,
         "preprocessors": pre,
@@ -103,40 +130,55 @@ def load(folder: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
     }
 
 
-def tower_spec(modality: str, tower: nn.Module, preprocessor: Any) -> dict[str, Any]:
+def tower_spec(modality: str, tower: Any) -> dict[str, Any]:
+    """The config entry of a torch tower; an error for towers this format cannot rebuild."""
     if isinstance(tower, TransformersTextTower):
-        return {
-            "backbone": {"library": "transformers"},
-            "pooling": tower.pooling.modes,
-            "head": tower.head.spec(),
-            "preprocess": preprocessor.config(),
-        }
+        return {"backbone": {"library": "transformers"}, "pooling": tower.pooling.modes, "head": tower.head.spec()}
     if isinstance(tower, TimmImageTower) and hasattr(tower, "architecture"):
         arch, kwargs = tower.architecture
-        return {
-            "backbone": {"library": "timm", "architecture": arch, "kwargs": kwargs},
-            "head": tower.head.spec(),
-            "preprocess": preprocessor.config(),
-        }
+        return {"backbone": {"library": "timm", "architecture": arch, "kwargs": kwargs}, "head": tower.head.spec()}
     raise NotImplementedError(
-        f"the {modality} tower ({type(tower).__name__}) cannot be written in embedhub's format; "
-        "models loaded from open_clip or transformers CLIP folders stay in their own format"
+        f"the {modality} tower ({type(tower).__name__}) cannot be written as torch weights in embedhub's format; "
+        "models loaded from open_clip or transformers CLIP folders keep their own format (or export to ONNX)"
     )
 
 
-def save(model: EmbeddingModel, folder: Path) -> Path:
-    """Write ``model`` atomically (a temporary folder renamed into place)."""
+def can_write_torch(model: EmbeddingModel) -> bool:
+    """Whether every tower of ``model`` is a torch tower this format can rebuild."""
+    try:
+        for m in model.modalities:
+            tower_spec(m, model.towers[m] if m in model.towers else None)
+    except NotImplementedError:
+        return False
+    return True
+
+
+def write(
+    model: EmbeddingModel,
+    folder: Path,
+    *,
+    torch_weights: bool = True,
+    extra: Callable[[Path, dict[str, Any]], None] | None = None,
+) -> Path:
+    """Write ``model`` atomically (a temporary folder renamed into place).
+
+    ``torch_weights=False`` writes config and preprocessing only; ``extra(tmp_folder, config)``
+    may add files (ONNX graphs) and config entries before the config is written.
+    """
     from safetensors.torch import save_model
 
-    specs = {m: tower_spec(m, model.towers[m], model.preprocessors[m]) for m in model.modalities}
+    specs = {
+        m: tower_spec(m, model.towers[m] if m in model.towers else None) if torch_weights else {}
+        for m in model.modalities
+    }
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        if "text" in specs:
-            (tmp / "text").mkdir()
+        for m in model.modalities:
+            specs[m]["preprocess"] = model.preprocessors[m].save(tmp / m)
+        if torch_weights and "text" in specs:
             model.towers["text"].backbone.config.to_json_file(str(tmp / "text" / "config.json"))
-            model.preprocessors["text"].tokenizer.save(str(tmp / "text" / "tokenizer.json"))
         cfg = {
             "format_version": FORMAT_VERSION,
             "embed_dim": model.embed_dim,
@@ -144,9 +186,11 @@ def save(model: EmbeddingModel, folder: Path) -> Path:
             "templates": list(model.templates),
             "towers": specs,
         }
+        if extra is not None:
+            extra(tmp, cfg)
         (tmp / MARKER).write_text(json.dumps(cfg, indent=2) + "\n")
-        cpu = nn.ModuleDict({m: model.towers[m] for m in model.modalities})
-        save_model(cpu, str(tmp / "model.safetensors"))
+        if torch_weights:
+            save_model(nn.ModuleDict({m: model.towers[m] for m in model.modalities}), str(tmp / "model.safetensors"))
         if folder.exists():
             backup = folder.with_name(folder.name + ".old")
             os.replace(folder, backup)
@@ -158,3 +202,8 @@ def save(model: EmbeddingModel, folder: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def save(model: EmbeddingModel, folder: Path) -> Path:
+    """``model.save_pretrained``: torch weights in embedhub's format."""
+    return write(model, folder)

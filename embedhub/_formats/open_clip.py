@@ -64,7 +64,6 @@ def image_config(model_cfg: dict[str, Any], pp: dict[str, Any]) -> ImageConfig:
 
 
 def load(folder: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
-    open_clip = require("open_clip", "open-clip", "loading open_clip models")
     cfg = read_json(folder / MARKER)
     if "model_cfg" not in cfg:
         raise UnknownFormatError(f"{folder / MARKER} has no 'model_cfg'")
@@ -72,10 +71,7 @@ def load(folder: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
     model = build(model_cfg)
     state = read_safetensors(find_safetensors(folder, ("open_clip_model.safetensors", "model.safetensors")))
     load_strict(model, state, what="open_clip model")
-    tokenizer = open_clip.get_tokenizer(f"local-dir:{folder}")
-    text_cfg = model_cfg["text_cfg"]
-    context = int(text_cfg.get("context_length", 77))
-    text = OpenCLIPTextPreprocessor(tokenizer, max_length=context)
+    text = OpenCLIPTextPreprocessor.from_folder(folder)
     image = ImagePreprocessor(image_config(model_cfg, cfg.get("preprocess_cfg", {})))
     logit_scale = float(model.logit_scale.exp().item()) if getattr(model, "logit_scale", None) is not None else None
     return {
