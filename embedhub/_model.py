@@ -77,8 +77,8 @@ class EmbeddingModel:
 
     def __repr__(self) -> str:
         return (
-            f"EmbeddingModel(name={self.name!r}, format={self.format!r}, modalities={self.modalities}, "
-            f"embed_dim={self.embed_dim}, device={str(self.device)!r}, dtype={self.dtype})"
+            f"EmbeddingModel(name={self.name!r}, format={self.format!r}, backend={self.backend!r}, "
+            f"modalities={self.modalities}, embed_dim={self.embed_dim}, device={str(self.device)!r})"
         )
 
     # ------------------------------------------------------------------ encoding

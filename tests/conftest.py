@@ -159,3 +159,50 @@ def photos() -> list:
         digits = load_digits().images[:4]
         arrays = [np.stack([(d * 16).clip(0, 255).astype(np.uint8)] * 3, -1) for d in digits]
     return [Image.fromarray(a).convert("RGB") for a in arrays]
+
+
+@pytest.fixture(scope="session")
+def tiny_st_dir(tmp_path_factory, minilm_path) -> Path:
+    """A tiny random BERT with all-MiniLM-L6-v2's real tokenizer, saved by sentence-transformers."""
+    st = pytest.importorskip("sentence_transformers")
+    import shutil
+
+    import transformers
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules import Pooling
+
+    hf = tmp_path_factory.mktemp("tiny_bert_hf")
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                     intermediate_size=64, max_position_embeddings=128)
+    transformers.BertModel(config).save_pretrained(hf)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copyfile(minilm_path / name, hf / name)
+    transformer = Transformer(str(hf), max_seq_length=64)
+    peer = st.SentenceTransformer(modules=[transformer, Pooling(32, pooling_mode="mean")], device="cpu")
+    folder = tmp_path_factory.mktemp("tiny_st")
+    peer.save(str(folder))
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_embedhub_dir(tmp_path_factory, tiny_st_dir) -> Path:
+    """embedhub's own format with a transformers text tower and a timm image tower (tiny, random)."""
+    timm = pytest.importorskip("timm")
+    import embedhub
+    from embedhub import EmbeddingModel
+    from embedhub._modules import Head, TimmImageTower
+    from embedhub._preprocess import ImageConfig, ImagePreprocessor
+
+    text = embedhub.load(tiny_st_dir, device="cpu")
+    torch.manual_seed(0)
+    backbone = timm.create_model("resnet10t", pretrained=False, num_classes=0)
+    image = TimmImageTower(backbone, Head([{"in_features": backbone.num_features, "out_features": 32}]))
+    image.architecture = ("resnet10t", {})
+    pre = ImagePreprocessor(ImageConfig(size=48, crop_size=(48, 48)))
+    model = EmbeddingModel({"text": text.towers["text"], "image": image},
+                           {"text": text.preprocessors["text"], "image": pre},
+                           embed_dim=32, name="tiny", format="embedhub", logit_scale=20.0)
+    folder = tmp_path_factory.mktemp("tiny_embedhub")
+    model.save_pretrained(folder)
+    return folder

@@ -1,0 +1,389 @@
+"""Export an embedhub model to ONNX, behind a parity gate.
+
+Every tower becomes one graph with pooling, projection and L2 normalisation inside; the
+tokeniser and image preprocessing stay outside and are the SDK's own. After export the
+folder is loaded with ``backend="onnx"`` and compared with the torch model on real inputs;
+the folder is only moved into place when every gate holds.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+import embedhub
+from embedhub import EmbeddingModel
+
+from ._data import CALIBRATION_TEXTS, GATE_TEXTS, gate_images
+
+Precision = Literal["fp32", "fp16", "int8"]
+
+#: per-row cosine between ONNX Runtime and torch that each precision must reach
+GATES: dict[str, dict[str, float]] = {
+    "fp32": {"min": 0.99999},
+    "fp16": {"min": 0.999},
+    "int8": {"min": 0.97, "mean": 0.99},
+}
+#: int8: quantise every MatMul / Attention / Gemm, then keep the most sensitive ones in fp32 until
+#: the summed error of the quantised ones (1 - mean cosine, each measured alone) is within this
+INT8_ERROR_BUDGET = 0.006
+_INPUTS = {"text": ["input_ids", "attention_mask"], "image": ["pixel_values"]}
+
+
+class ParityError(RuntimeError):
+    """The exported graphs disagree with torch beyond the gate; nothing was written."""
+
+    def __init__(self, message: str, report: dict[str, Any]):
+        super().__init__(message)
+        self.report = report
+
+
+@dataclass
+class _Step:
+    name: str
+    nodes: int
+    ops: dict[str, int] = field(default_factory=dict)
+    note: str = ""
+
+
+class _Graph(nn.Module):
+    """A tower plus L2 normalisation: the function each ONNX graph computes."""
+
+    def __init__(self, tower: nn.Module, modality: str):
+        super().__init__()
+        self.tower, self.modality = tower, modality
+
+    def forward(self, *args: torch.Tensor) -> torch.Tensor:
+        batch = dict(zip(_INPUTS[self.modality], args))
+        return nn.functional.normalize(self.tower(**batch).float(), p=2, dim=-1)
+
+
+def _eager(tower: nn.Module) -> nn.Module:
+    """A copy of ``tower`` whose transformers modules use eager attention (traceable, and the
+    pattern ONNX Runtime's fusions recognise)."""
+    tower = copy.deepcopy(tower).cpu().float().eval()
+    for module in tower.modules():
+        if hasattr(module, "set_attn_implementation") and hasattr(module, "config"):
+            module.set_attn_implementation("eager")
+    return tower
+
+
+def _example(model: EmbeddingModel, modality: str) -> tuple[torch.Tensor, ...]:
+    if modality == "text":
+        pre = model.preprocessors["text"]
+        batch = pre.collate(pre.tokenize(["a short one", "a somewhat longer example sentence for tracing"]))
+    else:
+        batch = model.preprocessors["image"](gate_images()[:2])
+    return tuple(torch.from_numpy(batch[k]) for k in _INPUTS[modality])
+
+
+def _torch_to_onnx(model: EmbeddingModel, modality: str, path: Path, opset: int) -> None:
+    import warnings
+
+    graph = _Graph(_eager(model.towers[modality]), modality).eval()
+    names = _INPUTS[modality]
+    axes = {n: {0: "batch", 1: "sequence"} for n in names} if modality == "text" else {names[0]: {0: "batch"}}
+    axes["embeddings"] = {0: "batch"}
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)  # nn.MultiheadAttention's fused kernel has no ONNX form
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(graph, _example(model, modality), str(path), input_names=names,
+                              output_names=["embeddings"], dynamic_axes=axes, opset_version=opset, dynamo=False)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
+def _stats(path: Path, name: str, note: str = "") -> _Step:
+    import onnx
+
+    g = onnx.load(str(path), load_external_data=False).graph
+    ops = Counter(n.op_type for n in g.node)
+    keep = ("Attention", "MultiHeadAttention", "SkipLayerNormalization", "EmbedLayerNormalization", "BiasGelu",
+            "FastGelu", "Gelu", "QuickGelu", "LayerNormalization", "MatMul", "MatMulInteger", "DynamicQuantizeMatMul",
+            "QAttention", "DynamicQuantizeLinear", "Gemm", "Conv")
+    return _Step(name, len(g.node), {k: v for k, v in sorted(ops.items()) if k in keep}, note)
+
+
+def _ort_model_type(model: EmbeddingModel, modality: str) -> str | None:
+    """The onnxruntime.transformers optimizer family for this tower, or None for a generic graph."""
+    tower = model.towers[modality]
+    cfg = getattr(getattr(tower, "backbone", None), "config", None) or getattr(getattr(tower, "clip", None),
+                                                                                "config", None)
+    mt = getattr(cfg, "model_type", "")
+    if mt in ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "camembert"):
+        return "bert"
+    if mt == "clip":
+        return "clip"
+    if type(tower).__name__ == "OpenCLIPTower":
+        return "clip"
+    return None
+
+
+def _heads(model: EmbeddingModel, modality: str) -> tuple[int, int]:
+    """(attention heads, hidden size) of a transformer tower, (0, 0) when unknown."""
+    tower = model.towers[modality]
+    cfg = getattr(getattr(tower, "backbone", None), "config", None)
+    clip = getattr(tower, "clip", None)
+    if cfg is None and clip is not None and hasattr(clip, "config"):  # transformers CLIPModel
+        cfg = clip.config.text_config if modality == "text" else clip.config.vision_config
+    if cfg is not None and hasattr(cfg, "num_attention_heads"):
+        return int(cfg.num_attention_heads), int(cfg.hidden_size)
+    if clip is not None:  # open_clip: nn.MultiheadAttention in the residual blocks
+        tr = clip.transformer if modality == "text" else getattr(clip.visual, "transformer", None)
+        blocks = getattr(tr, "resblocks", None)
+        if blocks:
+            attn = blocks[0].attn
+            return int(attn.num_heads), int(attn.embed_dim)
+    return 0, 0
+
+
+def _optimize(model: EmbeddingModel, modality: str, src: Path, dst: Path) -> str:
+    """onnxruntime's transformer fusions (Attention, SkipLayerNorm, BiasGelu, ...) where they apply."""
+    import logging
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    family = _ort_model_type(model, modality)
+    if family is None:
+        shutil.copyfile(src, dst)
+        return "no transformer fusions for this architecture (ONNX Runtime's session optimisations still run)"
+    heads, hidden = _heads(model, modality)
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    opt = optimize_model(str(src), model_type=family, num_heads=heads, hidden_size=hidden, opt_level=1)
+    opt.save_model_to_file(str(dst))
+    fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+    return f"onnxruntime.transformers optimizer ({family}): {fused}"
+
+
+def _to_fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True)
+    onnx.save(model, str(dst))
+
+
+def _feed(model: EmbeddingModel, modality: str, calibration: list) -> list[dict[str, np.ndarray]]:
+    pre = model.preprocessors[modality]
+    if modality == "text":
+        ids = pre.tokenize(list(calibration))
+        order = np.argsort([-len(x) for x in ids])
+        return [pre.collate([ids[i] for i in order[s : s + 16]]) for s in range(0, len(ids), 16)]
+    return [pre(calibration[s : s + 8]) for s in range(0, len(calibration), 8)]
+
+
+def _run(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    names = [i.name for i in sess.get_inputs()]
+    return np.concatenate([sess.run(None, {k: f[k] for k in names})[0] for f in feeds])
+
+
+def _quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budget: float, work: Path) -> str:
+    """Dynamic int8 (per-channel symmetric weights, per-tensor uint8 activations) on MatMul, Attention
+    and Gemm; the nodes whose quantisation alone costs most on the calibration inputs stay fp32 until
+    the remaining nodes' summed error is within ``budget``."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns through the root logger on every call
+    graph = onnx.load(str(src), load_external_data=False).graph
+    consts = {i.name for i in graph.initializer}
+    candidates = [n.name for n in graph.node
+                  if n.op_type in ("MatMul", "Attention", "Gemm") and len(n.input) > 1 and n.input[1] in consts]
+    ops = ["MatMul", "Attention", "Gemm"]
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+
+    def quantize(out: Path, **kw: Any) -> None:
+        quantize_dynamic(str(src), str(out), per_channel=True, weight_type=QuantType.QInt8,
+                         op_types_to_quantize=ops, extra_options=extra, **kw)
+
+    ref = _run(src, feeds)
+
+    def error(path: Path) -> float:
+        out = _run(path, feeds)
+        return float(1 - (out * ref).sum(1).mean())
+
+    solo = {}
+    probe = work / "probe.onnx"
+    for name in candidates:
+        quantize(probe, nodes_to_quantize=[name])
+        solo[name] = max(error(probe), 0.0)
+    ranked = sorted(solo, key=solo.get, reverse=True)
+    remaining, excluded = sum(solo.values()), []
+    for name in ranked:
+        if remaining <= budget:
+            break
+        excluded.append(name)
+        remaining -= solo[name]
+    quantize(dst, nodes_to_exclude=excluded)
+    return (f"dynamic int8, per-channel weights, ops {ops}; {len(candidates) - len(excluded)}/{len(candidates)} "
+            f"nodes quantised; kept fp32 by calibrated sensitivity: "
+            f"{[(n, round(solo[n], 5)) for n in excluded]}; estimated error {remaining:.5f} "
+            f"(budget {budget}); calibration error of the result {error(dst):.5f}")
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def _gate(torch_model: EmbeddingModel, onnx_model: EmbeddingModel, precision: str, texts: list[str],
+          images: list, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
+    report: dict[str, Any] = {"precision": precision, "thresholds": GATES[precision], "modalities": {}}
+    ok = True
+    for modality in onnx_model.modalities:
+        inputs = texts if modality == "text" else images
+        ref = torch_model.encode(inputs, batch_size=max(batch_sizes), show_progress_bar=False)
+        cos = np.concatenate([
+            _cosines(onnx_model.encode(inputs, batch_size=bs, show_progress_bar=False), ref) for bs in batch_sizes
+        ])
+        entry = {"inputs": len(inputs), "batch_sizes": list(batch_sizes), "min_cosine": float(cos.min()),
+                 "mean_cosine": float(cos.mean())}
+        gate = GATES[precision]
+        entry["passed"] = bool(cos.min() >= gate["min"] and cos.mean() >= gate.get("mean", -1.0))
+        ok &= entry["passed"]
+        report["modalities"][modality] = entry
+    report["passed"] = ok
+    return report
+
+
+def export(
+    model: str | os.PathLike | EmbeddingModel,
+    output: str | os.PathLike,
+    *,
+    dtype: Literal["fp32", "fp16"] = "fp32",
+    quantize: Literal["int8"] | None = None,
+    opset: int = 17,
+    optimize: bool = True,
+    keep_torch: bool = True,
+    gate_texts: list[str] | None = None,
+    gate_image_inputs: list | None = None,
+    calibration_texts: list[str] | None = None,
+    batch_sizes: tuple[int, ...] = (1, 7, 32),
+    int8_error_budget: float = INT8_ERROR_BUDGET,
+    verbose: bool = True,
+) -> Path:
+    """Export ``model`` (a name ``embedhub.load`` takes, or a loaded torch model) to ``output``.
+
+    Writes an embedhub model folder with ``onnx/<modality>.onnx`` graphs and
+    ``onnx/export_metadata.json`` (gate figures, steps, versions) that
+    ``embedhub.load(output, backend="onnx")`` loads. Raises :class:`ParityError` and writes nothing
+    when ONNX Runtime and torch disagree beyond :data:`GATES`.
+
+    >>> export("all-MiniLM-L6-v2", "minilm-onnx", quantize="int8")   # doctest: +SKIP
+    """
+    import onnx
+    import onnxruntime as ort
+
+    from embedhub._formats import embedhub as own_format
+
+    if dtype not in ("fp32", "fp16"):
+        raise ValueError(f"dtype must be 'fp32' or 'fp16', got {dtype!r}")
+    if quantize not in (None, "int8"):
+        raise ValueError(f"quantize must be None or 'int8', got {quantize!r}")
+    if quantize and dtype != "fp32":
+        raise ValueError("int8 quantisation starts from fp32 weights: use dtype='fp32' with quantize='int8'")
+    precision: Precision = "int8" if quantize else dtype
+    say = print if verbose else (lambda *a, **k: None)
+    src = model if isinstance(model, EmbeddingModel) else embedhub.load(model, device="cpu")
+    if src.backend != "torch":
+        raise ValueError(f"export needs a torch model; {src.name} runs on {src.backend}")
+    texts = list(gate_texts or GATE_TEXTS)
+    images = list(gate_image_inputs or gate_images())
+    calib = {"text": list(calibration_texts or CALIBRATION_TEXTS), "image": gate_images()[::2]}
+    output = Path(output)
+    t0 = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="embedhub-export-") as tmpdir:
+        work = Path(tmpdir)
+        graphs: dict[str, Path] = {}
+        steps: dict[str, list[dict[str, Any]]] = {}
+        for modality in src.modalities:
+            say(f"[export] {modality}: torch -> ONNX (opset {opset})")
+            raw = work / f"{modality}.raw.onnx"
+            _torch_to_onnx(src, modality, raw, opset)
+            log = [_stats(raw, "torch.onnx.export")]
+            cur = raw
+            if optimize:
+                nxt = work / f"{modality}.opt.onnx"
+                note = _optimize(src, modality, cur, nxt)
+                cur = nxt
+                log.append(_stats(cur, "graph optimisation", note))
+            if precision == "fp16":
+                nxt = work / f"{modality}.fp16.onnx"
+                _to_fp16(cur, nxt)
+                cur = nxt
+                log.append(_stats(cur, "fp16", "weights and activations fp16, inputs/outputs kept fp32"))
+            if precision == "int8":
+                say(f"[export] {modality}: int8 calibration")
+                nxt = work / f"{modality}.int8.onnx"
+                note = _quantize_int8(cur, nxt, _feed(src, modality, calib[modality]), int8_error_budget, work)
+                cur = nxt
+                log.append(_stats(cur, "int8", note))
+            graphs[modality] = cur
+            steps[modality] = [s.__dict__ for s in log]
+
+        def add_graphs(folder: Path, cfg: dict[str, Any]) -> None:
+            (folder / "onnx").mkdir()
+            for modality, path in graphs.items():
+                shutil.copyfile(path, folder / "onnx" / f"{modality}.onnx")
+                cfg["towers"][modality]["onnx"] = f"onnx/{modality}.onnx"
+
+        staging = output.with_name(f".{output.name}.staging")
+        shutil.rmtree(staging, ignore_errors=True)
+        with_torch = keep_torch and own_format.can_write_torch(src)
+        own_format.write(src, staging, torch_weights=with_torch, extra=add_graphs)
+        try:
+            say(f"[export] parity gate ({precision}): {len(texts)} texts, {len(images)} images, "
+                f"batch sizes {batch_sizes}")
+            onnx_model = embedhub.load(staging, backend="onnx", device="cpu")
+            report = _gate(src, onnx_model, precision, texts, images, batch_sizes)
+            del onnx_model
+            meta = {
+                "precision": precision,
+                "opset": opset,
+                "source": src.name,
+                "source_format": src.format,
+                "torch_weights_kept": with_torch,
+                "gate": report,
+                "steps": steps,
+                "seconds": round(time.perf_counter() - t0, 1),
+                "versions": {"embedhub": embedhub.__version__, "torch": torch.__version__,
+                             "onnx": onnx.__version__, "onnxruntime": ort.__version__},
+            }
+            if not report["passed"]:
+                raise ParityError(
+                    f"parity gate failed for {precision}: "
+                    + "; ".join(f"{m}: min cosine {e['min_cosine']:.6f}, mean {e['mean_cosine']:.6f}"
+                                for m, e in report["modalities"].items())
+                    + f" (needs {GATES[precision]}); nothing written to {output}",
+                    meta,
+                )
+            (staging / "onnx" / "export_metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+            if output.exists():
+                shutil.rmtree(output)
+            os.replace(staging, output)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    for m, e in report["modalities"].items():
+        say(f"[export] {m}: min cosine {e['min_cosine']:.6f}, mean {e['mean_cosine']:.6f} -> passed")
+    say(f"[export] wrote {output}")
+    return output

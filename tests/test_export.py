@@ -1,0 +1,141 @@
+"""ONNX export behind the parity gate, and the ONNX Runtime backend, on real and tiny real models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import embedhub
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+from export import GATES, ParityError, export  # noqa: E402  (after the importorskips)
+
+
+def _cos(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.fixture(scope="module")
+def minilm_fp32(tmp_path_factory, minilm):
+    return export(minilm, tmp_path_factory.mktemp("x") / "minilm-onnx", verbose=False)
+
+
+@pytest.fixture(scope="module")
+def minilm_int8(tmp_path_factory, minilm):
+    return export(minilm, tmp_path_factory.mktemp("x") / "minilm-int8", quantize="int8", verbose=False)
+
+
+@pytest.mark.parametrize("fixture", ["tiny_st_dir", "open_clip_dir", "hf_clip_dir", "tiny_embedhub_dir"])
+def test_export_each_format(fixture, request, tmp_path, photos):
+    source = request.getfixturevalue(fixture)
+    out = export(source, tmp_path / "onnx", verbose=False)
+    meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
+    assert meta["gate"]["passed"] and meta["precision"] == "fp32"
+    torch_model = embedhub.load(source, device="cpu")
+    onnx_model = embedhub.load(out, backend="onnx")
+    assert onnx_model.backend == "onnx" and onnx_model.modalities == torch_model.modalities
+    assert embedhub.load(out, backend="auto").backend == "onnx"
+    for modality in torch_model.modalities:
+        assert (out / "onnx" / f"{modality}.onnx").is_file()
+        assert meta["gate"]["modalities"][modality]["min_cosine"] >= GATES["fp32"]["min"]
+        inputs = ["a photo of a cat", "the quick brown fox jumps over the lazy dog", "x"] if modality == "text" \
+            else photos
+        ref = torch_model.encode(inputs)
+        got = onnx_model.encode(inputs)
+        assert _cos(got, ref).min() >= 0.99999
+    # torch weights are kept for formats embedhub can rebuild; otherwise the folder is ONNX-only
+    rebuildable = fixture in ("tiny_st_dir", "tiny_embedhub_dir")
+    assert meta["torch_weights_kept"] == rebuildable
+    if rebuildable:
+        assert embedhub.load(out, backend="torch").backend == "torch"
+    else:
+        with pytest.raises(embedhub.UnknownFormatError, match="use backend='onnx'"):
+            embedhub.load(out, backend="torch")
+
+
+def test_minilm_onnx_matches_torch_on_stsb(minilm, minilm_fp32, sts_test):
+    s1, s2, _ = sts_test
+    sentences = list(dict.fromkeys(s1 + s2))
+    onnx_model = embedhub.load(minilm_fp32, backend="onnx", threads=2)
+    ref = minilm.encode(sentences, batch_size=64)
+    got = onnx_model.encode(sentences, batch_size=64)
+    assert _cos(got, ref).min() >= GATES["fp32"]["min"]
+    meta = json.loads((minilm_fp32 / "onnx" / "export_metadata.json").read_text())
+    fused = meta["steps"]["text"][1]["ops"]
+    assert fused.get("Attention") == 6 and fused.get("SkipLayerNormalization") == 12
+
+
+def test_int8_keeps_stsb_spearman(minilm, minilm_int8, sts_test):
+    from scipy.stats import spearmanr
+
+    s1, s2, gold = sts_test
+    int8 = embedhub.load(minilm_int8, backend="onnx", threads=2)
+
+    def spearman(model) -> float:
+        a, b = model.encode(s1, batch_size=64), model.encode(s2, batch_size=64)
+        return 100 * spearmanr((a * b).sum(1), gold).statistic
+
+    fp32, q = spearman(minilm), spearman(int8)
+    assert abs(fp32 - q) <= 0.5, (fp32, q)
+    cos = _cos(int8.encode(s1[:500]), minilm.encode(s1[:500]))
+    assert cos.mean() >= GATES["int8"]["mean"] and cos.min() >= GATES["int8"]["min"]
+    meta = json.loads((minilm_int8 / "onnx" / "export_metadata.json").read_text())
+    assert meta["precision"] == "int8" and "MatMulInteger" in meta["steps"]["text"][-1]["ops"]
+
+
+def test_broken_export_is_refused(minilm, tmp_path, monkeypatch):
+    """A perturbed weight in the exported graph must fail the gate, and nothing may be written."""
+    import onnx
+    from onnx import numpy_helper
+
+    from export import _export
+
+    original = _export._torch_to_onnx
+
+    def broken(model, modality, path, opset):
+        original(model, modality, path, opset)
+        graph = onnx.load(str(path))
+        init = max(graph.graph.initializer, key=lambda t: np.prod(t.dims))
+        w = numpy_helper.to_array(init).copy()
+        w[: w.shape[0] // 10] *= 1.05  # 5% on a tenth of the largest matrix
+        init.CopyFrom(numpy_helper.from_array(w, init.name))
+        onnx.save(graph, str(path))
+
+    monkeypatch.setattr(_export, "_torch_to_onnx", broken)
+    out = tmp_path / "broken"
+    with pytest.raises(ParityError, match="parity gate failed for fp32") as err:
+        export(minilm, out, verbose=False)
+    assert not out.exists() and not list(tmp_path.iterdir())
+    assert err.value.report["gate"]["modalities"]["text"]["min_cosine"] < GATES["fp32"]["min"]
+
+
+def test_token_budget_batching_same_result(minilm, minilm_fp32, sts_test):
+    onnx_model = embedhub.load(minilm_fp32, backend="onnx")
+    texts = sts_test[0][:200]
+    for model in (minilm, onnx_model):
+        np.testing.assert_allclose(model.encode(texts, max_tokens=300), model.encode(texts, batch_size=16), atol=2e-6)
+
+
+def test_onnx_errors(minilm_fp32, monkeypatch, tmp_path):
+    with pytest.raises(ValueError, match="without embedhub ONNX graphs; export it first"):
+        embedhub.load("all-MiniLM-L6-v2", backend="onnx")
+    with pytest.raises(ValueError, match="int8 quantisation starts from fp32"):
+        export("all-MiniLM-L6-v2", tmp_path / "x", dtype="fp16", quantize="int8")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    with pytest.raises(embedhub.MissingDependencyError, match=r"pip install 'embedhub\[onnx\]'"):
+        embedhub.load(minilm_fp32, backend="onnx")
+
+
+def test_cli_export(tiny_st_dir, tmp_path):
+    out = tmp_path / "cli-onnx"
+    proc = subprocess.run([sys.executable, "-m", "embedhub", "export", str(tiny_st_dir), "--output", str(out),
+                           "--quantize", "int8"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "parity gate (int8)" in proc.stdout
+    meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
+    assert meta["precision"] == "int8" and meta["gate"]["passed"]
