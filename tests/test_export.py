@@ -139,3 +139,20 @@ def test_cli_export(tiny_st_dir, tmp_path):
     assert "parity gate (int8)" in proc.stdout
     meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
     assert meta["precision"] == "int8" and meta["gate"]["passed"]
+
+
+def test_fp16_export_has_half_weights_and_passes_its_gate(tiny_st_dir, tmp_path):
+    import onnx
+
+    out = export(tiny_st_dir, tmp_path / "fp16", dtype="fp16", verbose=False)
+    graph = onnx.load(str(out / "onnx" / "text.onnx")).graph
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    kinds = {i.data_type for i in graph.initializer if len(i.dims) == 2 and i.data_type in floats}
+    assert kinds == {onnx.TensorProto.FLOAT16}
+    assert graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.INT64
+    assert graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
+    assert meta["precision"] == "fp16" and meta["gate"]["thresholds"] == GATES["fp16"]
+    model = embedhub.load(out, backend="onnx")
+    ref = embedhub.load(tiny_st_dir, device="cpu").encode(["half precision on the CPU", "short"])
+    assert _cos(model.encode(["half precision on the CPU", "short"]), ref).min() >= GATES["fp16"]["min"]
