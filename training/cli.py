@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import importlib
 
-RECIPES = ("clip",)
+RECIPES = ("clip", "protoclip", "pmrl")
 
 
 def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", help="train a model with a recipe (clip)",
+    p = sub.add_parser("train", help="train a model with a recipe (clip, protoclip, pmrl)",
                        description="Train with a recipe; settings come from the recipe's dataclass defaults, "
                        "then --config YAML, then key=value overrides. --resume continues an interrupted run.")
     p.add_argument("recipe", choices=RECIPES)

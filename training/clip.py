@@ -69,96 +69,106 @@ def make_loss(cfg: ClipConfig, model: DualEncoder):
     raise ValueError(f"loss must be clip, siglip or dcl, got {cfg.loss!r}")
 
 
-def run(cfg: ClipConfig) -> dict[str, Any]:
-    torch.set_num_threads(cfg.threads)
-    torch.manual_seed(cfg.seed)
-    t_start = time.perf_counter()
-    if cfg.data != "fashion-mnist":
-        raise NotImplementedError("this recipe's CLI trains on data=fashion-mnist; see training.data for other sources")
-    if not (cfg.freeze_image and cfg.freeze_text):
-        raise NotImplementedError("the CLI recipe trains LiT-style (frozen towers, cached features)")
-    image_bb, image_dim, image_pre, text_bb, text_dim, text_pre = build_towers(cfg)
-    model = DualEncoder(image_bb, image_dim, text_bb, text_dim, embed_dim=cfg.embed_dim, head=cfg.head,
-                        init_logit_scale=cfg.init_logit_scale)
-    model.freeze(image=True, text=True)
-    loss_pair = make_loss(cfg, model)
-    train_all, test_all = fashion_mnist("train"), fashion_mnist("test")
-    classes = train_all.classes
-    seen = tuple(c for c in classes if c not in cfg.holdout_classes)
-    train = train_all.without_classes(cfg.holdout_classes) if cfg.holdout_classes else train_all
-    if cfg.train_limit:
-        train = train.subset(np.arange(min(cfg.train_limit, len(train))))
-    test = test_all.subset(np.arange(cfg.eval_limit)) if cfg.eval_limit else test_all
-    feats_train = FeatureSet(model, image_pre, text_pre, train, cfg.templates, classes)
-    feats_test = FeatureSet(model, image_pre, text_pre, test, cfg.templates, classes)
-    t_features = time.perf_counter() - t_start
-    n_t = len(cfg.templates)
-    steps = int(np.ceil(len(train) / cfg.batch_size))
+class LiTSetup:
+    """What every LiT-style recipe shares: towers, frozen features of train/test, evaluation, export."""
 
-    def batches(epoch: int):
-        g = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        order = torch.randperm(len(train), generator=g)
-        tmpl = torch.randint(n_t, (len(train),), generator=g)
-        for s in range(0, len(order), cfg.batch_size):
-            idx = order[s:s + cfg.batch_size]
-            cap = torch.from_numpy(feats_train.labels)[idx] * n_t + tmpl[idx]
-            yield feats_train.images[idx], feats_train.text[cap]
+    def __init__(self, cfg):
+        torch.set_num_threads(cfg.threads)
+        torch.manual_seed(cfg.seed)
+        self.t_start = time.perf_counter()
+        self.cfg = cfg
+        if cfg.data != "fashion-mnist":
+            raise NotImplementedError("the recipe CLI trains on data=fashion-mnist; training.data reads others")
+        if not (cfg.freeze_image and cfg.freeze_text):
+            raise NotImplementedError("the CLI recipes train LiT-style (frozen towers, cached features)")
+        self.image_bb, image_dim, self.image_pre, text_bb, text_dim, self.text_pre = build_towers(cfg)
+        self.model = DualEncoder(self.image_bb, image_dim, text_bb, text_dim, embed_dim=cfg.embed_dim, head=cfg.head,
+                                 init_logit_scale=cfg.init_logit_scale)
+        self.model.freeze(image=True, text=True)
+        train_all, test_all = fashion_mnist("train"), fashion_mnist("test")
+        self.classes = train_all.classes
+        self.seen = tuple(c for c in self.classes if c not in cfg.holdout_classes)
+        train = train_all.without_classes(cfg.holdout_classes) if cfg.holdout_classes else train_all
+        if cfg.train_limit:
+            train = train.subset(np.arange(min(cfg.train_limit, len(train))))
+        self.train, self.test = train, (test_all.subset(np.arange(cfg.eval_limit)) if cfg.eval_limit else test_all)
+        self.feats_train = FeatureSet(self.model, self.image_pre, self.text_pre, train, cfg.templates, self.classes)
+        self.feats_test = FeatureSet(self.model, self.image_pre, self.text_pre, self.test, cfg.templates, self.classes)
+        self.t_features = time.perf_counter() - self.t_start
+        self.n_t = len(cfg.templates)
+        self.steps = int(np.ceil(len(train) / cfg.batch_size))
 
-    def loss_fn(m: DualEncoder, batch) -> torch.Tensor:
-        img, txt = batch
-        return loss_pair(m.encode_image(img, features=True), m.encode_text(txt, features=True))
+    def batch_indices(self, epoch: int):
+        """(sample indices, caption indices) per batch; the order depends only on (seed, epoch)."""
+        g = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
+        order = torch.randperm(len(self.train), generator=g)
+        tmpl = torch.randint(self.n_t, (len(self.train),), generator=g)
+        labels = torch.from_numpy(self.feats_train.labels)
+        for s in range(0, len(order), self.cfg.batch_size):
+            idx = order[s:s + self.cfg.batch_size]
+            yield idx, labels[idx] * self.n_t + tmpl[idx]
 
-    def evaluate(m: DualEncoder) -> dict[str, float]:
+    def batches(self, epoch: int):
+        for idx, cap in self.batch_indices(epoch):
+            yield self.feats_train.images[idx], self.feats_train.text[cap]
+
+    def evaluate(self, m: DualEncoder) -> dict[str, float]:
+        cfg, classes, n_t = self.cfg, self.classes, self.n_t
         with torch.no_grad():
-            img = m.encode_image(feats_test.images, features=True)
-            txt_all = m.encode_text(feats_test.text, features=True)
+            img = m.encode_image(self.feats_test.images, features=True)
+            txt_all = m.encode_text(self.feats_test.text, features=True)
             per_class = torch.nn.functional.normalize(txt_all.reshape(len(classes), n_t, -1).mean(1), dim=-1)
-            labels = feats_test.labels
+            labels = self.feats_test.labels
             res = {"zeroshot_top1": zero_shot_accuracy(img, labels, per_class)}
             if cfg.holdout_classes:
-                held = [classes.index(c) for c in cfg.holdout_classes]
-                mask = np.isin(labels, held)
-                sub = zero_shot_accuracy(img[torch.from_numpy(mask)], np.searchsorted(held, labels[mask]),
-                                         per_class[held])
-                res["zeroshot_heldout_top1"] = sub
-                seen_idx = [classes.index(c) for c in seen]
-                mask_s = np.isin(labels, seen_idx)
-                res["zeroshot_seen_top1"] = zero_shot_accuracy(img[torch.from_numpy(mask_s)],
-                                                               np.searchsorted(seen_idx, labels[mask_s]),
-                                                               per_class[seen_idx])
-            # retrieval: 1000 test images vs the first-template caption of every class; a hit is the right class
+                for name, group in (("heldout", cfg.holdout_classes), ("seen", self.seen)):
+                    ids = [classes.index(c) for c in group]
+                    mask = np.isin(labels, ids)
+                    res[f"zeroshot_{name}_top1"] = zero_shot_accuracy(
+                        img[torch.from_numpy(mask)], np.searchsorted(ids, labels[mask]), per_class[ids])
+            # retrieval: 1000 test images vs one caption per class; a hit is a caption of the image's class
             k = min(1000, len(labels))
             cap_emb = txt_all[torch.arange(len(classes)) * n_t]
             res.update({key: v for key, v in retrieval_recall(img[:k], cap_emb, labels[:k], np.arange(len(classes)),
                                                               ks=(1, 5)).items() if key.startswith("i2t")})
         return res
 
-    trainer = Trainer(cfg, model, loss_fn, batches, steps, evaluate)
-    metrics = trainer.fit()
-    # linear probe on the trained image embeddings (train subset -> test)
-    with torch.no_grad():
-        n_probe = min(10000, len(train))
-        tr = model.encode_image(feats_train.images[:n_probe], features=True).numpy()
-        te = model.encode_image(feats_test.images, features=True).numpy()
-    metrics["linear_probe_top1"] = linear_probe(tr, feats_train.labels[:n_probe], te, feats_test.labels)
-    arch = getattr(image_bb, "architecture_name", cfg.image_tower)
-    emb = to_embedding_model(model, image_pre, text_pre, image_arch=(arch, {}), templates=cfg.templates)
-    out = emb.save_pretrained(Path(cfg.output) / "model")
-    # the saved model, loaded by the SDK, must reproduce the training-time zero-shot figure
-    import embedhub
+    def finish(self, metrics: dict[str, float]) -> dict[str, Any]:
+        """Linear probe, the embedhub model folder (checked through the SDK), results.json."""
+        import embedhub
 
-    loaded = embedhub.load(out, device="cpu")
-    sample = list(images_to_array(test.images[:500]))
-    probs = loaded.zero_shot(sample, list(classes), list(cfg.templates))
-    metrics["sdk_zeroshot_top1_first500"] = float((probs.argmax(1) == test.labels[:500]).mean())
-    summary = {"metrics": metrics, "seconds_total": round(time.perf_counter() - t_start, 1),
-               "seconds_features": round(t_features, 1), "config": to_dict(cfg), "model": str(out)}
-    (Path(cfg.output) / "results.json").write_text(json.dumps(summary, indent=2))
-    print(json.dumps(summary["metrics"], indent=2))
-    return summary
+        cfg, model = self.cfg, self.model
+        with torch.no_grad():
+            n_probe = min(10000, len(self.train))
+            tr = model.encode_image(self.feats_train.images[:n_probe], features=True).numpy()
+            te = model.encode_image(self.feats_test.images, features=True).numpy()
+        metrics["linear_probe_top1"] = linear_probe(tr, self.feats_train.labels[:n_probe], te, self.feats_test.labels)
+        arch = getattr(self.image_bb, "architecture_name", cfg.image_tower)
+        emb = to_embedding_model(model, self.image_pre, self.text_pre, image_arch=(arch, {}), templates=cfg.templates)
+        out = emb.save_pretrained(Path(cfg.output) / "model")
+        loaded = embedhub.load(out, device="cpu")
+        probs = loaded.zero_shot(list(images_to_array(self.test.images[:500])), list(self.classes), list(cfg.templates))
+        metrics["sdk_zeroshot_top1_first500"] = float((probs.argmax(1) == self.test.labels[:500]).mean())
+        summary = {"metrics": metrics, "seconds_total": round(time.perf_counter() - self.t_start, 1),
+                   "seconds_features": round(self.t_features, 1), "config": to_dict(cfg), "model": str(out)}
+        (Path(cfg.output) / "results.json").write_text(json.dumps(summary, indent=2))
+        print(json.dumps(summary["metrics"], indent=2))
+        return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def run(cfg: ClipConfig) -> dict[str, Any]:
+    setup = LiTSetup(cfg)
+    loss_pair = make_loss(cfg, setup.model)
+
+    def loss_fn(m: DualEncoder, batch) -> torch.Tensor:
+        img, txt = batch
+        return loss_pair(m.encode_image(img, features=True), m.encode_text(txt, features=True))
+
+    metrics = Trainer(cfg, setup.model, loss_fn, setup.batches, setup.steps, setup.evaluate).fit()
+    return setup.finish(metrics)
+
+
+def parse_args(argv: list[str] | None) -> tuple[str | None, list[str]]:
     argv = list(sys.argv[1:] if argv is None else argv)
     yaml_path = None
     if "--config" in argv:
@@ -168,7 +178,12 @@ def main(argv: list[str] | None = None) -> int:
     if "--resume" in argv:
         argv.remove("--resume")
         argv.append("resume=true")
-    run(load_config(ClipConfig, yaml_path, argv))
+    return yaml_path, argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    yaml_path, overrides = parse_args(argv)
+    run(load_config(ClipConfig, yaml_path, overrides))
     return 0
 
 

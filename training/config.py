@@ -84,6 +84,8 @@ class ProtoClipConfig(TrainConfig):
 @dataclass
 class PmrlConfig(TrainConfig):
     output: str = "runs/pmrl"
+    objective: str = "pmrl"  # pmrl | anchored (pairwise CLIP with the image as anchor, the baseline)
+    audio_variants: int = 3  # spoken versions of each caption (espeak-ng voices / speeds)
     tau_intra: float = 0.05
     tau_inter: float = 0.1
     lr: float = 1e-3

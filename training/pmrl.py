@@ -1,0 +1,91 @@
+"""PMRL recipe (Liu et al. 2025) with M = 3 real modalities: Fashion-MNIST images, their captions,
+and the captions spoken by espeak-ng (log-mel statistics as the frozen audio features).
+
+    python -m training.pmrl [--config run.yaml] [objective=pmrl|anchored] [key=value ...]
+
+``objective=pmrl``: the singular-value softmax over each instance's stacked embeddings plus
+InfoNCE over the leading singular vectors, no anchor modality. ``objective=anchored``: the
+baseline, pairwise CLIP losses with the image as anchor (image-text + image-audio).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedhub._modules import Head
+from embedhub.losses import ClipLoss, pmrl_loss
+
+from .audio import spoken_caption_features
+from .clip import LiTSetup, parse_args
+from .config import PmrlConfig, load_config
+from .loop import Trainer
+from .model import head_spec
+
+
+def run(cfg: PmrlConfig) -> dict[str, Any]:
+    if cfg.objective not in ("pmrl", "anchored"):
+        raise ValueError(f"objective must be 'pmrl' or 'anchored', got {cfg.objective!r}")
+    setup = LiTSetup(cfg)
+    model = setup.model
+    feats = setup.feats_train
+    audio_np, caption_of = spoken_caption_features(feats.captions, Path(cfg.output) / "audio_cache",
+                                                   variants=cfg.audio_variants)
+    audio = torch.from_numpy(np.asarray(audio_np, dtype=np.float32))
+    audio = (audio - audio.mean(0)) / audio.std(0).clamp(min=1e-6)  # fixed standardisation of the features
+    caption_of = torch.as_tensor(caption_of)
+    utterances = [torch.nonzero(caption_of == c).squeeze(1) for c in range(len(feats.captions))]
+    model.audio_head = Head(head_spec("mlp", audio.shape[1], cfg.embed_dim))
+    clip = ClipLoss()
+
+    def encode_audio(m: nn.Module, rows: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(m.audio_head(audio[rows]), dim=-1)
+
+    def batches(epoch: int):
+        g = torch.Generator().manual_seed(cfg.seed * 31 + epoch)
+        for idx, cap in setup.batch_indices(epoch):
+            pick = torch.randint(cfg.audio_variants, (len(cap),), generator=g)
+            rows = torch.stack([utterances[int(c)][int(p) % len(utterances[int(c)])] for c, p in zip(cap, pick)])
+            yield feats.images[idx], feats.text[cap], rows
+
+    def loss_fn(m: nn.Module, batch) -> torch.Tensor:
+        img, txt, rows = batch
+        zi, zt, za = m.encode_image(img, features=True), m.encode_text(txt, features=True), encode_audio(m, rows)
+        if cfg.objective == "anchored":
+            s = m.logit_scale.exp()
+            return clip(zi, zt, s) + clip(zi, za, s)
+        intra, inter = pmrl_loss([zi, zt, za], tau_intra=cfg.tau_intra, tau_inter=cfg.tau_inter)
+        return intra + inter
+
+    def evaluate(m: nn.Module) -> dict[str, float]:
+        res = setup.evaluate(m)
+        with torch.no_grad():
+            img = m.encode_image(setup.feats_test.images, features=True)
+            aud = encode_audio(m, torch.arange(len(audio)))
+            txt = m.encode_text(feats.text, features=True)
+            n_cls, n_t = len(setup.classes), setup.n_t
+            cls_of_utt = caption_of // n_t
+            per_class = torch.stack([aud[cls_of_utt == c].mean(0) for c in range(n_cls)])
+            per_class = nn.functional.normalize(per_class, dim=-1)
+            pred = (img @ per_class.T).argmax(1).numpy()
+            res["audio_zeroshot_top1"] = float((pred == setup.feats_test.labels).mean())
+            # spoken caption -> written caption: the nearest text is the same caption
+            res["audio2text_R@1"] = float(((aud @ txt.T).argmax(1) == caption_of).float().mean())
+        return res
+
+    metrics = Trainer(cfg, model, loss_fn, batches, setup.steps, evaluate).fit()
+    return setup.finish(metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    yaml_path, overrides = parse_args(argv)
+    run(load_config(PmrlConfig, yaml_path, overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

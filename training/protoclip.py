@@ -1,0 +1,120 @@
+"""ProtoCLIP recipe (Chen et al. 2022), LiT-style: CLIP heads plus per-modality prototype heads,
+episodic K-means, Prototypical Back Translation, soft prototype targets, optional external teacher.
+
+    python -m training.protoclip [--config run.yaml] [key=value ...]
+
+Each epoch is an episode: ``episode_size`` items are drawn with replacement, encoded without
+gradient, clustered per modality (``clusters`` centroids), and the episode's batches are drawn from
+them. The first episode trains InfoNCE only. Empty clusters are masked out of the softmaxes.
+Resume note: a run resumed mid-episode recomputes that episode's prototypes from the resumed model.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from embedhub.losses import ClipLoss, back_translate, kmeans, prototype_loss
+
+from .clip import LiTSetup, parse_args
+from .config import ProtoClipConfig, load_config
+from .loop import Trainer
+
+
+class ProtoHead(nn.Sequential):
+    """``Linear(D, H) -> BN -> ReLU -> Linear(H, d)``, L2-normalised (discarded at inference)."""
+
+    def __init__(self, dim: int, hidden: int, out: int):
+        super().__init__(nn.Linear(dim, hidden), nn.BatchNorm1d(hidden), nn.ReLU(), nn.Linear(hidden, out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(super().forward(x), dim=-1)
+
+
+def run(cfg: ProtoClipConfig) -> dict[str, Any]:
+    setup = LiTSetup(cfg)
+    model = setup.model
+    model.proto_image = ProtoHead(cfg.embed_dim, 512, cfg.proto_dim)
+    model.proto_text = ProtoHead(cfg.embed_dim, 512, cfg.proto_dim)
+    model.proto_logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
+    clip = ClipLoss()
+    feats = setup.feats_train
+    labels_all = torch.from_numpy(feats.labels)
+    k = cfg.clusters
+    episode: dict[str, Any] = {}
+    external = None
+    if cfg.external_teacher:
+        import embedhub
+
+        ext = embedhub.load(cfg.external_teacher, device="cpu")
+        external = torch.from_numpy(ext.encode(feats.captions))
+
+    def start_episode(m: nn.Module, epoch: int) -> None:
+        g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
+        items = torch.randint(len(setup.train), (min(cfg.episode_size, 4 * len(setup.train)),), generator=g)
+        caps = labels_all[items] * setup.n_t + torch.randint(setup.n_t, (len(items),), generator=g)
+        episode.update(items=items, caps=caps, epoch=epoch)
+        if epoch == 0:
+            return  # InfoNCE only in the first episode
+        m.eval()
+        with torch.no_grad():
+            zi = m.proto_image(m.encode_image(feats.images[items], features=True))
+            zt = m.proto_text(m.encode_text(feats.text[caps], features=True))
+        kw = dict(iters=cfg.kmeans_iters, restarts=cfg.kmeans_restarts, seed=cfg.seed + epoch)
+        ci, yi = kmeans(zi, k, **kw)
+        ct, yt = kmeans(zt, k, **kw)
+        # Prototypical Back Translation, fixed for the episode (as in the paper: stale within it)
+        c_i_from_t, valid_t = back_translate(zi, yt, k)  # image-space prototypes of the text clusters
+        c_t_from_i, valid_i = back_translate(zt, yi, k)
+        episode.update(ci=ci, yi=yi, ct=ct, yt=yt, c_i_from_t=c_i_from_t, valid_t=valid_t, c_t_from_i=c_t_from_i,
+                       valid_i=valid_i)
+        if external is not None:
+            _, ye = kmeans(external[caps], k, **kw)
+            c_t_from_e, valid_e = back_translate(zt, ye, k)
+            episode.update(ye=ye, c_t_from_e=c_t_from_e, valid_e=valid_e)
+        m.train()
+
+    def batches(epoch: int):
+        n = len(episode["items"])
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        for s in range(0, n, cfg.batch_size):
+            yield order[s:s + cfg.batch_size]
+
+    def loss_fn(m: nn.Module, pos: torch.Tensor) -> torch.Tensor:
+        items, caps = episode["items"][pos], episode["caps"][pos]
+        ei, et = m.encode_image(feats.images[items], features=True), m.encode_text(feats.text[caps], features=True)
+        loss = clip(ei, et, m.logit_scale.exp())
+        if episode["epoch"] == 0:
+            return loss
+        zi, zt = m.proto_image(ei), m.proto_text(et)
+        scale = m.proto_logit_scale.exp()
+        e, tau = episode, cfg.teacher_temperature
+        proto = 0.5 * (
+            prototype_loss(zi, e["c_i_from_t"], e["ct"], e["yt"][pos], scale, teacher_temperature=tau,
+                           valid=e["valid_t"])
+            + prototype_loss(zt, e["c_t_from_i"], e["ci"], e["yi"][pos], scale, teacher_temperature=tau,
+                             valid=e["valid_i"]))
+        loss = loss + proto
+        if "ye" in e:  # external teacher: hard targets
+            loss = loss + prototype_loss(zt, e["c_t_from_e"], e["c_t_from_e"], e["ye"][pos], scale,
+                                         teacher_temperature=0.0, valid=e["valid_e"])
+        return loss
+
+    steps = int(np.ceil(min(cfg.episode_size, 4 * len(setup.train)) / cfg.batch_size))
+    trainer = Trainer(cfg, model, loss_fn, batches, steps, setup.evaluate, on_epoch_start=start_episode)
+    metrics = trainer.fit()
+    return setup.finish(metrics)
+
+
+def main(argv: list[str] | None = None) -> int:
+    yaml_path, overrides = parse_args(argv)
+    run(load_config(ProtoClipConfig, yaml_path, overrides))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
