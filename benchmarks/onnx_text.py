@@ -478,7 +478,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 raise
         row.rss_peak = peak_rss_mib()
         row.rss_growth, previous = row.rss_peak - previous, row.rss_peak
-        row.rss_retained, current = rss_mib() - current, rss_mib()
+        now = rss_mib()
+        row.rss_retained, current = now - current, now
 
     live = [r for r in rows if r.encode is not None]
     n = len(sentences)

@@ -3,6 +3,12 @@
 # Needs only the package registries (torch 2.14.1 / torchvision 0.29.1 install from this machine's disk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# real data and tools the tests and recipes use, from Debian's packages (Fashion-MNIST, espeak-ng)
+if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
+  apt-get update -qq >/dev/null && apt-get install -y -qq dataset-fashion-mnist espeak-ng >/dev/null
+else
+  echo "note: install dataset-fashion-mnist and espeak-ng with apt-get for the training tests" >&2
+fi
 python3 -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
