@@ -442,8 +442,8 @@ def report(r: dict[str, Any]) -> None:
         "rep against row 1's embedding from the same rep. Row 3 reuses row 2's loaded model. peak RSS: this "
         "process's peak after the row's load + warm-up (rows load in order, so it includes the rows above); peak "
         "growth: over the step before; RSS held: growth of the current RSS (what the row keeps). Peak after "
-        f"imports {r['peak_rss_after_imports_mib']:.0f} MiB; after saving the weights (safetensors serialises a "
-        f"copy) {r['peak_rss_after_save_mib']:.0f} MiB; after the timed reps {r['peak_rss_final_mib']:.0f} MiB. The "
+        f"imports {r['peak_rss_after_imports_mib']:.0f} MiB; after saving the weights to safetensors "
+        f"{r['peak_rss_after_save_mib']:.0f} MiB; after the timed reps {r['peak_rss_final_mib']:.0f} MiB. The "
         "export ran in a child process."
     )
 

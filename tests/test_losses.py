@@ -150,11 +150,23 @@ def test_pmrl_identities():
 
 def test_pmrl_loss_values_and_gradients():
     feats = [F.normalize(torch.randn(6, 8, dtype=torch.float64), dim=-1).requires_grad_() for _ in range(3)]
-    intra, inter = pmrl_loss(feats, tau_intra=0.05, tau_inter=0.1)
+    intra, inter = pmrl_loss(feats, tau_intra=0.05, tau_inter=0.1, inter="reference")
+    (intra + inter).backward()
     sigma, u1 = singular_values(feats)
+    assert inter.item() == pytest.approx(F.cross_entropy(u1 @ u1.T / 0.1, torch.arange(6)).item(), rel=1e-10)
+    _, inter_m = pmrl_loss(feats, tau_intra=0.05, tau_inter=0.1)
+    ref_m = np.mean([F.cross_entropy(f @ u1.T / 0.1, torch.arange(6)).item() for f in feats])
+    assert inter_m.item() == pytest.approx(ref_m, rel=1e-10)
+    # singular values cannot see a modality's sign; the "modalities" contrast can
+    base = torch.randn(6, 8, dtype=torch.float64)
+    near = [F.normalize(base + 0.1 * torch.randn(6, 8, dtype=torch.float64), dim=-1) for _ in range(3)]
+    flipped = [near[0], -near[1], near[2]]
+    assert pmrl_loss(flipped)[0].item() == pytest.approx(pmrl_loss(near)[0].item(), rel=1e-9)
+    assert pmrl_loss(flipped, inter="reference")[1].item() == pytest.approx(
+        pmrl_loss(near, inter="reference")[1].item(), rel=1e-6)
+    assert pmrl_loss(flipped)[1].item() > pmrl_loss(near)[1].item() + 1.0
     ref_intra = np.mean([-(sigma[b, 0] / 0.05 - torch.logsumexp(sigma[b] / 0.05, 0)).item() for b in range(6)])
     assert intra.item() == pytest.approx(ref_intra, rel=1e-10)
-    (intra + inter).backward()
     assert all(torch.isfinite(f.grad).all() for f in feats)
     # aligned inputs (repeated zero singular values) stay finite in fp32
     x = F.normalize(torch.randn(4, 8), dim=-1).requires_grad_()

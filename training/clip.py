@@ -36,13 +36,29 @@ def extract(fn, items: list, batch: int, desc: str) -> torch.Tensor:
 
 
 class FeatureSet:
-    """Frozen-tower features of a labelled image set and of every caption the templates make."""
+    """Frozen-tower features of a labelled image set and of every caption the templates make.
+
+    With ``cache`` (a folder), image features are stored as safetensors keyed by the tower, the
+    preprocessing and a hash of the images, and reused by later runs.
+    """
 
     def __init__(self, model: DualEncoder, image_pre, text_pre, data: LabelledImages, templates: tuple[str, ...],
-                 classes: tuple[str, ...], batch: int = 256):
+                 classes: tuple[str, ...], batch: int = 256, cache: str = "", tower: str = ""):
+        import hashlib
+
+        from safetensors.torch import load_file, save_file
+
         self.labels = data.labels
-        self.images = extract(lambda xs: model.image_backbone(torch.from_numpy(
-            image_pre(images_to_array(xs))["pixel_values"])), list(data.images), batch, "image features")
+        key = hashlib.sha256(data.images.tobytes() + json.dumps([tower, image_pre.config()]).encode()).hexdigest()[:24]
+        path = Path(cache) / f"image-{key}.safetensors" if cache else None
+        if path is not None and path.is_file():
+            self.images = load_file(str(path))["features"]
+        else:
+            self.images = extract(lambda xs: model.image_backbone(torch.from_numpy(
+                image_pre(images_to_array(xs))["pixel_values"])), list(data.images), batch, "image features")
+            if path is not None:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                save_file({"features": self.images.contiguous()}, str(path))
         self.captions = [t.format(c) for c in classes for t in templates]  # index = class * T + template
         self.text = text_features(model, text_pre, self.captions)
 
@@ -92,8 +108,11 @@ class LiTSetup:
         if cfg.train_limit:
             train = train.subset(np.arange(min(cfg.train_limit, len(train))))
         self.train, self.test = train, (test_all.subset(np.arange(cfg.eval_limit)) if cfg.eval_limit else test_all)
-        self.feats_train = FeatureSet(self.model, self.image_pre, self.text_pre, train, cfg.templates, self.classes)
-        self.feats_test = FeatureSet(self.model, self.image_pre, self.text_pre, self.test, cfg.templates, self.classes)
+        tower = f"{cfg.image_tower}:{cfg.image_pretrained}"
+        self.feats_train = FeatureSet(self.model, self.image_pre, self.text_pre, train, cfg.templates, self.classes,
+                                      cache=cfg.feature_cache, tower=tower)
+        self.feats_test = FeatureSet(self.model, self.image_pre, self.text_pre, self.test, cfg.templates,
+                                     self.classes, cache=cfg.feature_cache, tower=tower)
         self.t_features = time.perf_counter() - self.t_start
         self.n_t = len(cfg.templates)
         self.steps = int(np.ceil(len(train) / cfg.batch_size))

@@ -39,6 +39,7 @@ class TrainConfig:
     train_limit: int = 0  # 0 = all training samples
     eval_limit: int = 0  # 0 = all evaluation samples
     image_size: int = 96
+    feature_cache: str = ""  # folder for frozen-tower features, reused by runs with the same towers and data
     # towers
     image_tower: str = "efficientnet_lite0"  # timm name (efficientnet_lite0 gets the packaged ImageNet weights)
     image_pretrained: bool = True
@@ -86,6 +87,7 @@ class PmrlConfig(TrainConfig):
     output: str = "runs/pmrl"
     objective: str = "pmrl"  # pmrl | anchored (pairwise CLIP with the image as anchor, the baseline)
     audio_variants: int = 3  # spoken versions of each caption (espeak-ng voices / speeds)
+    inter: str = "modalities"  # modalities | reference (see embedhub.losses.pmrl_loss)
     tau_intra: float = 0.05
     tau_inter: float = 0.1
     lr: float = 1e-3

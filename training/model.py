@@ -105,7 +105,7 @@ def to_embedding_model(model: DualEncoder, image_pre: Any, text_pre: Any, *, ima
     image.architecture = image_arch
     return EmbeddingModel({"text": text, "image": image}, {"text": text_pre, "image": image_pre},
                           embed_dim=model.image_head[-1].linear.out_features, name="trained", format="embedhub",
-                          logit_scale=float(model.logit_scale.exp()), templates=templates)
+                          logit_scale=model.logit_scale.detach().exp().item(), templates=templates)
 
 
 def images_to_array(images: Any) -> list:

@@ -58,7 +58,7 @@ def run(cfg: PmrlConfig) -> dict[str, Any]:
         if cfg.objective == "anchored":
             s = m.logit_scale.exp()
             return clip(zi, zt, s) + clip(zi, za, s)
-        intra, inter = pmrl_loss([zi, zt, za], tau_intra=cfg.tau_intra, tau_inter=cfg.tau_inter)
+        intra, inter = pmrl_loss([zi, zt, za], tau_intra=cfg.tau_intra, tau_inter=cfg.tau_inter, inter=cfg.inter)
         return intra + inter
 
     def evaluate(m: nn.Module) -> dict[str, float]:
