@@ -63,7 +63,16 @@ from typing import Any  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from encode_text import peak_rss_mib, row_cosines, uptime_line  # noqa: E402
-from onnx_text import graph_ops, matmul_gflops, one_line, print_table, rss_mib, run_export  # noqa: E402
+from onnx_text import (  # noqa: E402
+    CpuWatch,
+    contention_summary,
+    graph_ops,
+    matmul_gflops,
+    one_line,
+    print_table,
+    rss_mib,
+    run_export,
+)
 
 ARCH = "ViT-B-32"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
@@ -215,7 +224,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peak, held = peak_rss_mib(), rss_mib()
         rows.append({"name": name, "load_s": load_s, "peak_rss_mib": peak, "peak_growth_mib": peak - peak_before,
                      "rss_held_mib": held - held_before, "seconds": [], "ratios": [], "cos_min": 1.0,
-                     "cos_means": []})  # fmt: skip
+                     "cos_means": [], "own_cpu_cores": [], "others_cpu_cores": []})  # fmt: skip
         encoders.append(encode)
         peak_before, held_before = peak, held
 
@@ -294,8 +303,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"rep {rep + 1}/{args.reps} ...", flush=True)
         outs = []
         for row, encode in zip(live, encoders):  # 1 2 3 ... 1 2 3 ...
-            seconds, out = timed(encode)
+            with CpuWatch() as cpu:
+                seconds, out = timed(encode)
             row["seconds"].append(seconds)
+            row["own_cpu_cores"].append(cpu.own)
+            row["others_cpu_cores"].append(cpu.others)
             outs.append(out)
         for row, out in zip(live, outs):
             cos = row_cosines(out, outs[0])
@@ -414,11 +426,16 @@ def report(r: dict[str, Any]) -> None:
                 f"{row['rss_held_mib']:+.0f} MiB",
             ]
         )
-        notes.append(f"row {i} ratio per rep: {', '.join(f'{x:.3f}' for x in row['ratios'])}")
+        cpu = ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(row["own_cpu_cores"], row["others_cpu_cores"]))
+        notes.append(
+            f"row {i} ratio per rep: {', '.join(f'{x:.3f}' for x in row['ratios'])}; s/pass "
+            f"{', '.join(f'{x:.2f}' for x in row['seconds'])}; cores own/others per rep: {cpu}"
+        )
     print_table(table)
     print()
     for line in notes:
         print(line)
+    print(contention_summary([x for row in r["rows"] for x in row.get("others_cpu_cores", [])]))
     by_name = {row["name"]: row for row in r["rows"] if "error" not in row}
     ends = [by_name.get(k) for k in ("embedhub onnx fp32, encode_image(PIL)",
                                       "open_clip torch fp32, preprocess + encode_image")]  # fmt: skip

@@ -165,6 +165,48 @@ def rss_mib() -> float:
     return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
+class CpuWatch:
+    """CPU used while the block runs, in cores (CPU seconds per wall second): ``own`` by this process,
+    ``others`` by everything else on the machine (``/proc/stat`` busy time minus this process's; ``nan``
+    where ``/proc/stat`` is missing). Others above ~0.1 core mean the pass shared the CPU and its time is
+    not trustworthy. (Other containers' processes count too, though ``ps`` does not show them.)"""
+
+    own: float = float("nan")
+    others: float = float("nan")
+
+    @staticmethod
+    def _machine_busy_s() -> float:
+        try:
+            ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+        except (OSError, ValueError):
+            return float("nan")
+        # user nice system idle iowait irq softirq steal: all but idle and iowait are busy
+        return (sum(ticks[:3]) + sum(ticks[5:8])) / os.sysconf("SC_CLK_TCK")
+
+    def __enter__(self) -> CpuWatch:
+        self._start = (time.perf_counter(), time.process_time(), self._machine_busy_s())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        wall, own, busy = (b - a for a, b in zip(self._start, (time.perf_counter(), time.process_time(),
+                                                                self._machine_busy_s())))  # fmt: skip
+        self.own = own / wall
+        self.others = max(busy - own, 0.0) / wall
+
+
+def contention_summary(others: list[float]) -> str:
+    """One line on how much CPU other processes took during the timed passes."""
+    vals = [x for x in others if x == x]  # drop nan
+    if not vals:
+        return "other processes' CPU during the timed passes: unknown (no /proc/stat)"
+    busy = sum(x > 0.2 for x in vals)
+    line = (
+        f"other processes' CPU during the timed passes: median {statistics.median(vals):.2f} cores, max "
+        f"{max(vals):.2f}; {busy} of {len(vals)} passes above 0.2 cores"
+    )
+    return line + (" -> CONTENDED: rerun on a quiet machine" if busy else " (quiet)")
+
+
 def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, size: int = 2048, repeat: int = 10) -> float:
     """The machine's matmul rate: ``repeat`` products of two ``size`` x ``size`` matrices, best of 3."""
     cuda = device.startswith("cuda")
@@ -390,6 +432,8 @@ class Row:
     ratios: list[float] = field(default_factory=list)
     cos_min: float = 1.0
     cos_means: list[float] = field(default_factory=list)
+    own_cpu: list[float] = field(default_factory=list)
+    others_cpu: list[float] = field(default_factory=list)
 
 
 def one_line(exc: BaseException) -> str:
@@ -487,8 +531,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         print(f"rep {rep + 1}/{args.reps} ...", flush=True)
         outs: dict[str, np.ndarray] = {}
         for row in live:  # 1 2 3 ... 1 2 3 ...
-            seconds, outs[row.name] = timed(row.encode, sentences, device)
+            with CpuWatch() as cpu:
+                seconds, outs[row.name] = timed(row.encode, sentences, device)
             row.seconds.append(seconds)
+            row.own_cpu.append(cpu.own)
+            row.others_cpu.append(cpu.others)
         ref = live[0]
         for row in live:
             out = outs[row.name]
@@ -531,6 +578,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 median_ratio=statistics.median(row.ratios),
                 cosine_min=row.cos_min,
                 cosine_mean=statistics.fmean(row.cos_means),
+                own_cpu_cores=row.own_cpu,
+                others_cpu_cores=row.others_cpu,
                 gflops=work["gflop"] / median,
                 matmul_share=work["gflop"] / median / rate,
             )
@@ -667,11 +716,16 @@ def report(r: dict[str, Any]) -> None:
             ]
         )
         per_rep = ", ".join(f"{x:.3f}" for x in row["ratios"])
-        notes.append(f"row {i} ratio per rep: {per_rep}" + (f"; {row['note']}" if row["note"] else ""))
+        cpu = ", ".join(f"{x:.2f}/{y:.2f}" for x, y in zip(row["own_cpu_cores"], row["others_cpu_cores"]))
+        notes.append(
+            f"row {i} ratio per rep: {per_rep}; s/pass {', '.join(f'{x:.2f}' for x in row['seconds'])}; cores "
+            f"own/others per rep: {cpu}" + (f"; {row['note']}" if row["note"] else "")
+        )
     print_table(table)
     print()
     for line in notes:
         print(line)
+    print(contention_summary([x for row in r["rows"] for x in row.get("others_cpu_cores", [])]))
     print(
         f"ratio: row's sentences/s over row 1's (median of per-rep ratios; > 1 is faster). cosine: every row of "
         f"every rep against row 1's embeddings from the same rep. peak RSS: this process's peak after the row's "

@@ -104,18 +104,27 @@ class LiTSetup:
         train_all, test_all = fashion_mnist("train"), fashion_mnist("test")
         self.classes = train_all.classes
         self.seen = tuple(c for c in self.classes if c not in cfg.holdout_classes)
-        train = train_all.without_classes(cfg.holdout_classes) if cfg.holdout_classes else train_all
+        keep = np.ones(len(train_all), dtype=bool)
+        if cfg.holdout_classes:
+            keep &= ~np.isin(train_all.labels, [self.classes.index(c) for c in cfg.holdout_classes])
         if cfg.train_limit:
-            train = train.subset(np.arange(min(cfg.train_limit, len(train))))
-        self.train, self.test = train, (test_all.subset(np.arange(cfg.eval_limit)) if cfg.eval_limit else test_all)
+            keep &= np.cumsum(keep) <= cfg.train_limit
+        rows = np.nonzero(keep)[0]
+        self.train = train_all.subset(rows)
+        self.test = test_all.subset(np.arange(cfg.eval_limit)) if cfg.eval_limit else test_all
         tower = f"{cfg.image_tower}:{cfg.image_pretrained}"
-        self.feats_train = FeatureSet(self.model, self.image_pre, self.text_pre, train, cfg.templates, self.classes,
+        # features of the whole split (cached and shared by runs that subset it differently), then the subset
+        source = train_all if cfg.feature_cache else self.train
+        self.feats_train = FeatureSet(self.model, self.image_pre, self.text_pre, source, cfg.templates, self.classes,
                                       cache=cfg.feature_cache, tower=tower)
+        if cfg.feature_cache:
+            self.feats_train.images = self.feats_train.images[torch.from_numpy(rows)]
+            self.feats_train.labels = self.train.labels
         self.feats_test = FeatureSet(self.model, self.image_pre, self.text_pre, self.test, cfg.templates,
                                      self.classes, cache=cfg.feature_cache, tower=tower)
         self.t_features = time.perf_counter() - self.t_start
         self.n_t = len(cfg.templates)
-        self.steps = int(np.ceil(len(train) / cfg.batch_size))
+        self.steps = int(np.ceil(len(self.train) / cfg.batch_size))
 
     def batch_indices(self, epoch: int):
         """(sample indices, caption indices) per batch; the order depends only on (seed, epoch)."""
