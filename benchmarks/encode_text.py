@@ -336,7 +336,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
+def run_cli(parse_args, run, report, argv: list[str] | None = None) -> int:
+    """Parse, run, print the report and, with ``--json PATH``, write the results: every benchmark's main."""
     args = parse_args(argv)
     result = run(args)
     report(result)
@@ -345,6 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
         print(f"wrote {args.json}")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_cli(parse_args, run, report, argv)
 
 
 if __name__ == "__main__":

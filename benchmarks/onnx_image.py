@@ -62,7 +62,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from encode_text import peak_rss_mib, row_cosines, uptime_line  # noqa: E402
+from encode_text import peak_rss_mib, row_cosines, run_cli, uptime_line  # noqa: E402
 from onnx_text import (  # noqa: E402
     CpuWatch,
     contention_summary,
@@ -480,14 +480,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    result = run(args)
-    report(result)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
-    return 0
+    return run_cli(parse_args, run, report, argv)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,7 @@ from typing import Any  # noqa: E402
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from encode_text import Encoder, peak_rss_mib, row_cosines, timed, uptime_line  # noqa: E402
+from encode_text import Encoder, peak_rss_mib, row_cosines, run_cli, timed, uptime_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 STSB_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
@@ -755,14 +755,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    result = run(args)
-    report(result)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
-    return 0
+    return run_cli(parse_args, run, report, argv)
 
 
 if __name__ == "__main__":

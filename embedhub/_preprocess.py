@@ -28,6 +28,16 @@ class TextPreprocessor(Protocol):
     def save(self, folder: Path) -> dict[str, Any]: ...
 
 
+def pad_batch(ids: list[list[int]], width: int, pad_id: int) -> dict[str, np.ndarray]:
+    """Right-pad token id lists to ``width``: ``{"input_ids", "attention_mask"}`` int64 ``(B, width)``."""
+    input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(ids), width), dtype=np.int64)
+    for row, x in enumerate(ids):
+        input_ids[row, : len(x)] = x
+        mask[row, : len(x)] = 1
+    return {"input_ids": input_ids, "attention_mask": mask}
+
+
 class HFTextPreprocessor:
     """A ``tokenizers`` fast tokenizer (``tokenizer.json``) with truncation at ``max_length``.
 
@@ -65,13 +75,7 @@ class HFTextPreprocessor:
         return [e.ids for e in self.tokenizer.encode_batch(texts)]
 
     def collate(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
-        width = self.pad_to or max((len(x) for x in ids), default=1)
-        input_ids = np.full((len(ids), width), self.pad_id, dtype=np.int64)
-        mask = np.zeros((len(ids), width), dtype=np.int64)
-        for row, x in enumerate(ids):
-            input_ids[row, : len(x)] = x
-            mask[row, : len(x)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
+        return pad_batch(ids, self.pad_to or max((len(x) for x in ids), default=1), self.pad_id)
 
     def config(self) -> dict[str, Any]:
         return {
@@ -127,12 +131,7 @@ class OpenCLIPTextPreprocessor:
         return [row[:n].tolist() for row, n in zip(ids, lengths)]
 
     def collate(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
-        input_ids = np.zeros((len(ids), self.max_length), dtype=np.int64)
-        mask = np.zeros((len(ids), self.max_length), dtype=np.int64)
-        for row, x in enumerate(ids):
-            input_ids[row, : len(x)] = x
-            mask[row, : len(x)] = 1
-        return {"input_ids": input_ids, "attention_mask": mask}
+        return pad_batch(ids, self.max_length, 0)
 
     def config(self) -> dict[str, Any]:
         return {"kind": "open_clip", "max_length": self.max_length}

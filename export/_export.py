@@ -25,6 +25,8 @@ from torch import nn
 
 import embedhub
 from embedhub import EmbeddingModel
+from embedhub._batching import plan_batches
+from embedhub._preprocess import token_lengths
 
 from ._data import CALIBRATION_TEXTS, GATE_TEXTS, gate_images
 
@@ -181,8 +183,7 @@ def _feed(model: EmbeddingModel, modality: str, calibration: list) -> list[dict[
     pre = model.preprocessors[modality]
     if modality == "text":
         ids = pre.tokenize(list(calibration))
-        order = np.argsort([-len(x) for x in ids])
-        return [pre.collate([ids[i] for i in order[s : s + 16]]) for s in range(0, len(ids), 16)]
+        return [pre.collate([ids[i] for i in rows]) for rows in plan_batches(token_lengths(ids), 16)]
     return [pre(calibration[s : s + 8]) for s in range(0, len(calibration), 8)]
 
 

@@ -10,7 +10,6 @@ projection heads and logit scale train; the result is an embedhub model folder i
 from __future__ import annotations
 
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,7 @@ import torch
 
 from embedhub.losses import ClipLoss, dcl_loss, siglip_loss
 
-from .config import ClipConfig, load_config, to_dict
+from .config import ClipConfig, recipe_main, to_dict
 from .data import LabelledImages, fashion_mnist
 from .evaluate import linear_probe, retrieval_recall, zero_shot_accuracy
 from .loop import Trainer
@@ -196,23 +195,8 @@ def run(cfg: ClipConfig) -> dict[str, Any]:
     return setup.finish(metrics)
 
 
-def parse_args(argv: list[str] | None) -> tuple[str | None, list[str]]:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    yaml_path = None
-    if "--config" in argv:
-        i = argv.index("--config")
-        yaml_path = argv[i + 1]
-        del argv[i:i + 2]
-    if "--resume" in argv:
-        argv.remove("--resume")
-        argv.append("resume=true")
-    return yaml_path, argv
-
-
 def main(argv: list[str] | None = None) -> int:
-    yaml_path, overrides = parse_args(argv)
-    run(load_config(ClipConfig, yaml_path, overrides))
-    return 0
+    return recipe_main(ClipConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar, get_type_hints
 
@@ -144,8 +144,25 @@ def load_config(cls: type[C], yaml_path: str | Path | None = None, overrides: li
     return cls(**values)
 
 
+def recipe_main(cls: type[C], run: Any, argv: list[str] | None = None) -> int:
+    """A recipe's command line: ``[--config FILE] [--resume] [key=value ...]`` -> ``run(config)``."""
+    import sys
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    yaml_path = None
+    if "--config" in argv:
+        i = argv.index("--config")
+        yaml_path = argv[i + 1]
+        del argv[i : i + 2]
+    if "--resume" in argv:
+        argv.remove("--resume")
+        argv.append("resume=true")
+    run(load_config(cls, yaml_path, argv))
+    return 0
+
+
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-__all__ = ["ClipConfig", "PmrlConfig", "ProtoClipConfig", "TrainConfig", "field", "load_config", "to_dict"]
+__all__ = ["ClipConfig", "PmrlConfig", "ProtoClipConfig", "TrainConfig", "load_config", "recipe_main", "to_dict"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -109,12 +108,7 @@ def to_embedding_model(model: DualEncoder, image_pre: Any, text_pre: Any, *, ima
 
 
 def images_to_array(images: Any) -> list:
-    """uint8 grayscale/RGB arrays -> RGB PIL images for the SDK's preprocessing."""
-    from PIL import Image
+    """uint8 grayscale/RGB arrays (or PIL images) -> RGB PIL images, decoded as ``encode`` decodes them."""
+    from embedhub._inputs import load_image
 
-    out = []
-    for img in images:
-        if isinstance(img, np.ndarray):
-            img = Image.fromarray(img)
-        out.append(img.convert("RGB"))
-    return out
+    return [load_image(img, i) for i, img in enumerate(images)]

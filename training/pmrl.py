@@ -21,8 +21,8 @@ from embedhub._modules import Head
 from embedhub.losses import ClipLoss, pmrl_loss
 
 from .audio import spoken_caption_features
-from .clip import LiTSetup, parse_args
-from .config import PmrlConfig, load_config
+from .clip import LiTSetup
+from .config import PmrlConfig, recipe_main
 from .loop import Trainer
 from .model import head_spec
 
@@ -82,9 +82,7 @@ def run(cfg: PmrlConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    yaml_path, overrides = parse_args(argv)
-    run(load_config(PmrlConfig, yaml_path, overrides))
-    return 0
+    return recipe_main(PmrlConfig, run, argv)
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ from torch import nn
 
 from embedhub.losses import ClipLoss, back_translate, kmeans, prototype_loss
 
-from .clip import LiTSetup, parse_args
-from .config import ProtoClipConfig, load_config
+from .clip import LiTSetup
+from .config import ProtoClipConfig, recipe_main
 from .loop import Trainer
 
 
@@ -111,9 +111,7 @@ def run(cfg: ProtoClipConfig) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    yaml_path, overrides = parse_args(argv)
-    run(load_config(ProtoClipConfig, yaml_path, overrides))
-    return 0
+    return recipe_main(ProtoClipConfig, run, argv)
 
 
 if __name__ == "__main__":
