@@ -1,10 +1,14 @@
-"""CLIP-family recipe (symmetric InfoNCE; SigLIP and DCL as loss options), LiT-style when towers are frozen.
+"""CLIP-family recipe (symmetric InfoNCE; SigLIP and DCL as loss options).
 
-    python -m training.clip [--config run.yaml] [key=value ...]
-    embedhub train clip [--config run.yaml] [key=value ...]
+    python -m training.clip [--config run.yaml] [--resume] [key=value ...]
+    embedhub train clip [--config run.yaml] [--resume] [key=value ...]
+    torchrun --nproc_per_node 2 -m training.clip [key=value ...]      # data parallel (gloo / nccl)
 
-With frozen towers the backbone features are extracted once (with a progress bar) and only the
-projection heads and logit scale train; the result is an embedhub model folder in ``output/model``.
+LiT-style by default (frozen pretrained towers on Fashion-MNIST): the backbone features are
+extracted once (with a progress bar) and only the projection heads and logit scale train; the
+result is an embedhub model folder in ``output/model``. With a captions file or webdataset shards
+(``data=``), unfrozen towers (``freeze_image=false``) or a from-scratch open_clip model
+(``open_clip_model=``), the towers run in the loop: see :mod:`training.pairs`.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from embedhub.losses import ClipLoss, dcl_loss, siglip_loss
 
 from .config import ClipConfig, recipe_main, to_dict
 from .data import LabelledImages, fashion_mnist
+from .dist import gather, init_from_env, is_main, main_first, shard
 from .evaluate import linear_probe, retrieval_recall, zero_shot_accuracy
-from .loop import Trainer
+from .loop import Trainer, resolve_device
 from .model import DualEncoder, build_towers, images_to_array, to_embedding_model
 
 
@@ -92,10 +97,12 @@ class LiTSetup:
         torch.manual_seed(cfg.seed)
         self.t_start = time.perf_counter()
         self.cfg = cfg
-        if cfg.data != "fashion-mnist":
-            raise NotImplementedError("the recipe CLI trains on data=fashion-mnist; training.data reads others")
-        if not (cfg.freeze_image and cfg.freeze_text):
-            raise NotImplementedError("the CLI recipes train LiT-style (frozen towers, cached features)")
+        init_from_env(resolve_device(cfg))  # torchrun: join the process group before any collective
+        if cfg.data != "fashion-mnist" or not (cfg.freeze_image and cfg.freeze_text) or cfg.open_clip_model:
+            raise NotImplementedError(
+                f"{type(cfg).__name__}: this recipe trains LiT-style (frozen towers, cached features) on "
+                "data=fashion-mnist; the clip recipe trains end to end on captions files, webdataset shards, "
+                "unfrozen or from-scratch (open_clip_model=...) towers")
         self.image_bb, image_dim, self.image_pre, text_bb, text_dim, self.text_pre = build_towers(cfg)
         self.model = DualEncoder(self.image_bb, image_dim, text_bb, text_dim, embed_dim=cfg.embed_dim, head=cfg.head,
                                  init_logit_scale=cfg.init_logit_scale)
@@ -114,13 +121,14 @@ class LiTSetup:
         tower = f"{cfg.image_tower}:{cfg.image_pretrained}"
         # features of the whole split (cached and shared by runs that subset it differently), then the subset
         source = train_all if cfg.feature_cache else self.train
-        self.feats_train = FeatureSet(self.model, self.image_pre, self.text_pre, source, cfg.templates, self.classes,
-                                      cache=cfg.feature_cache, tower=tower)
+        with main_first():  # under torchrun, rank 0 fills the feature cache and the others read it
+            self.feats_train = FeatureSet(self.model, self.image_pre, self.text_pre, source, cfg.templates,
+                                          self.classes, cache=cfg.feature_cache, tower=tower)
+            self.feats_test = FeatureSet(self.model, self.image_pre, self.text_pre, self.test, cfg.templates,
+                                         self.classes, cache=cfg.feature_cache, tower=tower)
         if cfg.feature_cache:
             self.feats_train.images = self.feats_train.images[torch.from_numpy(rows)]
             self.feats_train.labels = self.train.labels
-        self.feats_test = FeatureSet(self.model, self.image_pre, self.text_pre, self.test, cfg.templates,
-                                     self.classes, cache=cfg.feature_cache, tower=tower)
         self.t_features = time.perf_counter() - self.t_start
         self.n_t = len(cfg.templates)
         self.steps = int(np.ceil(len(self.train) / cfg.batch_size))
@@ -136,7 +144,9 @@ class LiTSetup:
             yield idx, labels[idx] * self.n_t + tmpl[idx]
 
     def batches(self, epoch: int):
+        """This rank's slice of each global batch (all of it in a single process)."""
         for idx, cap in self.batch_indices(epoch):
+            idx, cap = shard(idx), shard(cap)
             yield self.feats_train.images[idx], self.feats_train.text[cap]
 
     def evaluate(self, m: DualEncoder) -> dict[str, float]:
@@ -183,16 +193,35 @@ class LiTSetup:
         return summary
 
 
+def lit_style(cfg: ClipConfig) -> bool:
+    """Frozen pretrained towers on Fashion-MNIST: features are extracted once and only the heads train."""
+    return (cfg.data == "fashion-mnist" and not cfg.eval_data and cfg.freeze_image and cfg.freeze_text
+            and not cfg.open_clip_model)
+
+
 def run(cfg: ClipConfig) -> dict[str, Any]:
+    if not lit_style(cfg):
+        return run_end_to_end(cfg)
     setup = LiTSetup(cfg)
     loss_pair = make_loss(cfg, setup.model)
 
     def loss_fn(m: DualEncoder, batch) -> torch.Tensor:
-        img, txt = batch
-        return loss_pair(m.encode_image(img, features=True), m.encode_text(txt, features=True))
+        img, txt = batch  # gathered over ranks with gradient: the loss of the whole global batch
+        return loss_pair(gather(m.encode_image(img, features=True)), gather(m.encode_text(txt, features=True)))
 
     metrics = Trainer(cfg, setup.model, loss_fn, setup.batches, setup.steps, setup.evaluate).fit()
-    return setup.finish(metrics)
+    return setup.finish(metrics) if is_main() else {}
+
+
+def run_end_to_end(cfg: ClipConfig) -> dict[str, Any]:
+    """Towers in the loop (trained unless frozen), images and captions preprocessed per batch."""
+    from .pairs import EndToEnd
+
+    setup = EndToEnd(cfg)
+    loss_pair = make_loss(cfg, setup.model)
+    metrics = Trainer(cfg, setup.model, lambda m, b: loss_pair(*setup.embed(m, b)), setup.batches, setup.steps,
+                      setup.evaluate).fit()
+    return setup.finish(metrics) if is_main() else {}
 
 
 def main(argv: list[str] | None = None) -> int:

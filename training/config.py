@@ -33,7 +33,9 @@ class TrainConfig:
     device: str = "auto"
     precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast where the device supports it)
     # data
-    data: str = "fashion-mnist"  # fashion-mnist | folder or captions file (CSV/JSONL) | wds:<shard pattern>
+    data: str = "fashion-mnist"  # fashion-mnist | captions file (CSV/JSONL) beside its images | wds:<shard pattern>
+    eval_data: str = ""  # pairs to evaluate on (same forms as data); "" = Fashion-MNIST test, or held-out pairs
+    eval_pairs: int = 1000  # captioned data without eval_data: this many pairs (the first) are held out
     templates: tuple[str, ...] = FASHION_TEMPLATES
     holdout_classes: tuple[str, ...] = ()  # labelled sets: classes kept out of training, reported apart
     train_limit: int = 0  # 0 = all training samples
@@ -44,6 +46,8 @@ class TrainConfig:
     image_tower: str = "efficientnet_lite0"  # timm name (efficientnet_lite0 gets the packaged ImageNet weights)
     image_pretrained: bool = True
     text_tower: str = "all-MiniLM-L6-v2"  # any text model embedhub.load takes
+    open_clip_model: str = ""  # from scratch: an open_clip model config name (e.g. ViT-B-32) or JSON file;
+    #                            replaces image_tower/text_tower, trains both towers, saves an open_clip folder
     freeze_image: bool = True
     freeze_text: bool = True
     embed_dim: int = 256
@@ -157,7 +161,12 @@ def recipe_main(cls: type[C], run: Any, argv: list[str] | None = None) -> int:
     if "--resume" in argv:
         argv.remove("--resume")
         argv.append("resume=true")
-    run(load_config(cls, yaml_path, argv))
+    from .dist import destroy
+
+    try:
+        run(load_config(cls, yaml_path, argv))
+    finally:
+        destroy()  # leave torchrun's process group cleanly
     return 0
 
 

@@ -25,7 +25,7 @@ def retrieval_recall(image_emb: torch.Tensor, text_emb: torch.Tensor, image_keys
     sim = image_emb @ text_emb.T
     out = {}
     for name, s, q_keys, d_keys in (("i2t", sim, image_keys, text_keys), ("t2i", sim.T, text_keys, image_keys)):
-        top = s.topk(max(ks), dim=1).indices.cpu().numpy()
+        top = s.topk(min(max(ks), s.shape[1]), dim=1).indices.cpu().numpy()
         hits = d_keys[top] == q_keys[:, None]
         for k in ks:
             out[f"{name}_R@{k}"] = float(hits[:, :k].any(1).mean())

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from . import dist
 from .config import TrainConfig, to_dict
 
 
@@ -40,7 +41,7 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
     return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
 
 
-def _device(cfg: TrainConfig) -> torch.device:
+def resolve_device(cfg: TrainConfig) -> torch.device:
     if cfg.device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(cfg.device)
@@ -58,7 +59,9 @@ class Trainer:
                  on_epoch_start: Callable[[nn.Module, int], None] | None = None):
         self.cfg, self.model, self.loss_fn, self.batches = cfg, model, loss_fn, batches
         self.evaluate, self.on_epoch_start = evaluate, on_epoch_start
-        self.device = _device(cfg)
+        self.device = resolve_device(cfg)
+        self.rank, self.world = dist.init_from_env(self.device)
+        self.main = self.rank == 0  # only rank 0 writes logs and checkpoints
         self.out = Path(cfg.output)
         self.out.mkdir(parents=True, exist_ok=True)
         self.steps_per_epoch = steps_per_epoch
@@ -83,6 +86,8 @@ class Trainer:
     def save_checkpoint(self) -> None:
         from safetensors.torch import save_file
 
+        if not self.main:
+            return
         tmp = self.out / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
@@ -130,6 +135,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ the loop
     def _log(self, record: dict[str, Any]) -> None:
+        if not self.main:
+            return
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -147,12 +154,12 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.resume and self.load_checkpoint():
             print(f"[train] resumed at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
-        else:
+        elif self.main:
             self.log_path.write_text("")
         scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.device.type == "cuda" else None
         logit_max = math.log(cfg.max_logit_scale)
         metrics: dict[str, float] = {}
-        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step")
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="train", unit="step", disable=not self.main)
         while self.epoch < cfg.epochs:
             if self.on_epoch_start is not None:
                 self.on_epoch_start(self.model, self.epoch)
@@ -173,6 +180,7 @@ class Trainer:
                     continue
                 if scaler:
                     scaler.unscale_(self.optimizer)
+                dist.average_gradients(self.model)  # no-op in a single process
                 grad_norm = nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip) if cfg.grad_clip else None
                 if scaler:
                     scaler.step(self.optimizer)
@@ -198,7 +206,8 @@ class Trainer:
                     self.save_checkpoint()
             self.epoch += 1
             self.batch_in_epoch = 0
-            if self.evaluate is not None and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
+            if self.evaluate is not None and self.main and (self.epoch % cfg.eval_every == 0
+                                                             or self.epoch == cfg.epochs):
                 self.model.eval()
                 metrics = self.evaluate(self.model)
                 self._log({"step": self.step, "epoch": self.epoch, "eval": metrics,
@@ -206,7 +215,8 @@ class Trainer:
                 print(f"[train] epoch {self.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             self.save_checkpoint()
         bar.close()
-        plot_log(self.log_path, self.out / "training.png")
+        if self.main:
+            plot_log(self.log_path, self.out / "training.png")
         return metrics
 
 

@@ -54,6 +54,14 @@ class DualEncoder(nn.Module):
             if frozen:
                 module.eval()
 
+    def train(self, mode: bool = True) -> DualEncoder:
+        """Like ``nn.Module.train``, but frozen backbones stay in eval mode (no dropout, fixed BatchNorm)."""
+        super().train(mode)
+        for module in (self.image_backbone, self.text_backbone):
+            if not any(p.requires_grad for p in module.parameters()):
+                module.eval()
+        return self
+
     def encode_image(self, x: torch.Tensor, *, features: bool = False) -> torch.Tensor:
         return nn.functional.normalize(self.image_head(x if features else self.image_backbone(x)), dim=-1)
 

@@ -23,6 +23,7 @@ from embedhub.losses import ClipLoss, pmrl_loss
 from .audio import spoken_caption_features
 from .clip import LiTSetup
 from .config import PmrlConfig, recipe_main
+from .dist import gather, is_main, main_first, shard
 from .loop import Trainer
 from .model import head_spec
 
@@ -33,8 +34,9 @@ def run(cfg: PmrlConfig) -> dict[str, Any]:
     setup = LiTSetup(cfg)
     model = setup.model
     feats = setup.feats_train
-    audio_np, caption_of = spoken_caption_features(feats.captions, Path(cfg.output) / "audio_cache",
-                                                   variants=cfg.audio_variants)
+    with main_first():  # rank 0 synthesises the speech cache, the other ranks read it
+        audio_np, caption_of = spoken_caption_features(feats.captions, Path(cfg.output) / "audio_cache",
+                                                       variants=cfg.audio_variants)
     audio = torch.from_numpy(np.asarray(audio_np, dtype=np.float32))
     audio = (audio - audio.mean(0)) / audio.std(0).clamp(min=1e-6)  # fixed standardisation of the features
     caption_of = torch.as_tensor(caption_of)
@@ -50,11 +52,13 @@ def run(cfg: PmrlConfig) -> dict[str, Any]:
         for idx, cap in setup.batch_indices(epoch):
             pick = torch.randint(cfg.audio_variants, (len(cap),), generator=g)
             rows = torch.stack([utterances[int(c)][int(p) % len(utterances[int(c)])] for c, p in zip(cap, pick)])
+            idx, cap, rows = shard(idx), shard(cap), shard(rows)  # this rank's slice
             yield feats.images[idx], feats.text[cap], rows
 
     def loss_fn(m: nn.Module, batch) -> torch.Tensor:
         img, txt, rows = batch
-        zi, zt, za = m.encode_image(img, features=True), m.encode_text(txt, features=True), encode_audio(m, rows)
+        zi, zt, za = (gather(m.encode_image(img, features=True)), gather(m.encode_text(txt, features=True)),
+                      gather(encode_audio(m, rows)))
         if cfg.objective == "anchored":
             s = m.logit_scale.exp()
             return clip(zi, zt, s) + clip(zi, za, s)
@@ -78,7 +82,7 @@ def run(cfg: PmrlConfig) -> dict[str, Any]:
         return res
 
     metrics = Trainer(cfg, model, loss_fn, batches, setup.steps, evaluate).fit()
-    return setup.finish(metrics)
+    return setup.finish(metrics) if is_main() else {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,6 +22,7 @@ from embedhub.losses import ClipLoss, back_translate, kmeans, prototype_loss
 
 from .clip import LiTSetup
 from .config import ProtoClipConfig, recipe_main
+from .dist import gather, is_main, shard
 from .loop import Trainer
 
 
@@ -85,8 +86,10 @@ def run(cfg: ProtoClipConfig) -> dict[str, Any]:
             yield order[s:s + cfg.batch_size]
 
     def loss_fn(m: nn.Module, pos: torch.Tensor) -> torch.Tensor:
-        items, caps = episode["items"][pos], episode["caps"][pos]
-        ei, et = m.encode_image(feats.images[items], features=True), m.encode_text(feats.text[caps], features=True)
+        # this rank encodes its slice; the gathered global batch goes through the rest (BatchNorm included)
+        items, caps = episode["items"][shard(pos)], episode["caps"][shard(pos)]
+        ei = gather(m.encode_image(feats.images[items], features=True))
+        et = gather(m.encode_text(feats.text[caps], features=True))
         loss = clip(ei, et, m.logit_scale.exp())
         if episode["epoch"] == 0:
             return loss
@@ -107,7 +110,7 @@ def run(cfg: ProtoClipConfig) -> dict[str, Any]:
     steps = int(np.ceil(min(cfg.episode_size, 4 * len(setup.train)) / cfg.batch_size))
     trainer = Trainer(cfg, model, loss_fn, batches, steps, setup.evaluate, on_epoch_start=start_episode)
     metrics = trainer.fit()
-    return setup.finish(metrics)
+    return setup.finish(metrics) if is_main() else {}
 
 
 def main(argv: list[str] | None = None) -> int:
