@@ -21,6 +21,8 @@ preprocessing (``open_clip.image_transform``); rows 1 and 2 take exactly those t
 3. embedhub onnx fp32, ``encode_image(PIL images)`` (embedhub's own preprocessing included)
 4. open_clip torch fp32 with its preprocessing included (PIL -> ``image_transform`` -> ``encode_image``)
 5. embedhub torch fp32, ``encode_image(PIL images)`` (context)
+6. embedhub onnx int8 (``export(folder, out, quantize="int8")``), image graph only, same pixel tensors
+7. embedhub onnx int8, ``encode_image(PIL images)``
 
 Each row is loaded and warmed up once, then rows alternate (1 2 3 4 5 1 2 ...) for ``--reps``
 repetitions; a ratio is the median over repetitions of (reference seconds / row seconds).
@@ -262,8 +264,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             eh_onnx = embedhub.load(exp.folder, backend="onnx", device="cpu", threads=th)
         return eh_onnx
 
-    def embedhub_onnx_pixels() -> Encoder:
-        runner = embedhub_onnx()._runners["image"]  # what encode_image runs on each preprocessed batch
+    def embedhub_onnx_pixels(loaded: Any = None) -> Encoder:
+        runner = (loaded or embedhub_onnx())._runners["image"]  # what encode_image runs on each batch
         arrays = pixels.numpy()
 
         def encode() -> np.ndarray:
@@ -272,8 +274,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
         return encode
 
-    def embedhub_pil(backend: str) -> Encoder:
-        m = embedhub_onnx() if backend == "onnx" else embedhub.load(folder, device="cpu")
+    def embedhub_pil(backend: str, loaded: Any = None) -> Encoder:
+        m = loaded or (embedhub_onnx() if backend == "onnx" else embedhub.load(folder, device="cpu"))
 
         def encode() -> np.ndarray:
             return m.encode_image(images, batch_size=bs, show_progress_bar=False)
@@ -296,6 +298,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     add_row("open_clip torch fp32, preprocess + encode_image", open_clip_pil)
     if not args.skip_torch_context:
         add_row("embedhub torch fp32, encode_image(PIL)", lambda: embedhub_pil("torch"))
+    exp8 = None
+    if not args.skip_int8:
+        print(f"exporting {ARCH} int8 (calibration probes every node: ~10 min on 2 cores) ...", flush=True)
+        exp8 = run_export("int8", folder, Path(tmp.name) / "onnx-int8", th, modality="image", quantize="int8")
+        peak_before, held_before = peak_rss_mib(), rss_mib()
+        int8_model = embedhub.load(exp8.folder, backend="onnx", device="cpu", threads=th)
+        add_row("embedhub onnx int8, pixel tensors (graph only)", lambda: embedhub_onnx_pixels(int8_model))
+        add_row("embedhub onnx int8, encode_image(PIL)", lambda: embedhub_pil("onnx", int8_model))
     live = [r for r in rows if "error" not in r]
 
     outs: list[np.ndarray] = []
@@ -347,6 +357,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "arch": ARCH,
         "gflop_per_image": gflop_image,
         "export": {"seconds": exp.seconds, "steps": exp.steps, "gate": exp.gate},
+        "export_int8": {"seconds": exp8.seconds, "steps": exp8.steps, "gate": exp8.gate} if exp8 else None,
         "graph": graph,
         "pairwise_cosine_of_reference": {"min": float(off_diagonal.min()), "mean": float(off_diagonal.mean())},
         "network_attempts": NETWORK_ATTEMPTS,
@@ -401,6 +412,14 @@ def report(r: dict[str, Any]) -> None:
         f"export (both towers): {r['export']['seconds']:.1f} s; image parity gate min cosine "
         f"{gate['min_cosine']:.6f}, mean {gate['mean_cosine']:.6f}\n"
     )
+    if r.get("export_int8"):
+        e8 = r["export_int8"]
+        print(f"int8 export (both towers): {e8['seconds']:.1f} s; image parity gate min cosine "
+              f"{e8['gate']['min_cosine']:.6f}, mean {e8['gate']['mean_cosine']:.6f}")
+        for s in e8["steps"]:
+            print(f"  {s['name']}: {s['nodes']} nodes, " + ", ".join(f"{k} {n}" for k, n in s["ops"].items())
+                  + (f"; {s['note']}" if s["note"] else ""))
+        print()
 
     table = [["row", "images/s", "ratio", "min cos", "mean cos", "GFLOP/s", "% matmul", "load s", "peak RSS",
               "peak growth", "RSS held"]]  # fmt: skip
@@ -445,7 +464,7 @@ def report(r: dict[str, Any]) -> None:
     best = max((row["median_ratio"] for row in by_name.values()), default=0.0)
     rows1 = r["rows"][0]
     print(
-        f"target {TARGET}x over open_clip torch; the fp32 ceiling allows at most "
+        f"target {TARGET}x over open_clip torch; the fp32 matmul ceiling allows at most "
         f"{ceiling / rows1['images_per_s']:.2f}x over row 1 here (row 1 runs at {100 * rows1['matmul_share']:.0f}% "
         f"of the matmul rate); best ratio measured {best:.3f}"
     )
@@ -472,6 +491,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=2, help="torch threads and onnxruntime intra-op threads")
     p.add_argument("--reps", type=int, default=3, help="timed alternating repetitions")
     p.add_argument("--skip-torch-context", action="store_true", help="leave out row 5 (embedhub torch)")
+    p.add_argument("--skip-int8", action="store_true", help="leave out the int8 export and its rows (~10 min)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if min(args.images, args.batch_size, args.threads, args.reps) < 1:

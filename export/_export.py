@@ -29,6 +29,7 @@ from embedhub._batching import plan_batches
 from embedhub._preprocess import token_lengths
 
 from ._data import CALIBRATION_TEXTS, GATE_TEXTS, gate_images
+from ._int8 import Protect, quantize_int8
 
 Precision = Literal["fp32", "fp16", "int8"]
 
@@ -38,8 +39,9 @@ GATES: dict[str, dict[str, float]] = {
     "fp16": {"min": 0.999},
     "int8": {"min": 0.97, "mean": 0.99},
 }
-#: int8: quantise every MatMul / Attention / Gemm, then keep the most sensitive ones in fp32 until
-#: the summed error of the quantised ones (1 - mean cosine, each measured alone) is within this
+#: int8: quantise every MatMul / Attention / Gemm per tensor, then protect the most sensitive ones
+#: (per-token int8, or fp32) until the summed error of the others (1 - mean cosine, each measured
+#: alone) is within this (see export/_int8.py)
 INT8_ERROR_BUDGET = 0.006
 _INPUTS = {"text": ["input_ids", "attention_mask"], "image": ["pixel_values"]}
 
@@ -187,62 +189,6 @@ def _feed(model: EmbeddingModel, modality: str, calibration: list) -> list[dict[
     return [pre(calibration[s : s + 8]) for s in range(0, len(calibration), 8)]
 
 
-def _run(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-    names = [i.name for i in sess.get_inputs()]
-    return np.concatenate([sess.run(None, {k: f[k] for k in names})[0] for f in feeds])
-
-
-def _quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budget: float, work: Path) -> str:
-    """Dynamic int8 (per-channel symmetric weights, per-tensor uint8 activations) on MatMul, Attention
-    and Gemm; the nodes whose quantisation alone costs most on the calibration inputs stay fp32 until
-    the remaining nodes' summed error is within ``budget``."""
-    import logging
-
-    import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns through the root logger on every call
-    graph = onnx.load(str(src), load_external_data=False).graph
-    consts = {i.name for i in graph.initializer}
-    candidates = [n.name for n in graph.node
-                  if n.op_type in ("MatMul", "Attention", "Gemm") and len(n.input) > 1 and n.input[1] in consts]
-    ops = ["MatMul", "Attention", "Gemm"]
-    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
-
-    def quantize(out: Path, **kw: Any) -> None:
-        quantize_dynamic(str(src), str(out), per_channel=True, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=ops, extra_options=extra, **kw)
-
-    ref = _run(src, feeds)
-
-    def error(path: Path) -> float:
-        out = _run(path, feeds)
-        return float(1 - (out * ref).sum(1).mean())
-
-    solo = {}
-    probe = work / "probe.onnx"
-    for name in candidates:
-        quantize(probe, nodes_to_quantize=[name])
-        solo[name] = max(error(probe), 0.0)
-    ranked = sorted(solo, key=solo.get, reverse=True)
-    remaining, excluded = sum(solo.values()), []
-    for name in ranked:
-        if remaining <= budget:
-            break
-        excluded.append(name)
-        remaining -= solo[name]
-    quantize(dst, nodes_to_exclude=excluded)
-    return (f"dynamic int8, per-channel weights, ops {ops}; {len(candidates) - len(excluded)}/{len(candidates)} "
-            f"nodes quantised; kept fp32 by calibrated sensitivity: "
-            f"{[(n, round(solo[n], 5)) for n in excluded]}; estimated error {remaining:.5f} "
-            f"(budget {budget}); calibration error of the result {error(dst):.5f}")
-
-
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
@@ -281,6 +227,7 @@ def export(
     calibration_texts: list[str] | None = None,
     batch_sizes: tuple[int, ...] = (1, 7, 32),
     int8_error_budget: float = INT8_ERROR_BUDGET,
+    int8_protect: Protect = "per-token",
     verbose: bool = True,
 ) -> Path:
     """Export ``model`` (a name ``embedhub.load`` takes, or a loaded torch model) to ``output``.
@@ -336,7 +283,8 @@ def export(
             if precision == "int8":
                 say(f"[export] {modality}: int8 calibration")
                 nxt = work / f"{modality}.int8.onnx"
-                note = _quantize_int8(cur, nxt, _feed(src, modality, calib[modality]), int8_error_budget, work)
+                note = quantize_int8(cur, nxt, _feed(src, modality, calib[modality]), int8_error_budget, work,
+                                     protect=int8_protect)
                 cur = nxt
                 log.append(_stats(cur, "int8", note))
             graphs[modality] = cur

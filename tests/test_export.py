@@ -156,3 +156,43 @@ def test_fp16_export_has_half_weights_and_passes_its_gate(tiny_st_dir, tmp_path)
     model = embedhub.load(out, backend="onnx")
     ref = embedhub.load(tiny_st_dir, device="cpu").encode(["half precision on the CPU", "short"])
     assert _cos(model.encode(["half precision on the CPU", "short"]), ref).min() >= GATES["fp16"]["min"]
+
+
+def test_per_token_int8_rewrite_beats_per_tensor_on_an_outlier_token(tmp_path):
+    """The protected-node scheme of export/_int8.py: one token with large activations ruins a
+    per-tensor activation scale for every other token; per-token scales keep them."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from export._int8 import per_token_matmuls
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 48)).astype(np.float32)
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", 48])],
+        [numpy_helper.from_array(w, "w")])
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
+    x = rng.normal(size=(4, 9, 64)).astype(np.float32)
+    x[0, 0] *= 200  # one outlier token
+    per_tensor = tmp_path / "tensor.onnx"
+    quantize_dynamic(str(fp32), str(per_tensor), per_channel=True, weight_type=QuantType.QInt8)
+    model = onnx.load(str(fp32))
+    assert per_token_matmuls(model, {"mm"}) == 1
+    assert {n.op_type for n in model.graph.node} >= {"MatMulInteger", "ReduceMax"}
+    assert "w" not in {i.name for i in model.graph.initializer}  # the fp32 weight is gone
+    per_token = tmp_path / "token.onnx"
+    onnx.save(model, per_token)
+
+    def run(path):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    ref = (x @ w).reshape(-1, 48)
+    cos_tensor = _cos(run(per_tensor).reshape(-1, 48), ref)
+    cos_token = _cos(run(per_token).reshape(-1, 48), ref)
+    assert cos_token.min() > 0.999, cos_token.min()
+    assert cos_tensor[1:].min() < 0.99 < cos_token[1:].min()  # the other tokens lose precision per tensor

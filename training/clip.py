@@ -209,8 +209,9 @@ def run(cfg: ClipConfig) -> dict[str, Any]:
         img, txt = batch  # gathered over ranks with gradient: the loss of the whole global batch
         return loss_pair(gather(m.encode_image(img, features=True)), gather(m.encode_text(txt, features=True)))
 
-    metrics = Trainer(cfg, setup.model, loss_fn, setup.batches, setup.steps, setup.evaluate).fit()
-    return setup.finish(metrics) if is_main() else {}
+    trainer = Trainer(cfg, setup.model, loss_fn, setup.batches, setup.steps, setup.evaluate)
+    metrics = trainer.fit()
+    return setup.finish(metrics) if is_main() and trainer.finished else {}
 
 
 def run_end_to_end(cfg: ClipConfig) -> dict[str, Any]:
@@ -219,9 +220,10 @@ def run_end_to_end(cfg: ClipConfig) -> dict[str, Any]:
 
     setup = EndToEnd(cfg)
     loss_pair = make_loss(cfg, setup.model)
-    metrics = Trainer(cfg, setup.model, lambda m, b: loss_pair(*setup.embed(m, b)), setup.batches, setup.steps,
-                      setup.evaluate).fit()
-    return setup.finish(metrics) if is_main() else {}
+    trainer = Trainer(cfg, setup.model, lambda m, b: loss_pair(*setup.embed(m, b)), setup.batches, setup.steps,
+                      setup.evaluate)
+    metrics = trainer.fit()
+    return setup.finish(metrics) if is_main() and trainer.finished else {}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -67,6 +67,7 @@ class TrainConfig:
     eval_every: int = 1  # epochs
     checkpoint_every: int = 50  # optimiser steps
     resume: bool = False
+    stop_after_steps: int = 0  # > 0: checkpoint and stop after this many optimiser steps (time-boxed jobs)
 
 
 @dataclass

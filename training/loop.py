@@ -56,9 +56,13 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, model: nn.Module, loss_fn: Callable[[nn.Module, Any], torch.Tensor],
                  batches: Callable[[int], Iterable[Any]], steps_per_epoch: int,
                  evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
-                 on_epoch_start: Callable[[nn.Module, int], None] | None = None):
+                 on_epoch_start: Callable[[nn.Module, int], None] | None = None,
+                 extra_state: Callable[[], dict[str, torch.Tensor]] | None = None,
+                 load_extra_state: Callable[[dict[str, torch.Tensor]], None] | None = None):
         self.cfg, self.model, self.loss_fn, self.batches = cfg, model, loss_fn, batches
         self.evaluate, self.on_epoch_start = evaluate, on_epoch_start
+        # a recipe's own state that checkpoints carry (e.g. ProtoCLIP's episode prototypes)
+        self.extra_state, self.load_extra_state = extra_state, load_extra_state
         self.device = resolve_device(cfg)
         self.rank, self.world = dist.init_from_env(self.device)
         self.main = self.rank == 0  # only rank 0 writes logs and checkpoints
@@ -69,6 +73,7 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=cfg.betas,
                                            eps=cfg.eps)
         self.step = 0  # optimiser steps done
+        self.finished = False  # all epochs done (False after stop_after_steps)
         self.epoch = 0
         self.batch_in_epoch = 0  # micro-batches done in the current epoch
         self.log_path = self.out / "log.jsonl"
@@ -97,6 +102,8 @@ class Trainer:
             for name, value in st.items():
                 tensors[f"optim.{idx}.{name}"] = torch.as_tensor(value).detach().contiguous().cpu()
         tensors["rng.torch"] = torch.get_rng_state()
+        for k, v in (self.extra_state() if self.extra_state else {}).items():
+            tensors[f"extra.{k}"] = v.detach().contiguous().cpu()
         save_file(tensors, str(tmp / "state.safetensors"))
         meta = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                 "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]],
@@ -130,6 +137,8 @@ class Trainer:
         groups = [{**g, **saved} for g, saved in zip(opt["param_groups"], meta["param_groups"])]
         self.optimizer.load_state_dict({"state": state, "param_groups": groups})
         torch.set_rng_state(tensors["rng.torch"])
+        if self.load_extra_state is not None:
+            self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
         self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
         return True
 
@@ -204,6 +213,11 @@ class Trainer:
                 bar.set_postfix(loss=f"{record['loss']:.4f}")
                 if cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
                     self.save_checkpoint()
+                if cfg.stop_after_steps and self.step >= cfg.stop_after_steps:
+                    self.save_checkpoint()
+                    bar.close()
+                    print(f"[train] stopped after step {self.step} (stop_after_steps); continue with --resume")
+                    return {}
             self.epoch += 1
             self.batch_in_epoch = 0
             if self.evaluate is not None and self.main and (self.epoch % cfg.eval_every == 0
@@ -215,6 +229,7 @@ class Trainer:
                 print(f"[train] epoch {self.epoch}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
             self.save_checkpoint()
         bar.close()
+        self.finished = True
         if self.main:
             plot_log(self.log_path, self.out / "training.png")
         return metrics

@@ -81,8 +81,9 @@ def run(cfg: PmrlConfig) -> dict[str, Any]:
             res["audio2text_R@1"] = float(((aud @ txt.T).argmax(1) == caption_of).float().mean())
         return res
 
-    metrics = Trainer(cfg, model, loss_fn, batches, setup.steps, evaluate).fit()
-    return setup.finish(metrics) if is_main() else {}
+    trainer = Trainer(cfg, model, loss_fn, batches, setup.steps, evaluate)
+    metrics = trainer.fit()
+    return setup.finish(metrics) if is_main() and trainer.finished else {}
 
 
 def main(argv: list[str] | None = None) -> int:

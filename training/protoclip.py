@@ -6,7 +6,8 @@ episodic K-means, Prototypical Back Translation, soft prototype targets, optiona
 Each epoch is an episode: ``episode_size`` items are drawn with replacement, encoded without
 gradient, clustered per modality (``clusters`` centroids), and the episode's batches are drawn from
 them. The first episode trains InfoNCE only. Empty clusters are masked out of the softmaxes.
-Resume note: a run resumed mid-episode recomputes that episode's prototypes from the resumed model.
+Checkpoints carry the current episode (its items, clusters and back-translated prototypes), so a run
+resumed mid-episode continues with the same prototypes and reproduces the uninterrupted run.
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ def run(cfg: ProtoClipConfig) -> dict[str, Any]:
         external = torch.from_numpy(ext.encode(feats.captions))
 
     def start_episode(m: nn.Module, epoch: int) -> None:
+        if episode.pop("resumed", False) and episode.get("epoch") == epoch:
+            return  # the interrupted episode, restored from the checkpoint as it was
+        episode.clear()
         g = torch.Generator().manual_seed(cfg.seed * 7919 + epoch)
         items = torch.randint(len(setup.train), (min(cfg.episode_size, 4 * len(setup.train)),), generator=g)
         caps = labels_all[items] * setup.n_t + torch.randint(setup.n_t, (len(items),), generator=g)
@@ -108,9 +112,17 @@ def run(cfg: ProtoClipConfig) -> dict[str, Any]:
         return loss
 
     steps = int(np.ceil(min(cfg.episode_size, 4 * len(setup.train)) / cfg.batch_size))
-    trainer = Trainer(cfg, model, loss_fn, batches, steps, setup.evaluate, on_epoch_start=start_episode)
+    def save_episode() -> dict[str, torch.Tensor]:
+        return {k: torch.as_tensor(v) for k, v in episode.items() if k != "resumed"}
+
+    def load_episode(state: dict[str, torch.Tensor]) -> None:
+        episode.clear()
+        episode.update({k: int(v) if k == "epoch" else v for k, v in state.items()}, resumed=True)
+
+    trainer = Trainer(cfg, model, loss_fn, batches, steps, setup.evaluate, on_epoch_start=start_episode,
+                      extra_state=save_episode, load_extra_state=load_episode)
     metrics = trainer.fit()
-    return setup.finish(metrics) if is_main() else {}
+    return setup.finish(metrics) if is_main() and trainer.finished else {}
 
 
 def main(argv: list[str] | None = None) -> int:
