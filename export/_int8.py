@@ -12,7 +12,8 @@ The scheme, step by step (each measured, see benchmarks/README.md):
    within the budget;
 3. a protected MatMul is quantised per token instead of per tensor: each row of activations gets
    its own scale (symmetric, shifted to uint8 so onnxruntime's u8s8 kernel runs it; weights on 7
-   bits so that kernel cannot saturate), so one outlier token no longer flattens the others; ``protect="fp32"`` keeps them unquantised instead.
+   bits so that kernel cannot saturate), so one outlier token no longer flattens the others;
+   ``protect="fp32"`` keeps them unquantised instead.
 """
 
 from __future__ import annotations
