@@ -227,7 +227,7 @@ def export(
     calibration_texts: list[str] | None = None,
     batch_sizes: tuple[int, ...] = (1, 7, 32),
     int8_error_budget: float = INT8_ERROR_BUDGET,
-    int8_protect: Protect = "per-token",
+    int8_protect: Protect = "fp32",
     verbose: bool = True,
 ) -> Path:
     """Export ``model`` (a name ``embedhub.load`` takes, or a loaded torch model) to ``output``.
