@@ -25,9 +25,9 @@ from embedhub.losses import ClipLoss, dcl_loss, siglip_loss
 
 from .config import ClipConfig, recipe_main, to_dict
 from .data import LabelledImages, fashion_mnist
-from .dist import gather, init_from_env, is_main, main_first, shard
+from .dist import gather, main_first, shard
 from .evaluate import linear_probe, retrieval_recall, zero_shot_accuracy
-from .loop import Trainer, resolve_device
+from .loop import Trainer, fit_and_finish, start_run
 from .model import DualEncoder, build_towers, images_to_array, to_embedding_model
 
 
@@ -93,11 +93,8 @@ class LiTSetup:
     """What every LiT-style recipe shares: towers, frozen features of train/test, evaluation, export."""
 
     def __init__(self, cfg):
-        torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        self.t_start = time.perf_counter()
+        self.t_start = start_run(cfg)
         self.cfg = cfg
-        init_from_env(resolve_device(cfg))  # torchrun: join the process group before any collective
         if cfg.data != "fashion-mnist" or not (cfg.freeze_image and cfg.freeze_text) or cfg.open_clip_model:
             raise NotImplementedError(
                 f"{type(cfg).__name__}: this recipe trains LiT-style (frozen towers, cached features) on "
@@ -209,9 +206,8 @@ def run(cfg: ClipConfig) -> dict[str, Any]:
         img, txt = batch  # gathered over ranks with gradient: the loss of the whole global batch
         return loss_pair(gather(m.encode_image(img, features=True)), gather(m.encode_text(txt, features=True)))
 
-    trainer = Trainer(cfg, setup.model, loss_fn, setup.batches, setup.steps, setup.evaluate)
-    metrics = trainer.fit()
-    return setup.finish(metrics) if is_main() and trainer.finished else {}
+    return fit_and_finish(Trainer(cfg, setup.model, loss_fn, setup.batches, setup.steps, setup.evaluate),
+                          setup.finish)
 
 
 def run_end_to_end(cfg: ClipConfig) -> dict[str, Any]:
@@ -222,8 +218,7 @@ def run_end_to_end(cfg: ClipConfig) -> dict[str, Any]:
     loss_pair = make_loss(cfg, setup.model)
     trainer = Trainer(cfg, setup.model, lambda m, b: loss_pair(*setup.embed(m, b)), setup.batches, setup.steps,
                       setup.evaluate)
-    metrics = trainer.fit()
-    return setup.finish(metrics) if is_main() and trainer.finished else {}
+    return fit_and_finish(trainer, setup.finish)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,22 @@ def resolve_device(cfg: TrainConfig) -> torch.device:
     return torch.device(cfg.device)
 
 
+def start_run(cfg: TrainConfig) -> float:
+    """What every recipe does first: threads, seed, and (under torchrun) joining the process group
+    before any collective. Returns the start time (``time.perf_counter``)."""
+    torch.set_num_threads(cfg.threads)
+    torch.manual_seed(cfg.seed)
+    dist.init_from_env(resolve_device(cfg))
+    return time.perf_counter()
+
+
+def fit_and_finish(trainer: Trainer, finish: Callable[[dict[str, float]], dict[str, Any]]) -> dict[str, Any]:
+    """``trainer.fit()``, then ``finish(metrics)`` (probe, model folder, results) on rank 0 of a run
+    that completed; ``{}`` on other ranks and after ``stop_after_steps``."""
+    metrics = trainer.fit()
+    return finish(metrics) if trainer.main and trainer.finished else {}
+
+
 class Trainer:
     """Runs ``loss_fn(model, batch)`` over ``batches(epoch)`` with the config's optimiser and schedule.
 

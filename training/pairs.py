@@ -18,7 +18,7 @@ import json
 import math
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from .config import to_dict
 from .data import LabelledImages, Sample, captioned_folder, expand_shards, fashion_mnist, webdataset
-from .dist import gather, init_from_env, shard
+from .dist import gather, shard
 from .evaluate import linear_probe, retrieval_recall, zero_shot_accuracy
-from .loop import resolve_device
+from .loop import start_run
 from .model import DualEncoder, build_towers, images_to_array, to_embedding_model
 
 
@@ -133,10 +134,10 @@ class EvalPairs:
     captions: list[str]
     labels: np.ndarray | None = None
     classes: tuple[str, ...] = ()
-    keys: np.ndarray = field(default_factory=lambda: np.zeros(0))  # retrieval: equal keys count as hits
+    keys: np.ndarray | None = None  # retrieval: equal keys count as hits; default: identical captions
 
     def __post_init__(self) -> None:
-        if not len(self.keys):  # identical captions match each other
+        if self.keys is None:
             ids: dict[str, int] = {}
             self.keys = np.array([ids.setdefault(c, len(ids)) for c in self.captions])
 
@@ -258,11 +259,8 @@ class EndToEnd:
     """What the end-to-end recipes share: pairs, towers, per-batch preprocessing, evaluation, export."""
 
     def __init__(self, cfg):
-        torch.set_num_threads(cfg.threads)
-        torch.manual_seed(cfg.seed)
-        self.t_start = time.perf_counter()
+        self.t_start = start_run(cfg)
         self.cfg = cfg
-        init_from_env(resolve_device(cfg))
         self.train, self.eval = open_pairs(cfg)
         if cfg.open_clip_model:
             self.model, self.image_pre, self.text_pre, self.open_clip_cfg = open_clip_towers(cfg.open_clip_model,
@@ -349,14 +347,9 @@ class EndToEnd:
         metrics["sdk_min_cosine"] = float(min((ours_i.numpy() * sdk_i).sum(1).min(),
                                               (ours_t.numpy() * sdk_t).sum(1).min()))
         summary = {"metrics": metrics, "seconds_total": round(time.perf_counter() - self.t_start, 1),
-                   "train_pairs": len(self.train), "eval_pairs": len(ev.images), "config": _config(cfg),
+                   "train_pairs": len(self.train), "eval_pairs": len(ev.images), "config": to_dict(cfg),
                    "model": str(out), "model_format": loaded.format}
         (Path(cfg.output) / "results.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary["metrics"], indent=2))
         return summary
 
-
-def _config(cfg) -> dict[str, Any]:
-    from .config import to_dict
-
-    return to_dict(cfg)

@@ -23,8 +23,8 @@ from embedhub.losses import ClipLoss, pmrl_loss
 from .audio import spoken_caption_features
 from .clip import LiTSetup
 from .config import PmrlConfig, recipe_main
-from .dist import gather, is_main, main_first, shard
-from .loop import Trainer
+from .dist import gather, main_first, shard
+from .loop import Trainer, fit_and_finish
 from .model import head_spec
 
 
@@ -81,9 +81,7 @@ def run(cfg: PmrlConfig) -> dict[str, Any]:
             res["audio2text_R@1"] = float(((aud @ txt.T).argmax(1) == caption_of).float().mean())
         return res
 
-    trainer = Trainer(cfg, model, loss_fn, batches, setup.steps, evaluate)
-    metrics = trainer.fit()
-    return setup.finish(metrics) if is_main() and trainer.finished else {}
+    return fit_and_finish(Trainer(cfg, model, loss_fn, batches, setup.steps, evaluate), setup.finish)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,8 +23,8 @@ from embedhub.losses import ClipLoss, back_translate, kmeans, prototype_loss
 
 from .clip import LiTSetup
 from .config import ProtoClipConfig, recipe_main
-from .dist import gather, is_main, shard
-from .loop import Trainer
+from .dist import gather, shard
+from .loop import Trainer, fit_and_finish
 
 
 class ProtoHead(nn.Sequential):
@@ -91,7 +91,8 @@ def run(cfg: ProtoClipConfig) -> dict[str, Any]:
 
     def loss_fn(m: nn.Module, pos: torch.Tensor) -> torch.Tensor:
         # this rank encodes its slice; the gathered global batch goes through the rest (BatchNorm included)
-        items, caps = episode["items"][shard(pos)], episode["caps"][shard(pos)]
+        mine = shard(pos)
+        items, caps = episode["items"][mine], episode["caps"][mine]
         ei = gather(m.encode_image(feats.images[items], features=True))
         et = gather(m.encode_text(feats.text[caps], features=True))
         loss = clip(ei, et, m.logit_scale.exp())
@@ -121,8 +122,7 @@ def run(cfg: ProtoClipConfig) -> dict[str, Any]:
 
     trainer = Trainer(cfg, model, loss_fn, batches, steps, setup.evaluate, on_epoch_start=start_episode,
                       extra_state=save_episode, load_extra_state=load_episode)
-    metrics = trainer.fit()
-    return setup.finish(metrics) if is_main() and trainer.finished else {}
+    return fit_and_finish(trainer, setup.finish)
 
 
 def main(argv: list[str] | None = None) -> int:
