@@ -40,8 +40,8 @@ GATES: dict[str, dict[str, float]] = {
     "int8": {"min": 0.97, "mean": 0.99},
 }
 #: int8: quantise every MatMul / Attention / Gemm per tensor, then protect the most sensitive ones
-#: (per-token int8, or fp32) until the summed error of the others (1 - mean cosine, each measured
-#: alone) is within this (see export/_int8.py)
+#: (kept fp32 by default, or per-token int8 with ``int8_protect="per-token"``) until the summed error
+#: of the others (1 - mean cosine, each measured alone) is within this (see export/_int8.py)
 INT8_ERROR_BUDGET = 0.006
 _INPUTS = {"text": ["input_ids", "attention_mask"], "image": ["pixel_values"]}
 
@@ -235,7 +235,8 @@ def export(
     Writes an embedhub model folder with ``onnx/<modality>.onnx`` graphs and
     ``onnx/export_metadata.json`` (gate figures, steps, versions) that
     ``embedhub.load(output, backend="onnx")`` loads. Raises :class:`ParityError` and writes nothing
-    when ONNX Runtime and torch disagree beyond :data:`GATES`.
+    when ONNX Runtime and torch disagree beyond :data:`GATES`. ``int8_protect`` chooses how the
+    calibration-selected sensitive nodes of an int8 export are kept: ``"fp32"`` or ``"per-token"``.
 
     >>> export("all-MiniLM-L6-v2", "minilm-onnx", quantize="int8")   # doctest: +SKIP
     """
