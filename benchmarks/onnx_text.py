@@ -11,8 +11,9 @@ of the STS-B *train* rows from MSRpar, deft-news and deft-forum, in file order) 
    MiniLM's ``tokenizer.json`` (length-sorted batches), with mean pooling and L2 normalisation here
 4. embedhub onnx fp32 (``export(...)`` at start, then ``embedhub.load(dir, backend="onnx")``)
 5. embedhub onnx fp32 exported with ``optimize=False`` (no transformer fusions)
-6. embedhub onnx int8 (``export(..., quantize="int8")``; left out with ``--skip-int8``)
-7. embedhub torch fp32, and with ``--bf16`` embedhub torch bf16
+6. embedhub onnx int8 without smoothing (``export(..., quantize="int8", int8_smooth=False)``)
+7. embedhub onnx int8 (``export(..., quantize="int8")``); 6 and 7 are left out with ``--skip-int8``
+8. embedhub torch fp32, and with ``--bf16`` embedhub torch bf16
 
 The exports run in child processes before any row is loaded (so their memory is not this
 process's), and their step logs (``onnx/export_metadata.json``) are printed as a table. Every
@@ -474,6 +475,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     onnx_dtype = {"dtype": "fp16"} if args.fp16 else {}
     plan = [("fp32", {**onnx_dtype}), ("fp32, no fusions", {**onnx_dtype, "optimize": False})]
     if not (args.skip_int8 or args.fp16):
+        plan.append(("int8, no smoothing", {"quantize": "int8", "int8_smooth": False}))
         plan.append(("int8", {"quantize": "int8"}))
     for label, kwargs in plan:
         print(f"exporting {MODEL_ALIAS} ({label}) ...", flush=True)

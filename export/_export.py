@@ -29,7 +29,7 @@ from embedhub._batching import plan_batches
 from embedhub._preprocess import token_lengths
 
 from ._data import CALIBRATION_TEXTS, GATE_TEXTS, gate_images
-from ._int8 import Protect, quantize_int8
+from ._int8 import ALPHAS, Protect, quantize_int8
 
 Precision = Literal["fp32", "fp16", "int8"]
 
@@ -39,9 +39,10 @@ GATES: dict[str, dict[str, float]] = {
     "fp16": {"min": 0.999},
     "int8": {"min": 0.97, "mean": 0.99},
 }
-#: int8: quantise every MatMul / Attention / Gemm per tensor, then protect the most sensitive ones
-#: (kept fp32 by default, or per-token int8 with ``int8_protect="per-token"``) until the summed error
-#: of the others (1 - mean cosine, each measured alone) is within this (see export/_int8.py)
+#: int8: smooth activation outliers into the weights, quantise every MatMul / Attention / Gemm per tensor,
+#: and if the error (1 - mean cosine on the calibration inputs) exceeds this, protect the most sensitive
+#: nodes (kept fp32 by default, or per-token int8 with ``int8_protect="per-token"``) until the summed
+#: error of the others, each measured alone, is within it (see export/_int8.py)
 INT8_ERROR_BUDGET = 0.006
 _INPUTS = {"text": ["input_ids", "attention_mask"], "image": ["pixel_values"]}
 
@@ -228,6 +229,7 @@ def export(
     batch_sizes: tuple[int, ...] = (1, 7, 32),
     int8_error_budget: float = INT8_ERROR_BUDGET,
     int8_protect: Protect = "fp32",
+    int8_smooth: bool = True,
     verbose: bool = True,
 ) -> Path:
     """Export ``model`` (a name ``embedhub.load`` takes, or a loaded torch model) to ``output``.
@@ -236,7 +238,8 @@ def export(
     ``onnx/export_metadata.json`` (gate figures, steps, versions) that
     ``embedhub.load(output, backend="onnx")`` loads. Raises :class:`ParityError` and writes nothing
     when ONNX Runtime and torch disagree beyond :data:`GATES`. ``int8_protect`` chooses how the
-    calibration-selected sensitive nodes of an int8 export are kept: ``"fp32"`` or ``"per-token"``.
+    calibration-selected sensitive nodes of an int8 export are kept: ``"fp32"`` or ``"per-token"``;
+    ``int8_smooth=False`` leaves out the SmoothQuant scaling that int8 tries first (export/_int8.py).
 
     >>> export("all-MiniLM-L6-v2", "minilm-onnx", quantize="int8")   # doctest: +SKIP
     """
@@ -285,7 +288,7 @@ def export(
                 say(f"[export] {modality}: int8 calibration")
                 nxt = work / f"{modality}.int8.onnx"
                 note = quantize_int8(cur, nxt, _feed(src, modality, calib[modality]), int8_error_budget, work,
-                                     protect=int8_protect)
+                                     protect=int8_protect, alphas=ALPHAS if int8_smooth else ())
                 cur = nxt
                 log.append(_stats(cur, "int8", note))
             graphs[modality] = cur

@@ -196,3 +196,52 @@ def test_per_token_int8_rewrite_beats_per_tensor_on_an_outlier_token(tmp_path):
     cos_token = _cos(run(per_token).reshape(-1, 48), ref)
     assert cos_token.min() > 0.999, cos_token.min()
     assert cos_tensor[1:].min() < 0.99 < cos_token[1:].min()  # the other tokens lose precision per tensor
+
+
+@pytest.mark.parametrize("op", ["MatMul", "Gemm"])
+def test_smoothing_keeps_the_function_and_rescues_int8_from_an_outlier_channel(tmp_path, op):
+    """SmoothQuant in export/_int8.py: an activation channel 50x larger than the rest makes a
+    per-tensor int8 scale round every other channel coarsely. Smoothing moves that range into the
+    weight row, leaves the fp32 function unchanged, and int8 of the smoothed graph is closer to it.
+    Gemm carries its weight transposed (transB=1), so the scaled axis differs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from export._int8 import activation_ranges, quantize_int8, smooth
+
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(64, 48)).astype(np.float32)
+    if op == "MatMul":
+        node = helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")
+        weight, dims = w, ["n", 64]
+    else:
+        node = helper.make_node("Gemm", ["x", "w"], ["y"], name="mm", transB=1)
+        weight, dims = np.ascontiguousarray(w.T), ["n", 64]
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, dims)],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 48])], [numpy_helper.from_array(weight, "w")])
+    fp32 = tmp_path / "fp32.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), fp32)
+    x = rng.normal(size=(256, 64)).astype(np.float32)
+    x[:, 5] *= 50  # one outlier channel, in every row
+
+    def run(path, inp=x):
+        return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"x": inp})[0]
+
+    ranges = activation_ranges(fp32, [{"x": x[:128]}], tmp_path)
+    assert ranges["x"].shape == (64,) and ranges["x"].argmax() == 5
+    smoothed = tmp_path / "smooth.onnx"
+    assert smooth(fp32, smoothed, ranges, 0.5) == 1
+    assert {n.op_type for n in onnx.load(str(smoothed)).graph.node} == {"Mul", op}
+    np.testing.assert_allclose(run(smoothed), x @ w, rtol=1e-4, atol=1e-3)  # same function
+
+    plain, smoothed_q = tmp_path / "plain-int8.onnx", tmp_path / "smooth-int8.onnx"
+    quantize_int8(fp32, plain, [{"x": x[:128]}], budget=1.0, work=tmp_path, alphas=())
+    note = quantize_int8(fp32, smoothed_q, [{"x": x[:128]}], budget=1.0, work=tmp_path)
+    assert "smoothing alpha None" not in note  # calibration chose to smooth
+    held_out = x[128:]  # rows calibration did not see
+    ref = held_out @ w
+    err_plain = np.abs(run(plain, held_out) - ref).mean()
+    err_smooth = np.abs(run(smoothed_q, held_out) - ref).mean()
+    assert err_smooth < 0.5 * err_plain, (err_smooth, err_plain)
