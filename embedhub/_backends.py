@@ -7,7 +7,10 @@ ordering and normalisation are the model's, shared by every backend.
 
 from __future__ import annotations
 
+import json
 import os
+import platform
+import warnings
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -40,6 +43,43 @@ class TorchRunner:
             tensors["pixel_values"] = tensors["pixel_values"].to(self.dtype)
         with torch.inference_mode():
             return self.module(**tensors).float()
+
+
+def int8_dot_kernel() -> str:
+    """How this CPU multiplies uint8 x int8 in onnxruntime: ``"vnni"`` (AVX-512 VNNI, AVX-VNNI or
+    AMX: exact 32-bit accumulation), ``"no-vnni"`` (an x86 CPU without them: onnxruntime's AVX2
+    ``vpmaddubsw`` kernels add pairs of products in 16 bits, which can saturate) or ``"unknown"``.
+
+    >>> int8_dot_kernel() in ("vnni", "no-vnni", "unknown")
+    True
+    """
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return "unknown"
+    try:
+        flags = next(line for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("flags"))
+    except (OSError, StopIteration):
+        return "unknown"
+    have = set(flags.split(":", 1)[1].split())
+    return "vnni" if have & {"avx512_vnni", "avx_vnni", "amx_int8"} else "no-vnni"
+
+
+def check_int8_cpu(folder: Path) -> None:
+    """Warn when ``folder``'s int8 graphs were gated on a VNNI CPU and this CPU has no VNNI: the
+    parity gate's figures do not carry over to saturating AVX2 kernels."""
+    meta_path = folder / "onnx" / "export_metadata.json"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, ValueError):
+        return
+    exported_on = meta.get("cpu", {}).get("int8_dot_kernel")
+    if meta.get("precision") == "int8" and exported_on == "vnni" and int8_dot_kernel() == "no-vnni":
+        warnings.warn(
+            f"{folder}: this int8 model passed its parity gate on a CPU with VNNI, but this CPU has none; "
+            "onnxruntime's int8 kernels here add products in 16 bits and can saturate, so accuracy may be "
+            f"below the gate's {meta.get('gate', {}).get('thresholds')}. Re-export on this machine "
+            "(`embedhub export MODEL --output DIR --quantize int8`) to gate it here.",
+            stacklevel=3,
+        )
 
 
 def onnx_providers(device: torch.device) -> list[str]:

@@ -25,6 +25,7 @@ from torch import nn
 
 import embedhub
 from embedhub import EmbeddingModel
+from embedhub._backends import int8_dot_kernel
 from embedhub._batching import plan_batches
 from embedhub._preprocess import token_lengths
 
@@ -319,6 +320,8 @@ def export(
                 "gate": report,
                 "steps": steps,
                 "seconds": round(time.perf_counter() - t0, 1),
+                "cpu": {"torch_capability": torch.backends.cpu.get_cpu_capability(),
+                        "int8_dot_kernel": int8_dot_kernel()},
                 "versions": {"embedhub": embedhub.__version__, "torch": torch.__version__,
                              "onnx": onnx.__version__, "onnxruntime": ort.__version__},
             }

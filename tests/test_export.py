@@ -86,6 +86,7 @@ def test_int8_keeps_stsb_spearman(minilm, minilm_int8, sts_test):
     assert cos.mean() >= GATES["int8"]["mean"] and cos.min() >= GATES["int8"]["min"]
     meta = json.loads((minilm_int8 / "onnx" / "export_metadata.json").read_text())
     assert meta["precision"] == "int8" and "MatMulInteger" in meta["steps"]["text"][-1]["ops"]
+    assert "smoothing alpha None" not in meta["steps"]["text"][-1]["note"]  # MiniLM's outliers get smoothed
 
 
 def test_broken_export_is_refused(minilm, tmp_path, monkeypatch):
@@ -245,3 +246,27 @@ def test_smoothing_keeps_the_function_and_rescues_int8_from_an_outlier_channel(t
     err_plain = np.abs(run(plain, held_out) - ref).mean()
     err_smooth = np.abs(run(smoothed_q, held_out) - ref).mean()
     assert err_smooth < 0.5 * err_plain, (err_smooth, err_plain)
+
+
+def test_int8_model_warns_on_a_cpu_unlike_its_gate(minilm_int8, tmp_path, monkeypatch):
+    """An int8 export records the CPU its gate ran on. Loaded on an x86 CPU without VNNI after being
+    gated on one with it, the model warns (onnxruntime's AVX2 int8 kernels can saturate). Which CPU
+    this is cannot be chosen here, so the test rewrites the metadata and the CPU probe's answer."""
+    import shutil
+    import warnings
+
+    import embedhub._backends as backends
+
+    meta = json.loads((minilm_int8 / "onnx" / "export_metadata.json").read_text())
+    assert meta["cpu"]["int8_dot_kernel"] == backends.int8_dot_kernel()  # the CPU the gate ran on
+    folder = tmp_path / "int8"
+    shutil.copytree(minilm_int8, folder)
+    meta["cpu"]["int8_dot_kernel"] = "vnni"
+    (folder / "onnx" / "export_metadata.json").write_text(json.dumps(meta))
+    monkeypatch.setattr(backends, "int8_dot_kernel", lambda: "no-vnni")
+    with pytest.warns(UserWarning, match="passed its parity gate on a CPU with VNNI, but this CPU has none"):
+        embedhub.load(folder, backend="onnx")
+    monkeypatch.setattr(backends, "int8_dot_kernel", lambda: "vnni")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        embedhub.load(folder, backend="onnx")  # same kind of CPU: no warning

@@ -102,7 +102,7 @@ def load(
     pre = {m: load_preprocessor(folder / m, spec["preprocess"]) for m, spec in specs.items()}
     towers: dict[str, Any] = {}
     if backend == "onnx":
-        from .._backends import OnnxRunner
+        from .._backends import OnnxRunner, check_int8_cpu
 
         missing = [m for m, spec in specs.items() if not spec.get("onnx")]
         if missing:
@@ -111,6 +111,8 @@ def load(
                 f"`embedhub export {folder} --output DIR`, or load with backend='torch'"
             )
         towers = {m: OnnxRunner(folder / spec["onnx"], device=device, threads=threads) for m, spec in specs.items()}
+        if device.type == "cpu":
+            check_int8_cpu(folder)
     else:
         for m, spec in specs.items():
             lib = spec.get("backbone", {}).get("library")
