@@ -14,7 +14,10 @@ The scheme, step by step (each measured, see benchmarks/README.md):
    per-channel weights. ``max|X_j|`` is read on the calibration inputs; ``alpha`` is picked from
    :data:`ALPHAS` (or no smoothing) by the calibration error of the fully quantised graph.
    MiniLM (all 24 nodes int8): no smoothing min cosine 0.971 / mean 0.990 on the gate texts,
-   alpha 0.6: 0.986 / 0.994;
+   alpha 0.6: 0.986 / 0.994.
+   On x86 CPUs without VNNI, 7-bit weights (onnxruntime's ``reduce_range``) are tried beside
+   8-bit ones: there onnxruntime's u8s8 kernels add pairs of products in 16 bits (``vpmaddubsw``),
+   which 8-bit weights can saturate, and the calibration, run on the exporting CPU, measures it;
 3. calibration: if the fully quantised graph's error (1 - mean cosine to fp32 on the calibration
    inputs) exceeds the budget, each node is quantised alone and scored, and the most sensitive ones
    are *protected* until the summed error of the others is within the budget;
@@ -197,19 +200,32 @@ def smooth(src: Path, dst: Path, ranges: dict[str, np.ndarray], alpha: float) ->
 
 
 def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budget: float, work: Path,
-                  protect: Protect = "fp32", alphas: tuple[float, ...] = ALPHAS) -> str:
-    """Quantise ``src`` into ``dst`` (see the module docstring); returns a note of what was done."""
+                  protect: Protect = "fp32", alphas: tuple[float, ...] = ALPHAS,
+                  weight_bits: tuple[int, ...] | None = None) -> str:
+    """Quantise ``src`` into ``dst`` (see the module docstring); returns a note of what was done.
+
+    ``weight_bits``: the weight widths the calibration tries, 8 and/or 7 (onnxruntime's
+    ``reduce_range``). By default 8 on CPUs with VNNI, and both 8 and 7 on x86 CPUs without it,
+    where 8-bit weights can saturate onnxruntime's 16-bit pair sums (``vpmaddubsw``) and 7-bit
+    weights cannot.
+    """
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from embedhub._backends import int8_dot_kernel
 
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns through the root logger on every call
     kinds = {n.name: n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
     candidates = [n.name for n in _candidates(onnx.load(str(src), load_external_data=False).graph)]
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
+    if weight_bits is None:
+        weight_bits = (8, 7) if int8_dot_kernel() == "no-vnni" else (8,)
+    if not weight_bits or set(weight_bits) - {7, 8}:
+        raise ValueError(f"weight_bits must hold 8 and/or 7, got {weight_bits!r}")
 
-    def quantize(base: Path, out: Path, **kw: Any) -> None:
+    def quantize(base: Path, out: Path, bits: int, **kw: Any) -> None:
         quantize_dynamic(str(base), str(out), per_channel=True, weight_type=QuantType.QInt8,
-                         op_types_to_quantize=OPS, extra_options=extra, **kw)
+                         op_types_to_quantize=OPS, extra_options=extra, reduce_range=bits == 7, **kw)
 
     def unit(rows: np.ndarray) -> np.ndarray:
         rows = rows.reshape(len(rows), -1)
@@ -221,22 +237,25 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budg
         return float(1 - (unit(_run(path, feeds)) * ref).sum(1).mean())
 
     probe = work / "probe.onnx"
-    quantize(src, probe)
-    tried: dict[float | None, float] = {None: error(probe)}
     ranges = activation_ranges(src, feeds, work) if alphas else {}
+    bases: dict[float | None, Path] = {None: src}
     for alpha in alphas:
-        smooth(src, work / f"smooth{alpha}.onnx", ranges, alpha)
-        quantize(work / f"smooth{alpha}.onnx", probe)
-        tried[alpha] = error(probe)
-    alpha = min(tried, key=lambda a: tried[a])
-    base = src if alpha is None else work / f"smooth{alpha}.onnx"
+        bases[alpha] = work / f"smooth{alpha}.onnx"
+        smooth(src, bases[alpha], ranges, alpha)
+    tried: dict[tuple[float | None, int], float] = {}
+    for alpha, base in bases.items():
+        for bits in weight_bits:
+            quantize(base, probe, bits)
+            tried[alpha, bits] = error(probe)
+    alpha, bits = min(tried, key=lambda k: tried[k])
+    base = bases[alpha]
 
     solo: dict[str, float] = {}
     protected: list[str] = []
-    remaining = tried[alpha]
+    remaining = tried[alpha, bits]
     if remaining > budget:  # protect the most sensitive nodes, each scored alone
         for name in candidates:
-            quantize(base, probe, nodes_to_quantize=[name])
+            quantize(base, probe, bits, nodes_to_quantize=[name])
             solo[name] = max(error(probe), 0.0)
         remaining = sum(solo.values())
         for name in sorted(solo, key=solo.get, reverse=True):
@@ -244,16 +263,16 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budg
                 break
             protected.append(name)
             remaining -= solo[name]
-    quantize(base, dst, nodes_to_exclude=protected)
+    quantize(base, dst, bits, nodes_to_exclude=protected)
     per_token = [n for n in protected if kinds[n] == "MatMul"] if protect == "per-token" else []
     if per_token:
         model = onnx.load(str(dst))
         per_token_matmuls(model, set(per_token))
         onnx.save(model, str(dst))
     fp32 = [n for n in protected if n not in per_token]
-    return (f"dynamic int8 (per-channel int8 weights, per-tensor uint8 activations) on {OPS}; smoothing "
-            f"alpha {alpha} (calibration error of the fully quantised graph by alpha: "
-            f"{ {a: round(e, 5) for a, e in tried.items()} }); "
+    by = ", ".join(f"{a}/{b}-bit: {e:.5f}" for (a, b), e in tried.items())
+    return (f"dynamic int8 ({bits}-bit per-channel weights, per-tensor uint8 activations) on {OPS}; smoothing "
+            f"alpha {alpha} (calibration error of the fully quantised graph by alpha/weight bits: {by}); "
             f"{len(candidates) - len(protected)}/{len(candidates)} nodes quantised per tensor; protected by "
             f"calibrated sensitivity (error alone): {[(n, round(solo[n], 5)) for n in protected]}; of these "
             f"per-token int8: {len(per_token)}, kept fp32: {len(fp32)} (budget {budget}); calibration error "

@@ -86,7 +86,10 @@ def test_int8_keeps_stsb_spearman(minilm, minilm_int8, sts_test):
     assert cos.mean() >= GATES["int8"]["mean"] and cos.min() >= GATES["int8"]["min"]
     meta = json.loads((minilm_int8 / "onnx" / "export_metadata.json").read_text())
     assert meta["precision"] == "int8" and "MatMulInteger" in meta["steps"]["text"][-1]["ops"]
-    assert "smoothing alpha None" not in meta["steps"]["text"][-1]["note"]  # MiniLM's outliers get smoothed
+    from embedhub._backends import int8_dot_kernel
+
+    if int8_dot_kernel() == "vnni":  # measured there: MiniLM's outlier channels get smoothed, nothing protected
+        assert "smoothing alpha None" not in meta["steps"]["text"][-1]["note"]
 
 
 def test_broken_export_is_refused(minilm, tmp_path, monkeypatch):
@@ -200,7 +203,7 @@ def test_per_token_int8_rewrite_beats_per_tensor_on_an_outlier_token(tmp_path):
 
 
 @pytest.mark.parametrize("op", ["MatMul", "Gemm"])
-def test_smoothing_keeps_the_function_and_rescues_int8_from_an_outlier_channel(tmp_path, op):
+def test_smoothing_keeps_the_function_and_rescues_int8_from_an_outlier_channel(tmp_path, op, monkeypatch):
     """SmoothQuant in export/_int8.py: an activation channel 50x larger than the rest makes a
     per-tensor int8 scale round every other channel coarsely. Smoothing moves that range into the
     weight row, leaves the fp32 function unchanged, and int8 of the smoothed graph is closer to it.
@@ -246,6 +249,24 @@ def test_smoothing_keeps_the_function_and_rescues_int8_from_an_outlier_channel(t
     err_plain = np.abs(run(plain, held_out) - ref).mean()
     err_smooth = np.abs(run(smoothed_q, held_out) - ref).mean()
     assert err_smooth < 0.5 * err_plain, (err_smooth, err_plain)
+
+    # 7-bit weights (what CPUs without VNNI also try, against saturation): the same path, |q| <= 64
+    seven = tmp_path / "smooth-int8-7bit.onnx"
+    note7 = quantize_int8(fp32, seven, [{"x": x[:128]}], budget=1.0, work=tmp_path, weight_bits=(7,))
+    assert "7-bit per-channel weights" in note7 and "smoothing alpha None" not in note7
+    q_weights = [numpy_helper.to_array(i) for i in onnx.load(str(seven)).graph.initializer
+                 if i.data_type == TensorProto.INT8]
+    assert q_weights and max(int(np.abs(q.astype(np.int32)).max()) for q in q_weights) <= 64
+    assert np.abs(run(seven, held_out) - ref).mean() < 0.5 * err_plain
+    with pytest.raises(ValueError, match="weight_bits must hold 8 and/or 7"):
+        quantize_int8(fp32, seven, [{"x": x[:128]}], budget=1.0, work=tmp_path, weight_bits=(4,))
+    # which widths are tried by default follows the CPU (the probe's answer is set here: the CPU is not ours to pick)
+    import embedhub._backends as backends
+
+    for kernel, widths in (("no-vnni", ("8-bit", "7-bit")), ("vnni", ("8-bit",))):
+        monkeypatch.setattr(backends, "int8_dot_kernel", lambda kernel=kernel: kernel)
+        note = quantize_int8(fp32, seven, [{"x": x[:128]}], budget=1.0, work=tmp_path)
+        assert {w for w in ("8-bit", "7-bit") if f"None/{w}" in note} == set(widths), note
 
 
 def test_int8_model_warns_on_a_cpu_unlike_its_gate(minilm_int8, tmp_path, monkeypatch):
