@@ -48,12 +48,17 @@ W_LEVELS = 63.0
 ALPHAS = (0.5, 0.55, 0.6, 0.65, 0.7, 0.75, 0.8)
 
 
-def _run(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+def _session(path: Path) -> Any:
+    """A quiet CPU onnxruntime session for calibration runs."""
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+
+def _run(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+    sess = _session(path)
     names = [i.name for i in sess.get_inputs()]
     return np.concatenate([sess.run(None, {k: f[k] for k in names})[0] for f in feeds])
 
@@ -116,7 +121,11 @@ def per_token_matmuls(model: Any, names: set[str]) -> int:
 def _candidates(graph: Any) -> list[Any]:
     """The nodes the quantiser takes: MatMul / Attention / Gemm with a constant weight."""
     consts = {i.name for i in graph.initializer}
-    return [n for n in graph.node if n.op_type in OPS and len(n.input) > 1 and n.input[1] in consts]
+    return [n for n in graph.node if _quantisable(n, consts)]
+
+
+def _quantisable(node: Any, consts: set[str]) -> bool:
+    return node.op_type in OPS and len(node.input) > 1 and node.input[1] in consts
 
 
 def _weight_axis(node: Any) -> int:
@@ -130,7 +139,6 @@ def activation_ranges(path: Path, feeds: list[dict[str, np.ndarray]], work: Path
     """Per channel ``max |x|`` of every quantisable node's input over ``feeds`` (padding rows left
     out where an ``attention_mask`` says which they are)."""
     import onnx
-    import onnxruntime as ort
     from onnx import TensorProto, helper
 
     model = onnx.load(str(path))
@@ -140,9 +148,7 @@ def activation_ranges(path: Path, feeds: list[dict[str, np.ndarray]], work: Path
                               for n in names if n not in have)
     probe = work / "ranges.onnx"
     onnx.save(model, str(probe))
-    opts = ort.SessionOptions()
-    opts.log_severity_level = 3
-    sess = ort.InferenceSession(str(probe), opts, providers=["CPUExecutionProvider"])
+    sess = _session(probe)
     inputs = [i.name for i in sess.get_inputs()]
     ranges: dict[str, np.ndarray] = {}
     for feed in feeds:
@@ -167,9 +173,8 @@ def smooth(src: Path, dst: Path, ranges: dict[str, np.ndarray], alpha: float) ->
     inits = {i.name: i for i in g.initializer}
     consts = set(inits)
     nodes, done = [], 0
-    for node in g.node:
-        target = node.op_type in OPS and len(node.input) > 1 and node.input[1] in consts
-        x_max = ranges.get(node.input[0]) if target else None
+    for node in g.node:  # (protobuf hands out a new wrapper per access, so nodes are matched by content)
+        x_max = ranges.get(node.input[0]) if _quantisable(node, consts) else None
         weight = numpy_helper.to_array(inits[node.input[1]]) if x_max is not None else None
         axis = _weight_axis(node) if weight is not None else 0
         if weight is None or weight.ndim != 2 or weight.shape[axis] != x_max.shape[0]:
@@ -215,8 +220,9 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budg
     from embedhub._backends import int8_dot_kernel
 
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns through the root logger on every call
-    kinds = {n.name: n.op_type for n in onnx.load(str(src), load_external_data=False).graph.node}
-    candidates = [n.name for n in _candidates(onnx.load(str(src), load_external_data=False).graph)]
+    graph = onnx.load(str(src), load_external_data=False).graph
+    kinds = {n.name: n.op_type for n in graph.node}
+    candidates = [n.name for n in _candidates(graph)]
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     if weight_bits is None:
         weight_bits = (8, 7) if int8_dot_kernel() == "no-vnni" else (8,)
