@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from ._errors import (
+    ConfigError,
     EmbedhubError,
     InputError,
     InputTypeError,
@@ -42,6 +43,7 @@ def __getattr__(name: str):
 __version__ = "0.1.0"
 
 __all__ = [
+    "ConfigError",
     "EmbedhubError",
     "EmbeddingModel",
     "InputError",

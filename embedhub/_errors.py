@@ -23,6 +23,16 @@ class UnknownFormatError(EmbedhubError, ValueError):
     """A folder's files match none of the formats embedhub loads."""
 
 
+class ConfigError(UnknownFormatError):
+    """A model folder's config is malformed or unsafe: a key of the wrong type or range, a path
+    that leaves the folder, an option that would run code. ``file`` and ``key`` say where."""
+
+    def __init__(self, message: str, *, file: str | None = None, key: str | None = None):
+        super().__init__(message)
+        self.file = file
+        self.key = key
+
+
 class WeightsError(EmbedhubError, RuntimeError):
     """Weights are missing, corrupted, unsafe (pickle) or do not match the architecture."""
 
