@@ -10,7 +10,12 @@ from pathlib import Path
 from ._errors import ModelNotCachedError, ModelNotFoundError
 from ._registry import close_aliases, get_entry
 
-_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+#: the Hub's limit on each of the namespace and the repo name
+MAX_NAME_PART = 96
+_NAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
+_COMMIT = re.compile(r"[0-9a-f]{40}")
+#: characters Git refuses in branch and tag names (``git check-ref-format``), besides control characters
+_REF_FORBIDDEN = set(" ~^:?*[\\")
 #: files read to detect a repo's format before anything large is downloaded
 CONFIG_PATTERNS = ["*.json", "*/*.json"]
 
@@ -43,6 +48,84 @@ def split_revision(name: str, revision: str | None) -> tuple[str, str | None]:
     return name, revision
 
 
+def repo_id_problem(repo_id: str) -> str | None:
+    """Which Hub naming rule ``repo_id`` breaks (``None`` when it is a valid ``namespace/name``).
+
+    The rules are ``huggingface_hub.utils.validate_repo_id``'s, checked part by part so the message
+    can say which part breaks which rule; that function itself runs last, so a rule it adds later
+    is enforced too.
+    """
+    if repo_id.count("/") != 1:
+        return f"a Hub repo id is 'namespace/name' with exactly one '/', found {repo_id.count('/')}"
+    for label, part in zip(("namespace", "name"), repo_id.split("/")):
+        if not part:
+            return f"the {label} is empty"
+        if len(part) > MAX_NAME_PART:
+            return f"the {label} has {len(part)} characters; the Hub allows at most {MAX_NAME_PART}"
+        if not _NAME_CHARS.fullmatch(part):
+            bad = sorted({c for c in part if not _NAME_CHARS.fullmatch(c)})
+            return f"the {label} {part!r} holds {', '.join(map(repr, bad))}; Hub names use only A-Z a-z 0-9 - _ ."
+        for seq in ("--", ".."):
+            if seq in part:
+                return f"the {label} {part!r} contains {seq!r}, which the Hub forbids"
+        if part[0] in "-." or part[-1] in "-.":
+            return f"the {label} {part!r} starts or ends with '-' or '.'; Hub names start and end with A-Z a-z 0-9 _"
+    if repo_id.endswith(".git"):
+        return "the name ends with '.git', which the Hub forbids"
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        return str(exc)
+    return None
+
+
+def revision_problem(revision: str) -> str | None:
+    """Which Git ref-name rule ``revision`` breaks (``None`` for a valid branch, tag or commit).
+
+    Offline, ``huggingface_hub`` reads ``refs/<revision>`` from the cache as a path, and online it
+    writes that file, so ``..``, absolute paths and the like must never reach it.
+    """
+    if not isinstance(revision, str):
+        return f"a revision is a str (branch, tag or commit), got {type(revision).__name__}"
+    if not revision:
+        return "the revision is empty"
+    if _COMMIT.fullmatch(revision):
+        return None
+    bad = sorted({c for c in revision if c in _REF_FORBIDDEN or ord(c) < 32 or ord(c) == 127})
+    if bad:
+        return f"it holds {', '.join(map(repr, bad))}, which Git refuses in branch and tag names"
+    if ".." in revision:
+        return "it contains '..', which Git refuses in branch and tag names (and would leave the cache folder)"
+    if "@{" in revision or revision == "@":
+        return "it contains '@{' or is '@', which Git refuses in branch and tag names"
+    if revision.startswith("/") or revision.endswith("/") or "//" in revision:
+        return "it starts or ends with '/' or holds '//'; Git branch and tag names are relative, one '/' at a time"
+    for component in revision.split("/"):
+        if component.startswith(".") or component.endswith(".lock"):
+            return f"its part {component!r} starts with '.' or ends with '.lock', which Git refuses"
+    if revision.endswith("."):
+        return "it ends with '.', which Git refuses in branch and tag names"
+    return None
+
+
+def check_hub_name(repo_id: str, revision: str | None, name: str) -> None:
+    """Raise :class:`ModelNotFoundError` naming ``name`` and the rule its repo id or revision breaks."""
+    problem = repo_id_problem(repo_id)
+    if problem:
+        raise ModelNotFoundError(
+            f"model {name!r} is not a local folder, a registered alias or a valid Hub repo id: {problem}"
+        )
+    if revision is not None:
+        problem = revision_problem(revision)
+        if problem:
+            raise ModelNotFoundError(
+                f"revision {revision!r} of model {name!r} is not a valid branch, tag or commit: {problem}"
+            )
+
+
 def resolve(
     name: str | os.PathLike,
     *,
@@ -69,16 +152,17 @@ def resolve(
         base, revision = entry.repo_id, revision or entry.revision
         if Path(base).expanduser().is_dir():
             return Source(Path(base).expanduser().resolve(), name)
-    if not _REPO_ID.match(base):
-        looks_like_path = name.startswith((".", "/", "~")) or os.sep in name
+    looks_like_path = name.startswith((".", "/", "~")) or (os.sep != "/" and os.sep in name)
+    if base.count("/") != 1 or looks_like_path:
         hint = close_aliases(base)
         msg = f"model {name!r} is not a local folder, a registered alias or a Hub repo id ('org/name[@revision]')"
-        if looks_like_path:
+        if looks_like_path or base.count("/") > 1:
             msg = f"model folder {str(path)!r} does not exist"
         if hint:
             msg += f"; close aliases: {', '.join(hint)}"
         msg += "; see embedhub.list_models()"
         raise ModelNotFoundError(msg)
+    check_hub_name(base, revision, name)
     folder = download(
         base, CONFIG_PATTERNS, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token
     )
@@ -94,16 +178,22 @@ def download(
     local_files_only: bool,
     token: str | bool | None,
 ) -> Path:
-    """``snapshot_download`` of only ``allow_patterns``, with errors that say what went wrong."""
+    """``snapshot_download`` of only ``allow_patterns``, with errors that say what went wrong.
+
+    The repo id and revision are checked against the Hub's and Git's naming rules first
+    (:func:`check_hub_name`), so nothing malformed reaches ``huggingface_hub``.
+    """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
+        HFValidationError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
     )
 
-    offline = _offline(local_files_only)
     where = f"{repo_id}" + (f"@{revision}" if revision else "")
+    check_hub_name(repo_id, revision, where)
+    offline = _offline(local_files_only)
     try:
         folder = snapshot_download(
             repo_id,
@@ -114,6 +204,8 @@ def download(
             allow_patterns=allow_patterns,
             library_name="embedhub",
         )
+    except HFValidationError as exc:
+        raise ModelNotFoundError(f"model {where!r} is not a valid Hub name: {exc}") from exc
     except RevisionNotFoundError as exc:
         raise ModelNotFoundError(f"revision {revision!r} of {repo_id!r} does not exist on the Hub") from exc
     except RepositoryNotFoundError as exc:

@@ -38,6 +38,11 @@ class UsageError(Exception):
     """Bad arguments or bad input data: reported on stderr, exit code 2."""
 
 
+def _count(n: int, noun: str) -> str:
+    """``_count(1, "line")`` -> ``"1 line"``, ``_count(3, "line")`` -> ``"3 lines"``."""
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
 @dataclass
 class Corpus:
     """Inputs read from a file or folder, with what to print for each and where each came from."""
@@ -48,6 +53,12 @@ class Corpus:
     labels: list[str] = field(default_factory=list)
     #: where each item came from, for error messages: "line 7 of data.jsonl", "img/b.png"
     origins: list[str] = field(default_factory=list)
+    #: physical lines read from a file (``None`` for a folder of images)
+    lines: int | None = None
+    #: blank lines (or, in a folder, files that are not images) that were skipped
+    skipped: int = 0
+    #: the first line of each csv record whose quoted field spans several lines
+    multiline: list[int] = field(default_factory=list)
 
     def add(self, item: str | Path, origin: str) -> None:
         self.items.append(item)
@@ -58,24 +69,70 @@ class Corpus:
     def is_text(self) -> bool:
         return all(isinstance(x, str) for x in self.items)
 
+    def summary(self) -> str:
+        """What was read from how much: ``read 3 texts from 5 lines of a.csv (1 blank line skipped; ...)``.
+
+        Printed for every input, so a file read as fewer items than its lines (a quote that merges
+        lines, say) shows on stderr.
+        """
+        what = _count(len(self.items), "text" if self.is_text else "image")
+        if self.lines is None:
+            notes = [f"{_count(self.skipped, 'other file')} skipped"] if self.skipped else []
+            head = f"read {what} from folder {self.source}"
+        else:
+            notes = [f"{_count(self.skipped, 'blank line')} skipped"] if self.skipped else []
+            if self.multiline:
+                first = ", ".join(map(str, self.multiline[:5])) + (", ..." if len(self.multiline) > 5 else "")
+                spans = "spans" if len(self.multiline) == 1 else "span"
+                notes.append(
+                    f"{_count(len(self.multiline), 'quoted field')} {spans} several lines, starting on line {first}"
+                )
+            head = f"read {what} from {_count(self.lines, 'line')} of {self.source}"
+        return head + (f" ({'; '.join(notes)})" if notes else "")
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8 (a lone surrogate), or ``None``.
+
+    Command-line bytes that are not UTF-8 reach Python as surrogate escapes U+DC80..U+DCFF (PEP 383),
+    JSON can spell a lone surrogate as ``\\ud800``; tokenizers refuse both with a bare TypeError.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        char = text[exc.start]
+        code = ord(char)
+        if 0xDC80 <= code <= 0xDCFF:
+            return (
+                f"byte 0x{code - 0xDC00:02x} at character {exc.start} is not UTF-8 "
+                "(the text was passed in another encoding; re-encode it as UTF-8)"
+            )
+        return f"it holds a lone surrogate U+{code:04X} at character {exc.start}, which is not a character"
+    return None
+
 
 # ---------------------------------------------------------------------------------------------- readers
 def _read_txt(path: Path) -> Corpus:
-    corpus = Corpus(path)
+    corpus = Corpus(path, lines=0)
     with _open_text(path) as fh:
         for lineno, line in enumerate(_lines(fh, path), start=1):
+            corpus.lines = lineno
             text = line[:-1] if line.endswith("\n") else line
             if text.strip():
                 corpus.add(text, f"line {lineno} of {path}")
+            else:
+                corpus.skipped += 1
     return corpus
 
 
 def _read_jsonl(path: Path, field_name: str) -> Corpus:
-    corpus = Corpus(path)
+    corpus = Corpus(path, lines=0)
     as_image = field_name == "image"
     with _open_text(path) as fh:
         for lineno, line in enumerate(_lines(fh, path), start=1):
+            corpus.lines = lineno
             if not line.strip():
+                corpus.skipped += 1
                 continue
             where = f"{path} line {lineno}"
             try:
@@ -90,6 +147,9 @@ def _read_jsonl(path: Path, field_name: str) -> Corpus:
             value = obj[field_name]
             if not isinstance(value, str) or not value.strip():
                 raise UsageError(f"{where}: field {field_name!r} must be a non-empty string, got {value!r:.80}")
+            problem = text_problem(value)
+            if problem:
+                raise UsageError(f"{where}: field {field_name!r} is not valid text: {problem}")
             if as_image:
                 image = path.parent / value
                 if not image.is_file():
@@ -100,36 +160,93 @@ def _read_jsonl(path: Path, field_name: str) -> Corpus:
     return corpus
 
 
+class _LineTap:
+    """The lines of a file, for ``csv.reader``, keeping those of the record being read (for error messages)."""
+
+    def __init__(self, fh: Any):
+        self.fh = fh
+        self.record: list[str] = []
+        #: the file is read to its end
+        self.eof = False
+
+    def __iter__(self) -> _LineTap:
+        return self
+
+    def __next__(self) -> str:
+        try:
+            line = next(self.fh)
+        except StopIteration:
+            self.eof = True
+            raise
+        self.record.append(line)
+        return line
+
+
+def _csv_error(path: Path, exc: csv.Error, start: int, end: int, tap: _LineTap) -> str:
+    """Name the line where a malformed record starts; an unclosed quote says what it would have merged."""
+    first = tap.record[0].rstrip("\r\n") if tap.record else ""
+    shown = first if len(first) <= 80 else first[:77] + "..."
+    if tap.eof:  # a strict reader fails at the end of the file only inside an open quote
+        rest = f"line {start}" if end == start else f"lines {start}-{end}"
+        return (
+            f"{path} line {start}: a quoted field opens on this line and is never closed, so the rest of the file "
+            f"({rest}) would be read as one field: {shown!r}; close the quote, or write a literal "
+            'quote inside a quoted field as ""'
+        )
+    where = f"line {end}" + (f" (in the record that starts on line {start})" if end > start else "")
+    return f"{path} {where}: {exc}: {shown!r}"
+
+
 def _read_table(path: Path, column: int) -> Corpus:
-    """``.tsv`` is tab separated; ``.csv`` too if its first line holds a tab (as STS benchmark files do)."""
+    """``.tsv`` is tab separated; ``.csv`` too if its first line holds a tab (as STS benchmark files do).
+
+    Comma-separated files are parsed strictly: a quote left open fails naming the line it opens on,
+    instead of merging the rest of the file into one field. Quoted fields over several lines that
+    close are kept, and counted in :meth:`Corpus.summary`.
+    """
     with _open_text(path, newline="") as fh:
         first = fh.readline()
         fh.seek(0)
         tab = path.suffix.lower() == ".tsv" or "\t" in first
-        reader = csv.reader(fh, delimiter="\t", quoting=csv.QUOTE_NONE) if tab else csv.reader(fh)
-        corpus = Corpus(path)
-        try:
-            for row in reader:
-                if not row or (len(row) == 1 and not row[0].strip()):
-                    continue
-                where = f"{path} line {reader.line_num}"
-                if column >= len(row):
-                    raise UsageError(
-                        f"{where}: has {len(row)} column(s), --column {column} is out of range (columns count from 0)"
-                    )
-                value = row[column]
-                if not value.strip():
-                    raise UsageError(f"{where}: column {column} is empty")
-                corpus.add(value, f"line {reader.line_num} of {path}")
-        except csv.Error as exc:
-            raise UsageError(f"{path} line {reader.line_num}: {exc}") from None
+        tap = _LineTap(fh)
+        dialect: dict[str, Any] = {"delimiter": "\t", "quoting": csv.QUOTE_NONE} if tab else {}
+        reader = csv.reader(tap, strict=True, **dialect)
+        corpus = Corpus(path, lines=0)
+        while True:
+            start = reader.line_num + 1
+            tap.record = []
+            try:
+                row = next(reader)
+            except StopIteration:
+                break
+            except csv.Error as exc:
+                raise UsageError(_csv_error(path, exc, start, reader.line_num, tap)) from None
+            corpus.lines = reader.line_num
+            if not row or (len(row) == 1 and not row[0].strip()):
+                corpus.skipped += reader.line_num - start + 1
+                continue
+            where = f"{path} line {start}"
+            if reader.line_num > start:
+                corpus.multiline.append(start)
+                where = f"{path} lines {start}-{reader.line_num}"
+            if column >= len(row):
+                raise UsageError(
+                    f"{where}: has {len(row)} column(s), --column {column} is out of range (columns count from 0)"
+                )
+            value = row[column]
+            if not value.strip():
+                raise UsageError(f"{where}: column {column} is empty")
+            corpus.add(value, f"line {start} of {path}")
     return corpus
 
 
 def _read_folder(path: Path) -> Corpus:
     corpus = Corpus(path)
-    for file in sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS):
-        corpus.add(file, str(file))
+    for file in sorted(path.iterdir()):
+        if file.is_file() and file.suffix.lower() in IMAGE_EXTENSIONS:
+            corpus.add(file, str(file))
+        else:
+            corpus.skipped += 1
     if not corpus.items:
         raise UsageError(f"{path}: folder holds no images ({', '.join(sorted(IMAGE_EXTENSIONS))})")
     return corpus
@@ -234,13 +351,25 @@ def write_parquet(out: Path, emb: np.ndarray, labels: list[str]) -> None:
 
 # ---------------------------------------------------------------------------------------------- commands
 def _load_model(args: argparse.Namespace) -> EmbeddingModel:
+    """``embedhub.load`` with the command's ``--model``, ``--revision``, ``--device``, ``--backend``, ``--threads``."""
+    from ._errors import EmbedhubError
     from ._load import load
 
     start = time.perf_counter()
-    model = load(args.model, revision=args.revision, device=args.device)
+    try:
+        model = load(args.model, revision=args.revision, device=args.device, backend=args.backend, threads=args.threads)
+    except EmbedhubError as exc:
+        if args.backend != "onnx" and "backend='onnx'" in str(exc):  # the library's hint, in command-line terms
+            raise type(exc)(f"{exc} (on the command line: --backend onnx)") from exc
+        raise
+    if args.threads and model.backend == "torch":
+        import torch
+
+        torch.set_num_threads(args.threads)
+    threads = f", {_count(args.threads, 'thread')}" if args.threads else ""
     print(
-        f"embedhub: loaded {args.model} ({model.format}, {'+'.join(model.modalities)}, {model.embed_dim} dims) "
-        f"in {time.perf_counter() - start:.2f} s",
+        f"embedhub: loaded {args.model} ({model.format}, {'+'.join(model.modalities)}, {model.embed_dim} dims, "
+        f"{model.backend} backend{threads}) in {time.perf_counter() - start:.2f} s",
         file=sys.stderr,
     )
     return model
@@ -276,6 +405,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
         require("pyarrow", "parquet", "writing .parquet output")
     corpus = read_inputs(args.input, field_name=args.field, column=args.column)
+    print(f"embedhub: {corpus.summary()}", file=sys.stderr)
     model = _load_model(args)
     start = time.perf_counter()
     emb = _encode(model, corpus, batch_size=args.batch_size, normalize=not args.no_normalize)
@@ -300,8 +430,14 @@ def cmd_search(args: argparse.Namespace) -> int:
     corpus = read_inputs(args.corpus, field_name=args.field, column=args.column)
     if not corpus.is_text:
         raise UsageError(f"{args.corpus}: search needs a text corpus (.txt, .jsonl, .tsv, .csv), not images")
-    if any(not q.strip() for q in args.query):
-        raise UsageError("--query must not be empty")
+    for i, query in enumerate(args.query, start=1):
+        which = f"--query {i} of {len(args.query)}" if len(args.query) > 1 else "--query"
+        if not query.strip():
+            raise UsageError(f"{which} must not be empty")
+        problem = text_problem(query)
+        if problem:
+            raise UsageError(f"{which} ({query!r:.80}) is not valid text: {problem}")
+    print(f"embedhub: {corpus.summary()}", file=sys.stderr)
     pre = None
     if args.embeddings:
         path = Path(args.embeddings)
@@ -393,6 +529,19 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ... (default: auto)")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per batch (default: 32)")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "auto"),
+        default="torch",
+        help="torch, onnx (the graphs of a folder written by `embedhub export`) or auto (onnx when the folder "
+        "has graphs, else torch) (default: torch)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads: ONNX Runtime intra-op threads, or torch's for the torch backend (default: all cores)",
+    )
 
 
 def _add_reader_args(p: argparse.ArgumentParser) -> None:

@@ -121,3 +121,108 @@ def test_registry_is_extensible(open_clip_dir):
     with pytest.raises(ValueError, match="must be non-empty"):
         embedhub.register_model("a/b", "x/y")
     assert "all-MiniLM-L6-v2" in embedhub.list_models()
+
+
+# ------------------------------------------------------------------------------- names and revisions
+# Offline only: the public Hub cannot be reached here. Each name below is refused by embedhub's own
+# check before huggingface_hub is called, so no request would be made online either.
+@pytest.mark.parametrize(
+    ("name", "rule"),
+    [
+        ("org/..", "the name '..' contains '..'"),
+        ("a/b--c", "the name 'b--c' contains '--'"),
+        ("x/y.git", "ends with '.git'"),
+        ("-x/y", "the namespace '-x' starts or ends with '-' or '.'"),
+        ("org/x.", "the name 'x.' starts or ends with '-' or '.'"),
+        ("org/caf\u00e9", "holds '\u00e9'"),
+        ("a/" + "b" * 97, "the name has 97 characters; the Hub allows at most 96"),
+        ("o" * 97 + "/b", "the namespace has 97 characters"),
+    ],
+)
+def test_invalid_repo_id_is_model_not_found_naming_the_rule(tmp_path, monkeypatch, name, rule):
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(HFValidationError):  # the Hub's own rules refuse each name
+        validate_repo_id(name)
+    with pytest.raises(embedhub.ModelNotFoundError) as err:
+        embedhub.load(name, cache_dir=tmp_path)
+    assert not isinstance(err.value, HFValidationError)
+    assert repr(name) in str(err.value) and rule in str(err.value)
+    assert "not a local folder, a registered alias or a valid Hub repo id" in str(err.value)
+
+
+def test_valid_names_and_revisions_reach_the_cache(tmp_path, monkeypatch):
+    """Names at the limits of the rules pass the check and get as far as the (empty) offline cache."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    names = ["a/" + "b" * 96, "Org_1/x.y-z_2", "org/x@refs/pr/1", "org/x@v1.0", "org/x@feature/a-b", f"org/x@{V1_SHA}"]
+    for name in names:
+        with pytest.raises(embedhub.ModelNotCachedError, match="not in the local Hugging Face cache"):
+            embedhub.load(name, cache_dir=tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("revision", "rule"),
+    [
+        ("../../escape", "contains '..'"),
+        ("/etc/passwd", "starts or ends with '/'"),
+        ("main/", "starts or ends with '/'"),
+        ("a//b", "holds '//'"),
+        ("refs/.hidden", "starts with '.'"),
+        ("v1.lock", "ends with '.lock'"),
+        ("a b", "holds ' '"),
+        ("x\\y", "holds '\\\\'"),
+        ("v1\n", "holds '\\n'"),
+        ("a@{1}", "'@{'"),
+        ("v1.", "ends with '.'"),
+    ],
+)
+def test_invalid_revision_is_refused_before_the_cache_is_read(tmp_path, monkeypatch, revision, rule):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    forms = [({"revision": revision}, "org/victim")]
+    if "@" not in revision:  # in 'name@revision' the revision is what follows the last '@'
+        forms.append(({}, f"org/victim@{revision}"))
+    for kwargs, name in forms:
+        with pytest.raises(embedhub.ModelNotFoundError) as err:
+            embedhub.load(name, cache_dir=tmp_path, **kwargs)
+        message = str(err.value)
+        assert f"revision {revision!r}" in message and "is not a valid branch, tag or commit" in message
+        assert rule in message
+
+
+def test_revision_cannot_walk_out_of_the_cache(tmp_path, monkeypatch, tiny_st_dir):
+    """``huggingface_hub`` reads ``refs/<revision>`` and ``snapshots/<commit>`` as paths: a revision
+    ``../../escape`` in a crafted cache leads it to a model folder outside the repo's cache entry.
+    embedhub refuses the revision before that path is built."""
+    from huggingface_hub import snapshot_download
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = tmp_path / "hub"
+    repo = cache / "models--org--victim"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "snapshots").mkdir()
+    shutil.copytree(tiny_st_dir, tmp_path / "outside")
+    (cache / "escape").write_text("../../../outside")  # read as refs/../../escape, then snapshots/<this>
+    try:
+        followed = Path(
+            snapshot_download("org/victim", revision="../../escape", cache_dir=cache, local_files_only=True)
+        )
+    except Exception:  # a huggingface_hub that guards this itself
+        followed = None
+    if followed is not None:
+        assert followed.resolve() == (tmp_path / "outside").resolve()
+    with pytest.raises(embedhub.ModelNotFoundError, match=r"revision '\.\./\.\./escape' of model .* contains '\.\.'"):
+        embedhub.load("org/victim@../../escape", cache_dir=cache, device="cpu")
+
+
+def test_hf_validation_error_from_snapshot_download_becomes_model_not_found(tmp_path, monkeypatch):
+    """Were embedhub's rules to lag behind huggingface_hub's, its HFValidationError still arrives typed."""
+    from huggingface_hub.errors import HFValidationError
+
+    from embedhub import _hub
+
+    monkeypatch.setattr(_hub, "check_hub_name", lambda *a: None)
+    with pytest.raises(embedhub.ModelNotFoundError, match=r"model 'a/b--c@v1' is not a valid Hub name: .*--") as err:
+        _hub.download("a/b--c", ["*.json"], revision="v1", cache_dir=tmp_path, local_files_only=True, token=None)
+    assert isinstance(err.value.__cause__, HFValidationError)
