@@ -94,6 +94,39 @@ class HFTextPreprocessor:
         return self.config()
 
 
+def _config_error(view: Any, key: str, message: str):
+    from ._errors import ConfigError
+
+    return ConfigError(f"{view.file}: {view.prefix}{key} {message}", file=str(view.file), key=view.prefix + key)
+
+
+class _FastTokenizer:
+    """The part of a transformers tokenizer open_clip's ``HFTokenizer`` calls, on a ``tokenizers`` file."""
+
+    def __init__(self, tokenizer: Any, folder: Any):
+        self._tok = tokenizer
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        cfg = folder.config("tokenizer_config.json").data if folder.has("tokenizer_config.json") else {}
+
+        def token_id(key: str) -> int | None:
+            tok = cfg.get(key)
+            tok = tok.get("content") if isinstance(tok, dict) else tok
+            return tokenizer.token_to_id(tok) if isinstance(tok, str) else None
+
+        self.pad_token_id = token_id("pad_token") or 0
+        self.sep_token_id = token_id("sep_token")
+
+    def __call__(self, texts, return_tensors="pt", max_length=77, padding="max_length", truncation=True):
+        import torch
+
+        self._tok.enable_truncation(max_length=max_length)
+        self._tok.enable_padding(length=max_length, pad_id=self.pad_token_id or 0)
+        ids = [e.ids for e in self._tok.encode_batch(list(texts))]
+        self._tok.no_padding()
+        return type("Encoded", (), {"input_ids": torch.tensor(ids, dtype=torch.long)})()
+
+
 class OpenCLIPTextPreprocessor:
     """open_clip's own tokenizer (from ``open_clip_config.json``), unpadded for length sorting.
 
@@ -111,16 +144,48 @@ class OpenCLIPTextPreprocessor:
         self.source = source
 
     @classmethod
-    def from_folder(cls, folder: Path) -> OpenCLIPTextPreprocessor:
-        """open_clip's tokenizer for the ``open_clip_config.json`` in ``folder``."""
-        import json
-
+    def from_folder(cls, folder: Path, *, trust_remote_code: bool = False) -> OpenCLIPTextPreprocessor:
+        """open_clip's tokenizer for the ``open_clip_config.json`` in ``folder``, built from an
+        allow-listed reading of its ``text_cfg``: its kwargs are never forwarded as they stand, an
+        ``hf_tokenizer_name`` uses the folder's own tokenizer files (never another repo's), and
+        ``trust_remote_code`` is never set by the config."""
         from ._errors import require
+        from ._folder import ModelFolder
 
         open_clip = require("open_clip", "open-clip", "open_clip tokenisation")
-        cfg = json.loads((folder / "open_clip_config.json").read_text())
-        context = int(cfg["model_cfg"]["text_cfg"].get("context_length", 77))
-        return cls(open_clip.get_tokenizer(f"local-dir:{folder}"), max_length=context, source=folder)
+        mf = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+        text_cfg = mf.config("open_clip_config.json").view("model_cfg").view("text_cfg", {})
+        context = text_cfg.int("context_length", 77, min=1, max=65536)
+        kwargs = text_cfg.view("tokenizer_kwargs", {})
+        if text_cfg.str("hf_tokenizer_name", ""):
+            kwargs.only({"clean", "strip_sep_token", "language"}, what="tokenizer_kwargs key")
+            mode = text_cfg.str("tokenizer_mode", None, choices=[""])
+            if not mf.has("tokenizer.json") and not trust_remote_code:
+                raise _config_error(
+                    text_cfg, "hf_tokenizer_name",
+                    f"names the Hugging Face tokenizer {text_cfg.data['hf_tokenizer_name']!r} but the folder holds "
+                    "no tokenizer.json; embedhub does not fetch another repository's files unless you pass "
+                    "trust_remote_code=True")
+            from open_clip.tokenizer import HFTokenizer
+
+            from ._formats._hf import text_preprocessor
+
+            tok = HFTokenizer.__new__(HFTokenizer)  # its __init__ would call AutoTokenizer on the name
+            tok.tokenizer_mode = mode or ""
+            tok.context_length = context
+            tok.clean_fn = open_clip.tokenizer.get_clean_fn(kwargs.str("clean", "whitespace",
+                                                                       choices=["canonicalize", "lower", "whitespace"]))
+            tok.strip_sep_token = kwargs.bool("strip_sep_token", False)
+            tok.tokenizer = _FastTokenizer(text_preprocessor(mf, max_length=context).tokenizer, mf)
+            return cls(tok, max_length=context, source=mf.root)
+        kwargs.only({"clean", "reduction_mask", "additional_special_tokens"}, what="tokenizer_kwargs key")
+        tok = open_clip.tokenizer.SimpleTokenizer(
+            context_length=context,
+            clean=kwargs.str("clean", "lower", choices=["canonicalize", "lower", "whitespace"]),
+            reduction_mask=kwargs.str("reduction_mask", "", choices=["", "simple", "random", "shuffle", "syntax"]),
+            additional_special_tokens=kwargs.strings("additional_special_tokens", None),
+        )
+        return cls(tok, max_length=context, source=mf.root)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         ids = np.asarray(self._tok(texts)).astype(np.int64)
@@ -174,15 +239,59 @@ class ImageConfig:
         d["crop_size"] = list(self.crop_size) if self.crop_size else None
         return d
 
+    def __post_init__(self) -> None:
+        import math
+
+        problems = []
+        if isinstance(self.size, bool) or not isinstance(self.size, int) or not 0 <= self.size <= 16384:
+            problems.append(f"size {self.size!r} (expected an integer in [0, 16384])")
+        crop = self.crop_size
+        if crop is not None and (len(crop) != 2 or not all(isinstance(c, int) and 1 <= c <= 16384 for c in crop)):
+            problems.append(f"crop_size {crop!r} (expected two integers in [1, 16384], or null)")
+        for name in ("mean", "std"):
+            v = getattr(self, name)
+            if len(v) != 3 or not all(isinstance(x, (int, float)) and math.isfinite(x) for x in v):
+                problems.append(f"{name} {v!r} (expected 3 finite numbers)")
+            elif name == "std" and min(v) <= 0:
+                problems.append(f"std {v!r} (expected 3 positive numbers: a zero std divides by zero)")
+        if not (isinstance(self.rescale_factor, (int, float)) and math.isfinite(self.rescale_factor)
+                and self.rescale_factor > 0):
+            problems.append(f"rescale_factor {self.rescale_factor!r} (expected a positive finite number)")
+        for name, allowed in (("interpolation", ("bicubic", "bilinear", "nearest")),
+                              ("resize_mode", ("shortest", "longest", "squash")), ("backend", ("pil", "torchvision")),
+                              ("crop_rounding", ("round", "floor"))):
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name} {getattr(self, name)!r} (expected one of {list(allowed)})")
+        if self.size == 0 and self.crop_size is None:
+            problems.append("size 0 with no crop_size (the image size would be undefined)")
+        if problems:
+            raise ValueError("invalid image preprocessing: " + "; ".join(problems))
+
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> ImageConfig:
-        d = dict(d)
-        if d.get("crop_size") is not None:
-            d["crop_size"] = tuple(d["crop_size"])
-        for k in ("mean", "std"):
-            if k in d:
-                d[k] = tuple(float(v) for v in d[k])
-        return cls(**d)
+    def from_dict(cls, d: dict[str, Any], *, file: Any = "image config") -> ImageConfig:
+        """An :class:`ImageConfig` from its :meth:`to_dict`, every value checked (a
+        :class:`~embedhub.ConfigError` naming ``file`` and the key)."""
+        from ._folder import ConfigView
+
+        v = d if isinstance(d, ConfigView) else ConfigView(d, file)
+        v.only({"kind", "size", "crop_size", "mean", "std", "interpolation", "resize_mode", "backend",
+                "crop_rounding", "rescale_factor", "extra"})
+        crop = v.data.get("crop_size")
+        if crop is not None and (not isinstance(crop, list) or len(crop) != 2
+                                 or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in crop)):
+            raise v.error("crop_size", "two positive integers, or null", crop)
+        return cls(
+            size=v.int("size", 224, min=0, max=16384),
+            crop_size=tuple(crop) if crop is not None else None,
+            mean=v.floats("mean", cls.mean, length=3),
+            std=v.floats("std", cls.std, length=3, positive=True),
+            interpolation=v.str("interpolation", "bicubic", choices=["bicubic", "bilinear", "nearest"]),
+            resize_mode=v.str("resize_mode", "shortest", choices=["shortest", "longest", "squash"]),
+            backend=v.str("backend", "pil", choices=["pil", "torchvision"]),
+            crop_rounding=v.str("crop_rounding", "round", choices=["round", "floor"]),
+            rescale_factor=v.float("rescale_factor", 1 / 255, positive=True),
+            extra=v.view("extra", {}).data,
+        )
 
 
 def _resized_size(w: int, h: int, size: int, mode: str) -> tuple[int, int]:
@@ -268,21 +377,42 @@ class ImagePreprocessor:
         return self.config()
 
 
-def load_preprocessor(folder: Path, cfg: dict[str, Any]):
-    """Rebuild a preprocessor from its ``config()`` and the files its ``save(folder)`` wrote."""
-    kind = cfg.get("kind")
-    if kind == "tokenizers":
-        return HFTextPreprocessor(folder / cfg.get("file", "tokenizer.json"), max_length=int(cfg["max_length"]),
-                                  pad_id=cfg.get("pad_id"), pad_to=cfg.get("pad_to"),
-                                  lowercase=bool(cfg.get("lowercase", False)))
-    if kind == "open_clip":
-        return OpenCLIPTextPreprocessor.from_folder(folder)
-    if kind == "image":
-        d = {k: v for k, v in cfg.items() if k != "kind"}
-        return ImagePreprocessor(ImageConfig.from_dict(d))
-    from ._errors import UnknownFormatError
+def load_preprocessor(folder: Path, cfg: dict[str, Any], *, file: Any = None):
+    """Rebuild a preprocessor from its ``config()`` and the files its ``save(folder)`` wrote; every
+    value is checked and every file stays inside the model folder (``folder`` may be a
+    :class:`~embedhub._folder.ModelFolder`)."""
+    from ._folder import ConfigView, ModelFolder
 
-    raise UnknownFormatError(f"unknown preprocessing kind {kind!r} in {folder} (expected tokenizers, open_clip, image)")
+    mf = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+    v = cfg if isinstance(cfg, ConfigView) else ConfigView(cfg, file or mf / "preprocess")
+    kind = v.str("kind", choices=["tokenizers", "open_clip", "image"])
+    if kind == "tokenizers":
+        from ._errors import ConfigError
+
+        v.only({"kind", "file", "max_length", "pad_id", "pad_to", "lowercase"})
+        name = v.str("file", "tokenizer.json")
+        data = mf.read_bytes(name, what="tokenizer")
+        try:
+            from tokenizers import Tokenizer
+
+            tok = Tokenizer.from_str(data.decode("utf-8"))
+        except Exception as exc:
+            raise ConfigError(f"{mf / name} is not a valid tokenizers file: {exc}", file=str(mf / name)) from exc
+        pad_id = v.int("pad_id", None, min=0)
+        if pad_id is not None and pad_id >= tok.get_vocab_size():
+            raise v.error("pad_id", f"a token id below the vocabulary size {tok.get_vocab_size()}", pad_id)
+        return HFTextPreprocessor(tok, max_length=v.int("max_length", min=1, max=1 << 20), pad_id=pad_id,
+                                  pad_to=v.int("pad_to", None, min=1, max=1 << 20),
+                                  lowercase=v.bool("lowercase", False))
+    if kind == "open_clip":
+        v.only({"kind", "max_length"})
+        return OpenCLIPTextPreprocessor.from_folder(mf)
+    try:
+        return ImagePreprocessor(ImageConfig.from_dict(v))
+    except ValueError as exc:
+        if isinstance(exc, Exception) and type(exc).__name__ == "ConfigError":
+            raise
+        raise v.error("kind", f"a valid image config ({exc})", v.data) from exc
 
 
 def _crop_or_pad(arr: np.ndarray, left: int, top: int, cw: int, ch: int) -> np.ndarray:

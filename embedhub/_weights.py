@@ -1,77 +1,119 @@
-"""Strict, pickle-free weight loading from safetensors."""
+"""Strict, pickle-free weight loading from safetensors.
+
+Every weights file is named through :class:`~embedhub._folder.ModelFolder` (so it stays inside the
+model folder), every tensor read is checked for NaN/Inf, and a model's expected shapes are
+compared with the files' headers before anything large is allocated.
+"""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from ._errors import WeightsError
+from ._errors import ConfigError, WeightsError
+from ._folder import ModelFolder
 
-_PICKLE_NAMES = ("pytorch_model.bin", "open_clip_pytorch_model.bin", "model.pt", "model.pth", "model.ckpt")
+_PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
 
 
-def find_safetensors(folder: Path, names: tuple[str, ...] = ("model.safetensors",)) -> list[Path]:
+def find_safetensors(folder: ModelFolder, names: tuple[str, ...] = ("model.safetensors",)) -> list[Path]:
     """The safetensors file(s) of a folder (sharded ones through their index); never a pickle."""
+    if not isinstance(folder, ModelFolder):
+        folder = ModelFolder(folder)
     for name in names:
-        if (folder / name).is_file():
-            return [folder / name]
-        index = folder / f"{name}.index.json"
-        if index.is_file():
-            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
-            return [folder / s for s in shards]
-    pickles = [p.name for p in folder.iterdir() if p.name in _PICKLE_NAMES or p.suffix in {".bin", ".pt", ".pth"}]
+        if folder.has(name):
+            return [folder.file(name, what="weights file")]
+        index_name = f"{name}.index.json"
+        if folder.has(index_name):
+            index = folder.config(index_name, what="weights index")
+            weight_map = index.view("weight_map")
+            shards = set()
+            for tensor, shard in weight_map.data.items():
+                if not isinstance(shard, str) or not shard.endswith(".safetensors"):
+                    raise weight_map.error(tensor, "the name of a .safetensors shard", shard)
+                shards.add(shard)
+            if not shards:
+                raise index.error("weight_map", "a non-empty map of tensor names to shard files", {})
+            return [folder.file(s, what=f"weights shard named in {index_name}") for s in sorted(shards)]
+    pickles = sorted(p.name for p in folder.root.iterdir() if p.suffix in _PICKLE_SUFFIXES)
     if pickles:
         raise WeightsError(
-            f"{folder} has weights only as pickle files ({', '.join(sorted(pickles))}); embedhub loads "
+            f"{folder.root} has weights only as pickle files ({', '.join(pickles)}); embedhub loads "
             f"safetensors only and never unpickles. Convert them once with a trusted tool, e.g. "
             f"`safetensors.torch.save_file(torch.load(f, weights_only=True), 'model.safetensors')`"
         )
-    raise WeightsError(f"{folder} has no weights file: expected one of {', '.join(names)}")
+    raise WeightsError(f"{folder.root} has no weights file: expected one of {', '.join(names)}")
+
+
+def header_shapes(files: list[Path]) -> dict[str, tuple[int, ...]]:
+    """Tensor name -> shape, read from the safetensors headers only (no tensor data)."""
+    from safetensors import safe_open
+
+    shapes: dict[str, tuple[int, ...]] = {}
+    for f in files:
+        try:
+            with safe_open(str(f), framework="pt") as fh:
+                for k in fh.keys():
+                    shapes[k] = tuple(fh.get_slice(k).get_shape())
+        except Exception as exc:  # safetensors raises its own error types for corrupt headers
+            raise WeightsError(f"cannot read weights {f}: corrupted or truncated safetensors file ({exc})") from exc
+    return shapes
 
 
 def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
+    """Every tensor of ``files``; a tensor holding NaN or Inf is a :class:`WeightsError` naming it."""
     from safetensors.torch import load_file
 
     state: dict[str, torch.Tensor] = {}
     for f in files:
         try:
-            state.update(load_file(str(f)))
+            part = load_file(str(f))
         except Exception as exc:  # safetensors raises its own error types for corrupt headers/data
             raise WeightsError(f"cannot read weights {f}: corrupted or truncated safetensors file ({exc})") from exc
+        for k, v in part.items():
+            if v.is_floating_point() and not torch.isfinite(v).all():
+                raise WeightsError(f"weights file {f} holds NaN or Inf in tensor {k!r}")
+        state.update(part)
     return state
 
 
-def load_strict(module: nn.Module, state: dict[str, torch.Tensor], *, what: str, prefix: str = "") -> None:
-    """Load ``state`` into ``module``; any missing, unexpected or mis-shaped tensor is an error.
-
-    Tolerated: non-persistent buffers present in old checkpoints (``position_ids``), a
-    ``prefix`` such as ``"bert."`` on every key, and missing parameters that are tied to one present.
-    """
-    expected = module.state_dict()
-    if prefix:
-        state = {k[len(prefix) :] if k.startswith(prefix) else k: v for k, v in state.items()}
-    if expected and not any(k in expected for k in state):
+def _strip_prefix(expected: set[str], keys: list[str], prefix: str) -> dict[str, str]:
+    """Checkpoint key -> model key: ``prefix`` removed, or a wrapper's prefix (``"bert."``) detected."""
+    mapping = {k: k[len(prefix):] if prefix and k.startswith(prefix) else k for k in keys}
+    if expected and not any(v in expected for v in mapping.values()):
         # e.g. a BertModel checkpoint saved from BertForX ("bert.embeddings...")
-        for cand in {k.split(".", 1)[0] + "." for k in state if "." in k}:
-            stripped = {k[len(cand) :]: v for k, v in state.items() if k.startswith(cand)}
-            if any(k in expected for k in stripped):
-                state = stripped
-                break
+        for cand in sorted({v.split(".", 1)[0] + "." for v in mapping.values() if "." in v}):
+            stripped = {k: v[len(cand):] for k, v in mapping.items() if v.startswith(cand)}
+            if any(v in expected for v in stripped.values()):
+                return stripped
+    return mapping
+
+
+def check_shapes(
+    module: nn.Module, shapes: dict[str, tuple[int, ...]], *, what: str, prefix: str = ""
+) -> dict[str, str]:
+    """Compare ``module``'s state with checkpoint ``shapes`` (works on the meta device); returns the
+    checkpoint-key -> module-key map of the tensors to load. Any missing, unexpected or mis-shaped
+    tensor is a :class:`WeightsError`.
+
+    Tolerated: buffers present in old checkpoints (``position_ids``), a ``prefix`` such as ``"bert."``
+    on every key, and missing parameters tied to one that is present.
+    """
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     buffers = {name for name, _ in module.named_buffers()}
-    unexpected = [k for k in state if k not in expected and k not in buffers]
-    state = {k: v for k, v in state.items() if k in expected}
-    missing = [k for k in expected if k not in state]
+    mapping = _strip_prefix(set(expected), list(shapes), prefix)
+    unexpected = [k for k, v in mapping.items() if v not in expected and v not in buffers]
+    mapping = {k: v for k, v in mapping.items() if v in expected}
+    present = set(mapping.values())
+    missing = [k for k in expected if k not in present]
     if missing:
         params = dict(module.named_parameters(remove_duplicate=False))
-        present_ptrs = {params[k].data_ptr() for k in state if k in params}
-        missing = [k for k in missing if not (k in params and params[k].data_ptr() in present_ptrs)]
+        present_ids = {id(params[k]) for k in present if k in params}
+        missing = [k for k in missing if not (k in params and id(params[k]) in present_ids)]
     shape_errors = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in state.items()
-        if tuple(v.shape) != tuple(expected[k].shape)
+        f"{v}: checkpoint {shapes[k]} vs model {expected[v]}" for k, v in mapping.items() if shapes[k] != expected[v]
     ]
     if missing or unexpected or shape_errors:
         parts = []
@@ -82,7 +124,29 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], *, what: str,
         if shape_errors:
             parts.append(f"shape mismatch: {'; '.join(shape_errors[:3])}")
         raise WeightsError(f"weights do not match the {what} architecture (strict load): " + "; ".join(parts))
-    module.load_state_dict(state, strict=False)
+    return mapping
+
+
+def load_strict(module: nn.Module, state: dict[str, torch.Tensor], *, what: str, prefix: str = "") -> None:
+    """Load ``state`` into ``module``; any missing, unexpected, mis-shaped or non-finite tensor is an error."""
     for k, v in state.items():
-        if not torch.isfinite(v).all() if v.is_floating_point() else False:
+        if v.is_floating_point() and not torch.isfinite(v).all():
             raise WeightsError(f"weights of the {what} contain NaN or Inf in {k}")
+    mapping = check_shapes(module, {k: tuple(v.shape) for k, v in state.items()}, what=what, prefix=prefix)
+    module.load_state_dict({v: state[k] for k, v in mapping.items()}, strict=False)
+
+
+def build_checked(factory, files: list[Path], *, what: str, prefix: str = "") -> nn.Module:
+    """``factory()`` built on the meta device first and checked against the files' headers, so a config
+    that does not fit its weights fails before any memory is allocated; then built for real and loaded."""
+    shapes = header_shapes(files)
+    try:
+        with torch.device("meta"):
+            check_shapes(factory(), shapes, what=what, prefix=prefix)
+        module = factory()
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, AssertionError, RuntimeError) as exc:
+        if isinstance(exc, (WeightsError, ConfigError)):
+            raise
+        raise ConfigError(f"the {what} config cannot be built: {type(exc).__name__}: {exc}") from exc
+    load_strict(module, read_safetensors(files), what=what, prefix=prefix)
+    return module

@@ -30,10 +30,10 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from .._errors import UnknownFormatError, require
-from .._modules import Head, Pooling, TimmImageTower, TransformersTextTower
+from .._folder import ConfigView, ModelFolder
+from .._modules import ACTIVATIONS, POOLING_MODES, Head, Pooling, TimmImageTower, TransformersTextTower
 from .._preprocess import load_preprocessor
 from .._weights import find_safetensors, load_strict, read_safetensors
-from ._hf import read_json
 
 if TYPE_CHECKING:
     from .._model import EmbeddingModel
@@ -48,23 +48,69 @@ def matches(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
-def _text_tower(folder: Path, spec: dict[str, Any], trust_remote_code: bool) -> nn.Module:
-    from transformers import AutoConfig, AutoModel
-
-    config = AutoConfig.from_pretrained(
-        str(folder / "text"), local_files_only=True, trust_remote_code=trust_remote_code
-    )
-    backbone = AutoModel.from_config(config, trust_remote_code=trust_remote_code)
-    return TransformersTextTower(backbone, Pooling(spec["pooling"]), Head(**spec.get("head", {})))
+#: timm.create_model keyword arguments a config may set (others could load a checkpoint or fetch a config)
+_TIMM_KWARGS = {"in_chans", "drop_rate", "drop_path_rate", "global_pool", "img_size"}
 
 
-def _image_tower(spec: dict[str, Any]) -> nn.Module:
-    bb = spec["backbone"]
+def _text_tower(folder: ModelFolder, spec: ConfigView, trust_remote_code: bool) -> tuple[nn.Module, int]:
+    from transformers import AutoModel
+
+    from ._hf import transformers_config
+
+    config = transformers_config(folder.sub("text"), trust_remote_code=trust_remote_code)
+    backbone = AutoModel.from_config(config)
+    hidden = int(config.hidden_size)
+    pooling = Pooling(spec.strings("pooling", choices=POOLING_MODES))
+    head, width = _head(spec, hidden * len(pooling.modes))
+    return TransformersTextTower(backbone, pooling, head), width
+
+
+def _image_tower(spec: ConfigView) -> tuple[nn.Module, int]:
+    bb = spec.view("backbone")
+    bb.only({"library", "architecture", "kwargs"}, what="backbone key")
     timm = require("timm", "open-clip", "timm image towers")
-    backbone = timm.create_model(bb["architecture"], pretrained=False, num_classes=0, **bb.get("kwargs", {}))
-    tower = TimmImageTower(backbone, Head(**spec.get("head", {})))
-    tower.architecture = (bb["architecture"], dict(bb.get("kwargs", {})))
-    return tower
+    arch = bb.str("architecture")
+    if ":" in arch or not timm.is_model(arch):
+        raise bb.error("architecture", "the name of an architecture built into timm", arch)
+    kwargs = bb.view("kwargs", {})
+    kwargs.only(_TIMM_KWARGS, what="timm keyword argument")
+    checked = {
+        k: (kwargs.int(k, min=1) if k in ("in_chans", "img_size") else kwargs.str(k) if k == "global_pool"
+            else kwargs.float(k, min=0.0, max=1.0))
+        for k in kwargs.keys()
+    }
+    try:
+        backbone = timm.create_model(arch, pretrained=False, num_classes=0, **checked)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise bb.error("kwargs", f"arguments {arch} accepts ({exc})", kwargs.data) from exc
+    head, width = _head(spec, int(backbone.num_features))
+    tower = TimmImageTower(backbone, head)
+    tower.architecture = (arch, checked)
+    return tower, width
+
+
+def _head(spec: ConfigView, width: int) -> tuple[Head, int]:
+    """The tower's head from its config, each dense layer's input checked against what feeds it."""
+    head = spec.view("head", {})
+    head.only({"dense", "normalize"}, what="head key")
+    raw = head.data.get("dense") or []
+    if not isinstance(raw, list):
+        raise head.error("dense", "a list of dense layers", raw)
+    layers = []
+    for i, d in enumerate(raw):
+        v = ConfigView(d, spec.file, prefix=f"{head.prefix}dense[{i}].")
+        v.only({"in_features", "out_features", "bias", "activation"}, what="dense key")
+        layer = {
+            "in_features": v.int("in_features", min=1, max=1 << 20),
+            "out_features": v.int("out_features", min=1, max=1 << 20),
+            "bias": v.bool("bias", True),
+            "activation": v.str("activation", "Identity", choices=sorted(ACTIVATIONS)),
+        }
+        if layer["in_features"] != width:
+            raise v.error("in_features", f"{width} (the width of what feeds this layer)", layer["in_features"])
+        width = layer["out_features"]
+        layers.append(layer)
+    return Head(layers, normalize=head.bool("normalize", False)), width
 
 
 #: the backbone library each modality's torch tower is built with
@@ -75,60 +121,90 @@ def has_onnx(folder: Path) -> bool:
     """Whether ``folder`` is in embedhub's format and every tower has an ONNX graph."""
     if not matches(folder):
         return False
-    towers = read_json(folder / MARKER).get("towers", {})
-    return bool(towers) and all(spec.get("onnx") for spec in towers.values())
+    towers = ModelFolder(folder).read_json(MARKER)
+    towers = towers.get("towers", {}) if isinstance(towers, dict) else {}
+    return bool(towers) and isinstance(towers, dict) and all(
+        isinstance(spec, dict) and spec.get("onnx") for spec in towers.values())
+
+
+def read_config(folder: ModelFolder) -> tuple[ConfigView, dict[str, ConfigView]]:
+    """The validated top level of ``embedhub_config.json`` and its tower entries."""
+    cfg = folder.config(MARKER)
+    version = cfg.int("format_version")
+    if version != FORMAT_VERSION:
+        raise cfg.error("format_version", f"{FORMAT_VERSION} (the version this embedhub reads)", version)
+    cfg.int("embed_dim", min=1, max=1 << 16)
+    cfg.float("logit_scale", None, min=0.0)
+    templates = cfg.data.get("templates")
+    if templates is not None:
+        ok = isinstance(templates, list) and all(isinstance(t, str) and t.count("{}") == 1 for t in templates)
+        if not ok:
+            raise cfg.error("templates", "a list of strings with one '{}' each", templates)
+    towers = cfg.view("towers")
+    if not towers.data:
+        raise towers.error("towers", "at least one tower (text, image)", {})
+    towers.only(_BACKBONES, what="modality")
+    return cfg, {m: towers.view(m) for m in towers.keys()}
 
 
 def load(
-    folder: Path,
+    folder: Path | ModelFolder,
     *,
     trust_remote_code: bool = False,
     backend: str = "torch",
     device: Any = None,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    cfg = read_json(folder / MARKER)
-    version = cfg.get("format_version")
-    if version != FORMAT_VERSION:
-        raise UnknownFormatError(f"{folder / MARKER}: format_version {version!r}; this embedhub reads {FORMAT_VERSION}")
-    specs = cfg.get("towers", {})
-    if not specs:
-        raise UnknownFormatError(f"{folder / MARKER} names no towers")
-    unknown = [m for m in specs if m not in _BACKBONES]
-    if unknown:
-        raise UnknownFormatError(f"{folder / MARKER}: unknown modality {unknown[0]!r} (expected text, image)")
+    folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+    cfg, specs = read_config(folder)
+    embed_dim = cfg.int("embed_dim")
+    for spec in specs.values():
+        spec.only({"backbone", "pooling", "head", "preprocess", "onnx"}, what="tower key")
     if backend == "auto":
-        backend = "onnx" if has_onnx(folder) else "torch"
-    pre = {m: load_preprocessor(folder / m, spec["preprocess"]) for m, spec in specs.items()}
+        backend = "onnx" if all(spec.str("onnx", None) for spec in specs.values()) else "torch"
+    pre = {m: load_preprocessor(folder.sub(m) if folder.has_dir(m) else folder, spec.view("preprocess"),
+                                file=folder / MARKER) for m, spec in specs.items()}
     towers: dict[str, Any] = {}
     if backend == "onnx":
-        from .._backends import OnnxRunner, check_int8_cpu
+        from .._backends import load_onnx_towers
 
-        missing = [m for m, spec in specs.items() if not spec.get("onnx")]
+        missing = [m for m, spec in specs.items() if not spec.str("onnx", None)]
         if missing:
             raise UnknownFormatError(
-                f"{folder} has no ONNX graph for its {' and '.join(missing)} tower; write one with "
-                f"`embedhub export {folder} --output DIR`, or load with backend='torch'"
+                f"{folder.root} has no ONNX graph for its {' and '.join(missing)} tower; write one with "
+                f"`embedhub export {folder.root} --output DIR`, or load with backend='torch'"
             )
-        towers = {m: OnnxRunner(folder / spec["onnx"], device=device, threads=threads) for m, spec in specs.items()}
-        if device.type == "cpu":
-            check_int8_cpu(folder)
+        graphs = {m: spec.str("onnx") for m, spec in specs.items()}
+        towers = load_onnx_towers(folder, graphs, embed_dim=embed_dim, device=device, threads=threads)
     else:
+        files = None
         for m, spec in specs.items():
-            lib = spec.get("backbone", {}).get("library")
+            bb = spec.view("backbone", {})
+            lib = bb.str("library", None, choices=sorted(set(_BACKBONES.values())))
             if lib is None:
-                raise UnknownFormatError(f"{folder} has only an ONNX graph for its {m} tower; use backend='onnx'")
+                raise UnknownFormatError(f"{folder.root} has only an ONNX graph for its {m} tower; use backend='onnx'")
             if lib != _BACKBONES[m]:
-                raise UnknownFormatError(f"{m} backbone library {lib!r} not supported (expected {_BACKBONES[m]})")
-            towers[m] = _text_tower(folder, spec, trust_remote_code) if m == "text" else _image_tower(spec)
-        load_strict(nn.ModuleDict(towers), read_safetensors(find_safetensors(folder)), what="embedhub model")
+                raise bb.error("library", repr(_BACKBONES[m]), lib)
+            tower, width = _text_tower(folder, spec, trust_remote_code) if m == "text" else _image_tower(spec)
+            if width != embed_dim:
+                raise cfg.error("embed_dim", f"{width} (what the {m} tower outputs)", embed_dim)
+            towers[m] = tower
+        files = find_safetensors(folder)
+        load_strict(nn.ModuleDict(towers), read_safetensors(files), what="embedhub model")
+        text_pre = pre.get("text")
+        positions = getattr(getattr(towers.get("text"), "backbone", None), "config", None)
+        positions = getattr(positions, "max_position_embeddings", None)
+        if text_pre is not None and positions and text_pre.max_length > int(positions):
+            raise specs["text"].view("preprocess").error(
+                "max_length", f"at most {positions} (the text backbone's max_position_embeddings)",
+                text_pre.max_length)
     return {
         "towers": towers,
         "preprocessors": pre,
-        "embed_dim": int(cfg["embed_dim"]),
-        "logit_scale": cfg.get("logit_scale"),
-        "templates": cfg.get("templates"),
-        "spec": cfg,
+        "embed_dim": embed_dim,
+        "logit_scale": cfg.data.get("logit_scale"),
+        "templates": cfg.data.get("templates"),
+        "spec": cfg.data,
     }
 
 
@@ -174,6 +250,7 @@ def write(
         for m in model.modalities
     }
     folder = Path(folder)
+    check_writable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -193,17 +270,42 @@ def write(
         (tmp / MARKER).write_text(json.dumps(cfg, indent=2) + "\n")
         if torch_weights:
             save_model(nn.ModuleDict({m: model.towers[m] for m in model.modalities}), str(tmp / "model.safetensors"))
-        if folder.exists():
-            backup = folder.with_name(folder.name + ".old")
-            os.replace(folder, backup)
-            os.replace(tmp, folder)
-            shutil.rmtree(backup)
+        if folder.exists() and any(folder.iterdir()):
+            _move_files_into(tmp, folder)
         else:
+            if folder.exists():
+                folder.rmdir()  # empty
             os.replace(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def check_writable(folder: Path) -> None:
+    """Refuse to write a model into ``folder`` when it holds files and is not an embedhub model:
+    embedhub writes its files alongside what it wrote before, and never touches anything else."""
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise FileExistsError(f"{folder} exists and is not a folder; choose a new or empty folder to save into")
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
+        present = sorted(p.name for p in folder.iterdir())
+        raise FileExistsError(
+            f"{folder} is not empty ({', '.join(present[:5])}{', ...' if len(present) > 5 else ''}) and is not an "
+            "embedhub model folder; save into a new or empty folder (embedhub never replaces files it did not write)"
+        )
+
+
+def _move_files_into(src: Path, dst: Path) -> None:
+    """Move every file of ``src`` into ``dst``, each with an atomic rename, the config last; files
+    already in ``dst`` that ``src`` does not hold stay as they are."""
+    files = sorted((p for p in src.rglob("*") if p.is_file()), key=lambda p: p.name == MARKER)
+    for f in files:
+        target = dst / f.relative_to(src)
+        if target.is_symlink() or (target.exists() and not target.is_file()):
+            raise FileExistsError(f"{target} exists and is not a regular file; embedhub will not replace it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(f, target)
+    shutil.rmtree(src)
 
 
 def save(model: EmbeddingModel, folder: Path) -> Path:

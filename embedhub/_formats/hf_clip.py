@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from .._errors import UnknownFormatError
+from .._folder import ModelFolder
 from .._modules import HFCLIPTower
 from .._preprocess import ImageConfig, ImagePreprocessor
-from ._hf import from_pretrained, read_json, text_preprocessor
+from ._hf import build_transformers, text_preprocessor
 
 NAME = "transformers-clip"
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt"]
@@ -16,61 +17,74 @@ _RESAMPLE = {0: "nearest", 2: "bilinear", 3: "bicubic"}
 
 
 def matches(folder: Path) -> bool:
-    cfg = folder / "config.json"
-    if not cfg.is_file():
+    if not (folder / "config.json").is_file():
         return False
-    c = read_json(cfg)
-    return c.get("model_type") == "clip" or "CLIPModel" in (c.get("architectures") or [])
+    c = ModelFolder(folder).read_json("config.json")
+    if not isinstance(c, dict):
+        return False
+    archs = c.get("architectures")
+    return c.get("model_type") == "clip" or (isinstance(archs, list) and "CLIPModel" in archs)
 
 
-def image_config(folder: Path) -> ImageConfig:
-    path = folder / "preprocessor_config.json"  # transformers 4.x and most Hub repos
-    if path.is_file():
-        p = read_json(path)
-    elif (folder / "processor_config.json").is_file():  # transformers 5 nests it in the processor's config
-        path = folder / "processor_config.json"
-        p = read_json(path).get("image_processor", {})
+def _size(view, key: str, default: Any) -> tuple[int, str] | tuple[int, int] | None:
+    """A transformers image-processor size: an int, or a dict of shortest_edge / height+width."""
+    raw = view.data.get(key, default)
+    if raw is None:
+        return None
+    if isinstance(raw, dict):
+        sub = view.view(key)
+        if "shortest_edge" in sub:
+            return sub.int("shortest_edge", min=1, max=16384), "shortest"
+        return sub.int("height", min=1, max=16384), sub.int("width", min=1, max=16384)
+    return view.int(key, default, min=1, max=16384), "shortest"
+
+
+def image_config(folder: Path | ModelFolder) -> ImageConfig:
+    folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+    if folder.has("preprocessor_config.json"):  # transformers 4.x and most Hub repos
+        p = folder.config("preprocessor_config.json")
+    elif folder.has("processor_config.json"):  # transformers 5 nests it in the processor's config
+        p = folder.config("processor_config.json").view("image_processor", {})
     else:
         raise UnknownFormatError(
-            f"{folder} has a CLIPModel but no preprocessor_config.json or processor_config.json "
+            f"{folder.root} has a CLIPModel but no preprocessor_config.json or processor_config.json "
             "(save the CLIPProcessor too)"
         )
-    size = p.get("size", 224)
-    crop = p.get("crop_size", size)
-    if isinstance(size, dict):
-        if "shortest_edge" in size:
-            size, mode = int(size["shortest_edge"]), "shortest"
-        else:
-            size, mode = int(size["height"]), "squash"
+    size = _size(p, "size", 224)
+    if size is None or len(size) != 2:
+        raise p.error("size", "an integer or {shortest_edge} / {height, width}", p.data.get("size"))
+    if size[1] == "shortest":
+        size, mode = size[0], "shortest"
     else:
-        size, mode = int(size), "shortest"
-    if isinstance(crop, dict):
-        crop = (int(crop["height"]), int(crop["width"]))
-    elif crop is not None:
-        crop = (int(crop), int(crop))
-    resample = p.get("resample", 3)
+        size, mode = size[0], "squash"
+    crop = _size(p, "crop_size", size)
+    if crop is not None:
+        crop = (crop[0], crop[0]) if crop[1] == "shortest" else crop
+    resample = p.int("resample", 3)
     if resample not in _RESAMPLE:
-        raise UnknownFormatError(f"{path}: resample {resample} not supported (nearest, bilinear, bicubic)")
+        raise p.error("resample", f"one of {sorted(_RESAMPLE)} (nearest, bilinear, bicubic)", resample)
     # transformers 5's CLIPImageProcessor resizes uint8 tensors with torchvision; the *Pil classes use PIL
-    kind = str(p.get("image_processor_type", "CLIPImageProcessor"))
+    kind = p.str("image_processor_type", "CLIPImageProcessor")
+    normalize = p.bool("do_normalize", True)
     return ImageConfig(
-        size=size if p.get("do_resize", True) else 0,
-        crop_size=crop if p.get("do_center_crop", True) else None,
-        mean=tuple(p.get("image_mean", ImageConfig.mean)) if p.get("do_normalize", True) else (0.0, 0.0, 0.0),
-        std=tuple(p.get("image_std", ImageConfig.std)) if p.get("do_normalize", True) else (1.0, 1.0, 1.0),
+        size=size if p.bool("do_resize", True) else 0,
+        crop_size=crop if p.bool("do_center_crop", True) else None,
+        mean=p.floats("image_mean", ImageConfig.mean, length=3) if normalize else (0.0, 0.0, 0.0),
+        std=p.floats("image_std", ImageConfig.std, length=3, positive=True) if normalize else (1.0, 1.0, 1.0),
         interpolation=_RESAMPLE[resample],
         resize_mode=mode,
         backend="pil" if kind.endswith("Pil") else "torchvision",
         crop_rounding="floor",
-        rescale_factor=float(p.get("rescale_factor", 1 / 255)) if p.get("do_rescale", True) else 1.0,
+        rescale_factor=p.float("rescale_factor", 1 / 255, positive=True) if p.bool("do_rescale", True) else 1.0,
     )
 
 
-def load(folder: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
-    from transformers import CLIPModel
-
-    model = from_pretrained(CLIPModel, folder, what="CLIPModel", trust_remote_code=trust_remote_code)
-    text = text_preprocessor(folder, fallback_max_length=int(model.config.text_config.max_position_embeddings))
+def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> dict[str, Any]:
+    folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+    model = build_transformers(folder, "CLIPModel", what="CLIPModel", trust_remote_code=trust_remote_code,
+                               expect="clip")
+    text = text_preprocessor(folder, fallback_max_length=int(model.config.text_config.max_position_embeddings),
+                             trust_remote_code=trust_remote_code)
     text.max_length = min(text.max_length, int(model.config.text_config.max_position_embeddings))
     text.tokenizer.enable_truncation(max_length=text.max_length)
     image = ImagePreprocessor(image_config(folder))

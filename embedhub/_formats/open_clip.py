@@ -6,11 +6,11 @@ import copy
 from pathlib import Path
 from typing import Any
 
-from .._errors import UnknownFormatError, require
+from .._errors import ConfigError, UnknownFormatError, require
+from .._folder import ConfigView, ModelFolder
 from .._modules import OpenCLIPTower
 from .._preprocess import ImageConfig, ImagePreprocessor, OpenCLIPTextPreprocessor
-from .._weights import find_safetensors, load_strict, read_safetensors
-from ._hf import read_json
+from .._weights import build_checked, find_safetensors
 
 NAME = "open_clip"
 MARKER = "open_clip_config.json"
@@ -22,40 +22,119 @@ def matches(folder: Path) -> bool:
     return (folder / MARKER).is_file()
 
 
-def build(model_cfg: dict[str, Any]):
+#: model_cfg keys passed to open_clip's CLIP / CustomTextCLIP (everything else is refused)
+_MODEL_KEYS = {"embed_dim", "vision_cfg", "text_cfg", "quick_gelu", "init_logit_scale", "init_logit_bias",
+               "nonscalar_logit_scale", "custom_text", "cast_dtype", "output_dict"}
+#: keys of vision_cfg / text_cfg that name code, another repo or a file: only with trust_remote_code
+_REMOTE = {"hf_model_name": "a Hugging Face text model (a download of another repository)",
+           "hf_tokenizer_name": "a Hugging Face tokenizer"}
+_POSITIVE_INTS = {"width", "head_width", "patch_size", "image_size", "context_length", "vocab_size", "heads",
+                  "layers", "attn_pooler_queries", "attn_pooler_heads"}
+
+
+def _check_dataclass_cfg(view: ConfigView, cls: Any, *, trust_remote_code: bool) -> dict[str, Any]:
+    """``view`` checked against open_clip's config dataclass ``cls``: known fields only, each of the
+    type its default has; kwargs dicts may hold only plain numbers, booleans and strings."""
+    import dataclasses
+
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    view.only(fields, what=f"{cls.__name__} field")
+    out: dict[str, Any] = {}
+    for key, value in view.data.items():
+        if value is None:
+            out[key] = None
+            continue
+        if key in _REMOTE and value and not trust_remote_code and key != "hf_tokenizer_name":
+            raise ConfigError(
+                f"{view.file}: {view.prefix}{key} names {_REMOTE[key]} ({value!r}); embedhub does not fetch another "
+                "repository or run its code unless you pass trust_remote_code=True",
+                file=str(view.file), key=view.prefix + key)
+        if key == "timm_model_name":
+            timm = require("timm", "open-clip", "timm image towers")
+            if not isinstance(value, str) or ":" in value or not timm.is_model(value):
+                raise view.error(key, "the name of an architecture built into timm (no hf-hub: or local paths)",
+                                 value)
+        elif key in ("layers", "image_size") and isinstance(value, list):
+            if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+                raise view.error(key, "a positive integer or a list of them", value)
+        elif key in ("act_kwargs", "norm_kwargs", "tokenizer_kwargs"):
+            sub = view.view(key)
+            bad = [k for k, v in sub.data.items() if not isinstance(v, (int, float, bool, str)) or k == "device"]
+            if bad:
+                raise sub.error(bad[0], "a plain number, boolean or string", sub.data[bad[0]])
+        else:
+            default = fields[key].default
+            if isinstance(default, bool):
+                view.bool(key)
+            elif isinstance(default, int):
+                view.int(key, min=1 if key in _POSITIVE_INTS else None)
+            elif isinstance(default, float):
+                view.float(key)
+            elif isinstance(default, str):
+                view.str(key)
+            elif key in _POSITIVE_INTS:
+                view.int(key, min=1)
+        out[key] = value
+    if view.data.get("timm_model_pretrained"):
+        raise view.error("timm_model_pretrained", "false (pretrained timm weights would be downloaded)", True)
+    return out
+
+
+def validate_model_cfg(model_cfg: dict[str, Any] | ConfigView, *, trust_remote_code: bool = False) -> dict[str, Any]:
+    """An open_clip ``model_cfg`` allow-listed and type-checked (a :class:`ConfigError` naming the key)."""
+    open_clip = require("open_clip", "open-clip", "loading open_clip models")
+    view = model_cfg if isinstance(model_cfg, ConfigView) else ConfigView(model_cfg, "open_clip model_cfg")
+    if "multimodal_cfg" in view.data:
+        raise UnknownFormatError("open_clip CoCa models (multimodal_cfg) are not supported for embedding")
+    view.only(_MODEL_KEYS, what="model_cfg key")
+    cfg = {k: v for k, v in view.data.items()}
+    cfg["embed_dim"] = view.int("embed_dim", min=1, max=1 << 16)
+    cfg["vision_cfg"] = _check_dataclass_cfg(view.view("vision_cfg"), open_clip.model.CLIPVisionCfg,
+                                             trust_remote_code=trust_remote_code)
+    cfg["text_cfg"] = _check_dataclass_cfg(view.view("text_cfg"), open_clip.model.CLIPTextCfg,
+                                           trust_remote_code=trust_remote_code)
+    for key in ("quick_gelu", "nonscalar_logit_scale", "custom_text", "output_dict"):
+        view.bool(key, False)
+    for key in ("init_logit_scale", "init_logit_bias"):
+        view.float(key, None)
+    view.str("cast_dtype", None, choices=["fp16", "bf16", "fp32"])
+    return cfg
+
+
+def build(model_cfg: dict[str, Any], *, trust_remote_code: bool = False):
     """The open_clip model class for ``model_cfg``, as open_clip's factory picks it, without any download."""
     open_clip = require("open_clip", "open-clip", "loading open_clip models")
-    cfg = copy.deepcopy(model_cfg)
-    if "vision_cfg" not in cfg or "text_cfg" not in cfg or "embed_dim" not in cfg:
-        raise UnknownFormatError("open_clip model_cfg needs embed_dim, vision_cfg and text_cfg")
+    cfg = copy.deepcopy(validate_model_cfg(model_cfg, trust_remote_code=trust_remote_code))
     if "timm_model_name" in cfg["vision_cfg"]:
         cfg["vision_cfg"]["timm_model_pretrained"] = False
-    if "hf_model_name" in cfg["text_cfg"]:
+    if cfg["text_cfg"].get("hf_model_name"):
         cfg["text_cfg"]["hf_model_pretrained"] = False
-    custom_text = cfg.pop("custom_text", False) or "hf_model_name" in cfg["text_cfg"]
-    if "multimodal_cfg" in cfg:
-        raise UnknownFormatError("open_clip CoCa models (multimodal_cfg) are not supported for embedding")
+    custom_text = cfg.pop("custom_text", False) or bool(cfg["text_cfg"].get("hf_model_name"))
+    cfg.pop("cast_dtype", None)
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
     return cls(**cfg)
 
 
-def image_config(model_cfg: dict[str, Any], pp: dict[str, Any]) -> ImageConfig:
+def image_config(model_cfg: dict[str, Any], pp: dict[str, Any] | ConfigView) -> ImageConfig:
     from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-    size = pp.get("size", model_cfg["vision_cfg"].get("image_size", 224))
+    p = pp if isinstance(pp, ConfigView) else ConfigView(pp, "open_clip preprocess_cfg")
+    size = p.data.get("size")
+    if size is None:
+        size = model_cfg["vision_cfg"].get("image_size", 224)
     if isinstance(size, (list, tuple)):
-        if size[0] != size[1]:
-            raise UnknownFormatError(f"non-square open_clip image size {size} is not supported")
+        if len(size) != 2 or size[0] != size[1]:
+            raise p.error("size", "a square size (one integer, or two equal ones)", size)
         size = size[0]
-    mode = pp.get("resize_mode", "shortest")
-    interp = pp.get("interpolation", "bicubic")
-    if interp not in _INTERP or mode not in ("shortest", "squash", "longest"):
-        raise UnknownFormatError(f"open_clip preprocess_cfg not supported: interpolation={interp}, resize_mode={mode}")
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= 16384:
+        raise p.error("size", "an integer in [1, 16384]", size)
+    mode = p.str("resize_mode", "shortest", choices=["shortest", "squash", "longest"])
+    interp = p.str("interpolation", "bicubic", choices=sorted(_INTERP))
     return ImageConfig(
         size=int(size),
         crop_size=None if mode == "squash" else (int(size), int(size)),
-        mean=tuple(pp.get("mean") or OPENAI_DATASET_MEAN),
-        std=tuple(pp.get("std") or OPENAI_DATASET_STD),
+        mean=p.floats("mean", tuple(OPENAI_DATASET_MEAN), length=3),
+        std=p.floats("std", tuple(OPENAI_DATASET_STD), length=3, positive=True),
         interpolation=interp,
         resize_mode=mode,
         backend="pil",
@@ -63,16 +142,16 @@ def image_config(model_cfg: dict[str, Any], pp: dict[str, Any]) -> ImageConfig:
     )
 
 
-def load(folder: Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
-    cfg = read_json(folder / MARKER)
-    if "model_cfg" not in cfg:
-        raise UnknownFormatError(f"{folder / MARKER} has no 'model_cfg'")
-    model_cfg = cfg["model_cfg"]
-    model = build(model_cfg)
-    state = read_safetensors(find_safetensors(folder, ("open_clip_model.safetensors", "model.safetensors")))
-    load_strict(model, state, what="open_clip model")
-    text = OpenCLIPTextPreprocessor.from_folder(folder)
-    image = ImagePreprocessor(image_config(model_cfg, cfg.get("preprocess_cfg", {})))
+def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> dict[str, Any]:
+    folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+    cfg = folder.config(MARKER)
+    model_view = cfg.view("model_cfg")
+    model_cfg = validate_model_cfg(model_view, trust_remote_code=trust_remote_code)
+    files = find_safetensors(folder, ("open_clip_model.safetensors", "model.safetensors"))
+    model = build_checked(lambda: build(model_cfg, trust_remote_code=trust_remote_code), files,
+                          what="open_clip model")
+    text = OpenCLIPTextPreprocessor.from_folder(folder, trust_remote_code=trust_remote_code)
+    image = ImagePreprocessor(image_config(model_cfg, cfg.view("preprocess_cfg", {})))
     logit_scale = float(model.logit_scale.exp().item()) if getattr(model, "logit_scale", None) is not None else None
     return {
         "towers": {"text": OpenCLIPTower(model, "text"), "image": OpenCLIPTower(model, "image")},
