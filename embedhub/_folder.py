@@ -55,7 +55,8 @@ class ModelFolder:
         if isinstance(rel, os.PathLike):
             rel = os.fspath(rel)
         if not isinstance(rel, str) or not rel or "\x00" in rel:
-            raise ConfigError(f"{self.root}: {what} path {rel!r} must be a non-empty relative path", file=str(self.root))
+            raise ConfigError(f"{self.root}: {what} path {rel!r} must be a non-empty relative path",
+                              file=str(self.root))
         parts = PurePosixPath(rel.replace("\\", "/"))
         if parts.is_absolute() or Path(rel).is_absolute() or ".." in parts.parts or ":" in parts.parts[0]:
             raise ConfigError(
