@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import string
+from collections.abc import Mapping, Sequence, Set
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,7 +14,7 @@ import torch
 from torch import nn
 
 from ._backends import Runner, TorchRunner
-from ._batching import plan_batches
+from ._batching import check_batching, check_positive_int, plan_batches, text_windows
 from ._errors import ModalityError
 from ._inputs import MAX_IMAGE_PIXELS, as_items, load_image, modality_of
 from ._preprocess import token_lengths
@@ -98,80 +99,135 @@ class EmbeddingModel:
         Returns float32 ``(N, D)`` in input order (``(D,)`` for a single input); as numpy, or a
         CPU ``torch.Tensor`` with ``convert_to="torch"``. Texts are sorted by token length and
         batched (``batch_size`` rows, and at most ``max_tokens`` padded tokens when given);
-        longer than :attr:`max_seq_length` tokens they are truncated.
+        longer than :attr:`max_seq_length` tokens they are truncated. Texts are tokenised a
+        window of a few thousand at a time and every batch is written straight into one output
+        array, so memory beyond the output does not grow with the number of inputs.
 
         >>> model.encode("hello").shape        # doctest: +SKIP
         (384,)
         """
+        return self._encode(
+            inputs,
+            None,
+            batch_size=batch_size,
+            normalize=normalize,
+            show_progress_bar=show_progress_bar,
+            convert_to=convert_to,
+            max_tokens=max_tokens,
+            max_image_pixels=max_image_pixels,
+        )
+
+    def encode_text(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray | torch.Tensor:
+        """:meth:`encode` restricted to text: anything else is an error naming its index."""
+        return self._encode(texts, "text", **kwargs)
+
+    def encode_image(self, images: Any, **kwargs: Any) -> np.ndarray | torch.Tensor:
+        """:meth:`encode` restricted to images: anything else is an error naming its index."""
+        return self._encode(images, "image", **kwargs)
+
+    def _encode(
+        self,
+        inputs: Any,
+        only: str | None,
+        *,
+        batch_size: int = 32,
+        normalize: bool = True,
+        show_progress_bar: bool | None = None,
+        convert_to: Literal["numpy", "torch"] = "numpy",
+        max_tokens: int | None = None,
+        max_image_pixels: int = MAX_IMAGE_PIXELS,
+    ) -> np.ndarray | torch.Tensor:
+        # every argument is checked once, before any input is read or any work starts
+        batch_size, max_tokens = check_batching(batch_size, max_tokens)
+        max_image_pixels = check_positive_int("max_image_pixels", max_image_pixels)
         if convert_to not in ("numpy", "torch"):
             raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
+        if only is not None and only not in self._runners:
+            raise ModalityError(f"{self.name} has no {only} tower; it embeds only {' and '.join(self.modalities)}")
         items, single = as_items(inputs)
         kinds = [modality_of(x, i) for i, x in enumerate(items)]
         for i, kind in enumerate(kinds):
+            if only is not None and kind != only:
+                raise ModalityError(f"inputs[{i}] is {kind}; encode_{only} takes {only} only")
             if kind not in self._runners:
                 raise ModalityError(
                     f"inputs[{i}] is {kind}, but {self.name} embeds only {' and '.join(self.modalities)}"
                 )
-        out = torch.empty((len(items), self.embed_dim), dtype=torch.float32)
-        for modality in self.modalities:
-            index = np.fromiter((i for i, k in enumerate(kinds) if k == modality), dtype=np.int64)
-            if len(index):
-                out[torch.from_numpy(index)] = self._encode_modality(
-                    modality,
-                    [items[i] for i in index],
-                    index,
-                    batch_size=batch_size,
-                    max_tokens=max_tokens,
-                    show_progress_bar=show_progress_bar,
-                    max_image_pixels=max_image_pixels,
+        used = [m for m in self.modalities if m in kinds]
+        if not normalize:
+            self._check_unnormalized_output(used)
+        out = np.empty((len(items), self.embed_dim), dtype=np.float32)
+        for modality in used:
+            if len(used) == 1:
+                index = np.arange(len(items), dtype=np.int64)
+            else:
+                index = np.fromiter((i for i, k in enumerate(kinds) if k == modality), dtype=np.int64)
+            encode = self._encode_texts if modality == "text" else self._encode_images
+            encode(
+                items,
+                index,
+                out,
+                batch_size=batch_size,
+                max_tokens=max_tokens,
+                normalize=bool(normalize),
+                show_progress_bar=show_progress_bar,
+                max_image_pixels=max_image_pixels,
+            )
+        result = torch.from_numpy(out) if convert_to == "torch" else out
+        return result[0] if single else result
+
+    def _check_unnormalized_output(self, modalities: Sequence[str]) -> None:
+        """``normalize=False`` cannot be honoured by an ONNX graph that L2-normalises inside."""
+        for modality in modalities:
+            runner = self._runners[modality]
+            if getattr(runner, "normalized_output", False):
+                raise ValueError(
+                    f"normalize=False cannot be honoured: the ONNX graph of {self.name}'s {modality} tower "
+                    f"({getattr(runner, 'path', 'onnx')}) L2-normalises its output inside, as older exports do; "
+                    "re-export the model (`embedhub export MODEL --output DIR`) to get a graph with unnormalised "
+                    "output, or load it with backend='torch'"
                 )
-        if normalize:
-            out = torch.nn.functional.normalize(out, p=2, dim=-1)
-        if single:
-            out = out[0]
-        return out if convert_to == "torch" else out.numpy()
 
-    def encode_text(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray | torch.Tensor:
-        """:meth:`encode` restricted to text: anything else is an error naming its index."""
-        return self._encode_only("text", texts, **kwargs)
-
-    def encode_image(self, images: Any, **kwargs: Any) -> np.ndarray | torch.Tensor:
-        """:meth:`encode` restricted to images: anything else is an error naming its index."""
-        return self._encode_only("image", images, **kwargs)
-
-    def _encode_only(self, modality: str, inputs: Any, **kwargs: Any):
-        if modality not in self._runners:
-            raise ModalityError(f"{self.name} has no {modality} tower; it embeds only {' and '.join(self.modalities)}")
-        items, _ = as_items(inputs)
-        for i, x in enumerate(items):
-            kind = modality_of(x, i)
-            if kind != modality:
-                raise ModalityError(f"inputs[{i}] is {kind}; encode_{modality} takes {modality} only")
-        return self.encode(inputs, **kwargs)
-
-    def _encode_modality(
-        self, modality, items, index, *, batch_size, max_tokens, show_progress_bar, max_image_pixels
-    ) -> torch.Tensor:
+    def _progress(self, modality: str, total: int, batch_size: int, show_progress_bar: bool | None):
         from tqdm.auto import tqdm
 
-        pre = self.preprocessors[modality]
-        result = torch.empty((len(items), self.embed_dim), dtype=torch.float32)
-        if modality == "text":
-            ids = pre.tokenize(items)
-            batches = plan_batches(token_lengths(ids), batch_size, max_tokens)
-        else:
-            batches = [np.arange(s, min(s + batch_size, len(items))) for s in range(0, len(items), batch_size)]
-        disable = (not show_progress_bar) if show_progress_bar is not None else (len(batches) < 2 or None)
-        for rows in tqdm(batches, desc=f"embedding {modality}", unit="batch", disable=disable):
-            if modality == "text":
-                batch = pre.collate([ids[r] for r in rows])
-            else:
-                batch = pre([load_image(items[r], int(index[r]), max_pixels=max_image_pixels) for r in rows])
-            emb = self._runners[modality](batch)
-            if emb.shape[-1] != self.embed_dim:
-                raise RuntimeError(f"{modality} tower returned {emb.shape[-1]} dims, config says {self.embed_dim}")
-            result[torch.from_numpy(rows)] = emb.cpu()
-        return result
+        disable = (not show_progress_bar) if show_progress_bar is not None else (total <= batch_size or None)
+        return tqdm(total=total, desc=f"embedding {modality}", unit=modality, disable=disable)
+
+    def _write(self, out: np.ndarray, rows: np.ndarray, emb: torch.Tensor, modality: str, normalize: bool) -> None:
+        """One batch's embeddings into their rows of ``out`` (normalised first when asked)."""
+        if emb.ndim != 2 or emb.shape[0] != len(rows) or emb.shape[1] != self.embed_dim:
+            raise RuntimeError(
+                f"{modality} tower returned shape {tuple(emb.shape)} for a batch of {len(rows)}; "
+                f"expected ({len(rows)}, {self.embed_dim}) (embed_dim from the config)"
+            )
+        if normalize:
+            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+        out[rows] = emb.cpu().numpy()
+
+    def _encode_texts(
+        self, items, index, out, *, batch_size, max_tokens, normalize, show_progress_bar, max_image_pixels
+    ) -> None:
+        pre, run = self.preprocessors["text"], self._runners["text"]
+        with self._progress("text", len(index), batch_size, show_progress_bar) as bar:
+            for window in text_windows(len(index), batch_size):
+                rows = index[window.start : window.stop]
+                ids = pre.tokenize([items[i] for i in rows])
+                for batch_rows in plan_batches(token_lengths(ids), batch_size, max_tokens):
+                    emb = run(pre.collate([ids[r] for r in batch_rows]))
+                    self._write(out, rows[batch_rows], emb, "text", normalize)
+                    bar.update(len(batch_rows))
+
+    def _encode_images(
+        self, items, index, out, *, batch_size, max_tokens, normalize, show_progress_bar, max_image_pixels
+    ) -> None:
+        pre, run = self.preprocessors["image"], self._runners["image"]
+        with self._progress("image", len(index), batch_size, show_progress_bar) as bar:
+            for start in range(0, len(index), batch_size):
+                rows = index[start : start + batch_size]
+                images = [load_image(items[i], int(i), max_pixels=max_image_pixels) for i in rows]
+                self._write(out, rows, run(pre(images)), "image", normalize)
+                bar.update(len(rows))
 
     # ------------------------------------------------------------------ scores
     @staticmethod
@@ -200,22 +256,24 @@ class EmbeddingModel:
     ) -> np.ndarray:
         """Per-label probabilities ``(N, L)`` (``(L,)`` for one image), CLIP style.
 
-        Each label's text embedding is the renormalised mean over ``templates`` (each with ``{}``
-        for the label; default: the model's own, else ``"a photo of a {}."``); probabilities
-        are ``softmax(logit_scale * cos)``.
+        Each label's text embedding is the renormalised mean over ``templates`` (each with exactly
+        one ``{}`` for the label and no other replacement field; default: the model's own, else
+        ``"a photo of a {}."``); probabilities are ``softmax(logit_scale * cos)``. ``labels`` and
+        ``templates`` are lists: a single ``str`` is refused, not read as one label per character.
 
         >>> model.zero_shot(img, ["cat", "dog"])  # doctest: +SKIP
         array([0.97, 0.03], dtype=float32)
         """
+        batch_size, _ = check_batching(batch_size, None)
         if "image" not in self._runners or "text" not in self._runners:
             raise ModalityError(f"zero_shot needs a text and an image tower; {self.name} has {self.modalities}")
-        labels = list(labels)
-        if not labels or not all(isinstance(x, str) and x for x in labels):
-            raise ValueError("labels must be a non-empty list of non-empty strings")
-        templates = list(templates) if templates else list(self.templates)
-        bad = [t for t in templates if "{}" not in t]
-        if bad:
-            raise ValueError(f"templates must contain '{{}}' for the label: {bad}")
+        labels = _string_list("labels", labels, "label", example="['cat', 'dog']")
+        if templates is None:
+            templates = list(self.templates)
+        else:
+            templates = _string_list("templates", templates, "template", example="['a photo of a {}.']")
+        for t in templates:
+            check_template(t)
         prompts = [t.format(label) for label in labels for t in templates]
         text = self.encode(prompts, batch_size=batch_size, convert_to="torch")
         classes = torch.nn.functional.normalize(text.reshape(len(labels), len(templates), -1).mean(1), dim=-1)
@@ -235,3 +293,44 @@ class EmbeddingModel:
 
     def config(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._spec)) if self._spec else {}
+
+
+def _string_list(name: str, value: Any, what: str, *, example: str) -> list[str]:
+    """``value`` as a non-empty list of non-empty strings; a ``str``, a set or a dict is refused."""
+    if isinstance(value, str):
+        raise ValueError(
+            f"{name} is a str ({value!r}); pass a list, e.g. [{value!r}] or {example} "
+            f"(a str would be read as one {what} per character)"
+        )
+    if isinstance(value, (Set, Mapping)) or not hasattr(value, "__iter__"):
+        raise ValueError(f"{name} must be a list of strings, e.g. {example}; got a {type(value).__name__}")
+    items = list(value)
+    bad = [(i, x) for i, x in enumerate(items) if not isinstance(x, str) or not x]
+    if not items or bad:
+        found = "an empty list" if not items else f"{name}[{bad[0][0]}] = {bad[0][1]!r}"
+        raise ValueError(f"{name} must be a non-empty list of non-empty strings, e.g. {example}; got {found}")
+    return items
+
+
+def check_template(template: str) -> str:
+    """``template`` when it holds exactly one bare ``{}`` (the label) and no other replacement field;
+    a ``ValueError`` naming the template otherwise (``"{} {x}"``, ``"{0}"``, ``"{}{}"``, ``"{"``).
+
+    >>> check_template("a photo of a {}.")
+    'a photo of a {}.'
+    """
+    expected = "exactly one '{}' for the label and no other replacement field (write a literal brace as '{{' or '}}')"
+    try:
+        fields = [
+            "{" + name + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            for _, name, spec, conv in string.Formatter().parse(template)
+            if name is not None
+        ]
+    except ValueError as exc:
+        raise ValueError(
+            f"template {template!r} is not a valid format string ({exc}); it must contain {expected}"
+        ) from exc
+    if fields != ["{}"]:
+        found = ", ".join(fields) if fields else "no replacement field"
+        raise ValueError(f"template {template!r} must contain {expected}; found {found}")
+    return template
