@@ -1,9 +1,12 @@
 """Export an embedhub model to ONNX, behind a parity gate.
 
-Every tower becomes one graph with pooling, projection and L2 normalisation inside; the
-tokeniser and image preprocessing stay outside and are the SDK's own. After export the
-folder is loaded with ``backend="onnx"`` and compared with the torch model on real inputs;
-the folder is only moved into place when every gate holds.
+Every tower becomes one graph with pooling and projection inside; the tokeniser, image
+preprocessing and the L2 normalisation stay outside and are the SDK's own, so
+``encode(..., normalize=False)`` gives the same numbers on both backends (the metadata records
+``"normalized_output": false``). After export the folder is loaded with ``backend="onnx"`` and
+compared with the torch model on real inputs, direction and length of every row; the folder is
+only moved into place when every gate holds. The metadata records the SHA-256 of every graph,
+external-data and weights file, which ``backend="onnx"`` checks at load.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from torch import nn
 
 import embedhub
 from embedhub import EmbeddingModel
-from embedhub._backends import int8_dot_kernel
+from embedhub._backends import int8_dot_kernel, model_tensors, sha256_file
 from embedhub._batching import plan_batches
 from embedhub._preprocess import token_lengths
 
@@ -34,11 +37,12 @@ from ._int8 import ALPHAS, Protect, quantize_int8
 
 Precision = Literal["fp32", "fp16", "int8"]
 
-#: per-row cosine between ONNX Runtime and torch that each precision must reach
+#: per-row agreement between ONNX Runtime and torch (unnormalised outputs) that each precision must reach:
+#: cosine (``min``, ``mean``) and relative length ``| |onnx| / |torch| - 1 |`` (``norm``, the largest over rows)
 GATES: dict[str, dict[str, float]] = {
-    "fp32": {"min": 0.99999},
-    "fp16": {"min": 0.999},
-    "int8": {"min": 0.97, "mean": 0.99},
+    "fp32": {"min": 0.99999, "norm": 1e-3},
+    "fp16": {"min": 0.999, "norm": 1e-2},
+    "int8": {"min": 0.97, "mean": 0.99, "norm": 0.1},
 }
 #: int8: smooth activation outliers into the weights, quantise every MatMul / Attention / Gemm per tensor,
 #: and if the error (1 - mean cosine on the calibration inputs) exceeds this, protect the most sensitive
@@ -46,6 +50,9 @@ GATES: dict[str, dict[str, float]] = {
 #: error of the others, each measured alone, is within it (see export/_int8.py)
 INT8_ERROR_BUDGET = 0.006
 _INPUTS = {"text": ["input_ids", "attention_mask"], "image": ["pixel_values"]}
+#: graphs larger than this (bytes) keep their weights in ``onnx/<modality>.onnx.data`` (protobuf's limit is 2 GiB);
+#: a graph the earlier steps already wrote with external data is written so too
+EXTERNAL_DATA_ABOVE = 1_500_000_000
 
 
 class ParityError(RuntimeError):
@@ -65,7 +72,8 @@ class _Step:
 
 
 class _Graph(nn.Module):
-    """A tower plus L2 normalisation: the function each ONNX graph computes."""
+    """A tower taking positional inputs: the function each ONNX graph computes (unnormalised
+    embeddings, as the torch tower returns them; ``encode`` normalises)."""
 
     def __init__(self, tower: nn.Module, modality: str):
         super().__init__()
@@ -73,7 +81,7 @@ class _Graph(nn.Module):
 
     def forward(self, *args: torch.Tensor) -> torch.Tensor:
         batch = dict(zip(_INPUTS[self.modality], args))
-        return nn.functional.normalize(self.tower(**batch).float(), p=2, dim=-1)
+        return self.tower(**batch).float()
 
 
 def _eager(tower: nn.Module) -> nn.Module:
@@ -197,22 +205,56 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def _gate(torch_model: EmbeddingModel, onnx_model: EmbeddingModel, precision: str, texts: list[str],
           images: list, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
+    """Both backends' unnormalised embeddings compared row by row: cosine and relative length."""
     report: dict[str, Any] = {"precision": precision, "thresholds": GATES[precision], "modalities": {}}
     ok = True
     for modality in onnx_model.modalities:
         inputs = texts if modality == "text" else images
-        ref = torch_model.encode(inputs, batch_size=max(batch_sizes), show_progress_bar=False)
-        cos = np.concatenate([
-            _cosines(onnx_model.encode(inputs, batch_size=bs, show_progress_bar=False), ref) for bs in batch_sizes
-        ])
+        ref = torch_model.encode(inputs, batch_size=max(batch_sizes), normalize=False, show_progress_bar=False)
+        got = [onnx_model.encode(inputs, batch_size=bs, normalize=False, show_progress_bar=False)
+               for bs in batch_sizes]
+        cos = np.concatenate([_cosines(g, ref) for g in got])
+        ref_norm = np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
+        norm_err = np.concatenate([np.abs(np.linalg.norm(g, axis=1) / ref_norm - 1) for g in got])
         entry = {"inputs": len(inputs), "batch_sizes": list(batch_sizes), "min_cosine": float(cos.min()),
-                 "mean_cosine": float(cos.mean())}
+                 "mean_cosine": float(cos.mean()), "max_norm_error": float(norm_err.max())}
         gate = GATES[precision]
-        entry["passed"] = bool(cos.min() >= gate["min"] and cos.mean() >= gate.get("mean", -1.0))
+        entry["passed"] = bool(cos.min() >= gate["min"] and cos.mean() >= gate.get("mean", -1.0)
+                               and norm_err.max() <= gate["norm"])
         ok &= entry["passed"]
         report["modalities"][modality] = entry
     report["passed"] = ok
     return report
+
+
+def _external_locations(path: Path) -> list[str]:
+    """The external-data files (relative to the graph) the graph at ``path`` names."""
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    return sorted({e.value for t in model_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL
+                   for e in t.external_data if e.key == "location"})
+
+
+def _write_graph(src: Path, dst: Path) -> None:
+    """Copy a graph into the model folder: as one file, or, when it is large (or already kept its
+    weights outside), with every weight in one ``<dst name>.data`` file beside it."""
+    import onnx
+
+    if not _external_locations(src) and src.stat().st_size <= EXTERNAL_DATA_ABOVE:
+        shutil.copyfile(src, dst)
+        return
+    model = onnx.load(str(src))  # with its external data
+    onnx.save_model(model, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=f"{dst.name}.data", size_threshold=1024)
+
+
+def _hashes(folder: Path) -> dict[str, str]:
+    """SHA-256 of every graph and external-data file under ``onnx/`` and of ``model.safetensors``."""
+    files = [p for p in sorted((folder / "onnx").iterdir()) if p.is_file() and p.name != "export_metadata.json"]
+    if (folder / "model.safetensors").is_file():
+        files.append(folder / "model.safetensors")
+    return {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
 
 
 def export(
@@ -235,9 +277,10 @@ def export(
 ) -> Path:
     """Export ``model`` (a name ``embedhub.load`` takes, or a loaded torch model) to ``output``.
 
-    Writes an embedhub model folder with ``onnx/<modality>.onnx`` graphs and
-    ``onnx/export_metadata.json`` (gate figures, steps, versions) that
-    ``embedhub.load(output, backend="onnx")`` loads. Raises :class:`ParityError` and writes nothing
+    Writes an embedhub model folder with ``onnx/<modality>.onnx`` graphs (unnormalised outputs) and
+    ``onnx/export_metadata.json`` (gate figures, steps, versions, ``normalized_output: false`` and the
+    SHA-256 of every graph, external-data and weights file) that ``embedhub.load(output, backend="onnx")``
+    loads. Raises :class:`ParityError` and writes nothing
     when ONNX Runtime and torch disagree beyond :data:`GATES`. ``int8_protect`` chooses how the
     calibration-selected sensitive nodes of an int8 export are kept: ``"fp32"`` or ``"per-token"``;
     ``int8_smooth=False`` leaves out the SmoothQuant scaling that int8 tries first (export/_int8.py).
@@ -271,24 +314,26 @@ def export(
         steps: dict[str, list[dict[str, Any]]] = {}
         for modality in src.modalities:
             say(f"[export] {modality}: torch -> ONNX (opset {opset})")
-            raw = work / f"{modality}.raw.onnx"
+            mwork = work / modality  # one folder per tower: external-data files are named after tensors
+            mwork.mkdir()
+            raw = mwork / f"{modality}.raw.onnx"
             _torch_to_onnx(src, modality, raw, opset)
             log = [_stats(raw, "torch.onnx.export")]
             cur = raw
             if optimize:
-                nxt = work / f"{modality}.opt.onnx"
+                nxt = mwork / f"{modality}.opt.onnx"
                 note = _optimize(src, modality, cur, nxt)
                 cur = nxt
                 log.append(_stats(cur, "graph optimisation", note))
             if precision == "fp16":
-                nxt = work / f"{modality}.fp16.onnx"
+                nxt = mwork / f"{modality}.fp16.onnx"
                 _to_fp16(cur, nxt)
                 cur = nxt
                 log.append(_stats(cur, "fp16", "weights and activations fp16, inputs/outputs kept fp32"))
             if precision == "int8":
                 say(f"[export] {modality}: int8 calibration")
-                nxt = work / f"{modality}.int8.onnx"
-                note = quantize_int8(cur, nxt, _feed(src, modality, calib[modality]), int8_error_budget, work,
+                nxt = mwork / f"{modality}.int8.onnx"
+                note = quantize_int8(cur, nxt, _feed(src, modality, calib[modality]), int8_error_budget, mwork,
                                      protect=int8_protect, alphas=ALPHAS if int8_smooth else ())
                 cur = nxt
                 log.append(_stats(cur, "int8", note))
@@ -298,7 +343,7 @@ def export(
         def add_graphs(folder: Path, cfg: dict[str, Any]) -> None:
             (folder / "onnx").mkdir()
             for modality, path in graphs.items():
-                shutil.copyfile(path, folder / "onnx" / f"{modality}.onnx")
+                _write_graph(path, folder / "onnx" / f"{modality}.onnx")
                 cfg["towers"][modality]["onnx"] = f"onnx/{modality}.onnx"
 
         staging = output.with_name(f".{output.name}.staging")
@@ -306,40 +351,46 @@ def export(
         with_torch = keep_torch and own_format.can_write_torch(src)
         own_format.write(src, staging, torch_weights=with_torch, extra=add_graphs)
         try:
-            say(f"[export] parity gate ({precision}): {len(texts)} texts, {len(images)} images, "
-                f"batch sizes {batch_sizes}")
-            onnx_model = embedhub.load(staging, backend="onnx", device="cpu")
-            report = _gate(src, onnx_model, precision, texts, images, batch_sizes)
-            del onnx_model
-            meta = {
+            meta: dict[str, Any] = {
                 "precision": precision,
                 "opset": opset,
                 "source": src.name,
                 "source_format": src.format,
                 "torch_weights_kept": with_torch,
-                "gate": report,
+                "normalized_output": False,
+                "sha256": _hashes(staging),
+                "gate": None,
                 "steps": steps,
-                "seconds": round(time.perf_counter() - t0, 1),
+                "seconds": None,
                 "cpu": {"torch_capability": torch.backends.cpu.get_cpu_capability(),
                         "int8_dot_kernel": int8_dot_kernel()},
                 "versions": {"embedhub": embedhub.__version__, "torch": torch.__version__,
                              "onnx": onnx.__version__, "onnxruntime": ort.__version__},
             }
+            meta_path = staging / "onnx" / "export_metadata.json"
+            meta_path.write_text(json.dumps(meta, indent=2) + "\n")  # the gate loads the folder as users will
+            say(f"[export] parity gate ({precision}): {len(texts)} texts, {len(images)} images, "
+                f"batch sizes {batch_sizes}")
+            onnx_model = embedhub.load(staging, backend="onnx", device="cpu")
+            report = _gate(src, onnx_model, precision, texts, images, batch_sizes)
+            del onnx_model
+            meta["gate"], meta["seconds"] = report, round(time.perf_counter() - t0, 1)
             if not report["passed"]:
                 raise ParityError(
                     f"parity gate failed for {precision}: "
-                    + "; ".join(f"{m}: min cosine {e['min_cosine']:.6f}, mean {e['mean_cosine']:.6f}"
-                                for m, e in report["modalities"].items())
+                    + "; ".join(f"{m}: min cosine {e['min_cosine']:.6f}, mean {e['mean_cosine']:.6f}, "
+                                f"max norm error {e['max_norm_error']:.2e}" for m, e in report["modalities"].items())
                     + f" (needs {GATES[precision]}); nothing written to {output}",
                     meta,
                 )
-            (staging / "onnx" / "export_metadata.json").write_text(json.dumps(meta, indent=2) + "\n")
+            meta_path.write_text(json.dumps(meta, indent=2) + "\n")
             if output.exists():
                 shutil.rmtree(output)
             os.replace(staging, output)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     for m, e in report["modalities"].items():
-        say(f"[export] {m}: min cosine {e['min_cosine']:.6f}, mean {e['mean_cosine']:.6f} -> passed")
+        say(f"[export] {m}: min cosine {e['min_cosine']:.6f}, mean {e['mean_cosine']:.6f}, "
+            f"max norm error {e['max_norm_error']:.2e} -> passed")
     say(f"[export] wrote {output}")
     return output

@@ -11,9 +11,11 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "export",
         help="export a model to ONNX (parity-gated) for backend='onnx'",
-        description="Export every tower of MODEL to ONNX with pooling and normalisation inside the graph, "
-        "check ONNX Runtime against torch on real inputs, and write DIR only when the gate passes "
-        "(fp32: min cosine >= 0.99999; fp16: >= 0.999; int8: mean >= 0.99 and min >= 0.97).",
+        description="Export every tower of MODEL to ONNX with pooling and projection inside the graph "
+        "(normalisation stays in encode, so normalize=False works on both backends), check ONNX Runtime "
+        "against torch on real inputs, and write DIR only when the gate passes (fp32: min cosine >= 0.99999; "
+        "fp16: >= 0.999; int8: mean >= 0.99 and min >= 0.97; and embedding lengths within 0.1% / 1% / 10%). "
+        "The SHA-256 of every graph and weights file is recorded and checked at load.",
     )
     p.add_argument("model", help="model name, Hub repo id or folder (anything embedhub.load takes)")
     p.add_argument("--output", required=True, help="folder to write (replaced if it exists)")

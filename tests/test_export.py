@@ -32,10 +32,12 @@ def minilm_int8(tmp_path_factory, minilm):
 
 @pytest.mark.parametrize("fixture", ["tiny_st_dir", "open_clip_dir", "hf_clip_dir", "tiny_embedhub_dir"])
 def test_export_each_format(fixture, request, tmp_path, photos):
+    from embedhub._backends import sha256_file
+
     source = request.getfixturevalue(fixture)
     out = export(source, tmp_path / "onnx", verbose=False)
     meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
-    assert meta["gate"]["passed"] and meta["precision"] == "fp32"
+    assert meta["gate"]["passed"] and meta["precision"] == "fp32" and meta["normalized_output"] is False
     torch_model = embedhub.load(source, device="cpu")
     onnx_model = embedhub.load(out, backend="onnx")
     assert onnx_model.backend == "onnx" and onnx_model.modalities == torch_model.modalities
@@ -48,9 +50,16 @@ def test_export_each_format(fixture, request, tmp_path, photos):
         ref = torch_model.encode(inputs)
         got = onnx_model.encode(inputs)
         assert _cos(got, ref).min() >= 0.99999
+        # unnormalised: the same numbers too (the graphs leave the L2 normalisation to encode)
+        np.testing.assert_allclose(onnx_model.encode(inputs, normalize=False),
+                                   torch_model.encode(inputs, normalize=False), rtol=1e-4, atol=1e-5)
+        assert meta["gate"]["modalities"][modality]["max_norm_error"] <= GATES["fp32"]["norm"]
     # torch weights are kept for formats embedhub can rebuild; otherwise the folder is ONNX-only
     rebuildable = fixture in ("tiny_st_dir", "tiny_embedhub_dir")
     assert meta["torch_weights_kept"] == rebuildable
+    # the SHA-256 of every graph (and of the torch weights when kept), checked at load
+    hashed = [f"onnx/{m}.onnx" for m in torch_model.modalities] + (["model.safetensors"] if rebuildable else [])
+    assert meta["sha256"] == {rel: sha256_file(out / rel) for rel in hashed}
     if rebuildable:
         assert embedhub.load(out, backend="torch").backend == "torch"
     else:
@@ -70,8 +79,18 @@ def test_minilm_onnx_matches_torch_on_stsb(minilm, minilm_fp32, sts_test):
     assert fused.get("Attention") == 6 and fused.get("SkipLayerNormalization") == 12
 
 
-def test_int8_keeps_stsb_spearman(minilm, minilm_int8, sts_test):
+def test_int8_keeps_stsb_spearman(minilm, minilm_fp32, minilm_int8, sts_test, tmp_path):
+    import re
+    from collections import Counter
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
     from scipy.stats import spearmanr
+
+    from embedhub._backends import int8_dot_kernel
+    from export._data import CALIBRATION_TEXTS
+    from export._export import _feed
+    from export._int8 import OPS, _candidates, _quantisable, _run
 
     s1, s2, gold = sts_test
     int8 = embedhub.load(minilm_int8, backend="onnx", threads=2)
@@ -86,10 +105,44 @@ def test_int8_keeps_stsb_spearman(minilm, minilm_int8, sts_test):
     assert cos.mean() >= GATES["int8"]["mean"] and cos.min() >= GATES["int8"]["min"]
     meta = json.loads((minilm_int8 / "onnx" / "export_metadata.json").read_text())
     assert meta["precision"] == "int8" and "MatMulInteger" in meta["steps"]["text"][-1]["ops"]
-    from embedhub._backends import int8_dot_kernel
+    note = meta["steps"]["text"][-1]["note"]
+    vnni = int8_dot_kernel() == "vnni"
 
-    if int8_dot_kernel() == "vnni":  # measured there: MiniLM's outlier channels get smoothed, nothing protected
-        assert "smoothing alpha None" not in meta["steps"]["text"][-1]["note"]
+    # "all 24 matmuls int8" (README): the fp32 graph has 24 quantisable nodes (6 fused Attention + 18 MatMul with
+    # constant weights); the int8 graph has one int8 node per quantised one and fp32 ones only where protected
+    fp32_graph = onnx.load(str(minilm_fp32 / "onnx" / "text.onnx"), load_external_data=False).graph
+    candidates = Counter(n.op_type for n in _candidates(fp32_graph))
+    assert candidates == {"Attention": 6, "MatMul": 18}, candidates
+    int8_graph = onnx.load(str(minilm_int8 / "onnx" / "text.onnx"), load_external_data=False).graph
+    ops = Counter(n.op_type for n in int8_graph.node)
+    quantised = ops["QAttention"] + ops["MatMulInteger"] + ops["DynamicQuantizeMatMul"]
+    consts = {i.name for i in int8_graph.initializer}
+    left_fp32 = [n.op_type for n in int8_graph.node if _quantisable(n, consts)]
+    done, total = map(int, re.search(r"(\d+)/(\d+) nodes quantised", note).groups())
+    assert total == sum(candidates.values()) == 24 and quantised == done and len(left_fp32) == total - done, note
+    assert ops["QAttention"] == 6 - left_fp32.count("Attention")
+    if "kept fp32: 0" in note or "protected by calibrated sensitivity (error alone): []" in note:
+        assert left_fp32 == [] and quantised == 24
+    if vnni:  # measured there (README, benchmarks/README.md): nothing protected, all 24 int8
+        assert quantised == 24 and left_fp32 == [], note
+
+    # smoothing: on the calibration sentences, the exported int8 graph is closer to the fp32 graph than plain
+    # dynamic int8 (same weight width, no smoothing), as its note reports
+    feeds = _feed(minilm, "text", list(CALIBRATION_TEXTS))
+    ref = _run(minilm_fp32 / "onnx" / "text.onnx", feeds)
+    plain = tmp_path / "plain-int8.onnx"
+    bits = int(re.search(r"dynamic int8 \((\d)-bit", note).group(1))
+    quantize_dynamic(str(minilm_fp32 / "onnx" / "text.onnx"), str(plain), per_channel=True,
+                     weight_type=QuantType.QInt8, op_types_to_quantize=OPS, reduce_range=bits == 7,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+    err_plain = 1 - _cos(_run(plain, feeds), ref).mean()
+    err_int8 = 1 - _cos(_run(minilm_int8 / "onnx" / "text.onnx", feeds), ref).mean()
+    reported = float(re.search(r"calibration error of the result ([\d.]+)", note).group(1))
+    assert abs(err_int8 - reported) < 2e-4, (err_int8, reported)  # the note reports what the graph does
+    assert err_int8 <= err_plain * 1.01, (err_int8, err_plain)  # no smoothing is among the candidates
+    if vnni:  # measured there: MiniLM's outlier channels get smoothed (calibration error 0.0103 -> 0.0057)
+        assert "smoothing alpha None" not in note
+        assert err_int8 < 0.75 * err_plain, (err_int8, err_plain)
 
 
 def test_broken_export_is_refused(minilm, tmp_path, monkeypatch):
