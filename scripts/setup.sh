@@ -16,3 +16,9 @@ python -m pip install -q --upgrade pip
 python -m pip install -q torch==2.14.1 torchvision==0.29.1
 python -m pip install -q -e '.[dev]'
 echo "embedhub installed in .venv ($(python -c 'import embedhub; print(embedhub.__version__)'))"
+# what the tests need beyond the venv: tests that lack it skip, and .ci/run fails on any skip
+missing=()
+[ -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] || missing+=("Fashion-MNIST (apt-get install dataset-fashion-mnist)")
+command -v espeak-ng >/dev/null 2>&1 || missing+=("espeak-ng (apt-get install espeak-ng)")
+[ -d ../shared/data/stsbenchmark ] || missing+=("STS Benchmark (../shared/data/stsbenchmark, see ../shared/ASSETS.md)")
+for m in ${missing[@]+"${missing[@]}"}; do echo "missing: $m: the tests that need it will skip" >&2; done

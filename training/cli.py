@@ -13,11 +13,12 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
                        description="Train with a recipe; settings come from the recipe's dataclass defaults, "
                        "then --config YAML, then key=value overrides. --resume continues an interrupted run.")
     p.add_argument("recipe", choices=RECIPES)
-    p.add_argument("options", nargs=argparse.REMAINDER, help="[--config FILE] [--resume] [key=value ...]")
+    p.add_argument("options", nargs=argparse.REMAINDER,
+                   help="[--config FILE] [--resume] [key=value ...]; `embedhub train RECIPE --help` lists the keys")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     recipe = importlib.import_module(f"{__package__}.{args.recipe}")
-    return recipe.main(args.options)
+    return recipe.main(args.options, prog=f"embedhub train {args.recipe}")

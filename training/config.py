@@ -1,8 +1,18 @@
 """Recipe configs: one dataclass per recipe, loadable from YAML and overridable as ``key=value``.
 
+Every field of every recipe config is checked when the config is built (``__post_init__`` ->
+:func:`validate`): its type, its range or choices, tuple lengths, and the combinations that a recipe
+would otherwise ignore or fail on much later. A bad value raises :class:`ConfigValueError` naming the
+key, the value and what is expected; the recipe commands report it and exit 2 before any work starts.
+
 >>> cfg = load_config(ClipConfig, yaml_path=None, overrides=["lr=1e-3", "epochs=2"])
 >>> cfg.lr, cfg.epochs
 (0.001, 2)
+>>> try:
+...     load_config(ClipConfig, overrides=["epochs=-1"])
+... except ConfigValueError as exc:
+...     print(exc)
+override 'epochs=-1': epochs=-1: expected an integer >= 1 (passes over the training data)
 """
 
 from __future__ import annotations
@@ -10,9 +20,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import re
+import string
+import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, ClassVar, TypeVar, get_type_hints
 
 FASHION_TEMPLATES = (
     "a photo of a {}.",
@@ -23,21 +37,48 @@ FASHION_TEMPLATES = (
 )
 
 
+class RecipeError(ValueError):
+    """A recipe cannot run with what it was given (the config, its file, the data it names): the recipe
+    commands print the message and exit 2 (bad usage or bad input), without a traceback."""
+
+
+class ConfigValueError(RecipeError):
+    """A config value of the wrong type, out of range or not one of the choices; ``key``, ``value`` and
+    ``expected`` say which and why."""
+
+    def __init__(self, key: str, value: Any, expected: str, source: str | None = None):
+        self.key, self.value, self.expected, self.source = key, value, expected, source
+        where = f"{source}: " if source else ""
+        super().__init__(f"{where}{key}={value!r}: expected {expected}")
+
+
+class DataError(RecipeError):
+    """Training data that cannot be read as the config says: the message names the file and the line,
+    shard member or sample."""
+
+
+class MissingDataError(DataError, FileNotFoundError):
+    """A file the data names (an image of a captions file, a shard) does not exist."""
+
+
 @dataclass
 class TrainConfig:
     """Settings every recipe shares (the loop, data, towers, optimiser)."""
 
+    #: the recipe trains LiT-style only (frozen towers, cached features of Fashion-MNIST)
+    lit_only: ClassVar[bool] = False
+
     output: str = "runs/clip"  # run folder: checkpoints, log.jsonl, plot, final model in output/model
     seed: int = 0
     threads: int = 2  # torch intra-op threads on CPU
-    device: str = "auto"
-    precision: str = "fp32"  # fp32 | bf16 | fp16 (autocast where the device supports it)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (fp16 needs CUDA; bf16 autocasts where the device supports it)
     # data
-    data: str = "fashion-mnist"  # fashion-mnist | captions file (CSV/JSONL) beside its images | wds:<shard pattern>
-    eval_data: str = ""  # pairs to evaluate on (same forms as data); "" = Fashion-MNIST test, or held-out pairs
+    data: str = "fashion-mnist"  # fashion-mnist | captions file (.csv/.jsonl) beside its images | wds:<shard pattern>
+    eval_data: str = ""  # pairs to evaluate on (a captions file or wds:); "" = Fashion-MNIST test, or held-out pairs
     eval_pairs: int = 1000  # captioned data without eval_data: this many pairs (the first) are held out
-    templates: tuple[str, ...] = FASHION_TEMPLATES
-    holdout_classes: tuple[str, ...] = ()  # labelled sets: classes kept out of training, reported apart
+    templates: tuple[str, ...] = FASHION_TEMPLATES  # each with one "{}" for the class name
+    holdout_classes: tuple[str, ...] = ()  # LiT on Fashion-MNIST: classes kept out of training, reported apart
     train_limit: int = 0  # 0 = all training samples
     eval_limit: int = 0  # 0 = all evaluation samples
     image_size: int = 96
@@ -61,13 +102,16 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.98)
     eps: float = 1e-6
     warmup_steps: int = 50
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # 0 = no clipping
     init_logit_scale: float = math.log(1 / 0.07)
     max_logit_scale: float = 100.0
     eval_every: int = 1  # epochs
-    checkpoint_every: int = 50  # optimiser steps
+    checkpoint_every: int = 50  # optimiser steps; 0 = only at the end of each epoch
     resume: bool = False
     stop_after_steps: int = 0  # > 0: checkpoint and stop after this many optimiser steps (time-boxed jobs)
+
+    def __post_init__(self) -> None:
+        validate(self)
 
 
 @dataclass
@@ -77,6 +121,8 @@ class ClipConfig(TrainConfig):
 
 @dataclass
 class ProtoClipConfig(TrainConfig):
+    lit_only: ClassVar[bool] = True
+
     output: str = "runs/protoclip"
     episode_size: int = 20000
     clusters: int = 64
@@ -89,9 +135,11 @@ class ProtoClipConfig(TrainConfig):
 
 @dataclass
 class PmrlConfig(TrainConfig):
+    lit_only: ClassVar[bool] = True
+
     output: str = "runs/pmrl"
     objective: str = "pmrl"  # pmrl | anchored (pairwise CLIP with the image as anchor, the baseline)
-    audio_variants: int = 3  # spoken versions of each caption (espeak-ng voices / speeds)
+    audio_variants: int = 3  # spoken versions of each caption (espeak-ng voices / speeds), 1 to 9
     inter: str = "modalities"  # modalities | reference (see embedhub.losses.pmrl_loss)
     tau_intra: float = 0.05
     tau_inter: float = 0.1
@@ -100,72 +148,368 @@ class PmrlConfig(TrainConfig):
     grad_clip: float = 2.0
 
 
+RECIPE_CONFIGS: dict[str, type[TrainConfig]] = {"clip": ClipConfig, "protoclip": ProtoClipConfig,
+                                                "pmrl": PmrlConfig}
 C = TypeVar("C", bound=TrainConfig)
 
 
-def _coerce(value: str, typ: Any) -> Any:
+# ------------------------------------------------------------------------------------------ rules
+@dataclass(frozen=True)
+class Rule:
+    """What a field's value must satisfy (its type comes from the annotation)."""
+
+    expected: str
+    ok: Callable[[Any], bool]
+
+
+def _int(lo: int, hi: int | None = None, what: str = "") -> Rule:
+    text = f"an integer >= {lo}" if hi is None else f"an integer from {lo} to {hi}"
+    return Rule(text + (f" ({what})" if what else ""), lambda v: v >= lo and (hi is None or v <= hi))
+
+
+def _float(lo: float, *, open_lo: bool = False, hi: float | None = None, open_hi: bool = False,
+           what: str = "") -> Rule:
+    lo_text = f"> {lo:g}" if open_lo else f">= {lo:g}"
+    hi_text = "" if hi is None else (f" and < {hi:g}" if open_hi else f" and <= {hi:g}")
+
+    def ok(v: float) -> bool:
+        if not math.isfinite(v) or (v <= lo if open_lo else v < lo):
+            return False
+        return hi is None or (v < hi if open_hi else v <= hi)
+
+    return Rule(f"a finite number {lo_text}{hi_text}" + (f" ({what})" if what else ""), ok)
+
+
+def _choice(*options: str) -> Rule:
+    return Rule("one of " + ", ".join(options), lambda v: v in options)
+
+
+def _text(what: str, empty: bool = False) -> Rule:
+    return Rule(what, lambda v: empty or bool(v.strip()))
+
+
+def _one_placeholder(template: str) -> bool:
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        template.format("x")
+    except (ValueError, IndexError, KeyError):
+        return False
+    return fields == [""] or fields == ["0"]
+
+
+def _path_or_empty(v: str) -> bool:
+    return not v or not Path(v).is_file()
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+_BOUNDS = 1 << 31
+
+RULES: dict[str, Rule] = {
+    "output": Rule("a folder path (not an existing file)", lambda v: bool(v.strip()) and not Path(v).is_file()),
+    "seed": _int(0, _BOUNDS - 1),
+    "threads": _int(1, 1024, "torch intra-op threads"),
+    "device": Rule("auto, cpu, cuda, cuda:N or mps", lambda v: _DEVICE.fullmatch(v) is not None),
+    "precision": _choice("fp32", "bf16", "fp16"),
+    "data": _text("fashion-mnist, a .csv/.jsonl captions file or wds:<shard pattern>"),
+    "eval_data": _text("'', a .csv/.jsonl captions file or wds:<shard pattern>", empty=True),
+    "eval_pairs": _int(0),
+    "templates": Rule("a non-empty list of caption templates, each with one '{}' for the class name",
+                      lambda v: len(v) > 0 and all(_one_placeholder(t) for t in v)),
+    "holdout_classes": Rule("distinct class names", lambda v: len(set(v)) == len(v) and all(c.strip() for c in v)),
+    "train_limit": _int(0, what="0 = all"),
+    "eval_limit": _int(0, what="0 = all"),
+    "image_size": _int(16, 4096, "pixels"),
+    "feature_cache": Rule("'' or a folder path (not an existing file)", _path_or_empty),
+    "image_tower": _text("a timm model name"),
+    "image_pretrained": Rule("true or false", lambda v: True),
+    "text_tower": _text("a text model name or folder embedhub.load takes"),
+    "open_clip_model": Rule("'' or an open_clip model config name or .json file", lambda v: True),
+    "freeze_image": Rule("true or false", lambda v: True),
+    "freeze_text": Rule("true or false", lambda v: True),
+    "embed_dim": _int(1, 65536),
+    "head": _choice("linear", "mlp"),
+    "epochs": _int(1, what="passes over the training data"),
+    "batch_size": _int(1),
+    "accum_steps": _int(1, what="micro-batches per optimiser step"),
+    "lr": _float(0.0, open_lo=True, what="learning rate"),
+    "weight_decay": _float(0.0),
+    "betas": Rule("two numbers in [0, 1) (Adam's beta1, beta2)",
+                  lambda v: len(v) == 2 and all(math.isfinite(b) and 0 <= b < 1 for b in v)),
+    "eps": _float(0.0, open_lo=True),
+    "warmup_steps": _int(0),
+    "grad_clip": _float(0.0, what="max gradient norm; 0 = no clipping"),
+    "init_logit_scale": _float(0.0, what="log of the initial logit scale"),
+    "max_logit_scale": _float(1.0),
+    "eval_every": _int(1, what="epochs"),
+    "checkpoint_every": _int(0, what="optimiser steps; 0 = at epoch ends only"),
+    "resume": Rule("true or false", lambda v: True),
+    "stop_after_steps": _int(0, what="0 = no stop"),
+    # clip
+    "loss": _choice("clip", "siglip", "dcl"),
+    # protoclip
+    "episode_size": _int(1),
+    "clusters": _int(2),
+    "kmeans_iters": _int(1),
+    "kmeans_restarts": _int(1),
+    "proto_dim": _int(1),
+    "teacher_temperature": _float(0.0, open_lo=True),
+    "external_teacher": _text("'' or a sentence model embedhub.load takes", empty=True),
+    # pmrl
+    "objective": _choice("pmrl", "anchored"),
+    "audio_variants": _int(1, 9, "distinct espeak-ng voice/speed/pitch variants"),
+    "inter": _choice("modalities", "reference"),
+    "tau_intra": _float(0.0, open_lo=True),
+    "tau_inter": _float(0.0, open_lo=True),
+}
+
+
+def _type_name(typ: Any) -> str:
+    text = str(typ)
+    if text.startswith("tuple[str"):
+        return "a list of strings"
+    if text.startswith("tuple[float"):
+        return "a list of numbers"
+    return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(
+        getattr(typ, "__name__", text), text)
+
+
+def _typed(value: Any, typ: Any) -> bool:
+    """Whether ``value`` has the field type ``typ`` (bool is not an int; ints are floats)."""
     text = str(typ)
     if typ is bool or text == "bool":
-        if value.lower() in ("1", "true", "yes", "on"):
-            return True
-        if value.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValueError(f"expected a boolean, got {value!r}")
+        return isinstance(value, bool)
     if typ is int or text == "int":
-        return int(value)
+        return isinstance(value, int) and not isinstance(value, bool)
     if typ is float or text == "float":
-        return float(value)
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if typ is str or text == "str":
+        return isinstance(value, str)
     if text.startswith("tuple"):
-        parsed = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
-        inner = float if "float" in text else str
-        return tuple(inner(v) for v in parsed)
+        inner = (lambda x: _typed(x, float)) if "float" in text else (lambda x: isinstance(x, str))
+        return isinstance(value, tuple) and all(inner(x) for x in value)
+    raise TypeError(f"config field type {typ} has no type check")
+
+
+def _data_problem(key: str, spec: str) -> str | None:
+    """Why ``spec`` (data or eval_data) cannot be read, or None."""
+    from .data import expand_shards
+
+    if spec.startswith("wds:"):
+        if not spec[4:]:
+            return "wds:<shard pattern>, e.g. wds:shards/train-{000..015}.tar"
+        missing = [s for s in expand_shards(spec[4:]) if not Path(s).is_file()]
+        return f"existing webdataset shards (missing: {missing[:3]})" if missing else None
+    if key == "data" and spec == "fashion-mnist":
+        return None
+    path = Path(spec)
+    if path.suffix.lower() not in (".csv", ".jsonl"):
+        return ("fashion-mnist, " if key == "data" else "") + "a .csv/.jsonl captions file or wds:<shard pattern>"
+    return None if path.is_file() else f"an existing captions file ({path} not found)"
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Check every field of ``cfg`` (type, range, choices, tuple length) and the combinations its recipe
+    needs; raise :class:`ConfigValueError` at the first problem. Converts ints given for float fields."""
+    hints = get_type_hints(type(cfg))
+    for f in dataclasses.fields(cfg):
+        value, typ = getattr(cfg, f.name), hints[f.name]
+        rule = RULES.get(f.name)
+        if rule is None:
+            raise TypeError(f"{type(cfg).__name__}.{f.name} has no validation rule in training.config.RULES")
+        if isinstance(value, list) and str(typ).startswith("tuple"):
+            value = tuple(value)
+        if not _typed(value, typ):
+            raise ConfigValueError(f.name, value, f"{rule.expected} ({_type_name(typ)}, got {type(value).__name__})")
+        if typ is float or str(typ) == "float":
+            value = float(value)
+        elif str(typ).startswith("tuple[float"):
+            value = tuple(float(x) for x in value)
+        if not rule.ok(value):
+            raise ConfigValueError(f.name, value, rule.expected)
+        setattr(cfg, f.name, value)
+    _check_combinations(cfg)
+
+
+def _check_combinations(cfg: TrainConfig) -> None:
+    from .data import FASHION_CLASSES
+
+    lit = (cfg.data == "fashion-mnist" and not cfg.eval_data and cfg.freeze_image and cfg.freeze_text
+           and not cfg.open_clip_model)
+    name = type(cfg).__name__
+    if type(cfg).lit_only and not lit:
+        for key, value, want in (("data", cfg.data, "fashion-mnist"), ("eval_data", cfg.eval_data, ""),
+                                 ("freeze_image", cfg.freeze_image, True), ("freeze_text", cfg.freeze_text, True),
+                                 ("open_clip_model", cfg.open_clip_model, "")):
+            if value != want:
+                raise ConfigValueError(key, value, f"{want!r}: {name} trains LiT-style only (frozen towers, "
+                                       "Fashion-MNIST); the clip recipe trains end to end on other data")
+    for key in ("data", "eval_data"):
+        spec = getattr(cfg, key)
+        problem = _data_problem(key, spec) if spec else None
+        if problem:
+            raise ConfigValueError(key, spec, problem)
+    if cfg.holdout_classes:
+        if not lit:
+            raise ConfigValueError("holdout_classes", cfg.holdout_classes,
+                                   "() unless the run is LiT-style on Fashion-MNIST (data=fashion-mnist, no "
+                                   "eval_data, frozen towers, no open_clip_model): other runs would ignore it")
+        unknown = [c for c in cfg.holdout_classes if c not in FASHION_CLASSES]
+        if unknown or len(cfg.holdout_classes) > len(FASHION_CLASSES) - 2:
+            raise ConfigValueError("holdout_classes", cfg.holdout_classes,
+                                   f"at most {len(FASHION_CLASSES) - 2} of the classes {list(FASHION_CLASSES)}"
+                                   + (f" (unknown: {unknown})" if unknown else ""))
+    if cfg.data != "fashion-mnist" and not cfg.eval_data and cfg.eval_pairs < 1:
+        raise ConfigValueError("eval_pairs", cfg.eval_pairs,
+                               f"an integer >= 1: data={cfg.data!r} without eval_data holds out its first "
+                               "eval_pairs pairs for evaluation")
+    if cfg.data.startswith("wds:") and cfg.train_limit:
+        raise ConfigValueError("train_limit", cfg.train_limit,
+                               "0 for streamed webdataset shards (write fewer shards instead)")
+    if cfg.init_logit_scale > math.log(cfg.max_logit_scale):
+        raise ConfigValueError("init_logit_scale", cfg.init_logit_scale,
+                               f"at most log(max_logit_scale) = {math.log(cfg.max_logit_scale):.4f} (the clamp)")
+    if cfg.open_clip_model:
+        _check_open_clip_model(cfg.open_clip_model)
+    if isinstance(cfg, ProtoClipConfig) and cfg.clusters > cfg.episode_size:
+        raise ConfigValueError("clusters", cfg.clusters, f"at most episode_size ({cfg.episode_size})")
+
+
+def _check_open_clip_model(name: str) -> None:
+    """The open_clip model config must be one the end-to-end recipe can build (read here, before any work)."""
+    try:
+        import open_clip  # noqa: F401
+    except ImportError:
+        return  # the recipe reports the missing extra
+    from .pairs import open_clip_config
+
+    open_clip_config(name)
+
+
+# ------------------------------------------------------------------------------------------ loading
+def _convert(value: Any, typ: Any, *, text: bool) -> Any:
+    """A value from a ``key=value`` override (``text``) or a YAML file as the field type; what cannot be
+    converted is passed on unchanged, for :func:`validate` to report."""
+    name = str(typ)
+    if name.startswith("tuple"):
+        if text:
+            value = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
+        if not isinstance(value, list):
+            return value
+        return tuple(_convert(v, float, text=True) if "float" in name and isinstance(v, str) else v for v in value)
+    if not isinstance(value, str):
+        return value
+    if typ is bool or name == "bool":
+        low = value.strip().lower()
+        return True if low in ("1", "true", "yes", "on") else False if low in ("0", "false", "no", "off") else value
+    try:
+        if typ is int or name == "int":
+            return int(value)
+        if typ is float or name == "float":
+            return float(value)  # YAML 1.1 reads 1e-3 as a string
+    except ValueError:
+        return value
     return value
 
 
-def load_config(cls: type[C], yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> C:
-    """Defaults, then the YAML file, then ``key=value`` overrides; unknown keys are errors."""
-    values: dict[str, Any] = {}
-    hints = get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    if yaml_path:
-        import yaml
+def _read_yaml(yaml_path: str | Path) -> dict[str, Any]:
+    import yaml
 
-        loaded = yaml.safe_load(Path(yaml_path).read_text()) or {}
-        unknown = sorted(set(loaded) - names)
+    path = Path(yaml_path)
+    if not path.is_file():
+        raise RecipeError(f"--config {path}: file not found")
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RecipeError(f"--config {path}: not valid YAML: {exc}") from None
+    if loaded is None:
+        return {}
+    if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
+        raise RecipeError(f"--config {path}: expected a mapping of config keys to values, got "
+                          f"{type(loaded).__name__}")
+    return loaded
+
+
+def load_config(cls: type[C], yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> C:
+    """Defaults, then the YAML file, then ``key=value`` overrides; unknown keys and bad values are
+    :class:`RecipeError` / :class:`ConfigValueError`, naming where the value came from."""
+    values: dict[str, Any] = {}
+    source: dict[str, str] = {}
+    hints = get_type_hints(cls)
+    names = sorted(f.name for f in dataclasses.fields(cls))
+    if yaml_path:
+        loaded = _read_yaml(yaml_path)
+        unknown = sorted(set(loaded) - set(names))
         if unknown:
-            raise ValueError(f"{yaml_path}: unknown config keys {unknown}; known: {sorted(names)}")
-        values.update({k: tuple(v) if isinstance(v, list) else v for k, v in loaded.items()})
+            raise RecipeError(f"{yaml_path}: unknown config keys {unknown}; known: {names}")
+        for key, value in loaded.items():
+            values[key] = _convert(value, hints[key], text=False)
+            source[key] = str(yaml_path)
     for item in overrides or []:
         if "=" not in item:
-            raise ValueError(f"override {item!r} must look like key=value")
+            raise RecipeError(f"override {item!r} must look like key=value (known keys: {names})")
         key, value = item.split("=", 1)
         key = key.lstrip("-").replace("-", "_")
         if key not in names:
-            raise ValueError(f"unknown config key {key!r}; known: {sorted(names)}")
+            raise RecipeError(f"unknown config key {key!r}; known: {names}")
         try:
-            values[key] = _coerce(value, hints[key])
-        except ValueError as exc:
-            raise ValueError(f"override {item!r}: {exc}") from exc
-    return cls(**values)
+            values[key] = _convert(value, hints[key], text=True)
+        except ValueError as exc:  # a list override that is not valid JSON
+            raise ConfigValueError(key, value, f"{_type_name(hints[key])} ({exc})", f"override {item!r}") from None
+        source[key] = f"override {item!r}"
+    try:
+        return cls(**values)
+    except ConfigValueError as exc:
+        if exc.key in source:
+            raise ConfigValueError(exc.key, exc.value, exc.expected, source[exc.key]) from None
+        raise
 
 
-def recipe_main(cls: type[C], run: Any, argv: list[str] | None = None) -> int:
-    """A recipe's command line: ``[--config FILE] [--resume] [key=value ...]`` -> ``run(config)``."""
-    import sys
+def usage(cls: type[TrainConfig], prog: str) -> str:
+    """The recipe command's help: its options and every config key with its default."""
+    lines = [f"usage: {prog} [--config FILE.yaml] [--resume] [key=value ...]", "",
+             f"{cls.__name__} keys (default; expected):"]
+    for f in dataclasses.fields(cls):
+        lines.append(f"  {f.name}={f.default!r}  ({RULES[f.name].expected})")
+    lines += ["", "Exit codes: 0 success, 1 training failed, 2 bad usage, config or data."]
+    return "\n".join(lines)
 
-    argv = list(sys.argv[1:] if argv is None else argv)
+
+def parse_args(cls: type[C], argv: list[str]) -> C:
+    """``[--config FILE] [--resume] [key=value ...]`` -> a validated config (:class:`RecipeError` otherwise)."""
+    argv = list(argv)
     yaml_path = None
-    if "--config" in argv:
+    while "--config" in argv:
         i = argv.index("--config")
+        if i + 1 >= len(argv) or "=" in argv[i + 1] or argv[i + 1].startswith("-"):
+            raise RecipeError("--config needs a YAML file: --config FILE.yaml")
+        if yaml_path is not None:
+            raise RecipeError("--config given twice")
         yaml_path = argv[i + 1]
-        del argv[i : i + 2]
-    if "--resume" in argv:
-        argv.remove("--resume")
-        argv.append("resume=true")
+        del argv[i: i + 2]
+    for i, arg in enumerate(argv):
+        if arg.startswith("--config="):
+            raise RecipeError(f"{arg!r}: write --config FILE.yaml")
+        if arg == "--resume":
+            argv[i] = "resume=true"
+    return load_config(cls, yaml_path, argv)
+
+
+def recipe_main(cls: type[C], run: Any, argv: list[str] | None = None, prog: str | None = None) -> int:
+    """A recipe's command line: ``[--config FILE] [--resume] [key=value ...]`` -> ``run(config)``.
+
+    Returns 0 on success, 2 for a bad option, config value or data (the message on stderr, no traceback)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    prog = prog or f"python -m training.{next(k for k, v in RECIPE_CONFIGS.items() if v is cls)}"
+    if "-h" in argv or "--help" in argv:
+        print(usage(cls, prog))
+        return 0
     from .dist import destroy
 
     try:
-        run(load_config(cls, yaml_path, argv))
+        run(parse_args(cls, argv))
+    except RecipeError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
     finally:
         destroy()  # leave torchrun's process group cleanly
     return 0
@@ -175,4 +519,6 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-__all__ = ["ClipConfig", "PmrlConfig", "ProtoClipConfig", "TrainConfig", "load_config", "recipe_main", "to_dict"]
+__all__ = ["ClipConfig", "ConfigValueError", "DataError", "MissingDataError", "PmrlConfig", "ProtoClipConfig",
+           "RECIPE_CONFIGS", "RULES", "RecipeError", "TrainConfig", "load_config", "parse_args", "recipe_main",
+           "to_dict", "validate"]

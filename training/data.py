@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .config import DataError, MissingDataError
+
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle boot")
@@ -56,7 +58,7 @@ class LabelledImages:
     def without_classes(self, names: tuple[str, ...]) -> LabelledImages:
         bad = [n for n in names if n not in self.classes]
         if bad:
-            raise ValueError(f"unknown classes {bad}; classes are {self.classes}")
+            raise DataError(f"unknown classes {bad}; classes are {self.classes}")
         drop = [self.classes.index(n) for n in names]
         return self.subset(~np.isin(self.labels, drop))
 
@@ -77,8 +79,19 @@ def fashion_mnist(split: str, folder: Path = FASHION_DIR) -> LabelledImages:
 def _inside(root: Path, rel: str, where: str) -> Path:
     path = (root / rel).resolve()
     if root.resolve() not in path.parents:
-        raise ValueError(f"{where}: image path {rel!r} leaves the data folder {root}")
+        raise DataError(f"{where}: image path {rel!r} leaves the data folder {root}")
     return path
+
+
+def _decode(data: bytes | Path, where: str, Image) -> object:
+    """An image file or its bytes, decoded now and converted to RGB; :class:`DataError` naming ``where``
+    (the line of a captions file, the shard and sample) for anything that is not a readable image."""
+    try:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
+            return img.convert("RGB")
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        name = "" if isinstance(data, bytes) else f" {data}"
+        raise DataError(f"{where}: not a readable image{name} ({type(exc).__name__}: {exc})") from None
 
 
 def captioned_folder(captions_file: str | Path) -> Iterator[Sample]:
@@ -88,26 +101,41 @@ def captioned_folder(captions_file: str | Path) -> Iterator[Sample]:
 
     path = Path(captions_file)
     root = path.parent
-    if path.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
+    rows: list[tuple[object, object, str]] = []
+    try:
+        if path.suffix == ".jsonl":
+            for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+                if line.strip():
+                    try:
+                        obj = json.loads(line)
+                        rows.append((obj["image"], obj["caption"], f"{path} line {n}"))
+                    except (ValueError, KeyError, TypeError) as exc:
+                        raise DataError(f"{path} line {n}: expected JSON with 'image' and 'caption' ({exc})") from None
+        else:
+            with open(path, encoding="utf-8", newline="") as f:
+                reader = csv.DictReader(f, strict=True)
+                if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
+                    raise DataError(f"{path}: CSV needs a header with 'image' and 'caption', got {reader.fieldnames}")
+                line = reader.line_num  # the last line read
                 try:
-                    obj = json.loads(line)
-                    rows.append((obj["image"], obj["caption"], f"{path} line {n}"))
-                except (ValueError, KeyError) as exc:
-                    raise ValueError(f"{path} line {n}: expected JSON with 'image' and 'caption' ({exc})") from exc
-    else:
-        with open(path, encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or not {"image", "caption"} <= set(reader.fieldnames):
-                raise ValueError(f"{path}: CSV needs a header with 'image' and 'caption', got {reader.fieldnames}")
-            rows = [(r["image"], r["caption"], f"{path} line {n}") for n, r in enumerate(reader, start=2)]
+                    for r in reader:
+                        rows.append((r["image"], r["caption"], f"{path} line {reader.line_num}"))
+                        line = reader.line_num
+                except csv.Error as exc:
+                    raise DataError(f"{path} line {line + 1}: malformed CSV ({exc})") from None
+    except FileNotFoundError:
+        raise MissingDataError(f"captions file {path} not found") from None
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
     for rel, caption, where in rows:
+        if not isinstance(rel, str) or not rel.strip():
+            raise DataError(f"{where}: 'image' must be a relative file path, got {rel!r}")
+        if not isinstance(caption, str):
+            raise DataError(f"{where}: 'caption' must be text, got {caption!r}")
         img = _inside(root, rel, where)
         if not img.is_file():
-            raise FileNotFoundError(f"{where}: image {img} does not exist")
-        yield Sample(rel, Image.open(img).convert("RGB"), caption)
+            raise MissingDataError(f"{where}: image {img} does not exist")
+        yield Sample(rel, _decode(img, where, Image), caption)
 
 
 def expand_shards(pattern: str) -> list[str]:
@@ -127,26 +155,37 @@ def webdataset(pattern: str) -> Iterator[Sample]:
     for shard in expand_shards(pattern):
         current: dict[str, bytes] = {}
         key = None
-        with tarfile.open(shard, "r|*") as tar:
-            for member in tar:
-                if not member.isfile():
-                    continue
-                stem, _, ext = member.name.rpartition(".")
-                if key is not None and stem != key:
-                    yield _wds_sample(key, current, shard, Image)
-                    current = {}
-                key = stem
-                current[ext.lower()] = tar.extractfile(member).read()
+        if not Path(shard).is_file():
+            raise MissingDataError(f"webdataset shard {shard} not found (pattern {pattern!r})")
+        try:
+            with tarfile.open(shard, "r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    stem, _, ext = member.name.rpartition(".")
+                    if key is not None and stem != key:
+                        yield _wds_sample(key, current, shard, Image)
+                        current = {}
+                    key = stem
+                    current[ext.lower()] = tar.extractfile(member).read()
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            after = f" after sample {key!r}" if key is not None else ""
+            raise DataError(f"{shard}: not a readable tar shard{after} ({type(exc).__name__}: {exc})") from None
         if key is not None:
             yield _wds_sample(key, current, shard, Image)
 
 
 def _wds_sample(key: str, parts: dict[str, bytes], shard: str, Image) -> Sample:
     img = next((parts[e] for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in parts), None)
+    where = f"{shard}: sample {key!r}"
     if img is None or "txt" not in parts:
-        raise ValueError(f"{shard}: sample {key!r} needs an image and a .txt caption, has {sorted(parts)}")
-    label = int(parts["cls"].decode().strip()) if "cls" in parts else None
-    return Sample(key, Image.open(io.BytesIO(img)).convert("RGB"), parts["txt"].decode("utf-8").strip(), label)
+        raise DataError(f"{where} needs an image and a .txt caption, has {sorted(parts)}")
+    try:
+        caption = parts["txt"].decode("utf-8").strip()
+        label = int(parts["cls"].decode().strip()) if "cls" in parts else None
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise DataError(f"{where}: .txt must be UTF-8 text and .cls an integer ({exc})") from None
+    return Sample(key, _decode(img, where, Image), caption, label)
 
 
 def write_webdataset(samples: list[Sample], pattern: str, per_shard: int) -> list[str]:

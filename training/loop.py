@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from . import dist
-from .config import TrainConfig, to_dict
+from .config import ConfigValueError, TrainConfig, to_dict
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -42,9 +42,21 @@ def lr_factor(step: int, total: int, warmup: int) -> float:
 
 
 def resolve_device(cfg: TrainConfig) -> torch.device:
+    """The config's device, checked against this machine (with its ``precision``): :class:`ConfigValueError`
+    for a device that is not here or a precision it cannot run."""
     if cfg.device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(cfg.device)
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        device = torch.device(cfg.device)
+        if device.type == "cuda" and (not torch.cuda.is_available()
+                                      or (device.index or 0) >= torch.cuda.device_count()):
+            raise ConfigValueError("device", cfg.device, f"auto or cpu: this machine has "
+                                   f"{torch.cuda.device_count() if torch.cuda.is_available() else 'no'} CUDA devices")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise ConfigValueError("device", cfg.device, "auto or cpu: MPS is not available on this machine")
+    if cfg.precision == "fp16" and device.type != "cuda":
+        raise ConfigValueError("precision", cfg.precision, f"fp32 or bf16 on {device.type} (fp16 needs a CUDA device)")
+    return device
 
 
 def start_run(cfg: TrainConfig) -> float:
@@ -93,6 +105,7 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0  # micro-batches done in the current epoch
         self.log_path = self.out / "log.jsonl"
+        self.log_lines = 0  # records in log.jsonl; checkpoints carry it, so a resumed run drops what came after
 
     # ------------------------------------------------------------------ checkpoints
     def _trainable_state(self) -> dict[str, torch.Tensor]:
@@ -122,6 +135,7 @@ class Trainer:
             tensors[f"extra.{k}"] = v.detach().contiguous().cpu()
         save_file(tensors, str(tmp / "state.safetensors"))
         meta = {"step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                "log_lines": self.log_lines, "world_size": self.world,
                 "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in opt["param_groups"]],
                 "config": to_dict(self.cfg)}
         (tmp / "state.json").write_text(json.dumps(meta))
@@ -156,7 +170,30 @@ class Trainer:
         if self.load_extra_state is not None:
             self.load_extra_state({k[6:]: v for k, v in tensors.items() if k.startswith("extra.")})
         self.step, self.epoch, self.batch_in_epoch = meta["step"], meta["epoch"], meta["batch_in_epoch"]
+        if self.main:
+            self._truncate_log(meta)
         return True
+
+    def _truncate_log(self, meta: dict[str, Any]) -> None:
+        """Drop the log records written after the checkpoint (an interrupted run logged steps it will redo),
+        atomically: the kept records go to a temporary file that replaces the log."""
+        lines = self.log_path.read_text().splitlines() if self.log_path.is_file() else []
+        if "log_lines" in meta:
+            keep = lines[:meta["log_lines"]]
+        else:  # a checkpoint from before log_lines was recorded: keep records up to its step and epoch
+            keep = []
+            for line in lines:
+                try:
+                    rec = json.loads(line)
+                except ValueError:
+                    break  # a line cut by the interruption
+                if rec.get("step", 0) > meta["step"] or ("eval" in rec and rec.get("epoch", 0) > meta["epoch"]):
+                    break
+                keep.append(line)
+        tmp = self.log_path.with_name(self.log_path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, self.log_path)
+        self.log_lines = len(keep)
 
     # ------------------------------------------------------------------ the loop
     def _log(self, record: dict[str, Any]) -> None:
@@ -164,6 +201,7 @@ class Trainer:
             return
         with open(self.log_path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.log_lines += 1
 
     def _autocast(self):
         if self.cfg.precision == "bf16":

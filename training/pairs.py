@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import to_dict
+from .config import ConfigValueError, DataError, MissingDataError, to_dict
 from .data import LabelledImages, Sample, captioned_folder, expand_shards, fashion_mnist, webdataset
-from .dist import gather, shard
+from .dist import gather, rank_world, shard
 from .evaluate import linear_probe, retrieval_recall, zero_shot_accuracy
 from .loop import start_run
 from .model import DualEncoder, build_towers, images_to_array, to_embedding_model
@@ -88,7 +88,7 @@ class ShardPairs(TrainPairs):
         self.shards = expand_shards(pattern)
         missing = [s for s in self.shards if not Path(s).is_file()]
         if missing:
-            raise FileNotFoundError(f"webdataset shards not found: {missing[:3]} (pattern {pattern!r})")
+            raise MissingDataError(f"webdataset shards not found: {missing[:3]} (pattern {pattern!r})")
         self.skip = skip or set()
         self.count = sum(1 for shard in self.shards for key in _shard_keys(shard) if key not in self.skip)
 
@@ -171,19 +171,17 @@ def open_pairs(cfg) -> tuple[TrainPairs, EvalPairs]:
                 head.append(sample)
                 if len(head) == held:
                     break
-        train_pairs: TrainPairs = ShardPairs(pattern, skip={s.key for s in head})
-        if cfg.train_limit:
-            raise ValueError("train_limit is not supported for streamed shards; write fewer shards instead")
+        train_pairs: TrainPairs = ShardPairs(pattern, skip={s.key for s in head})  # train_limit is 0 (validated)
     else:
         samples = _samples(cfg.data)
         if held >= len(samples):
-            raise ValueError(f"{cfg.data}: {len(samples)} pairs, but eval_pairs={held} are held out for "
-                             "evaluation; lower eval_pairs or give eval_data")
+            raise ConfigValueError("eval_pairs", held, f"fewer than the {len(samples)} pairs of {cfg.data} (the first "
+                                   "eval_pairs are held out for evaluation); lower eval_pairs or give eval_data")
         head, rest = samples[:held], samples[held:]
         train_pairs = ListPairs(rest[:cfg.train_limit] if cfg.train_limit else rest)
     evaluation = _eval_from(_samples(cfg.eval_data) if cfg.eval_data else head, cfg.eval_limit)
     if len(train_pairs) == 0 or not evaluation.images:
-        raise ValueError(f"{cfg.data}: no training pairs or no evaluation pairs "
+        raise DataError(f"{cfg.data}: no training pairs or no evaluation pairs "
                          f"({len(train_pairs)} train, {len(evaluation.images)} eval)")
     return train_pairs, evaluation
 
@@ -219,15 +217,24 @@ def open_clip_config(name: str) -> dict[str, Any]:
     path = Path(name)
     if path.suffix == ".json":
         if not path.is_file():
-            raise FileNotFoundError(f"open_clip model config {path} not found")
-        cfg = json.loads(path.read_text())
-        cfg = cfg.get("model_cfg", cfg)
+            raise ConfigValueError("open_clip_model", name, f"an existing JSON model config ({path} not found)")
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+            cfg = cfg.get("model_cfg", cfg)
+        except (ValueError, AttributeError) as exc:
+            raise ConfigValueError("open_clip_model", name,
+                                   f"a JSON object of an open_clip model config ({exc})") from None
+        if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
+            raise ConfigValueError("open_clip_model", name,
+                                   "a JSON model config with embed_dim, vision_cfg and text_cfg (as open_clip's own)")
     else:
         cfg = open_clip.get_model_config(name)
         if cfg is None:
-            raise ValueError(f"unknown open_clip model config {name!r}; e.g. {open_clip.list_models()[:5]}")
+            raise ConfigValueError("open_clip_model", name,
+                                   f"an open_clip model config name or .json file, e.g. {open_clip.list_models()[-4:]}")
     if "hf_tokenizer_name" in cfg.get("text_cfg", {}) or "hf_model_name" in cfg.get("text_cfg", {}):
-        raise ValueError(f"{name}: configs with Hugging Face text towers need a download; use a CLIP text tower")
+        raise ConfigValueError("open_clip_model", name, "a config with a CLIP text tower (Hugging Face text towers "
+                               "need a download)")
     return cfg
 
 
@@ -347,7 +354,8 @@ class EndToEnd:
         metrics["sdk_min_cosine"] = float(min((ours_i.numpy() * sdk_i).sum(1).min(),
                                               (ours_t.numpy() * sdk_t).sum(1).min()))
         summary = {"metrics": metrics, "seconds_total": round(time.perf_counter() - self.t_start, 1),
-                   "train_pairs": len(self.train), "eval_pairs": len(ev.images), "config": to_dict(cfg),
+                   "train_pairs": len(self.train), "eval_pairs": len(ev.images), "world_size": rank_world()[1],
+                   "config": to_dict(cfg),
                    "model": str(out), "model_format": loaded.format}
         (Path(cfg.output) / "results.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary["metrics"], indent=2))

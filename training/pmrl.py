@@ -29,8 +29,6 @@ from .model import head_spec
 
 
 def run(cfg: PmrlConfig) -> dict[str, Any]:
-    if cfg.objective not in ("pmrl", "anchored"):
-        raise ValueError(f"objective must be 'pmrl' or 'anchored', got {cfg.objective!r}")
     setup = LiTSetup(cfg)
     model = setup.model
     feats = setup.feats_train
@@ -84,8 +82,8 @@ def run(cfg: PmrlConfig) -> dict[str, Any]:
     return fit_and_finish(Trainer(cfg, model, loss_fn, batches, setup.steps, evaluate), setup.finish)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return recipe_main(PmrlConfig, run, argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    return recipe_main(PmrlConfig, run, argv, prog)
 
 
 if __name__ == "__main__":

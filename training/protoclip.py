@@ -125,8 +125,8 @@ def run(cfg: ProtoClipConfig) -> dict[str, Any]:
     return fit_and_finish(trainer, setup.finish)
 
 
-def main(argv: list[str] | None = None) -> int:
-    return recipe_main(ProtoClipConfig, run, argv)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    return recipe_main(ProtoClipConfig, run, argv, prog)
 
 
 if __name__ == "__main__":
