@@ -307,6 +307,7 @@ def export(
     images = list(gate_image_inputs or gate_images())
     calib = {"text": list(calibration_texts or CALIBRATION_TEXTS), "image": gate_images()[::2]}
     output = Path(output)
+    own_format.check_writable(output)  # never replaces a folder of the user's files
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="embedhub-export-") as tmpdir:
         work = Path(tmpdir)
@@ -384,9 +385,12 @@ def export(
                     meta,
                 )
             meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-            if output.exists():
-                shutil.rmtree(output)
-            os.replace(staging, output)
+            if output.is_dir() and any(output.iterdir()):
+                own_format.move_files_into(staging, output)  # an earlier export: other files stay
+            else:
+                if output.is_dir():
+                    output.rmdir()
+                os.replace(staging, output)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     for m, e in report["modalities"].items():

@@ -361,3 +361,15 @@ def test_malformed_clip_preprocessor_configs(hf_clip_dir, tmp_path, change, matc
     _edit(folder / name, lambda c: change(c.get("image_processor") or c))
     with pytest.raises(ConfigError, match=match):
         embedhub.load(folder, device="cpu")
+
+
+def test_export_refuses_a_folder_of_user_files(tiny_st_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export import export
+
+    target = tmp_path / "out"
+    target.mkdir()
+    (target / "data.csv").write_text("a,b\n")
+    with pytest.raises(FileExistsError, match="not an embedhub model folder"):
+        export(tiny_st_dir, target)
+    assert sorted(p.name for p in target.iterdir()) == ["data.csv"]

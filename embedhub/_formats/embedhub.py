@@ -271,7 +271,7 @@ def write(
         if torch_weights:
             save_model(nn.ModuleDict({m: model.towers[m] for m in model.modalities}), str(tmp / "model.safetensors"))
         if folder.exists() and any(folder.iterdir()):
-            _move_files_into(tmp, folder)
+            move_files_into(tmp, folder)
         else:
             if folder.exists():
                 folder.rmdir()  # empty
@@ -295,7 +295,7 @@ def check_writable(folder: Path) -> None:
         )
 
 
-def _move_files_into(src: Path, dst: Path) -> None:
+def move_files_into(src: Path, dst: Path) -> None:
     """Move every file of ``src`` into ``dst``, each with an atomic rename, the config last; files
     already in ``dst`` that ``src`` does not hold stay as they are."""
     files = sorted((p for p in src.rglob("*") if p.is_file()), key=lambda p: p.name == MARKER)
