@@ -189,6 +189,8 @@ class LiTSetup:
         metrics["sdk_min_cosine"] = float(min((ours_i * sdk_i).sum(1).min(), (ours_t * sdk_t).sum(1).min()))
         summary = {"metrics": metrics, "seconds_total": round(time.perf_counter() - self.t_start, 1),
                    "seconds_features": round(self.t_features, 1), "world_size": rank_world()[1],
+                   "train_samples": len(self.train),
+                   "train_classes": [self.classes[c] for c in np.unique(self.feats_train.labels)],
                    "config": to_dict(cfg), "model": str(out)}
         (Path(cfg.output) / "results.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary["metrics"], indent=2))

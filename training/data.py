@@ -69,10 +69,12 @@ class LabelledImages:
 
 def fashion_mnist(split: str, folder: Path = FASHION_DIR) -> LabelledImages:
     """Fashion-MNIST from Debian's ``dataset-fashion-mnist`` (``apt-get install dataset-fashion-mnist``)."""
+    if split not in ("train", "test"):
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
     prefix = {"train": "train", "test": "t10k"}[split]
     img, lab = folder / f"{prefix}-images-idx3-ubyte.gz", folder / f"{prefix}-labels-idx1-ubyte.gz"
     if not img.is_file():
-        raise FileNotFoundError(f"{img} not found: apt-get install dataset-fashion-mnist")
+        raise MissingDataError(f"{img} not found: apt-get install dataset-fashion-mnist")
     return LabelledImages(_idx(img), _idx(lab).astype(np.int64), FASHION_CLASSES)
 
 
