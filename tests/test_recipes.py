@@ -21,13 +21,17 @@ SMALL = ["train_limit=1500", "eval_limit=600", "image_size=64", "epochs=3", "bat
 
 
 def _check(out: Path, min_zeroshot: float) -> dict:
+    """results.json of a run: zero-shot accuracy (chance 0.1), and the saved folder reloaded through the SDK
+    gives the trained model's embeddings (64 raw test images decoded and preprocessed by the SDK, and the
+    50 captions tokenised by it: min cosine to the trained ones)."""
     res = json.loads((out / "results.json").read_text())
     m = res["metrics"]
     assert m["zeroshot_top1"] >= min_zeroshot, m
     assert (out / "training.png").is_file() and (out / "log.jsonl").is_file()
     model = embedhub.load(out / "model", device="cpu")
     assert model.modalities == ("text", "image") and model.format == "embedhub"
-    assert abs(m["sdk_zeroshot_top1_first500"] - m["zeroshot_top1"]) < 0.08
+    assert m["sdk_min_cosine"] >= 0.99999, m
+    assert res["world_size"] == 1
     return m
 
 
@@ -36,15 +40,24 @@ def test_clip_recipe_lit(tmp_path):
 
     main([f"output={tmp_path}", *SMALL])
     m = _check(tmp_path, 0.6)
-    assert 0 <= m["linear_probe_top1"] <= 1 and m["i2t_R@5"] >= m["i2t_R@1"]
+    # 10 classes (chance 0.1): measured linear probe 0.84, image->caption R@1 0.84
+    assert m["linear_probe_top1"] > 0.6 and m["i2t_R@1"] > 0.6, m
 
 
 def test_clip_recipe_siglip_and_heldout(tmp_path):
+    """Held-out classes never reach training (not one image or caption of them), and the 7 seen classes are
+    recognised far above chance (1/7; measured 0.84). Zero-shot on the 3 held-out classes is reported, not
+    asserted: at this scale it is at or below chance (measured 0.30 with SigLIP, chance 0.33)."""
     from training.clip import main
 
     main([f"output={tmp_path}", *SMALL, "loss=siglip", "holdout_classes=sandal,bag,coat"])
     m = _check(tmp_path, 0.4)
-    assert {"zeroshot_heldout_top1", "zeroshot_seen_top1"} <= set(m)
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["train_samples"] == 1500 and len(res["train_classes"]) == 7
+    assert not {"sandal", "bag", "coat"} & set(res["train_classes"])
+    assert m["zeroshot_seen_top1"] > 0.6, m
+    print(f"\nheld-out 3-way zero-shot {m['zeroshot_heldout_top1']:.3f} (chance 0.333), "
+          f"seen 7-way {m['zeroshot_seen_top1']:.3f}")
 
 
 def test_protoclip_recipe(tmp_path):
@@ -57,13 +70,20 @@ def test_protoclip_recipe(tmp_path):
 
 
 @pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng not installed")
-@pytest.mark.parametrize("objective", ["pmrl", "anchored"])
-def test_pmrl_recipe_three_modalities(tmp_path, objective):
+def test_pmrl_aligns_spoken_captions_where_the_anchored_baseline_does_not(tmp_path):
+    """The README's PMRL result in a small run: both objectives train image-text alike, but spoken captions
+    retrieve their written caption (50 captions, chance 0.02) far better under PMRL than under pairwise CLIP
+    anchored on the image (measured 0.93 vs 0.28; full run 100% vs 34%)."""
     from training.pmrl import main
 
-    main([f"output={tmp_path}", *SMALL, f"objective={objective}"])
-    m = _check(tmp_path, 0.5)
-    assert m["audio_zeroshot_top1"] > 0.3 and m["audio2text_R@1"] > 0.2, m
+    m = {}
+    for objective in ("pmrl", "anchored"):
+        main([f"output={tmp_path / objective}", *SMALL, f"objective={objective}"])
+        m[objective] = _check(tmp_path / objective, 0.6)
+        assert m[objective]["audio_zeroshot_top1"] > 0.6, m  # audio zero-shot over 10 classes (measured 0.79)
+        assert m[objective]["audio2text_R@1"] > 0.1, m  # above chance (0.02) for both
+    assert m["pmrl"]["audio2text_R@1"] > 0.8, m
+    assert m["pmrl"]["audio2text_R@1"] > m["anchored"]["audio2text_R@1"] + 0.3, m
 
 
 def test_protoclip_resumed_mid_episode_reproduces_the_uninterrupted_run(tmp_path):

@@ -167,17 +167,10 @@ def _int(lo: int, hi: int | None = None, what: str = "") -> Rule:
     return Rule(text + (f" ({what})" if what else ""), lambda v: v >= lo and (hi is None or v <= hi))
 
 
-def _float(lo: float, *, open_lo: bool = False, hi: float | None = None, open_hi: bool = False,
-           what: str = "") -> Rule:
-    lo_text = f"> {lo:g}" if open_lo else f">= {lo:g}"
-    hi_text = "" if hi is None else (f" and < {hi:g}" if open_hi else f" and <= {hi:g}")
-
-    def ok(v: float) -> bool:
-        if not math.isfinite(v) or (v <= lo if open_lo else v < lo):
-            return False
-        return hi is None or (v < hi if open_hi else v <= hi)
-
-    return Rule(f"a finite number {lo_text}{hi_text}" + (f" ({what})" if what else ""), ok)
+def _float(lo: float, *, open_lo: bool = False, what: str = "") -> Rule:
+    bound = f"> {lo:g}" if open_lo else f">= {lo:g}"
+    return Rule(f"a finite number {bound}" + (f" ({what})" if what else ""),
+                lambda v: math.isfinite(v) and (v > lo if open_lo else v >= lo))
 
 
 def _choice(*options: str) -> Rule:
@@ -202,11 +195,10 @@ def _path_or_empty(v: str) -> bool:
 
 
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
-_BOUNDS = 1 << 31
 
 RULES: dict[str, Rule] = {
     "output": Rule("a folder path (not an existing file)", lambda v: bool(v.strip()) and not Path(v).is_file()),
-    "seed": _int(0, _BOUNDS - 1),
+    "seed": _int(0, 2**31 - 1),
     "threads": _int(1, 1024, "torch intra-op threads"),
     "device": Rule("auto, cpu, cuda, cuda:N or mps", lambda v: _DEVICE.fullmatch(v) is not None),
     "precision": _choice("fp32", "bf16", "fp16"),
