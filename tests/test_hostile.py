@@ -373,3 +373,43 @@ def test_export_refuses_a_folder_of_user_files(tiny_st_dir, tmp_path):
     with pytest.raises(FileExistsError, match="not an embedhub model folder"):
         export(tiny_st_dir, target)
     assert sorted(p.name for p in target.iterdir()) == ["data.csv"]
+
+
+def test_open_clip_preprocessing_entry_of_the_embedhub_format_runs_no_code(tiny_embedhub_dir, open_clip_dir,
+                                                                            tmp_path):
+    """The same hostile open_clip config, reached through an embedhub folder's open_clip tokenizer entry."""
+    folder = _copy(tiny_embedhub_dir, tmp_path / "m")
+    marker = tmp_path / "ran.txt"
+    text = folder / "text"
+    shutil.copyfile(open_clip_dir / "open_clip_config.json", text / "open_clip_config.json")
+    _plant_code(text, marker)
+    (text / "tokenizer_config.json").write_text(json.dumps({"auto_map": {"AutoTokenizer": ["evil.EvilTokenizer",
+                                                                                            None]}}))
+    (text / "tokenizer.json").unlink()
+    _edit(text / "open_clip_config.json", lambda c: c["model_cfg"]["text_cfg"].update(
+        hf_tokenizer_name="org/evil", tokenizer_kwargs={"trust_remote_code": True}))
+    _edit(folder / "embedhub_config.json", lambda c: c["towers"]["text"].update(
+        preprocess={"kind": "open_clip", "max_length": 24}))
+    with pytest.raises(ConfigError, match="tokenizer_kwargs.*trust_remote_code"):
+        embedhub.load(folder, device="cpu")
+    _edit(text / "open_clip_config.json", lambda c: c["model_cfg"]["text_cfg"].pop("tokenizer_kwargs"))
+    with pytest.raises(ConfigError, match="hf_tokenizer_name.*trust_remote_code=True"):
+        embedhub.load(folder, device="cpu")
+    assert not marker.exists()
+
+
+def test_open_clip_local_hf_tokenizer_matches_open_clip(open_clip_dir, minilm_path, tmp_path):
+    """A legitimate open_clip repo with an HF tokenizer and its tokenizer.json loads without consent,
+    and tokenises as open_clip's own HFTokenizer does on the same files."""
+    from open_clip.tokenizer import HFTokenizer
+
+    folder = _copy(open_clip_dir, tmp_path / "m")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "vocab.txt"):
+        shutil.copyfile(minilm_path / name, folder / name)
+    _edit(folder / "open_clip_config.json", lambda c: c["model_cfg"]["text_cfg"].update(
+        hf_tokenizer_name="sentence-transformers/all-MiniLM-L6-v2", tokenizer_kwargs={"strip_sep_token": True}))
+    model = embedhub.load(folder, device="cpu")
+    texts = ["A man is playing a guitar.", "short", "a much longer sentence " * 8]
+    peer = HFTokenizer(str(folder), context_length=24, strip_sep_token=True)(texts).numpy()
+    ours = model.preprocessors["text"].collate(model.preprocessors["text"].tokenize(texts))["input_ids"]
+    np.testing.assert_array_equal(ours, peer)
