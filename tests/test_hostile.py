@@ -413,3 +413,21 @@ def test_open_clip_local_hf_tokenizer_matches_open_clip(open_clip_dir, minilm_pa
     peer = HFTokenizer(str(folder), context_length=24, strip_sep_token=True)(texts).numpy()
     ours = model.preprocessors["text"].collate(model.preprocessors["text"].tokenize(texts))["input_ids"]
     np.testing.assert_array_equal(ours, peer)
+
+
+def test_exported_torch_weights_are_checked_against_their_hash(tiny_st_dir, tmp_path):
+    """An export records the SHA-256 of model.safetensors; torch weights swapped afterwards are refused."""
+    pytest.importorskip("onnxruntime")
+    from safetensors.torch import load_file, save_file
+
+    from export import export
+
+    out = export(tiny_st_dir, tmp_path / "exported", verbose=False)
+    ref = embedhub.load(out, device="cpu").encode(["hash check"])  # the recorded weights load
+    state = load_file(str(out / "model.safetensors"))
+    key = next(iter(state))
+    state[key] = state[key] + 0.01
+    save_file(state, str(out / "model.safetensors"))
+    with pytest.raises(WeightsError, match="model.safetensors is not the file the export wrote"):
+        embedhub.load(out, device="cpu")
+    assert ref.shape == (32,)

@@ -190,6 +190,12 @@ def load(
                 raise cfg.error("embed_dim", f"{width} (what the {m} tower outputs)", embed_dim)
             towers[m] = tower
         files = find_safetensors(folder)
+        if all(spec.str("onnx", None) for spec in specs.values()):  # an export: its weights' hash is recorded
+            from .._backends import check_sha256, read_export_metadata, recorded_sha256
+
+            hashes = recorded_sha256(read_export_metadata(folder))
+            if hashes is not None and "model.safetensors" in hashes:
+                check_sha256(folder, "model.safetensors", files[0], hashes)
         load_strict(nn.ModuleDict(towers), read_safetensors(files), what="embedhub model")
         text_pre = pre.get("text")
         positions = getattr(getattr(towers.get("text"), "backbone", None), "config", None)
