@@ -217,6 +217,7 @@ class EmbeddingModel:
                     emb = run(pre.collate([ids[r] for r in batch_rows]))
                     self._write(out, rows[batch_rows], emb, "text", normalize)
                     bar.update(len(batch_rows))
+                del ids  # before the next window is tokenised: one window of ids at a time
 
     def _encode_images(
         self, items, index, out, *, batch_size, max_tokens, normalize, show_progress_bar, max_image_pixels
