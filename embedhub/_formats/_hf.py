@@ -164,12 +164,24 @@ def build_transformers(
     cls = getattr(transformers, kind)
 
     def factory():
-        if kind == "AutoModel":
-            return cls.from_config(config)
-        return cls(config)
+        # random initialisation is skipped: the strict load that follows sets every parameter and
+        # persistent buffer (a missing one is an error), and non-persistent buffers are built in __init__
+        with _no_init():
+            return cls.from_config(config) if kind == "AutoModel" else cls(config)
 
     model = build_checked(factory, files, what=what)
     return model.eval()
+
+
+def _no_init():
+    import contextlib
+
+    try:
+        from transformers.initialization import no_init_weights
+    except ImportError:  # older transformers: initialise, then overwrite
+        return contextlib.nullcontext()
+    return no_init_weights()
+
 
 
 def _from_pretrained_trusted(cls: Any, folder: ModelFolder, *, what: str):
