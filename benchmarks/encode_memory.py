@@ -38,6 +38,7 @@ from encode_text import print_table, run_cli, uptime_line
 
 STSB_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
 SIDES = ("embedhub", "sentence-transformers")
+MODEL_ALIAS = "all-MiniLM-L6-v2"
 WARMUP = 256
 COMPARE_ROWS = 1000
 
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "torch_threads": args.threads,
         "batch_size": args.batch_size,
         "platform": platform.platform(),
-        "model": str(model_folder(args)),
+        "model": str(args.model) if args.model is not None else MODEL_ALIAS,
         "results": results,
     }
 
