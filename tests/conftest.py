@@ -58,18 +58,16 @@ TINY_OPEN_CLIP = {
 }
 
 
-@pytest.fixture(scope="session")
-def open_clip_dir(tmp_path_factory) -> Path:
-    """A tiny random open_clip CLIP written by open_clip's own hub writer (``save_for_hf``)."""
+def save_tiny_open_clip(folder: Path, seed: int) -> Path:
+    """A tiny random open_clip CLIP (``seed``) written by open_clip's own hub writer (``save_for_hf``)."""
     open_clip = pytest.importorskip("open_clip")
     from open_clip.push_to_hf_hub import save_for_hf
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = open_clip.CLIP(**TINY_OPEN_CLIP)
     # what open_clip.create_model sets before saving; these become preprocess_cfg
     model.visual.image_mean = (0.5, 0.45, 0.4)
     model.visual.image_std = (0.25, 0.26, 0.27)
-    folder = tmp_path_factory.mktemp("tiny_open_clip")
     save_for_hf(
         model,
         tokenizer=_NoTokenizerFiles(),
@@ -78,6 +76,33 @@ def open_clip_dir(tmp_path_factory) -> Path:
         safe_serialization=True,
     )
     return folder
+
+
+@pytest.fixture(scope="session")
+def open_clip_dir(tmp_path_factory) -> Path:
+    """A tiny random open_clip CLIP (seed 0) written by open_clip's own hub writer."""
+    return save_tiny_open_clip(tmp_path_factory.mktemp("tiny_open_clip"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def image_only(tmp_path_factory):
+    """A real image-only model in embedhub's format (tiny timm ResNet + projection)."""
+    timm = pytest.importorskip("timm")
+    import embedhub
+    from embedhub import EmbeddingModel
+    from embedhub._modules import Head, TimmImageTower
+    from embedhub._preprocess import ImageConfig, ImagePreprocessor
+
+    torch.manual_seed(0)
+    backbone = timm.create_model("resnet10t", pretrained=False, num_classes=0)
+    tower = TimmImageTower(backbone, Head([{"in_features": backbone.num_features, "out_features": 16}]))
+    tower.architecture = ("resnet10t", {})
+    pre = ImagePreprocessor(ImageConfig(size=64, crop_size=(64, 64)))
+    folder = tmp_path_factory.mktemp("image_only")
+    EmbeddingModel({"image": tower}, {"image": pre}, embed_dim=16, name="img", format="embedhub").save_pretrained(
+        folder
+    )
+    return embedhub.load(folder, device="cpu")
 
 
 @pytest.fixture(scope="session")

@@ -9,30 +9,9 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 
 import embedhub
-from embedhub import EmbeddingModel
-
-
-@pytest.fixture(scope="module")
-def image_only(tmp_path_factory):
-    """A real image-only model in embedhub's format (tiny timm ResNet + projection)."""
-    timm = pytest.importorskip("timm")
-    from embedhub._modules import Head, TimmImageTower
-    from embedhub._preprocess import ImageConfig, ImagePreprocessor
-
-    torch.manual_seed(0)
-    backbone = timm.create_model("resnet10t", pretrained=False, num_classes=0)
-    tower = TimmImageTower(backbone, Head([{"in_features": backbone.num_features, "out_features": 16}]))
-    tower.architecture = ("resnet10t", {})
-    pre = ImagePreprocessor(ImageConfig(size=32, crop_size=(32, 32)))
-    folder = tmp_path_factory.mktemp("image_only")
-    EmbeddingModel({"image": tower}, {"image": pre}, embed_dim=16, name="img", format="embedhub").save_pretrained(
-        folder
-    )
-    return embedhub.load(folder, device="cpu")
 
 
 def _png(size=(40, 30)) -> bytes:

@@ -20,26 +20,6 @@ from PIL import Image
 import embedhub
 import embedhub._batching as batching
 import embedhub._inputs as inputs_mod
-from embedhub import EmbeddingModel
-
-
-@pytest.fixture(scope="module")
-def image_only(tmp_path_factory):
-    """A real image-only model in embedhub's format (tiny timm ResNet + projection)."""
-    timm = pytest.importorskip("timm")
-    from embedhub._modules import Head, TimmImageTower
-    from embedhub._preprocess import ImageConfig, ImagePreprocessor
-
-    torch.manual_seed(0)
-    backbone = timm.create_model("resnet10t", pretrained=False, num_classes=0)
-    tower = TimmImageTower(backbone, Head([{"in_features": backbone.num_features, "out_features": 16}]))
-    tower.architecture = ("resnet10t", {})
-    pre = ImagePreprocessor(ImageConfig(size=64, crop_size=(64, 64)))
-    folder = tmp_path_factory.mktemp("image_only")
-    EmbeddingModel({"image": tower}, {"image": pre}, embed_dim=16, name="img", format="embedhub").save_pretrained(
-        folder
-    )
-    return embedhub.load(folder, device="cpu")
 
 
 @pytest.fixture(scope="module")

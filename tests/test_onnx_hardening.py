@@ -65,17 +65,9 @@ def clip_onnx(tmp_path_factory, open_clip_dir) -> Path:
 @pytest.fixture(scope="module")
 def other_clip_onnx(tmp_path_factory) -> Path:
     """The same architecture with other weights (seed 1), saved by open_clip and exported."""
-    open_clip = pytest.importorskip("open_clip")
-    from conftest import TINY_OPEN_CLIP, _NoTokenizerFiles
-    from open_clip.push_to_hf_hub import save_for_hf
+    from conftest import save_tiny_open_clip
 
-    torch.manual_seed(1)
-    model = open_clip.CLIP(**TINY_OPEN_CLIP)
-    model.visual.image_mean = (0.5, 0.45, 0.4)
-    model.visual.image_std = (0.25, 0.26, 0.27)
-    src = tmp_path_factory.mktemp("b") / "clip"
-    save_for_hf(model, tokenizer=_NoTokenizerFiles(), model_config=TINY_OPEN_CLIP, save_directory=str(src),
-                safe_serialization=True)
+    src = save_tiny_open_clip(tmp_path_factory.mktemp("b") / "clip", seed=1)
     return export(src, tmp_path_factory.mktemp("b") / "clip-onnx", verbose=False)
 
 
