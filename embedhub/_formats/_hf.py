@@ -17,13 +17,6 @@ from .._errors import ConfigError, UnknownFormatError
 from .._folder import ConfigView, ModelFolder
 from .._preprocess import HFTextPreprocessor
 
-
-def read_json(path: Path) -> dict[str, Any]:
-    """A JSON object file of a model folder (checked like every other file of it)."""
-    path = Path(path)
-    return ModelFolder(path.parent).config(path.name).data
-
-
 #: keys every transformers config may carry besides its class's own arguments (read, or harmless)
 _COMMON_KEYS = {
     "model_type", "architectures", "transformers_version", "_name_or_path", "torch_dtype", "dtype",

@@ -117,16 +117,6 @@ def _head(spec: ConfigView, width: int) -> tuple[Head, int]:
 _BACKBONES = {"text": "transformers", "image": "timm"}
 
 
-def has_onnx(folder: Path) -> bool:
-    """Whether ``folder`` is in embedhub's format and every tower has an ONNX graph."""
-    if not matches(folder):
-        return False
-    towers = ModelFolder(folder).read_json(MARKER)
-    towers = towers.get("towers", {}) if isinstance(towers, dict) else {}
-    return bool(towers) and isinstance(towers, dict) and all(
-        isinstance(spec, dict) and spec.get("onnx") for spec in towers.values())
-
-
 def read_config(folder: ModelFolder) -> tuple[ConfigView, dict[str, ConfigView]]:
     """The validated top level of ``embedhub_config.json`` and its tower entries."""
     cfg = folder.config(MARKER)
