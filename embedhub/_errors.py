@@ -37,16 +37,36 @@ class WeightsError(EmbedhubError, RuntimeError):
     """Weights are missing, corrupted, unsafe (pickle) or do not match the architecture."""
 
 
-class ModalityError(EmbedhubError, ValueError):
+class ItemError(EmbedhubError):
+    """An error about one input item: ``index`` is its position in the inputs (``None`` when the
+    error is about the call as a whole) and ``detail`` the message without the ``inputs[i]`` prefix."""
+
+    def __init__(self, message: str, *, index: int | None = None):
+        super().__init__(message)
+        self.index = index
+        prefix = f"inputs[{index}]"
+        found = index is not None and message.startswith(prefix)
+        self.detail = message[len(prefix) :].lstrip(": ") if found else message
+
+
+class ModalityError(ItemError, ValueError):
     """An input's modality (text or image) is not supported by the model."""
 
 
-class InputError(EmbedhubError, ValueError):
+class InputError(ItemError, ValueError):
     """An input item cannot be used: corrupt or truncated image, image too large, ..."""
 
 
-class InputTypeError(EmbedhubError, TypeError):
+class InputTypeError(ItemError, TypeError):
     """An input item has a type embedhub cannot embed (None, a number, a nested list, ...)."""
+
+
+class FingerprintMismatchError(EmbedhubError, ValueError):
+    """Stored embeddings were made by another model (or backend, dtype, pooling) than the one at hand."""
+
+
+class PublishError(EmbedhubError, ValueError):
+    """A model cannot be saved or pushed: invalid repo id or revision, not a model folder, no token, ..."""
 
 
 class MissingDependencyError(EmbedhubError, ImportError):

@@ -83,20 +83,20 @@ def modality_of(item: Any, index: int) -> Modality:
         if item.dtype != np.uint8:
             raise InputTypeError(
                 f"inputs[{index}] is a numpy array of dtype {item.dtype}; images must be uint8 HxW[xC]"
-            )
+            , index=index)
         if item.ndim not in (2, 3) or (item.ndim == 3 and item.shape[2] not in (1, 3, 4)):
             raise InputTypeError(
                 f"inputs[{index}] is a numpy array of shape {item.shape}; images must be HxW or HxWxC with C in 1, 3, 4"
-            )
+            , index=index)
         return "image"
     if item is None:
-        raise InputTypeError(f"inputs[{index}] is None; expected {_EXPECTED}")
+        raise InputTypeError(f"inputs[{index}] is None; expected {_EXPECTED}", index=index)
     if isinstance(item, (list, tuple, dict, set, frozenset)):
         raise InputTypeError(
             f"inputs[{index}] is a {type(item).__name__}; nested inputs are not supported, "
             f"pass a flat list of {_EXPECTED}"
-        )
-    raise InputTypeError(f"inputs[{index}] has type {type(item).__name__}; expected {_EXPECTED}")
+        , index=index)
+    raise InputTypeError(f"inputs[{index}] has type {type(item).__name__}; expected {_EXPECTED}", index=index)
 
 
 def check_text(text: str, index: int) -> None:
@@ -109,7 +109,7 @@ def check_text(text: str, index: int) -> None:
             f"inputs[{index}]: text is not valid Unicode: {bad!r} at character {exc.start} cannot be encoded "
             "as UTF-8 (a lone surrogate, e.g. from bytes decoded with errors='surrogateescape'); "
             "decode the source with the right encoding or errors='replace'"
-        ) from exc
+        , index=index) from exc
 
 
 def read_image_file(path: Path, index: int, max_bytes: int | None = None) -> bytes:
@@ -123,7 +123,7 @@ def read_image_file(path: Path, index: int, max_bytes: int | None = None) -> byt
         # O_NONBLOCK: opening a FIFO without a writer returns at once instead of hanging
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise InputError(f"inputs[{index}]: cannot read image file {path}: {exc.strerror}") from exc
+        raise InputError(f"inputs[{index}]: cannot read image file {path}: {exc.strerror}", index=index) from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -135,9 +135,11 @@ def read_image_file(path: Path, index: int, max_bytes: int | None = None) -> byt
                 else "a socket" if stat.S_ISSOCK(st.st_mode)
                 else "not a regular file"
             )
-            raise InputError(f"inputs[{index}]: image path {path} is {kind}; only regular files are read")
+            raise InputError(f"inputs[{index}]: image path {path} is {kind}; only regular files are read", index=index)
         if st.st_size > max_bytes:
-            raise InputError(f"inputs[{index}]: image file {path} is {st.st_size} bytes, over the {max_bytes} limit")
+            raise InputError(
+                f"inputs[{index}]: image file {path} is {st.st_size} bytes, over the {max_bytes} limit", index=index
+            )
         chunks: list[bytes] = []
         total = 0
         while total <= max_bytes:  # the size can change after fstat: the bound holds for what is read
@@ -147,10 +149,12 @@ def read_image_file(path: Path, index: int, max_bytes: int | None = None) -> byt
             chunks.append(chunk)
             total += len(chunk)
         if total > max_bytes:
-            raise InputError(f"inputs[{index}]: image file {path} holds more than {max_bytes} bytes, over the limit")
+            raise InputError(
+                f"inputs[{index}]: image file {path} holds more than {max_bytes} bytes, over the limit", index=index
+            )
         return b"".join(chunks)
     except OSError as exc:
-        raise InputError(f"inputs[{index}]: cannot read image file {path}: {exc.strerror or exc}") from exc
+        raise InputError(f"inputs[{index}]: cannot read image file {path}: {exc.strerror or exc}", index=index) from exc
     finally:
         os.close(fd)
 
@@ -192,24 +196,24 @@ def to_rgb(img: Any, index: int):
             raise InputError(
                 f"inputs[{index}]: 32-bit integer image (mode I) holds values {int(arr.min())}..{int(arr.max())}; "
                 "expected 16-bit data in 0..65535"
-            )
+            , index=index)
         # round(v * 255 / 65535) == round(v / 257) == (v + 128) // 257: v / 257 is never exactly x.5
         img = Image.fromarray(((arr.astype(np.uint32) + 128) // 257).astype(np.uint8))
     elif mode == "F":
         arr = np.asarray(img, dtype=np.float32)
         if arr.size and not np.isfinite(arr).all():
-            raise InputError(f"inputs[{index}]: float image (mode F) holds NaN or infinite values")
+            raise InputError(f"inputs[{index}]: float image (mode F) holds NaN or infinite values", index=index)
         lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
         if lo < 0.0 or hi > 1.0:
             raise InputError(
                 f"inputs[{index}]: float image (mode F) holds values {lo:g}..{hi:g}; expected data in [0, 1] "
                 "(scale it to [0, 1] or pass an 8-bit image)"
-            )
+            , index=index)
         img = Image.fromarray(np.rint(arr * np.float32(255.0)).astype(np.uint8))
     try:
         return img.convert("RGB")
     except Exception as exc:
-        raise InputError(f"inputs[{index}]: cannot convert image of mode {mode} to RGB: {exc}") from exc
+        raise InputError(f"inputs[{index}]: cannot convert image of mode {mode} to RGB: {exc}", index=index) from exc
 
 
 def load_image(item: Any, index: int, *, max_pixels: int = MAX_IMAGE_PIXELS):
@@ -221,9 +225,9 @@ def load_image(item: Any, index: int, *, max_pixels: int = MAX_IMAGE_PIXELS):
             raise InputError(
                 f"inputs[{index}]: image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels "
                 "(decompression-bomb guard; pass max_image_pixels=... to encode to raise it)"
-            )
+            , index=index)
         if w == 0 or h == 0:
-            raise InputError(f"inputs[{index}]: image has zero size {w}x{h}")
+            raise InputError(f"inputs[{index}]: image has zero size {w}x{h}", index=index)
 
     if isinstance(item, np.ndarray):
         check_size(item.shape[1], item.shape[0])
@@ -237,7 +241,7 @@ def load_image(item: Any, index: int, *, max_pixels: int = MAX_IMAGE_PIXELS):
             raise InputError(
                 f"inputs[{index}]: PIL image of mode {item.mode} cannot be read (closed, or a corrupt or "
                 f"truncated file): {exc}"
-            ) from exc
+            , index=index) from exc
         img = item
     else:
         if isinstance(item, Path):
@@ -245,20 +249,26 @@ def load_image(item: Any, index: int, *, max_pixels: int = MAX_IMAGE_PIXELS):
         else:
             data = bytes(item)
             if len(data) > MAX_IMAGE_BYTES:
-                raise InputError(f"inputs[{index}]: {len(data)} image bytes, over the {MAX_IMAGE_BYTES} limit")
+                raise InputError(
+                    f"inputs[{index}]: {len(data)} image bytes, over the {MAX_IMAGE_BYTES} limit", index=index
+                )
         what = str(item) if isinstance(item, Path) else f"{len(data)} bytes"
         with pillow_pixel_guard(max_pixels):
             try:
                 img = Image.open(io.BytesIO(data))
             except Image.DecompressionBombError as exc:
-                raise InputError(f"inputs[{index}]: image refused as a decompression bomb ({exc})") from exc
+                raise InputError(
+                    f"inputs[{index}]: image refused as a decompression bomb ({exc})", index=index
+                ) from exc
             except Exception as exc:
-                raise InputError(f"inputs[{index}]: not a readable image ({what}): {exc}") from exc
+                raise InputError(f"inputs[{index}]: not a readable image ({what}): {exc}", index=index) from exc
             check_size(*img.size)
             try:
                 img.load()  # some formats check frame sizes against the guard here
             except Image.DecompressionBombError as exc:
-                raise InputError(f"inputs[{index}]: image refused as a decompression bomb ({exc})") from exc
+                raise InputError(
+                    f"inputs[{index}]: image refused as a decompression bomb ({exc})", index=index
+                ) from exc
             except Exception as exc:
-                raise InputError(f"inputs[{index}]: corrupt or truncated image ({what}): {exc}") from exc
+                raise InputError(f"inputs[{index}]: corrupt or truncated image ({what}): {exc}", index=index) from exc
     return to_rgb(img, index)

@@ -103,4 +103,14 @@ def load(
         device=dev,
         dtype=dt,
         spec=parts.get("spec"),
+        repo_id=src.repo_id,
+        revision=(_snapshot_revision(folder) if src.repo_id is not None else None) or src.revision,
     )
+
+
+def _snapshot_revision(folder) -> str | None:
+    """The commit hash of a Hub snapshot folder (``.../snapshots/<sha>``), else ``None``."""
+    import re
+
+    name = folder.name if folder.parent.name == "snapshots" else ""
+    return name if re.fullmatch(r"[0-9a-f]{40}", name) else None

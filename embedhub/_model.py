@@ -44,6 +44,8 @@ class EmbeddingModel:
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         spec: dict[str, Any] | None = None,
+        repo_id: str | None = None,
+        revision: str | None = None,
     ):
         modules = {m: t for m, t in towers.items() if isinstance(t, nn.Module)}
         #: the torch towers (empty for a model that runs only on ONNX Runtime)
@@ -58,6 +60,11 @@ class EmbeddingModel:
         self.device = torch.device(device)
         self.dtype = dtype
         self._spec = spec
+        #: the Hub repo the model came from (``None`` for a local folder or an in-memory model)
+        self.repo_id = repo_id
+        #: the resolved revision (a commit hash when the folder is a Hub snapshot) or the one asked for
+        self.revision = revision
+        self._fingerprint: Any = None
         self.towers.to(device=self.device, dtype=dtype).eval()
         self._runners: dict[str, Runner] = {
             m: TorchRunner(t, self.device, dtype) if isinstance(t, nn.Module) else t for m, t in towers.items()
@@ -75,6 +82,20 @@ class EmbeddingModel:
         """Texts longer than this many tokens are truncated; ``None`` for image-only models."""
         pre = self.preprocessors.get("text")
         return pre.max_length if pre is not None else None
+
+    @property
+    def fingerprint(self) -> Any:
+        """Provenance of the vectors this model makes (:class:`embedhub.Fingerprint`): a short stable
+        ``id`` plus its parts (source, revision, format, backend, dtype, pooling, normalisation, dimension).
+
+        >>> model.fingerprint.id  # doctest: +SKIP
+        'eh1-3f9a0c2b7d4e5a61'
+        """
+        if self._fingerprint is None:
+            from ._provenance import fingerprint_of
+
+            self._fingerprint = fingerprint_of(self)
+        return self._fingerprint
 
     def __repr__(self) -> str:
         return (
@@ -148,11 +169,11 @@ class EmbeddingModel:
         kinds = [modality_of(x, i) for i, x in enumerate(items)]
         for i, kind in enumerate(kinds):
             if only is not None and kind != only:
-                raise ModalityError(f"inputs[{i}] is {kind}; encode_{only} takes {only} only")
+                raise ModalityError(f"inputs[{i}] is {kind}; encode_{only} takes {only} only", index=i)
             if kind not in self._runners:
                 raise ModalityError(
                     f"inputs[{i}] is {kind}, but {self.name} embeds only {' and '.join(self.modalities)}"
-                )
+                , index=i)
         used = [m for m in self.modalities if m in kinds]
         if not normalize:
             self._check_unnormalized_output(used)
