@@ -26,6 +26,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from ._load import load
     from ._model import EmbeddingModel
+    from ._provenance import Fingerprint
+    from ._store import read_embeddings, write_embeddings
 
 
 def __getattr__(name: str):
@@ -38,6 +40,14 @@ def __getattr__(name: str):
         from ._model import EmbeddingModel
 
         return EmbeddingModel
+    if name == "Fingerprint":
+        from ._provenance import Fingerprint
+
+        return Fingerprint
+    if name in ("read_embeddings", "write_embeddings"):
+        from . import _store
+
+        return getattr(_store, name)
     raise AttributeError(f"module 'embedhub' has no attribute {name!r}")
 
 __version__ = "0.1.0"
@@ -46,6 +56,7 @@ __all__ = [
     "ConfigError",
     "EmbedhubError",
     "EmbeddingModel",
+    "Fingerprint",
     "InputError",
     "InputTypeError",
     "MissingDependencyError",
@@ -56,5 +67,7 @@ __all__ = [
     "WeightsError",
     "list_models",
     "load",
+    "read_embeddings",
     "register_model",
+    "write_embeddings",
 ]

@@ -1,0 +1,391 @@
+"""Stored embeddings with their provenance: ``.parquet`` (fingerprint in the schema metadata) or ``.npy``
+(fingerprint in ``<file>.fingerprint.json`` beside it).
+
+>>> import embedhub
+>>> model = embedhub.load("all-MiniLM-L6-v2")                              # doctest: +SKIP
+>>> texts = ["A man is playing a guitar.", "A cat sleeps."]
+>>> embedhub.write_embeddings("emb.parquet", model.encode(texts), model.fingerprint, inputs=texts)  # doctest: +SKIP
+>>> stored = embedhub.read_embeddings("emb.parquet", expect=model.fingerprint)  # doctest: +SKIP
+>>> stored.embeddings.shape                                               # doctest: +SKIP
+(2, 384)
+
+Files without provenance (a ``.npy`` without its sidecar, a parquet file written by another tool)
+read with ``expect=None`` (their ``fingerprint`` is ``None``) and are refused with a
+:class:`~embedhub._provenance.ProvenanceError` when an ``expect`` is given: a reader that names the
+model it will compare against never gets vectors it cannot check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ._atomic import atomic_write
+from ._errors import EmbedhubError, require
+from ._provenance import Fingerprint, ProvenanceError
+
+if TYPE_CHECKING:
+    import numpy as np
+
+EXTENSIONS = (".npy", ".parquet")
+#: the parquet schema metadata key holding the fingerprint JSON
+PARQUET_KEY = b"embedhub.fingerprint"
+#: what ends the name of the JSON file beside a ``.npy`` file
+SIDECAR_SUFFIX = ".fingerprint.json"
+SIDECAR_VERSION = 1
+_CHUNK = 1 << 20
+
+
+class EmbeddingsFileError(EmbedhubError, ValueError):
+    """A file of stored embeddings cannot be written or read: unknown extension, not a 2-d float
+    matrix, empty or null rows, an unreadable file. ``path`` names the file."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike):
+        super().__init__(message)
+        self.path = Path(path)
+
+
+@dataclass(frozen=True)
+class StoredEmbeddings:
+    """Embeddings read back by :func:`read_embeddings`.
+
+    ``embeddings`` is float32 ``(N, D)``; ``ids`` the ``id`` column (int64 array, or a list of str;
+    ``0..N-1`` for ``.npy`` and for parquet files without one); ``inputs`` the ``input`` column or
+    ``None``; ``fingerprint`` ``None`` only for a file without provenance read with ``expect=None``.
+    """
+
+    path: Path
+    embeddings: np.ndarray
+    ids: Any
+    inputs: list[str] | None
+    fingerprint: Fingerprint | None
+
+    def __len__(self) -> int:
+        return int(self.embeddings.shape[0])
+
+
+def sidecar_path(path: str | os.PathLike) -> Path:
+    """Where the fingerprint of a ``.npy`` file lives: ``emb.npy`` -> ``emb.npy.fingerprint.json``."""
+    path = Path(path)
+    return path.with_name(path.name + SIDECAR_SUFFIX)
+
+
+def _extension(path: Path) -> str:
+    ext = path.suffix.lower()
+    if ext not in EXTENSIONS:
+        raise EmbeddingsFileError(
+            f"{path}: unknown embeddings file extension {ext or '(none)'!r}; expected .npy or .parquet", path=path
+        )
+    return ext
+
+
+# ---------------------------------------------------------------------------------------------- writing
+def write_embeddings(
+    path: str | os.PathLike,
+    embeddings: Any,
+    fingerprint: Fingerprint,
+    *,
+    ids: Sequence[int] | Sequence[str] | None = None,
+    inputs: Sequence[str] | None = None,
+) -> Path:
+    """Write ``embeddings`` (``(N, D)`` floats, stored as float32) with ``fingerprint``, atomically.
+
+    ``.parquet``: columns ``id`` (``ids``, default ``0..N-1``; int64 or string), ``input`` (when
+    ``inputs`` is given) and ``embedding`` (``fixed_size_list<float32>[D]``); the fingerprint JSON in
+    the schema metadata under ``b"embedhub.fingerprint"``. ``.npy``: the matrix only (``ids`` and
+    ``inputs`` need parquet) and ``<path>.fingerprint.json`` beside it, recording the fingerprint and
+    the SHA-256, rows and dims of the ``.npy`` it describes (so a sidecar never vouches for another
+    matrix). Each file is replaced by a rename when complete; an error leaves earlier files as they were.
+
+    >>> write_embeddings("emb.npy", model.encode(texts), model.fingerprint)  # doctest: +SKIP
+    PosixPath('emb.npy')
+    """
+    import numpy as np
+
+    path = Path(path)
+    ext = _extension(path)
+    if not isinstance(fingerprint, Fingerprint):
+        raise TypeError(
+            f"fingerprint must be an embedhub.Fingerprint (model.fingerprint), got {type(fingerprint).__name__}"
+        )
+    if path.is_dir():
+        raise EmbeddingsFileError(f"{path} is a folder; expected a file path ending in {ext}", path=path)
+    emb = _matrix(embeddings)
+    n, dim = emb.shape
+    if dim != fingerprint.dim:
+        raise ValueError(
+            f"embeddings have {dim} dims but fingerprint {fingerprint.id} is of a {fingerprint.dim}-dim model; "
+            "pass the fingerprint of the model that made them"
+        )
+    if ext == ".npy":
+        if ids is not None or inputs is not None:
+            raise ValueError(
+                f"{path}: a .npy file holds the matrix only; write a .parquet file to keep "
+                f"{'ids' if ids is not None else 'inputs'}"
+            )
+        _write_npy(path, emb, fingerprint)
+        return path
+    id_values = np.arange(n, dtype=np.int64) if ids is None else _ids(ids, n)
+    input_values = None if inputs is None else _inputs(inputs, n)
+    _write_parquet(path, emb, fingerprint, id_values, input_values)
+    return path
+
+
+def _matrix(embeddings: Any) -> np.ndarray:
+    import numpy as np
+
+    if hasattr(embeddings, "detach"):  # a torch tensor
+        embeddings = embeddings.detach().cpu().float().numpy()
+    arr = np.asarray(embeddings)
+    if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
+        raise ValueError(f"embeddings must be a 2-d float array (N x D), got {arr.dtype} of shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=np.float32)
+    finite = np.isfinite(arr).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise ValueError(f"embeddings row {row} holds NaN or infinite values (as float32); nothing was written")
+    return arr
+
+
+def _ids(ids: Any, n: int) -> Any:
+    import numpy as np
+
+    values = list(ids)
+    if len(values) != n:
+        raise ValueError(f"ids has {len(values)} items but embeddings have {n} rows")
+    if all(isinstance(v, str) for v in values):
+        out: Any = values
+    elif all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in values):
+        out = np.asarray(values, dtype=np.int64)
+    else:
+        i = next(i for i, v in enumerate(values) if not isinstance(v, type(values[0])) or isinstance(v, bool))
+        raise TypeError(f"ids must be all int or all str; ids[{i}] = {values[i]!r} ({type(values[i]).__name__})")
+    seen: dict[Any, int] = {}
+    for i, v in enumerate(values):
+        if v in seen:
+            raise ValueError(f"ids[{i}] = {v!r} repeats ids[{seen[v]}]; ids must be unique")
+        seen[v] = i
+    return out
+
+
+def _inputs(inputs: Any, n: int) -> list[str]:
+    if isinstance(inputs, str):
+        raise TypeError("inputs must be a list of str (one per row), not a str")
+    values = list(inputs)
+    if len(values) != n:
+        raise ValueError(f"inputs has {len(values)} items but embeddings have {n} rows")
+    for i, v in enumerate(values):
+        if not isinstance(v, str):
+            raise TypeError(f"inputs[{i}] is a {type(v).__name__}; inputs are str (the text, or the image path)")
+    return values
+
+
+def _write_npy(path: Path, emb: np.ndarray, fingerprint: Fingerprint) -> None:
+    import numpy as np
+
+    digest: list[str] = []
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, emb, allow_pickle=False)
+            fh.flush()
+            os.fsync(fh.fileno())
+        digest.append(_sha256(Path(tmp)))
+
+    atomic_write(path, write)
+    record = {
+        "embedhub_embeddings": SIDECAR_VERSION,
+        "file": path.name,
+        "rows": int(emb.shape[0]),
+        "dim": int(emb.shape[1]),
+        "dtype": "float32",
+        "sha256": digest[0],
+        "fingerprint": fingerprint.to_dict(),
+    }
+    atomic_write(sidecar_path(path), json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def _write_parquet(path: Path, emb: np.ndarray, fingerprint: Fingerprint, ids: Any, inputs: list[str] | None) -> None:
+    pa = require("pyarrow", "parquet", "writing .parquet embeddings")
+    import pyarrow.parquet as pq
+
+    n, dim = emb.shape
+    columns: dict[str, Any] = {"id": pa.array(ids, type=pa.string() if isinstance(ids, list) else pa.int64())}
+    if inputs is not None:
+        columns["input"] = pa.array(inputs, type=pa.string())
+    flat = pa.array(emb.reshape(-1), type=pa.float32())
+    columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
+    table = pa.table(columns, metadata={PARQUET_KEY: fingerprint.to_json().encode()})
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp))
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---------------------------------------------------------------------------------------------- reading
+def read_embeddings(path: str | os.PathLike, *, expect: Fingerprint | None = None) -> StoredEmbeddings:
+    """Read embeddings written by :func:`write_embeddings` (or ``embedhub encode``).
+
+    With ``expect`` (usually ``model.fingerprint``, or ``.with_normalized(False)`` for raw vectors),
+    a file of another fingerprint raises :class:`FingerprintMismatchError` naming both ids and every
+    differing part, and a file without provenance raises :class:`ProvenanceError`. Without ``expect``
+    such a file is read with ``fingerprint=None``. Provenance that is present but malformed (a field
+    of the wrong type, an edited id, a sidecar describing another ``.npy``) is refused either way.
+
+    >>> stored = read_embeddings("emb.npy", expect=model.fingerprint)  # doctest: +SKIP
+    >>> stored.embeddings.dtype, stored.fingerprint.id                 # doctest: +SKIP
+    (dtype('float32'), 'eh1-3f9a0c2b7d4e5a61')
+    """
+    path = Path(path)
+    ext = _extension(path)
+    if expect is not None and not isinstance(expect, Fingerprint):
+        raise TypeError(f"expect must be an embedhub.Fingerprint or None, got {type(expect).__name__}")
+    stored = _read_npy(path) if ext == ".npy" else _read_parquet(path)
+    fp = stored.fingerprint
+    if fp is not None and fp.dim != stored.embeddings.shape[1]:
+        raise ProvenanceError(
+            f"{path}: its fingerprint {fp.id} says {fp.dim} dims but the file holds {stored.embeddings.shape[1]}",
+            path=path,
+            field="dim",
+        )
+    if expect is not None:
+        if fp is None:
+            raise ProvenanceError(
+                f"{path} has no provenance ({_missing(path, ext)}), so it cannot be checked against the expected "
+                f"fingerprint {expect.id}; write it with embedhub.write_embeddings or `embedhub encode`",
+                path=path,
+            )
+        expect.check(fp, what=str(path), expected="expected", found="file")
+    return stored
+
+
+def _missing(path: Path, ext: str) -> str:
+    if ext == ".npy":
+        return f"no {sidecar_path(path).name} beside it"
+    return f"no {PARQUET_KEY.decode()!r} key in its parquet schema metadata"
+
+
+def _read_npy(path: Path) -> StoredEmbeddings:
+    import numpy as np
+
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise EmbeddingsFileError(f"cannot read {path}: {exc.strerror or exc}", path=path) from exc
+    except ValueError as exc:
+        raise EmbeddingsFileError(f"{path} is not a .npy array file: {exc}", path=path) from exc
+    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
+        raise EmbeddingsFileError(
+            f"{path}: expected a 2-d float array (N x D), got {arr.dtype} of shape {arr.shape}", path=path
+        )
+    emb = np.ascontiguousarray(arr, dtype=np.float32)
+    side = sidecar_path(path)
+    fp = _read_sidecar(side, path, emb.shape) if side.exists() else None
+    return StoredEmbeddings(path, emb, np.arange(emb.shape[0], dtype=np.int64), None, fp)
+
+
+def _read_sidecar(side: Path, npy: Path, shape: tuple[int, ...]) -> Fingerprint:
+    try:
+        text = side.read_bytes()
+    except OSError as exc:
+        raise ProvenanceError(f"cannot read {side}: {exc.strerror or exc}", path=side) from exc
+    try:
+        record = json.loads(text)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ProvenanceError(f"{side} is not valid JSON: {exc}", path=side) from None
+    if not isinstance(record, dict):
+        raise ProvenanceError(f"{side}: expected a JSON object, found {type(record).__name__}", path=side)
+    version = record.get("embedhub_embeddings")
+    if version != SIDECAR_VERSION:
+        raise ProvenanceError(
+            f"{side}: 'embedhub_embeddings' must be {SIDECAR_VERSION} (the sidecar version this embedhub reads), "
+            f"found {version!r}",
+            path=side,
+            field="embedhub_embeddings",
+        )
+    for key, want in (("rows", shape[0]), ("dim", shape[1])):
+        if record.get(key) != want:
+            raise ProvenanceError(
+                f"{side}: records {key} = {record.get(key)!r} but {npy.name} holds {want}; the sidecar describes "
+                "another matrix",
+                path=side,
+                field=key,
+            )
+    sha = record.get("sha256")
+    if not isinstance(sha, str):
+        raise ProvenanceError(f"{side}: 'sha256' must be a hex string, found {sha!r:.80}", path=side, field="sha256")
+    found = _sha256(npy)
+    if found != sha.lower():
+        raise ProvenanceError(
+            f"{side} records SHA-256 {sha} but {npy.name} has {found}: the .npy was replaced or changed after "
+            "its fingerprint was written, so its provenance is unknown",
+            path=side,
+            field="sha256",
+        )
+    if "fingerprint" not in record:
+        raise ProvenanceError(f"{side}: no 'fingerprint' record", path=side, field="fingerprint")
+    return Fingerprint.from_dict(record["fingerprint"], path=side)
+
+
+def _read_parquet(path: Path) -> StoredEmbeddings:
+    import numpy as np
+
+    pa = require("pyarrow", "parquet", "reading .parquet embeddings")
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except OSError as exc:  # pyarrow's ArrowInvalid for a file that is not parquet is a ValueError
+        raise EmbeddingsFileError(f"cannot read {path}: {exc.strerror or exc}", path=path) from exc
+    except (pa.ArrowException, ValueError) as exc:
+        raise EmbeddingsFileError(f"{path} is not a readable parquet file: {exc}", path=path) from exc
+    names = table.column_names
+    if "embedding" not in names:
+        raise EmbeddingsFileError(f"{path}: no 'embedding' column (columns: {', '.join(names) or 'none'})", path=path)
+    col = table.column("embedding").combine_chunks()
+    kind = col.type
+    if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
+        pa.types.is_floating(kind.value_type)
+    ):
+        raise EmbeddingsFileError(
+            f"{path}: column 'embedding' must be a list of floats (fixed_size_list<float32>[D]), found {kind}",
+            path=path,
+        )
+    if col.null_count:
+        row = int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
+        raise EmbeddingsFileError(f"{path}: column 'embedding' row {row} is null", path=path)
+    n = len(col)
+    if pa.types.is_fixed_size_list(kind):
+        dim = kind.list_size
+    else:
+        lengths = col.value_lengths().to_numpy(zero_copy_only=False)
+        dim = int(lengths[0]) if n else 0
+        if n and (lengths != dim).any():
+            row = int(np.flatnonzero(lengths != dim)[0])
+            raise EmbeddingsFileError(
+                f"{path}: column 'embedding' row {row} has {int(lengths[row])} values, row 0 has {dim}", path=path
+            )
+    values = col.flatten()
+    if values.null_count:
+        raise EmbeddingsFileError(f"{path}: column 'embedding' holds null values inside its vectors", path=path)
+    if dim < 1:
+        raise EmbeddingsFileError(f"{path}: column 'embedding' holds empty vectors", path=path)
+    emb = np.ascontiguousarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, dim)
+    ids: Any = np.arange(n, dtype=np.int64)
+    if "id" in names:
+        id_col = table.column("id")
+        ids = id_col.to_numpy() if pa.types.is_integer(id_col.type) and not id_col.null_count else id_col.to_pylist()
+    inputs = table.column("input").to_pylist() if "input" in names else None
+    meta = table.schema.metadata or {}
+    fp = Fingerprint.from_json(meta[PARQUET_KEY], path=path) if PARQUET_KEY in meta else None
+    return StoredEmbeddings(path, emb, ids, inputs, fp)
