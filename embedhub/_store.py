@@ -380,7 +380,8 @@ def _read_parquet(path: Path) -> StoredEmbeddings:
         raise EmbeddingsFileError(f"{path}: column 'embedding' holds null values inside its vectors", path=path)
     if dim < 1:
         raise EmbeddingsFileError(f"{path}: column 'embedding' holds empty vectors", path=path)
-    emb = np.ascontiguousarray(values.to_numpy(zero_copy_only=False), dtype=np.float32).reshape(n, dim)
+    # a copy: arrow's buffers are read-only, and the table is dropped once the matrix is out
+    emb = np.array(values.to_numpy(zero_copy_only=False), dtype=np.float32, copy=True).reshape(n, dim)
     ids: Any = np.arange(n, dtype=np.int64)
     if "id" in names:
         id_col = table.column("id")

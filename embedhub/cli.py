@@ -1,10 +1,12 @@
-"""The ``embedhub`` command line: ``encode`` files to embeddings, ``search`` a corpus, list ``models``.
+"""The ``embedhub`` command line: ``encode`` files to embeddings, ``search`` a corpus, list ``models``,
+``push`` a model folder to the Hub.
 
 Examples::
 
     embedhub encode --model all-MiniLM-L6-v2 --input sentences.txt --output emb.npy
     embedhub search --model all-MiniLM-L6-v2 --corpus sts-test.csv --column 5 --query "A man is playing a guitar."
     embedhub models
+    embedhub push my-model acme/my-model --private
 
 Exit codes: 0 success, 1 the model or the library failed (message on stderr), 2 bad usage or bad input.
 Heavy imports (torch, numpy, pyarrow) happen inside the commands.
@@ -16,9 +18,7 @@ import argparse
 import csv
 import json
 import os
-import re
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     import numpy as np
 
     from ._model import EmbeddingModel
+    from ._store import StoredEmbeddings
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".tsv", ".csv")
@@ -298,57 +299,6 @@ def read_inputs(path: str | os.PathLike, *, field_name: str = "text", column: in
     return corpus
 
 
-# ---------------------------------------------------------------------------------------------- writers
-def _atomic_write(out: Path, write: Any) -> None:
-    """Call ``write(tmp_path)`` on a temp file next to ``out``, then move it into place."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        os.replace(tmp, out)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def write_npy(out: Path, emb: np.ndarray) -> None:
-    import numpy as np
-
-    def write(tmp: str) -> None:
-        with open(tmp, "wb") as fh:
-            np.save(fh, emb, allow_pickle=False)
-
-    _atomic_write(out, write)
-
-
-def write_parquet(out: Path, emb: np.ndarray, labels: list[str]) -> None:
-    """Columns ``id`` (int64), ``input`` (str) and ``embedding`` (``fixed_size_list<float32>[D]``)."""
-    import numpy as np
-
-    from ._errors import require
-
-    pa = require("pyarrow", "parquet", "writing .parquet output")
-    import pyarrow.parquet as pq
-
-    n, dim = emb.shape
-    flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).reshape(-1), type=pa.float32())
-    table = pa.table(
-        {
-            "id": pa.array(np.arange(n, dtype=np.int64)),
-            "input": pa.array(labels, type=pa.string()),
-            "embedding": pa.FixedSizeListArray.from_arrays(flat, dim),
-        }
-    )
-    _atomic_write(out, lambda tmp: pq.write_table(table, tmp))
-
-
 # ---------------------------------------------------------------------------------------------- commands
 def _load_model(args: argparse.Namespace) -> EmbeddingModel:
     """``embedhub.load`` with the command's ``--model``, ``--revision``, ``--device``, ``--backend``, ``--threads``."""
@@ -376,20 +326,17 @@ def _load_model(args: argparse.Namespace) -> EmbeddingModel:
 
 
 def _encode(model: EmbeddingModel, corpus: Corpus, *, batch_size: int, normalize: bool = True) -> np.ndarray:
-    """Encode with a progress bar; ``inputs[i]`` in library errors is rewritten to say where item i came from."""
-    from ._errors import EmbedhubError
+    """Encode with a progress bar; an item error is raised again naming where item i came from."""
+    from ._errors import ItemError
 
     try:
         return model.encode(corpus.items, batch_size=batch_size, normalize=normalize, show_progress_bar=True)
-    except EmbedhubError as exc:
-        message = str(exc)
-        match = re.search(r"inputs\[(\d+)\]:?\s*", message)
-        if match and int(match.group(1)) < len(corpus.origins):
-            i = int(match.group(1))
-            rest = message[match.end() :] if match.start() == 0 else message
-            where = "" if corpus.origins[i] in rest else f" ({corpus.origins[i]})"
-            raise type(exc)(f"item {i}{where}: {rest}") from exc
-        raise
+    except ItemError as exc:
+        i = exc.index
+        if i is None or not 0 <= i < len(corpus.origins):
+            raise
+        where = "" if corpus.origins[i] in exc.detail else f" ({corpus.origins[i]})"
+        raise type(exc)(f"item {i}{where}: {exc.detail}", index=i) from exc
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -407,20 +354,83 @@ def cmd_encode(args: argparse.Namespace) -> int:
     corpus = read_inputs(args.input, field_name=args.field, column=args.column)
     print(f"embedhub: {corpus.summary()}", file=sys.stderr)
     model = _load_model(args)
+    from ._store import sidecar_path, write_embeddings
+
     start = time.perf_counter()
     emb = _encode(model, corpus, batch_size=args.batch_size, normalize=not args.no_normalize)
     seconds = time.perf_counter() - start
+    fingerprint = model.fingerprint.with_normalized(not args.no_normalize)
     if ext == ".npy":
-        write_npy(out, emb)
+        write_embeddings(out, emb, fingerprint)
+        where = f"{out} (fingerprint {fingerprint.id} in {sidecar_path(out).name})"
     else:
-        write_parquet(out, emb, corpus.labels)
+        write_embeddings(out, emb, fingerprint, inputs=corpus.labels)
+        where = f"{out} (fingerprint {fingerprint.id})"
     kind = "texts" if corpus.is_text else "items"
     print(
         f"embedhub: encoded {emb.shape[0]} {kind} into {emb.shape[1]} dims in {seconds:.2f} s "
-        f"({emb.shape[0] / max(seconds, 1e-9):.1f}/s) -> {out}",
+        f"({emb.shape[0] / max(seconds, 1e-9):.1f}/s) -> {where}",
         file=sys.stderr,
     )
     return 0
+
+
+def _read_stored(args: argparse.Namespace, corpus: Corpus) -> StoredEmbeddings:
+    """``search --embeddings``: the file's vectors, checked against the corpus before the model loads.
+
+    A file must carry provenance (parquet metadata, or the ``.fingerprint.json`` beside a ``.npy``):
+    vectors that cannot be traced to a model are refused, since the point of the check is that an
+    index is never searched with another model's queries.
+    """
+    from ._provenance import ProvenanceError
+    from ._store import EmbeddingsFileError, read_embeddings, sidecar_path
+
+    path = Path(args.embeddings)
+    try:
+        stored = read_embeddings(path)
+    except (EmbeddingsFileError, ProvenanceError) as exc:
+        raise UsageError(f"--embeddings: {exc}") from None
+    rows = len(stored)
+    if rows != len(corpus.items):
+        raise UsageError(
+            f"--embeddings {path} has {rows} rows but the corpus {args.corpus} has "
+            f"{len(corpus.items)} items; re-run `embedhub encode` with the same corpus options"
+        )
+    if stored.inputs is not None and stored.inputs != corpus.labels:
+        i = next(i for i, (a, b) in enumerate(zip(stored.inputs, corpus.labels)) if a != b)
+        raise UsageError(
+            f"--embeddings {path} row {i} embeds {stored.inputs[i]!r:.80} but item {i} of the corpus "
+            f"({corpus.origins[i]}) is {corpus.labels[i]!r:.80}; re-run `embedhub encode` with the same corpus options"
+        )
+    if stored.fingerprint is None:
+        beside = f"no {sidecar_path(path).name} beside it" if path.suffix.lower() == ".npy" else "no embedhub metadata"
+        raise UsageError(
+            f"--embeddings {path} has no provenance ({beside}), so embedhub cannot check that {args.model} made "
+            f"it; re-run `embedhub encode --model {args.model} --output {path}` (or, knowing the model that made "
+            "the vectors, write them with embedhub.write_embeddings(path, vectors, model.fingerprint))"
+        )
+    return stored
+
+
+def _check_stored(args: argparse.Namespace, stored: StoredEmbeddings, model: EmbeddingModel) -> None:
+    """The stored vectors' width and fingerprint against the model's (normalisation aside: search scores
+    by cosine, which does not depend on it)."""
+    from ._errors import FingerprintMismatchError
+
+    dim = stored.embeddings.shape[1]
+    if dim != model.embed_dim:
+        raise UsageError(
+            f"--embeddings {args.embeddings} has {dim} dims but {args.model} embeds "
+            f"{model.embed_dim}; were they made with another model?"
+        )
+    expected = model.fingerprint.with_normalized(stored.fingerprint.normalized)
+    try:
+        expected.check(stored.fingerprint, what=f"--embeddings {args.embeddings}", expected=f"--model {args.model}",
+                       found="file")
+    except FingerprintMismatchError as exc:
+        raise UsageError(
+            f"{exc}. Re-run `embedhub encode` with this model and its options to search with it"
+        ) from None
 
 
 def cmd_search(args: argparse.Namespace) -> int:
@@ -438,30 +448,12 @@ def cmd_search(args: argparse.Namespace) -> int:
         if problem:
             raise UsageError(f"{which} ({query!r:.80}) is not valid text: {problem}")
     print(f"embedhub: {corpus.summary()}", file=sys.stderr)
-    pre = None
-    if args.embeddings:
-        path = Path(args.embeddings)
-        if path.suffix.lower() != ".npy":
-            raise UsageError(f"--embeddings {path}: expected a .npy file written by `embedhub encode`")
-        try:
-            pre = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"--embeddings {path}: cannot read: {exc}") from None
-        if pre.ndim != 2 or not np.issubdtype(pre.dtype, np.floating):
-            raise UsageError(f"--embeddings {path}: expected a 2-d float array, got {pre.dtype} {pre.shape}")
-        if pre.shape[0] != len(corpus.items):
-            raise UsageError(
-                f"--embeddings {path} has {pre.shape[0]} rows but the corpus {args.corpus} has "
-                f"{len(corpus.items)} items; re-run `embedhub encode` with the same corpus options"
-            )
+    stored = _read_stored(args, corpus) if args.embeddings else None
     model = _load_model(args)
-    if pre is not None and pre.shape[1] != model.embed_dim:
-        raise UsageError(
-            f"--embeddings {args.embeddings} has {pre.shape[1]} dims but {args.model} embeds "
-            f"{model.embed_dim}; were they made with another model?"
-        )
+    if stored is not None:
+        _check_stored(args, stored, model)
     start = time.perf_counter()
-    docs = pre if pre is not None else _encode(model, corpus, batch_size=args.batch_size)
+    docs = stored.embeddings if stored is not None else _encode(model, corpus, batch_size=args.batch_size)
     queries = model.encode(list(args.query), batch_size=args.batch_size, show_progress_bar=False)
     scores = model.similarity(queries, docs)
     k = min(args.top_k, len(corpus.items))
@@ -480,11 +472,42 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """``embedhub models``: the registered aliases, one a line."""
-    from ._registry import list_models
+    """``embedhub models``: the registered aliases, one a line: alias, Hub repo id, pinned revision
+    (``-`` when the alias follows the repo's default branch) and description, in aligned columns."""
+    from ._registry import get_entry, list_models
 
-    for alias in list_models():
-        print(alias)
+    rows = [("ALIAS", "REPO ID", "REVISION", "DESCRIPTION")]
+    for item in list_models():
+        alias = getattr(item, "alias", item)
+        entry = get_entry(alias) if isinstance(item, str) else item
+        rows.append((alias, entry.repo_id, entry.revision or "-", entry.description))
+    widths = [max(len(row[c]) for row in rows) for c in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(w) for cell, w in zip(row[:3], widths)) + "  " + row[3])
+    return 0
+
+
+def cmd_push(args: argparse.Namespace) -> int:
+    """``embedhub push DIR REPO_ID``: upload a saved model folder (its format's files and model card)."""
+    from ._errors import PublishError
+    from ._publish import push_folder
+
+    start = time.perf_counter()
+    try:
+        url = push_folder(
+            args.folder,
+            args.repo_id,
+            private=args.private,
+            revision=args.revision,
+            commit_message=args.commit_message,
+            token=args.token,
+            create_pr=args.create_pr,
+        )
+    except PublishError as exc:
+        raise UsageError(str(exc)) from None
+    where = args.repo_id + (f"@{args.revision}" if args.revision else "")
+    print(url)
+    print(f"embedhub: pushed {args.folder} to {where} in {time.perf_counter() - start:.2f} s", file=sys.stderr)
     return 0
 
 
@@ -593,8 +616,35 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sea.set_defaults(func=cmd_search)
 
-    mod = sub.add_parser("models", help="list the registered model aliases")
+    mod = sub.add_parser(
+        "models",
+        help="list the registered model aliases",
+        description="List the registered aliases with the Hub repo and pinned revision each loads "
+        "('-': the repo's default branch).",
+    )
     mod.set_defaults(func=cmd_models)
+
+    push = sub.add_parser(
+        "push",
+        help="upload a saved model folder to the Hugging Face Hub",
+        description="Upload the files a model folder's format needs (plus its README.md model card and the "
+        "images it links) to a Hub repo in one commit, creating the repo when missing. The repo id, revision, "
+        "folder and token are checked before anything is sent. Prints the commit URL.",
+        epilog="Exit codes: 0 pushed, 2 bad arguments, not a model folder, no token or the Hub refused the push.",
+    )
+    push.add_argument("folder", metavar="DIR", help="model folder (e.g. written by save_pretrained or a recipe)")
+    push.add_argument("repo_id", metavar="REPO_ID", help="Hub repo id, 'namespace/name'")
+    push.add_argument("--private", action="store_true", help="create the repo as private (when it does not exist)")
+    push.add_argument("--revision", default=None, help="branch to push to (created when missing; default: main)")
+    push.add_argument("--commit-message", default=None, help="commit message (default: 'Upload embedhub model')")
+    push.add_argument(
+        "--token",
+        default=None,
+        help="Hub token with write access (default: HF_TOKEN or the saved login; a token on the command line "
+        "is visible to other users of this machine)",
+    )
+    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
+    push.set_defaults(func=cmd_push)
     _add_plugins(sub)
     return parser
 

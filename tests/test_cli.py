@@ -141,7 +141,7 @@ def test_python_dash_m_entry_point(tmp_path, minilm):
     if script.exists():  # the [project.scripts] console script of the installed package
         proc = subprocess.run([str(script), "models"], capture_output=True, text=True, env=env, timeout=300)
         assert proc.returncode == 0, proc.stderr
-        assert proc.stdout.splitlines() == embedhub.list_models()
+        assert [alias for alias, _, _ in _alias_rows(proc.stdout)] == embedhub.list_models()
 
 
 # --------------------------------------------------------------------------------------------- search
@@ -207,7 +207,7 @@ def test_search_uses_precomputed_embeddings(sts_corpus, tmp_path, capsys, minilm
     emb = minilm.encode(texts)
     # shift rows by one: if the CLI really uses this file, the exact query lands on the next row's text
     shifted = tmp_path / "shifted.npy"
-    np.save(shifted, np.roll(emb, 1, axis=0))
+    embedhub.write_embeddings(shifted, np.roll(emb, 1, axis=0), minilm.fingerprint)
     query = texts[3]
     expected = texts[4]
     assert expected != query
@@ -324,11 +324,32 @@ def test_unknown_model_exit_1_without_traceback(tmp_path, capsys):
     assert "does not exist" in err and "ModelNotFoundError" in err and "Traceback" not in err
 
 
+def _alias_rows(stdout: str) -> list[tuple[str, str, str]]:
+    """``embedhub models`` output after its header: (alias, repo id, revision) per line."""
+    lines = stdout.splitlines()
+    assert lines[0].split() == ["ALIAS", "REPO", "ID", "REVISION", "DESCRIPTION"]
+    return [tuple(line.split()[:3]) for line in lines[1:]]
+
+
 def test_models_lists_aliases(capsys):
     code, out, _ = run(capsys, "models")
     assert code == 0
-    assert out.splitlines() == embedhub.list_models()
-    assert MODEL in out.splitlines()
+    rows = _alias_rows(out)
+    assert [alias for alias, _, _ in rows] == embedhub.list_models()
+    assert (MODEL, "sentence-transformers/all-MiniLM-L6-v2", "-") in rows  # not pinned: the default branch
+
+
+def test_models_shows_pinned_revision(capsys, monkeypatch):
+    from embedhub import _registry
+
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))  # the alias is gone after the test
+    sha = "0123456789abcdef0123456789abcdef01234567"
+    embedhub.register_model("pinned-mini", "acme/mini-model", revision=sha, description="a pinned alias")
+    code, out, _ = run(capsys, "models")
+    assert code == 0
+    assert ("pinned-mini", "acme/mini-model", sha) in _alias_rows(out)
+    (line,) = [line for line in out.splitlines() if line.startswith("pinned-mini ")]
+    assert line.endswith("  a pinned alias")
 
 
 # --------------------------------------------------------------------------------------------- images
@@ -483,3 +504,198 @@ def test_search_rejects_image_corpus(tiny_clip, tmp_path, capsys):
         capsys, "search", "--model", str(tiny_clip), "--corpus", str(src), "--field", "image", "--query", "a cat"
     )
     assert code == 2 and "needs a text corpus" in err
+
+
+# --------------------------------------------------------------------------------------------- provenance
+@pytest.fixture(scope="module")
+def other_st_dir(tmp_path_factory, tiny_st_dir) -> Path:
+    """tiny_st_dir with other weights (same architecture, tokenizer and 32 dims): another model."""
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("other_st")
+    shutil.copytree(tiny_st_dir, folder, dirs_exist_ok=True)
+    state = load_file(str(folder / "model.safetensors"))
+    gen = torch.Generator().manual_seed(1)
+    state = {
+        k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in state.items()
+    }
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder
+
+
+def _corpus(tmp_path: Path, texts: list[str] = SENTENCES, name: str = "corpus.txt") -> Path:
+    src = tmp_path / name
+    src.write_text("\n".join(texts) + "\n")
+    return src
+
+
+def _encode_to(capsys, model: Path, src: Path, out: Path, *extra: str) -> str:
+    code, _, err = run(
+        capsys, "encode", "--model", str(model), "--device", "cpu", "--input", str(src), "--output", str(out), *extra
+    )
+    assert code == 0, err
+    return err
+
+
+def _search(capsys, model: Path, src: Path, emb: Path) -> tuple[int, str, str]:
+    return run(
+        capsys, "search", "--model", str(model), "--device", "cpu", "--corpus", str(src), "--query", SENTENCES[2],
+        "--top-k", "1", "--embeddings", str(emb),
+    )
+
+
+def test_encode_records_the_models_fingerprint(tiny_st_dir, tmp_path, capsys):
+    src = _corpus(tmp_path)
+    fp = embedhub.load(tiny_st_dir, device="cpu").fingerprint
+    err = _encode_to(capsys, tiny_st_dir, src, tmp_path / "emb.npy")
+    assert f"fingerprint {fp.id} in emb.npy.fingerprint.json" in err
+    sidecar = json.loads((tmp_path / "emb.npy.fingerprint.json").read_text())
+    assert sidecar["fingerprint"] == fp.to_dict()
+    _encode_to(capsys, tiny_st_dir, src, tmp_path / "emb.parquet")
+    stored = embedhub.read_embeddings(tmp_path / "emb.parquet", expect=fp)
+    assert stored.inputs == SENTENCES and stored.ids.tolist() == list(range(len(SENTENCES)))
+    _encode_to(capsys, tiny_st_dir, src, tmp_path / "raw.parquet", "--no-normalize")
+    raw = embedhub.read_embeddings(tmp_path / "raw.parquet")
+    assert raw.fingerprint == fp.with_normalized(False) and raw.fingerprint.id != fp.id
+    assert not np.allclose(np.linalg.norm(raw.embeddings, axis=1), 1.0, atol=1e-3)
+
+
+@pytest.mark.parametrize("name", ["emb.parquet", "emb.npy"])
+def test_search_refuses_embeddings_of_another_model(tiny_st_dir, other_st_dir, tmp_path, capsys, name):
+    src = _corpus(tmp_path)
+    out = tmp_path / name
+    _encode_to(capsys, tiny_st_dir, src, out)
+    code, stdout, err = _search(capsys, tiny_st_dir, src, out)  # the model that made them: accepted
+    assert code == 0, err
+    assert stdout.splitlines()[1].split("  ", 2)[2] == SENTENCES[2]
+
+    made_by = embedhub.load(tiny_st_dir, device="cpu").fingerprint
+    searcher = embedhub.load(other_st_dir, device="cpu").fingerprint
+    assert made_by.dim == searcher.dim  # the width check alone would let these vectors through
+    code, stdout, err = _search(capsys, other_st_dir, src, out)
+    assert code == 2 and stdout == ""
+    assert f"embedhub search: error: --embeddings {out} holds embeddings of fingerprint {made_by.id}" in err
+    assert f"{made_by.id} (file), not {searcher.id} (--model {other_st_dir})" in err
+    assert f"source: {made_by.source!r} (file) vs {searcher.source!r} (--model {other_st_dir})" in err
+    assert "Re-run `embedhub encode`" in err and "Traceback" not in err
+
+
+def test_search_accepts_unnormalized_embeddings_of_the_same_model(tiny_st_dir, tmp_path, capsys):
+    src = _corpus(tmp_path)
+    _encode_to(capsys, tiny_st_dir, src, tmp_path / "raw.npy", "--no-normalize")
+    code, stdout, err = _search(capsys, tiny_st_dir, src, tmp_path / "raw.npy")  # cosine does not depend on it
+    assert code == 0, err
+    score, text = stdout.splitlines()[1].strip().split("  ", 1)
+    assert text == SENTENCES[2] and float(score) == pytest.approx(1.0, abs=1e-3)
+
+
+def test_search_refuses_embeddings_without_or_with_broken_provenance(tiny_st_dir, tmp_path, capsys):
+    pq = pytest.importorskip("pyarrow.parquet")
+    src = _corpus(tmp_path)
+    npy = tmp_path / "emb.npy"
+    _encode_to(capsys, tiny_st_dir, src, npy)
+    sidecar = tmp_path / "emb.npy.fingerprint.json"
+    kept = sidecar.read_bytes()
+    sidecar.unlink()
+    code, stdout, err = _search(capsys, tiny_st_dir, src, npy)
+    assert code == 2 and stdout == "" and "loaded" not in err  # refused before the model loads
+    assert f"--embeddings {npy} has no provenance (no emb.npy.fingerprint.json beside it)" in err
+
+    sidecar.write_bytes(kept)
+    np.save(npy, np.load(npy)[::-1].copy())  # rows reordered by another tool after the sidecar was written
+    code, _, err = _search(capsys, tiny_st_dir, src, npy)
+    assert code == 2 and "was replaced or changed after its fingerprint was written" in err
+
+    parquet = tmp_path / "emb.parquet"
+    _encode_to(capsys, tiny_st_dir, src, parquet)
+    table = pq.read_table(parquet)
+    record = json.loads(table.schema.metadata[b"embedhub.fingerprint"])
+    pq.write_table(table.replace_schema_metadata({b"embedhub.fingerprint": json.dumps({**record, "dim": "32"})}),
+                   parquet)
+    code, _, err = _search(capsys, tiny_st_dir, src, parquet)
+    assert code == 2 and "fingerprint field 'dim' must be an integer" in err and "Traceback" not in err
+
+
+def test_search_refuses_parquet_of_another_corpus(tiny_st_dir, tmp_path, capsys):
+    _encode_to(capsys, tiny_st_dir, _corpus(tmp_path), tmp_path / "emb.parquet")
+    other = _corpus(tmp_path, SENTENCES[:3] + ["A different fourth line.", SENTENCES[4]], name="other.txt")
+    code, _, err = _search(capsys, tiny_st_dir, other, tmp_path / "emb.parquet")
+    assert code == 2 and "row 3 embeds 'The stock market fell sharply on Monday.'" in err
+    assert "item 3 of the corpus (line 4 of" in err and "loaded" not in err
+
+
+# --------------------------------------------------------------------------------------------- push
+@pytest.fixture()
+def no_token(monkeypatch, tmp_path):
+    """No Hub token anywhere: none in the environment, and the token file points into an empty folder."""
+    import huggingface_hub.constants
+
+    for name in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["{model}", "not a repo"], "cannot push to 'not a repo': not a valid Hub repo id"),
+        (["{model}", "acme/x", "--revision", "c" * 40], "that is a commit hash"),
+        (["{model}", "acme/x", "--revision", "v1..2"], "not a valid branch name"),
+        (["{tmp}/missing", "acme/x"], "the folder does not exist"),
+        (["{tmp}/notes", "acme/x"], "it is not a model folder"),
+        (["{model}", "acme/x"], "needs a token with write access and none was found"),
+        (["{model}", "acme/x", "--token", "hf_x", "--commit-message", " "], "commit_message must be a non-empty str"),
+    ],
+)
+def test_push_errors_exit_2_naming_the_problem(tiny_st_dir, tmp_path, capsys, no_token, args, expected):
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "readme.txt").write_text("not a model")
+    argv = [a.format(model=tiny_st_dir, tmp=tmp_path) for a in args]
+    code, out, err = run(capsys, "push", *argv)
+    assert code == 2 and out == ""
+    assert err.startswith("embedhub push: error: ") and expected in err and "Traceback" not in err
+
+
+def test_push_uploads_the_model_files(tiny_st_dir, capsys, monkeypatch, no_token):
+    import huggingface_hub
+
+    from embedhub.formats import model_files
+
+    calls: list[tuple[str, dict]] = []
+
+    class RecordingHub:
+        """Test double of huggingface_hub.HfApi: the public Hub cannot be reached here; it records the calls."""
+
+        def __init__(self, token=None):
+            calls.append(("init", {"token": token}))
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create_repo", {"repo_id": repo_id, **kw}))
+
+        def create_branch(self, repo_id, **kw):
+            calls.append(("create_branch", {"repo_id": repo_id, **kw}))
+
+        def upload_folder(self, **kw):
+            calls.append(("upload_folder", kw))
+            return type("CommitInfo", (), {"commit_url": "https://huggingface.co/acme/tiny/commit/" + "d" * 40})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingHub)
+    code, out, err = run(
+        capsys, "push", str(tiny_st_dir), "acme/tiny", "--private", "--revision", "v1", "--commit-message", "tiny v1",
+        "--token", "hf_test",
+    )
+    assert code == 0, err
+    assert out.strip() == "https://huggingface.co/acme/tiny/commit/" + "d" * 40
+    assert f"pushed {tiny_st_dir} to acme/tiny@v1" in err
+    kinds = [k for k, _ in calls]
+    assert kinds == ["init", "create_repo", "create_branch", "upload_folder"]
+    assert calls[0][1]["token"] == "hf_test" and calls[1][1]["private"] is True
+    assert calls[2][1]["branch"] == "v1"
+    upload = calls[3][1]
+    assert (upload["revision"], upload["commit_message"], upload["create_pr"]) == ("v1", "tiny v1", False)
+    # only the format's files, and the model card sentence-transformers wrote beside them
+    assert (tiny_st_dir / "README.md").is_file()
+    assert sorted(upload["allow_patterns"]) == sorted([*model_files(tiny_st_dir), "README.md"])

@@ -269,6 +269,7 @@ def test_parquet_round_trip_with_metadata(tiny, tmp_path):
     stored = read_embeddings(out, expect=model.fingerprint)
     np.testing.assert_array_equal(stored.embeddings, emb)
     assert stored.ids == ["a", "b", "c"] and stored.inputs == TEXTS
+    assert stored.embeddings.flags.writeable and stored.embeddings.flags.c_contiguous
     assert [p.name for p in tmp_path.iterdir()] == ["emb.parquet"]  # no temporary file left
 
 
