@@ -213,9 +213,10 @@ def fingerprint_of(model: EmbeddingModel) -> Fingerprint:
     """The fingerprint of ``model`` as loaded (with encode's default, ``normalized=True``).
 
     The source is the Hub repo when the model is a Hub snapshot at a commit, else the content hash
-    of its folder's model files, else (a model built in memory and never saved) the hash of its
-    weights and config. It describes the model as loaded: weights changed in memory afterwards are
-    not seen; save and reload such a model to get a fingerprint of its new weights.
+    of its folder's model files, else (a model built in memory and never saved, or whose folder no
+    longer holds a model) the hash of its weights and config. It describes the model as loaded:
+    weights changed in memory afterwards are not seen; save and reload such a model to get a
+    fingerprint of its new weights.
 
     >>> embedhub.load("all-MiniLM-L6-v2").fingerprint.pooling  # doctest: +SKIP
     'mean'
@@ -223,11 +224,18 @@ def fingerprint_of(model: EmbeddingModel) -> Fingerprint:
     repo_id = getattr(model, "repo_id", None)
     revision = getattr(model, "revision", None)
     folder = getattr(model, "folder", None)
+    source = None
     if repo_id and isinstance(revision, str) and _COMMIT.fullmatch(revision):
         source = f"hub:{repo_id}"
     elif folder is not None and Path(folder).is_dir():
-        source = f"folder:{folder_hash(Path(folder))}"
-    else:
+        from ._errors import UnknownFormatError
+
+        try:
+            source = f"folder:{folder_hash(Path(folder))}"
+        except (UnknownFormatError, OSError):  # no longer a model folder (changed since the load)
+            if not len(model.towers):
+                raise
+    if source is None:
         source = f"memory:{memory_hash(model)}"
     return Fingerprint(
         source=source,

@@ -612,7 +612,9 @@ def build_parser() -> argparse.ArgumentParser:
     sea.add_argument(
         "--embeddings",
         default=None,
-        help="precomputed corpus embeddings (.npy from `embedhub encode`, same corpus options)",
+        help="precomputed corpus embeddings: a .parquet or .npy file from `embedhub encode` with the same corpus "
+        "options; refused unless its fingerprint (parquet metadata, or the .fingerprint.json beside a .npy) is "
+        "--model's, normalisation aside",
     )
     sea.set_defaults(func=cmd_search)
 

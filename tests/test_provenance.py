@@ -213,6 +213,10 @@ def test_model_in_memory_hashes_its_weights(tiny_st_dir, tmp_path):
     fp = build(src.towers["text"]).fingerprint
     assert fp.source.startswith("memory:") and fp.revision is None and fp.pooling == "mean"
     assert build(src.towers["text"]).fingerprint == fp  # the same weights built twice
+    (tmp_path / "notes").mkdir()
+    stale = build(src.towers["text"])
+    stale.folder = tmp_path / "notes"  # a folder that holds no model: the weights are hashed instead
+    assert stale.fingerprint == fp
     changed = copy.deepcopy(src.towers["text"])
     with torch.no_grad():
         next(changed.parameters()).add_(1e-3)
