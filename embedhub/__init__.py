@@ -10,17 +10,21 @@ from __future__ import annotations
 
 from ._errors import (
     ConfigError,
+    EmbeddingsFileError,
     EmbedhubError,
+    FingerprintMismatchError,
     InputError,
     InputTypeError,
     MissingDependencyError,
     ModalityError,
     ModelNotCachedError,
     ModelNotFoundError,
+    ProvenanceError,
+    PublishError,
     UnknownFormatError,
     WeightsError,
 )
-from ._registry import list_models, register_model
+from ._registry import ModelEntry, list_models, model_entry, register_model
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -54,19 +58,25 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
-    "EmbedhubError",
     "EmbeddingModel",
+    "EmbeddingsFileError",
+    "EmbedhubError",
     "Fingerprint",
+    "FingerprintMismatchError",
     "InputError",
     "InputTypeError",
     "MissingDependencyError",
     "ModalityError",
     "ModelNotCachedError",
+    "ModelEntry",
     "ModelNotFoundError",
+    "ProvenanceError",
+    "PublishError",
     "UnknownFormatError",
     "WeightsError",
     "list_models",
     "load",
+    "model_entry",
     "read_embeddings",
     "register_model",
     "write_embeddings",

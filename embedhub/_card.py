@@ -229,7 +229,7 @@ def write_card(
     *,
     model_id: str,
     modalities: Sequence[str],
-    base_model: str | None = None,
+    base_model: str | Sequence[str] | None = None,
     datasets: Sequence[str] = (),
     license: str = "apache-2.0",
     tags: Sequence[str] = (),
@@ -260,7 +260,10 @@ def write_card(
     _check_name("model_id", model_id)
     mods = _check_modalities(modalities)
     if base_model is not None:
-        _check_name("base_model", base_model)
+        bases = [base_model] if isinstance(base_model, str) else _check_names("base_model", base_model)
+        for b in bases:
+            _check_name("base_model", b)
+        base_model = bases[0] if len(bases) == 1 else bases
     datasets = _check_names("datasets", datasets)
     _check_name("license", license)
     extra_tags = _check_names("tags", tags)
@@ -299,8 +302,10 @@ def write_card(
     )
     what = " and ".join(mods)
     intro = description.strip() or (
-        f"An embedhub {what} embedding model" + (f" built on [{base_model}](https://huggingface.co/{base_model})"
-                                                  if base_model else "") + "."
+        f"An embedhub {what} embedding model" + (
+            " built on " + ", ".join(f"[{b}](https://huggingface.co/{b})"
+                                     for b in ([base_model] if isinstance(base_model, str) else base_model))
+            if base_model else "") + "."
     )
     body = [f"# {model_id}", "", intro, "", "## Usage", "", "```bash", "pip install embedhub", "```", "",
             "```python", snippet.rstrip(), "```", ""]

@@ -6,6 +6,9 @@ Each error subclasses a builtin too, so callers can catch either
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
+
 
 class EmbedhubError(Exception):
     """Base class of every error embedhub raises on purpose."""
@@ -63,6 +66,30 @@ class InputTypeError(ItemError, TypeError):
 
 class FingerprintMismatchError(EmbedhubError, ValueError):
     """Stored embeddings were made by another model (or backend, dtype, pooling) than the one at hand."""
+
+
+class ProvenanceError(FingerprintMismatchError):
+    """Stored embeddings whose provenance is missing or malformed, so they cannot be checked against a model.
+
+    ``path`` is the file (``None`` for a fingerprint given as data) and ``field`` the fingerprint
+    field at fault (``None`` when the whole record is missing or unreadable). A subclass of
+    :class:`FingerprintMismatchError`: ``except FingerprintMismatchError`` refuses every vector
+    whose model cannot be confirmed.
+    """
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, field: str | None = None):
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+        self.field = field
+
+
+class EmbeddingsFileError(EmbedhubError, ValueError):
+    """A file of stored embeddings cannot be written or read: unknown extension, not a 2-d float
+    matrix, empty or null rows, an unreadable file. ``path`` names the file."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str]):
+        super().__init__(message)
+        self.path = Path(path)
 
 
 class PublishError(EmbedhubError, ValueError):

@@ -7,8 +7,7 @@ import os
 import torch
 
 from ._backends import Backend
-from ._formats import detect
-from ._formats import embedhub as own_format
+from ._folder import ModelFolder
 from ._hub import download, resolve
 from ._model import EmbeddingModel
 
@@ -70,39 +69,41 @@ def load(
     if backend not in ("torch", "onnx", "auto"):
         raise ValueError(f"backend {backend!r} is not available; supported: 'torch', 'onnx', 'auto'")
     dev, dt = _device(device), _dtype(dtype)
+    from .formats import LoadOptions, detect
+
     src = resolve(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
     fmt = detect(src.folder)
     folder = src.folder
     if src.repo_id is not None:
         folder = download(
             src.repo_id,
-            fmt.ALLOW_PATTERNS,
+            list(fmt.allow_patterns),
             revision=src.revision,
             cache_dir=cache_dir,
             local_files_only=local_files_only,
             token=token,
         )
-    if fmt is own_format:
-        parts = fmt.load(folder, trust_remote_code=trust_remote_code, backend=backend, device=dev, threads=threads)
-    elif backend == "onnx":
-        raise ValueError(
-            f"{name} is a {fmt.NAME} model without embedhub ONNX graphs; export it first with "
-            f"`embedhub export {name} --output DIR`, then load DIR with backend='onnx'"
-        )
-    else:
-        parts = fmt.load(folder, trust_remote_code=trust_remote_code)
+    if not fmt.supports_onnx:
+        if backend == "onnx":
+            raise ValueError(
+                f"{name} is a {fmt.name} model without embedhub ONNX graphs; export it first with "
+                f"`embedhub export {name} --output DIR`, then load DIR with backend='onnx'"
+            )
+        backend = "torch"
+    options = LoadOptions(trust_remote_code=trust_remote_code, backend=backend, device=dev, threads=threads)
+    parts = fmt.load(ModelFolder(folder), options)
     return EmbeddingModel(
-        parts["towers"],
-        parts["preprocessors"],
-        embed_dim=parts["embed_dim"],
+        parts.towers,
+        parts.preprocessors,
+        embed_dim=parts.embed_dim,
         name=str(name),
-        format=fmt.NAME,
+        format=fmt.name,
         folder=folder,
-        logit_scale=parts.get("logit_scale"),
-        templates=parts.get("templates"),
+        logit_scale=parts.logit_scale,
+        templates=parts.templates,
         device=dev,
         dtype=dt,
-        spec=parts.get("spec"),
+        spec=parts.config,
         repo_id=src.repo_id,
         revision=(_snapshot_revision(folder) if src.repo_id is not None else None) or src.revision,
     )

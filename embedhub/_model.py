@@ -296,22 +296,107 @@ class EmbeddingModel:
             templates = _string_list("templates", templates, "template", example="['a photo of a {}.']")
         for t in templates:
             check_template(t)
-        prompts = [t.format(label) for label in labels for t in templates]
-        text = self.encode(prompts, batch_size=batch_size, convert_to="torch")
-        classes = torch.nn.functional.normalize(text.reshape(len(labels), len(templates), -1).mean(1), dim=-1)
+        from .utils import average_templates, template_prompts
+
+        text = self.encode(template_prompts(labels, templates), batch_size=batch_size, convert_to="torch")
+        classes = average_templates(text, len(labels))
         img = self.encode_image(images, batch_size=batch_size, convert_to="torch")
         logits = (self.logit_scale or 100.0) * (img @ classes.T)
         return torch.softmax(logits, dim=-1).numpy()
 
     # ------------------------------------------------------------------ saving
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
-        """Write the model in embedhub's own format (config + ``model.safetensors`` + tokenizer files).
+        """Save the model into ``folder`` (new, empty, or a folder this model was saved to before).
+
+        Models whose towers are registered tower kinds (loaded from embedhub or sentence-transformers
+        folders, or trained by the recipes) are written in embedhub's format: ``embedhub_config.json``,
+        safetensors weights, tokenizer files; a text model is also written in sentence-transformers'
+        layout, so ``SentenceTransformer(folder)`` loads it. Models embedhub cannot rebuild from a config
+        (open_clip and transformers CLIP towers, ONNX-only models) are saved by copying the files their
+        own format needs from the folder they were loaded from. Nothing pickled is ever written.
 
         >>> model.save_pretrained("my-model")  # doctest: +SKIP
+        PosixPath('my-model')
         """
-        from ._formats.embedhub import save
+        from ._errors import PublishError
+        from .formats import can_save_torch, save_embedhub
 
-        return save(self, Path(folder))
+        try:
+            if can_save_torch(self):
+                return save_embedhub(self, Path(folder))
+            return self._copy_source_files(Path(folder))
+        except OSError as exc:
+            if isinstance(exc, FileExistsError) and exc.errno is None:
+                raise  # embedhub's own refusal to replace files it did not write
+            raise PublishError(f"cannot write the model to {folder}: {exc.strerror or exc} "
+                               f"({exc.filename or folder}); nothing was written") from exc
+
+    def _copy_source_files(self, folder: Path) -> Path:
+        import shutil
+        import tempfile
+
+        from ._atomic import install_folder
+        from ._errors import PublishError
+        from .formats import detect
+
+        if self.folder is None:
+            raise PublishError(
+                f"{self.name}: its towers ({', '.join(type(t).__name__ for t in self._runners.values())}) are not "
+                "registered tower kinds and it was not loaded from a folder, so there is nothing to save; register "
+                "the tower classes with embedhub.modules.register_tower"
+            )
+        fmt = detect(self.folder)
+        if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+            raise FileExistsError(f"{folder} exists and is not a folder; choose a new or empty folder to save into")
+        if folder.is_dir() and any(folder.iterdir()):
+            try:
+                same = detect(folder).name == fmt.name
+            except Exception:
+                same = False
+            if not same:
+                raise FileExistsError(f"{folder} is not empty and is not a model folder of the {fmt.name} format; save "
+                                      "into a new or empty folder (embedhub never replaces files it did not write)")
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            for rel in fmt.files(self.folder):
+                (staging / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(self.folder / rel, staging / rel)  # follows a Hub snapshot's links to its blobs
+            install_folder(staging, folder, last=fmt.marker or None)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return folder
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        private: bool = False,
+        revision: str | None = None,
+        commit_message: str | None = None,
+        token: str | None = None,
+        create_pr: bool = False,
+    ) -> str:
+        """Save the model (as :meth:`save_pretrained`) with a model card and upload it to the Hugging Face
+        Hub through ``huggingface_hub``; returns the commit URL. The repo id and revision are checked, and a
+        token found, before any network call; only the files the format needs are uploaded.
+
+        >>> model.push_to_hub("my-org/my-model", private=True)  # doctest: +SKIP
+        """
+        import tempfile
+
+        from ._card import write_card
+        from ._publish import check_names, push_folder
+
+        check_names(repo_id, revision, create_pr)
+        with tempfile.TemporaryDirectory(prefix="embedhub-push-") as tmp:
+            folder = self.save_pretrained(Path(tmp) / "model")
+            if not (folder / "README.md").exists():
+                write_card(folder, model_id=repo_id, modalities=self.modalities, embed_dim=self.embed_dim,
+                           base_model=self.repo_id)
+            return push_folder(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
+                               token=token, create_pr=create_pr)
 
     def config(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._spec)) if self._spec else {}

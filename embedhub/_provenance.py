@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._errors import FingerprintMismatchError
+from ._errors import FingerprintMismatchError, ProvenanceError
 
 if TYPE_CHECKING:
     from ._model import EmbeddingModel
@@ -38,21 +38,6 @@ EXPORT_METADATA = "onnx/export_metadata.json"
 _SOURCE = re.compile(r"hub:[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+|(folder|memory):[0-9a-f]{16}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _CHUNK = 1 << 20
-
-
-class ProvenanceError(FingerprintMismatchError):
-    """Stored embeddings whose provenance is missing or malformed, so they cannot be checked against a model.
-
-    ``path`` is the file (``None`` for a fingerprint given as data) and ``field`` the fingerprint
-    field at fault (``None`` when the whole record is missing or unreadable). A subclass of
-    :class:`FingerprintMismatchError`: ``except FingerprintMismatchError`` refuses every vector
-    whose model cannot be confirmed.
-    """
-
-    def __init__(self, message: str, *, path: str | os.PathLike | None = None, field: str | None = None):
-        super().__init__(message)
-        self.path = None if path is None else Path(path)
-        self.field = field
 
 
 @dataclass(frozen=True)

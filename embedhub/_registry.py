@@ -71,6 +71,18 @@ def get_entry(alias: str) -> ModelEntry | None:
     return _REGISTRY.get(alias.lower())
 
 
+def model_entry(alias: str) -> ModelEntry:
+    """What ``alias`` points to: repo id, pinned revision, description.
+
+    >>> model_entry("minilm").repo_id
+    'sentence-transformers/all-MiniLM-L6-v2'
+    """
+    entry = get_entry(alias)
+    if entry is None:
+        raise KeyError(f"no alias {alias!r}; registered: {', '.join(list_models())}")
+    return entry
+
+
 def close_aliases(name: str, n: int = 5) -> list[str]:
     names = {e.alias.lower(): e.alias for e in _REGISTRY.values()}
     hits = difflib.get_close_matches(name.lower(), list(names), n=n, cutoff=0.4)

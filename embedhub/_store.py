@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._atomic import atomic_write
-from ._errors import EmbedhubError, require
-from ._provenance import Fingerprint, ProvenanceError
+from ._errors import EmbeddingsFileError, ProvenanceError, require
+from ._provenance import Fingerprint
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,15 +39,6 @@ PARQUET_KEY = b"embedhub.fingerprint"
 SIDECAR_SUFFIX = ".fingerprint.json"
 SIDECAR_VERSION = 1
 _CHUNK = 1 << 20
-
-
-class EmbeddingsFileError(EmbedhubError, ValueError):
-    """A file of stored embeddings cannot be written or read: unknown extension, not a 2-d float
-    matrix, empty or null rows, an unreadable file. ``path`` names the file."""
-
-    def __init__(self, message: str, *, path: str | os.PathLike):
-        super().__init__(message)
-        self.path = Path(path)
 
 
 @dataclass(frozen=True)

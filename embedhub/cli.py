@@ -382,8 +382,8 @@ def _read_stored(args: argparse.Namespace, corpus: Corpus) -> StoredEmbeddings:
     vectors that cannot be traced to a model are refused, since the point of the check is that an
     index is never searched with another model's queries.
     """
-    from ._provenance import ProvenanceError
-    from ._store import EmbeddingsFileError, read_embeddings, sidecar_path
+    from ._errors import EmbeddingsFileError, ProvenanceError
+    from ._store import read_embeddings, sidecar_path
 
     path = Path(args.embeddings)
     try:

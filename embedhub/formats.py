@@ -1,12 +1,150 @@
-"""Model folder formats: detection, and the files each format needs.
+"""Model folder formats: one explicit contract, a registry users can extend, detection.
 
->>> from embedhub.formats import model_files
->>> model_files("my-model")  # doctest: +SKIP
-['embedhub_config.json', 'model.safetensors', 'text/config.json', 'text/tokenizer.json']
+A format is a :class:`Format` subclass: its ``name``, the ``marker`` file that identifies it (or its
+own :meth:`Format.matches`), the file patterns it needs (``allow_patterns``: what is downloaded and
+what ``push_to_hub`` uploads), and :meth:`Format.load`, which turns a folder into a typed
+:class:`ModelParts`. Built-in formats, tried in this order: embedhub, sentence-transformers,
+open_clip, transformers CLIP.
+
+>>> from embedhub.formats import Format, ModelParts, register_format, format_names
+>>> class MyFormat(Format):
+...     name, marker, allow_patterns = "my-format", "my_format.json", ("*.json", "*.safetensors")
+...     def load(self, folder, options):
+...         ...  # build towers and preprocessors from the folder's files
+>>> register_format(MyFormat())
+>>> format_names()[-1]
+'my-format'
+>>> unregister_format("my-format")
 """
 
 from __future__ import annotations
 
-from ._formats import detect, model_files
+import os
+from pathlib import Path
+from typing import Any
 
-__all__ = ["detect", "model_files"]
+from ._contract import Format, LoadOptions, ModelParts
+from ._errors import UnknownFormatError
+
+__all__ = [
+    "Format",
+    "LoadOptions",
+    "ModelParts",
+    "can_save_torch",
+    "check_writable",
+    "detect",
+    "format_names",
+    "get_format",
+    "model_files",
+    "register_format",
+    "save_embedhub",
+    "unregister_format",
+]
+
+
+_FORMATS: list[Format] = []
+
+
+def register_format(fmt: Format, *, before: str | None = None, overwrite: bool = False) -> None:
+    """Add ``fmt`` to the formats :func:`embedhub.load` detects (last, or ``before`` the named one).
+
+    Example: ``register_format(MyFormat(), before="sentence-transformers")``.
+    """
+    if not isinstance(fmt, Format):
+        raise TypeError(f"register_format takes a Format instance, got {fmt!r}")
+    if not fmt.name:
+        raise ValueError(f"{type(fmt).__name__}.name must be a non-empty string")
+    if type(fmt).matches is Format.matches and not fmt.marker:
+        raise ValueError(f"{type(fmt).__name__} needs a marker file or its own matches()")
+    if not fmt.allow_patterns:
+        raise ValueError(f"{type(fmt).__name__}.allow_patterns must list the files the format needs")
+    names = format_names()
+    if fmt.name in names:
+        if not overwrite:
+            raise ValueError(f"format {fmt.name!r} is already registered; pass overwrite=True to replace it")
+        unregister_format(fmt.name)
+        names = format_names()
+    if before is not None and before not in names:
+        raise ValueError(f"before={before!r} is not a registered format; registered: {names}")
+    _FORMATS.insert(names.index(before) if before is not None else len(_FORMATS), fmt)
+
+
+def unregister_format(name: str) -> None:
+    """Remove the format registered as ``name`` (nothing happens when there is none)."""
+    _FORMATS[:] = [f for f in _FORMATS if f.name != name]
+
+
+def format_names() -> list[str]:
+    """The registered formats' names, in detection order."""
+    return [f.name for f in _FORMATS]
+
+
+def get_format(name: str) -> Format:
+    """The registered format called ``name``."""
+    for f in _FORMATS:
+        if f.name == name:
+            return f
+    raise KeyError(f"no format {name!r}; registered: {format_names()}")
+
+
+def detect(folder: str | os.PathLike) -> Format:
+    """The first registered format whose markers ``folder`` holds, else an :class:`UnknownFormatError`
+    that lists what each format expects and what the folder holds."""
+    folder = Path(folder)
+    for fmt in _FORMATS:
+        if fmt.matches(folder):
+            return fmt
+    present = sorted(p.name for p in folder.iterdir())[:20] if folder.is_dir() else []
+    expected = ", ".join(f"{f.marker or 'its own marker files'} ({f.name})" for f in _FORMATS)
+    raise UnknownFormatError(
+        f"{folder} matches no format embedhub loads. Expected one of: {expected}. "
+        f"Found: {', '.join(present) or 'no files'}"
+    )
+
+
+def model_files(folder: str | os.PathLike) -> list[str]:
+    """The files (relative POSIX paths, sorted) of ``folder`` that its format needs: what is
+    downloaded for it and what ``push_to_hub`` uploads.
+
+    >>> model_files("my-model")  # doctest: +SKIP
+    ['embedhub_config.json', 'model.safetensors', 'text/config.json', 'text/tokenizer.json']
+    """
+    return detect(folder).files(folder)
+
+
+def _register_builtins() -> None:
+    from ._formats import embedhub, hf_clip, open_clip, sentence_transformers
+
+    for module in (embedhub, sentence_transformers, open_clip, hf_clip):
+        register_format(module.FORMAT)
+
+
+_register_builtins()
+
+
+# ------------------------------------------------------------------------------ writing embedhub's own format
+def save_embedhub(model: Any, folder: str | os.PathLike, *, torch_weights: bool = True, extra: Any = None) -> Path:
+    """Write ``model`` in embedhub's format, atomically (a staging folder moved into place).
+
+    ``torch_weights=False`` writes config and preprocessing only; ``extra(staging_folder, config)``
+    may add files (ONNX graphs) and config entries before the config is written. Refuses a folder
+    that holds files and is not an embedhub model (see :func:`check_writable`).
+    """
+    from ._formats.embedhub import write
+
+    return write(model, Path(folder), torch_weights=torch_weights, extra=extra)
+
+
+def can_save_torch(model: Any) -> bool:
+    """Whether every tower of ``model`` is a registered tower kind embedhub's format can rebuild."""
+    from ._formats.embedhub import can_write_torch
+
+    return can_write_torch(model)
+
+
+def check_writable(folder: str | os.PathLike) -> None:
+    """A ``FileExistsError`` when ``folder`` holds files and is not an embedhub model folder (embedhub
+    writes beside what it wrote before and never touches anything else)."""
+    from ._formats.embedhub import check_writable as check
+
+    check(Path(folder))

@@ -28,9 +28,8 @@ from torch import nn
 
 import embedhub
 from embedhub import EmbeddingModel
-from embedhub._backends import int8_dot_kernel, model_tensors, sha256_file
-from embedhub._batching import plan_batches
-from embedhub._preprocess import token_lengths
+from embedhub.formats import can_save_torch, check_writable, save_embedhub
+from embedhub.utils import install_folder, int8_dot_kernel, onnx_tensors, plan_batches, sha256_file, token_lengths
 
 from ._data import CALIBRATION_TEXTS, GATE_TEXTS, gate_images
 from ._int8 import ALPHAS, Protect, quantize_int8
@@ -132,50 +131,19 @@ def _stats(path: Path, name: str, note: str = "") -> _Step:
     return _Step(name, len(g.node), {k: v for k, v in sorted(ops.items()) if k in keep}, note)
 
 
-def _ort_model_type(model: EmbeddingModel, modality: str) -> str | None:
-    """The onnxruntime.transformers optimizer family for this tower, or None for a generic graph."""
-    tower = model.towers[modality]
-    cfg = getattr(getattr(tower, "backbone", None), "config", None) or getattr(getattr(tower, "clip", None),
-                                                                                "config", None)
-    mt = getattr(cfg, "model_type", "")
-    if mt in ("bert", "roberta", "xlm-roberta", "distilbert", "mpnet", "electra", "camembert"):
-        return "bert"
-    if mt == "clip":
-        return "clip"
-    if type(tower).__name__ == "OpenCLIPTower":
-        return "clip"
-    return None
-
-
-def _heads(model: EmbeddingModel, modality: str) -> tuple[int, int]:
-    """(attention heads, hidden size) of a transformer tower, (0, 0) when unknown."""
-    tower = model.towers[modality]
-    cfg = getattr(getattr(tower, "backbone", None), "config", None)
-    clip = getattr(tower, "clip", None)
-    if cfg is None and clip is not None and hasattr(clip, "config"):  # transformers CLIPModel
-        cfg = clip.config.text_config if modality == "text" else clip.config.vision_config
-    if cfg is not None and hasattr(cfg, "num_attention_heads"):
-        return int(cfg.num_attention_heads), int(cfg.hidden_size)
-    if clip is not None:  # open_clip: nn.MultiheadAttention in the residual blocks
-        tr = clip.transformer if modality == "text" else getattr(clip.visual, "transformer", None)
-        blocks = getattr(tr, "resblocks", None)
-        if blocks:
-            attn = blocks[0].attn
-            return int(attn.num_heads), int(attn.embed_dim)
-    return 0, 0
-
-
 def _optimize(model: EmbeddingModel, modality: str, src: Path, dst: Path) -> str:
     """onnxruntime's transformer fusions (Attention, SkipLayerNorm, BiasGelu, ...) where they apply."""
     import logging
 
     from onnxruntime.transformers.optimizer import optimize_model
 
-    family = _ort_model_type(model, modality)
+    tower = model.towers[modality]
+    hints = tower.onnx_hints() if hasattr(tower, "onnx_hints") else {"optimizer": None}
+    family = hints["optimizer"]
     if family is None:
         shutil.copyfile(src, dst)
         return "no transformer fusions for this architecture (ONNX Runtime's session optimisations still run)"
-    heads, hidden = _heads(model, modality)
+    heads, hidden = int(hints.get("num_heads", 0)), int(hints.get("hidden_size", 0))
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
     opt = optimize_model(str(src), model_type=family, num_heads=heads, hidden_size=hidden, opt_level=1)
     opt.save_model_to_file(str(dst))
@@ -232,7 +200,7 @@ def _external_locations(path: Path) -> list[str]:
     import onnx
 
     model = onnx.load(str(path), load_external_data=False)
-    return sorted({e.value for t in model_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL
+    return sorted({e.value for t in onnx_tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL
                    for e in t.external_data if e.key == "location"})
 
 
@@ -250,10 +218,9 @@ def _write_graph(src: Path, dst: Path) -> None:
 
 
 def _hashes(folder: Path) -> dict[str, str]:
-    """SHA-256 of every graph and external-data file under ``onnx/`` and of ``model.safetensors``."""
+    """SHA-256 of every graph and external-data file under ``onnx/`` and of every safetensors weights file."""
     files = [p for p in sorted((folder / "onnx").iterdir()) if p.is_file() and p.name != "export_metadata.json"]
-    if (folder / "model.safetensors").is_file():
-        files.append(folder / "model.safetensors")
+    files += sorted(p for p in folder.rglob("*.safetensors") if p.is_file())
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
 
 
@@ -290,8 +257,6 @@ def export(
     import onnx
     import onnxruntime as ort
 
-    from embedhub._formats import embedhub as own_format
-
     if dtype not in ("fp32", "fp16"):
         raise ValueError(f"dtype must be 'fp32' or 'fp16', got {dtype!r}")
     if quantize not in (None, "int8"):
@@ -307,7 +272,7 @@ def export(
     images = list(gate_image_inputs or gate_images())
     calib = {"text": list(calibration_texts or CALIBRATION_TEXTS), "image": gate_images()[::2]}
     output = Path(output)
-    own_format.check_writable(output)  # never replaces a folder of the user's files
+    check_writable(output)  # never replaces a folder of the user's files
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="embedhub-export-") as tmpdir:
         work = Path(tmpdir)
@@ -349,8 +314,8 @@ def export(
 
         staging = output.with_name(f".{output.name}.staging")
         shutil.rmtree(staging, ignore_errors=True)
-        with_torch = keep_torch and own_format.can_write_torch(src)
-        own_format.write(src, staging, torch_weights=with_torch, extra=add_graphs)
+        with_torch = keep_torch and can_save_torch(src)
+        save_embedhub(src, staging, torch_weights=with_torch, extra=add_graphs)
         try:
             meta: dict[str, Any] = {
                 "precision": precision,
@@ -385,12 +350,8 @@ def export(
                     meta,
                 )
             meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-            if output.is_dir() and any(output.iterdir()):
-                own_format.move_files_into(staging, output)  # an earlier export: other files stay
-            else:
-                if output.is_dir():
-                    output.rmdir()
-                os.replace(staging, output)
+            # one rename, or file by file into an earlier export (its other files stay), the config last
+            install_folder(staging, output, last="embedhub_config.json")
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     for m, e in report["modalities"].items():

@@ -90,13 +90,11 @@ def image_only(tmp_path_factory):
     timm = pytest.importorskip("timm")
     import embedhub
     from embedhub import EmbeddingModel
-    from embedhub._modules import Head, TimmImageTower
-    from embedhub._preprocess import ImageConfig, ImagePreprocessor
+    from embedhub.modules import Head, ImageConfig, ImagePreprocessor, TimmImageTower
 
     torch.manual_seed(0)
     backbone = timm.create_model("resnet10t", pretrained=False, num_classes=0)
     tower = TimmImageTower(backbone, Head([{"in_features": backbone.num_features, "out_features": 16}]))
-    tower.architecture = ("resnet10t", {})
     pre = ImagePreprocessor(ImageConfig(size=64, crop_size=(64, 64)))
     folder = tmp_path_factory.mktemp("image_only")
     EmbeddingModel({"image": tower}, {"image": pre}, embed_dim=16, name="img", format="embedhub").save_pretrained(
@@ -216,14 +214,12 @@ def tiny_embedhub_dir(tmp_path_factory, tiny_st_dir) -> Path:
     timm = pytest.importorskip("timm")
     import embedhub
     from embedhub import EmbeddingModel
-    from embedhub._modules import Head, TimmImageTower
-    from embedhub._preprocess import ImageConfig, ImagePreprocessor
+    from embedhub.modules import Head, ImageConfig, ImagePreprocessor, TimmImageTower
 
     text = embedhub.load(tiny_st_dir, device="cpu")
     torch.manual_seed(0)
     backbone = timm.create_model("resnet10t", pretrained=False, num_classes=0)
     image = TimmImageTower(backbone, Head([{"in_features": backbone.num_features, "out_features": 32}]))
-    image.architecture = ("resnet10t", {})
     pre = ImagePreprocessor(ImageConfig(size=48, crop_size=(48, 48)))
     model = EmbeddingModel({"text": text.towers["text"], "image": image},
                            {"text": text.preprocessors["text"], "image": pre},

@@ -177,13 +177,11 @@ def test_own_format_roundtrip_from_sentence_transformers(minilm, tmp_path, sts_t
 def test_own_format_with_timm_image_tower(tmp_path, minilm, photos):
     """Text (transformers) + image (timm) towers with projection heads, as the recipes will write them."""
     timm = pytest.importorskip("timm")
-    from embedhub._modules import Head, TimmImageTower
-    from embedhub._preprocess import ImageConfig, ImagePreprocessor
+    from embedhub.modules import Head, ImageConfig, ImagePreprocessor, TimmImageTower
 
     torch.manual_seed(0)
     backbone = timm.create_model("resnet10t", pretrained=False, num_classes=0)
     image = TimmImageTower(backbone, Head([{"in_features": backbone.num_features, "out_features": 384}]))
-    image.architecture = ("resnet10t", {})
     pre = ImagePreprocessor(ImageConfig(size=64, crop_size=(64, 64), mean=(0.5,) * 3, std=(0.5,) * 3))
     model = EmbeddingModel(
         {"text": minilm.towers["text"], "image": image},

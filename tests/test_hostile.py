@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 import embedhub
 from embedhub import ConfigError, WeightsError
@@ -416,7 +417,8 @@ def test_open_clip_local_hf_tokenizer_matches_open_clip(open_clip_dir, minilm_pa
 
 
 def test_exported_torch_weights_are_checked_against_their_hash(tiny_st_dir, tmp_path):
-    """An export records the SHA-256 of model.safetensors; torch weights swapped afterwards are refused."""
+    """An export records the SHA-256 of every weights file (model.safetensors, and text/model.safetensors,
+    where the transformers backbone keeps its weights); torch weights swapped afterwards are refused."""
     pytest.importorskip("onnxruntime")
     from safetensors.torch import load_file, save_file
 
@@ -424,10 +426,16 @@ def test_exported_torch_weights_are_checked_against_their_hash(tiny_st_dir, tmp_
 
     out = export(tiny_st_dir, tmp_path / "exported", verbose=False)
     ref = embedhub.load(out, device="cpu").encode(["hash check"])  # the recorded weights load
-    state = load_file(str(out / "model.safetensors"))
-    key = next(iter(state))
-    state[key] = state[key] + 0.01
-    save_file(state, str(out / "model.safetensors"))
-    with pytest.raises(WeightsError, match="model.safetensors is not the file the export wrote"):
-        embedhub.load(out, device="cpu")
+    for rel in ("text/model.safetensors", "model.safetensors"):
+        original = (out / rel).read_bytes()
+        state = load_file(str(out / rel))
+        if state:
+            key = next(iter(state))
+            state[key] = state[key] + 0.01
+        else:  # the backbone's weights are in text/: the model's own file holds no tensor here
+            state = {"text.extra": torch.zeros(1)}
+        save_file(state, str(out / rel))
+        with pytest.raises(WeightsError, match=f"{rel} is not the file the export wrote"):
+            embedhub.load(out, device="cpu")
+        (out / rel).write_bytes(original)
     assert ref.shape == (1, 32)

@@ -187,7 +187,7 @@ def test_export_records_the_hash_of_every_file(tiny_st_dir, tmp_path, monkeypatc
     monkeypatch.setattr(_export, "EXTERNAL_DATA_ABOVE", 0)
     out = export(tiny_st_dir, tmp_path / "ext", verbose=False)
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.suffix in (".onnx", ".data", ".safetensors")}
-    assert files == {"onnx/text.onnx", "onnx/text.onnx.data", "model.safetensors"}
+    assert files == {"onnx/text.onnx", "onnx/text.onnx.data", "model.safetensors", "text/model.safetensors"}
     assert _meta(out)["sha256"] == {rel: sha256_file(out / rel) for rel in files}
     ref = embedhub.load(tiny_st_dir, device="cpu").encode(TEXTS)
     np.testing.assert_allclose(embedhub.load(out, backend="onnx").encode(TEXTS), ref, atol=1e-5)

@@ -18,10 +18,9 @@ import pytest
 import torch
 
 import embedhub
-from embedhub import Fingerprint, read_embeddings, write_embeddings
+from embedhub import EmbeddingsFileError, Fingerprint, ProvenanceError, read_embeddings, write_embeddings
 from embedhub._errors import FingerprintMismatchError
-from embedhub._provenance import ProvenanceError
-from embedhub._store import PARQUET_KEY, EmbeddingsFileError, sidecar_path
+from embedhub._store import PARQUET_KEY, sidecar_path
 
 TEXTS = ["A man is playing a guitar.", "A woman is slicing an onion.", "The stock market fell sharply."]
 SHA = "c" * 40

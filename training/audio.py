@@ -26,7 +26,6 @@ API::
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 from dataclasses import dataclass
@@ -37,6 +36,8 @@ import numpy as np
 import torch
 from scipy.io import wavfile
 from torch import nn
+
+from embedhub.utils import atomic_write
 
 ESPEAK = "espeak-ng"
 APT_HINT = "espeak-ng is not installed (not on PATH): install the Debian package with `apt-get install espeak-ng`"
@@ -65,17 +66,15 @@ def synthesize(text: str, path: Path, *, voice: str = "en", speed: int = 160, pi
     exe = _espeak()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    cmd = [exe, "-v", voice, "-s", str(int(speed)), "-p", str(int(pitch)), "-w", str(tmp), "--", text]
-    try:
+
+    def speak(tmp: str) -> None:
+        cmd = [exe, "-v", voice, "-s", str(int(speed)), "-p", str(int(pitch)), "-w", tmp, "--", text]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-        if proc.returncode != 0 or not tmp.is_file() or tmp.stat().st_size <= 44:
+        if proc.returncode != 0 or not Path(tmp).is_file() or Path(tmp).stat().st_size <= 44:
             raise RuntimeError(f"espeak-ng failed (exit {proc.returncode}) for voice {voice!r}, text {text!r}: "
                                f"{(proc.stderr or proc.stdout).strip()}")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+
+    return atomic_write(path, speak)
 
 
 @lru_cache(maxsize=1)

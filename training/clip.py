@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from embedhub.losses import ClipLoss, dcl_loss, siglip_loss
+from embedhub.utils import average_templates, epoch_generator
 
 from .config import ClipConfig, recipe_main, to_dict
 from .data import LabelledImages, fashion_mnist
@@ -129,7 +130,7 @@ class LiTSetup:
 
     def batch_indices(self, epoch: int):
         """(sample indices, caption indices) per batch; the order depends only on (seed, epoch)."""
-        g = torch.Generator().manual_seed(self.cfg.seed * 1000 + epoch)
+        g = epoch_generator(self.cfg.seed, epoch)
         order = torch.randperm(len(self.train), generator=g)
         tmpl = torch.randint(self.n_t, (len(self.train),), generator=g)
         labels = torch.from_numpy(self.feats_train.labels)
@@ -148,7 +149,7 @@ class LiTSetup:
         with torch.no_grad():
             img = m.encode_image(self.feats_test.images, features=True)
             txt_all = m.encode_text(self.feats_test.text, features=True)
-            per_class = torch.nn.functional.normalize(txt_all.reshape(len(classes), n_t, -1).mean(1), dim=-1)
+            per_class = average_templates(txt_all, len(classes))
             labels = self.feats_test.labels
             res = {"zeroshot_top1": zero_shot_accuracy(img, labels, per_class)}
             if cfg.holdout_classes:
@@ -174,8 +175,7 @@ class LiTSetup:
             tr = model.encode_image(self.feats_train.images[:n_probe], features=True).numpy()
             te = model.encode_image(self.feats_test.images, features=True).numpy()
         metrics["linear_probe_top1"] = linear_probe(tr, self.feats_train.labels[:n_probe], te, self.feats_test.labels)
-        arch = getattr(self.image_bb, "architecture_name", cfg.image_tower)
-        emb = to_embedding_model(model, self.image_pre, self.text_pre, image_arch=(arch, {}), templates=cfg.templates)
+        emb = to_embedding_model(model, self.image_pre, self.text_pre, templates=cfg.templates)
         out = emb.save_pretrained(Path(cfg.output) / "model")
         # the saved folder through the SDK must give the trained model's embeddings (images decoded and
         # preprocessed by the SDK from the raw test images, captions tokenised by it)

@@ -109,6 +109,9 @@ class TrainConfig:
     checkpoint_every: int = 50  # optimiser steps; 0 = only at the end of each epoch
     resume: bool = False
     stop_after_steps: int = 0  # > 0: checkpoint and stop after this many optimiser steps (time-boxed jobs)
+    # publishing
+    push_to_hub: str = ""  # a Hub repo id: after the final evaluation, the model folder and its card go there
+    hub_private: bool = False  # create the repo private (when it does not exist yet)
 
     def __post_init__(self) -> None:
         validate(self)
@@ -194,6 +197,17 @@ def _path_or_empty(v: str) -> bool:
     return not v or not Path(v).is_file()
 
 
+def _repo_id_ok(v: str) -> bool:
+    from embedhub import PublishError
+    from embedhub.hub import check_names
+
+    try:
+        check_names(v, None, False)
+    except PublishError:
+        return False
+    return True
+
+
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 RULES: dict[str, Rule] = {
@@ -236,6 +250,8 @@ RULES: dict[str, Rule] = {
     "checkpoint_every": _int(0, what="optimiser steps; 0 = at epoch ends only"),
     "resume": Rule("true or false", lambda v: True),
     "stop_after_steps": _int(0, what="0 = no stop"),
+    "push_to_hub": Rule("'' or a Hub repo id 'namespace/name'", lambda v: not v or _repo_id_ok(v)),
+    "hub_private": Rule("true or false", lambda v: True),
     # clip
     "loss": _choice("clip", "siglip", "dcl"),
     # protoclip
@@ -495,11 +511,13 @@ def recipe_main(cls: type[C], run: Any, argv: list[str] | None = None, prog: str
     if "-h" in argv or "--help" in argv:
         print(usage(cls, prog))
         return 0
+    from embedhub import PublishError
+
     from .dist import destroy
 
     try:
         run(parse_args(cls, argv))
-    except RecipeError as exc:
+    except (RecipeError, PublishError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -6,12 +6,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from embedhub.utils import average_templates, template_prompts
+
 
 def class_embeddings(encode_text, classes: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:
     """Per class, the renormalised mean of its prompts' embeddings (CLIP's template ensemble)."""
-    prompts = [t.format(c) for c in classes for t in templates]
-    emb = encode_text(prompts).reshape(len(classes), len(templates), -1).mean(1)
-    return torch.nn.functional.normalize(emb, dim=-1)
+    return average_templates(encode_text(template_prompts(classes, templates)), len(classes))
 
 
 def zero_shot_accuracy(image_emb: torch.Tensor, labels: np.ndarray, class_emb: torch.Tensor) -> float:

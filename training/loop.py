@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from embedhub.utils import atomic_write
+
 from . import dist
 from .config import ConfigValueError, TrainConfig, to_dict
 
@@ -69,10 +71,18 @@ def start_run(cfg: TrainConfig) -> float:
 
 
 def fit_and_finish(trainer: Trainer, finish: Callable[[dict[str, float]], dict[str, Any]]) -> dict[str, Any]:
-    """``trainer.fit()``, then ``finish(metrics)`` (probe, model folder, results) on rank 0 of a run
-    that completed; ``{}`` on other ranks and after ``stop_after_steps``."""
+    """``trainer.fit()``, then ``finish(metrics)`` (probe, model folder, results) and the model card (and
+    the upload with ``push_to_hub``) on rank 0 of a run that completed; ``{}`` on other ranks and after
+    ``stop_after_steps``."""
+    from .config import RECIPE_CONFIGS
+    from .publish import check_publishing, finish_publishing
+
+    check_publishing(trainer.cfg)  # a push_to_hub run without a token fails now, not after training
     metrics = trainer.fit()
-    return finish(metrics) if trainer.main and trainer.finished else {}
+    if not (trainer.main and trainer.finished):
+        return {}
+    recipe = next((k for k, v in RECIPE_CONFIGS.items() if type(trainer.cfg) is v), "clip")
+    return finish_publishing(trainer.cfg, finish(metrics), recipe=recipe)
 
 
 class Trainer:
@@ -149,6 +159,8 @@ class Trainer:
         from safetensors.torch import load_file
 
         folder = self.out / "checkpoint"
+        if not (folder / "state.json").is_file() and (self.out / "checkpoint.old" / "state.json").is_file():
+            folder = self.out / "checkpoint.old"  # interrupted between the two renames of save_checkpoint
         if not (folder / "state.json").is_file():
             return False
         meta = json.loads((folder / "state.json").read_text())
@@ -190,9 +202,7 @@ class Trainer:
                 if rec.get("step", 0) > meta["step"] or ("eval" in rec and rec.get("epoch", 0) > meta["epoch"]):
                     break
                 keep.append(line)
-        tmp = self.log_path.with_name(self.log_path.name + ".tmp")
-        tmp.write_text("".join(line + "\n" for line in keep))
-        os.replace(tmp, self.log_path)
+        atomic_write(self.log_path, "".join(line + "\n" for line in keep))
         self.log_lines = len(keep)
 
     # ------------------------------------------------------------------ the loop

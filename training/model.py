@@ -11,8 +11,7 @@ from torch import nn
 
 import embedhub
 from embedhub import EmbeddingModel
-from embedhub._modules import Head, TimmImageTower, TransformersTextTower
-from embedhub._preprocess import ImageConfig, ImagePreprocessor
+from embedhub.modules import Head, ImageConfig, ImagePreprocessor, TimmImageTower, TransformersTextTower
 
 
 def head_spec(kind: str, in_dim: int, out_dim: int) -> list[dict[str, Any]]:
@@ -30,7 +29,7 @@ class TextBackbone(nn.Module):
     def __init__(self, tower: TransformersTextTower):
         super().__init__()
         self.backbone, self.pooling = tower.backbone, tower.pooling
-        self.dense = nn.Sequential(*[m for m in tower.head if not type(m).__name__ == "Normalize"])
+        self.dense = tower.head.without_normalize()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
@@ -74,17 +73,15 @@ def build_towers(cfg) -> tuple[nn.Module, int, Any, nn.Module, int, Any]:
     import timm
 
     if cfg.image_tower == "efficientnet_lite0" and cfg.image_pretrained:
-        from .towers import TIMM_ARCH, efficientnet_lite0, efficientnet_lite0_preprocess
+        from .towers import efficientnet_lite0, efficientnet_lite0_preprocess
 
-        image = efficientnet_lite0(pretrained=True)  # weights converted into timm's architecture
-        image.architecture_name = TIMM_ARCH
+        image = efficientnet_lite0(pretrained=True)  # weights converted into timm's architecture (TIMM_ARCH)
         pp = efficientnet_lite0_preprocess()
         mean, std = tuple(pp["mean"]), tuple(pp["std"])
     else:
         image = timm.create_model(cfg.image_tower, pretrained=False, num_classes=0)
         dc = image.pretrained_cfg
         mean, std = tuple(dc.get("mean", (0.5,) * 3)), tuple(dc.get("std", (0.5,) * 3))
-    image.architecture_name = getattr(image, "architecture_name", cfg.image_tower)
     pre = ImagePreprocessor(ImageConfig(size=cfg.image_size, crop_size=(cfg.image_size, cfg.image_size),
                                         mean=mean, std=std, interpolation="bicubic"))
     sdk = embedhub.load(cfg.text_tower, device="cpu")
@@ -100,7 +97,7 @@ def _width(text: TextBackbone, sdk: EmbeddingModel) -> int:
     return dense[-1].linear.out_features if dense else sdk.embed_dim
 
 
-def to_embedding_model(model: DualEncoder, image_pre: Any, text_pre: Any, *, image_arch: tuple[str, dict],
+def to_embedding_model(model: DualEncoder, image_pre: Any, text_pre: Any, *,
                        templates: tuple[str, ...]) -> EmbeddingModel:
     """The trained model as an embedhub model (transformers text tower + timm image tower)."""
     layers = [m for m in model.text_backbone.dense if hasattr(m, "spec")] + list(model.text_head)
@@ -108,8 +105,7 @@ def to_embedding_model(model: DualEncoder, image_pre: Any, text_pre: Any, *, ima
     for target, source in zip(text_head, layers):
         target.load_state_dict(source.state_dict())
     text = TransformersTextTower(model.text_backbone.backbone, model.text_backbone.pooling, text_head)
-    image = TimmImageTower(model.image_backbone, model.image_head)
-    image.architecture = image_arch
+    image = TimmImageTower(model.image_backbone, model.image_head)  # rebuilt from the timm architecture it records
     return EmbeddingModel({"text": text, "image": image}, {"text": text_pre, "image": image_pre},
                           embed_dim=model.image_head[-1].linear.out_features, name="trained", format="embedhub",
                           logit_scale=model.logit_scale.detach().exp().item(), templates=templates)
@@ -117,6 +113,6 @@ def to_embedding_model(model: DualEncoder, image_pre: Any, text_pre: Any, *, ima
 
 def images_to_array(images: Any) -> list:
     """uint8 grayscale/RGB arrays (or PIL images) -> RGB PIL images, decoded as ``encode`` decodes them."""
-    from embedhub._inputs import load_image
+    from embedhub.utils import load_image
 
     return [load_image(img, i) for i, img in enumerate(images)]

@@ -26,6 +26,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from embedhub.utils import average_templates, epoch_generator, epoch_order, template_prompts
+
 from .config import ConfigValueError, DataError, MissingDataError, to_dict
 from .data import LabelledImages, Sample, captioned_folder, expand_shards, fashion_mnist, webdataset
 from .dist import gather, rank_world, shard
@@ -55,7 +57,7 @@ class LabelledPairs(TrainPairs):
         return len(self.data)
 
     def batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[tuple[list, list[str]]]:
-        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        g = epoch_generator(seed, epoch)
         order = torch.randperm(len(self.data), generator=g).numpy()
         tmpl = torch.randint(len(self.templates), (len(self.data),), generator=g).numpy()
         for s in range(0, len(order), batch_size):
@@ -74,7 +76,7 @@ class ListPairs(TrainPairs):
         return len(self.samples)
 
     def batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[tuple[list, list[str]]]:
-        order = torch.randperm(len(self.samples), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        order = epoch_order(len(self.samples), seed, epoch)
         for s in range(0, len(order), batch_size):
             rows = [self.samples[int(i)] for i in order[s:s + batch_size]]
             yield [r.image for r in rows], [r.caption or "" for r in rows]
@@ -96,7 +98,7 @@ class ShardPairs(TrainPairs):
         return self.count
 
     def batches(self, epoch: int, batch_size: int, seed: int) -> Iterator[tuple[list, list[str]]]:
-        order = torch.randperm(len(self.shards), generator=torch.Generator().manual_seed(seed * 1000 + epoch))
+        order = epoch_order(len(self.shards), seed, epoch)
         images: list = []
         captions: list[str] = []
         for i in order:
@@ -242,15 +244,14 @@ def open_clip_towers(name: str, seed: int) -> tuple[OpenClipDual, Any, Any, dict
     """(model, image preprocessor, tokeniser, model config) of a randomly initialised open_clip CLIP."""
     from open_clip.tokenizer import SimpleTokenizer
 
-    from embedhub._formats.open_clip import build, image_config
-    from embedhub._preprocess import ImagePreprocessor, OpenCLIPTextPreprocessor
+    from embedhub.modules import ImagePreprocessor, OpenCLIPTextPreprocessor, build_open_clip, open_clip_image_config
 
     cfg = open_clip_config(name)
     torch.manual_seed(seed)
-    clip = build(cfg)
+    clip = build_open_clip(cfg)
     context = int(cfg["text_cfg"].get("context_length", 77))
     text_pre = OpenCLIPTextPreprocessor(SimpleTokenizer(context_length=context), max_length=context)
-    image_pre = ImagePreprocessor(image_config(cfg, {}))  # what embedhub.load will use for the saved folder
+    image_pre = ImagePreprocessor(open_clip_image_config(cfg))  # what embedhub.load will use for the saved folder
     return OpenClipDual(clip), image_pre, text_pre, cfg
 
 
@@ -312,9 +313,8 @@ class EndToEnd:
         img, txt = self.encode_all(m, ev.images, ev.captions)
         res: dict[str, float] = {}
         if ev.labels is not None:
-            prompts = [t.format(c) for c in ev.classes for t in self.cfg.templates]
-            _, per = self.encode_all(m, [], prompts)
-            per = nn.functional.normalize(per.reshape(len(ev.classes), len(self.cfg.templates), -1).mean(1), dim=-1)
+            _, per = self.encode_all(m, [], template_prompts(ev.classes, self.cfg.templates))
+            per = average_templates(per, len(ev.classes))
             res["zeroshot_top1"] = zero_shot_accuracy(img, ev.labels, per)
         res.update(retrieval_recall(img, txt, ev.keys, ev.keys, ks=(1, 5, 10)))
         return res
@@ -341,9 +341,7 @@ class EndToEnd:
             save_for_hf(clip, tokenizer=_NoTokenizerFiles(), model_config=self.open_clip_cfg,
                         save_directory=str(out), safe_serialization=True)
         else:
-            arch = getattr(model.image_backbone, "architecture_name", cfg.image_tower)
-            emb = to_embedding_model(model, self.image_pre, self.text_pre, image_arch=(arch, {}),
-                                     templates=cfg.templates)
+            emb = to_embedding_model(model, self.image_pre, self.text_pre, templates=cfg.templates)
             emb.save_pretrained(out)
         # the saved folder through the SDK must give the trained model's embeddings
         loaded = embedhub.load(out, device="cpu")

@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedhub._modules import Head
 from embedhub.losses import ClipLoss, pmrl_loss
+from embedhub.modules import Head
 
 from .audio import spoken_caption_features
 from .clip import LiTSetup

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from embedhub.losses import ClipLoss, back_translate, kmeans, prototype_loss
+from embedhub.utils import epoch_order
 
 from .clip import LiTSetup
 from .config import ProtoClipConfig, recipe_main
@@ -85,7 +86,7 @@ def run(cfg: ProtoClipConfig) -> dict[str, Any]:
 
     def batches(epoch: int):
         n = len(episode["items"])
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.seed * 1000 + epoch))
+        order = epoch_order(n, cfg.seed, epoch)
         for s in range(0, n, cfg.batch_size):
             yield order[s:s + cfg.batch_size]
 

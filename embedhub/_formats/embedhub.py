@@ -20,7 +20,6 @@ graphs or both; ``backend="auto"`` takes ONNX when every tower has a graph.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -29,11 +28,13 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .._errors import UnknownFormatError, require
+from .._atomic import install_folder
+from .._contract import Format, LoadOptions, ModelParts
+from .._errors import UnknownFormatError, WeightsError
 from .._folder import ConfigView, ModelFolder
-from .._modules import ACTIVATIONS, POOLING_MODES, Head, Pooling, TimmImageTower, TransformersTextTower
 from .._preprocess import load_preprocessor
 from .._weights import find_safetensors, load_strict, read_safetensors
+from ..modules import Tower, is_saveable, tower_class, tower_kinds
 
 if TYPE_CHECKING:
     from .._model import EmbeddingModel
@@ -41,80 +42,14 @@ if TYPE_CHECKING:
 NAME = "embedhub"
 MARKER = "embedhub_config.json"
 FORMAT_VERSION = 1
-ALLOW_PATTERNS = ["*.json", "*/*.json", "*.safetensors", "*.txt", "*/*.txt", "*/*.model", "onnx/*.onnx", "onnx/*.data"]
+ALLOW_PATTERNS = ["*.json", "*/*.json", "*.safetensors", "*/*.safetensors", "*.txt", "*/*.txt", "*/*.model",
+                  "onnx/*.onnx", "onnx/*.data"]
+#: keys of a tower entry the format itself reads; the rest belong to the tower kind (its ``config_keys``)
+_FORMAT_KEYS = {"kind", "preprocess", "onnx"}
 
 
 def matches(folder: Path) -> bool:
     return (folder / MARKER).is_file()
-
-
-#: timm.create_model keyword arguments a config may set (others could load a checkpoint or fetch a config)
-_TIMM_KWARGS = {"in_chans", "drop_rate", "drop_path_rate", "global_pool", "img_size"}
-
-
-def _text_tower(folder: ModelFolder, spec: ConfigView, trust_remote_code: bool) -> tuple[nn.Module, int]:
-    from transformers import AutoModel
-
-    from ._hf import transformers_config
-
-    config = transformers_config(folder.sub("text"), trust_remote_code=trust_remote_code)
-    backbone = AutoModel.from_config(config)
-    hidden = int(config.hidden_size)
-    pooling = Pooling(spec.strings("pooling", choices=POOLING_MODES))
-    head, width = _head(spec, hidden * len(pooling.modes))
-    return TransformersTextTower(backbone, pooling, head), width
-
-
-def _image_tower(spec: ConfigView) -> tuple[nn.Module, int]:
-    bb = spec.view("backbone")
-    bb.only({"library", "architecture", "kwargs"}, what="backbone key")
-    timm = require("timm", "open-clip", "timm image towers")
-    arch = bb.str("architecture")
-    if ":" in arch or not timm.is_model(arch):
-        raise bb.error("architecture", "the name of an architecture built into timm", arch)
-    kwargs = bb.view("kwargs", {})
-    kwargs.only(_TIMM_KWARGS, what="timm keyword argument")
-    checked = {
-        k: (kwargs.int(k, min=1) if k in ("in_chans", "img_size") else kwargs.str(k) if k == "global_pool"
-            else kwargs.float(k, min=0.0, max=1.0))
-        for k in kwargs.keys()
-    }
-    try:
-        backbone = timm.create_model(arch, pretrained=False, num_classes=0, **checked)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise bb.error("kwargs", f"arguments {arch} accepts ({exc})", kwargs.data) from exc
-    head, width = _head(spec, int(backbone.num_features))
-    tower = TimmImageTower(backbone, head)
-    tower.architecture = (arch, checked)
-    return tower, width
-
-
-def _head(spec: ConfigView, width: int) -> tuple[Head, int]:
-    """The tower's head from its config, each dense layer's input checked against what feeds it."""
-    head = spec.view("head", {})
-    head.only({"dense", "normalize"}, what="head key")
-    raw = head.data.get("dense") or []
-    if not isinstance(raw, list):
-        raise head.error("dense", "a list of dense layers", raw)
-    layers = []
-    for i, d in enumerate(raw):
-        v = ConfigView(d, spec.file, prefix=f"{head.prefix}dense[{i}].")
-        v.only({"in_features", "out_features", "bias", "activation"}, what="dense key")
-        layer = {
-            "in_features": v.int("in_features", min=1, max=1 << 20),
-            "out_features": v.int("out_features", min=1, max=1 << 20),
-            "bias": v.bool("bias", True),
-            "activation": v.str("activation", "Identity", choices=sorted(ACTIVATIONS)),
-        }
-        if layer["in_features"] != width:
-            raise v.error("in_features", f"{width} (the width of what feeds this layer)", layer["in_features"])
-        width = layer["out_features"]
-        layers.append(layer)
-    return Head(layers, normalize=head.bool("normalize", False)), width
-
-
-#: the backbone library each modality's torch tower is built with
-_BACKBONES = {"text": "transformers", "image": "timm"}
 
 
 def read_config(folder: ModelFolder) -> tuple[ConfigView, dict[str, ConfigView]]:
@@ -133,8 +68,30 @@ def read_config(folder: ModelFolder) -> tuple[ConfigView, dict[str, ConfigView]]
     towers = cfg.view("towers")
     if not towers.data:
         raise towers.error("towers", "at least one tower (text, image)", {})
-    towers.only(_BACKBONES, what="modality")
+    towers.only({"text", "image"}, what="modality")
     return cfg, {m: towers.view(m) for m in towers.keys()}
+
+
+def _kind(spec: ConfigView) -> str | None:
+    """The tower's kind: its ``kind`` key, or (folders written before kinds were named) its backbone library."""
+    kind = spec.str("kind", None)
+    if kind is None and isinstance(spec.data.get("backbone"), dict):
+        kind = spec.view("backbone").str("library", None)
+    return kind
+
+
+def _build_tower(folder: ModelFolder, modality: str, spec: ConfigView, trust_remote_code: bool) -> Tower:
+    kind = _kind(spec)
+    if kind is None:
+        raise UnknownFormatError(f"{folder.root} has only an ONNX graph for its {modality} tower; use backend='onnx'")
+    cls = tower_class(kind, where=spec)
+    if cls.modality != modality:
+        raise spec.error("kind", f"a {modality} tower kind ({kind!r} embeds {cls.modality})", kind)
+    spec.only(_FORMAT_KEYS | set(cls.config_keys), what="tower key")
+    tower = cls.from_config(spec, folder.sub(modality) if folder.has_dir(modality) else folder,
+                            trust_remote_code=trust_remote_code)
+    tower.modality = modality
+    return tower
 
 
 def load(
@@ -144,12 +101,15 @@ def load(
     backend: str = "torch",
     device: Any = None,
     threads: int | None = None,
-) -> dict[str, Any]:
+) -> ModelParts:
     folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
     cfg, specs = read_config(folder)
     embed_dim = cfg.int("embed_dim")
     for spec in specs.values():
-        spec.only({"backbone", "pooling", "head", "preprocess", "onnx"}, what="tower key")
+        kind = _kind(spec)
+        # a registered kind's keys are known; a tower of another kind can still run from its ONNX graph
+        own = set(tower_class(kind).config_keys) if kind in tower_kinds() else set(spec.keys()) if kind else set()
+        spec.only(_FORMAT_KEYS | own, what="tower key")
     if backend == "auto":
         backend = "onnx" if all(spec.str("onnx", None) for spec in specs.values()) else "torch"
     pre = {m: load_preprocessor(folder.sub(m) if folder.has_dir(m) else folder, spec.view("preprocess"),
@@ -167,26 +127,26 @@ def load(
         graphs = {m: spec.str("onnx") for m, spec in specs.items()}
         towers = load_onnx_towers(folder, graphs, embed_dim=embed_dim, device=device, threads=threads)
     else:
-        files = None
         for m, spec in specs.items():
-            bb = spec.view("backbone", {})
-            lib = bb.str("library", None, choices=sorted(set(_BACKBONES.values())))
-            if lib is None:
-                raise UnknownFormatError(f"{folder.root} has only an ONNX graph for its {m} tower; use backend='onnx'")
-            if lib != _BACKBONES[m]:
-                raise bb.error("library", repr(_BACKBONES[m]), lib)
-            tower, width = _text_tower(folder, spec, trust_remote_code) if m == "text" else _image_tower(spec)
+            tower = _build_tower(folder, m, spec, trust_remote_code)
+            width = tower.output_dim
             if width != embed_dim:
                 raise cfg.error("embed_dim", f"{width} (what the {m} tower outputs)", embed_dim)
             towers[m] = tower
-        files = find_safetensors(folder)
-        if all(spec.str("onnx", None) for spec in specs.values()):  # an export: its weights' hash is recorded
+        files = {"model.safetensors": find_safetensors(folder)}
+        for m, tower in towers.items():  # weights a tower keeps in its own sub-folder (absent in older folders)
+            for name in tower.weight_files().values():
+                rel = f"{m}/{name}"
+                if folder.has(rel):
+                    files[rel] = [folder.file(rel, what="weights file")]
+        if all(spec.str("onnx", None) for spec in specs.values()):  # an export: its weights' hashes are recorded
             from .._backends import check_sha256, read_export_metadata, recorded_sha256
 
             hashes = recorded_sha256(read_export_metadata(folder))
-            if hashes is not None and "model.safetensors" in hashes:
-                check_sha256(folder, "model.safetensors", files[0], hashes)
-        load_strict(nn.ModuleDict(towers), read_safetensors(files), what="embedhub model")
+            for rel, paths in files.items():
+                if hashes is not None and rel in hashes:
+                    check_sha256(folder, rel, paths[0], hashes)
+        load_strict(nn.ModuleDict(towers), _read_weights(towers, files), what="embedhub model")
         text_pre = pre.get("text")
         positions = getattr(getattr(towers.get("text"), "backbone", None), "config", None)
         positions = getattr(positions, "max_position_embeddings", None)
@@ -194,37 +154,140 @@ def load(
             raise specs["text"].view("preprocess").error(
                 "max_length", f"at most {positions} (the text backbone's max_position_embeddings)",
                 text_pre.max_length)
-    return {
-        "towers": towers,
-        "preprocessors": pre,
-        "embed_dim": embed_dim,
-        "logit_scale": cfg.data.get("logit_scale"),
-        "templates": cfg.data.get("templates"),
-        "spec": cfg.data,
-    }
+    return ModelParts(towers=towers, preprocessors=pre, embed_dim=embed_dim, logit_scale=cfg.data.get("logit_scale"),
+                      templates=cfg.data.get("templates"), config=cfg.data)
 
 
-def tower_spec(modality: str, tower: Any) -> dict[str, Any]:
-    """The config entry of a torch tower; an error for towers this format cannot rebuild."""
-    if isinstance(tower, TransformersTextTower):
-        return {"backbone": {"library": "transformers"}, "pooling": tower.pooling.modes, "head": tower.head.spec()}
-    if isinstance(tower, TimmImageTower) and hasattr(tower, "architecture"):
-        arch, kwargs = tower.architecture
-        return {"backbone": {"library": "timm", "architecture": arch, "kwargs": kwargs}, "head": tower.head.spec()}
-    raise NotImplementedError(
-        f"the {modality} tower ({type(tower).__name__}) cannot be written as torch weights in embedhub's format; "
-        "models loaded from open_clip or transformers CLIP folders keep their own format (or export to ONNX)"
-    )
+def _owned(towers: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Per modality, the tower's own weight files ``{child: file}`` that can be split off (a tower holding
+    parameters outside its children keeps everything in the model's file)."""
+    out = {}
+    for m, tower in towers.items():
+        own = tower.weight_files() if isinstance(tower, Tower) else {}
+        if own and not tower._parameters and not tower._buffers and all(hasattr(tower, c) for c in own):
+            out[m] = own
+    return out
+
+
+def _read_weights(towers: dict[str, Any], files: dict[str, list[Path]]) -> dict[str, Any]:
+    """The tensors of the model's file and of the towers' own files, under their names in the model."""
+    state = read_safetensors(files["model.safetensors"])
+    for m, own in _owned(towers).items():
+        for child, name in own.items():
+            if f"{m}/{name}" not in files:
+                continue
+            for key, value in read_safetensors(files[f"{m}/{name}"]).items():
+                full = f"{m}.{child}.{key}"
+                if full in state:
+                    raise WeightsError(f"tensor {full} is in both model.safetensors and {m}/{name}")
+                state[full] = value
+    return state
+
+
+def _write_weights(towers: dict[str, Any], folder: Path) -> None:
+    """``model.safetensors`` and each tower's own weight files (safetensors only; shared tensors once)."""
+    from safetensors.torch import save_model
+
+    owned = _owned(towers)
+    rest = {}
+    for m, tower in towers.items():
+        own = owned.get(m, {})
+        if own:
+            rest[m] = nn.ModuleDict({name: child for name, child in tower.named_children() if name not in own})
+            for child, name in own.items():
+                (folder / m).mkdir(parents=True, exist_ok=True)
+                save_model(getattr(tower, child), str(folder / m / name))
+        else:
+            rest[m] = tower
+    save_model(nn.ModuleDict(rest), str(folder / "model.safetensors"))
+
+
+#: torch activation classes by the names sentence-transformers' Dense config uses
+_ST_ACTIVATIONS = {"Identity": "torch.nn.modules.linear.Identity",
+                   **{n: f"torch.nn.modules.activation.{n}" for n in ("Tanh", "ReLU", "GELU", "Sigmoid", "SiLU")}}
+
+
+def sentence_transformers_layout(model: EmbeddingModel, specs: dict[str, Any]) -> bool:
+    """Whether ``model`` can also be written in sentence-transformers' layout: one transformers text tower
+    with a ``tokenizer.json`` tokenizer, pooling modes in sentence-transformers' own order, dense layers
+    with activations it knows."""
+    from .._preprocess import HFTextPreprocessor
+    from ..modules import POOLING_MODES, Dense, Normalize, TransformersTextTower
+
+    tower, pre = model.towers["text"] if "text" in model.towers else None, model.preprocessors.get("text")
+    if model.modalities != ("text",) or type(tower) is not TransformersTextTower:
+        return False
+    if type(pre) is not HFTextPreprocessor or pre.pad_to is not None:
+        return False
+    modes = tower.pooling.modes
+    if modes != sorted(set(modes), key=POOLING_MODES.index):
+        return False
+    layers = list(tower.head)
+    normalize_last = all(not isinstance(m, Normalize) for m in layers[:-1])
+    return normalize_last and all(isinstance(m, (Dense, Normalize)) for m in layers)
+
+
+def _write_sentence_transformers(model: EmbeddingModel, folder: Path) -> None:
+    """``modules.json`` and the module configs that let sentence-transformers load the folder too: its
+    Transformer module is the ``text/`` folder (config, weights and tokenizer embedhub wrote there)."""
+    from safetensors.torch import save_model
+
+    from .. import __version__
+    from ..modules import Dense, Normalize
+
+    tower, pre = model.towers["text"], model.preprocessors["text"]
+    hidden = int(tower.backbone.config.hidden_size)
+
+    def dump(rel: str, data: Any) -> None:
+        (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+        (folder / rel).write_text(json.dumps(data, indent=2) + "\n")
+
+    pad = pre.tokenizer.id_to_token(pre.pad_id)
+    dump("text/sentence_bert_config.json", {"max_seq_length": pre.max_length, "do_lower_case": pre.lowercase})
+    dump("text/tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
+                                        "model_max_length": pre.max_length,
+                                        **({"pad_token": pad} if pad is not None else {})})
+    modules = [{"idx": 0, "name": "0", "path": "text", "type": "sentence_transformers.models.Transformer"}]
+    flags = {"cls": "cls_token", "max": "max_tokens", "mean": "mean_tokens",
+             "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean": "weightedmean_tokens",
+             "lasttoken": "lasttoken"}
+    dump("1_Pooling/config.json", {"word_embedding_dimension": hidden,
+                                   **{f"pooling_mode_{v}": k in tower.pooling.modes for k, v in flags.items()}})
+    modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
+    for layer in tower.head:
+        i = len(modules)
+        if isinstance(layer, Dense):
+            spec = layer.spec()
+            dump(f"{i}_Dense/config.json", {"in_features": spec["in_features"], "out_features": spec["out_features"],
+                                            "bias": spec["bias"],
+                                            "activation_function": _ST_ACTIVATIONS[spec["activation"]]})
+            save_model(layer, str(folder / f"{i}_Dense" / "model.safetensors"))
+            modules.append({"idx": i, "name": str(i), "path": f"{i}_Dense",
+                            "type": "sentence_transformers.models.Dense"})
+        elif isinstance(layer, Normalize):
+            modules.append({"idx": i, "name": str(i), "path": f"{i}_Normalize",
+                            "type": "sentence_transformers.models.Normalize"})
+    dump("modules.json", modules)
+    dump("config_sentence_transformers.json", {"__version__": {"embedhub": __version__}, "prompts": {},
+                                               "default_prompt_name": None, "similarity_fn_name": "cosine"})
+
+
+def tower_entry(tower: Any) -> dict[str, Any]:
+    """A torch tower's config entry (``kind`` and the kind's own keys); an error for towers this format
+    cannot rebuild."""
+    if not is_saveable(tower):
+        if isinstance(tower, Tower):
+            tower.get_config()  # raises the tower's own explanation
+        raise NotImplementedError(
+            f"a {type(tower).__name__} cannot be written as torch weights in embedhub's format: only registered "
+            "tower kinds can (see embedhub.modules.register_tower)"
+        )
+    return {"kind": tower.kind, **tower.get_config()}
 
 
 def can_write_torch(model: EmbeddingModel) -> bool:
     """Whether every tower of ``model`` is a torch tower this format can rebuild."""
-    try:
-        for m in model.modalities:
-            tower_spec(m, model.towers[m] if m in model.towers else None)
-    except NotImplementedError:
-        return False
-    return True
+    return all(is_saveable(model.towers[m]) if m in model.towers else False for m in model.modalities)
 
 
 def write(
@@ -239,12 +302,9 @@ def write(
     ``torch_weights=False`` writes config and preprocessing only; ``extra(tmp_folder, config)``
     may add files (ONNX graphs) and config entries before the config is written.
     """
-    from safetensors.torch import save_model
 
-    specs = {
-        m: tower_spec(m, model.towers[m] if m in model.towers else None) if torch_weights else {}
-        for m in model.modalities
-    }
+    specs = {m: tower_entry(model.towers[m] if m in model.towers else None) if torch_weights else {}
+             for m in model.modalities}
     folder = Path(folder)
     check_writable(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
@@ -252,8 +312,8 @@ def write(
     try:
         for m in model.modalities:
             specs[m]["preprocess"] = model.preprocessors[m].save(tmp / m)
-        if torch_weights and "text" in specs:
-            model.towers["text"].backbone.config.to_json_file(str(tmp / "text" / "config.json"))
+            if torch_weights:
+                model.towers[m].save_files(tmp / m)
         cfg = {
             "format_version": FORMAT_VERSION,
             "embed_dim": model.embed_dim,
@@ -265,13 +325,10 @@ def write(
             extra(tmp, cfg)
         (tmp / MARKER).write_text(json.dumps(cfg, indent=2) + "\n")
         if torch_weights:
-            save_model(nn.ModuleDict({m: model.towers[m] for m in model.modalities}), str(tmp / "model.safetensors"))
-        if folder.exists() and any(folder.iterdir()):
-            move_files_into(tmp, folder)
-        else:
-            if folder.exists():
-                folder.rmdir()  # empty
-            os.replace(tmp, folder)
+            _write_weights({m: model.towers[m] for m in model.modalities}, tmp)
+            if sentence_transformers_layout(model, specs):
+                _write_sentence_transformers(model, tmp)
+        install_folder(tmp, folder, last=MARKER)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -291,19 +348,22 @@ def check_writable(folder: Path) -> None:
         )
 
 
-def move_files_into(src: Path, dst: Path) -> None:
-    """Move every file of ``src`` into ``dst``, each with an atomic rename, the config last; files
-    already in ``dst`` that ``src`` does not hold stay as they are."""
-    files = sorted((p for p in src.rglob("*") if p.is_file()), key=lambda p: p.name == MARKER)
-    for f in files:
-        target = dst / f.relative_to(src)
-        if target.is_symlink() or (target.exists() and not target.is_file()):
-            raise FileExistsError(f"{target} exists and is not a regular file; embedhub will not replace it")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(f, target)
-    shutil.rmtree(src)
-
-
 def save(model: EmbeddingModel, folder: Path) -> Path:
     """``model.save_pretrained``: torch weights in embedhub's format."""
     return write(model, folder)
+
+
+class EmbedhubFormat(Format):
+    """embedhub's own format (``embedhub_config.json``): torch weights, ONNX graphs or both."""
+
+    name = NAME
+    marker = MARKER
+    allow_patterns = tuple(ALLOW_PATTERNS)
+    supports_onnx = True
+
+    def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
+        return load(folder, trust_remote_code=options.trust_remote_code, backend=options.backend,
+                    device=options.device, threads=options.threads)
+
+
+FORMAT = EmbedhubFormat()

@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .._contract import Format, LoadOptions, ModelParts
 from .._errors import UnknownFormatError
 from .._folder import ModelFolder
-from .._modules import HFCLIPTower
 from .._preprocess import ImageConfig, ImagePreprocessor
+from ..modules import HFCLIPTower
 from ._hf import build_transformers, text_preprocessor
 
 NAME = "transformers-clip"
@@ -79,7 +80,7 @@ def image_config(folder: Path | ModelFolder) -> ImageConfig:
     )
 
 
-def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> dict[str, Any]:
+def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> ModelParts:
     folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
     model = build_transformers(folder, "CLIPModel", what="CLIPModel", trust_remote_code=trust_remote_code,
                                expect="clip")
@@ -89,10 +90,26 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> dict
     text.tokenizer.enable_truncation(max_length=text.max_length)
     image = ImagePreprocessor(image_config(folder))
     embed_dim = int(model.config.projection_dim)
-    return {
-        "towers": {"text": HFCLIPTower(model, "text"), "image": HFCLIPTower(model, "image")},
-        "preprocessors": {"text": text, "image": image},
-        "embed_dim": embed_dim,
-        "logit_scale": float(model.logit_scale.exp().item()),
-        "spec": None,
-    }
+    return ModelParts(
+        towers={"text": HFCLIPTower(model, "text"), "image": HFCLIPTower(model, "image")},
+        preprocessors={"text": text, "image": image},
+        embed_dim=embed_dim,
+        logit_scale=float(model.logit_scale.exp().item()),
+    )
+
+
+class HFCLIPFormat(Format):
+    """transformers CLIP folders (``config.json`` of a ``CLIPModel``)."""
+
+    name = NAME
+    marker = "config.json"
+    allow_patterns = tuple(ALLOW_PATTERNS)
+
+    def matches(self, folder: Path) -> bool:
+        return matches(folder)
+
+    def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
+        return load(folder, trust_remote_code=options.trust_remote_code)
+
+
+FORMAT = HFCLIPFormat()

@@ -6,11 +6,12 @@ import copy
 from pathlib import Path
 from typing import Any
 
+from .._contract import Format, LoadOptions, ModelParts
 from .._errors import ConfigError, UnknownFormatError, require
 from .._folder import ConfigView, ModelFolder
-from .._modules import OpenCLIPTower
 from .._preprocess import ImageConfig, ImagePreprocessor, OpenCLIPTextPreprocessor
 from .._weights import build_checked, find_safetensors
+from ..modules import OpenCLIPTower
 
 NAME = "open_clip"
 MARKER = "open_clip_config.json"
@@ -142,7 +143,7 @@ def image_config(model_cfg: dict[str, Any], pp: dict[str, Any] | ConfigView) -> 
     )
 
 
-def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> dict[str, Any]:
+def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> ModelParts:
     folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
     cfg = folder.config(MARKER)
     model_view = cfg.view("model_cfg")
@@ -153,10 +154,23 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> dict
     text = OpenCLIPTextPreprocessor.from_folder(folder, trust_remote_code=trust_remote_code)
     image = ImagePreprocessor(image_config(model_cfg, cfg.view("preprocess_cfg", {})))
     logit_scale = float(model.logit_scale.exp().item()) if getattr(model, "logit_scale", None) is not None else None
-    return {
-        "towers": {"text": OpenCLIPTower(model, "text"), "image": OpenCLIPTower(model, "image")},
-        "preprocessors": {"text": text, "image": image},
-        "embed_dim": int(model_cfg["embed_dim"]),
-        "logit_scale": logit_scale,
-        "spec": None,
-    }
+    return ModelParts(
+        towers={"text": OpenCLIPTower(model, "text"), "image": OpenCLIPTower(model, "image")},
+        preprocessors={"text": text, "image": image},
+        embed_dim=int(model_cfg["embed_dim"]),
+        logit_scale=logit_scale,
+    )
+
+
+class OpenCLIPFormat(Format):
+    """open_clip folders (``open_clip_config.json``)."""
+
+    name = NAME
+    marker = MARKER
+    allow_patterns = tuple(ALLOW_PATTERNS)
+
+    def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
+        return load(folder, trust_remote_code=options.trust_remote_code)
+
+
+FORMAT = OpenCLIPFormat()

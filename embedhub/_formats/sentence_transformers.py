@@ -5,10 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from .._contract import Format, LoadOptions, ModelParts
 from .._errors import ConfigError, UnknownFormatError
 from .._folder import ConfigView, ModelFolder
-from .._modules import POOLING_MODES, Head, Pooling, TransformersTextTower
 from .._weights import find_safetensors, load_strict, read_safetensors
+from ..modules import POOLING_MODES, Head, Pooling, TransformersTextTower
 from ._hf import build_transformers, text_preprocessor
 
 NAME = "sentence-transformers"
@@ -94,7 +95,7 @@ def _modules(folder: ModelFolder) -> list[tuple[str, ModelFolder]]:
     return out
 
 
-def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> dict[str, Any]:
+def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> ModelParts:
     """Build the text tower and tokenizer of a sentence-transformers folder (strictly)."""
     folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
     modules = _modules(folder)
@@ -148,4 +149,18 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> dict
             }
         },
     }
-    return {"towers": {"text": tower}, "preprocessors": {"text": text}, "embed_dim": width, "spec": spec}
+    return ModelParts(towers={"text": tower}, preprocessors={"text": text}, embed_dim=width, config=spec)
+
+
+class SentenceTransformersFormat(Format):
+    """sentence-transformers folders (``modules.json``)."""
+
+    name = NAME
+    marker = MARKER
+    allow_patterns = tuple(ALLOW_PATTERNS)
+
+    def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
+        return load(folder, trust_remote_code=options.trust_remote_code)
+
+
+FORMAT = SentenceTransformersFormat()
