@@ -276,9 +276,9 @@ def write_card(
     for i, r in enumerate(results):
         if not isinstance(r, Result):
             raise ValueError(f"results[{i}] must be an embedhub Result, got {type(r).__name__}")
-        key = (r.task_type, r.dataset_type, r.split, r.metric_type)
+        key = (r.task_type, r.dataset_type, r.split, r.metric_type, r.label)
         if key in seen:
-            raise ValueError(f"results[{i}] repeats {r.metric_type!r} on {r.dataset_type!r} ({r.split}); "
+            raise ValueError(f"results[{i}] repeats {r.label!r} ({r.metric_type}) on {r.dataset_type!r} ({r.split}); "
                              "each figure goes into the model-index once")
         seen.add(key)
     snippet = usage_snippet(model_id, mods, embed_dim=embed_dim)

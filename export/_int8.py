@@ -1,7 +1,8 @@
 """int8 for CPU: dynamic quantisation that passes the int8 parity gate.
 
-Plain dynamic int8 (per-tensor weights and activations) cost MiniLM a min cosine of 0.86 here.
-The scheme, step by step (each measured, see benchmarks/README.md):
+Plain dynamic int8 (per-tensor weights and activations) gives MiniLM a min cosine of 0.86 on the
+gate texts (AMD EPYC, 2 threads), far below the gate. The scheme, step by step (each measured, see
+benchmarks/README.md):
 
 1. after onnxruntime's transformer fusions, every MatMul / fused Attention / Gemm with constant
    weights is quantised dynamically: int8 weights per output channel (symmetric), uint8
@@ -24,11 +25,11 @@ The scheme, step by step (each measured, see benchmarks/README.md):
 4. protected nodes stay fp32 (the default, ``protect="fp32"``), or, with ``protect="per-token"``,
    a protected MatMul is quantised per token: each row of activations gets its own scale
    (symmetric, shifted to uint8 so onnxruntime's u8s8 kernel runs it; weights on 7 bits so that
-   kernel cannot saturate on AVX2), so one outlier token no longer flattens the others.
-   Measured on MiniLM before smoothing existed (2 cores, AVX2, 2400 STS-B sentences, 3 alternating
-   reps): per-token 1.307x over the fp32 graph at min cosine 0.9767, fp32-protected 1.299x at 0.9840
-   (an earlier 4-rep run: 1.437x vs 1.316x): no speed gain beyond noise and a thinner gate margin
-   (export gate min 0.9717 vs 0.9823), so fp32 stays the default.
+   kernel cannot saturate on AVX2), so one outlier token does not flatten the others.
+   Measured on MiniLM with ``int8_smooth=False`` (AMD EPYC, AVX2 without VNNI, 2 threads, 2400 STS-B
+   sentences, 3 alternating reps): per-token 1.307x over the fp32 graph at min cosine 0.9767,
+   fp32-protected 1.299x at 0.9840: no speed gain beyond noise and a thinner gate margin (export
+   gate min 0.9717 vs 0.9823), so fp32 is the default.
 """
 
 from __future__ import annotations

@@ -57,8 +57,10 @@ def test_export_each_format(fixture, request, tmp_path, photos):
     # torch weights are kept for formats embedhub can rebuild; otherwise the folder is ONNX-only
     rebuildable = fixture in ("tiny_st_dir", "tiny_embedhub_dir")
     assert meta["torch_weights_kept"] == rebuildable
-    # the SHA-256 of every graph (and of the torch weights when kept), checked at load
-    hashed = [f"onnx/{m}.onnx" for m in torch_model.modalities] + (["model.safetensors"] if rebuildable else [])
+    # the SHA-256 of every graph (and of the torch weights when kept: the model's file and the transformers
+    # backbone's own), checked at load
+    weights = ["model.safetensors"] + (["text/model.safetensors"] if "text" in torch_model.modalities else [])
+    hashed = [f"onnx/{m}.onnx" for m in torch_model.modalities] + (weights if rebuildable else [])
     assert meta["sha256"] == {rel: sha256_file(out / rel) for rel in hashed}
     if rebuildable:
         assert embedhub.load(out, backend="torch").backend == "torch"

@@ -226,3 +226,33 @@ def test_hf_validation_error_from_snapshot_download_becomes_model_not_found(tmp_
     with pytest.raises(embedhub.ModelNotFoundError, match=r"model 'a/b--c@v1' is not a valid Hub name: .*--") as err:
         _hub.download("a/b--c", ["*.json"], revision="v1", cache_dir=tmp_path, local_files_only=True, token=None)
     assert isinstance(err.value.__cause__, HFValidationError)
+
+
+def test_alias_pins_a_revision(tmp_path, open_clip_dir, second_model):
+    """An alias maps to a repo id and a pinned revision; `alias@rev` overrides the pin."""
+    hf_home = tmp_path / "hf"
+    _put_in_cache(hf_home, "tiny-org/tiny-clip", MAIN_SHA, open_clip_dir, ["main"])
+    _put_in_cache(hf_home, "tiny-org/tiny-clip", V1_SHA, second_model, ["v1"])
+    code = (
+        "import json, embedhub\n"
+        "embedhub.register_model('pinned-clip', 'tiny-org/tiny-clip', revision='v1')\n"
+        "e = embedhub.model_entry('pinned-clip')\n"
+        "out = {'entry': [e.repo_id, e.revision], 'listed': 'pinned-clip' in embedhub.list_models()}\n"
+        "for name in ('pinned-clip', 'pinned-clip@main'):\n"
+        "    m = embedhub.load(name, device='cpu')\n"
+        "    out[name] = [m.encode(['a photo of a cat', 'rocket']).tolist(), m.revision]\n"
+        "print('RESULT' + json.dumps(out))\n"
+    )
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1"}
+    env.pop("HF_HUB_CACHE", None)
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT")), None)
+    assert line, proc.stderr[-3000:]
+    res = json.loads(line[len("RESULT"):])
+    assert res["entry"] == ["tiny-org/tiny-clip", "v1"] and res["listed"]
+    texts = ["a photo of a cat", "rocket"]
+    np.testing.assert_allclose(res["pinned-clip"][0], embedhub.load(second_model, device="cpu").encode(texts),
+                               atol=1e-6)
+    assert res["pinned-clip"][1] == V1_SHA and res["pinned-clip@main"][1] == MAIN_SHA
+    np.testing.assert_allclose(res["pinned-clip@main"][0], embedhub.load(open_clip_dir, device="cpu").encode(texts),
+                               atol=1e-6)
