@@ -199,3 +199,42 @@ def test_save_errors_are_typed_and_leave_nothing(tmp_path, minilm, open_clip_dir
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "notes"]
     with pytest.raises(embedhub.PublishError, match="not a valid Hub repo id"):
         minilm.push_to_hub("not a repo")
+
+
+def test_recipe_push_without_token_exits_2_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    import huggingface_hub
+    from huggingface_hub import constants
+
+    from embedhub.cli import main
+
+    for var in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(constants, "HF_TOKEN_PATH", str(tmp_path / "no-token"))
+    assert huggingface_hub.get_token() is None
+    assert main(["train", "clip", f"output={tmp_path / 'run'}", "push_to_hub=acme/lit"]) == 2
+    err = capsys.readouterr().err
+    assert "token" in err and "HF_TOKEN" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
+    # an invalid repo id is a config error, also before anything runs
+    assert main(["train", "clip", f"output={tmp_path / 'run'}", "push_to_hub=not a repo"]) == 2
+    assert "push_to_hub" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_card_results_map_every_recipe_figure():
+    from training.config import ClipConfig
+    from training.publish import card_results
+
+    cfg = ClipConfig(holdout_classes=("bag", "sandal"))
+    metrics = {"zeroshot_top1": 0.7, "zeroshot_heldout_top1": 0.4, "zeroshot_seen_top1": 0.8, "i2t_R@1": 0.6,
+               "t2i_R@5": 0.9, "linear_probe_top1": 0.85, "sts_test_spearman": 0.81, "sdk_min_cosine": 1.0}
+    got = {(r.task_type, r.dataset_type, r.metric_type, r.metric_name): r.value for r in card_results(cfg, metrics)}
+    fm = "zalando-datasets/fashion_mnist"
+    assert got == {
+        ("zero-shot-image-classification", fm, "accuracy", "zero-shot top-1"): 0.7,
+        ("zero-shot-image-classification", fm, "accuracy", "zero-shot top-1, held-out classes"): 0.4,
+        ("zero-shot-image-classification", fm, "accuracy", "zero-shot top-1, seen classes"): 0.8,
+        ("image-text-retrieval", fm, "recall@1", "image->text R@1"): 0.6,
+        ("text-image-retrieval", fm, "recall@5", "text->image R@5"): 0.9,
+        ("image-classification", fm, "accuracy", "linear probe top-1"): 0.85,
+        ("sentence-similarity", "mteb/stsbenchmark-sts", "spearman", "STS-B test Spearman"): 0.81,
+    }

@@ -516,7 +516,12 @@ def recipe_main(cls: type[C], run: Any, argv: list[str] | None = None, prog: str
     from .dist import destroy
 
     try:
-        run(parse_args(cls, argv))
+        cfg = parse_args(cls, argv)
+        if cfg.push_to_hub:  # before anything is computed or written: a push needs a token
+            from embedhub.hub import resolve_token
+
+            resolve_token(None)
+        run(cfg)
     except (RecipeError, PublishError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2

@@ -37,13 +37,12 @@ def dataset_of(cfg: TrainConfig) -> tuple[str, str]:
 
 def card_results(cfg: TrainConfig, metrics: dict[str, float]) -> list[Result]:
     """Every figure of ``metrics`` that :data:`METRICS` knows, as card results."""
-    name, dataset = dataset_of(cfg)
+    data = dataset_of(cfg)
     out = []
     for key, value in metrics.items():
         if key in METRICS:
             task, metric, label = METRICS[key]
-            if "sentence-similarity" == task:
-                name, dataset = "STS Benchmark", "mteb/stsbenchmark-sts"
+            name, dataset = ("STS Benchmark", "mteb/stsbenchmark-sts") if task == "sentence-similarity" else data
             out.append(Result(task, name, dataset, metric, float(value), metric_name=label))
     return out
 
