@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 
@@ -48,13 +48,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None] | bytes |
     return path
 
 
-def install_folder(staging: str | os.PathLike, folder: str | os.PathLike, *, last: str | None = None) -> Path:
+def install_folder(staging: str | os.PathLike, folder: str | os.PathLike, *, last: str | None = None,
+                   replace: Iterable[str] = ()) -> Path:
     """Move the complete folder ``staging`` into place as ``folder``.
 
     A missing or empty ``folder`` is replaced by one rename. Into a folder that holds files, each
     file of ``staging`` moves with its own atomic rename (``last`` -- e.g. the config that marks the
     folder complete -- after all others); files already there that ``staging`` does not hold stay.
-    Symlinks and non-files in the way are refused, never followed or removed.
+    Symlinks and non-files in the way are refused, never followed or removed. ``replace`` names files
+    of ``folder`` (relative paths) that belong to what ``staging`` replaces: they are removed after the
+    move when ``staging`` did not hold them.
     """
     staging, folder = Path(staging), Path(folder)
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
@@ -72,4 +75,10 @@ def install_folder(staging: str | os.PathLike, folder: str | os.PathLike, *, las
         target.parent.mkdir(parents=True, exist_ok=True)
         os.replace(f, target)
     shutil.rmtree(staging)
+    for rel in replace:
+        old = folder / rel
+        if old.is_file() and not old.is_symlink() and not (Path(staging) / rel).exists():
+            old.unlink()
+            if old.parent != folder and not any(old.parent.iterdir()):
+                old.parent.rmdir()
     return folder

@@ -15,7 +15,7 @@ from torch import nn
 
 from ._backends import Runner, TorchRunner
 from ._batching import check_batching, check_positive_int, plan_batches, text_windows
-from ._errors import ModalityError
+from ._errors import ModalityError, PublishError
 from ._inputs import MAX_IMAGE_PIXELS, as_items, load_image, modality_of
 from ._preprocess import token_lengths
 
@@ -47,6 +47,10 @@ class EmbeddingModel:
         repo_id: str | None = None,
         revision: str | None = None,
     ):
+        missing = [m for m in towers if m not in preprocessors]
+        if missing or not towers:
+            raise ValueError(f"EmbeddingModel needs a tower and a preprocessor per modality; "
+                             f"{'no towers' if not towers else 'no preprocessor for ' + ', '.join(missing)}")
         modules = {m: t for m, t in towers.items() if isinstance(t, nn.Module)}
         #: the torch towers (empty for a model that runs only on ONNX Runtime)
         self.towers = nn.ModuleDict(modules)
@@ -318,7 +322,6 @@ class EmbeddingModel:
         >>> model.save_pretrained("my-model")  # doctest: +SKIP
         PosixPath('my-model')
         """
-        from ._errors import PublishError
         from .formats import can_save_torch, save_embedhub
 
         try:
@@ -336,12 +339,12 @@ class EmbeddingModel:
         import tempfile
 
         from ._atomic import install_folder
-        from ._errors import PublishError
         from .formats import detect
 
         if self.folder is None:
+            kinds = ", ".join(type(getattr(r, "module", r)).__name__ for r in self._runners.values())
             raise PublishError(
-                f"{self.name}: its towers ({', '.join(type(t).__name__ for t in self._runners.values())}) are not "
+                f"{self.name}: its towers ({kinds}) are not "
                 "registered tower kinds and it was not loaded from a folder, so there is nothing to save; register "
                 "the tower classes with embedhub.modules.register_tower"
             )
@@ -388,13 +391,16 @@ class EmbeddingModel:
 
         from ._card import write_card
         from ._publish import check_names, push_folder
+        from .hub import resolve_token
 
         check_names(repo_id, revision, create_pr)
+        token = resolve_token(token)  # before anything is written
+        if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
+            raise PublishError(f"commit_message must be a non-empty str, got {commit_message!r}")
         with tempfile.TemporaryDirectory(prefix="embedhub-push-") as tmp:
             folder = self.save_pretrained(Path(tmp) / "model")
-            if not (folder / "README.md").exists():
-                write_card(folder, model_id=repo_id, modalities=self.modalities, embed_dim=self.embed_dim,
-                           base_model=self.repo_id)
+            write_card(folder, model_id=repo_id, modalities=self.modalities, embed_dim=self.embed_dim,
+                       base_model=self.repo_id)
             return push_folder(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
                                token=token, create_pr=create_pr)
 

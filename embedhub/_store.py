@@ -113,6 +113,14 @@ def write_embeddings(
             f"embeddings have {dim} dims but fingerprint {fingerprint.id} is of a {fingerprint.dim}-dim model; "
             "pass the fingerprint of the model that made them"
         )
+    if fingerprint.normalized and n:
+        norms = np.linalg.norm(emb, axis=1)
+        bad = np.flatnonzero(np.abs(norms - 1.0) > 1e-3)
+        if bad.size:
+            raise ValueError(
+                f"row {int(bad[0])} has norm {norms[bad[0]]:.4g}, but fingerprint {fingerprint.id} says the vectors "
+                "are L2-normalised; pass fingerprint.with_normalized(False) for encode(..., normalize=False) output"
+            )
     if ext == ".npy":
         if ids is not None or inputs is not None:
             raise ValueError(

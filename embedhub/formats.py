@@ -25,17 +25,24 @@ from typing import Any
 
 from ._contract import Format, LoadOptions, ModelParts
 from ._errors import UnknownFormatError
+from ._folder import ConfigView, ModelFolder
+from ._weights import find_safetensors, load_strict, read_safetensors
 
 __all__ = [
+    "ConfigView",
     "Format",
     "LoadOptions",
+    "ModelFolder",
     "ModelParts",
     "can_save_torch",
     "check_writable",
     "detect",
+    "find_safetensors",
+    "load_strict",
     "format_names",
     "get_format",
     "model_files",
+    "read_safetensors",
     "register_format",
     "save_embedhub",
     "unregister_format",

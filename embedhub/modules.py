@@ -273,8 +273,10 @@ def register_tower(cls: T, *, overwrite: bool = False) -> T:
     reserved = {"kind", "preprocess", "onnx"} & set(cls.config_keys)
     if reserved:
         raise ValueError(f"{cls.__name__}.config_keys must not use the reserved keys {sorted(reserved)}")
-    if cls.kind in _TOWERS and _TOWERS[cls.kind] is not cls and not overwrite:
-        raise ValueError(f"tower kind {cls.kind!r} is already registered ({_TOWERS[cls.kind].__name__}); "
+    old = _TOWERS.get(cls.kind)
+    redefined = old is not None and (old.__module__, old.__qualname__) == (cls.__module__, cls.__qualname__)
+    if old is not None and old is not cls and not overwrite and not redefined:  # a re-run cell may redefine it
+        raise ValueError(f"tower kind {cls.kind!r} is already registered ({old.__name__}); "
                          "pass overwrite=True to replace it")
     _TOWERS[cls.kind] = cls
     return cls

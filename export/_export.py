@@ -28,7 +28,7 @@ from torch import nn
 
 import embedhub
 from embedhub import EmbeddingModel
-from embedhub.formats import can_save_torch, check_writable, save_embedhub
+from embedhub.formats import can_save_torch, check_writable, model_files, save_embedhub
 from embedhub.utils import install_folder, int8_dot_kernel, onnx_tensors, plan_batches, sha256_file, token_lengths
 
 from ._data import CALIBRATION_TEXTS, GATE_TEXTS, gate_images
@@ -351,7 +351,9 @@ def export(
                 )
             meta_path.write_text(json.dumps(meta, indent=2) + "\n")
             # one rename, or file by file into an earlier export (its other files stay), the config last
-            install_folder(staging, output, last="embedhub_config.json")
+            earlier = set(model_files(output)) if (output / "embedhub_config.json").is_file() else set()
+            staged = {p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()}
+            install_folder(staging, output, last="embedhub_config.json", replace=sorted(earlier - staged))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     for m, e in report["modalities"].items():

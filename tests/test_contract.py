@@ -223,3 +223,62 @@ def test_a_registered_format_loads_by_name(minilm, tmp_path):
     finally:
         unregister_format("bag")
     assert "bag" not in format_names()
+
+
+def test_a_save_never_writes_a_folder_that_does_not_load(mean_embedding_kind, minilm, tmp_path):
+    pre = minilm.preprocessors["text"]
+    vocab = pre.tokenizer.get_vocab_size()
+
+    @register_tower
+    class Chatty(MeanEmbeddingTower):  # returns a key it does not declare
+        kind = "chatty"
+
+        def get_config(self):
+            return {**super().get_config(), "note": "hi"}
+
+    def model(tower, embed_dim=8, modality="text"):
+        return EmbeddingModel({modality: tower}, {modality: pre}, embed_dim=embed_dim, name="m", format="embedhub")
+
+    with pytest.raises(ValueError, match=r"\['note'\], which are not in its config_keys"):
+        model(Chatty(vocab, 8)).save_pretrained(tmp_path / "a")
+    unregister_tower("chatty")
+    with pytest.raises(ValueError, match="outputs 8 dims but the model's embed_dim is 16"):
+        model(MeanEmbeddingTower(vocab, 8), embed_dim=16).save_pretrained(tmp_path / "b")
+    with pytest.raises(ValueError, match="is a text tower kind"):
+        model(MeanEmbeddingTower(vocab, 8), modality="image").save_pretrained(tmp_path / "c")
+    with pytest.raises(ValueError, match="no preprocessor for image"):
+        EmbeddingModel({"image": MeanEmbeddingTower(vocab, 8)}, {"text": pre}, embed_dim=8, name="m", format="x")
+    assert not any(p.name in ("a", "b", "c") for p in tmp_path.iterdir())
+
+
+def test_saving_into_an_earlier_save_replaces_the_model(minilm, image_only, tmp_path):
+    folder = minilm.save_pretrained(tmp_path / "m")
+    (folder / "README.md").write_text("my notes")  # not a file of the format: it stays
+    assert (folder / "modules.json").is_file() and (folder / "text" / "model.safetensors").is_file()
+    image_only.save_pretrained(folder)
+    from embedhub.formats import model_files
+
+    files = model_files(folder)
+    assert not any(f.startswith(("text/", "1_Pooling/")) or f == "modules.json" for f in files), files
+    assert (folder / "README.md").read_text() == "my notes"
+    again = embedhub.load(folder, device="cpu")
+    assert again.modalities == ("image",) and again.embed_dim == image_only.embed_dim
+
+
+def test_tower_files_go_into_an_existing_sub_folder(minilm, tmp_path):
+    class Labelled(MeanEmbeddingTower):
+        kind = "labelled-mean-embedding"
+
+        def save_files(self, folder):
+            (folder / "labels.json").write_text('["a", "b"]')
+
+    register_tower(Labelled)
+    try:
+        pre = minilm.preprocessors["text"]
+        model = EmbeddingModel({"text": Labelled(pre.tokenizer.get_vocab_size(), 4)}, {"text": pre}, embed_dim=4,
+                               name="m", format="embedhub")
+        folder = model.save_pretrained(tmp_path / "m")
+        assert (folder / "text" / "labels.json").read_text() == '["a", "b"]'
+        assert embedhub.load(folder, device="cpu").towers["text"].kind == "labelled-mean-embedding"
+    finally:
+        unregister_tower("labelled-mean-embedding")

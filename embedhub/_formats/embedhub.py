@@ -285,6 +285,28 @@ def tower_entry(tower: Any) -> dict[str, Any]:
     return {"kind": tower.kind, **tower.get_config()}
 
 
+def _checked_entry(model: EmbeddingModel, modality: str) -> dict[str, Any]:
+    """The tower's config entry, checked as :func:`load` will check it, so a save never writes a folder that
+    does not load."""
+    tower = model.towers[modality] if modality in model.towers else None
+    entry = tower_entry(tower)
+    if tower.modality != modality:
+        raise ValueError(f"the {modality} tower is a {tower.modality} tower kind ({type(tower).__name__}); "
+                         f"put it under {tower.modality!r}")
+    extra = set(entry) - {"kind"} - set(type(tower).config_keys)
+    if extra:
+        raise ValueError(f"{type(tower).__name__}.get_config() returned {sorted(extra)}, which are not in its "
+                         f"config_keys {list(type(tower).config_keys)}")
+    if tower.output_dim != model.embed_dim:
+        raise ValueError(f"the {modality} tower outputs {tower.output_dim} dims but the model's embed_dim is "
+                         f"{model.embed_dim}")
+    try:
+        json.dumps(entry)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"{type(tower).__name__}.get_config() is not JSON: {exc}") from exc
+    return entry
+
+
 def can_write_torch(model: EmbeddingModel) -> bool:
     """Whether every tower of ``model`` is a torch tower this format can rebuild."""
     return all(is_saveable(model.towers[m]) if m in model.towers else False for m in model.modalities)
@@ -303,14 +325,15 @@ def write(
     may add files (ONNX graphs) and config entries before the config is written.
     """
 
-    specs = {m: tower_entry(model.towers[m] if m in model.towers else None) if torch_weights else {}
-             for m in model.modalities}
+    specs = {m: _checked_entry(model, m) if torch_weights else {} for m in model.modalities}
     folder = Path(folder)
     check_writable(folder)
+    stale = set(FORMAT.files(folder)) if (folder / MARKER).is_file() else set()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
         for m in model.modalities:
+            (tmp / m).mkdir(exist_ok=True)
             specs[m]["preprocess"] = model.preprocessors[m].save(tmp / m)
             if torch_weights:
                 model.towers[m].save_files(tmp / m)
@@ -318,7 +341,8 @@ def write(
             "format_version": FORMAT_VERSION,
             "embed_dim": model.embed_dim,
             "logit_scale": model.logit_scale,
-            "templates": list(model.templates),
+            # zero-shot prompt templates mean something only to a model with both towers
+            "templates": list(model.templates) if set(model.modalities) == {"text", "image"} else None,
             "towers": specs,
         }
         if extra is not None:
@@ -328,7 +352,9 @@ def write(
             _write_weights({m: model.towers[m] for m in model.modalities}, tmp)
             if sentence_transformers_layout(model, specs):
                 _write_sentence_transformers(model, tmp)
-        install_folder(tmp, folder, last=MARKER)
+        written = {p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()}
+        # saving into an earlier save replaces the model: its files the new one does not write go
+        install_folder(tmp, folder, last=MARKER, replace=sorted(stale - written))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
