@@ -1,0 +1,40 @@
+"""``embedhub demo zero-shot|retrieval`` (registered through ``embedhub.commands``): launch a demo locally."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+
+DEMOS = {"zero-shot": "zero_shot", "retrieval": "retrieval"}
+
+
+def _port(text: str) -> int:
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a port number, got {text!r}") from None
+    if not 0 < port < 65536:
+        raise argparse.ArgumentTypeError(f"expected a port number from 1 to 65535, got {port}")
+    return port
+
+
+def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    p = sub.add_parser("demo", help="launch a Gradio demo (zero-shot, retrieval) in the browser",
+                       description="Launch a demo on a local web server and print its URL. The model is --model, "
+                       "else $EMBEDHUB_MODEL, else the offline default (the LiT model on Fashion-MNIST for images, "
+                       "all-MiniLM-L6-v2 for text).")
+    p.add_argument("demo", choices=sorted(DEMOS))
+    p.add_argument("--model", default=None, help="any name embedhub.load takes (alias, folder, Hub id[@revision])")
+    p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
+                   help="onnx needs a model folder with ONNX graphs (`embedhub export`)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=_port, default=None, help="port (default: Gradio's, 7860 or the next free one)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.set_defaults(func=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    app = importlib.import_module(f"{__package__}.{DEMOS[args.demo]}.app")
+    app.launch(model=args.model, backend=args.backend, host=args.host, port=args.port, share=args.share)
+    return 0
