@@ -1,0 +1,291 @@
+"""A faiss vector index over SDK embeddings, saved next to the embeddings and the model's fingerprint.
+
+A folder holds three files, written together through a staging folder (``index.json`` last):
+
+- ``embeddings.parquet``: the L2-normalised vectors, item ids and inputs (text, or image path), with
+  the model's fingerprint in the parquet metadata (``embedhub.write_embeddings``);
+- ``index.faiss``: a ``faiss.IndexFlatIP`` over those vectors (inner product = cosine similarity);
+- ``index.json``: the fingerprint, the item count, ids and a digest of the items.
+
+:meth:`VectorIndex.open` reuses a saved index only when its fingerprint equals ``model.fingerprint``,
+the items are the same and the faiss vectors are the fingerprinted ones; otherwise it rebuilds. An
+index answers :meth:`VectorIndex.query` only for the model whose fingerprint it holds.
+
+>>> import embedhub
+>>> model = embedhub.load("all-MiniLM-L6-v2")                                  # doctest: +SKIP
+>>> texts = ["A man is playing a guitar.", "A cat sleeps on the sofa."]
+>>> index = VectorIndex.open(index_folder("texts:example"), model, texts)      # doctest: +SKIP
+>>> index.query(model, "someone plays music", k=1)                              # doctest: +SKIP
+[[('0', 0.52...)]]
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import embedhub
+from embedhub.utils import install_folder
+
+EMBEDDINGS = "embeddings.parquet"
+FAISS_FILE = "index.faiss"
+META = "index.json"
+#: version of the ``index.json`` record this module writes and reads
+INDEX_VERSION = 1
+#: one ``(item id, cosine score)`` per result
+Hit = tuple[str, float]
+
+
+class StaleIndexError(ValueError):
+    """A saved index cannot serve the model and items at hand; ``reason`` says why (one line)."""
+
+    def __init__(self, folder: Path, reason: str):
+        super().__init__(f"index {folder}: {reason}")
+        self.folder = folder
+        self.reason = reason
+
+
+def cache_home() -> Path:
+    """``$EMBEDHUB_HOME``, else ``~/.cache/embedhub``: where the demos keep what they build."""
+    home = os.environ.get("EMBEDHUB_HOME")
+    return Path(home).expanduser() if home else Path.home() / ".cache" / "embedhub"
+
+
+def index_folder(key: str, root: str | os.PathLike | None = None) -> Path:
+    """The folder of the index of a collection named ``key``: ``<root>/<16 hex of SHA-256(key)>``, with
+    ``root`` defaulting to ``cache_home()/demo-index``.
+
+    The model is not part of the key: opening the folder with another model rebuilds it in place.
+
+    >>> index_folder("texts:wordnet", root="/tmp/idx")
+    PosixPath('/tmp/idx/e33a05f0e8ca2493')
+    """
+    base = Path(root) if root is not None else cache_home() / "demo-index"
+    return base / hashlib.sha256(key.encode("utf-8")).hexdigest()[:16]
+
+
+def items_digest(items: Sequence[str | Path], ids: Sequence[str]) -> str:
+    """SHA-256 over the items: each id with its text, or its image path, size and modification time.
+
+    An image file replaced under the same name changes its size or time and so the digest.
+    """
+    digest = hashlib.sha256()
+    for item_id, item in zip(ids, items, strict=True):
+        if isinstance(item, Path):
+            st = item.stat()
+            part = f"image\0{item_id}\0{item}\0{st.st_size}\0{st.st_mtime_ns}"
+        else:
+            part = f"text\0{item_id}\0{item}"
+        digest.update(part.encode("utf-8", "surrogateescape") + b"\n")
+    return digest.hexdigest()
+
+
+def _check_items(items: Sequence[str | Path], ids: Sequence[str] | None) -> tuple[list[str | Path], list[str]]:
+    items = list(items)
+    if not items:
+        raise ValueError("an index needs at least one item; got none")
+    for i, item in enumerate(items):
+        if not isinstance(item, (str, Path)):
+            raise TypeError(f"items[{i}] is a {type(item).__name__}; items are texts (str) or image files (Path)")
+    if ids is None:
+        ids = [str(item) if isinstance(item, Path) else str(i) for i, item in enumerate(items)]
+    ids = [str(x) for x in ids]
+    if len(ids) != len(items):
+        raise ValueError(f"{len(ids)} ids for {len(items)} items; give one id per item")
+    if len(set(ids)) != len(ids):
+        seen: dict[str, int] = {}
+        for i, x in enumerate(ids):
+            if x in seen:
+                raise ValueError(f"ids[{i}] = {x!r} repeats ids[{seen[x]}]; ids must be unique")
+            seen[x] = i
+    return items, ids
+
+
+class VectorIndex:
+    """Exact cosine search (``faiss.IndexFlatIP``) over the L2-normalised embeddings of ``items``.
+
+    ``reused`` says whether :meth:`open` found the saved index usable; ``rebuilt_because`` why not.
+
+    >>> index = VectorIndex.open("idx", model, ["a cat", "a dog"])   # doctest: +SKIP
+    >>> index.search(model.encode(["kitten"]), k=1)                   # doctest: +SKIP
+    [[('0', 0.71...)]]
+    """
+
+    def __init__(self, folder: Path, fingerprint: Any, ids: list[str], inputs: list[str], index: Any):
+        self.folder = Path(folder)
+        self.fingerprint = fingerprint
+        self.ids = ids
+        self.inputs = inputs
+        self.index = index
+        self.reused = False
+        self.rebuilt_because: str | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"VectorIndex({str(self.folder)!r}, items={len(self)}, fingerprint={self.fingerprint.id!r})"
+
+    # ------------------------------------------------------------------ building and opening
+    @classmethod
+    def build(
+        cls,
+        folder: str | os.PathLike,
+        model: embedhub.EmbeddingModel,
+        items: Sequence[str | Path],
+        *,
+        ids: Sequence[str] | None = None,
+        batch_size: int = 64,
+        show_progress_bar: bool | None = None,
+    ) -> VectorIndex:
+        """Embed ``items`` (texts as ``str``, image files as ``Path``) with ``model`` and save the index in
+        ``folder``, replacing what was there. An unreadable item raises ``embedhub.InputError`` naming its id.
+        """
+        faiss = _faiss()
+        folder = Path(folder)
+        items, ids = _check_items(items, ids)
+        digest = items_digest(items, ids)
+        try:
+            emb = model.encode(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
+        except embedhub.InputError as exc:
+            where = f"item {ids[exc.index]!r}" if exc.index is not None else "an item"
+            raise embedhub.InputError(f"{where} cannot be embedded: {exc.detail}", index=exc.index) from exc
+        emb = np.ascontiguousarray(emb, dtype=np.float32).reshape(len(items), -1)
+        fingerprint = model.fingerprint
+        inputs = [str(x) for x in items]
+        index = faiss.IndexFlatIP(emb.shape[1])
+        index.add(emb)
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
+        try:
+            embedhub.write_embeddings(staging / EMBEDDINGS, emb, fingerprint, ids=ids, inputs=inputs)
+            faiss.write_index(index, str(staging / FAISS_FILE))
+            record = {
+                "embedhub_demo_index": INDEX_VERSION,
+                "fingerprint": fingerprint.to_dict(),
+                "count": len(ids),
+                "dim": int(emb.shape[1]),
+                "faiss": "IndexFlatIP",
+                "items_sha256": digest,
+                "ids": ids,
+            }
+            (staging / META).write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+            install_folder(staging, folder, last=META)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return cls(folder, fingerprint, ids, inputs, index)
+
+    @classmethod
+    def load(
+        cls, folder: str | os.PathLike, model: embedhub.EmbeddingModel, *, items_sha256: str | None = None
+    ) -> VectorIndex:
+        """The index saved in ``folder`` if it serves ``model`` (and items of digest ``items_sha256`` when
+        given); otherwise :class:`StaleIndexError` with the reason. Vectors are read only after the
+        fingerprint in ``index.json`` matched, and ``read_embeddings(..., expect=model.fingerprint)``
+        checks them again; the faiss vectors must equal them exactly.
+        """
+        faiss = _faiss()
+        folder = Path(folder)
+        want = model.fingerprint
+        meta_path = folder / META
+        if not meta_path.is_file():
+            raise StaleIndexError(folder, f"no saved index ({META} missing)")
+        try:
+            record = json.loads(meta_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise StaleIndexError(folder, f"{META} is unreadable: {exc}") from None
+        if not isinstance(record, dict) or record.get("embedhub_demo_index") != INDEX_VERSION:
+            raise StaleIndexError(folder, f"{META} is not a version-{INDEX_VERSION} demo index record")
+        saved = record.get("fingerprint")
+        saved_id = saved.get("id") if isinstance(saved, dict) else None
+        if saved_id != want.id:
+            raise StaleIndexError(folder, f"saved for model fingerprint {saved_id}, the model's is {want.id}")
+        if items_sha256 is not None and record.get("items_sha256") != items_sha256:
+            raise StaleIndexError(folder, "the items changed since the index was saved")
+        try:
+            stored = embedhub.read_embeddings(folder / EMBEDDINGS, expect=want)
+        except (embedhub.FingerprintMismatchError, embedhub.EmbeddingsFileError) as exc:
+            raise StaleIndexError(folder, f"{EMBEDDINGS}: {exc}") from None
+        ids = [str(x) for x in stored.ids]
+        if ids != record.get("ids") or record.get("count") != len(ids):
+            raise StaleIndexError(folder, f"{EMBEDDINGS} holds other items than {META} lists")
+        try:
+            index = faiss.read_index(str(folder / FAISS_FILE))
+        except RuntimeError as exc:
+            raise StaleIndexError(folder, f"{FAISS_FILE} is unreadable: {str(exc).splitlines()[0]}") from None
+        emb = stored.embeddings
+        if index.ntotal != len(ids) or index.d != emb.shape[1] or not isinstance(index, faiss.IndexFlatIP):
+            raise StaleIndexError(
+                folder, f"{FAISS_FILE} holds {index.ntotal} x {index.d} vectors, {EMBEDDINGS} {emb.shape[0]} x "
+                f"{emb.shape[1]}"
+            )
+        if not np.array_equal(index.reconstruct_n(0, index.ntotal), emb):
+            raise StaleIndexError(folder, f"{FAISS_FILE} holds other vectors than {EMBEDDINGS}")
+        inputs = stored.inputs if stored.inputs is not None else ids
+        return cls(folder, stored.fingerprint, ids, list(inputs), index)
+
+    @classmethod
+    def open(
+        cls,
+        folder: str | os.PathLike,
+        model: embedhub.EmbeddingModel,
+        items: Sequence[str | Path],
+        *,
+        ids: Sequence[str] | None = None,
+        batch_size: int = 64,
+        show_progress_bar: bool | None = None,
+    ) -> VectorIndex:
+        """The saved index of ``items`` in ``folder`` when it was made by ``model`` (same fingerprint) from
+        the same items; otherwise a new one built and saved there (``rebuilt_because`` says why).
+
+        >>> VectorIndex.open(index_folder("texts:demo"), model, ["a cat", "a dog"]).reused  # doctest: +SKIP
+        True
+        """
+        folder = Path(folder)
+        items, ids = _check_items(items, ids)
+        try:
+            index = cls.load(folder, model, items_sha256=items_digest(items, ids))
+        except StaleIndexError as exc:
+            index = cls.build(folder, model, items, ids=ids, batch_size=batch_size,
+                              show_progress_bar=show_progress_bar)
+            index.rebuilt_because = exc.reason
+            return index
+        index.reused = True
+        return index
+
+    # ------------------------------------------------------------------ searching
+    def search(self, vectors: Any, k: int) -> list[list[Hit]]:
+        """The ``k`` nearest items (by cosine) of each row of ``vectors`` (``(N, D)`` or ``(D,)``, L2-normalised,
+        made by the model of :attr:`fingerprint`), best first, as ``(id, score)``.
+        """
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        q = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
+        q = q.reshape(1, -1) if q.ndim == 1 else q
+        if q.ndim != 2 or q.shape[1] != self.index.d:
+            raise ValueError(f"query vectors of shape {np.shape(vectors)}; the index holds {self.index.d}-d vectors")
+        scores, rows = self.index.search(q, int(min(k, len(self))))
+        return [[(self.ids[r], float(s)) for s, r in zip(srow, rrow) if r >= 0] for srow, rrow in zip(scores, rows)]
+
+    def query(self, model: embedhub.EmbeddingModel, inputs: Any, k: int) -> list[list[Hit]]:
+        """Embed ``inputs`` (texts ``str``, images ``Path``/``PIL.Image``) with ``model`` and :meth:`search`.
+
+        A model of another fingerprint than the index's raises ``embedhub.FingerprintMismatchError``
+        before anything is embedded: the index is never queried across models.
+        """
+        model.fingerprint.check(self.fingerprint, what=f"index {self.folder}", expected="model", found="index")
+        return self.search(model.encode(inputs if isinstance(inputs, list) else [inputs]), k)
+
+
+def _faiss() -> Any:
+    from embedhub.utils import require
+
+    return require("faiss", "demo", "the retrieval demo's vector index")
