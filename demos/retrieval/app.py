@@ -1,0 +1,484 @@
+"""Multimodal retrieval with embedhub models and a faiss index, as a Gradio app.
+
+Three searches: text -> images and image -> images over a gallery (the bundled examples plus
+Fashion-MNIST test images, or a folder of images) with a CLIP-style model (default: the LiT model on
+Fashion-MNIST), and text -> texts over 3,000 WordNet example sentences with a sentence model (default:
+all-MiniLM-L6-v2). Each collection is indexed once with the SDK and saved with the model's fingerprint
+(``index.py``); a later start with the same model and items reuses it, another model rebuilds it.
+
+Run it with ``embedhub demo retrieval`` or ``python app.py`` (a Hugging Face Space runs the latter).
+Named API endpoints: ``/search_images_by_text`` (query, k), ``/search_images_by_image`` (image, k),
+``/search_texts`` (query, k), each returning a gallery or list and a table of [rank, item, score];
+``/index_gallery`` (folder) where folder input is enabled (local runs).
+
+>>> from embedhub.demos.retrieval.app import build_app
+>>> demo = build_app()                                  # doctest: +SKIP
+>>> demo.launch()                                       # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import ipaddress
+import os
+import tempfile
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+from embedhub.demos._common import (
+    DEFAULT_TEXT_MODEL,
+    MAX_UPLOAD_BYTES,
+    DemoError,
+    example_images,
+    fashion_mnist_test,
+    load_model,
+    read_image,
+    resolve_model,
+)
+from embedhub.demos.retrieval.index import Hit, VectorIndex, cache_home, index_folder
+
+import embedhub
+from embedhub.utils import atomic_write, install_folder
+
+HERE = Path(__file__).resolve().parent
+README = HERE / "README.md"
+#: the bundled text collection (a Space holds it beside app.py; an installed embedhub in its package)
+TEXTS = HERE / "texts" / "wordnet_examples.txt"
+#: Fashion-MNIST test images (the first ones of t10k) in the bundled gallery, beside the examples
+FASHION_GALLERY = 1000
+#: a gallery folder may hold at most this many images
+MAX_GALLERY = 20_000
+#: results per search: 1 to MAX_K
+MAX_K = 50
+DEFAULT_K = 10
+#: a text query longer than this many characters is refused
+MAX_QUERY_CHARS = 1000
+#: requests the queue runs at once; each model runs one forward at a time (a lock per model)
+CONCURRENCY = 4
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+
+
+# ------------------------------------------------------------------------------ collections
+def index_root(root: str | os.PathLike | None = None) -> Path:
+    """Where the demo keeps its indexes and the Fashion-MNIST gallery images: ``root``, else
+    ``$EMBEDHUB_HOME/demo-index`` (``~/.cache/embedhub/demo-index``)."""
+    return Path(root).expanduser() if root is not None else cache_home() / "demo-index"
+
+
+def fashion_gallery(n: int = FASHION_GALLERY, root: str | os.PathLike | None = None) -> list[Path]:
+    """The first ``n`` Fashion-MNIST test images as PNG files ``<class>_<index>.png`` (e.g.
+    ``trouser_00002.png``) in ``index_root(root)/fashion-mnist-test``, written once (missing files are
+    added through a staging folder, so a file is either complete or absent).
+
+    >>> [p.name for p in fashion_gallery(2)]  # doctest: +SKIP
+    ['ankle-boot_00000.png', 'pullover_00001.png']
+    """
+    if not 1 <= n <= 10_000:
+        raise ValueError(f"n must be from 1 to 10000 (the Fashion-MNIST test split), got {n}")
+    folder = index_root(root) / "fashion-mnist-test"
+    listing = folder / f"first-{n}.txt"
+    if listing.is_file():
+        paths = [folder / name for name in listing.read_text(encoding="utf-8").split()]
+        if len(paths) == n and all(p.is_file() for p in paths):
+            return paths
+    images, labels, classes = fashion_mnist_test(n)
+    names = [f"{classes[int(y)].replace(' ', '-')}_{i:05d}.png" for i, y in enumerate(labels)]
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=".fashion-mnist-test.", suffix=".tmp"))
+    for name, image in zip(names, images):
+        if not (folder / name).is_file():
+            image.save(staging / name, format="PNG")
+    install_folder(staging, folder)
+    atomic_write(listing, "\n".join(names) + "\n")
+    return [folder / name for name in names]
+
+
+def gallery_files(folder: str | os.PathLike, *, max_count: int = MAX_GALLERY) -> list[Path]:
+    """The image files of a gallery folder (and its sub-folders; hidden names skipped), sorted.
+
+    A ``DemoError`` naming the problem when the folder is missing or not a folder, holds a file that is
+    not an image (by extension) or a symbolic link, holds no image, or more than ``max_count``.
+
+    >>> gallery_files("~/Pictures/catalogue")[:1]  # doctest: +SKIP
+    [PosixPath('/home/me/Pictures/catalogue/boot.jpg')]
+    """
+    text = str(folder).strip()
+    if not text:
+        raise DemoError("no folder named: type the path of a folder of images")
+    root = Path(text).expanduser()
+    if not root.exists():
+        raise DemoError(f"gallery folder {text!r} not found")
+    if not root.is_dir():
+        raise DemoError(f"{text!r} is not a folder; name a folder of images")
+    root = root.resolve()
+    images: list[Path] = []
+    others: list[str] = []
+    for here, dirs, files in os.walk(root, followlinks=False):
+        links = [d for d in dirs if (Path(here) / d).is_symlink()]
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d not in links)
+        for name in sorted(files) + sorted(links):
+            if name.startswith("."):
+                continue
+            path = Path(here) / name
+            if path.is_symlink() or not path.is_file():
+                others.append(f"{path.relative_to(root)} (a link or special file)")
+            elif path.suffix.lower() in IMAGE_SUFFIXES:
+                images.append(path)
+            else:
+                others.append(str(path.relative_to(root)))
+            if len(images) + len(others) > max_count:
+                raise DemoError(f"gallery folder {text!r} holds more than {max_count:,} files; name a folder of at "
+                                f"most {max_count:,} images")
+    if others:
+        more = f" and {len(others) - 3} more" if len(others) > 3 else ""
+        raise DemoError(f"gallery folder {text!r} holds files that are not images: {', '.join(others[:3])}{more}; "
+                        f"the gallery takes image files only ({', '.join(IMAGE_SUFFIXES)})")
+    if not images:
+        raise DemoError(f"gallery folder {text!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return images
+
+
+def texts_file() -> Path:
+    """The bundled text collection: beside this app (a checkout, a Space), else in the installed package."""
+    if TEXTS.is_file():
+        return TEXTS
+    from importlib.resources import files
+
+    installed = Path(str(files("embedhub.demos.retrieval") / "texts" / TEXTS.name))
+    if installed.is_file():
+        return installed
+    raise DemoError(f"the text collection {TEXTS.name} is missing (looked in {TEXTS.parent} and {installed.parent})")
+
+
+def read_texts(path: str | os.PathLike | None = None) -> list[str]:
+    """The text collection (default: the bundled 3,000 WordNet example sentences): one per line."""
+    path = texts_file() if path is None else Path(path)
+    return [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+@dataclass(frozen=True)
+class Gallery:
+    """An indexed set of images: ``files`` maps each index id (a relative path) to its file."""
+
+    name: str
+    index: VectorIndex
+    files: dict[str, Path]
+
+
+def _model_lock(model: embedhub.EmbeddingModel) -> threading.Lock:
+    with _LOCKS_LOCK:
+        return _MODEL_LOCKS.setdefault(id(model), threading.Lock())
+
+
+_MODEL_LOCKS: dict[int, threading.Lock] = {}
+_LOCKS_LOCK = threading.Lock()
+
+
+def _check_modalities(name: str, model: embedhub.EmbeddingModel, needs: tuple[str, ...], what: str) -> None:
+    missing = [m for m in needs if m not in model.modalities]
+    if missing:
+        raise DemoError(f"model {name!r} embeds only {' and '.join(model.modalities)}; {what} needs a model with "
+                        f"{' and '.join(needs)} towers")
+
+
+class Retrieval:
+    """The demo's state: the image model and its gallery index, the text model and its text index.
+
+    The gallery can be swapped (:meth:`open_gallery`); searches read the current one, so a search never
+    mixes two galleries. Each model runs one forward at a time.
+
+    >>> r = Retrieval()                                         # doctest: +SKIP
+    >>> r.images_by_text("a pair of trousers", 3)[0][0]         # doctest: +SKIP
+    'fashion-mnist/trouser_00002.png'
+    """
+
+    def __init__(self, image_model: str | None = None, text_model: str | None = None, backend: str = "torch",
+                 gallery: str | os.PathLike | None = None, index_dir: str | os.PathLike | None = None,
+                 fashion: int = FASHION_GALLERY):
+        self.root = index_root(index_dir)
+        self.fashion = fashion
+        self.image_name = resolve_model(image_model, kind="image", readme=README)
+        self.text_name = (text_model or os.environ.get("EMBEDHUB_TEXT_MODEL") or DEFAULT_TEXT_MODEL).strip()
+        self.backend = backend
+        self.image_model = load_model(self.image_name, backend)
+        _check_modalities(self.image_name, self.image_model, ("image", "text"), "image search")
+        self.text_model = load_model(self.text_name, "torch")
+        _check_modalities(self.text_name, self.text_model, ("text",), "text search")
+        self._swap = threading.Lock()
+        self.gallery = self.open_gallery(gallery)
+        self.texts = read_texts()
+        self.text_index = VectorIndex.open(index_folder(f"texts:{TEXTS.name}", self.root), self.text_model,
+                                           self.texts)
+
+    def open_gallery(self, folder: str | os.PathLike | None = None, *, progress: bool | None = None) -> Gallery:
+        """Index ``folder`` (validated by :func:`gallery_files`; ``None``: the bundled gallery) with the image
+        model (reusing its saved index when the model and files are unchanged) and make it the current one."""
+        if folder is None:
+            files = {f"examples/{p.name}": p for p in example_images()}
+            files.update({f"fashion-mnist/{p.name}": p for p in fashion_gallery(self.fashion, self.root)})
+            name, key = f"bundled ({len(files):,} images)", f"gallery:bundled:{self.fashion}"
+        else:
+            paths = gallery_files(folder)
+            base = Path(str(folder).strip()).expanduser().resolve()
+            files = {str(p.relative_to(base)): p for p in paths}
+            name, key = f"{base} ({len(files):,} images)", f"gallery:folder:{base}"
+        gr.set_static_paths(sorted({str(p.parent) for p in files.values()}))
+        ids = list(files)
+        try:  # no model lock: searches go on (on the current gallery) while a new one is embedded
+            index = VectorIndex.open(index_folder(key, self.root), self.image_model, list(files.values()), ids=ids,
+                                     show_progress_bar=progress)
+        except embedhub.InputError as exc:
+            raise DemoError(f"gallery {name}: {exc}") from None
+        gallery = Gallery(name, index, files)
+        with self._swap:
+            self.gallery = gallery
+        return gallery
+
+    def images_by_text(self, query: str, k: int) -> list[Hit]:
+        """The ``k`` gallery images nearest to the text ``query``."""
+        query = check_query(query)
+        gallery = self.gallery
+        with _model_lock(self.image_model):
+            return gallery.index.query(self.image_model, query, check_k(k))[0]
+
+    def images_by_image(self, image: Any, k: int) -> list[Hit]:
+        """The ``k`` gallery images nearest to ``image`` (a file path, bytes or PIL image; read bounded)."""
+        k = check_k(k)
+        pil = read_image(image)
+        gallery = self.gallery
+        with _model_lock(self.image_model):
+            return gallery.index.query(self.image_model, [pil], k)[0]
+
+    def texts_by_text(self, query: str, k: int) -> list[Hit]:
+        """The ``k`` sentences of the text collection nearest to ``query``."""
+        query = check_query(query)
+        with _model_lock(self.text_model):
+            return self.text_index.query(self.text_model, query, check_k(k))[0]
+
+
+def check_query(query: Any) -> str:
+    """A non-empty text query of at most ``MAX_QUERY_CHARS`` characters, stripped; else a ``DemoError``.
+
+    >>> check_query("  a pair of trousers ")
+    'a pair of trousers'
+    """
+    if not isinstance(query, str) or not query.strip():
+        raise DemoError("empty query: type what to search for, e.g. 'a pair of trousers'")
+    if len(query) > MAX_QUERY_CHARS:
+        raise DemoError(f"the query has {len(query):,} characters; at most {MAX_QUERY_CHARS:,} are accepted")
+    return query.strip()
+
+
+def check_k(k: Any) -> int:
+    """The number of results: a whole number from 1 to ``MAX_K``; else a ``DemoError``.
+
+    >>> check_k(5.0)
+    5
+    """
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or k != int(k) or not 1 <= k <= MAX_K:
+        raise DemoError(f"number of results must be a whole number from 1 to {MAX_K}, got {k!r}")
+    return int(k)
+
+
+# ------------------------------------------------------------------------------ the image input
+def upload_path(payload: Any, cache_dir: str | os.PathLike) -> str:
+    """The file of an image upload as Gradio sends it when the event does not preprocess (``preprocess=False``):
+    a ``FileData`` dict whose file Gradio has already checked to be in its upload cache, or an inline
+    ``data:`` URL (written, size-bounded, to ``cache_dir``). The file is not decoded here: :func:`read_image`
+    reads it bounded, so a non-image, corrupt or huge upload is a readable message, never an exception in
+    Gradio's own image decoding.
+
+    >>> upload_path({"path": "/tmp/gradio/ab12/boot.png"}, "/tmp/gradio")
+    '/tmp/gradio/ab12/boot.png'
+    """
+    if payload is None:
+        raise DemoError("no image: upload one, paste one, or click an example below")
+    if isinstance(payload, str):
+        payload = {"path": payload}
+    if not isinstance(payload, dict):
+        raise DemoError(f"the image must be an uploaded file, got {type(payload).__name__}")
+    url = payload.get("url") or ""
+    if isinstance(url, str) and url.startswith("data:"):
+        encoded = url.partition(",")[2]
+        if len(encoded) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
+            raise DemoError(f"the pasted image is larger than the {MAX_UPLOAD_BYTES // 2**20} MB upload limit")
+        try:
+            data = base64.b64decode(encoded, validate=True)
+        except (binascii.Error, ValueError):
+            raise DemoError("the pasted image is not valid base64 data") from None
+        os.makedirs(cache_dir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=cache_dir, prefix="pasted-", delete=False) as f:
+            f.write(data)
+        return f.name
+    path = payload.get("path")
+    if not isinstance(path, str) or not path:
+        raise DemoError("the image upload carried no file; upload it again")
+    return path
+
+
+# ------------------------------------------------------------------------------ the app
+def _error(exc: Exception) -> gr.Error:
+    return gr.Error(" ".join(str(exc).split()), print_exception=False)
+
+
+def _image_results(gallery: Gallery, hits: list[Hit]) -> tuple[list[tuple[str, str]], list[list[Any]]]:
+    shown = [(str(gallery.files[i]), f"{i} · {s:.3f}") for i, s in hits]
+    return shown, [[r + 1, i, round(s, 4)] for r, (i, s) in enumerate(hits)]
+
+
+def build_app(model: str | None = None, text_model: str | None = None, backend: str = "torch",
+              gallery: str | os.PathLike | None = None, *, index_dir: str | os.PathLike | None = None,
+              folder_input: bool | None = None, fashion: int = FASHION_GALLERY) -> gr.Blocks:
+    """The retrieval app: image search with ``model`` (else ``$EMBEDHUB_MODEL``, the README's ``models:``,
+    or the offline LiT default) on ``backend``, text search with ``text_model`` (else
+    ``$EMBEDHUB_TEXT_MODEL``, else all-MiniLM-L6-v2, on torch), over ``gallery`` (a folder of images;
+    default: the bundled examples and ``fashion`` Fashion-MNIST test images). Indexes live in
+    ``index_dir`` (default ``$EMBEDHUB_HOME/demo-index``). ``folder_input`` shows a box to index another
+    folder of this machine (default: on, except on a Hugging Face Space). Everything is indexed here, so
+    the first request is fast; a ``DemoError`` for a model or folder that cannot be used.
+
+    >>> demo = build_app(gallery="~/Pictures/catalogue")   # doctest: +SKIP
+    """
+    state = Retrieval(model, text_model, backend, gallery, index_dir, fashion)
+    if folder_input is None:
+        folder_input = not os.environ.get("SPACE_ID")
+
+    def search_images_by_text(query: str, k: float):
+        try:
+            gallery = state.gallery
+            return _image_results(gallery, state.images_by_text(query, k))
+        except (DemoError, embedhub.EmbedhubError) as exc:
+            raise _error(exc) from None
+
+    def search_images_by_image(image: Any, k: float):
+        try:
+            gallery = state.gallery
+            return _image_results(gallery, state.images_by_image(upload_path(image, i2i_image.GRADIO_CACHE), k))
+        except (DemoError, embedhub.EmbedhubError) as exc:
+            raise _error(exc) from None
+
+    def search_texts(query: str, k: float):
+        try:
+            hits = state.texts_by_text(query, k)
+        except (DemoError, embedhub.EmbedhubError) as exc:
+            raise _error(exc) from None
+        return [[r + 1, state.texts[int(i)], round(s, 4)] for r, (i, s) in enumerate(hits)]
+
+    def index_gallery(folder: str, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - Gradio's idiom
+        try:
+            chosen = state.open_gallery(folder.strip() if folder and folder.strip() else None, progress=True)
+        except (DemoError, embedhub.EmbedhubError, OSError) as exc:
+            raise _error(exc) from None
+        how = "reused its saved index" if chosen.index.reused else "indexed"
+        return f"Gallery: **{chosen.name}**, {how} with `{state.image_name}`."
+
+    examples = [[str(p)] for p in example_images()]
+    k_slider = dict(minimum=1, maximum=MAX_K, step=1, value=DEFAULT_K, label="Results")
+    table_headers = ["rank", "item", "score"]
+    with gr.Blocks(title="embedhub retrieval", delete_cache=(900, 1800)) as demo:
+        gr.Markdown("# Multimodal retrieval\nSearch a gallery of images by text or by an example image, and a "
+                    "collection of sentences by meaning. Embeddings by "
+                    "[embedhub](https://pypi.org/project/embedhub/), exact cosine search with faiss.")
+        with gr.Tab("Text → images"):
+            with gr.Row():
+                t2i_query = gr.Textbox(label="Query", placeholder="a pair of trousers", scale=4,
+                                       max_length=MAX_QUERY_CHARS)
+                t2i_k = gr.Slider(**k_slider, scale=1)
+            t2i_button = gr.Button("Search", variant="primary")
+            t2i_gallery = gr.Gallery(label="Nearest images (id · cosine)", columns=5, height=420)
+            t2i_table = gr.Dataframe(headers=table_headers, label="Scores", interactive=False)
+            gr.Examples([["a pair of trousers"], ["an ankle boot"], ["a handbag"], ["a cat"]], inputs=[t2i_query])
+        with gr.Tab("Image → images"):
+            with gr.Row():
+                i2i_image = gr.Image(label="Query image", type="filepath", sources=["upload", "clipboard"],
+                                       height=260, scale=3)
+                i2i_k = gr.Slider(**k_slider, scale=1)
+            i2i_button = gr.Button("Search", variant="primary")
+            i2i_gallery = gr.Gallery(label="Nearest images (id · cosine)", columns=5, height=420)
+            i2i_table = gr.Dataframe(headers=table_headers, label="Scores", interactive=False)
+            if examples:
+                gr.Examples(examples=examples, inputs=[i2i_image], examples_per_page=24,
+                            label="Examples (Fashion-MNIST test images and photos)")
+        with gr.Tab("Text → texts"):
+            with gr.Row():
+                t2t_query = gr.Textbox(label="Query", placeholder="the piano sounded badly out of tune", scale=4,
+                                       max_length=MAX_QUERY_CHARS)
+                t2t_k = gr.Slider(**k_slider, scale=1)
+            t2t_button = gr.Button("Search", variant="primary")
+            t2t_table = gr.Dataframe(headers=["rank", "sentence", "score"], label="Nearest sentences (cosine)",
+                                     interactive=False, wrap=True)
+            gr.Examples([["the piano sounded badly out of tune"], ["the game was stopped by rain"]],
+                        inputs=[t2t_query])
+        with gr.Accordion("Collections and models", open=False):
+            status = gr.Markdown(f"Gallery: **{state.gallery.name}**. Images: `{state.image_name}` "
+                                 f"({backend}); texts: `{state.text_name}` over {len(state.texts):,} WordNet "
+                                 "example sentences.")
+            if folder_input:
+                with gr.Row():
+                    folder_box = gr.Textbox(label="Gallery folder on this machine (empty: the bundled gallery)",
+                                            placeholder="~/Pictures/catalogue", scale=4)
+                    folder_button = gr.Button("Index folder", scale=1)
+                folder_button.click(index_gallery, inputs=[folder_box], outputs=[status], api_name="index_gallery",
+                                    concurrency_limit=1, concurrency_id="index")
+
+        t2i_button.click(search_images_by_text, inputs=[t2i_query, t2i_k], outputs=[t2i_gallery, t2i_table],
+                         api_name="search_images_by_text", preprocess=False)
+        t2i_query.submit(search_images_by_text, inputs=[t2i_query, t2i_k], outputs=[t2i_gallery, t2i_table],
+                         api_visibility="private", preprocess=False)
+        i2i_button.click(search_images_by_image, inputs=[i2i_image, i2i_k], outputs=[i2i_gallery, i2i_table],
+                         api_name="search_images_by_image", preprocess=False)
+        t2t_button.click(search_texts, inputs=[t2t_query, t2t_k], outputs=[t2t_table], api_name="search_texts",
+                         preprocess=False)
+        t2t_query.submit(search_texts, inputs=[t2t_query, t2t_k], outputs=[t2t_table], api_visibility="private",
+                         preprocess=False)
+    demo.queue(default_concurrency_limit=CONCURRENCY, max_size=256)
+    return demo
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
+
+def launch(
+    model: str | None = None,
+    backend: str = "torch",
+    host: str = "127.0.0.1",
+    port: int | None = None,
+    share: bool = False,
+    *,
+    text_model: str | None = None,
+    gallery: str | os.PathLike | None = None,
+    index_dir: str | os.PathLike | None = None,
+    fashion: int = FASHION_GALLERY,
+    prevent_thread_lock: bool = False,
+) -> gr.Blocks:
+    """Build the app (:func:`build_app`'s options) and serve it on ``host:port`` (uploads bounded to
+    ``MAX_UPLOAD_BYTES``) and print the local URL. The box to index another folder is shown only when the
+    server listens on this machine alone (a loopback ``host``, no ``share``). With
+    ``prevent_thread_lock=True`` it returns at once (the server runs in a thread).
+
+    >>> launch(port=7861)   # doctest: +SKIP
+    """
+    folder_input = _loopback(host) and not share and not os.environ.get("SPACE_ID")
+    demo = build_app(model, text_model, backend, gallery, index_dir=index_dir, folder_input=folder_input,
+                     fashion=fashion)
+    demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD_BYTES,
+                prevent_thread_lock=True, quiet=True)
+    print(f"retrieval demo running on {demo.local_url}" + (f" (public: {demo.share_url})" if demo.share_url else ""),
+          flush=True)
+    if not prevent_thread_lock:
+        demo.block_thread()
+    return demo
+
+
+if __name__ == "__main__":
+    # a Hugging Face Space sets GRADIO_SERVER_NAME (0.0.0.0) and GRADIO_SERVER_PORT
+    launch(host=os.environ.get("GRADIO_SERVER_NAME", "127.0.0.1"),
+           port=int(os.environ["GRADIO_SERVER_PORT"]) if os.environ.get("GRADIO_SERVER_PORT") else None)
