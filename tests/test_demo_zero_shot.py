@@ -327,3 +327,25 @@ def test_python_app_py_serves_as_a_space_does(lit_path, bad_files):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_inline_data_url_images_are_bounded_and_decoded_by_the_app(fashion):
+    import base64
+
+    import gradio as gr
+    from embedhub.demos._common import MAX_UPLOAD_BYTES, read_image
+    from embedhub.demos.zero_shot.app import ImageInput
+    from gradio.data_classes import FileData
+
+    component = ImageInput(type="filepath")
+    png = Path(fashion[3][0]).read_bytes()
+    path = component.preprocess(FileData(path="inline", url="data:image/png;base64," + base64.b64encode(png).decode()))
+    assert Path(path).read_bytes() == png
+    assert np.array_equal(np.asarray(read_image(path)), np.asarray(read_image(fashion[3][0])))
+    with pytest.raises(gr.Error, match="larger than 20 MB"):
+        component.preprocess(FileData(path="inline", url="data:image/png;base64," + "A" * (MAX_UPLOAD_BYTES * 2)))
+    with pytest.raises(gr.Error, match="not valid base64"):
+        component.preprocess(FileData(path="inline", url="data:image/png;base64,@@@"))
+    # an uploaded file is handed over undecoded, as its path
+    assert component.preprocess(FileData(path=fashion[3][1])) == fashion[3][1]
+    assert component.preprocess(None) is None

@@ -183,10 +183,6 @@ class _Classifier:
                 self._cache.popitem(last=False)
         return classes
 
-    def cached(self) -> int:
-        with self._cache_lock:
-            return len(self._cache)
-
     def classify(self, name: str, backend: str, image: Any, labels: list[str], templates: list[str] | None
                  ) -> dict[str, float]:
         """``{label: probability}``, most probable first: ``softmax(logit_scale * cos)`` as ``model.zero_shot``."""
@@ -307,7 +303,7 @@ def build_app(model: str | None = None, backend: str = "torch") -> gr.Blocks:
                 image = ImageInput(label="Image", type="filepath", sources=["upload", "clipboard"], height=320)
                 labels = gr.Textbox(label="Labels (comma separated)", value=DEFAULT_LABELS, lines=2,
                                     max_length=MAX_FIELD_CHARS)
-                templates = gr.Textbox(label=f"Templates ({TEMPLATE_HELP}; optional)", lines=3,
+                templates = gr.Textbox(label=f"Templates ({TEMPLATE_HELP}; optional)", value="", lines=3,
                                        placeholder=_template_placeholder(loaded), max_length=MAX_FIELD_CHARS)
                 button = gr.Button("Classify", variant="primary")
             with gr.Column():
@@ -320,7 +316,7 @@ def build_app(model: str | None = None, backend: str = "torch") -> gr.Blocks:
                 model_box = gr.Textbox(label="Model (alias, folder or Hub id[@revision])", value=name, scale=4)
                 backend_box = gr.Radio(list(BACKENDS), value=used, label="Backend", scale=1)
                 load_button = gr.Button("Load", scale=1)
-            status = gr.Markdown(_status(name, used, loaded))
+            status = gr.Markdown(_status(name, used, loaded), label="Model status")
         button.click(classify, inputs=[image, labels, templates, session], outputs=result, api_name="classify")
         load_button.click(load, inputs=[model_box, backend_box], outputs=[session, status, templates],
                           api_name="load_model")
