@@ -104,7 +104,11 @@ class _FastTokenizer:
     """The part of a transformers tokenizer open_clip's ``HFTokenizer`` calls, on a ``tokenizers`` file."""
 
     def __init__(self, tokenizer: Any, folder: Any):
+        import threading
+
         self._tok = tokenizer
+        # padding and truncation are settings of the shared tokenizer: one call at a time sets and uses them
+        self._lock = threading.Lock()
         self._tok.no_truncation()
         self._tok.no_padding()
         cfg = folder.config("tokenizer_config.json").data if folder.has("tokenizer_config.json") else {}
@@ -120,10 +124,11 @@ class _FastTokenizer:
     def __call__(self, texts, return_tensors="pt", max_length=77, padding="max_length", truncation=True):
         import torch
 
-        self._tok.enable_truncation(max_length=max_length)
-        self._tok.enable_padding(length=max_length, pad_id=self.pad_token_id or 0)
-        ids = [e.ids for e in self._tok.encode_batch(list(texts))]
-        self._tok.no_padding()
+        with self._lock:
+            self._tok.enable_truncation(max_length=max_length)
+            self._tok.enable_padding(length=max_length, pad_id=self.pad_token_id or 0)
+            ids = [e.ids for e in self._tok.encode_batch(list(texts))]
+            self._tok.no_padding()
         return type("Encoded", (), {"input_ids": torch.tensor(ids, dtype=torch.long)})()
 
 
