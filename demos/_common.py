@@ -184,6 +184,7 @@ def read_image(path_or_image: Any, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pix
         if len(item) > max_bytes:
             raise DemoError(f"{what} is {_mb(len(item))}, over the {_mb(max_bytes)} upload limit")
         item = bytes(item)
+        _check_header(item, what, max_pixels)
     elif isinstance(item, np.ndarray) and item.ndim >= 2 and item.shape[0] * item.shape[1] > max_pixels:
         _too_many_pixels(what, item.shape[1], item.shape[0], max_pixels)
     elif hasattr(item, "size") and isinstance(getattr(item, "size", None), tuple) and len(item.size) == 2:
@@ -198,12 +199,14 @@ def read_image(path_or_image: Any, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pix
         raise DemoError(f"{what}: {exc.detail}") from None
 
 
-def _check_header(path: Path, what: str, max_pixels: int) -> None:
-    """Refuse an image whose header declares more than ``max_pixels`` (nothing is decoded here)."""
+def _check_header(source: Path | bytes, what: str, max_pixels: int) -> None:
+    """Refuse a non-image, or an image whose header declares more than ``max_pixels`` (nothing is decoded)."""
+    import io
+
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(path) as img:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as img:
             w, h = img.size
     except Image.DecompressionBombError as exc:
         raise DemoError(f"{what} is too large to decode safely ({exc})") from None

@@ -59,13 +59,16 @@ def shipped_run(record: str | os.PathLike = RUN_FILE) -> dict[str, Any]:
 
 
 def extract_heads(run: str | os.PathLike, *, heads: str | os.PathLike = HEADS_FILE,
-                  record: str | os.PathLike = RUN_FILE, command: str) -> dict[str, Any]:
+                  record: str | os.PathLike = RUN_FILE, command: str, note: str = "") -> dict[str, Any]:
     """Write the heads and logit scale of a finished LiT recipe run (``run``: its output folder, with
-    ``checkpoint/state.safetensors`` and ``results.json``) to ``heads``, and the run's record to ``record``.
+    ``checkpoint/state.safetensors`` and ``results.json``) to ``heads``, and the run's record to ``record``
+    (``note``: where and how it ran, e.g. the CPU and whether its cores were shared).
 
     >>> extract_heads("/tmp/lit-default", command="python -m training.clip output=/tmp/lit-default")  # doctest: +SKIP
     """
     from safetensors.torch import load_file, save_file
+
+    from embedhub.utils import atomic_write
 
     run = Path(run)
     results_file, state_file = run / "results.json", run / "checkpoint" / "state.safetensors"
@@ -82,12 +85,12 @@ def extract_heads(run: str | os.PathLike, *, heads: str | os.PathLike = HEADS_FI
         raise DemoError(f"{state_file}: expected image_head.*, text_head.* and logit_scale tensors (a LiT run with "
                         f"frozen towers), found {sorted(tensors)}")
     heads = Path(heads)
-    save_file(tensors, str(heads), metadata={"recipe": "clip", "source": command})
+    atomic_write(heads, lambda tmp: save_file(tensors, tmp, metadata={"recipe": "clip", "source": command}))
     keep = ("metrics", "seconds_total", "seconds_features", "train_samples", "train_classes", "world_size")
     out = {"name": MODEL_NAME, "command": command, **{k: results[k] for k in keep if k in results},
            "config": results["config"], "heads_sha256": _sha256(heads),
-           "versions": {p: _version(p) for p in ("torch", "timm", *_PACKAGES)}}
-    Path(record).write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
+           "versions": {p: _version(p) for p in ("torch", "timm", *_PACKAGES)}, **({"note": note} if note else {})}
+    atomic_write(record, json.dumps(out, indent=2) + "\n")
     return out
 
 
@@ -161,6 +164,7 @@ def default_image_model(home: str | os.PathLike | None = None, *, rebuild: bool 
         try:
             assemble(staging / MODEL_NAME, model_id=str(folder))
             (staging / MODEL_NAME / STAMP).write_text(json.dumps(wanted, indent=2) + "\n", encoding="utf-8")
+            _readable(staging / MODEL_NAME)
             old = None
             if folder.exists() or folder.is_symlink():
                 old = Path(tempfile.mkdtemp(dir=models, prefix=f".{MODEL_NAME}.old-")) / MODEL_NAME
@@ -173,6 +177,15 @@ def default_image_model(home: str | os.PathLike | None = None, *, rebuild: bool 
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def _readable(folder: Path) -> None:
+    """Folder and files with the permissions new ones get (umask applied): a shared cache stays readable."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in (folder, *folder.rglob("*")):
+        if not path.is_symlink():
+            path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
 
 
 def _build_stamp() -> dict[str, Any]:

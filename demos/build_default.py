@@ -4,12 +4,14 @@
     python -m embedhub.demos.build_default --rebuild  # assemble it again
     python -m embedhub.demos.build_default --from-run /tmp/lit-default --command "python -m training.clip ..."
         # refresh demos/assets from a finished LiT recipe run (heads, logit scale and the run's record)
+    python -m embedhub.demos.build_default --compare /tmp/lit-default/model   # embeddings vs the run's own model
     python -m embedhub.demos.build_default --examples  # rewrite demos/assets/examples (needs scikit-image)
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -51,6 +53,32 @@ def write_examples(folder: str | Path = EXAMPLES, *, per_class: int = 2, max_sid
     return out
 
 
+def compare(folder: str | Path, other: str | Path, n: int = 1000) -> dict[str, float]:
+    """Max abs difference between two models' embeddings of the first ``n`` Fashion-MNIST test images and of
+    the recipe's captions of the 10 classes, and each model's zero-shot top-1 on those images.
+
+    >>> compare(default_image_model(), "/tmp/lit-default/model")  # doctest: +SKIP
+    {'images': 1000, 'image_max_abs_diff': 0.0, 'text_max_abs_diff': 0.0, ...}
+    """
+    import numpy as np
+
+    import embedhub
+
+    from ._common import fashion_mnist_test
+
+    images, labels, classes = fashion_mnist_test(n)
+    a, b = embedhub.load(folder, device="cpu"), embedhub.load(other, device="cpu")
+    captions = [t.format(c) for c in classes for t in a.templates]
+    out: dict[str, float] = {"images": len(images)}
+    for kind, inputs in (("image", images), ("text", captions)):
+        ea = getattr(a, f"encode_{kind}")(inputs, show_progress_bar=False)
+        eb = getattr(b, f"encode_{kind}")(inputs, show_progress_bar=False)
+        out[f"{kind}_max_abs_diff"] = float(np.abs(ea - eb).max())
+    for name, model in (("zeroshot_top1", a), ("other_zeroshot_top1", b)):
+        out[name] = float((model.zero_shot(images, classes).argmax(1) == labels).mean())
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m embedhub.demos.build_default", description=__doc__.split("\n")[0])
     p.add_argument("--rebuild", action="store_true", help="assemble the folder again even when it is up to date")
@@ -58,6 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--from-run", default=None, metavar="RUN",
                    help="refresh demos/assets from this finished LiT recipe run folder, then build")
     p.add_argument("--command", default=None, help="with --from-run: the recipe command that made the run")
+    p.add_argument("--note", default="", help="with --from-run: where and how the run ran (CPU, threads, load)")
+    p.add_argument("--compare", default=None, metavar="MODEL",
+                   help="then compare the default model with this model folder (e.g. RUN/model of the recipe)")
+    p.add_argument("--compare-images", type=int, default=1000, help="with --compare: Fashion-MNIST test images")
     p.add_argument("--examples", action="store_true", help="rewrite demos/assets/examples and exit")
     args = p.parse_args(argv)
     from ._default import default_image_model, extract_heads, shipped_run
@@ -70,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.from_run:
             if not args.command:
                 p.error("--from-run needs --command (the recipe command line that made the run)")
-            extract_heads(args.from_run, command=args.command)
+            extract_heads(args.from_run, command=args.command, note=args.note)
         t0 = time.perf_counter()
         folder = default_image_model(args.home, rebuild=args.rebuild or bool(args.from_run))
         run = shipped_run()
@@ -82,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     if top1 is not None:
         print(f"zero-shot top-1 on the Fashion-MNIST test set (10,000 images, 10 classes): {top1:.2%}")
     print(f"made by: {run.get('command')}")
+    if args.compare:
+        print(json.dumps(compare(folder, args.compare, args.compare_images), indent=2))
     return 0
 
 
