@@ -48,6 +48,15 @@ def atomic_write(path: str | os.PathLike, write: Callable[[str], None] | bytes |
     return path
 
 
+def _normal_permissions(tree: Path) -> None:
+    """What a new folder and new files get under the umask (a staging folder from ``mkdtemp`` is 0700)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [tree, *tree.rglob("*")]:
+        if not p.is_symlink():
+            os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 def install_folder(staging: str | os.PathLike, folder: str | os.PathLike, *, last: str | None = None,
                    replace: Iterable[str] = ()) -> Path:
     """Move the complete folder ``staging`` into place as ``folder``.
@@ -60,6 +69,7 @@ def install_folder(staging: str | os.PathLike, folder: str | os.PathLike, *, las
     move when ``staging`` did not hold them.
     """
     staging, folder = Path(staging), Path(folder)
+    _normal_permissions(staging)
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise FileExistsError(f"{folder} exists and is not a folder; nothing was replaced")
     if folder.is_dir() and not any(folder.iterdir()):

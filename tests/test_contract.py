@@ -289,3 +289,17 @@ def test_tower_files_go_into_an_existing_sub_folder(minilm, tmp_path):
         assert embedhub.load(folder, device="cpu").towers["text"].kind == "labelled-mean-embedding"
     finally:
         unregister_tower("labelled-mean-embedding")
+
+
+def test_saved_folders_get_normal_permissions(minilm, tmp_path):
+    import os
+    import stat
+
+    umask = os.umask(0o022)
+    try:
+        folder = minilm.save_pretrained(tmp_path / "m")
+    finally:
+        os.umask(umask)
+    modes = {p.relative_to(folder).as_posix().replace(".", "", 1) if p == folder else p.relative_to(folder).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
+    assert modes[""] == 0o755 and modes["text"] == 0o755
+    assert modes["model.safetensors"] == 0o644 and modes["text/model.safetensors"] == 0o644
