@@ -2,7 +2,9 @@
 
 Every loss takes L2-normalised features. Formulas follow the papers and their reference code:
 CLIP (open_clip's ``ClipLoss``, with ``local_loss`` and ``gather_with_grad``), SigLIP, DCL,
-ProtoCLIP's prototype loss with Prototypical Back Translation, and PMRL's singular-value loss.
+ProtoCLIP's prototype loss with Prototypical Back Translation, PMRL's singular-value loss, and
+the sentence losses of SimCSE (unsupervised and supervised) and ESimCSE with their building
+blocks (word repetition, the FIFO queue of momentum-encoder embeddings, the EMA update).
 
 >>> import torch.nn.functional as F
 >>> img, txt = F.normalize(torch.randn(8, 16), dim=-1), F.normalize(torch.randn(8, 16), dim=-1)
@@ -12,7 +14,7 @@ ProtoCLIP's prototype loss with Prototypical Back Translation, and PMRL's singul
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Iterable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -214,3 +216,267 @@ def pmrl_loss(features: Sequence[torch.Tensor], *, tau_intra: float = 0.01, tau_
     else:
         raise ValueError(f"inter must be 'modalities' or 'reference', got {inter!r}")
     return intra, loss_inter
+
+
+# ---------------------------------------------------------------------------------------------- SimCSE / ESimCSE
+def _check_rows(name: str, x: torch.Tensor, dim: int, rows: int | None = None) -> None:
+    if x.ndim != 2 or x.shape[1] != dim or (rows is not None and x.shape[0] != rows):
+        want = f"({rows if rows is not None else 'N'}, {dim})"
+        raise ValueError(f"simcse_loss: {name} must have shape {want}, got {tuple(x.shape)}")
+
+
+def simcse_loss(
+    a: torch.Tensor,
+    b: torch.Tensor,
+    *,
+    temperature: torch.Tensor | float = 0.05,
+    hard_negatives: torch.Tensor | None = None,
+    queue: torch.Tensor | None = None,
+    labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SimCSE's InfoNCE: ``-1/B Σ_i log( e^{cos(a_i,b_i)/τ} / Σ_j e^{cos(a_i,c_j)/τ} )``.
+
+    The columns ``c`` are every row of ``b`` (the positive of anchor ``i`` is ``b_i``), then the
+    rows of ``hard_negatives`` (supervised SimCSE: one per anchor, extra columns, so each anchor
+    also sees the others' hard negatives), then the rows of ``queue`` (ESimCSE: momentum-encoder
+    embeddings of earlier batches, detached: no gradient reaches them). Cosine similarities are
+    computed here, so raw or L2-normalised features give the same loss. An empty queue
+    ``(0, d)`` adds nothing: the result is then SimCSE's exactly. ``labels`` (the column of each
+    anchor's positive) defaults to ``arange(B)``; :class:`SimCSELoss` offsets it by rank.
+
+    >>> import torch.nn.functional as F
+    >>> x = F.normalize(torch.randn(8, 16), dim=-1)
+    >>> round(simcse_loss(x[:1].expand(8, 16), x[:1].expand(8, 16)).item(), 4)  # all equal: ln 8
+    2.0794
+    >>> simcse_loss(x, x, queue=torch.empty(0, 16)).equal(simcse_loss(x, x))
+    True
+    """
+    if a.ndim != 2:
+        raise ValueError(f"simcse_loss: a must have shape (B, d), got {tuple(a.shape)}")
+    rows, dim = a.shape
+    _check_rows("b", b, dim, rows if labels is None else None)
+    if isinstance(temperature, (int, float)) and not temperature > 0:
+        raise ValueError(f"simcse_loss: temperature must be > 0, got {temperature}")
+    columns = [b]
+    if hard_negatives is not None:
+        _check_rows("hard_negatives", hard_negatives, dim, b.shape[0])
+        columns.append(hard_negatives)
+    if queue is not None:
+        _check_rows("queue", queue, dim)
+        columns.append(queue.detach().to(dtype=b.dtype, device=b.device))
+    keys = torch.cat(columns, 0) if len(columns) > 1 else b
+    if keys.shape[0] < 2:
+        raise ValueError("simcse_loss: a contrastive loss needs at least one negative, got a batch of 1 "
+                         "with no hard negatives and an empty queue: use a batch size of 2 or more")
+    logits = F.normalize(a, dim=-1) @ F.normalize(keys, dim=-1).T / temperature
+    if labels is None:
+        labels = torch.arange(rows, device=a.device)
+    return F.cross_entropy(logits, labels)
+
+
+def gather_rows(x: torch.Tensor, *, with_grad: bool = True, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """All ranks' rows of ``x`` concatenated in rank order (``x`` itself when ``world_size == 1``).
+
+    ``with_grad`` uses the differentiable all-gather (gradients flow back to the rank that owns
+    each row); without it the gathered copy is detached except for the local slice, which is put
+    back so its gradient is kept (as :func:`gather_features` does). Every rank must pass the same
+    number of rows.
+    """
+    if world_size == 1:
+        return x
+    if with_grad:
+        import torch.distributed.nn
+
+        return torch.cat(torch.distributed.nn.all_gather(x.contiguous()), 0)
+    import torch.distributed as dist
+
+    parts = [torch.zeros_like(x) for _ in range(world_size)]
+    dist.all_gather(parts, x.contiguous())
+    parts[rank] = x
+    return torch.cat(parts, 0)
+
+
+class SimCSELoss(nn.Module):
+    """:func:`simcse_loss` over all ranks' positives and hard negatives (``local_loss`` semantics).
+
+    Each rank scores its own ``B`` anchors against every rank's positives, then every rank's hard
+    negatives, then its ``queue`` (not gathered: the recipe keeps the same queue on every rank by
+    pushing gathered keys), with labels ``arange(B) + rank * B``. The gather keeps gradients,
+    so with DDP averaging the gradients of the per-rank losses, ``world_size`` ranks give the
+    gradients of one process on the concatenated global batch. Every rank must hold the same
+    batch size.
+
+    >>> import torch.nn.functional as F
+    >>> a, b = F.normalize(torch.randn(4, 8), dim=-1), F.normalize(torch.randn(4, 8), dim=-1)
+    >>> SimCSELoss(temperature=0.05)(a, b).equal(simcse_loss(a, b, temperature=0.05))
+    True
+    """
+
+    def __init__(self, temperature: float = 0.05, rank: int = 0, world_size: int = 1):
+        super().__init__()
+        if not temperature > 0:
+            raise ValueError(f"SimCSELoss: temperature must be > 0, got {temperature}")
+        self.temperature, self.rank, self.world_size = temperature, rank, world_size
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor, hard_negatives: torch.Tensor | None = None,
+                queue: torch.Tensor | None = None) -> torch.Tensor:
+        if self.world_size == 1:
+            return simcse_loss(a, b, temperature=self.temperature, hard_negatives=hard_negatives, queue=queue)
+        if b.shape[0] != a.shape[0]:
+            raise ValueError(f"SimCSELoss: b must have as many rows as a ({a.shape[0]}), got {b.shape[0]}")
+        all_b = gather_rows(b, rank=self.rank, world_size=self.world_size)
+        all_hn = None
+        if hard_negatives is not None:
+            if hard_negatives.shape[0] != a.shape[0]:
+                raise ValueError(f"SimCSELoss: hard_negatives must have as many rows as a ({a.shape[0]}), "
+                                 f"got {hard_negatives.shape[0]}")
+            all_hn = gather_rows(hard_negatives, rank=self.rank, world_size=self.world_size)
+        labels = torch.arange(a.shape[0], device=a.device) + self.rank * a.shape[0]
+        return simcse_loss(a, all_b, temperature=self.temperature, hard_negatives=all_hn, queue=queue, labels=labels)
+
+
+def word_repetition(
+    ids: Sequence[int],
+    *,
+    dup_rate: float = 0.32,
+    special_ids: Collection[int],
+    generator: torch.Generator,
+    max_dup: int | None = None,
+) -> list[int]:
+    """ESimCSE's positive: a copy of ``ids`` in which a few random tokens appear twice in a row.
+
+    As in the official code (caskcsg/sentemb), the number of duplicated tokens is drawn uniformly
+    in ``[0, max(2, int(dup_rate * L))]`` (both ends included), ``L = len(ids)``: pass one
+    sentence's ids with its special tokens and without padding. Then that many distinct positions
+    are drawn among the non-special tokens (fewer when the sentence has fewer), and each chosen
+    token is repeated right after itself; order is kept and tokens in ``special_ids`` are never
+    duplicated (the official code can duplicate ``[SEP]``; here it cannot). ``max_dup`` caps the
+    count (RECIPES.md's ``min(10, ·)`` is ``max_dup=10``; at SimCSE's max length 32 and
+    ``dup_rate=0.32`` the bound is at most 10 anyway, so the default leaves it off as the official
+    code does). ``dup_rate=0`` duplicates nothing (no ``max(2, ·)`` floor), which is how
+    repetition is turned off. The result is longer than ``ids``: truncating to a max length is
+    the caller's choice. Deterministic for a seeded ``generator``.
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> out = word_repetition([101, 7592, 2088, 999, 102], special_ids={0, 101, 102}, generator=g)
+    >>> out[0], out[-1], len(out) >= 5
+    (101, 102, True)
+    """
+    if not 0.0 <= dup_rate <= 1.0:
+        raise ValueError(f"word_repetition: dup_rate must be in [0, 1], got {dup_rate}")
+    if max_dup is not None and max_dup < 0:
+        raise ValueError(f"word_repetition: max_dup must be >= 0 or None, got {max_dup}")
+    ids = [int(t) for t in ids]
+    if dup_rate == 0.0 or not ids:
+        return ids
+    special = set(special_ids)
+    candidates = [i for i, t in enumerate(ids) if t not in special]
+    bound = max(2, int(dup_rate * len(ids)))
+    if max_dup is not None:
+        bound = min(bound, max_dup)
+    dup_len = int(torch.randint(0, bound + 1, (1,), generator=generator))
+    k = min(dup_len, len(candidates))
+    chosen = {candidates[j] for j in torch.randperm(len(candidates), generator=generator)[:k].tolist()}
+    out: list[int] = []
+    for i, t in enumerate(ids):
+        out.append(t)
+        if i in chosen:
+            out.append(t)
+    return out
+
+
+class EmbeddingQueue:
+    """ESimCSE's negatives: a FIFO of at most ``size`` embeddings (rows), oldest dropped first.
+
+    Use it as ESimCSE does: the loss of a step reads :meth:`tensor` (earlier batches' keys only),
+    then the step's keys (momentum-encoder embeddings of the original sentences) are
+    :meth:`push`-ed, so a batch never contrasts with its own keys. Pushed rows are detached
+    and stored in the queue's dtype and device; :meth:`tensor` returns a tensor that later
+    pushes never modify (safe to keep in the autograd graph). ``state_dict`` / ``load_state_dict``
+    carry the contents across a checkpoint for exact resume.
+
+    >>> q = EmbeddingQueue(3, dim=2)
+    >>> q.tensor().shape
+    torch.Size([0, 2])
+    >>> q.push(torch.tensor([[1.0, 0.0], [2.0, 0.0]])); q.push(torch.tensor([[3.0, 0.0], [4.0, 0.0]]))
+    >>> q.tensor()[:, 0].tolist()
+    [2.0, 3.0, 4.0]
+    """
+
+    def __init__(self, size: int, dim: int, *, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu"):
+        if size < 0 or dim < 1:
+            raise ValueError(f"EmbeddingQueue: size must be >= 0 and dim >= 1, got size={size}, dim={dim}")
+        self.size, self.dim = int(size), int(dim)
+        self._keys = torch.empty(0, self.dim, dtype=dtype, device=device)
+
+    def __len__(self) -> int:
+        return self._keys.shape[0]
+
+    def tensor(self) -> torch.Tensor:
+        """The current contents, oldest first: ``(n, dim)`` with ``n <= size`` (``(0, dim)`` when empty)."""
+        return self._keys
+
+    def push(self, keys: torch.Tensor) -> None:
+        """Append ``keys`` (``(n, dim)``, detached) and drop the oldest rows beyond ``size``."""
+        if keys.ndim != 2 or keys.shape[1] != self.dim:
+            raise ValueError(f"EmbeddingQueue.push: keys must have shape (n, {self.dim}), got {tuple(keys.shape)}")
+        keys = keys.detach().to(dtype=self._keys.dtype, device=self._keys.device)
+        self._keys = torch.cat([self._keys, keys], 0)[max(0, len(self._keys) + len(keys) - self.size):].clone()
+
+    def to(self, device: torch.device | str) -> EmbeddingQueue:
+        """Move the contents to ``device`` (in place); returns ``self``."""
+        self._keys = self._keys.to(device)
+        return self
+
+    def state_dict(self) -> dict:
+        return {"size": self.size, "dim": self.dim, "keys": self._keys.detach().cpu().clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore contents saved by :meth:`state_dict`; the size and dim must match this queue's."""
+        if state.get("size") != self.size or state.get("dim") != self.dim:
+            raise ValueError(f"EmbeddingQueue.load_state_dict: saved queue has size={state.get('size')}, "
+                             f"dim={state.get('dim')}; this queue has size={self.size}, dim={self.dim}")
+        keys = state["keys"]
+        if keys.ndim != 2 or keys.shape[1] != self.dim or keys.shape[0] > self.size:
+            raise ValueError(f"EmbeddingQueue.load_state_dict: saved keys have shape {tuple(keys.shape)}, "
+                             f"expected (n <= {self.size}, {self.dim})")
+        self._keys = keys.to(dtype=self._keys.dtype, device=self._keys.device).clone()
+
+
+@torch.no_grad()
+def momentum_update(target: nn.Module | Iterable[torch.Tensor], source: nn.Module | Iterable[torch.Tensor],
+                    m: float) -> None:
+    """EMA in place: ``target = m * target + (1 - m) * source`` for each parameter, without gradient.
+
+    Modules are paired by ``named_parameters`` (same names and shapes required); iterables of
+    tensors are paired in order. Buffers are left alone, as in ESimCSE's and MoCo's code. After
+    ``k`` updates from a fixed source, ``target_k = m^k target_0 + (1 - m^k) source``; ``m = 0``
+    copies the source.
+
+    >>> t, s = nn.Linear(2, 2), nn.Linear(2, 2)
+    >>> momentum_update(t, s, 0.0)
+    >>> bool(torch.equal(t.weight, s.weight))
+    True
+    """
+    if not 0.0 <= m <= 1.0:
+        raise ValueError(f"momentum_update: m must be in [0, 1], got {m}")
+    if isinstance(target, nn.Module) and isinstance(source, nn.Module):
+        tp, sp = dict(target.named_parameters()), dict(source.named_parameters())
+        if tp.keys() != sp.keys():
+            missing, extra = sorted(sp.keys() - tp.keys()), sorted(tp.keys() - sp.keys())
+            raise ValueError(f"momentum_update: parameter names differ: missing in target {missing[:5]}, "
+                             f"only in target {extra[:5]}")
+        pairs = [(name, tp[name], sp[name]) for name in tp]
+    else:
+        t_list = list(target.parameters() if isinstance(target, nn.Module) else target)
+        s_list = list(source.parameters() if isinstance(source, nn.Module) else source)
+        if len(t_list) != len(s_list):
+            raise ValueError(f"momentum_update: target has {len(t_list)} tensors, source has {len(s_list)}")
+        pairs = [(str(i), t, s) for i, (t, s) in enumerate(zip(t_list, s_list))]
+    for name, t, s in pairs:
+        if t.shape != s.shape:
+            raise ValueError(f"momentum_update: parameter {name!r} has shape {tuple(t.shape)} in target, "
+                             f"{tuple(s.shape)} in source")
+    for _, t, s in pairs:
+        t.mul_(m).add_(s.detach().to(t.dtype), alpha=1.0 - m)
