@@ -300,6 +300,9 @@ def test_saved_folders_get_normal_permissions(minilm, tmp_path):
         folder = minilm.save_pretrained(tmp_path / "m")
     finally:
         os.umask(umask)
-    modes = {p.relative_to(folder).as_posix().replace(".", "", 1) if p == folder else p.relative_to(folder).as_posix(): stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
+    def rel(p):
+        return "" if p == folder else p.relative_to(folder).as_posix()
+
+    modes = {rel(p): stat.S_IMODE(p.stat().st_mode) for p in [folder, *folder.rglob("*")]}
     assert modes[""] == 0o755 and modes["text"] == 0o755
     assert modes["model.safetensors"] == 0o644 and modes["text/model.safetensors"] == 0o644
