@@ -151,8 +151,42 @@ class PmrlConfig(TrainConfig):
     grad_clip: float = 2.0
 
 
+@dataclass
+class SimCSEConfig(TrainConfig):
+    """Unsupervised SimCSE on a text tower (defaults: the paper's, on all-MiniLM-L6-v2)."""
+
+    output: str = "runs/simcse"
+    data: str = "sentences.txt"  # a .txt file (one sentence a line) or .jsonl with a "text" field, streamed
+    pooling: str = "auto"  # auto (the tower's own) | cls | mean
+    mlp_head: str = "auto"  # auto (on for cls pooling) | true | false: train-only Linear+tanh over the pooled features
+    temperature: float = 0.05
+    max_length: int = 32  # training tokens per sentence (special tokens included); evaluation uses the tower's own
+    dropout: float = 0.1
+    batch_size: int = 64
+    lr: float = 3e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_steps: int = 0
+    grad_clip: float = 0.0
+    epochs: int = 1
+    max_steps: int = 0  # > 0: stop after this many optimiser steps (or at the end of the epochs) and finish normally
+    eval_every_steps: int = 125  # STS-B dev evaluation (and best-model keeping) every N optimiser steps
+    sts_dir: str = "../shared/data/stsbenchmark"  # folder with sts-dev.csv and sts-test.csv
+    queue_size: int = 160  # esimcse: momentum-encoder keys kept as extra negatives
+    momentum: float = 0.995  # esimcse: EMA of the momentum encoder
+    dup_rate: float = 0.32  # esimcse: word-repetition rate of the positives
+
+
+@dataclass
+class ESimCSEConfig(SimCSEConfig):
+    """ESimCSE: word-repetition positives and a momentum-encoder queue of negatives."""
+
+    output: str = "runs/esimcse"
+
+
 RECIPE_CONFIGS: dict[str, type[TrainConfig]] = {"clip": ClipConfig, "protoclip": ProtoClipConfig,
-                                                "pmrl": PmrlConfig}
+                                                "pmrl": PmrlConfig, "simcse": SimCSEConfig, "esimcse": ESimCSEConfig}
 C = TypeVar("C", bound=TrainConfig)
 
 
@@ -268,6 +302,18 @@ RULES: dict[str, Rule] = {
     "inter": _choice("modalities", "reference"),
     "tau_intra": _float(0.0, open_lo=True),
     "tau_inter": _float(0.0, open_lo=True),
+    # simcse / esimcse
+    "pooling": _choice("auto", "cls", "mean"),
+    "mlp_head": _choice("auto", "true", "false"),
+    "temperature": _float(0.0, open_lo=True, what="softmax temperature"),
+    "max_length": _int(3, 8192, "training tokens per sentence"),
+    "dropout": Rule("a number in [0, 1) (dropout probability while training)", lambda v: 0 <= v < 1),
+    "max_steps": _int(0, what="0 = run all epochs"),
+    "eval_every_steps": _int(1, what="optimiser steps between STS-B dev evaluations"),
+    "sts_dir": _text("a folder with STS-B's sts-dev.csv and sts-test.csv"),
+    "queue_size": _int(0, what="0 = no queue"),
+    "momentum": Rule("a number in [0, 1] (EMA factor)", lambda v: 0 <= v <= 1),
+    "dup_rate": Rule("a number in [0, 1] (word-repetition rate)", lambda v: 0 <= v <= 1),
 }
 
 
@@ -341,6 +387,10 @@ def validate(cfg: TrainConfig) -> None:
 def _check_combinations(cfg: TrainConfig) -> None:
     from .data import FASHION_CLASSES
 
+    if isinstance(cfg, SimCSEConfig):
+        _check_simcse(cfg)
+        return
+
     lit = (cfg.data == "fashion-mnist" and not cfg.eval_data and cfg.freeze_image and cfg.freeze_text
            and not cfg.open_clip_model)
     name = type(cfg).__name__
@@ -380,6 +430,22 @@ def _check_combinations(cfg: TrainConfig) -> None:
         _check_open_clip_model(cfg.open_clip_model)
     if isinstance(cfg, ProtoClipConfig) and cfg.clusters > cfg.episode_size:
         raise ConfigValueError("clusters", cfg.clusters, f"at most episode_size ({cfg.episode_size})")
+
+
+def _check_simcse(cfg: SimCSEConfig) -> None:
+    """The sentence recipes' own combinations: their data is a sentence file, their loss contrasts within a batch."""
+    path = Path(cfg.data)
+    if path.suffix.lower() not in (".txt", ".jsonl"):
+        raise ConfigValueError("data", cfg.data,
+                               "a .txt file (one sentence a line) or a .jsonl file with a 'text' field")
+    if not path.is_file():
+        raise ConfigValueError("data", cfg.data, f"an existing sentence file ({path} not found)")
+    if cfg.batch_size < 2:
+        raise ConfigValueError("batch_size", cfg.batch_size, "an integer >= 2: the contrastive loss needs other "
+                               "sentences of the batch as negatives")
+    for name in ("sts-dev.csv", "sts-test.csv"):
+        if not (Path(cfg.sts_dir) / name).is_file():
+            raise ConfigValueError("sts_dir", cfg.sts_dir, f"a folder holding STS-B's {name} (not found there)")
 
 
 def _check_open_clip_model(name: str) -> None:
@@ -534,6 +600,6 @@ def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-__all__ = ["ClipConfig", "ConfigValueError", "DataError", "MissingDataError", "PmrlConfig", "ProtoClipConfig",
-           "RECIPE_CONFIGS", "RULES", "RecipeError", "TrainConfig", "load_config", "parse_args", "recipe_main",
-           "to_dict", "validate"]
+__all__ = ["ClipConfig", "ConfigValueError", "DataError", "ESimCSEConfig", "MissingDataError", "PmrlConfig",
+           "ProtoClipConfig", "RECIPE_CONFIGS", "RULES", "RecipeError", "SimCSEConfig", "TrainConfig", "load_config",
+           "parse_args", "recipe_main", "to_dict", "validate"]
