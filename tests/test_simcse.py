@@ -138,3 +138,17 @@ def test_a_missing_sts_file_and_a_wrong_data_suffix_are_refused_before_training(
     csv.write_text("a\nb\n")
     assert _run("esimcse", tiny_st_dir, csv, tmp_path, tmp_path / "out") == 2
     assert "data=" in capsys.readouterr().err and not (tmp_path / "out").exists()
+
+
+def test_sentence_file_streams_every_sentence_once_skips_invalid_utf8_and_shuffles_by_seed_and_epoch(tmp_path):
+    from training.sentences import SentenceFile
+
+    path = tmp_path / "s.txt"
+    lines = [f"sentence number {i}." for i in range(50)]
+    text = "\n".join(lines[:20]).encode() + b"\n\xff\xfe not UTF-8\n\n" + "\n".join(lines[20:]).encode() + b"\n"
+    path.write_bytes(text)
+    data = SentenceFile(path, shuffle_buffer=8)  # a buffer smaller than the file: streamed, not read whole
+    assert len(data) == 50 and data.invalid == 1
+    e0 = list(data.stream(seed=3, epoch=0))
+    assert sorted(e0) == sorted(lines) and e0 != lines
+    assert e0 == list(data.stream(seed=3, epoch=0)) and e0 != list(data.stream(seed=3, epoch=1))

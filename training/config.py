@@ -168,7 +168,7 @@ class SimCSEConfig(TrainConfig):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = 1e-8
     warmup_steps: int = 0
-    grad_clip: float = 0.0
+    grad_clip: float = 1.0  # as transformers.Trainer (the SimCSE code) clips
     epochs: int = 1
     max_steps: int = 0  # > 0: stop after this many optimiser steps (or at the end of the epochs) and finish normally
     eval_every_steps: int = 125  # STS-B dev evaluation (and best-model keeping) every N optimiser steps
