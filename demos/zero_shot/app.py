@@ -264,7 +264,7 @@ def classify(image: str | None, labels: str, templates: str, session: tuple[str,
 
 
 def load(name: str, backend: str) -> tuple[tuple[str, str], str, Any]:
-    """The API endpoint ``/load_model``: make ``name`` on ``backend`` this session's model."""
+    """The API endpoint ``/load_model``: make ``name`` on ``backend`` the model of this browser tab's Gradio state."""
     name = (name or "").strip()
     if not name:
         raise gr.Error("no model name: type an alias, a folder or a Hub id (org/name[@revision])",
