@@ -145,6 +145,36 @@ def load_model(name: str, backend: Literal["torch", "onnx"] = "torch") -> embedh
     return model
 
 
+_FORWARD_LOCKS: dict[int, threading.Lock] = {}
+
+
+def model_lock(model: embedhub.EmbeddingModel) -> threading.Lock:
+    """The lock that makes requests on the shared ``model`` run its forward one at a time."""
+    with _LOCKS_LOCK:
+        return _FORWARD_LOCKS.setdefault(id(model), threading.Lock())
+
+
+def save_data_url(url: str, cache_dir: str | os.PathLike, *, what: str = "pasted image") -> str:
+    """An inline ``data:`` image, size-bounded (:data:`MAX_UPLOAD_BYTES`) and not decoded, written to a
+    new file in ``cache_dir``; its path. A ``DemoError`` naming ``what`` when too large or not base64."""
+    import base64
+    import binascii
+    import tempfile
+
+    encoded = url.partition(",")[2]
+    if len(encoded) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
+        raise DemoError(f"the {what} is larger than {MAX_UPLOAD_BYTES // 2**20} MB, the upload limit; "
+                        "upload a smaller file")
+    try:
+        data = base64.b64decode(encoded, validate=True)
+    except (binascii.Error, ValueError):
+        raise DemoError(f"the {what} is not valid base64 data") from None
+    os.makedirs(cache_dir, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=cache_dir, prefix="inline-", delete=False) as f:
+        f.write(data)
+    return f.name
+
+
 def read_image(path_or_image: Any, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """An uploaded image as an RGB ``PIL.Image``, decoded only when it is small enough.
 

@@ -18,8 +18,6 @@ Named API endpoints: ``/search_images_by_text`` (query, k), ``/search_images_by_
 
 from __future__ import annotations
 
-import base64
-import binascii
 import ipaddress
 import os
 import tempfile
@@ -36,8 +34,10 @@ from embedhub.demos._common import (
     example_images,
     fashion_mnist_test,
     load_model,
+    model_lock,
     read_image,
     resolve_model,
+    save_data_url,
 )
 from embedhub.demos.retrieval.index import Hit, VectorIndex, cache_home, index_folder
 
@@ -169,15 +169,6 @@ class Gallery:
     files: dict[str, Path]
 
 
-def _model_lock(model: embedhub.EmbeddingModel) -> threading.Lock:
-    with _LOCKS_LOCK:
-        return _MODEL_LOCKS.setdefault(id(model), threading.Lock())
-
-
-_MODEL_LOCKS: dict[int, threading.Lock] = {}
-_LOCKS_LOCK = threading.Lock()
-
-
 def _check_modalities(name: str, model: embedhub.EmbeddingModel, needs: tuple[str, ...], what: str) -> None:
     missing = [m for m in needs if m not in model.modalities]
     if missing:
@@ -242,7 +233,7 @@ class Retrieval:
         """The ``k`` gallery images nearest to the text ``query``."""
         query = check_query(query)
         gallery = self.gallery
-        with _model_lock(self.image_model):
+        with model_lock(self.image_model):
             return gallery.index.query(self.image_model, query, check_k(k))[0]
 
     def images_by_image(self, image: Any, k: int) -> list[Hit]:
@@ -250,13 +241,13 @@ class Retrieval:
         k = check_k(k)
         pil = read_image(image)
         gallery = self.gallery
-        with _model_lock(self.image_model):
+        with model_lock(self.image_model):
             return gallery.index.query(self.image_model, [pil], k)[0]
 
     def texts_by_text(self, query: str, k: int) -> list[Hit]:
         """The ``k`` sentences of the text collection nearest to ``query``."""
         query = check_query(query)
-        with _model_lock(self.text_model):
+        with model_lock(self.text_model):
             return self.text_index.query(self.text_model, query, check_k(k))[0]
 
 
@@ -303,17 +294,7 @@ def upload_path(payload: Any, cache_dir: str | os.PathLike) -> str:
         raise DemoError(f"the image must be an uploaded file, got {type(payload).__name__}")
     url = payload.get("url") or ""
     if isinstance(url, str) and url.startswith("data:"):
-        encoded = url.partition(",")[2]
-        if len(encoded) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
-            raise DemoError(f"the pasted image is larger than the {MAX_UPLOAD_BYTES // 2**20} MB upload limit")
-        try:
-            data = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise DemoError("the pasted image is not valid base64 data") from None
-        os.makedirs(cache_dir, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=cache_dir, prefix="pasted-", delete=False) as f:
-            f.write(data)
-        return f.name
+        return save_data_url(url, cache_dir)
     path = payload.get("path")
     if not isinstance(path, str) or not path:
         raise DemoError("the image upload carried no file; upload it again")

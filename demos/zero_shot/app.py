@@ -14,11 +14,8 @@ Named API endpoints: ``/classify`` (image, labels, templates) and ``/load_model`
 
 from __future__ import annotations
 
-import base64
-import binascii
 import os
 import string
-import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -32,8 +29,10 @@ from embedhub.demos._common import (
     DemoError,
     example_images,
     load_model,
+    model_lock,
     read_image,
     resolve_model,
+    save_data_url,
 )
 
 import embedhub
@@ -157,11 +156,6 @@ class _Classifier:
         self.cache_size = cache_size
         self._cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._cache_lock = threading.Lock()
-        self._model_locks: dict[tuple[str, str], threading.Lock] = {}
-
-    def _lock(self, key: tuple[str, str]) -> threading.Lock:
-        with self._cache_lock:
-            return self._model_locks.setdefault(key, threading.Lock())
 
     def label_embeddings(self, name: str, backend: str, labels: list[str], templates: list[str] | None
                          ) -> torch.Tensor:
@@ -174,7 +168,7 @@ class _Classifier:
                 self._cache.move_to_end(key)
                 return self._cache[key]
         prompts = template_prompts(labels, templates)
-        with self._lock((name, backend)):
+        with model_lock(model):
             text = model.encode_text(prompts, convert_to="torch")
         classes = average_templates(text, len(labels))
         with self._cache_lock:
@@ -188,7 +182,7 @@ class _Classifier:
         """``{label: probability}``, most probable first: ``softmax(logit_scale * cos)`` as ``model.zero_shot``."""
         model, backend, _ = open_model(name, backend)
         classes = self.label_embeddings(name, backend, labels, templates)
-        with self._lock((name, backend)):
+        with model_lock(model):
             img = model.encode_image(image, convert_to="torch")
         probs = torch.softmax((model.logit_scale or 100.0) * (classes @ img), dim=-1).tolist()
         order = sorted(range(len(labels)), key=lambda i: -probs[i])
@@ -217,19 +211,10 @@ class ImageInput(gr.Image):
         return str(payload.path)
 
     def _save_data_url(self, url: str) -> str:
-        """An inline ``data:`` image, size-bounded, written to the app's cache folder."""
-        encoded = url.partition(",")[2]
-        if len(encoded) > MAX_UPLOAD_BYTES * 4 // 3 + 4:
-            raise gr.Error(f"the inline image is larger than {MAX_UPLOAD_BYTES // 2**20} MB; upload a smaller file",
-                           print_exception=False)
         try:
-            data = base64.b64decode(encoded, validate=True)
-        except (binascii.Error, ValueError):
-            raise gr.Error("the inline image is not valid base64 data", print_exception=False) from None
-        os.makedirs(self.GRADIO_CACHE, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=self.GRADIO_CACHE, prefix="inline-", delete=False) as f:
-            f.write(data)
-        return f.name
+            return save_data_url(url, self.GRADIO_CACHE, what="inline image")
+        except DemoError as exc:
+            raise _fail(exc) from None
 
 
 # ------------------------------------------------------------------------------ the app
