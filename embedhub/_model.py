@@ -393,10 +393,8 @@ class EmbeddingModel:
         from ._publish import check_names, push_folder
         from .hub import resolve_token
 
-        check_names(repo_id, revision, create_pr)
+        check_names(repo_id, revision, create_pr, commit_message)
         token = resolve_token(token)  # before anything is written
-        if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
-            raise PublishError(f"commit_message must be a non-empty str, got {commit_message!r}")
         with tempfile.TemporaryDirectory(prefix="embedhub-push-") as tmp:
             folder = self.save_pretrained(Path(tmp) / "model")
             write_card(folder, model_id=repo_id, modalities=self.modalities, embed_dim=self.embed_dim,

@@ -34,7 +34,9 @@ def _literal(path: str) -> str:
     return "".join(f"[{c}]" if c in "[]*?" else c for c in path)
 
 
-def check_names(repo_id: Any, revision: Any, create_pr: bool) -> None:
+def check_names(repo_id: Any, revision: Any, create_pr: bool, commit_message: Any = None) -> None:
+    if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
+        raise PublishError(f"commit_message must be a non-empty str, got {commit_message!r}")
     if not isinstance(repo_id, str):
         raise PublishError(f"repo_id must be a str ('namespace/name'), got {type(repo_id).__name__} {repo_id!r}")
     problem = repo_id_problem(repo_id)
@@ -151,11 +153,9 @@ def push_folder(
     ...             commit_message="LiT on Fashion-MNIST, 71.2% zero-shot")  # doctest: +SKIP
     'https://huggingface.co/acme/lit-fashion/commit/5c2e...'
     """
-    check_names(repo_id, revision, create_pr)
+    check_names(repo_id, revision, create_pr, commit_message)
     files = upload_files(folder)
     token = _resolve_token(token, api)
-    if commit_message is not None and (not isinstance(commit_message, str) or not commit_message.strip()):
-        raise PublishError(f"commit_message must be a non-empty str, got {commit_message!r}")
     from huggingface_hub.errors import HTTPError
 
     if api is None:
