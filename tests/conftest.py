@@ -227,3 +227,21 @@ def tiny_embedhub_dir(tmp_path_factory, tiny_st_dir) -> Path:
     folder = tmp_path_factory.mktemp("tiny_embedhub")
     model.save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def other_st_dir(tmp_path_factory, tiny_st_dir) -> Path:
+    """tiny_st_dir with other weights (same architecture, tokenizer and 32 dims): another model."""
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path_factory.mktemp("other_st")
+    shutil.copytree(tiny_st_dir, folder, dirs_exist_ok=True)
+    state = load_file(str(folder / "model.safetensors"))
+    gen = torch.Generator().manual_seed(1)
+    state = {
+        k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in state.items()
+    }
+    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    return folder

@@ -507,25 +507,6 @@ def test_search_rejects_image_corpus(tiny_clip, tmp_path, capsys):
 
 
 # --------------------------------------------------------------------------------------------- provenance
-@pytest.fixture(scope="module")
-def other_st_dir(tmp_path_factory, tiny_st_dir) -> Path:
-    """tiny_st_dir with other weights (same architecture, tokenizer and 32 dims): another model."""
-    import shutil
-
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    folder = tmp_path_factory.mktemp("other_st")
-    shutil.copytree(tiny_st_dir, folder, dirs_exist_ok=True)
-    state = load_file(str(folder / "model.safetensors"))
-    gen = torch.Generator().manual_seed(1)
-    state = {
-        k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in state.items()
-    }
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    return folder
-
-
 def _corpus(tmp_path: Path, texts: list[str] = SENTENCES, name: str = "corpus.txt") -> Path:
     src = tmp_path / name
     src.write_text("\n".join(texts) + "\n")

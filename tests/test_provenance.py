@@ -46,22 +46,6 @@ def _parts(**change) -> dict:
 
 
 @pytest.fixture(scope="module")
-def other_st_dir(tmp_path_factory, tiny_st_dir) -> Path:
-    """tiny_st_dir with other weights (same architecture, tokenizer and 32 dims): another model."""
-    from safetensors.torch import load_file, save_file
-
-    folder = tmp_path_factory.mktemp("other_st")
-    shutil.copytree(tiny_st_dir, folder, dirs_exist_ok=True)
-    state = load_file(str(folder / "model.safetensors"))
-    gen = torch.Generator().manual_seed(1)
-    state = {
-        k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in state.items()
-    }
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    return folder
-
-
-@pytest.fixture(scope="module")
 def exports(tmp_path_factory, tiny_st_dir) -> dict[str, Path]:
     """tiny_st_dir exported to ONNX at fp32 (torch weights kept) and at fp16."""
     pytest.importorskip("onnxruntime")
