@@ -170,12 +170,13 @@ class SimCSEConfig(TrainConfig):
     warmup_steps: int = 0
     grad_clip: float = 1.0  # as transformers.Trainer (the SimCSE code) clips
     epochs: int = 1
-    max_steps: int = 0  # > 0: stop after this many optimiser steps (or at the end of the epochs) and finish normally
+    max_steps: int = 0  # > 0: train this many optimiser steps (overrides epochs, as in transformers), then finish
     eval_every_steps: int = 125  # STS-B dev evaluation (and best-model keeping) every N optimiser steps
     sts_dir: str = "../shared/data/stsbenchmark"  # folder with sts-dev.csv and sts-test.csv
     queue_size: int = 160  # esimcse: momentum-encoder keys kept as extra negatives
     momentum: float = 0.995  # esimcse: EMA of the momentum encoder
     dup_rate: float = 0.32  # esimcse: word-repetition rate of the positives
+    length_buckets: int = 16  # batches per window sorted by length (less padding, same-length negatives); 1 = off
 
 
 @dataclass
@@ -314,6 +315,7 @@ RULES: dict[str, Rule] = {
     "queue_size": _int(0, what="0 = no queue"),
     "momentum": Rule("a number in [0, 1] (EMA factor)", lambda v: 0 <= v <= 1),
     "dup_rate": Rule("a number in [0, 1] (word-repetition rate)", lambda v: 0 <= v <= 1),
+    "length_buckets": _int(1, 4096, "batches per length-sorted window; 1 = batches in stream order"),
 }
 
 

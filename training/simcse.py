@@ -39,6 +39,7 @@ import embedhub
 from embedhub import EmbeddingModel
 from embedhub.losses import EmbeddingQueue, SimCSELoss, momentum_update, word_repetition
 from embedhub.modules import Pooling, TransformersTextTower
+from embedhub.utils import epoch_generator
 
 from .config import DataError, ESimCSEConfig, RecipeError, SimCSEConfig, recipe_main, to_dict
 from .dist import gather, rank_world
@@ -139,11 +140,10 @@ class SimCSESetup:
         # ESimCSE: the momentum encoder starts as a copy of the loaded (pretrained) tower
         self.momentum = copy.deepcopy(self.model).requires_grad_(False).eval() if self.esimcse else None
         self.queue = EmbeddingQueue(cfg.queue_size, width, device=self.device) if self.esimcse else None
-        # steps: all epochs, or max_steps when it comes first, cut into rounds of eval_every_steps
+        # steps: max_steps when set (over as many passes of the data as it takes, as transformers.Trainer's
+        # max_steps), else all epochs; cut into rounds of eval_every_steps
         per_epoch = n // cfg.batch_size + (1 if n % cfg.batch_size >= 2 else 0)
-        micro = cfg.epochs * per_epoch
-        if cfg.max_steps:
-            micro = min(micro, cfg.max_steps * cfg.accum_steps)
+        micro = cfg.max_steps * cfg.accum_steps if cfg.max_steps else cfg.epochs * per_epoch
         self.total_steps = math.ceil(micro / cfg.accum_steps)
         self.total_micro = self.total_steps * cfg.accum_steps
         self.round = cfg.eval_every_steps * cfg.accum_steps
@@ -152,18 +152,37 @@ class SimCSESetup:
 
     # ------------------------------------------------------------------ data
     def _all_batches(self) -> Iterator[list[str]]:
-        """Global batches over data epochs 0, 1, ... (each shuffled by (seed, epoch)), without end."""
+        """Global batches over data epochs 0, 1, ... (each shuffled by (seed, epoch)), without end.
+
+        The stream is cut into windows of ``length_buckets`` batches; a window is sorted by length and
+        cut into batches, which go out in a shuffled order. A batch then pads to nearly its own length,
+        and its negatives have the positives' length, so length alone does not tell them apart."""
         bs, epoch = self.cfg.batch_size, 0
+        window_size = bs * self.cfg.length_buckets
         while True:
-            batch: list[str] = []
+            g = epoch_generator(self.cfg.seed + 7, epoch)
+            window: list[str] = []
             for s in self.data.stream(seed=self.cfg.seed, epoch=epoch):
-                batch.append(s)
-                if len(batch) == bs:
-                    yield batch
-                    batch = []
-            if len(batch) >= 2:
-                yield batch
+                window.append(s)
+                if len(window) == window_size:
+                    yield from self._bucket(window, g)
+                    window = []
+            if window:
+                yield from self._bucket(window, g)
             epoch += 1
+
+    def _bucket(self, window: list[str], g: torch.Generator) -> Iterator[list[str]]:
+        """A window's sentences as batches of similar length (by characters), in a seeded order; a last
+        batch of one sentence is dropped (it has no negatives)."""
+        if self.cfg.length_buckets > 1:
+            window = sorted(window, key=len)
+        bs = self.cfg.batch_size
+        batches = [window[i:i + bs] for i in range(0, len(window), bs)]
+        if len(batches[-1]) < 2:
+            batches.pop()
+        n = len(batches)
+        for i in range(n) if self.cfg.length_buckets == 1 else torch.randperm(n, generator=g).tolist():
+            yield batches[i]
 
     def batches(self, rnd: int) -> Iterator[tuple[int, list[str]]]:
         """(global micro-batch index, this rank's sentences) for round ``rnd``."""
