@@ -4,8 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # real data and tools from Debian's packages: Fashion-MNIST (recipes, demos), espeak-ng (PMRL's spoken captions),
-# WordNet (the retrieval demo's sentences), chromium (the demos' browser tests, driven by Playwright)
-DEB_PACKAGES="dataset-fashion-mnist espeak-ng wordnet-base chromium"
+# WordNet and fortunes (real sentences: the retrieval demo, the sentence recipes), chromium (the demos' browser tests, driven by Playwright)
+DEB_PACKAGES="dataset-fashion-mnist espeak-ng wordnet-base fortunes chromium"
 if command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
   apt-get update -qq >/dev/null && apt-get install -y -qq $DEB_PACKAGES >/dev/null
 else
@@ -27,5 +27,6 @@ missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=("espeak-ng (apt-get install espeak-ng)")
 command -v chromium >/dev/null 2>&1 || missing+=("chromium (apt-get install chromium)")
 [ -f /usr/share/wordnet/data.noun ] || missing+=("WordNet (apt-get install wordnet-base)")
+[ -f /usr/share/games/fortunes/fortunes ] || missing+=("fortunes (apt-get install fortunes)")
 [ -d ../shared/data/stsbenchmark ] || missing+=("STS Benchmark (../shared/data/stsbenchmark, see ../shared/ASSETS.md)")
 for m in ${missing[@]+"${missing[@]}"}; do echo "missing: $m: the tests that need it will skip" >&2; done

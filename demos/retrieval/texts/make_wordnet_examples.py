@@ -10,13 +10,13 @@ the four parts of speech in file order. Deterministic: the same database gives t
 
 from __future__ import annotations
 
-import re
 import sys
 from pathlib import Path
 
-WORDNET = Path("/usr/share/wordnet")
+from embedhub.training.corpora import WORDNET, unique
+from embedhub.training.corpora import wordnet_examples as all_examples
+
 COUNT = 3000
-_QUOTED = re.compile(r'"([^"]+)"')
 
 
 def wordnet_examples(folder: Path = WORDNET, count: int = COUNT) -> list[str]:
@@ -25,20 +25,7 @@ def wordnet_examples(folder: Path = WORDNET, count: int = COUNT) -> list[str]:
     >>> wordnet_examples()[:1]  # doctest: +SKIP
     ['it was full of rackets, balls and other objects']
     """
-    seen: set[str] = set()
-    found: list[str] = []
-    for pos in ("noun", "verb", "adj", "adv"):
-        path = folder / f"data.{pos}"
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: apt-get install wordnet-base")
-        for line in path.read_text(encoding="utf-8").splitlines():
-            if line.startswith("  ") or " | " not in line:  # the license header, entries without a gloss
-                continue
-            for sentence in _QUOTED.findall(line.split(" | ", 1)[1]):
-                sentence = " ".join(sentence.split())
-                if 6 <= len(sentence.split()) <= 20 and sentence.lower() not in seen:
-                    seen.add(sentence.lower())
-                    found.append(sentence)
+    found = [s for s in unique(all_examples(folder)) if 6 <= len(s.split()) <= 20]
     if len(found) < count:
         raise ValueError(f"{folder}: only {len(found)} example sentences of 6-20 words, {count} asked for")
     step = len(found) / count
