@@ -153,14 +153,20 @@ class PmrlConfig(TrainConfig):
 
 @dataclass
 class SimCSEConfig(TrainConfig):
-    """Unsupervised SimCSE on a text tower (defaults: the paper's, on all-MiniLM-L6-v2)."""
+    """SimCSE on a text tower: unsupervised on sentences, supervised on (anchor, positive[, negative]) rows
+    (defaults: the paper's, on all-MiniLM-L6-v2)."""
 
     output: str = "runs/simcse"
-    data: str = "sentences.txt"  # a .txt file (one sentence a line) or .jsonl with a "text" field, streamed
+    # streamed, never read whole: .txt (one sentence a line), or .jsonl/.csv/.parquet with a text_column
+    # (unsupervised) or anchor, positive[, negative] fields/columns (supervised SimCSE; not esimcse)
+    data: str = "sentences.txt"
+    text_column: str = "text"  # .jsonl field / .csv or .parquet column holding the sentences
     pooling: str = "auto"  # auto (the tower's own) | cls | mean
     mlp_head: str = "auto"  # auto (on for cls pooling) | true | false: train-only Linear+tanh over the pooled features
     temperature: float = 0.05
-    max_length: int = 32  # training tokens per sentence (special tokens included); evaluation uses the tower's own
+    # training tokens per sentence (special tokens included): longer sentences are truncated, the final special
+    # token kept; evaluation uses the tower's own max length
+    max_length: int = 32
     dropout: float = 0.1
     batch_size: int = 64
     lr: float = 3e-5
@@ -304,6 +310,7 @@ RULES: dict[str, Rule] = {
     "tau_intra": _float(0.0, open_lo=True),
     "tau_inter": _float(0.0, open_lo=True),
     # simcse / esimcse
+    "text_column": _text("a .jsonl field or .csv/.parquet column name holding the sentences"),
     "pooling": _choice("auto", "cls", "mean"),
     "mlp_head": _choice("auto", "true", "false"),
     "temperature": _float(0.0, open_lo=True, what="softmax temperature"),
@@ -436,12 +443,18 @@ def _check_combinations(cfg: TrainConfig) -> None:
 
 def _check_simcse(cfg: SimCSEConfig) -> None:
     """The sentence recipes' own combinations: their data is a sentence file, their loss contrasts within a batch."""
+    from .sentences import SUFFIXES, data_mode
+
     path = Path(cfg.data)
-    if path.suffix.lower() not in (".txt", ".jsonl"):
-        raise ConfigValueError("data", cfg.data,
-                               "a .txt file (one sentence a line) or a .jsonl file with a 'text' field")
+    if path.suffix.lower() not in SUFFIXES:
+        raise ConfigValueError("data", cfg.data, "a .txt file (one sentence a line), or a .jsonl/.csv/.parquet file "
+                               "with a text_column or anchor, positive[, negative] fields")
     if not path.is_file():
         raise ConfigValueError("data", cfg.data, f"an existing sentence file ({path} not found)")
+    if isinstance(cfg, ESimCSEConfig) and data_mode(path, cfg.text_column) == "supervised":
+        raise ConfigValueError("data", cfg.data, f"a file of sentences (a .txt, or a {cfg.text_column!r} "
+                               "field/column): ESimCSE is unsupervised and this file holds (anchor, positive) rows; "
+                               "train supervised SimCSE on it with the simcse recipe")
     if cfg.batch_size < 2:
         raise ConfigValueError("batch_size", cfg.batch_size, "an integer >= 2: the contrastive loss needs other "
                                "sentences of the batch as negatives")
