@@ -70,23 +70,33 @@ def start_run(cfg: TrainConfig) -> float:
     return time.perf_counter()
 
 
-def fit_and_finish(trainer: Trainer, finish: Callable[[dict[str, float]], dict[str, Any]]) -> dict[str, Any]:
+def fit_and_finish(trainer: Trainer, finish: Callable[[dict[str, float]], dict[str, Any]], *,
+                   cfg: TrainConfig | None = None, recipe: str | None = None) -> dict[str, Any]:
     """``trainer.fit()``, then ``finish(metrics)`` (probe, model folder, results) and the model card (and
     the upload with ``push_to_hub``) on rank 0 of a run that completed; ``{}`` on other ranks and after
-    ``stop_after_steps``."""
+    ``stop_after_steps``.
+
+    ``cfg``: the user's config, for the card and the upload, when the trainer runs on an adapted one (the
+    sentence recipes' trainer counts evaluation rounds as epochs); default ``trainer.cfg``. ``recipe``:
+    the recipe name on the card; default the name ``cfg``'s class is registered under."""
     from .config import RECIPE_CONFIGS
     from .publish import check_publishing, finish_publishing
 
-    check_publishing(trainer.cfg)  # a push_to_hub run without a token fails now, not after training
+    cfg = trainer.cfg if cfg is None else cfg
+    check_publishing(cfg)  # a push_to_hub run without a token fails now, not after training
     metrics = trainer.fit()
     if not (trainer.main and trainer.finished):
         return {}
-    recipe = next((k for k, v in RECIPE_CONFIGS.items() if type(trainer.cfg) is v), "clip")
-    return finish_publishing(trainer.cfg, finish(metrics), recipe=recipe)
+    recipe = recipe or next((k for k, v in RECIPE_CONFIGS.items() if type(cfg) is v), "clip")
+    return finish_publishing(cfg, finish(metrics), recipe=recipe)
 
 
 class Trainer:
     """Runs ``loss_fn(model, batch)`` over ``batches(epoch)`` with the config's optimiser and schedule.
+
+    ``evaluate_at_start``: evaluate once before the first step of a fresh run and log it as step 0
+    (``{"step": 0, "epoch": 0, "eval": ...}``), so the evaluation curve starts at the start; a resumed
+    run does not log it again.
 
     >>> Trainer(cfg, model, loss_fn, batches, steps_per_epoch, evaluate).fit()   # doctest: +SKIP
     """
@@ -96,9 +106,10 @@ class Trainer:
                  evaluate: Callable[[nn.Module], dict[str, float]] | None = None,
                  on_epoch_start: Callable[[nn.Module, int], None] | None = None,
                  extra_state: Callable[[], dict[str, torch.Tensor]] | None = None,
-                 load_extra_state: Callable[[dict[str, torch.Tensor]], None] | None = None):
+                 load_extra_state: Callable[[dict[str, torch.Tensor]], None] | None = None,
+                 evaluate_at_start: bool = False):
         self.cfg, self.model, self.loss_fn, self.batches = cfg, model, loss_fn, batches
-        self.evaluate, self.on_epoch_start = evaluate, on_epoch_start
+        self.evaluate, self.on_epoch_start, self.evaluate_at_start = evaluate, on_epoch_start, evaluate_at_start
         # a recipe's own state that checkpoints carry (e.g. ProtoCLIP's episode prototypes)
         self.extra_state, self.load_extra_state = extra_state, load_extra_state
         self.device = resolve_device(cfg)
@@ -213,6 +224,17 @@ class Trainer:
             f.write(json.dumps(record) + "\n")
         self.log_lines += 1
 
+    def _global_loss(self, loss: torch.Tensor) -> float:
+        """The loss to log: under torchrun the mean over ranks (a recipe whose ranks each score their own
+        rows, as SimCSE's, logs the global batch's loss, as one process would), else ``loss`` itself."""
+        if self.world == 1:
+            return loss.item()
+        import torch.distributed
+
+        value = loss.detach().float().clone()
+        torch.distributed.all_reduce(value)
+        return value.item() / self.world
+
     def _autocast(self):
         if self.cfg.precision == "bf16":
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
@@ -227,8 +249,14 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         if cfg.resume and self.load_checkpoint():
             print(f"[train] resumed at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
-        elif self.main:
-            self.log_path.write_text("")
+        else:
+            if self.main:
+                self.log_path.write_text("")
+            if self.evaluate_at_start and self.evaluate is not None and self.main:
+                self.model.eval()
+                start = self.evaluate(self.model)
+                self._log({"step": 0, "epoch": 0, "eval": start})
+                print("[train] start: " + ", ".join(f"{k} {v:.4f}" for k, v in start.items()))
         scaler = torch.amp.GradScaler("cuda") if cfg.precision == "fp16" and self.device.type == "cuda" else None
         logit_max = math.log(cfg.max_logit_scale)
         metrics: dict[str, float] = {}
@@ -267,7 +295,7 @@ class Trainer:
                             p.clamp_(0, logit_max)
                 self.step += 1
                 bar.update(1)
-                record = {"step": self.step, "epoch": self.epoch, "loss": loss.item() * cfg.accum_steps,
+                record = {"step": self.step, "epoch": self.epoch, "loss": self._global_loss(loss) * cfg.accum_steps,
                           "lr": self.optimizer.param_groups[0]["lr"],
                           "grad_norm": float(grad_norm) if grad_norm is not None else None}
                 scale = getattr(self.model, "logit_scale", None)
@@ -299,8 +327,8 @@ class Trainer:
         return metrics
 
 
-def plot_log(log_path: Path, png: Path) -> Path | None:
-    """Loss per step and evaluation metrics per epoch, as a PNG (needs matplotlib)."""
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the Agg backend, or None without matplotlib."""
     try:
         import matplotlib
 
@@ -308,18 +336,59 @@ def plot_log(log_path: Path, png: Path) -> Path | None:
         import matplotlib.pyplot as plt
     except ImportError:
         return None
-    records = [json.loads(x) for x in log_path.read_text().splitlines() if x.strip()]
+    return plt
+
+
+def read_log(log_path: Path) -> list[dict[str, Any]]:
+    """The records of a run's ``log.jsonl``."""
+    return [json.loads(x) for x in Path(log_path).read_text().splitlines() if x.strip()]
+
+
+def plot_log(log_path: Path, png: Path) -> Path | None:
+    """Loss and evaluation metrics against the optimiser step, as a PNG (needs matplotlib)."""
+    plt = _pyplot()
+    if plt is None:
+        return None
+    records = read_log(log_path)
     steps = [r for r in records if "loss" in r]
     evals = [r for r in records if "eval" in r]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     axes[0].plot([r["step"] for r in steps], [r["loss"] for r in steps], lw=0.8)
     axes[0].set(xlabel="optimiser step", ylabel="training loss", title="loss")
     for key in sorted({k for r in evals for k in r["eval"]}):
-        axes[1].plot([r["epoch"] for r in evals], [r["eval"].get(key) for r in evals], marker="o", label=key)
-    axes[1].set(xlabel="epoch", title="evaluation")
+        axes[1].plot([r["step"] for r in evals], [r["eval"].get(key) for r in evals], marker="o", label=key)
+    axes[1].set(xlabel="optimiser step", title="evaluation")
     if evals:
         axes[1].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
+
+
+def plot_eval_curve(log_path: Path, pngs: Iterable[Path], key: str, *, label: str, title: str,
+                    best_step: int | None = None) -> list[Path]:
+    """One evaluation metric of ``log.jsonl`` against the optimiser step, with the start (step 0) and
+    ``best_step`` marked, written to each of ``pngs``; ``[]`` without matplotlib or evaluations."""
+    plt = _pyplot()
+    points = [(r["step"], r["eval"][key]) for r in read_log(log_path) if key in r.get("eval", {})]
+    if plt is None or not points:
+        return []
+    steps, values = zip(*points)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    ax.plot(steps, values, marker="o", ms=3, lw=1, label=label)
+    if steps[0] == 0:
+        ax.plot([0], [values[0]], "s", color="grey", ms=7, label=f"start: {values[0]:.2f}")
+    if best_step is not None and best_step in steps:
+        best = values[steps.index(best_step)]
+        ax.plot([best_step], [best], "*", color="tab:red", ms=13, label=f"best: {best:.2f} (step {best_step})")
+    ax.set(xlabel="optimiser step", ylabel=label, title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = []
+    for png in pngs:
+        fig.savefig(png, dpi=110)
+        out.append(Path(png))
+    plt.close(fig)
+    return out

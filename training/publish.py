@@ -54,12 +54,15 @@ def check_publishing(cfg: TrainConfig) -> None:
 
 
 def finish_publishing(cfg: TrainConfig, summary: dict[str, Any], *, recipe: str) -> dict[str, Any]:
-    """Write the model card into the run's model folder; upload it when ``cfg.push_to_hub`` is set."""
+    """Write the model card into the run's model folder; upload it when ``cfg.push_to_hub`` is set.
+
+    The card's curve is ``summary["curve"]`` when the recipe drew one (the sentence recipes' STS-B dev
+    curve), else the trainer's ``training.png``."""
     if not summary or "model" not in summary:
         return summary
     folder = Path(summary["model"])
     model = embedhub.load(folder, device="cpu")
-    plot = Path(cfg.output) / "training.png"
+    plot = Path(summary["curve"]) if summary.get("curve") else Path(cfg.output) / "training.png"
     base = [cfg.text_tower] if not getattr(cfg, "open_clip_model", "") else None
     name, dataset = dataset_of(cfg)
     write_card(folder, model_id=cfg.push_to_hub or str(folder), modalities=model.modalities,
