@@ -1,22 +1,39 @@
-"""Sentence recipes: unsupervised SimCSE and ESimCSE on a text tower that ``embedhub.load`` gives.
+"""Sentence recipes: SimCSE (unsupervised and supervised) and ESimCSE on a text tower that ``embedhub.load`` gives.
 
     python -m training.simcse data=sentences.txt output=runs/simcse max_steps=500
+    python -m training.simcse data=nli.csv output=runs/sup-simcse       # anchor,positive[,negative] rows
     python -m training.simcse esimcse data=sentences.txt output=runs/esimcse max_steps=500
     embedhub train simcse text_tower=all-MiniLM-L6-v2 data=sentences.txt max_steps=500
     embedhub train esimcse data=sentences.txt              # word repetition + momentum-encoder queue
 
-SimCSE encodes each sentence twice in one forward with dropout on; the two views are each other's
-positives, the batch's other sentences the negatives (``embedhub.losses.SimCSELoss``). ESimCSE takes
-as positive a copy with a few tokens repeated (``word_repetition``) and appends a FIFO queue of
-momentum-encoder keys of earlier batches to the negatives; its momentum encoder is copied from the
-tower after the pretrained weights are loaded. Training sentences are truncated to ``max_length``
-tokens (special tokens kept); evaluation and the saved model use the tower's own max length.
+Unsupervised SimCSE encodes each sentence twice in one forward with dropout on; the two views are each
+other's positives, the batch's other sentences the negatives (``embedhub.losses.SimCSELoss``). Supervised
+SimCSE reads (anchor, positive[, hard negative]) rows: anchors, positives and negatives go through one
+forward of the concatenated token lists (dropout on), each anchor's positive is its target and every other
+positive and every hard negative of the batch a negative. ESimCSE (unsupervised only) takes as positive a
+copy with a few tokens repeated (``word_repetition``) and appends a FIFO queue of momentum-encoder keys of
+earlier batches to the negatives; its momentum encoder is copied from the tower after the pretrained weights
+are loaded. The train-only MLP head (``mlp_head``) sits over the pooled features in every mode.
+
+Data (``training.sentences``): a ``.txt`` file of sentences, or a ``.jsonl``/``.csv``/``.parquet`` file whose
+first object, header or columns decide the mode: a ``text_column`` (default ``"text"``) makes sentences,
+``anchor``, ``positive`` (and ``negative``) make supervised rows. Files are streamed through a shuffle buffer
+ordered by (seed, epoch), cut into windows of ``length_buckets`` batches sorted by (anchor) length. Lines
+that are not UTF-8 and rows with a null or empty value are skipped and counted in ``results.json``.
+Over-long lines: every training sentence is truncated to ``max_length`` tokens, its final special token
+kept (a sentence is first cut to max(4096, 128 x max_length) characters, which holds far more than
+``max_length`` tokens, so a pathological line costs neither memory nor tokenising time); evaluation and
+the saved model use the tower's own max length.
 
 The run is cut into rounds of ``eval_every_steps`` optimiser steps (the trainer's "epochs" in
-``log.jsonl``); after each, STS-B dev Spearman is measured and the best weights kept (checkpoints
-carry them, the queue and the momentum encoder, so ``--resume`` reproduces the run). At the end
-the best weights give the STS-B test figure and ``output/model``, an embedhub folder that
-sentence-transformers also loads, with ``results.json`` beside it.
+``log.jsonl``); STS-B dev Spearman is measured once before training (logged as step 0, the start of the
+curve; a resumed run does not repeat it) and after each round, and the best weights of the evaluations
+after training steps are kept (checkpoints carry them, the queue and the momentum encoder, so ``--resume``
+reproduces the run). At the end the best weights give the STS-B test figure and ``output/model``, an
+embedhub folder that sentence-transformers also loads, with ``results.json`` beside it (``"mode"``:
+``"supervised"`` or ``"unsupervised"``) and ``sts_dev.png`` (the dev curve against the optimiser step,
+start and best marked, the test figure in the title) in the run folder and the model folder, whose card
+shows it.
 """
 
 from __future__ import annotations
@@ -43,8 +60,12 @@ from embedhub.utils import epoch_generator
 
 from .config import DataError, ESimCSEConfig, RecipeError, SimCSEConfig, recipe_main, to_dict
 from .dist import gather, rank_world
-from .loop import Trainer, fit_and_finish, resolve_device, start_run
-from .sentences import SentenceFile
+from .loop import Trainer, fit_and_finish, plot_eval_curve, resolve_device, start_run
+from .sentences import Row, SentenceFile
+
+
+def _anchor_length(row: Row) -> int:
+    return len(row[0])
 
 
 class SimCSEModel(nn.Module):
@@ -108,13 +129,19 @@ class SimCSESetup:
         self.cfg, self.esimcse = cfg, isinstance(cfg, ESimCSEConfig)
         self.device = resolve_device(cfg)
         self.rank, self.world = rank_world()
-        self.data = SentenceFile(cfg.data)
+        # sentences are cut to max_chars characters before tokenising: far more than max_length tokens
+        self.data = SentenceFile(cfg.data, text_column=cfg.text_column, max_chars=max(4096, 128 * cfg.max_length))
+        self.supervised = self.data.supervised
+        if self.supervised and self.esimcse:
+            raise DataError(f"{cfg.data}: holds (anchor, positive) rows; ESimCSE is unsupervised (a file of "
+                            f"sentences, or a {cfg.text_column!r} column): use the simcse recipe for pairs")
         n = len(self.data)
+        what = "(anchor, positive) rows" if self.supervised else "sentences"
         if n == 0:
-            raise DataError(f"{cfg.data}: no sentences (the file is empty or holds only blank/invalid lines)")
+            raise DataError(f"{cfg.data}: no {what} (the file is empty or holds only blank/invalid lines)")
         if n < 2:
-            raise DataError(f"{cfg.data}: 1 sentence; the contrastive loss needs at least 2 (a batch of one "
-                            "sentence has no negatives)")
+            raise DataError(f"{cfg.data}: 1 {what[:-1]}; the contrastive loss needs at least 2 (a batch of one "
+                            f"{what[:-1]} has no negatives)")
         if cfg.batch_size % self.world:
             raise RecipeError(f"batch_size={cfg.batch_size} must be a multiple of the {self.world} ranks")
         self.dev = read_sts(Path(cfg.sts_dir) / "sts-dev.csv")
@@ -151,17 +178,18 @@ class SimCSESetup:
         self._stream: tuple[int, Iterator[list[str]]] | None = None
 
     # ------------------------------------------------------------------ data
-    def _all_batches(self) -> Iterator[list[str]]:
+    def _all_batches(self) -> Iterator[list[Row]]:
         """Global batches over data epochs 0, 1, ... (each shuffled by (seed, epoch)), without end.
 
-        The stream is cut into windows of ``length_buckets`` batches; a window is sorted by length and
-        cut into batches, which go out in a shuffled order. A batch then pads to nearly its own length,
-        and its negatives have the positives' length, so length alone does not tell them apart."""
+        The stream is cut into windows of ``length_buckets`` batches; a window is sorted by length (of the
+        sentence, or of a supervised row's anchor) and cut into batches, which go out in a shuffled order.
+        A batch then pads to nearly its own length, and its negatives have the positives' length, so length
+        alone does not tell them apart."""
         bs, epoch = self.cfg.batch_size, 0
         window_size = bs * self.cfg.length_buckets
         while True:
             g = epoch_generator(self.cfg.seed + 7, epoch)
-            window: list[str] = []
+            window: list[Row] = []
             for s in self.data.stream(seed=self.cfg.seed, epoch=epoch):
                 window.append(s)
                 if len(window) == window_size:
@@ -171,11 +199,11 @@ class SimCSESetup:
                 yield from self._bucket(window, g)
             epoch += 1
 
-    def _bucket(self, window: list[str], g: torch.Generator) -> Iterator[list[str]]:
-        """A window's sentences as batches of similar length (by characters), in a seeded order; a last
-        batch of one sentence is dropped (it has no negatives)."""
+    def _bucket(self, window: list[Row], g: torch.Generator) -> Iterator[list[Row]]:
+        """A window's sentences (rows) as batches of similar length (by characters of the sentence or the
+        anchor), in a seeded order; a last batch of one row is dropped (it has no negatives)."""
         if self.cfg.length_buckets > 1:
-            window = sorted(window, key=len)
+            window = sorted(window, key=_anchor_length if self.supervised else len)
         bs = self.cfg.batch_size
         batches = [window[i:i + bs] for i in range(0, len(window), bs)]
         if len(batches[-1]) < 2:
@@ -184,8 +212,8 @@ class SimCSESetup:
         for i in range(n) if self.cfg.length_buckets == 1 else torch.randperm(n, generator=g).tolist():
             yield batches[i]
 
-    def batches(self, rnd: int) -> Iterator[tuple[int, list[str]]]:
-        """(global micro-batch index, this rank's sentences) for round ``rnd``."""
+    def batches(self, rnd: int) -> Iterator[tuple[int, list[Row]]]:
+        """(global micro-batch index, this rank's sentences or rows) for round ``rnd``."""
         start, stop = rnd * self.round, min((rnd + 1) * self.round, self.total_micro)
         if self._stream is None or self._stream[0] != start:
             it = self._all_batches()
@@ -213,8 +241,11 @@ class SimCSESetup:
         enc = self.pre.collate(ids)
         return module(**{k: torch.from_numpy(v).to(self.device) for k, v in enc.items()})
 
-    def loss_fn(self, model: SimCSEModel, batch: tuple[int, list[str]]) -> torch.Tensor:
+    def loss_fn(self, model: SimCSEModel, batch: tuple[int, list[Row]]) -> torch.Tensor:
+        """The batch's SimCSE (supervised or unsupervised) or ESimCSE loss."""
         index, texts = batch
+        if self.supervised:
+            return self._supervised_loss(model, texts)
         ids = self._ids(texts)
         b = len(ids)
         if not self.esimcse:
@@ -231,10 +262,19 @@ class SimCSESetup:
         self.queue.push(gather(keys.detach()) if self.world > 1 else keys)
         return loss
 
+    def _supervised_loss(self, model: SimCSEModel, rows: list[tuple[str, ...]]) -> torch.Tensor:
+        """Anchors, positives (and hard negatives) through one forward of their concatenated token lists
+        (dropout on); each anchor's target is its positive among all positives and hard negatives."""
+        b = len(rows)
+        views = self._forward(model, self._ids([text for column in zip(*rows) for text in column])).split(b)
+        return self.loss(views[0], views[1], hard_negatives=views[2] if len(views) == 3 else None)
+
     # ------------------------------------------------------------------ evaluation and state
     def evaluate(self, model: SimCSEModel) -> dict[str, float]:
+        """STS-B dev Spearman; after a training step, the best weights so far are kept (the start, step 0,
+        is measured for the curve only: the recipe's model is a trained one)."""
         score = sts_spearman(model.tower, self.pre, self.dev, self.device)
-        if score > self.best["score"]:
+        if self.trainer.step > 0 and score > self.best["score"]:
             self.best = {"score": score, "step": self.trainer.step,
                          "state": {k: v.detach().clone() for k, v in model.tower.state_dict().items()}}
         return {"sts_dev_spearman": score}
@@ -275,25 +315,34 @@ class SimCSESetup:
         sdk = loaded.encode_text(texts, show_progress_bar=False)
         sdk = sdk / np.linalg.norm(sdk, axis=1, keepdims=True)
         metrics["sdk_min_cosine"] = float((ours * sdk).sum(1).min())
-        summary = {"recipe": "esimcse" if self.esimcse else "simcse", "metrics": metrics,
+        test = metrics["sts_test_spearman"]
+        run_dir = Path(cfg.output)
+        curves = plot_eval_curve(run_dir / "log.jsonl", [run_dir / "sts_dev.png", out / "sts_dev.png"],
+                                 "sts_dev_spearman", label="STS-B dev Spearman", best_step=self.best["step"],
+                                 title=f"{'ESimCSE' if self.esimcse else 'SimCSE'}: STS-B test Spearman, start "
+                                       f"{self.start_test:.2f}, final {test:.2f}")
+        summary = {"recipe": "esimcse" if self.esimcse else "simcse", "mode": self.data.mode, "metrics": metrics,
                    "seconds_total": round(time.perf_counter() - self.t_start, 1), "world_size": self.world,
-                   "train_sentences": len(self.data), "invalid_utf8_lines": self.data.invalid,
-                   "steps": self.total_steps, "config": to_dict(cfg), "model": str(out)}
+                   "train_sentences": len(self.data), "columns": list(self.data.columns),
+                   "invalid_utf8_lines": self.data.invalid, "empty_rows_skipped": self.data.empty,
+                   "sentences_cut_to_max_chars": self.data.truncated, "steps": self.total_steps,
+                   "config": to_dict(cfg), "model": str(out), "curve": str(curves[-1]) if curves else None}
         (Path(cfg.output) / "results.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(metrics, indent=2))
         return summary
 
 
 def run(cfg: SimCSEConfig) -> dict[str, Any]:
-    """Train with SimCSE (or ESimCSE for an :class:`ESimCSEConfig`) and write ``output/model`` and results."""
+    """Train with SimCSE (supervised for a file of (anchor, positive[, negative]) rows, unsupervised for
+    sentences) or ESimCSE for an :class:`ESimCSEConfig`; write ``output/model``, its card and results."""
     setup = SimCSESetup(cfg)
     # the trainer's epochs are rounds of eval_every_steps optimiser steps, each followed by STS-B dev
     loop_cfg = dataclasses.replace(cfg, epochs=setup.rounds, eval_every=1)
     trainer = Trainer(loop_cfg, setup.model, setup.loss_fn, setup.batches, setup.round, setup.evaluate,
-                      extra_state=setup.extra_state, load_extra_state=setup.load_extra_state)
+                      extra_state=setup.extra_state, load_extra_state=setup.load_extra_state, evaluate_at_start=True)
     trainer.total_steps = setup.total_steps
     setup.trainer = trainer
-    return fit_and_finish(trainer, setup.finish)
+    return fit_and_finish(trainer, setup.finish, cfg=cfg)  # the card records the user's config
 
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
