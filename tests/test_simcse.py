@@ -338,14 +338,6 @@ def test_over_long_and_invalid_lines_are_truncated_or_skipped_and_counted(tiny_s
     assert len(_losses(out)) == 6 and all(math.isfinite(x) for x in _losses(out))
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_torchrun_two_ranks_reproduce_one_process_and_esimcse_finishes(tiny_st_dir, sentences, sts_dir, tmp_path):
     """SimCSE under torchrun (2 gloo processes, 4 sentences each of a global batch of 8) gives the losses and
     weights of one process on the same global batch (dropout off: the two runs draw different masks);
@@ -360,8 +352,8 @@ def test_torchrun_two_ranks_reproduce_one_process_and_esimcse_finishes(tiny_st_d
               "eval_every_steps=3", "lr=1e-3", "dropout=0", "threads=1", "queue_size=16"]
 
     def torchrun(*args: str) -> None:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-               "--master_port", str(_free_port()), "-m", "training.simcse", *args]
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m",
+               "training.simcse", *args]
         run = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=300)
         assert run.returncode == 0, run.stderr[-3000:]
 
