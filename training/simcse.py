@@ -175,7 +175,7 @@ class SimCSESetup:
         self.total_micro = self.total_steps * cfg.accum_steps
         self.round = cfg.eval_every_steps * cfg.accum_steps
         self.rounds = math.ceil(self.total_micro / self.round)
-        self._stream: tuple[int, Iterator[list[str]]] | None = None
+        self._stream: tuple[int, Iterator[list[Row]]] | None = None
 
     # ------------------------------------------------------------------ data
     def _all_batches(self) -> Iterator[list[Row]]:
