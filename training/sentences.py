@@ -308,8 +308,12 @@ class _Format:
                     yield row
 
     def _parquet(self) -> Any:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise DataError(f"{self.path}: reading .parquet files needs pyarrow (pip install 'embedhub[parquet]')") \
+                from None
 
         try:
             return pq.ParquetFile(self.path)
