@@ -89,11 +89,13 @@ def _card_config(model: Path) -> dict:
     return yaml.safe_load(text.split("## Training config", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0])
 
 
+RUN_ARGS = ["max_steps=10", "batch_size=16", "eval_every_steps=5", "lr=1e-3", "queue_size=32", "checkpoint_every=1"]
+
+
 def _run(recipe: str, tower: Path, data: Path, sts: Path, out: Path, *extra: str) -> int:
     from training.simcse import main
 
-    return main([recipe, f"text_tower={tower}", f"data={data}", f"sts_dir={sts}", f"output={out}", "max_steps=10",
-                 "batch_size=16", "eval_every_steps=5", "lr=1e-3", "queue_size=32", "checkpoint_every=1", *extra])
+    return main([recipe, f"text_tower={tower}", f"data={data}", f"sts_dir={sts}", f"output={out}", *RUN_ARGS, *extra])
 
 
 def _sts_test(model, sts: Path) -> float:
@@ -151,18 +153,45 @@ def test_a_run_writes_a_folder_that_embedhub_and_sentence_transformers_load(reci
     assert cos.min() >= 0.99999
 
 
-def test_an_interrupted_esimcse_run_resumes_to_the_uninterrupted_result(tiny_st_dir, sentences, sts_dir, tmp_path):
-    """Queue, momentum encoder, best weights and RNG travel in the checkpoint: same log and same model."""
+def test_an_esimcse_run_killed_with_sigkill_resumes_to_the_uninterrupted_result(tiny_st_dir, sentences, sts_dir,
+                                                                                 tmp_path):
+    """A run killed (SIGKILL, still running) after its checkpoint at step >= 4 resumes with ``--resume`` to the
+    uninterrupted run: queue, momentum encoder, best weights and RNG travel in the checkpoint, the steps redone
+    after it are not logged twice, and the step-0 evaluation is logged once."""
+    import signal
+    import time
+
     from safetensors.torch import load_file
 
     whole, cut = tmp_path / "whole", tmp_path / "cut"
     assert _run("esimcse", tiny_st_dir, sentences, sts_dir, whole) == 0
-    assert _run("esimcse", tiny_st_dir, sentences, sts_dir, cut, "stop_after_steps=7") == 0
-    assert not (cut / "results.json").exists()
+    root = Path(__file__).resolve().parents[1]
+    args = [f"text_tower={tiny_st_dir}", f"data={sentences}", f"sts_dir={sts_dir}", f"output={cut}", *RUN_ARGS]
+    proc = subprocess.Popen([sys.executable, "-m", "training.simcse", "esimcse", *args], cwd=root,
+                            env={**os.environ, "PYTHONPATH": str(root)}, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    state = cut / "checkpoint" / "state.json"
+    try:
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline:
+            try:
+                if json.loads(state.read_text())["step"] >= 4:
+                    proc.send_signal(signal.SIGSTOP)  # hold it mid-run, then kill it
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run ended before it could be killed: " + proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait(timeout=60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    killed_at = json.loads(state.read_text())["step"]
+    assert 4 <= killed_at < 10 and not (cut / "results.json").exists()
     assert _run("esimcse", tiny_st_dir, sentences, sts_dir, cut, "--resume") == 0
 
     assert _losses(cut) == pytest.approx(_losses(whole), abs=1e-5) and len(_losses(whole)) == 10
-    # the step-0 evaluation is logged once, not again by the resumed run
     steps = [[r["step"] for r in _log(run) if "eval" in r] for run in (whole, cut)]
     assert steps[0] == steps[1] == [0, 5, 10]
     w1 = load_file(str(whole / "model" / "text" / "model.safetensors"))
