@@ -106,7 +106,7 @@ def main() -> None:
     parser.add_argument("--max-length", type=int, default=32)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--speed-steps", type=int, default=40)
-    parser.add_argument("--reps", type=int, default=3)
+    parser.add_argument("--reps", type=int, default=3, help="alternating speed pairs (0: none)")
     parser.add_argument("--skip-quality", action="store_true")
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "simcse-bench")
     args = parser.parse_args()
@@ -129,23 +129,27 @@ def main() -> None:
         record["quality"] = {"start_test": ours["start_test"], "embedhub_test": ours["test"], "peer_test": peer["test"]}
         print(f"STS-B test Spearman after {args.steps} steps: start {ours['start_test']:.2f}, "
               f"embedhub {ours['test']:.2f}, {PEER} {peer['test']:.2f}", flush=True)
-    speed: list[dict[str, float]] = []
-    n = args.speed_steps * args.batch_size
-    for rep in range(args.reps):
-        ours = run_recipe("simcse", start, data, work / "speed-ours", seed=rep, steps=args.speed_steps,
-                          eval_every=args.speed_steps, extra=ours_extra, **common)
-        peer = run_peer(start, data, work / "speed-peer", steps=args.speed_steps, seed=rep, evaluate=False, **peer_kw)
-        row = {"embedhub": n / ours["train_seconds"], "peer": n / peer["train_seconds"]}
-        row["ratio"] = row["embedhub"] / row["peer"]
-        speed.append(row)
-        print(f"rep {rep}: embedhub {row['embedhub']:.1f} sentences/s, {PEER} {row['peer']:.1f}, "
-              f"ratio {row['ratio']:.3f}", flush=True)
-    med = {k: statistics.median(r[k] for r in speed) for k in ("embedhub", "peer", "ratio")}
-    record["speed"] = {"reps": speed, "median": med}
-    print(f"\ntraining throughput (median of {args.reps}): embedhub {med['embedhub']:.1f} sentences/s, "
-          f"{PEER} {med['peer']:.1f}; ratio {med['ratio']:.3f}")
-    (work / "vs_st.json").write_text(json.dumps(record, indent=2))
-    print(f"wrote {work / 'vs_st.json'}")
+    if args.reps:
+        speed: list[dict[str, float]] = []
+        n = args.speed_steps * args.batch_size
+        for rep in range(args.reps):
+            ours = run_recipe("simcse", start, data, work / "speed-ours", seed=rep, steps=args.speed_steps,
+                              eval_every=args.speed_steps, extra=ours_extra, **common)
+            peer = run_peer(start, data, work / "speed-peer", steps=args.speed_steps, seed=rep, evaluate=False,
+                            **peer_kw)
+            row = {"embedhub": n / ours["train_seconds"], "peer": n / peer["train_seconds"]}
+            row["ratio"] = row["embedhub"] / row["peer"]
+            speed.append(row)
+            print(f"rep {rep}: embedhub {row['embedhub']:.1f} sentences/s, {PEER} {row['peer']:.1f}, "
+                  f"ratio {row['ratio']:.3f}", flush=True)
+        med = {k: statistics.median(r[k] for r in speed) for k in ("embedhub", "peer", "ratio")}
+        record["speed"] = {"reps": speed, "median": med}
+        print(f"\ntraining throughput (median of {args.reps}): embedhub {med['embedhub']:.1f} sentences/s, "
+              f"{PEER} {med['peer']:.1f}; ratio {med['ratio']:.3f}")
+    name = {(True, True): "vs_st.json", (False, True): "vs_st_speed.json"}.get(
+        (not args.skip_quality, bool(args.reps)), "vs_st_quality.json")
+    (work / name).write_text(json.dumps(record, indent=2))
+    print(f"wrote {work / name}")
 
 
 if __name__ == "__main__":
