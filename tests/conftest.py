@@ -229,19 +229,24 @@ def tiny_embedhub_dir(tmp_path_factory, tiny_st_dir) -> Path:
     return folder
 
 
-@pytest.fixture(scope="session")
-def other_st_dir(tmp_path_factory, tiny_st_dir) -> Path:
-    """tiny_st_dir with other weights (same architecture, tokenizer and 32 dims): another model."""
+def perturbed_copy(src: Path, dest: Path, weights: str) -> Path:
+    """``src`` copied into ``dest`` with the tensors of ``weights`` moved by seeded noise (0.05 sd): the
+    same architecture, tokenizer and dims with other weights, i.e. another model."""
     import shutil
 
     from safetensors.torch import load_file, save_file
 
-    folder = tmp_path_factory.mktemp("other_st")
-    shutil.copytree(tiny_st_dir, folder, dirs_exist_ok=True)
-    state = load_file(str(folder / "model.safetensors"))
+    shutil.copytree(src, dest, dirs_exist_ok=True)
+    state = load_file(str(dest / weights))
     gen = torch.Generator().manual_seed(1)
     state = {
         k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in state.items()
     }
-    save_file(state, str(folder / "model.safetensors"), metadata={"format": "pt"})
-    return folder
+    save_file(state, str(dest / weights), metadata={"format": "pt"})
+    return dest
+
+
+@pytest.fixture(scope="session")
+def other_st_dir(tmp_path_factory, tiny_st_dir) -> Path:
+    """tiny_st_dir with other weights (same architecture, tokenizer and 32 dims): another model."""
+    return perturbed_copy(tiny_st_dir, tmp_path_factory.mktemp("other_st"), "model.safetensors")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import perturbed_copy
 
 import embedhub
 
@@ -59,17 +59,7 @@ def _run(hf_home: Path, calls: list) -> dict:
 @pytest.fixture(scope="module")
 def second_model(tmp_path_factory, open_clip_dir) -> Path:
     """The same tiny open_clip architecture with other weights: a second revision of the repo."""
-    from safetensors.torch import load_file, save_file
-
-    folder = tmp_path_factory.mktemp("oc_v1")
-    shutil.copytree(open_clip_dir, folder, dirs_exist_ok=True)
-    state = load_file(str(folder / "open_clip_model.safetensors"))
-    gen = torch.Generator().manual_seed(1)
-    state = {
-        k: v + 0.05 * torch.randn(v.shape, generator=gen) if v.is_floating_point() else v for k, v in state.items()
-    }
-    save_file(state, str(folder / "open_clip_model.safetensors"))
-    return folder
+    return perturbed_copy(open_clip_dir, tmp_path_factory.mktemp("oc_v1"), "open_clip_model.safetensors")
 
 
 def test_load_by_repo_id_and_revision_offline(tmp_path, open_clip_dir, second_model):
