@@ -102,7 +102,11 @@ def test_conflicting_revisions():
         embedhub.load("org/model@v1", revision="v2")
 
 
-def test_registry_is_extensible(open_clip_dir):
+def test_registry_is_extensible(open_clip_dir, monkeypatch):
+    from embedhub import _registry
+
+    # the alias lives only for this test: other tests list the built-in aliases
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
     embedhub.register_model("tiny-test-clip", str(open_clip_dir), description="test alias", overwrite=True)
     assert "tiny-test-clip" in embedhub.list_models()
     assert embedhub.load("tiny-test-clip", device="cpu").embed_dim == 32
