@@ -10,11 +10,13 @@ from __future__ import annotations
 
 from ._errors import (
     ConfigError,
+    CorpusError,
     EmbeddingsFileError,
     EmbedhubError,
     FingerprintMismatchError,
     InputError,
     InputTypeError,
+    JobError,
     MissingDependencyError,
     ModalityError,
     ModelNotCachedError,
@@ -28,6 +30,7 @@ from ._registry import ModelEntry, list_models, model_entry, register_model
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from ._job import EmbedJobResult, embed_corpus
     from ._load import load
     from ._model import EmbeddingModel
     from ._provenance import Fingerprint
@@ -44,6 +47,10 @@ def __getattr__(name: str):
         from ._model import EmbeddingModel
 
         return EmbeddingModel
+    if name in ("embed_corpus", "EmbedJobResult"):
+        from . import _job
+
+        return getattr(_job, name)
     if name == "Fingerprint":
         from ._provenance import Fingerprint
 
@@ -58,6 +65,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ConfigError",
+    "CorpusError",
+    "EmbedJobResult",
     "EmbeddingModel",
     "EmbeddingsFileError",
     "EmbedhubError",
@@ -65,6 +74,7 @@ __all__ = [
     "FingerprintMismatchError",
     "InputError",
     "InputTypeError",
+    "JobError",
     "MissingDependencyError",
     "ModalityError",
     "ModelNotCachedError",
@@ -74,6 +84,7 @@ __all__ = [
     "PublishError",
     "UnknownFormatError",
     "WeightsError",
+    "embed_corpus",
     "list_models",
     "load",
     "model_entry",

@@ -92,6 +92,24 @@ class EmbeddingsFileError(EmbedhubError, ValueError):
         self.path = Path(path)
 
 
+class CorpusError(EmbedhubError, ValueError):
+    """A corpus cannot be embedded as a whole (``embedhub embed``): no rows, a missing text or id column,
+    ids that repeat, an unreadable file. ``path`` names the input; ``column`` the column at fault and
+    ``ids`` the repeated ids, when that is the problem."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str] | None = None, column: str | None = None,
+                 ids: list | None = None):
+        super().__init__(message)
+        self.path = None if path is None else Path(path)
+        self.column = column
+        self.ids = ids or []
+
+
+class JobError(EmbedhubError, ValueError):
+    """A batch-embedding job cannot use its output folder: not a job's folder, or a job over another
+    input or with other settings (``restart=True`` / ``--restart`` starts it over)."""
+
+
 class PublishError(EmbedhubError, ValueError):
     """A model cannot be saved or pushed: invalid repo id or revision, not a model folder, no token, ..."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -83,12 +83,14 @@ def write_embeddings(
     *,
     ids: Sequence[int] | Sequence[str] | None = None,
     inputs: Sequence[str] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``embeddings`` (``(N, D)`` floats, stored as float32) with ``fingerprint``, atomically.
 
     ``.parquet``: columns ``id`` (``ids``, default ``0..N-1``; int64 or string), ``input`` (when
     ``inputs`` is given) and ``embedding`` (``fixed_size_list<float32>[D]``); the fingerprint JSON in
-    the schema metadata under ``b"embedhub.fingerprint"``. ``.npy``: the matrix only (``ids`` and
+    the schema metadata under ``b"embedhub.fingerprint"``, beside any other ``metadata`` (str keys
+    and values, e.g. where the rows came from). ``.npy``: the matrix only (``ids`` and
     ``inputs`` need parquet) and ``<path>.fingerprint.json`` beside it, recording the fingerprint and
     the SHA-256, rows and dims of the ``.npy`` it describes (so a sidecar never vouches for another
     matrix). Each file is replaced by a rename when complete; an error leaves earlier files as they were.
@@ -122,16 +124,19 @@ def write_embeddings(
                 "are L2-normalised; pass fingerprint.with_normalized(False) for encode(..., normalize=False) output"
             )
     if ext == ".npy":
-        if ids is not None or inputs is not None:
-            raise ValueError(
-                f"{path}: a .npy file holds the matrix only; write a .parquet file to keep "
-                f"{'ids' if ids is not None else 'inputs'}"
-            )
+        if ids is not None or inputs is not None or metadata:
+            kept = "ids" if ids is not None else "inputs" if inputs is not None else "metadata"
+            raise ValueError(f"{path}: a .npy file holds the matrix only; write a .parquet file to keep {kept}")
         _write_npy(path, emb, fingerprint)
         return path
     id_values = np.arange(n, dtype=np.int64) if ids is None else _ids(ids, n)
     input_values = None if inputs is None else _inputs(inputs, n)
-    _write_parquet(path, emb, fingerprint, id_values, input_values)
+    extra = {}
+    for key, value in (metadata or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str) or key.encode() == PARQUET_KEY:
+            raise ValueError(f"metadata must map str keys (not {PARQUET_KEY.decode()!r}) to str values; got {key!r}")
+        extra[key.encode()] = value.encode()
+    _write_parquet(path, emb, fingerprint, id_values, input_values, extra)
     return path
 
 
@@ -209,7 +214,9 @@ def _write_npy(path: Path, emb: np.ndarray, fingerprint: Fingerprint) -> None:
     atomic_write(sidecar_path(path), json.dumps(record, indent=2, sort_keys=True) + "\n")
 
 
-def _write_parquet(path: Path, emb: np.ndarray, fingerprint: Fingerprint, ids: Any, inputs: list[str] | None) -> None:
+def _write_parquet(
+    path: Path, emb: np.ndarray, fingerprint: Fingerprint, ids: Any, inputs: list[str] | None, extra: dict[bytes, bytes]
+) -> None:
     pa = require("pyarrow", "parquet", "writing .parquet embeddings")
     import pyarrow.parquet as pq
 
@@ -219,7 +226,7 @@ def _write_parquet(path: Path, emb: np.ndarray, fingerprint: Fingerprint, ids: A
         columns["input"] = pa.array(inputs, type=pa.string())
     flat = pa.array(emb.reshape(-1), type=pa.float32())
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
-    table = pa.table(columns, metadata={PARQUET_KEY: fingerprint.to_json().encode()})
+    table = pa.table(columns, metadata={**extra, PARQUET_KEY: fingerprint.to_json().encode()})
     atomic_write(path, lambda tmp: pq.write_table(table, tmp))
 
 
@@ -233,7 +240,8 @@ def _sha256(path: Path) -> str:
 
 # ---------------------------------------------------------------------------------------------- reading
 def read_embeddings(path: str | os.PathLike, *, expect: Fingerprint | None = None) -> StoredEmbeddings:
-    """Read embeddings written by :func:`write_embeddings` (or ``embedhub encode``).
+    """Read embeddings written by :func:`write_embeddings` (or ``embedhub encode``), or every shard of a
+    finished ``embedhub embed`` folder in order.
 
     With ``expect`` (usually ``model.fingerprint``, or ``.with_normalized(False)`` for raw vectors),
     a file of another fingerprint raises :class:`FingerprintMismatchError` naming both ids and every
@@ -246,9 +254,16 @@ def read_embeddings(path: str | os.PathLike, *, expect: Fingerprint | None = Non
     (dtype('float32'), 'eh1-3f9a0c2b7d4e5a61')
     """
     path = Path(path)
-    ext = _extension(path)
     if expect is not None and not isinstance(expect, Fingerprint):
         raise TypeError(f"expect must be an embedhub.Fingerprint or None, got {type(expect).__name__}")
+    if path.is_dir():
+        from ._job import MANIFEST, read_job
+
+        if not (path / MANIFEST).is_file():
+            raise EmbeddingsFileError(f"{path} is a folder without a {MANIFEST} (not an `embedhub embed` output)",
+                                      path=path)
+        return read_job(path, expect=expect)
+    ext = _extension(path)
     stored = _read_npy(path) if ext == ".npy" else _read_parquet(path)
     fp = stored.fingerprint
     if fp is not None and fp.dim != stored.embeddings.shape[1]:

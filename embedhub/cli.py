@@ -1,9 +1,10 @@
-"""The ``embedhub`` command line: ``encode`` files to embeddings, ``search`` a corpus, list ``models``,
-``push`` a model folder to the Hub.
+"""The ``embedhub`` command line: ``encode`` files to embeddings, ``embed`` a large corpus into resumable
+shards, ``search`` a corpus, list ``models``, ``push`` a model folder to the Hub.
 
 Examples::
 
     embedhub encode --model all-MiniLM-L6-v2 --input sentences.txt --output emb.npy
+    embedhub embed --model all-MiniLM-L6-v2 --input 'passages/*.parquet' --output emb/ --index faiss
     embedhub search --model all-MiniLM-L6-v2 --corpus sts-test.csv --column 5 --query "A man is playing a guitar."
     embedhub models
     embedhub push my-model acme/my-model --private
@@ -375,6 +376,29 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_embed(args: argparse.Namespace) -> int:
+    """``embedhub embed``: a corpus -> parquet shards + manifest (+ faiss index), resumable."""
+    from ._errors import CorpusError, JobError
+    from ._job import embed_corpus
+
+    try:
+        result = embed_corpus(
+            args.model, args.input, args.output, engine=args.engine, address=args.address, backend=args.backend,
+            device=args.device, revision=args.revision, threads=args.threads, batch_size=args.batch_size,
+            max_tokens=args.max_tokens, shard_rows=args.shard_rows, text_column=args.text_column,
+            id_column=args.id_column, normalize=not args.no_normalize, index=args.index, on_error=args.on_error,
+            restart=args.restart, workers=args.workers, actors=args.actors,
+        )
+    except (CorpusError, JobError) as exc:
+        raise UsageError(str(exc)) from None
+    resumed = f", {result.resumed} of them done by an earlier run" if result.resumed else ""
+    extra = f"; {result.errors} rows skipped (see {result.errors_file})" if result.errors else ""
+    index = f"; index {result.index}" if result.index else ""
+    print(f"embedhub: {result.rows} rows in {result.shards} shards{resumed} -> {result.output} "
+          f"(fingerprint {result.fingerprint.id}) in {result.seconds:.1f} s{extra}{index}", file=sys.stderr)
+    return 0
+
+
 def _read_stored(args: argparse.Namespace, corpus: Corpus) -> StoredEmbeddings:
     """``search --embeddings``: the file's vectors, checked against the corpus before the model loads.
 
@@ -596,6 +620,41 @@ def build_parser() -> argparse.ArgumentParser:
     _add_reader_args(enc)
     enc.add_argument("--no-normalize", action="store_true", help="keep raw embeddings (default: L2-normalised)")
     enc.set_defaults(func=cmd_encode)
+
+    emb = sub.add_parser(
+        "embed",
+        help="embed a large corpus into resumable parquet shards (locally or on Ray)",
+        description="Embed a corpus into OUTPUT/shards/part-NNNNN.parquet (id, embedding; fingerprint in the "
+        "metadata) with a manifest of finished shards: run the same command again after an interruption and it "
+        "goes on where it stopped, never writing a row twice. Rows that cannot be embedded are skipped and listed "
+        "in OUTPUT/errors.jsonl.",
+        epilog="INPUT: a .parquet or .jsonl file with a text column (--text-column; ids from --id-column, else "
+        "row numbers), a folder tree of images (ids: relative paths), webdataset .tar shards (ids: sample keys), "
+        "or a quoted glob of such files.",
+    )
+    _add_model_args(emb)
+    emb.add_argument("--input", required=True, help="corpus file, folder or glob (see below)")
+    emb.add_argument("--output", required=True, help="output folder (new, empty, or of an earlier run to resume)")
+    emb.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local (this process) or ray (Ray Data; pip install 'embedhub[ray]') (default: local)")
+    emb.add_argument("--address", default=None, help="Ray cluster address (default: start Ray on this machine)")
+    emb.add_argument("--actors", type=_positive_int, default=None,
+                     help="Ray model replicas (default: one per GPU, else 1)")
+    emb.add_argument("--workers", type=_positive_int, default=None,
+                     help="local engine: image decoding processes (default: cores - 1, at most 8)")
+    emb.add_argument("--max-tokens", type=_positive_int, default=None,
+                     help="at most this many padded tokens per text batch (default: no limit)")
+    emb.add_argument("--shard-rows", type=_positive_int, default=None,
+                     help="rows per output shard (default: 10000 texts, 1000 images)")
+    emb.add_argument("--text-column", default="text", help="text column or JSON field (default: text)")
+    emb.add_argument("--id-column", default=None, help="id column or JSON field (default: row numbers)")
+    emb.add_argument("--index", choices=("faiss",), default=None, help="also build a faiss index (index.faiss)")
+    emb.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                     help="a row that cannot be embedded: skip it and list it in errors.jsonl, or stop (default: skip)")
+    emb.add_argument("--restart", action="store_true",
+                     help="delete the output folder's earlier shards (another model or input) and start over")
+    emb.add_argument("--no-normalize", action="store_true", help="keep raw embeddings (default: L2-normalised)")
+    emb.set_defaults(func=cmd_embed)
 
     sea = sub.add_parser(
         "search",

@@ -1,0 +1,522 @@
+"""Batch embedding of large corpora (``embedhub embed``): sharded, resumable, local or on Ray Data.
+
+An output folder holds ``shards/part-NNNNN.parquet`` (``id``, ``embedding``; the model's fingerprint and
+the source rows in the schema metadata), ``manifest.json`` (the completed shards with their SHA-256,
+rewritten atomically after each), ``errors.jsonl`` (rows that could not be embedded) and, when asked,
+``index.faiss`` with ``index_ids.parquet`` (row ``i`` of the index is id ``i`` of that file).
+
+>>> import embedhub
+>>> result = embedhub.embed_corpus("all-MiniLM-L6-v2", "passages.parquet", "emb/")  # doctest: +SKIP
+>>> embedhub.read_embeddings("emb/").embeddings.shape                                 # doctest: +SKIP
+(1000000, 384)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from ._atomic import atomic_write
+from ._batching import check_positive_int, text_windows
+from ._corpus import Chunk, ChunkRows, Plan, decode_image, expand_input, plan_corpus, read_chunk
+from ._errors import CorpusError, FingerprintMismatchError, JobError, ModalityError, require
+from ._provenance import Fingerprint
+
+if TYPE_CHECKING:
+    from ._model import EmbeddingModel
+    from ._store import StoredEmbeddings
+
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+ERRORS = "errors.jsonl"
+INDEX = "index.faiss"
+INDEX_IDS = "index_ids.parquet"
+LOCK = ".lock"
+MANIFEST_VERSION = 1
+#: the parquet schema metadata key of a shard's source rows
+SHARD_KEY = "embedhub.shard"
+#: default rows per shard: text shards are small on disk; decoded images are large in memory
+DEFAULT_SHARD_ROWS = {"text": 10_000, "image": 1_000}
+#: images decoding ahead of the model, per worker process
+DECODE_AHEAD = 64
+
+
+@dataclass(frozen=True)
+class EmbedJobResult:
+    """What :func:`embed_corpus` did: ``rows`` embedded in ``shards`` (``resumed`` of them by an earlier
+    run), ``errors`` rows skipped (listed in ``errors_file``), ``seconds`` this run took."""
+
+    output: Path
+    fingerprint: Fingerprint
+    rows: int
+    shards: int
+    resumed: int
+    errors: int
+    seconds: float
+    errors_file: Path | None
+    index: Path | None
+
+
+def embed_corpus(
+    model: str | os.PathLike | EmbeddingModel,
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    engine: Literal["local", "ray"] = "local",
+    address: str | None = None,
+    backend: str = "torch",
+    device: str = "auto",
+    revision: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    batch_size: int = 32,
+    max_tokens: int | None = None,
+    shard_rows: int | None = None,
+    text_column: str = "text",
+    id_column: str | None = None,
+    normalize: bool = True,
+    index: Literal["faiss"] | None = None,
+    on_error: Literal["skip", "fail"] = "skip",
+    restart: bool = False,
+    workers: int | None = None,
+    actors: int | None = None,
+    progress: bool = True,
+) -> EmbedJobResult:
+    """Embed a corpus into parquet shards under ``output``, resuming where an earlier run stopped.
+
+    ``input``: a parquet or JSONL file with ``text_column`` (ids from ``id_column``, else row numbers),
+    a folder tree of images (ids: relative paths), webdataset ``.tar`` shards (ids: sample keys), or a
+    glob of such files. Rows are cut into shards of ``shard_rows`` (default 10,000 texts or 1,000
+    images); each finished shard is recorded in the manifest, so a re-run skips it and never writes a
+    row twice. An ``output`` of another model (fingerprint), input or shard size is refused unless
+    ``restart=True``. Rows that cannot be embedded (a corrupt image, a null text) are skipped and listed
+    in ``errors.jsonl`` (``on_error="fail"`` stops at the first, naming it).
+
+    ``engine="local"`` runs in this process (images decode in ``workers`` processes, a bounded number
+    ahead of the model); ``engine="ray"`` runs Ray Data: read tasks, then ``actors`` model replicas (one
+    GPU each when the cluster has GPUs), on ``ray.init(address)``. ``model`` is a name for ``load``
+    (``backend``, ``device``, ``revision``, ``dtype``, ``threads`` apply) or, locally, a loaded model.
+
+    >>> embed_corpus("all-MiniLM-L6-v2", "docs/*.jsonl", "emb", id_column="doc_id", index="faiss")  # doctest: +SKIP
+    EmbedJobResult(output=PosixPath('emb'), ..., rows=20000, shards=2, ...)
+    """
+    start = time.perf_counter()
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if index not in (None, "faiss"):
+        raise ValueError(f"index must be None or 'faiss', got {index!r}")
+    if on_error not in ("skip", "fail"):
+        raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    batch_size = check_positive_int("batch_size", batch_size)
+    max_tokens = check_positive_int("max_tokens", max_tokens, optional=True)
+    shard_rows = check_positive_int("shard_rows", shard_rows, optional=True)
+    workers = check_positive_int("workers", workers, optional=True)
+    actors = check_positive_int("actors", actors, optional=True)
+    if engine == "ray":
+        require("ray.data", "ray", "the ray engine")
+        if not isinstance(model, (str, os.PathLike)):
+            raise TypeError("engine='ray' loads the model in each actor: pass its name or folder, not a loaded model")
+    if index == "faiss":
+        require("faiss", "faiss", "building a faiss index")
+    out = Path(output)
+    kind, _ = expand_input(input)
+    modality = "image" if kind in ("images", "tar") else "text"
+    shard_rows = shard_rows or DEFAULT_SHARD_ROWS[modality]
+    load_args = {"revision": revision, "backend": backend, "dtype": dtype, "threads": threads}
+    name: str | None = None
+    if isinstance(model, (str, os.PathLike)):
+        from ._load import load
+
+        name = os.fspath(model)
+        if Path(name).is_dir():  # actors may run elsewhere: a folder is named absolutely
+            name = str(Path(name).resolve())
+        loaded = load(name, device="cpu" if engine == "ray" else device, **load_args)
+    else:
+        loaded = model
+    if modality not in loaded.modalities:
+        raise ModalityError(f"{input} holds {modality}s, but {loaded.name} embeds only "
+                            f"{' and '.join(loaded.modalities)}")
+    fingerprint = loaded.fingerprint.with_normalized(bool(normalize))
+    with _Job(out, fingerprint, restart=restart) as job:
+        plan = plan_corpus(input, shard_rows=shard_rows, text_column=text_column, id_column=id_column)
+        job.start(plan, {"input": os.fspath(input), "shard_rows": shard_rows, "text_column": text_column,
+                         "id_column": id_column, "modality": plan.modality})
+        pending = job.pending()
+        resumed = len(plan.chunks) - len(pending)
+        if resumed:
+            _note(f"{out}: {resumed} of {len(plan.chunks)} shards done by an earlier run; {len(pending)} to go")
+        encode = dict(batch_size=batch_size, max_tokens=max_tokens, normalize=bool(normalize))
+        reading = dict(text_column=text_column, id_column=id_column)
+        total = sum(c.rows for c in pending)
+        bar = _bar(total, plan.modality, progress)
+        try:
+            def done(chunk: Chunk, ids: list, emb: np.ndarray, errors: list) -> None:
+                if errors and on_error == "fail":
+                    row_id, reason = errors[0]
+                    raise CorpusError(f"{chunk.source}: row {row_id!r} cannot be embedded: {reason} "
+                                      f"({len(errors)} such rows in shard {chunk.index}; on_error='skip' lists them "
+                                      f"in {ERRORS} instead)", path=chunk.source, ids=[row_id])
+                job.complete(chunk, ids, emb, errors)
+                bar.update(len(errors))
+
+            if engine == "local":
+                run_local(loaded, pending, done, reading=reading, encode=encode, workers=workers, bar=bar)
+            else:
+                from ._ray_job import run_ray
+
+                del loaded
+                run_ray(name, load_args, device, fingerprint, pending, done, reading=reading, encode=encode,
+                        address=address, actors=actors, threads=threads, bar=bar)
+        finally:
+            bar.close()
+        return job.finish(index, resumed=resumed, seconds=time.perf_counter() - start)
+
+
+def _note(message: str) -> None:
+    print(f"embedhub: {message}", file=sys.stderr)
+
+
+def _bar(total: int, modality: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"embedding {modality}s", unit="row", unit_scale=True, disable=not progress,
+                smoothing=0.1)
+
+
+# ---------------------------------------------------------------------------------------------- local engine
+def run_local(
+    model: EmbeddingModel,
+    pending: list[Chunk],
+    done: Callable[[Chunk, list, np.ndarray, list], None],
+    *,
+    reading: dict[str, Any],
+    encode: dict[str, Any],
+    workers: int | None = None,
+    bar: Any = None,
+) -> None:
+    """Embed ``pending`` chunks with ``model`` in this process, calling ``done(chunk, ids, emb, errors)``
+    per chunk. The next chunk is read (and its images decoded in ``workers`` processes) while this one
+    encodes; texts go through ``encode`` in the windows it would use itself, so results equal one call."""
+    images = bool(pending) and pending[0].kind in ("images", "tar")
+    pool = None
+    if images:
+        import multiprocessing
+
+        workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    feed = _Feed(pending, reading, pool, ahead=DECODE_AHEAD * (workers or 1))
+    try:
+        for chunk, rows, decoded in feed:
+            ids, errors = list(rows.ids), list(rows.errors)
+            if decoded is not None:  # images: drop the ones that did not decode
+                ids, items = [], []
+                for row_id, result in zip(rows.ids, decoded()):
+                    if isinstance(result, str):
+                        errors.append((row_id, result))
+                    else:
+                        ids.append(row_id)
+                        items.append(result)
+                windows = [range(s, min(s + encode["batch_size"] * 4, len(items)))
+                           for s in range(0, len(items), encode["batch_size"] * 4)]
+            else:
+                items = rows.items
+                windows = text_windows(len(items), encode["batch_size"])
+            emb = np.empty((len(items), model.embed_dim), dtype=np.float32)
+            for w in windows:
+                emb[w.start:w.stop] = model.encode(items[w.start:w.stop], show_progress_bar=False, **encode)
+                if bar is not None:
+                    bar.update(len(w))
+            done(chunk, ids, emb, errors)
+    finally:
+        feed.close()
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+class _Feed:
+    """Chunks read one ahead in a thread; their images decode in ``pool``, at most ``ahead`` in flight."""
+
+    _END = object()
+
+    def __init__(self, chunks: list[Chunk], reading: dict[str, Any], pool: ProcessPoolExecutor | None, ahead: int):
+        self.chunks, self.reading, self.pool = chunks, reading, pool
+        self.slots = threading.Semaphore(ahead)
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, daemon=True, name="embedhub-read")
+        self.thread.start()
+
+    def _produce(self) -> None:
+        try:
+            for chunk in self.chunks:
+                rows = read_chunk(chunk, **self.reading)
+                futures: queue.Queue | None = queue.Queue() if self.pool is not None else None
+                self._put((chunk, rows, futures))
+                if futures is not None:
+                    for item in rows.items:
+                        while not self.slots.acquire(timeout=0.1):
+                            if self.stop.is_set():
+                                return
+                        futures.put(self.pool.submit(decode_image, item))
+                if self.stop.is_set():
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # raised again in the consumer
+            self._put(exc)
+
+    def _put(self, value: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(value, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[tuple[Chunk, ChunkRows, Callable[[], Iterator[Any]] | None]]:
+        while True:
+            value = self.queue.get()
+            if value is self._END:
+                return
+            if isinstance(value, BaseException):
+                raise value
+            chunk, rows, futures = value
+            yield chunk, rows, (None if futures is None else self._results(futures, len(rows.items)))
+
+    def _results(self, futures: queue.Queue, n: int) -> Callable[[], Iterator[Any]]:
+        def results() -> Iterator[Any]:
+            for _ in range(n):
+                future: Future = futures.get()
+                try:
+                    yield future.result()
+                finally:
+                    self.slots.release()
+
+        return results
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------- output folder
+class _Job:
+    """An output folder: its lock, manifest, shard files, errors file and index."""
+
+    def __init__(self, out: Path, fingerprint: Fingerprint, *, restart: bool):
+        self.out, self.fingerprint, self.restart = out, fingerprint, restart
+        self.manifest: dict[str, Any] = {}
+        self._lock: Any = None
+
+    # -- lock: one job per folder at a time (released by the OS if the process dies)
+    def __enter__(self) -> _Job:
+        import fcntl
+
+        if self.out.exists() and not self.out.is_dir():
+            raise JobError(f"output {self.out} is a file; expected a folder (new, empty, or of an earlier run)")
+        self._check_folder()
+        self.out.mkdir(parents=True, exist_ok=True)
+        self._lock = open(self.out / LOCK, "a")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise JobError(f"output {self.out} is in use by another running job") from None
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._lock is not None:
+            self._lock.close()
+
+    def _check_folder(self) -> None:
+        """Refuse a folder that is not a job's (never write among a user's files) or is another model's."""
+        if not self.out.is_dir():
+            return
+        ours = (MANIFEST, SHARDS, ERRORS, INDEX, INDEX_IDS, LOCK)
+        manifest = self.out / MANIFEST
+        names = [p.name for p in self.out.iterdir()]
+        # atomic_write's temporary files (".manifest.json.x1y2.tmp") left by a killed run are ours too
+        others = sorted(n for n in names if n not in ours and not any(n.startswith(f".{o}.") for o in ours))
+        if not manifest.exists() and any(n in (SHARDS, INDEX, INDEX_IDS) for n in names):
+            others.append("shards but no manifest")
+        if others:
+            raise JobError(f"output {self.out} is not an embedhub embed folder (it holds {', '.join(others[:5])}); "
+                           "give a new or empty folder")
+        if not manifest.exists():
+            return
+        self.manifest = _read_manifest(manifest)
+        stored = Fingerprint.from_dict(self.manifest["fingerprint"], path=manifest)
+        if self.restart:
+            self._clear()
+            return
+        try:
+            self.fingerprint.check(stored, what=str(self.out), expected="this job", found="folder")
+        except FingerprintMismatchError as exc:
+            raise type(exc)(f"{exc}. Pass restart=True (--restart) to delete its shards and start over, or give "
+                            "another output folder") from None
+
+    def _clear(self) -> None:
+        import shutil
+
+        for name in (MANIFEST, ERRORS, INDEX, INDEX_IDS):
+            (self.out / name).unlink(missing_ok=True)
+        shutil.rmtree(self.out / SHARDS, ignore_errors=True)
+        self.manifest = {}
+        _note(f"{self.out}: restarted (earlier shards deleted)")
+
+    def start(self, plan: Plan, settings: dict[str, Any]) -> None:
+        """Check an earlier run's settings against this one's; drop shards whose files are missing or changed."""
+        self.plan = plan
+        if self.manifest:
+            before = self.manifest["settings"]
+            changed = [f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in settings.items() if before.get(k) != v]
+            if not changed and self.manifest["digest"] != plan.digest:
+                changed = ["the input files changed (names, sizes or modification times) since that run"]
+            if changed:
+                raise JobError(f"output {self.out} holds a job over another input or with other settings "
+                               f"({'; '.join(changed)}); pass restart=True (--restart) to start over, or give "
+                               "another output folder")
+            for key, entry in list(self.manifest["shards"].items()):
+                problem = _shard_problem(self.out / entry["file"], entry)
+                if problem:
+                    _note(f"{self.out}: shard {key} will be redone: {problem}")
+                    del self.manifest["shards"][key]
+            self.manifest["complete"] = False
+        else:
+            self.manifest = {
+                "embedhub_embed_job": MANIFEST_VERSION,
+                "fingerprint": self.fingerprint.to_dict(),
+                "settings": settings,
+                "digest": plan.digest,
+                "rows": plan.rows,
+                "shards_total": len(plan.chunks),
+                "shards": {},
+                "complete": False,
+            }
+        for tmp in (self.out / SHARDS).glob(".part-*.tmp"):  # left by a run killed mid-write
+            tmp.unlink(missing_ok=True)
+        self._save()
+
+    def pending(self) -> list[Chunk]:
+        return [c for c in self.plan.chunks if str(c.index) not in self.manifest["shards"]]
+
+    def complete(self, chunk: Chunk, ids: list, emb: np.ndarray, errors: list[tuple[Any, str]]) -> None:
+        """Write ``chunk``'s shard file, then record it in the manifest (in that order)."""
+        from ._backends import sha256_file
+        from ._store import write_embeddings
+
+        rel = f"{SHARDS}/part-{chunk.index:05d}.parquet"
+        meta = dict(chunk.describe(), shard=chunk.index, errors=len(errors))
+        if not ids:  # every row failed: an empty shard keeps the id type of the corpus
+            ids = np.empty(0, dtype=np.int64) if self.plan.id_kind in ("row", "int") else []
+        write_embeddings(self.out / rel, emb, self.fingerprint, ids=ids, metadata={SHARD_KEY: json.dumps(meta)})
+        entry = dict(meta, file=rel, rows=len(emb), sha256=sha256_file(self.out / rel),
+                     error_rows=[[_plain(i), r] for i, r in errors])
+        self.manifest["shards"][str(chunk.index)] = entry
+        self._save()
+
+    def finish(self, index: str | None, *, resumed: int, seconds: float) -> EmbedJobResult:
+        shards = [self.manifest["shards"][str(c.index)] for c in self.plan.chunks]
+        errors = [{"id": i, "reason": r, "shard": e["shard"], "source": e["source"]}
+                  for e in shards for i, r in e["error_rows"]]
+        errors_file = None
+        if errors:
+            errors_file = atomic_write(self.out / ERRORS, "".join(json.dumps(e) + "\n" for e in errors))
+            _note(f"{len(errors)} rows could not be embedded; listed in {errors_file}")
+        else:
+            (self.out / ERRORS).unlink(missing_ok=True)
+        index_path = None
+        if index == "faiss":
+            index_path = self._build_index(shards)
+        self.manifest["complete"] = True
+        self._save()
+        rows = sum(e["rows"] for e in shards)
+        return EmbedJobResult(self.out, self.fingerprint, rows, len(shards), resumed, len(errors), seconds,
+                              errors_file, index_path)
+
+    def _build_index(self, shards: list[dict[str, Any]]) -> Path:
+        """A flat inner-product index (cosine for normalised vectors) over every shard, in shard order."""
+        import faiss
+
+        from ._store import PARQUET_KEY, read_embeddings
+
+        idx = faiss.IndexFlatIP(self.fingerprint.dim)
+        ids: list[Any] = []
+        for entry in shards:
+            stored = read_embeddings(self.out / entry["file"], expect=self.fingerprint)
+            idx.add(stored.embeddings)
+            ids.extend(stored.ids.tolist() if isinstance(stored.ids, np.ndarray) else stored.ids)
+        path = self.out / INDEX
+        atomic_write(path, lambda tmp: faiss.write_index(idx, tmp))
+        # the id of index row i, with the fingerprint of the vectors the index holds
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        kind = pa.string() if self.plan.id_kind == "str" else pa.int64()
+        table = pa.table({"id": pa.array(ids, type=kind)}, metadata={PARQUET_KEY: self.fingerprint.to_json().encode()})
+        atomic_write(self.out / INDEX_IDS, lambda tmp: pq.write_table(table, tmp))
+        self.manifest["index"] = {"file": INDEX, "ids": INDEX_IDS, "rows": int(idx.ntotal), "kind": "IndexFlatIP"}
+        return path
+
+    def _save(self) -> None:
+        atomic_write(self.out / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise JobError(f"{path} is not a readable job manifest ({exc}); pass restart=True (--restart) to start "
+                       "over") from None
+    keys = ("fingerprint", "settings", "digest", "shards", "shards_total")
+    if not isinstance(manifest, dict) or manifest.get("embedhub_embed_job") != MANIFEST_VERSION or any(
+        k not in manifest for k in keys
+    ):
+        raise JobError(f"{path} is not an embedhub embed manifest (version {MANIFEST_VERSION} with "
+                       f"{', '.join(keys)}); pass restart=True (--restart) to start over")
+    return manifest
+
+
+def _shard_problem(path: Path, entry: dict[str, Any]) -> str | None:
+    from ._backends import sha256_file
+
+    if not path.is_file():
+        return f"{path.name} is missing"
+    if sha256_file(path) != entry.get("sha256"):
+        return f"{path.name} is not the file that was written (SHA-256 differs: cut short or changed)"
+    return None
+
+
+def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbeddings:
+    """Every shard of a finished job, concatenated in shard order (see :func:`embedhub.read_embeddings`)."""
+    from ._store import StoredEmbeddings, read_embeddings
+
+    manifest = _read_manifest(folder / MANIFEST)
+    fp = Fingerprint.from_dict(manifest["fingerprint"], path=folder / MANIFEST)
+    if expect is not None:
+        expect.check(fp, what=str(folder), expected="expected", found="folder")
+    done = manifest["shards"]
+    if len(done) != manifest["shards_total"]:
+        raise JobError(f"{folder}: the job is unfinished ({len(done)} of {manifest['shards_total']} shards); run it "
+                       "again to finish")
+    parts = [read_embeddings(folder / done[str(k)]["file"], expect=fp) for k in range(manifest["shards_total"])]
+    emb = np.concatenate([p.embeddings for p in parts]) if parts else np.empty((0, fp.dim), np.float32)
+    if all(isinstance(p.ids, np.ndarray) for p in parts):
+        ids: Any = np.concatenate([p.ids for p in parts])
+    else:
+        ids = [v for p in parts for v in (p.ids.tolist() if isinstance(p.ids, np.ndarray) else p.ids)]
+    return StoredEmbeddings(folder, emb, ids, None, fp)
