@@ -89,12 +89,15 @@ def run_ray(
     bar: Any = None,
 ) -> None:
     """Embed ``pending`` on Ray Data, calling ``done(chunk, ids, emb, errors)`` as each chunk completes."""
+    import os
+
     import ray
 
     if not pending:
         return
     started = not ray.is_initialized()
     if started:
+        os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # the Ray processes started here log errors only
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         ctx = ray.data.DataContext.get_current()
@@ -105,7 +108,9 @@ def run_ray(
         per_actor_cpus = 1
         actor_device = "cuda" if gpus else ("cpu" if device == "auto" else device)
         ds = ray.data.from_items([_chunk_row(c) for c in pending], override_num_blocks=len(pending))
-        ds = ds.flat_map(_read_rows, fn_kwargs={"reading": reading}, num_cpus=0.5)
+        # reads take no CPU slot: the actors hold them all on a CPU-only machine, and reading must not wait on
+        # them; at most one read per actor, plus one, runs at a time
+        ds = ds.flat_map(_read_rows, fn_kwargs={"reading": reading}, num_cpus=0, concurrency=n + 1)
         ds = ds.map_batches(
             _Encoder,
             fn_constructor_kwargs={"name": name, "load_args": load_args, "device": actor_device,
@@ -113,7 +118,7 @@ def run_ray(
                                    "threads": threads or per_actor_cpus},
             batch_size=encode["batch_size"] * ROWS_PER_CALL,
             batch_format="numpy",
-            concurrency=n,
+            compute=ray.data.ActorPoolStrategy(size=n),
             num_cpus=per_actor_cpus,
             num_gpus=1 if gpus else 0,
         )
