@@ -84,10 +84,11 @@ class ChunkRows:
 def expand_input(spec: str | os.PathLike) -> tuple[str, list[Path]]:
     """``("images", [root])`` for a folder, else the kind and the sorted files a path or glob names."""
     text = os.fspath(spec)
-    path = Path(text)
+    path = Path(os.path.abspath(text))  # absolute: read tasks may run in another folder or on another node
     if path.is_dir():
         return "images", [path]
-    files = [Path(p) for p in sorted(glob.glob(text, recursive=True))] if glob.has_magic(text) else [path]
+    files = [Path(os.path.abspath(p)) for p in sorted(glob.glob(text, recursive=True))] if glob.has_magic(
+        text) else [path]
     if not files or not files[0].exists():
         what = "matches no file" if glob.has_magic(text) else "not found"
         raise CorpusError(f"input {text}: {what}", path=text)
@@ -123,6 +124,8 @@ def plan_corpus(
     listing = hashlib.sha256()
     listing.update(json.dumps([kind, text_column, id_column, shard_rows]).encode())
     rows = 0
+    if kind == "images":
+        listing.update(str(files[0]).encode())
     for f in files:
         for chunk_rows, ids, id_kind, stats in planner(f, shard_rows, text_column, id_column):
             for start, stop, offset, paths in chunk_rows:

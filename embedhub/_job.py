@@ -324,7 +324,7 @@ class _Job:
 
         if self.out.exists() and not self.out.is_dir():
             raise JobError(f"output {self.out} is a file; expected a folder (new, empty, or of an earlier run)")
-        self._check_folder()
+        self._refuse_foreign()
         self.out.mkdir(parents=True, exist_ok=True)
         self._lock = open(self.out / LOCK, "a")
         try:
@@ -332,26 +332,34 @@ class _Job:
         except BlockingIOError:
             self._lock.close()
             raise JobError(f"output {self.out} is in use by another running job") from None
+        try:
+            self._open_manifest()
+        except BaseException:
+            self._lock.close()
+            raise
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._lock is not None:
             self._lock.close()
 
-    def _check_folder(self) -> None:
-        """Refuse a folder that is not a job's (never write among a user's files) or is another model's."""
+    def _refuse_foreign(self) -> None:
+        """Never write among a user's files: the folder must be new, empty, or a job's."""
         if not self.out.is_dir():
             return
         ours = (MANIFEST, SHARDS, ERRORS, INDEX, INDEX_IDS, LOCK)
-        manifest = self.out / MANIFEST
         names = [p.name for p in self.out.iterdir()]
         # atomic_write's temporary files (".manifest.json.x1y2.tmp") left by a killed run are ours too
         others = sorted(n for n in names if n not in ours and not any(n.startswith(f".{o}.") for o in ours))
-        if not manifest.exists() and any(n in (SHARDS, INDEX, INDEX_IDS) for n in names):
+        if MANIFEST not in names and any(n in (SHARDS, INDEX, INDEX_IDS) for n in names):
             others.append("shards but no manifest")
         if others:
             raise JobError(f"output {self.out} is not an embedhub embed folder (it holds {', '.join(others[:5])}); "
                            "give a new or empty folder")
+
+    def _open_manifest(self) -> None:
+        """An earlier run's manifest: refused if another model's (unless restarting, which clears the folder)."""
+        manifest = self.out / MANIFEST
         if not manifest.exists():
             return
         self.manifest = _read_manifest(manifest)
@@ -379,9 +387,13 @@ class _Job:
         self.plan = plan
         if self.manifest:
             before = self.manifest["settings"]
-            changed = [f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in settings.items() if before.get(k) != v]
+            # the same files named another way (a relative path, another glob) are the same input
+            changed = [f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in settings.items()
+                       if before.get(k) != v and k != "input"]
             if not changed and self.manifest["digest"] != plan.digest:
                 changed = ["the input files changed (names, sizes or modification times) since that run"]
+                if before.get("input") != settings["input"]:
+                    changed.insert(0, f"input: {before.get('input')!r} then, {settings['input']!r} now")
             if changed:
                 raise JobError(f"output {self.out} holds a job over another input or with other settings "
                                f"({'; '.join(changed)}); pass restart=True (--restart) to start over, or give "
@@ -417,8 +429,6 @@ class _Job:
 
         rel = f"{SHARDS}/part-{chunk.index:05d}.parquet"
         meta = dict(chunk.describe(), shard=chunk.index, errors=len(errors))
-        if not ids:  # every row failed: an empty shard keeps the id type of the corpus
-            ids = np.empty(0, dtype=np.int64) if self.plan.id_kind in ("row", "int") else []
         write_embeddings(self.out / rel, emb, self.fingerprint, ids=ids, metadata={SHARD_KEY: json.dumps(meta)})
         entry = dict(meta, file=rel, rows=len(emb), sha256=sha256_file(self.out / rel),
                      error_rows=[[_plain(i), r] for i, r in errors])
@@ -515,8 +525,9 @@ def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbedd
                        "again to finish")
     parts = [read_embeddings(folder / done[str(k)]["file"], expect=fp) for k in range(manifest["shards_total"])]
     emb = np.concatenate([p.embeddings for p in parts]) if parts else np.empty((0, fp.dim), np.float32)
-    if all(isinstance(p.ids, np.ndarray) for p in parts):
-        ids: Any = np.concatenate([p.ids for p in parts])
+    filled = [p for p in parts if len(p)]  # a shard whose rows all failed has no id type of its own
+    if filled and all(isinstance(p.ids, np.ndarray) for p in filled):
+        ids: Any = np.concatenate([p.ids for p in filled])
     else:
         ids = [v for p in parts for v in (p.ids.tolist() if isinstance(p.ids, np.ndarray) else p.ids)]
     return StoredEmbeddings(folder, emb, ids, None, fp)

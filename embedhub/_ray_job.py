@@ -110,7 +110,8 @@ def run_ray(
         ds = ray.data.from_items([_chunk_row(c) for c in pending], override_num_blocks=len(pending))
         # reads take no CPU slot: the actors hold them all on a CPU-only machine, and reading must not wait on
         # them; at most one read per actor, plus one, runs at a time
-        ds = ds.flat_map(_read_rows, fn_kwargs={"reading": reading}, num_cpus=0, concurrency=n + 1)
+        ds = ds.flat_map(_read_rows, fn_kwargs={"reading": reading}, num_cpus=0,
+                         compute=ray.data.TaskPoolStrategy(size=n + 1))
         ds = ds.map_batches(
             _Encoder,
             fn_constructor_kwargs={"name": name, "load_args": load_args, "device": actor_device,
