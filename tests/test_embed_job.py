@@ -382,3 +382,18 @@ def test_unfinished_job_is_not_read_as_complete(tmp_path, tiny_st_dir):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(embedhub.JobError, match=r"unfinished \(2 of 3 shards\)"):
         embedhub.read_embeddings(out)
+
+
+def test_onnx_backend_on_both_engines(tmp_path, ray_local, tiny_st_dir, sentences):
+    pytest.importorskip("onnxruntime")
+    from export import export
+
+    folder = export(tiny_st_dir, tmp_path / "onnx", verbose=False)
+    path = _jsonl(tmp_path / "s.jsonl", [{"text": t} for t in sentences[:600]])
+    local = embedhub.embed_corpus(folder, path, tmp_path / "local", backend="onnx", shard_rows=200, progress=False)
+    on_ray = embedhub.embed_corpus(folder, path, tmp_path / "ray", backend="onnx", shard_rows=200, engine="ray",
+                                   actors=2, progress=False)
+    assert local.fingerprint.backend == "onnx"
+    _assert_same(embedhub.read_embeddings(local.output), embedhub.read_embeddings(on_ray.output))
+    torch_vectors = embedhub.load(tiny_st_dir, device="cpu").encode(sentences[:600])
+    np.testing.assert_allclose(embedhub.read_embeddings(local.output).embeddings, torch_vectors, atol=1e-4, rtol=0)
