@@ -18,11 +18,12 @@ import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import TYPE_CHECKING, Any
 
 from ._errors import CorpusError, InputError, require
+
+if TYPE_CHECKING:
+    import numpy as np
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 #: the members of a webdataset sample that hold its image, in the order they are looked for
@@ -172,6 +173,8 @@ def _id_hash(value: Any) -> int:
 
 def _check_unique(sources: list[Callable[[], Iterator[tuple[Any, str]]]], spec: str) -> None:
     """Ids are kept as 8-byte hashes (flat memory); repeated hashes are confirmed on the ids themselves."""
+    import numpy as np
+
     hashes = np.concatenate([np.fromiter((_id_hash(v) for v, _ in src()), dtype=np.int64) for src in sources])
     uniq, counts = np.unique(hashes, return_counts=True)
     suspects = set(uniq[counts > 1].tolist())
@@ -227,6 +230,8 @@ def _plan_parquet(path: Path, shard_rows: int, text_column: str, id_column: str 
         for batch in pq.ParquetFile(path).iter_batches(columns=[id_column], batch_size=65536):
             col = batch.column(0)
             if col.null_count:
+                import numpy as np
+
                 bad = row + int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
                 raise CorpusError(f"{path}: id column {id_column!r} is null in row {bad}", path=path, column=id_column)
             for v in col.to_pylist():
@@ -380,13 +385,23 @@ def read_chunk(chunk: Chunk, *, text_column: str = "text", id_column: str | None
 
 
 def text_problem(text: Any) -> str | None:
-    """Why ``text`` cannot be embedded (null, not a string, not encodable as UTF-8), or ``None``."""
+    """Why ``text`` cannot be embedded (null, not a string, not encodable as UTF-8), or ``None``.
+
+    Command-line bytes that are not UTF-8 reach Python as surrogate escapes U+DC80..U+DCFF (PEP 383),
+    JSON can spell a lone surrogate as ``\\ud800``; tokenizers refuse both with a bare TypeError.
+    """
     if not isinstance(text, str):
         return "text is null" if text is None else f"text is {type(text).__name__}, expected a string"
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        return f"text holds a lone surrogate U+{ord(text[exc.start]):04X} at character {exc.start}"
+        code = ord(text[exc.start])
+        if 0xDC80 <= code <= 0xDCFF:
+            return (
+                f"byte 0x{code - 0xDC00:02x} at character {exc.start} is not UTF-8 "
+                "(the text was passed in another encoding; re-encode it as UTF-8)"
+            )
+        return f"it holds a lone surrogate U+{code:04X} at character {exc.start}, which is not a character"
     return None
 
 
@@ -452,6 +467,8 @@ def _tar_samples(path: Path, start: int, stop: int) -> Iterator[tuple[str, dict[
 
 def decode_image(item: Path | bytes, max_pixels: int | None = None) -> np.ndarray | str:
     """An RGB uint8 array of the image at ``item`` (a path or the file's bytes), or why it cannot be read."""
+    import numpy as np
+
     from ._inputs import MAX_IMAGE_PIXELS, load_image
 
     try:

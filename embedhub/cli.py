@@ -25,13 +25,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._corpus import IMAGE_EXTENSIONS, text_problem
+
 if TYPE_CHECKING:
     import numpy as np
 
     from ._model import EmbeddingModel
     from ._store import StoredEmbeddings
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".tsv", ".csv")
 OUTPUT_EXTENSIONS = (".npy", ".parquet")
 
@@ -91,26 +92,6 @@ class Corpus:
                 )
             head = f"read {what} from {_count(self.lines, 'line')} of {self.source}"
         return head + (f" ({'; '.join(notes)})" if notes else "")
-
-
-def text_problem(text: str) -> str | None:
-    """Why ``text`` cannot be encoded as UTF-8 (a lone surrogate), or ``None``.
-
-    Command-line bytes that are not UTF-8 reach Python as surrogate escapes U+DC80..U+DCFF (PEP 383),
-    JSON can spell a lone surrogate as ``\\ud800``; tokenizers refuse both with a bare TypeError.
-    """
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        char = text[exc.start]
-        code = ord(char)
-        if 0xDC80 <= code <= 0xDCFF:
-            return (
-                f"byte 0x{code - 0xDC00:02x} at character {exc.start} is not UTF-8 "
-                "(the text was passed in another encoding; re-encode it as UTF-8)"
-            )
-        return f"it holds a lone surrogate U+{code:04X} at character {exc.start}, which is not a character"
-    return None
 
 
 # ---------------------------------------------------------------------------------------------- readers
