@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from ._atomic import atomic_write
-from ._batching import check_positive_int, text_windows
+from ._batching import TEXT_WINDOW, check_positive_int
 from ._corpus import Chunk, ChunkRows, Plan, decode_image, expand_input, plan_corpus, read_chunk
 from ._errors import CorpusError, FingerprintMismatchError, JobError, ModalityError, require
 from ._provenance import Fingerprint
@@ -171,6 +171,10 @@ def embed_corpus(
                 bar.update(len(errors))
 
             if engine == "local":
+                if threads and loaded.backend == "torch":  # ONNX Runtime got its threads at load
+                    import torch
+
+                    torch.set_num_threads(threads)
                 run_local(loaded, pending, done, reading=reading, encode=encode, workers=workers, bar=bar)
             else:
                 from ._ray_job import run_ray
@@ -202,8 +206,8 @@ def run_local(
     *,
     reading: dict[str, Any],
     encode: dict[str, Any],
+    bar: Any,
     workers: int | None = None,
-    bar: Any = None,
 ) -> None:
     """Embed ``pending`` chunks with ``model`` in this process, calling ``done(chunk, ids, emb, errors)``
     per chunk. The next chunk is read (and its images decoded in ``workers`` processes) while this one
@@ -216,32 +220,46 @@ def run_local(
         workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
     feed = _Feed(pending, reading, pool, ahead=DECODE_AHEAD * (workers or 1))
+    size = encode["batch_size"]
+    # texts: the windows encode uses itself (so the batches equal one call's); images: a few batches, encoded
+    # as they arrive from the workers while the next ones decode
+    window = size * 4 if images else max(1, -(-TEXT_WINDOW // size)) * size
     try:
         for chunk, rows, decoded in feed:
-            ids, errors = list(rows.ids), list(rows.errors)
-            if decoded is not None:  # images: drop the ones that did not decode
-                ids, items = [], []
-                for row_id, result in zip(rows.ids, decoded()):
-                    if isinstance(result, str):
-                        errors.append((row_id, result))
-                    else:
-                        ids.append(row_id)
-                        items.append(result)
-                windows = [range(s, min(s + encode["batch_size"] * 4, len(items)))
-                           for s in range(0, len(items), encode["batch_size"] * 4)]
-            else:
-                items = rows.items
-                windows = text_windows(len(items), encode["batch_size"])
-            emb = np.empty((len(items), model.embed_dim), dtype=np.float32)
-            for w in windows:
-                emb[w.start:w.stop] = model.encode(items[w.start:w.stop], show_progress_bar=False, **encode)
-                if bar is not None:
-                    bar.update(len(w))
+            items = decoded() if decoded is not None else iter(rows.items)
+            ids, emb, errors = _encode_rows(model, rows, items, images=images, window=window, encode=encode, bar=bar)
             done(chunk, ids, emb, errors)
     finally:
         feed.close()
         if pool is not None:
             pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _encode_rows(model: EmbeddingModel, rows: ChunkRows, items: Iterator[Any], *, images: bool, window: int,
+                 encode: dict[str, Any], bar: Any) -> tuple[list[Any], np.ndarray, list[tuple[Any, str]]]:
+    """One chunk's ids, vectors and errors; ``window`` rows per ``encode`` call, as the items arrive."""
+    errors = list(rows.errors)
+    ids: list[Any] = []
+    parts: list[np.ndarray] = []
+    batch: list[Any] = []
+
+    def flush() -> None:
+        parts.append(model.encode(batch, show_progress_bar=False, **encode))
+        bar.update(len(batch))
+        batch.clear()
+
+    for row_id, item in zip(rows.ids, items):
+        if images and isinstance(item, str):  # an image that did not decode: the reason
+            errors.append((row_id, item))
+            continue
+        ids.append(row_id)
+        batch.append(item)
+        if len(batch) == window:
+            flush()
+    if batch:
+        flush()
+    emb = np.concatenate(parts) if parts else np.empty((0, model.embed_dim), np.float32)
+    return ids, emb, errors
 
 
 class _Feed:

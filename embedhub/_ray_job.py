@@ -85,8 +85,8 @@ def run_ray(
     encode: dict[str, Any],
     address: str | None = None,
     actors: int | None = None,
+    bar: Any,
     threads: int | None = None,
-    bar: Any = None,
 ) -> None:
     """Embed ``pending`` on Ray Data, calling ``done(chunk, ids, emb, errors)`` as each chunk completes."""
     import os
@@ -133,8 +133,7 @@ def run_ray(
                 key = int(shard)
                 parts.setdefault(key, []).append(rows)
                 seen[key] = seen.get(key, 0) + len(rows["pos"])
-                if bar is not None:
-                    bar.update(int((rows["error"] == "").sum()))
+                bar.update(int((rows["error"] == "").sum()))
                 if seen[key] == by_index[key].rows:
                     _finish(by_index[key], parts.pop(key), done)
         if parts:
