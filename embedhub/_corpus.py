@@ -319,18 +319,19 @@ def _plan_images(root: Path, shard_rows: int, text_column: str, id_column: str |
 
 
 def _plan_tar(path: Path, shard_rows: int, text_column: str, id_column: str | None):
-    keys = list(_tar_keys(path))
+    keys = list(tar_keys(path))
 
     def ids() -> Iterator[tuple[Any, str]]:
-        for key in _tar_keys(path):
+        for key in tar_keys(path):
             yield key, str(path)
 
     chunks = [(s, e, 0, ()) for s, e in _cuts(len(keys), shard_rows)]
     yield chunks, ids, "str", [_stat(path)]
 
 
-def _tar_keys(path: Path) -> Iterator[str]:
-    """The sample keys of a tar shard, from its member headers (``dir/key.ext`` -> ``dir/key``)."""
+def tar_keys(path: str | os.PathLike) -> Iterator[str]:
+    """The sample keys of a webdataset tar shard, in order, from its member headers (``dir/key.ext`` ->
+    ``dir/key``; no member is read). An unreadable shard is a :class:`~embedhub.CorpusError` naming it."""
     last = None
     try:
         with tarfile.open(path, "r:*") as tar:

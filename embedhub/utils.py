@@ -14,6 +14,7 @@ from ._atomic import atomic_write, install_folder
 from ._backends import int8_dot_kernel, sha256_file
 from ._backends import model_tensors as onnx_tensors
 from ._batching import plan_batches
+from ._corpus import tar_keys
 from ._errors import require
 from ._inputs import load_image
 from ._preprocess import token_lengths
@@ -30,6 +31,7 @@ __all__ = [
     "plan_batches",
     "require",
     "sha256_file",
+    "tar_keys",
     "template_prompts",
     "token_lengths",
 ]

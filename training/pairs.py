@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedhub.utils import average_templates, epoch_generator, epoch_order, template_prompts
+from embedhub.utils import average_templates, epoch_generator, epoch_order, tar_keys, template_prompts
 
 from .config import ConfigValueError, DataError, MissingDataError, to_dict
 from .data import LabelledImages, Sample, captioned_folder, expand_shards, fashion_mnist, webdataset
@@ -92,7 +92,7 @@ class ShardPairs(TrainPairs):
         if missing:
             raise MissingDataError(f"webdataset shards not found: {missing[:3]} (pattern {pattern!r})")
         self.skip = skip or set()
-        self.count = sum(1 for shard in self.shards for key in _shard_keys(shard) if key not in self.skip)
+        self.count = sum(1 for shard in self.shards for key in tar_keys(shard) if key not in self.skip)
 
     def __len__(self) -> int:
         return self.count
@@ -112,20 +112,6 @@ class ShardPairs(TrainPairs):
                     images, captions = [], []
         if images:
             yield images, captions
-
-
-def _shard_keys(shard: str) -> Iterator[str]:
-    """The sample keys of a tar shard, from its member headers (no image is decoded)."""
-    import tarfile
-
-    seen = None
-    with tarfile.open(shard, "r|*") as tar:
-        for member in tar:
-            if member.isfile():
-                stem = member.name.rpartition(".")[0]
-                if stem != seen:
-                    seen = stem
-                    yield stem
 
 
 @dataclass
