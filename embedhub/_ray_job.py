@@ -98,6 +98,9 @@ def run_ray(
     started = not ray.is_initialized()
     if started:
         os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")  # the Ray processes started here log errors only
+        # a new Ray instance on this machine unless an address is named (RAY_ADDRESS counts): never a cluster
+        # that `ray start` once left in /tmp/ray, which ray.init() would otherwise join (or fail to, if it is gone)
+        address = address or os.environ.get("RAY_ADDRESS") or "local"
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
     try:
         ctx = ray.data.DataContext.get_current()

@@ -618,7 +618,9 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--output", required=True, help="output folder (new, empty, or of an earlier run to resume)")
     emb.add_argument("--engine", choices=("local", "ray"), default="local",
                      help="local (this process) or ray (Ray Data; pip install 'embedhub[ray]') (default: local)")
-    emb.add_argument("--address", default=None, help="Ray cluster address (default: start Ray on this machine)")
+    emb.add_argument("--address", default=None,
+                     help="Ray cluster address, or 'auto' for the cluster `ray start` runs on this machine "
+                     "(default: RAY_ADDRESS, else a new Ray instance on this machine)")
     emb.add_argument("--actors", type=_positive_int, default=None,
                      help="Ray model replicas (default: one per GPU, else 1)")
     emb.add_argument("--workers", type=_positive_int, default=None,

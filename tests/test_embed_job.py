@@ -115,7 +115,7 @@ def ray_local():
     """A real local Ray instance with 2 CPUs, shared by the Ray tests of this module."""
     ray = pytest.importorskip("ray")
     pytest.importorskip("ray.data")
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
 
@@ -237,6 +237,43 @@ def test_ray_engine_equals_local_on_image_folder(tmp_path, ray_local, image_tree
                                    actors=2, progress=False)
     _assert_same(embedhub.read_embeddings(local.output), embedhub.read_embeddings(on_ray.output))
     assert on_ray.errors_file.read_text() == local.errors_file.read_text()
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_ray_engine_on_a_cluster_by_address(tmp_path, tiny_st_dir, sentences):
+    """A real Ray cluster started with `ray start --head` (token auth off, as on a private network), joined
+    with --address by the command line in another process."""
+    pytest.importorskip("ray.data")
+    ray_cli = Path(sys.executable).with_name("ray")
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    port = _free_port()
+    head = subprocess.Popen([str(ray_cli), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
+                             "--include-dashboard=false"], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        path = _jsonl(tmp_path / "s.jsonl", [{"text": t} for t in sentences[:500]])
+        cmd = [sys.executable, "-m", "embedhub", "embed", "--model", str(tiny_st_dir), "--input", str(path),
+               "--shard-rows", "100", "--engine", "ray", "--address", f"127.0.0.1:{port}", "--actors", "2"]
+        for _ in range(60):  # the head takes a few seconds to listen
+            done = subprocess.run([*cmd, "--output", str(tmp_path / "ray")], env=env, capture_output=True,
+                                  text=True, timeout=300)
+            if done.returncode == 0 or "Failed to connect" not in done.stderr:
+                break
+            time.sleep(1)
+        assert done.returncode == 0, done.stderr[-3000:]
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        head.wait(timeout=60)
+        Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)  # `ray start` leaves the gone head's address
+    local = embedhub.embed_corpus(tiny_st_dir, path, tmp_path / "local", shard_rows=100, progress=False)
+    _assert_same(embedhub.read_embeddings(tmp_path / "ray"), embedhub.read_embeddings(local.output))
 
 
 # ---------------------------------------------------------------------------------------------- interruption
