@@ -254,6 +254,8 @@ def test_ray_engine_on_a_cluster_by_address(tmp_path, tiny_st_dir, sentences):
     ray_cli = Path(sys.executable).with_name("ray")
     env = dict(os.environ, RAY_AUTH_MODE="disabled")
     port = _free_port()
+    pointer = Path("/tmp/ray/ray_current_cluster")  # `ray start` records its head here; put back what was there
+    before = pointer.read_bytes() if pointer.is_file() else None
     head = subprocess.Popen([str(ray_cli), "start", "--head", "--block", "--port", str(port), "--num-cpus", "2",
                              "--include-dashboard=false"], env=env, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
@@ -271,7 +273,10 @@ def test_ray_engine_on_a_cluster_by_address(tmp_path, tiny_st_dir, sentences):
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         head.wait(timeout=60)
-        Path("/tmp/ray/ray_current_cluster").unlink(missing_ok=True)  # `ray start` leaves the gone head's address
+        if before is None:
+            pointer.unlink(missing_ok=True)
+        else:
+            pointer.write_bytes(before)
     local = embedhub.embed_corpus(tiny_st_dir, path, tmp_path / "local", shard_rows=100, progress=False)
     _assert_same(embedhub.read_embeddings(tmp_path / "ray"), embedhub.read_embeddings(local.output))
 
