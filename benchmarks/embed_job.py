@@ -24,6 +24,7 @@ Run on a quiet machine::
     python benchmarks/embed_job.py                              # 20000 sentences, 3 reps; memory at 0.25M/1M/2M rows
     python benchmarks/embed_job.py --n 4000 --mem-sizes 100000  # quicker
     python benchmarks/embed_job.py --json embed_job.json
+    python benchmarks/embed_job.py --no-ray --mem-sizes --device cuda --dtype float16   # on a GPU
 """
 
 from __future__ import annotations
@@ -46,10 +47,12 @@ import numpy as np
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark"
 
 
-def sentences(n: int) -> list[str]:
+def sentences(n: int, stsb: Path = STSB) -> list[str]:
     seen: dict[str, None] = {}
     for split in ("train", "dev", "test"):
-        with open(STSB / f"sts-{split}.csv", encoding="utf-8") as fh:
+        if not (stsb / f"sts-{split}.csv").is_file():  # a copy with the train split only
+            continue
+        with open(stsb / f"sts-{split}.csv", encoding="utf-8") as fh:
             for line in fh:
                 row = line.rstrip("\n").split("\t")
                 if len(row) >= 7:
@@ -84,8 +87,8 @@ def throughput(args: argparse.Namespace, work: Path) -> dict:
 
     torch.set_num_threads(args.threads)
     corpus = work / "corpus.jsonl"
-    write_jsonl(corpus, sentences(args.n))
-    model = embedhub.load(minilm(), device="cpu")
+    write_jsonl(corpus, sentences(args.n, args.stsb))
+    model = embedhub.load(minilm(), device=args.device, dtype=args.dtype)
 
     def plain() -> np.ndarray:
         with open(corpus, encoding="utf-8") as fh:
@@ -98,7 +101,8 @@ def throughput(args: argparse.Namespace, work: Path) -> dict:
         out = work / f"out-{engine}-{actors}"
         shutil.rmtree(out, ignore_errors=True)
         embedhub.embed_corpus(model if engine == "local" else minilm(), corpus, out, engine=engine, actors=actors,
-                              id_column="id", batch_size=args.batch_size, shard_rows=args.shard_rows,
+                              device=args.device, dtype=args.dtype, id_column="id", batch_size=args.batch_size,
+                              shard_rows=args.shard_rows,
                               progress=False)
         return embedhub.read_embeddings(out).embeddings
 
@@ -197,6 +201,9 @@ def main() -> None:
     p.add_argument("--shard-rows", type=int, default=5000)
     p.add_argument("--mem-sizes", type=int, nargs="*", default=[250_000, 1_000_000, 2_000_000])
     p.add_argument("--no-ray", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (the throughput part)")
+    p.add_argument("--dtype", default=None, help="e.g. float16 on cuda (the throughput part)")
+    p.add_argument("--stsb", type=Path, default=STSB, help="folder of the STS-B csv files")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)

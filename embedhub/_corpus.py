@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import tarfile
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -120,7 +121,7 @@ def plan_corpus(
     kind, files = expand_input(spec)
     planner = {"parquet": _plan_parquet, "jsonl": _plan_jsonl, "tar": _plan_tar, "images": _plan_images}[kind]
     chunks: list[Chunk] = []
-    id_sources: list[Callable[[], Iterator[tuple[Any, str]]]] = []
+    id_sources: list[tuple[Any, Callable[[], Iterator[tuple[Any, str]]]]] = []
     id_kinds: set[str] = set()
     listing = hashlib.sha256()
     listing.update(json.dumps([kind, text_column, id_column, shard_rows]).encode())
@@ -171,18 +172,26 @@ def _id_hash(value: Any) -> int:
     return int(value)
 
 
-def _check_unique(sources: list[Callable[[], Iterator[tuple[Any, str]]]], spec: str) -> None:
-    """Ids are kept as 8-byte hashes (flat memory); repeated hashes are confirmed on the ids themselves."""
+def _check_unique(sources: list[tuple[Any, Callable[[], Iterator[tuple[Any, str]]]]], spec: str) -> None:
+    """Ids are kept as 8-byte hashes (flat memory); repeated hashes are confirmed on the ids themselves.
+
+    Each source is ``(hashes, scan)``: the hashes when the planner kept them (else ``None``: they come
+    from ``scan``), and ``scan()`` yielding ``(id, where)``.
+    """
     import numpy as np
 
-    hashes = np.concatenate([np.fromiter((_id_hash(v) for v, _ in src()), dtype=np.int64) for src in sources])
+    hashes = np.concatenate([
+        np.frombuffer(kept, dtype=np.int64) if kept is not None
+        else np.fromiter((_id_hash(v) for v, _ in scan()), dtype=np.int64)
+        for kept, scan in sources
+    ])
     uniq, counts = np.unique(hashes, return_counts=True)
     suspects = set(uniq[counts > 1].tolist())
     if not suspects:
         return
     where: dict[Any, list[str]] = {}
-    for src in sources:
-        for value, loc in src():
+    for _, scan in sources:
+        for value, loc in scan():
             if _id_hash(value) in suspects:
                 where.setdefault(value, []).append(loc)
     repeated = {v: locs for v, locs in where.items() if len(locs) > 1}
@@ -239,13 +248,14 @@ def _plan_parquet(path: Path, shard_rows: int, text_column: str, id_column: str 
                 row += 1
 
     chunks = [(s, e, 0, ()) for s, e in _cuts(n, shard_rows)]
-    yield chunks, (ids if id_column is not None else None), id_kind, [_stat(path)]
+    yield chunks, ((None, ids) if id_column is not None else None), id_kind, [_stat(path)]
 
 
 def _plan_jsonl(path: Path, shard_rows: int, text_column: str, id_column: str | None):
     """Every line is parsed once here, so a malformed record stops the job before any work."""
     offsets: list[int] = []
     id_kinds: set[str] = set()
+    hashes = array("q")  # the ids' 8-byte hashes, kept while parsing: the check needs no second pass
     n = 0
     pos = 0
     with open(path, "rb") as fh:
@@ -265,6 +275,7 @@ def _plan_jsonl(path: Path, shard_rows: int, text_column: str, id_column: str | 
                                   column=text_column)
             if id_column is not None:
                 id_kinds.add(_id_kind(record[id_column], f"{path} line {lineno}", id_column, path))
+                hashes.append(_id_hash(record[id_column]))
             if n % shard_rows == 0:
                 offsets.append(start)
             n += 1
@@ -276,16 +287,16 @@ def _plan_jsonl(path: Path, shard_rows: int, text_column: str, id_column: str | 
         with open(path, "rb") as fh:
             for lineno, raw in enumerate(fh, start=1):
                 if raw.strip():
-                    yield json.loads(raw)[id_column], f"{path} line {lineno}"
+                    yield json.loads(raw.decode("utf-8"))[id_column], f"{path} line {lineno}"
 
     chunks = [(s, e, offsets[i], ()) for i, (s, e) in enumerate(_cuts(n, shard_rows))]
     id_kind = id_kinds.pop() if id_kinds else "row"
-    yield chunks, (ids if id_column is not None else None), id_kind, [_stat(path)]
+    yield chunks, ((hashes, ids) if id_column is not None else None), id_kind, [_stat(path)]
 
 
 def _json_record(raw: bytes, path: Path, lineno: int) -> dict:
     try:
-        record = json.loads(raw)
+        record = json.loads(raw.decode("utf-8"))  # from str: json's own encoding detection costs as much again
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise CorpusError(f"{path} line {lineno}: not a JSON object ({exc})", path=path) from None
     if not isinstance(record, dict):
@@ -326,7 +337,7 @@ def _plan_tar(path: Path, shard_rows: int, text_column: str, id_column: str | No
             yield key, str(path)
 
     chunks = [(s, e, 0, ()) for s, e in _cuts(len(keys), shard_rows)]
-    yield chunks, ids, "str", [_stat(path)]
+    yield chunks, (None, ids), "str", [_stat(path)]
 
 
 def tar_keys(path: str | os.PathLike) -> Iterator[str]:
@@ -438,7 +449,7 @@ def _jsonl_rows(chunk: Chunk, text_column: str, id_column: str | None) -> Iterat
         for raw in fh:
             if not raw.strip():
                 continue
-            record = json.loads(raw)
+            record = json.loads(raw.decode("utf-8"))
             yield (record[id_column] if id_column is not None else None), record[text_column]
             left -= 1
             if not left:
