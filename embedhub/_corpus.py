@@ -68,7 +68,6 @@ class Plan:
     chunks: list[Chunk]
     rows: int
     digest: str
-    files: int
     id_kind: str  # "row" | "int" | "str"
 
 
@@ -140,7 +139,7 @@ def plan_corpus(
             for entry in stats:
                 listing.update(json.dumps(entry).encode())
     if rows == 0:
-        raise CorpusError(f"input {os.fspath(spec)}: no rows to embed ({_count(len(files), 'file')}, all empty)",
+        raise CorpusError(f"input {os.fspath(spec)}: no rows to embed ({count(len(files), 'file')}, all empty)",
                           path=os.fspath(spec))
     if len(id_kinds) > 1:
         raise CorpusError(f"input {os.fspath(spec)}: ids are int in some files and str in others; use one type",
@@ -149,10 +148,11 @@ def plan_corpus(
     if id_sources:
         _check_unique(id_sources, os.fspath(spec))
     modality = "image" if kind in ("images", "tar") else "text"
-    return Plan(modality, chunks, rows, listing.hexdigest(), len(files), id_kind)
+    return Plan(modality, chunks, rows, listing.hexdigest(), id_kind)
 
 
-def _count(n: int, noun: str) -> str:
+def count(n: int, noun: str) -> str:
+    """``count(1, "line")`` -> ``"1 line"``, ``count(3, "line")`` -> ``"3 lines"``."""
     return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
@@ -199,7 +199,7 @@ def _check_unique(sources: list[tuple[Any, Callable[[], Iterator[tuple[Any, str]
         return
     shown = "; ".join(f"{v!r} at {', '.join(locs[:3])}" for v, locs in list(repeated.items())[:_SHOWN])
     more = f" (and {len(repeated) - _SHOWN} more)" if len(repeated) > _SHOWN else ""
-    raise CorpusError(f"input {spec}: {_count(len(repeated), 'id')} repeat: {shown}{more}; ids must be unique",
+    raise CorpusError(f"input {spec}: {count(len(repeated), 'id')} repeat: {shown}{more}; ids must be unique",
                       path=spec, ids=list(repeated))
 
 

@@ -449,7 +449,7 @@ class _Job:
         meta = dict(chunk.describe(), shard=chunk.index, errors=len(errors))
         write_embeddings(self.out / rel, emb, self.fingerprint, ids=ids, metadata={SHARD_KEY: json.dumps(meta)})
         entry = dict(meta, file=rel, rows=len(emb), sha256=sha256_file(self.out / rel),
-                     error_rows=[[_plain(i), r] for i, r in errors])
+                     error_rows=[[plain(i), r] for i, r in errors])
         self.manifest["shards"][str(chunk.index)] = entry
         self._save()
 
@@ -483,7 +483,7 @@ class _Job:
         for entry in shards:
             stored = read_embeddings(self.out / entry["file"], expect=self.fingerprint)
             idx.add(stored.embeddings)
-            ids.extend(stored.ids.tolist() if isinstance(stored.ids, np.ndarray) else stored.ids)
+            ids.extend(id_list(stored))
         path = self.out / INDEX
         atomic_write(path, lambda tmp: faiss.write_index(idx, tmp))
         # the id of index row i, with the fingerprint of the vectors the index holds
@@ -500,8 +500,14 @@ class _Job:
         atomic_write(self.out / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python value (for JSON); anything else as it is."""
     return value.item() if isinstance(value, np.generic) else value
+
+
+def id_list(stored: StoredEmbeddings) -> list[Any]:
+    """The ids of a stored shard as a list (an int64 array or a list of str in the file)."""
+    return stored.ids.tolist() if isinstance(stored.ids, np.ndarray) else list(stored.ids)
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
@@ -547,5 +553,5 @@ def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbedd
     if filled and all(isinstance(p.ids, np.ndarray) for p in filled):
         ids: Any = np.concatenate([p.ids for p in filled])
     else:
-        ids = [v for p in parts for v in (p.ids.tolist() if isinstance(p.ids, np.ndarray) else p.ids)]
+        ids = [v for p in parts for v in id_list(p)]
     return StoredEmbeddings(folder, emb, ids, None, fp)

@@ -16,6 +16,7 @@ import numpy as np
 
 from ._corpus import Chunk, decode_image, read_chunk
 from ._errors import JobError
+from ._job import plain
 from ._provenance import Fingerprint
 
 #: rows per actor call: a few model batches, so the actor keeps its sorted-by-length batching
@@ -153,10 +154,6 @@ def _finish(chunk: Chunk, parts: list[dict[str, np.ndarray]], done: Callable) ->
     order = np.argsort(cols["pos"], kind="stable")
     ok = [i for i in order if cols["error"][i] == ""]
     bad = [i for i in order if cols["error"][i] != ""]
-    ids = [_plain(cols["id"][i]) for i in ok]
-    errors = [(_plain(cols["id"][i]), str(cols["error"][i])) for i in bad]
+    ids = [plain(cols["id"][i]) for i in ok]
+    errors = [(plain(cols["id"][i]), str(cols["error"][i])) for i in bad]
     done(chunk, ids, np.ascontiguousarray(cols["embedding"][ok], dtype=np.float32), errors)
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._corpus import IMAGE_EXTENSIONS, text_problem
+from ._corpus import count as _count
 
 if TYPE_CHECKING:
     import numpy as np
@@ -39,11 +40,6 @@ OUTPUT_EXTENSIONS = (".npy", ".parquet")
 
 class UsageError(Exception):
     """Bad arguments or bad input data: reported on stderr, exit code 2."""
-
-
-def _count(n: int, noun: str) -> str:
-    """``_count(1, "line")`` -> ``"1 line"``, ``_count(3, "line")`` -> ``"3 lines"``."""
-    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
 
 
 @dataclass
