@@ -146,8 +146,7 @@ def main() -> None:
         record["speed"] = {"reps": speed, "median": med}
         print(f"\ntraining throughput (median of {args.reps}): embedhub {med['embedhub']:.1f} sentences/s, "
               f"{PEER} {med['peer']:.1f}; ratio {med['ratio']:.3f}")
-    name = {(True, True): "vs_st.json", (False, True): "vs_st_speed.json"}.get(
-        (not args.skip_quality, bool(args.reps)), "vs_st_quality.json")
+    name = "vs_st_quality.json" if not args.reps else "vs_st_speed.json" if args.skip_quality else "vs_st.json"
     (work / name).write_text(json.dumps(record, indent=2))
     print(f"wrote {work / name}")
 
