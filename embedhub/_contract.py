@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from ._folder import ModelFolder
+from ._folder import ModelFolder, Record
 
 
 @dataclass
@@ -47,7 +48,9 @@ class Format:
     name: ClassVar[str] = ""
     #: the file whose presence identifies the format (used by the default :meth:`matches`)
     marker: ClassVar[str] = ""
-    #: glob patterns (relative, ``/``-separated; ``*`` does not cross folders) of the files the format needs
+    #: glob patterns (relative, ``/``-separated; ``*`` does not cross folders) of the files the format may own:
+    #: what saving into an earlier save replaces. What a model needs (its fingerprint, upload and download
+    #: lists) is what a load of it opens: :meth:`files`
     allow_patterns: ClassVar[tuple[str, ...]] = ()
     #: whether :meth:`load` can run the model on ONNX Runtime (``backend="onnx"``)
     supports_onnx: ClassVar[bool] = False
@@ -60,9 +63,19 @@ class Format:
         """Build the model's parts from ``folder`` (every file read through ``folder``, so it stays inside)."""
         raise NotImplementedError(f"format {self.name!r} does not implement load()")
 
+    def record_backends(self, folder: ModelFolder) -> tuple[str, ...]:
+        """The backends :meth:`files` loads ``folder`` with (their files together are the model's)."""
+        return ("torch",)
+
     def files(self, folder: str | os.PathLike) -> list[str]:
-        """The files of ``folder`` this format needs, as sorted relative POSIX paths (hidden files, and
-        links that leave the folder, are left out)."""
+        """The files of ``folder`` this format needs, as sorted relative POSIX paths: exactly the files a
+        load of it opens (through :class:`ModelFolder`), with each backend of :meth:`record_backends`.
+        The list is kept while none of those files changes and no file the load looked for appears."""
+        return recorded_files(self, folder)
+
+    def pattern_files(self, folder: str | os.PathLike) -> list[str]:
+        """The files of ``folder`` that match :attr:`allow_patterns`, as sorted relative POSIX paths
+        (hidden files, and links that leave the folder, are left out)."""
         folder = Path(folder)
         root = folder.resolve()
         snapshot = folder.parent.name == "snapshots"  # a Hub cache snapshot links into its blob store
@@ -80,3 +93,60 @@ class Format:
 
 def _glob(rel: str, pattern: str) -> bool:
     return rel.count("/") == pattern.count("/") and fnmatch.fnmatchcase(rel, pattern)
+
+
+#: (resolved folder, format name, backend) -> (the files read and the paths probed with their state, files read)
+_RECORDS: dict[tuple[str, str, str], tuple[tuple[Any, ...], list[str]]] = {}
+
+
+def _state(root: Path, record: Record) -> tuple[Any, ...] | None:
+    """What a record depends on: each file read (size, mtime, inode) and each path probed and absent."""
+    out: list[Any] = []
+    for rel in sorted(record.read):
+        try:
+            st = os.stat(root / rel)
+        except OSError:
+            return None
+        out.append((rel, st.st_size, st.st_mtime_ns, st.st_ino))
+    out.extend((rel, os.path.lexists(root / rel)) for rel in sorted(record.missing))
+    return tuple(out)
+
+
+def remember(fmt: Format, folder: ModelFolder, backend: str) -> list[str]:
+    """Keep the record of a finished load of ``folder`` with ``backend`` (so :func:`recorded_files` need
+    not load it again while its files stay as they are); returns the files it read, sorted."""
+    files = folder.record.files()
+    state = _state(folder.root, folder.record)
+    if state is not None and not folder.prefix:
+        _RECORDS[(str(folder.root), fmt.name, backend)] = (state, files)
+    return files
+
+
+def _cached(root: Path, fmt: Format, backend: str) -> list[str] | None:
+    entry = _RECORDS.get((str(root), fmt.name, backend))
+    if entry is None:
+        return None
+    record = Record()
+    for item in entry[0]:
+        (record.read if len(item) == 4 else record.missing).setdefault(item[0])
+    return list(entry[1]) if _state(root, record) == entry[0] else None
+
+
+def recorded_files(fmt: Format, folder: str | os.PathLike) -> list[str]:
+    """The files loads of ``folder`` in format ``fmt`` open (sorted), from real loads on the CPU with
+    each backend of :meth:`Format.record_backends`; reused while none of those files changes and no
+    path a load probed appears."""
+    import torch
+
+    root = Path(folder).resolve()
+    files: set[str] = set()
+    for backend in fmt.record_backends(ModelFolder(root)):
+        found = _cached(root, fmt, backend)
+        if found is None:
+            mf = ModelFolder(root)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fmt.load(mf, LoadOptions(backend=backend, device=torch.device("cpu")))  # type: ignore[arg-type]
+            found = remember(fmt, mf, backend)
+        files.update(found)
+    return sorted(files)

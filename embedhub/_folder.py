@@ -27,6 +27,30 @@ from ._errors import ConfigError
 
 #: config, tokenizer and vocabulary files larger than this are refused
 MAX_CONFIG_BYTES = 64 * 1024 * 1024
+#: JSON configs nested deeper than this (objects and lists) are refused
+MAX_JSON_DEPTH = 64
+
+
+def shown(name: str | os.PathLike) -> str:
+    """``name`` printable in any message: bytes that are not UTF-8 (a file name from another system)
+    shown as ``\\xff`` escapes instead of lone surrogates that cannot be written out."""
+    text = os.fspath(name)
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "surrogateescape")
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+class Record:
+    """The files a load opened (folder-relative POSIX paths, in the order first opened) and the paths
+    it looked for and did not find; shared by a :class:`ModelFolder` and its sub-folders."""
+
+    def __init__(self) -> None:
+        self.read: dict[str, None] = {}
+        self.missing: dict[str, None] = {}
+
+    def files(self) -> list[str]:
+        """The files read, sorted."""
+        return sorted(self.read)
 
 _MISSING: Any = object()
 
@@ -40,9 +64,19 @@ class ModelFolder:
     ConfigError: ...
     """
 
-    def __init__(self, root: str | os.PathLike, *, _roots: tuple[Path, ...] | None = None):
+    def __init__(self, root: str | os.PathLike, *, _roots: tuple[Path, ...] | None = None,
+                 _record: Record | None = None, _prefix: str = ""):
         self.root = Path(root).resolve()
         self.roots = _roots or _allowed_roots(self.root)
+        #: every file opened through this folder and its sub-folders (provenance: what the model is made of)
+        self.record = _record if _record is not None else Record()
+        #: this folder's path inside the top folder of the record ("" for the top folder itself)
+        self.prefix = _prefix
+
+    def key(self, rel: str | os.PathLike) -> str:
+        """``rel`` as the record names it: a POSIX path relative to the top folder."""
+        parts = PurePosixPath(os.fspath(rel).replace("\\", "/"))
+        return (PurePosixPath(self.prefix) / parts).as_posix() if self.prefix else parts.as_posix()
 
     def __repr__(self) -> str:
         return f"ModelFolder({str(self.root)!r})"
@@ -55,8 +89,13 @@ class ModelFolder:
         if isinstance(rel, os.PathLike):
             rel = os.fspath(rel)
         if not isinstance(rel, str) or not rel or "\x00" in rel:
-            raise ConfigError(f"{self.root}: {what} path {rel!r} must be a non-empty relative path",
+            raise ConfigError(f"{shown(self.root)}: {what} path {rel!r} must be a non-empty relative path",
                               file=str(self.root))
+        try:
+            rel.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ConfigError(f"{shown(self.root)}: {what} path {rel!r} is not valid UTF-8 text (a lone surrogate or "
+                              "undecodable bytes); model files must have UTF-8 names", file=str(self.root)) from None
         parts = PurePosixPath(rel.replace("\\", "/"))
         if parts.is_absolute() or Path(rel).is_absolute() or ".." in parts.parts or ":" in parts.parts[0]:
             raise ConfigError(
@@ -77,6 +116,7 @@ class ModelFolder:
         folder or is not a regular file (a FIFO, a device) is an error, not a silent ``False``."""
         self.path(rel)
         if not os.path.lexists(self.root / rel):
+            self.record.missing.setdefault(self.key(rel))
             return False
         self.file(rel)
         return True
@@ -91,17 +131,21 @@ class ModelFolder:
         try:
             st = os.stat(p)
         except OSError as exc:
-            raise ConfigError(f"{self.root}: {what} {rel!s} not found ({exc.strerror})", file=str(p)) from None
+            self.record.missing.setdefault(self.key(rel))
+            raise ConfigError(f"{shown(self.root)}: {what} {shown(rel)} not found ({exc.strerror})",
+                              file=str(p)) from None
         if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{self.root}: {what} {rel!s} is not a regular file", file=str(p))
+            raise ConfigError(f"{shown(self.root)}: {what} {shown(rel)} is not a regular file", file=str(p))
+        self.record.read.setdefault(self.key(rel))
         return p
 
     def sub(self, rel: str, *, what: str = "folder") -> ModelFolder:
         """A subfolder, checked like a file path; it shares this folder's allowed roots."""
         p = self.path(rel, what=what) if rel not in ("", ".") else self.root
         if not p.is_dir():
-            raise ConfigError(f"{self.root}: {what} {rel!r} is not a folder", file=str(p))
-        return ModelFolder(p, _roots=self.roots)
+            raise ConfigError(f"{shown(self.root)}: {what} {rel!r} is not a folder", file=str(p))
+        prefix = self.key(rel) if rel not in ("", ".") else self.prefix
+        return ModelFolder(p, _roots=self.roots, _record=self.record, _prefix="" if prefix == "." else prefix)
 
     def read_bytes(self, rel: str, *, what: str = "file", max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
         """The bytes of a regular file, reading at most ``max_bytes`` (more is an error)."""
@@ -119,12 +163,8 @@ class ModelFolder:
         return data
 
     def read_json(self, rel: str, *, what: str = "config") -> Any:
-        p = self.root / rel
-        data = self.read_bytes(rel, what=what)
-        try:
-            return json.loads(data.decode("utf-8-sig"))
-        except (UnicodeDecodeError, ValueError) as exc:
-            raise ConfigError(f"{p} is not valid JSON: {exc}", file=str(p)) from None
+        """A JSON file, checked: UTF-8, at most :data:`MAX_JSON_DEPTH` deep, numbers finite."""
+        return parse_json(self.read_bytes(rel, what=what), self.root / rel)
 
     def config(self, rel: str, *, what: str = "config") -> ConfigView:
         """A JSON object file as a :class:`ConfigView` (a list or a number at the top is an error)."""
@@ -133,6 +173,55 @@ class ModelFolder:
         if not isinstance(data, dict):
             raise ConfigError(f"{p}: expected a JSON object, found {_kind(data)}", file=str(p))
         return ConfigView(data, p)
+
+
+def parse_json(data: bytes | str, file: Path | str) -> Any:
+    """JSON text parsed with bounds: a :class:`ConfigError` naming ``file`` (and the key, for a number
+    that is not finite) for text that is not UTF-8, not JSON, nested deeper than :data:`MAX_JSON_DEPTH`,
+    or holding ``NaN``, ``Infinity`` or a number too large for a float (``1e309``)."""
+    where = shown(file)
+    try:
+        text = data.decode("utf-8-sig") if isinstance(data, bytes) else data
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{where} is not UTF-8 text: {exc}", file=str(file)) from None
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ConfigError(f"{where}: JSON nested deeper than {MAX_JSON_DEPTH} levels", file=str(file)) from None
+    except ValueError as exc:  # JSONDecodeError, or an integer of more digits than Python converts
+        raise ConfigError(f"{where} is not valid JSON: {exc}", file=str(file)) from None
+    _check_tree(value, file)
+    return value
+
+
+def _check_tree(value: Any, file: Path | str) -> None:
+    """Depth and finiteness of a parsed JSON value, without recursion."""
+    if type(value) is float and not math.isfinite(value):
+        raise ConfigError(f"{shown(file)}: expected a finite number, found {value}", file=str(file))
+    if type(value) is not dict and type(value) is not list:
+        return
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(value, ())]
+    while stack:
+        node, path = stack.pop()
+        if len(path) > MAX_JSON_DEPTH:
+            raise ConfigError(f"{shown(file)}: JSON nested deeper than {MAX_JSON_DEPTH} levels (at "
+                              f"{_key_path(path[:8])}...)", file=str(file), key=_key_path(path[:8]))
+        items = node.items() if type(node) is dict else enumerate(node)
+        for k, v in items:
+            t = type(v)
+            if t is dict or t is list:
+                stack.append((v, (*path, k)))
+            elif t is float and not math.isfinite(v):
+                key = _key_path((*path, k))
+                raise ConfigError(f"{shown(file)}: {key}: expected a finite number, found {v} (NaN, Infinity, or "
+                                  "a number too large for a float)", file=str(file), key=key)
+
+
+def _key_path(path: tuple[Any, ...]) -> str:
+    out = ""
+    for k in path:
+        out += f"[{k}]" if isinstance(k, int) else (f".{k}" if out else str(k))
+    return out or "(top level)"
 
 
 def _allowed_roots(root: Path) -> tuple[Path, ...]:

@@ -16,8 +16,135 @@ _NAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 #: characters Git refuses in branch and tag names (``git check-ref-format``), besides control characters
 _REF_FORBIDDEN = set(" ~^:?*[\\")
-#: files read to detect a repo's format before anything large is downloaded
-CONFIG_PATTERNS = ["*.json", "*/*.json"]
+#: files read to detect a repo's format before anything large is downloaded (fnmatch: ``*`` crosses folders)
+CONFIG_PATTERNS = ["*.json"]
+#: environment variables huggingface_hub reads a token from
+TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")
+REDACTED = "<redacted token>"
+
+
+def literal_pattern(path: str) -> str:
+    """``path`` as an fnmatch pattern that matches only itself (``huggingface_hub`` filters with fnmatch)."""
+    return "".join(f"[{c}]" if c in "[]*?" else c for c in path)
+
+
+# ------------------------------------------------------------------------------------------------ secrets
+def token_problem(token: str) -> str | None:
+    """Why ``token`` (already stripped) cannot be a Hub token, without showing it; ``None`` when it can."""
+    if not token:
+        return "it is empty"
+    for i, c in enumerate(token):
+        if not 33 <= ord(c) <= 126:
+            kind = "whitespace" if c.isspace() else "a control character" if ord(c) < 32 or ord(c) == 127 else (
+                "not ASCII")
+            return f"its character {i + 1} of {len(token)} is {kind}; Hub tokens are printable ASCII without spaces"
+    return None
+
+
+def clean_token(token: str, source: str, error: type[Exception]) -> str:
+    """``token`` stripped of surrounding whitespace (a newline pasted from a file) and checked; an
+    ``error`` naming ``source`` (never the token) when it cannot be a token."""
+    cleaned = token.strip()
+    problem = token_problem(cleaned)
+    if problem:
+        raise error(f"the Hub token from {source} is not usable: {problem} (the token is not shown)")
+    return cleaned
+
+
+def token_source(token: object = None) -> str:
+    """Where the token a Hub call uses comes from, in words."""
+    if isinstance(token, str):
+        return "the token argument"
+    for var in TOKEN_ENV:
+        if os.environ.get(var, "").strip():
+            return f"the {var} environment variable"
+    return "huggingface_hub's stored login (`hf auth login`)"
+
+
+def implicit_token() -> str | None:
+    """The token huggingface_hub would use with none given (``HF_TOKEN``, the stored login); no network."""
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # a corrupt token file: there is no token to use
+        return None
+
+
+def known_secrets(*given: object) -> list[str]:
+    """Every token a message must not show: ``given``, the environment's and the stored login's, raw and
+    stripped, longest first."""
+    found = [*given, *(os.environ.get(v) for v in TOKEN_ENV), implicit_token()]
+    secrets: set[str] = set()
+    for value in found:
+        if isinstance(value, str):
+            for v in (value, value.strip(), *value.split()):
+                if len(v) >= 6:
+                    secrets.add(v)
+    return sorted(secrets, key=len, reverse=True)
+
+
+def redact(text: str, secrets: list[str]) -> str:
+    """``text`` with every secret replaced by ``<redacted token>`` (also in its ``repr`` escapes)."""
+    for secret in secrets:
+        text = text.replace(secret, REDACTED)
+        escaped = repr(secret)[1:-1]
+        if escaped != secret:
+            text = text.replace(escaped, REDACTED)
+    return text
+
+
+def _redact_value(value: object, secrets: list[str]) -> object:
+    if isinstance(value, str):
+        return redact(value, secrets)
+    if isinstance(value, bytes):
+        return redact(value.decode("utf-8", "backslashreplace"), secrets).encode("utf-8")
+    if isinstance(value, tuple):
+        return tuple(_redact_value(v, secrets) for v in value)
+    return value
+
+
+def _shows(exc: BaseException, secrets: list[str]) -> bool:
+    try:
+        text = f"{exc}\n{exc!r}\n{getattr(exc, '__notes__', '')}"
+    except Exception:
+        return True
+    return any(s in text or repr(s)[1:-1] in text for s in secrets)
+
+
+class RedactedError(RuntimeError):
+    """Stands in, in an exception chain, for a third-party error whose message showed a token."""
+
+
+def scrub(exc: BaseException | None, secrets: list[str]) -> BaseException | None:
+    """``exc`` and its ``__cause__``/``__context__`` chain with the secrets taken out of their messages
+    (in place); a link whose message still shows one is replaced by a :class:`RedactedError`."""
+    seen: set[int] = set()
+
+    def fix(e: BaseException | None, depth: int) -> BaseException | None:
+        if e is None or id(e) in seen or depth > 32:
+            return None
+        seen.add(id(e))
+        try:
+            e.args = tuple(_redact_value(a, secrets) for a in e.args)
+            if isinstance(getattr(e, "__notes__", None), list):
+                e.__notes__ = [redact(str(n), secrets) for n in e.__notes__]
+        except Exception:  # an exception type with read-only args
+            pass
+        e.__cause__ = fix(e.__cause__, depth + 1)  # type: ignore[assignment]
+        e.__context__ = fix(e.__context__, depth + 1)  # type: ignore[assignment]
+        if not secrets or not _shows(e, secrets):
+            return e
+        try:
+            text = str(e)
+        except Exception:
+            text = ""
+        stand_in = RedactedError(f"{type(e).__name__}: {redact(text, secrets)}")
+        stand_in.__cause__, stand_in.__context__ = e.__cause__, e.__context__
+        stand_in.__suppress_context__ = e.__suppress_context__
+        return stand_in
+
+    return fix(exc, 0)
 
 
 @dataclass(frozen=True)
@@ -184,6 +311,34 @@ def download(
     (:func:`check_hub_name`), so nothing malformed reaches ``huggingface_hub``.
     """
     from huggingface_hub import snapshot_download
+
+    where = f"{repo_id}" + (f"@{revision}" if revision else "")
+    check_hub_name(repo_id, revision, where)
+    offline = _offline(local_files_only)
+    if isinstance(token, str):
+        token = clean_token(token, "the token argument", ModelNotFoundError)
+    elif token is not False and not offline:
+        found = implicit_token()
+        if found is not None:
+            clean_token(found, token_source(None), ModelNotFoundError)
+    secrets = known_secrets(token)
+    try:
+        return _snapshot(snapshot_download, repo_id, revision, cache_dir, offline, token, allow_patterns, where,
+                         local_files_only)
+    except Exception as exc:
+        failure = exc
+    cause = scrub(failure.__cause__ if isinstance(failure, ModelNotFoundError) else failure, secrets)
+    if isinstance(failure, ModelNotFoundError):
+        failure.args = tuple(_redact_value(a, secrets) for a in failure.args)
+    else:
+        failure = ModelNotCachedError(f"{where} could not be downloaded: {type(failure).__name__}: "
+                                      f"{redact(str(failure), secrets)}")
+    failure.__cause__, failure.__context__ = cause, None
+    raise failure
+
+
+def _snapshot(snapshot_download, repo_id, revision, cache_dir, offline, token, allow_patterns, where,
+              local_files_only) -> Path:
     from huggingface_hub.errors import (
         HFValidationError,
         LocalEntryNotFoundError,
@@ -191,9 +346,6 @@ def download(
         RevisionNotFoundError,
     )
 
-    where = f"{repo_id}" + (f"@{revision}" if revision else "")
-    check_hub_name(repo_id, revision, where)
-    offline = _offline(local_files_only)
     try:
         folder = snapshot_download(
             repo_id,

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from ._backends import Backend
+from ._errors import ModelNotFoundError
 from ._folder import ModelFolder
-from ._hub import download, resolve
+from ._hub import CONFIG_PATTERNS, download, literal_pattern, resolve
 from ._model import EmbeddingModel
+
+#: at most this many downloads follow the first (config files): each fetches the files the last load asked for
+MAX_FETCH_ROUNDS = 8
 
 _DTYPES = {
     "float32": torch.float32,
@@ -73,16 +81,11 @@ def load(
 
     src = resolve(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
     fmt = detect(src.folder)
-    folder = src.folder
+    fetch = None
     if src.repo_id is not None:
-        folder = download(
-            src.repo_id,
-            list(fmt.allow_patterns),
-            revision=src.revision,
-            cache_dir=cache_dir,
-            local_files_only=local_files_only,
-            token=token,
-        )
+        def fetch(paths: list[str]) -> Path:
+            return download(src.repo_id, [literal_pattern(p) for p in paths], revision=src.revision,
+                            cache_dir=cache_dir, local_files_only=local_files_only, token=token)
     if not fmt.supports_onnx:
         if backend == "onnx":
             raise ValueError(
@@ -91,8 +94,9 @@ def load(
             )
         backend = "torch"
     options = LoadOptions(trust_remote_code=trust_remote_code, backend=backend, device=dev, threads=threads)
-    parts = fmt.load(ModelFolder(folder), options)
-    return EmbeddingModel(
+    parts, loaded = load_recorded(fmt, src.folder, options, fetch)
+    folder = loaded.root
+    model = EmbeddingModel(
         parts.towers,
         parts.preprocessors,
         embed_dim=parts.embed_dim,
@@ -107,6 +111,46 @@ def load(
         repo_id=src.repo_id,
         revision=(_snapshot_revision(folder) if src.repo_id is not None else None) or src.revision,
     )
+    from ._contract import remember
+
+    #: the files the load opened: what the fingerprint hashes, what saving copies and pushing uploads
+    model.source_files = tuple(remember(fmt, loaded, options.backend))
+    return model
+
+
+def load_recorded(fmt: Any, folder: Path, options: Any,
+                  fetch: Callable[[list[str]], Path] | None = None) -> tuple[Any, ModelFolder]:
+    """``fmt.load`` of ``folder``, recording every file it opens; returns the parts and the folder with
+    its record.
+
+    With ``fetch`` (a Hub repo, of which only the config files are here yet) the load runs to a fixed
+    point: each time it looks for files that are not here, ``fetch(paths)`` downloads exactly those
+    (the loader asks for weights, shards named by an index, tokenizer and module files as it reads
+    the configs naming them) and the load runs again, for at most :data:`MAX_FETCH_ROUNDS` rounds.
+    """
+    asked: set[str] = set()
+    for _ in range(MAX_FETCH_ROUNDS + 1):
+        mf = ModelFolder(folder)
+        try:
+            parts, error = fmt.load(mf, options), None
+        except Exception as exc:  # a file not downloaded yet shows as any loader error; re-raised when final
+            parts, error = None, exc
+        new = [p for p in mf.record.missing if p not in asked and not _is_config(p)]
+        if fetch is None or not new:
+            if error is not None:
+                raise error
+            return parts, mf
+        asked.update(new)
+        folder = fetch(sorted(asked))
+    raise ModelNotFoundError(
+        f"{folder}: loading still asked for new files after {MAX_FETCH_ROUNDS} downloads "
+        f"(last: {', '.join(sorted(new)[:5])}); the repository's configs name a chain of files too long to follow"
+    )
+
+
+def _is_config(rel: str) -> bool:
+    """Whether the first download (config files) already fetched ``rel`` if the repo has it."""
+    return any(fnmatch.fnmatch(rel, pat) for pat in CONFIG_PATTERNS)
 
 
 def _snapshot_revision(folder) -> str | None:

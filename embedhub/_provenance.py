@@ -125,8 +125,10 @@ class Fingerprint:
         where = f"{path}: " if path is not None else ""
         try:
             data = json.loads(text)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        except (UnicodeDecodeError, ValueError) as exc:
             raise ProvenanceError(f"{where}stored fingerprint is not valid JSON: {exc}", path=path) from None
+        except RecursionError:
+            raise ProvenanceError(f"{where}stored fingerprint is JSON nested too deep to be one", path=path) from None
         return cls.from_dict(data, path=path)
 
     def with_normalized(self, flag: bool) -> Fingerprint:
@@ -198,7 +200,8 @@ def fingerprint_of(model: EmbeddingModel) -> Fingerprint:
     """The fingerprint of ``model`` as loaded (with encode's default, ``normalized=True``).
 
     The source is the Hub repo when the model is a Hub snapshot at a commit, else the content hash
-    of its folder's model files, else (a model built in memory and never saved, or whose folder no
+    of the files its load opened (``model.source_files``, recorded by :func:`embedhub.load`), else
+    (a model built in memory and never saved, or whose folder no
     longer holds a model) the hash of its weights and config. It describes the model as loaded:
     weights changed in memory afterwards are not seen; save and reload such a model to get a
     fingerprint of its new weights.
@@ -213,11 +216,11 @@ def fingerprint_of(model: EmbeddingModel) -> Fingerprint:
     if repo_id and isinstance(revision, str) and _COMMIT.fullmatch(revision):
         source = f"hub:{repo_id}"
     elif folder is not None and Path(folder).is_dir():
-        from ._errors import UnknownFormatError
+        from ._errors import EmbedhubError
 
         try:
-            source = f"folder:{folder_hash(Path(folder))}"
-        except (UnknownFormatError, OSError):  # no longer a model folder (changed since the load)
+            source = f"folder:{folder_hash(Path(folder), _model_files(Path(folder), model))}"
+        except (EmbedhubError, OSError):  # no longer a model folder (changed since the load)
             if not len(model.towers):
                 raise
     if source is None:
@@ -232,6 +235,21 @@ def fingerprint_of(model: EmbeddingModel) -> Fingerprint:
         normalized=True,
         dim=int(model.embed_dim),
     )
+
+
+def _model_files(folder: Path, model: EmbeddingModel) -> list[str] | None:
+    """The files the model's load opened, with those of the folder's other backends (an export's ONNX
+    graphs for a torch load, its weights for an ONNX one), so both backends name the same source."""
+    from ._errors import EmbedhubError
+    from .formats import model_files
+
+    files = getattr(model, "source_files", None)
+    if files is None:
+        return None
+    try:
+        return sorted(set(files) | set(model_files(folder)))
+    except (EmbedhubError, OSError):  # the other backend does not load here: the files this load opened
+        return sorted(files)
 
 
 def _dtype_name(model: EmbeddingModel) -> str:
@@ -266,17 +284,20 @@ def _pooling(model: EmbeddingModel) -> str | None:
 _FOLDER_HASHES: dict[tuple[str, tuple[tuple[str, int, int, int], ...]], str] = {}
 
 
-def folder_hash(folder: Path) -> str:
-    """16 hex of the SHA-256 over the names and contents of the files ``folder``'s format needs.
+def folder_hash(folder: Path, files: Any = None) -> str:
+    """16 hex of the SHA-256 over the names and contents of ``files`` in ``folder``: the files a load
+    of the model opened (by default, :func:`embedhub.formats.model_files`, a recording load).
 
-    Files are listed by :func:`embedhub.formats.model_files` (so copies of a model folder hash alike,
-    and files that are not the model's do not count). A digest is reused while no file's size,
-    modification time or inode changes.
+    So copies of a model folder hash alike, a file the loader does not read does not count, and one it
+    reads (a nested module, a weight shard named by an index) does. A digest is reused while no file's
+    size, modification time or inode changes.
     """
-    from .formats import model_files
-
     folder = Path(folder)
-    rels = model_files(folder)
+    if files is None:
+        from .formats import model_files
+
+        files = model_files(folder)
+    rels = sorted(set(files))
     stats = []
     for rel in rels:
         st = (folder / rel).stat()
@@ -285,7 +306,8 @@ def folder_hash(folder: Path) -> str:
     if key not in _FOLDER_HASHES:
         digest = hashlib.sha256()
         for rel in rels:
-            digest.update(rel.encode("utf-8") + b"\0" + _file_sha256(folder / rel).encode() + b"\n")
+            name = rel.encode("utf-8", "surrogateescape")
+            digest.update(name + b"\0" + _file_sha256(folder / rel).encode() + b"\n")
         _FOLDER_HASHES[key] = digest.hexdigest()[:16]
     return _FOLDER_HASHES[key]
 

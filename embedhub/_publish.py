@@ -2,8 +2,8 @@
 
 Everything that can be checked offline is checked before the first network call, in this order:
 the repo id, the revision, the folder (it exists and holds a model in a format embedhub loads,
-with safetensors or ONNX weights and nothing pickled), the token. Only the files the folder's
-format needs are uploaded, plus the model card (``README.md``) and the images it links.
+with safetensors or ONNX weights and nothing pickled), the token. Only the files a load of the
+folder opens are uploaded, plus the model card (``README.md``) and the images it links.
 
 >>> from embedhub._publish import push_folder
 >>> push_folder("my-model", "acme/minilm-sts", private=True)  # doctest: +SKIP
@@ -18,7 +18,18 @@ from typing import Any
 
 from ._card import CARD_NAME, linked_images
 from ._errors import PublishError
-from ._hub import _COMMIT, repo_id_problem, revision_problem
+from ._hub import (
+    _COMMIT,
+    clean_token,
+    implicit_token,
+    known_secrets,
+    literal_pattern,
+    redact,
+    repo_id_problem,
+    revision_problem,
+    scrub,
+    token_source,
+)
 
 #: the commit message of a push that gives none
 PUSH_DEFAULT_MESSAGE = "Upload embedhub model"
@@ -29,9 +40,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".onnx")
 _LOGIN_HINT = "pass token=..., set the HF_TOKEN environment variable, or run `hf auth login`"
 
 
-def _literal(path: str) -> str:
-    """``path`` as an fnmatch pattern that matches only itself (``huggingface_hub`` filters with fnmatch)."""
-    return "".join(f"[{c}]" if c in "[]*?" else c for c in path)
+_literal = literal_pattern
 
 
 def check_names(repo_id: Any, revision: Any, create_pr: bool, commit_message: Any = None) -> None:
@@ -56,37 +65,50 @@ def check_names(repo_id: Any, revision: Any, create_pr: bool, commit_message: An
 
 
 def upload_files(folder: str | os.PathLike) -> list[str]:
-    """The files ``push_folder`` uploads from ``folder`` (relative POSIX paths, sorted): those its
-    format needs, the model card and the images the card links. Raises :class:`PublishError` when
-    ``folder`` is missing, is not a model folder, holds no safetensors/ONNX weights or needs a
-    pickled file.
+    """The files ``push_folder`` uploads from ``folder`` (relative POSIX paths, sorted): the files a load
+    of it opens (:func:`embedhub.formats.model_files`), the model card and the images the card links.
+    Raises :class:`PublishError` when ``folder`` is missing, is not a model folder, does not load,
+    holds no safetensors/ONNX weights or needs a pickled file.
 
     >>> upload_files("my-model")  # doctest: +SKIP
     ['README.md', 'embedhub_config.json', 'model.safetensors', 'text/config.json', 'text/tokenizer.json']
     """
-    from ._errors import UnknownFormatError
-    from .formats import model_files
+    from ._errors import EmbedhubError, UnknownFormatError
+    from ._folder import shown
+    from .formats import detect
 
     path = Path(folder)
     if not path.exists():
-        raise PublishError(f"cannot push {str(folder)!r}: the folder does not exist")
+        raise PublishError(f"cannot push {shown(folder)!r}: the folder does not exist")
     if not path.is_dir():
-        raise PublishError(f"cannot push {str(folder)!r}: it is a file, not a model folder")
+        raise PublishError(f"cannot push {shown(folder)!r}: it is a file, not a model folder")
+
+    def pickled_weights() -> str | None:
+        present = sorted(shown(p.relative_to(path).as_posix()) for p in path.rglob("*") if p.is_file())
+        old = [f for f in present if f.lower().endswith(PICKLED_SUFFIXES)]
+        if old:
+            return (f"its weights are pickled ({', '.join(old[:5])}), which embedhub never uploads; re-save it with "
+                    "embedhub.load(folder).save_pretrained(new_folder)")
+        return None
+
     try:
-        needed = model_files(path)
+        fmt = detect(path)
     except UnknownFormatError as exc:
-        raise PublishError(f"cannot push {str(folder)!r}: it is not a model folder: {exc}") from exc
+        raise PublishError(f"cannot push {shown(folder)!r}: it is not a model folder: {exc}") from exc
+    try:
+        needed = fmt.files(path)  # exactly what a load of it opens
+    except (EmbedhubError, OSError) as exc:
+        why = pickled_weights() or f"it does not load, so it is not pushed: {exc}"
+        raise PublishError(f"cannot push {shown(folder)!r}: {why}") from exc
     pickled = [f for f in needed if f.lower().endswith(PICKLED_SUFFIXES)]
     if pickled:
-        raise PublishError(f"cannot push {str(folder)!r}: it needs pickled files ({', '.join(pickled)}), which "
+        raise PublishError(f"cannot push {shown(folder)!r}: it needs pickled files ({', '.join(pickled)}), which "
                            "embedhub never uploads; re-save it with embedhub.load(folder).save_pretrained(new_folder)")
     if not any(f.lower().endswith(WEIGHT_SUFFIXES) for f in needed):
-        present = sorted(p.relative_to(path).as_posix() for p in path.rglob("*") if p.is_file())
-        old = [f for f in present if f.lower().endswith(PICKLED_SUFFIXES)]
-        why = (f"its weights are pickled ({', '.join(old[:5])}), which embedhub never uploads; re-save it with "
-               "embedhub.load(folder).save_pretrained(new_folder)" if old
-               else "it holds no weights (*.safetensors or ONNX); found " + (", ".join(present[:20]) or "no files"))
-        raise PublishError(f"cannot push {str(folder)!r}: {why}")
+        present = sorted(shown(p.relative_to(path).as_posix()) for p in path.rglob("*") if p.is_file())
+        why = pickled_weights() or ("it holds no weights (*.safetensors or ONNX); found "
+                                    + (", ".join(present[:20]) or "no files"))
+        raise PublishError(f"cannot push {shown(folder)!r}: {why}")
     extra = []
     card = path / CARD_NAME
     if card.is_file() and not card.is_symlink():
@@ -95,22 +117,31 @@ def upload_files(folder: str | os.PathLike) -> list[str]:
 
 
 def _resolve_token(token: Any, api: Any) -> str:
+    """The token to push with, stripped (a newline pasted from a file) and checked: printable ASCII
+    without spaces; a :class:`PublishError` naming where it came from, never showing it."""
     if token is not None and (not isinstance(token, str) or not token.strip()):
         raise PublishError(f"token must be a non-empty str, got {type(token).__name__}; {_LOGIN_HINT}")
     if token:
-        return token
+        return clean_token(token, "the token argument", PublishError)
     own = getattr(api, "token", None) if api is not None else None
     if isinstance(own, str) and own.strip():
-        return own
-    import huggingface_hub
-
-    found = huggingface_hub.get_token()
-    if not found:
+        return clean_token(own, "the api's token", PublishError)
+    found = implicit_token()
+    if not found or not found.strip():
         raise PublishError(f"pushing to the Hub needs a token with write access and none was found: {_LOGIN_HINT}")
-    return found
+    return clean_token(found, token_source(None), PublishError)
 
 
-def _hub_error(exc: Exception, repo_id: str, revision: str | None, step: str) -> PublishError:
+def _hub_error(exc: Exception, repo_id: str, revision: str | None, step: str, secrets: list[str]) -> PublishError:
+    """A :class:`PublishError` for a failed Hub call, its message and chained cause free of any token."""
+    error = _hub_message(exc, repo_id, revision, step)
+    error.args = (redact(str(error), secrets),)
+    error.__cause__ = scrub(exc, secrets)
+    error.__context__ = None
+    return error
+
+
+def _hub_message(exc: Exception, repo_id: str, revision: str | None, step: str) -> PublishError:
     from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
 
     where = repo_id + (f"@{revision}" if revision else "")
@@ -156,8 +187,8 @@ def push_folder(
     check_names(repo_id, revision, create_pr, commit_message)
     files = upload_files(folder)
     token = _resolve_token(token, api)
-    from huggingface_hub.errors import HTTPError
-
+    secrets = known_secrets(token, getattr(api, "token", None))
+    failure = None
     if api is None:
         import huggingface_hub
 
@@ -179,6 +210,8 @@ def push_folder(
             create_pr=create_pr,
             token=token,
         )
-    except (HTTPError, OSError) as exc:  # HfHubHTTPError is both; transport errors are HTTPError
-        raise _hub_error(exc, repo_id, revision, step) from exc
+    except Exception as exc:  # HTTP and transport errors, and anything else the client raises
+        failure = _hub_error(exc, repo_id, revision, step, secrets)
+    if failure is not None:
+        raise failure  # outside the except block: the token-bearing original is not chained as context
     return str(getattr(info, "commit_url", info))

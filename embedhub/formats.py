@@ -1,9 +1,11 @@
 """Model folder formats: one explicit contract, a registry users can extend, detection.
 
 A format is a :class:`Format` subclass: its ``name``, the ``marker`` file that identifies it (or its
-own :meth:`Format.matches`), the file patterns it needs (``allow_patterns``: what is downloaded and
-what ``push_to_hub`` uploads), and :meth:`Format.load`, which turns a folder into a typed
-:class:`ModelParts`. Built-in formats, tried in this order: embedhub, sentence-transformers,
+own :meth:`Format.matches`), the file patterns it may own (``allow_patterns``: what saving into an
+earlier save replaces), and :meth:`Format.load`, which turns a folder into a typed
+:class:`ModelParts`, opening every file through the :class:`ModelFolder` it is given. The files a
+load opens are the model's files: its fingerprint, what is downloaded for it and what
+``push_to_hub`` uploads (:func:`model_files`). Built-in formats, tried in this order: embedhub, sentence-transformers,
 open_clip, transformers CLIP.
 
 >>> from embedhub.formats import Format, ModelParts, register_format, format_names
@@ -25,7 +27,7 @@ from typing import Any
 
 from ._contract import Format, LoadOptions, ModelParts
 from ._errors import UnknownFormatError
-from ._folder import ConfigView, ModelFolder
+from ._folder import ConfigView, ModelFolder, shown
 from ._weights import find_safetensors, load_strict, read_safetensors
 
 __all__ = [
@@ -101,17 +103,19 @@ def detect(folder: str | os.PathLike) -> Format:
     for fmt in _FORMATS:
         if fmt.matches(folder):
             return fmt
-    present = sorted(p.name for p in folder.iterdir())[:20] if folder.is_dir() else []
+    present = sorted(shown(p.name) for p in folder.iterdir())[:20] if folder.is_dir() else []
     expected = ", ".join(f"{f.marker or 'its own marker files'} ({f.name})" for f in _FORMATS)
     raise UnknownFormatError(
-        f"{folder} matches no format embedhub loads. Expected one of: {expected}. "
+        f"{shown(folder)} matches no format embedhub loads. Expected one of: {expected}. "
         f"Found: {', '.join(present) or 'no files'}"
     )
 
 
 def model_files(folder: str | os.PathLike) -> list[str]:
-    """The files (relative POSIX paths, sorted) of ``folder`` that its format needs: what is
-    downloaded for it and what ``push_to_hub`` uploads.
+    """The files (relative POSIX paths, sorted) of ``folder`` that its format needs: exactly the files
+    a real load of it opens (every backend the folder has), so a file the loader does not read is not
+    listed and a nested module or weight shard is. What ``push_to_hub`` uploads and what the model's
+    fingerprint hashes. The list is kept while none of those files changes.
 
     >>> model_files("my-model")  # doctest: +SKIP
     ['embedhub_config.json', 'model.safetensors', 'text/config.json', 'text/tokenizer.json']

@@ -328,7 +328,7 @@ def write(
     specs = {m: _checked_entry(model, m) if torch_weights else {} for m in model.modalities}
     folder = Path(folder)
     check_writable(folder)
-    stale = set(FORMAT.files(folder)) if (folder / MARKER).is_file() else set()
+    stale = set(FORMAT.pattern_files(folder)) if (folder / MARKER).is_file() else set()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -386,6 +386,15 @@ class EmbedhubFormat(Format):
     marker = MARKER
     allow_patterns = tuple(ALLOW_PATTERNS)
     supports_onnx = True
+
+    def record_backends(self, folder: ModelFolder) -> tuple[str, ...]:
+        """torch when every tower has a torch kind, onnx when every tower has a graph that is there (an
+        export has both; a Hub snapshot holds only the files its load downloaded)."""
+        _, specs = read_config(folder)
+        graphs = [s.str("onnx", None) for s in specs.values()]
+        onnx = all(g and (folder.root / g).is_file() for g in graphs)
+        out = tuple(b for b, ok in (("torch", all(_kind(s) for s in specs.values())), ("onnx", onnx)) if ok)
+        return out or ("torch",)
 
     def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
         return load(folder, trust_remote_code=options.trust_remote_code, backend=options.backend,
