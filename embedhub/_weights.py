@@ -8,14 +8,53 @@ compared with the files' headers before anything large is allocated.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
 
 from ._errors import ConfigError, WeightsError
-from ._folder import ModelFolder
+from ._folder import ModelFolder, shown
 
 _PICKLE_SUFFIXES = {".bin", ".pt", ".pth", ".ckpt", ".pkl"}
+#: config keys that count layers: each layer holds at least one tensor of the weights
+LAYER_KEYS = frozenset({"num_hidden_layers", "n_layers", "num_layers", "layers", "n_layer", "encoder_layers",
+                        "num_encoder_layers", "depth"})
+#: config keys that size a tensor dimension in every architecture that has them
+SIZE_KEYS = frozenset({"hidden_size", "intermediate_size", "vocab_size", "projection_dim", "d_model", "dim",
+                       "hidden_dim", "width", "embed_dim", "in_features", "out_features", "d_ff", "ffn_dim",
+                       "n_embd", "n_inner"})
+
+
+def check_config_fits(config: Any, shapes: dict[str, tuple[int, ...]], *, file: Any, prefix: str = "") -> None:
+    """Refuse, before anything is built, a config whose layer counts or sizes cannot fit the weights:
+    a layer count above the number of tensors in the files, a size above their largest dimension
+    (``num_hidden_layers: 20000`` or ``hidden_size: 10**12`` would allocate for minutes first).
+    A :class:`ConfigError` names ``file`` and the key."""
+    if not shapes:
+        return
+    n_tensors = len(shapes)
+    largest = max((d for shape in shapes.values() for d in shape), default=0)
+    stack: list[tuple[Any, str, int]] = [(config, prefix, 0)]
+    while stack:
+        node, where, depth = stack.pop()
+        if depth > 16:
+            continue
+        items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+        for k, v in items:
+            key = f"{where}{k}" if isinstance(k, str) else f"{where.rstrip('.')}[{k}]"
+            if isinstance(v, (dict, list)) and not (k in LAYER_KEYS and isinstance(v, list)):
+                stack.append((v, f"{key}.", depth + 1))
+                continue
+            if k in LAYER_KEYS:
+                counts = v if isinstance(v, list) else [v]
+                total = sum(c for c in counts if isinstance(c, int) and not isinstance(c, bool))
+                if total > n_tensors:
+                    raise ConfigError(f"{file}: {key}: expected at most {n_tensors} layers (the weights hold "
+                                      f"{n_tensors} tensors), found {v!r:.60}", file=str(file), key=key)
+            elif k in SIZE_KEYS and isinstance(v, int) and not isinstance(v, bool) and v > largest:
+                raise ConfigError(f"{file}: {key}: expected at most {largest} (the largest dimension of any "
+                                  f"tensor in the weights), found {v!r:.60}", file=str(file), key=key)
 
 
 def find_safetensors(folder: ModelFolder, names: tuple[str, ...] = ("model.safetensors",)) -> list[Path]:
@@ -37,7 +76,7 @@ def find_safetensors(folder: ModelFolder, names: tuple[str, ...] = ("model.safet
             if not shards:
                 raise index.error("weight_map", "a non-empty map of tensor names to shard files", {})
             return [folder.file(s, what=f"weights shard named in {index_name}") for s in sorted(shards)]
-    pickles = sorted(p.name for p in folder.root.iterdir() if p.suffix in _PICKLE_SUFFIXES)
+    pickles = sorted(shown(p.name) for p in folder.root.iterdir() if p.suffix in _PICKLE_SUFFIXES)
     if pickles:
         raise WeightsError(
             f"{folder.root} has weights only as pickle files ({', '.join(pickles)}); embedhub loads "
@@ -153,15 +192,21 @@ def load_strict(module: nn.Module, state: dict[str, torch.Tensor], *, what: str,
         module.load_state_dict(loaded, strict=False)
 
 
-def build_checked(factory, files: list[Path], *, what: str, prefix: str = "") -> nn.Module:
+def build_checked(factory, files: list[Path], *, what: str, prefix: str = "", config: Any = None,
+                  config_file: Any = None, config_prefix: str = "") -> nn.Module:
     """``factory()`` built on the meta device first and checked against the files' headers, so a config
-    that does not fit its weights fails before any memory is allocated; then built for real and loaded."""
+    that does not fit its weights fails before any memory is allocated; then built for real and loaded.
+    ``config`` (read from ``config_file``) is first checked with :func:`check_config_fits`, so even the
+    meta build is bounded by the weights."""
     shapes = header_shapes(files)
+    if config is not None:
+        check_config_fits(config, shapes, file=config_file or what, prefix=config_prefix)
     try:
         with torch.device("meta"):
             check_shapes(factory(), shapes, what=what, prefix=prefix)
         module = factory()
-    except (TypeError, ValueError, AttributeError, KeyError, IndexError, AssertionError, RuntimeError) as exc:
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError, AssertionError, RuntimeError,
+            OverflowError, MemoryError) as exc:
         if isinstance(exc, (WeightsError, ConfigError)):
             raise
         raise ConfigError(f"the {what} config cannot be built: {type(exc).__name__}: {exc}") from exc

@@ -162,7 +162,7 @@ def build_transformers(
         with _no_init():
             return cls.from_config(config) if kind == "AutoModel" else cls(config)
 
-    model = build_checked(factory, files, what=what)
+    model = build_checked(factory, files, what=what, config=view.data, config_file=view.file)
     return model.eval()
 
 

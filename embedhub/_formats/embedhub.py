@@ -33,7 +33,7 @@ from .._contract import Format, LoadOptions, ModelParts
 from .._errors import UnknownFormatError, WeightsError
 from .._folder import ConfigView, ModelFolder
 from .._preprocess import load_preprocessor
-from .._weights import find_safetensors, load_strict, read_safetensors
+from .._weights import check_config_fits, find_safetensors, header_shapes, load_strict, read_safetensors
 from ..modules import Tower, is_saveable, tower_class, tower_kinds
 
 if TYPE_CHECKING:
@@ -127,6 +127,7 @@ def load(
         graphs = {m: spec.str("onnx") for m, spec in specs.items()}
         towers = load_onnx_towers(folder, graphs, embed_dim=embed_dim, device=device, threads=threads)
     else:
+        _check_fits(folder, specs)
         for m, spec in specs.items():
             tower = _build_tower(folder, m, spec, trust_remote_code)
             width = tower.output_dim
@@ -156,6 +157,21 @@ def load(
                 text_pre.max_length)
     return ModelParts(towers=towers, preprocessors=pre, embed_dim=embed_dim, logit_scale=cfg.data.get("logit_scale"),
                       templates=cfg.data.get("templates"), config=cfg.data)
+
+
+def _check_fits(folder: ModelFolder, specs: dict[str, ConfigView]) -> None:
+    """Layer counts and sizes of the tower entries and their backbone configs checked against the
+    weights' headers before any tower is built (see :func:`~embedhub._weights.check_config_fits`)."""
+    files = list(find_safetensors(folder))
+    for m in specs:
+        if folder.has(f"{m}/model.safetensors"):
+            files.append(folder.file(f"{m}/model.safetensors", what="weights file"))
+    shapes = header_shapes(files)
+    for m, spec in specs.items():
+        check_config_fits(spec.data, shapes, file=folder / MARKER, prefix=f"towers.{m}.")
+        sub = folder.sub(m) if folder.has_dir(m) else folder
+        if _kind(spec) == "transformers" and sub.has("config.json"):
+            check_config_fits(sub.config("config.json").data, shapes, file=sub / "config.json")
 
 
 def _owned(towers: dict[str, Any]) -> dict[str, dict[str, str]]:

@@ -150,7 +150,7 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> Mode
     model_cfg = validate_model_cfg(model_view, trust_remote_code=trust_remote_code)
     files = find_safetensors(folder, ("open_clip_model.safetensors", "model.safetensors"))
     model = build_checked(lambda: build(model_cfg, trust_remote_code=trust_remote_code), files,
-                          what="open_clip model")
+                          what="open_clip model", config=model_cfg, config_file=cfg.file, config_prefix="model_cfg.")
     text = OpenCLIPTextPreprocessor.from_folder(folder, trust_remote_code=trust_remote_code)
     image = ImagePreprocessor(image_config(model_cfg, cfg.view("preprocess_cfg", {})))
     logit_scale = float(model.logit_scale.exp().item()) if getattr(model, "logit_scale", None) is not None else None

@@ -8,7 +8,7 @@ from typing import Any
 from .._contract import Format, LoadOptions, ModelParts
 from .._errors import ConfigError, UnknownFormatError
 from .._folder import ConfigView, ModelFolder
-from .._weights import find_safetensors, load_strict, read_safetensors
+from .._weights import check_config_fits, find_safetensors, header_shapes, load_strict, read_safetensors
 from ..modules import POOLING_MODES, Head, Pooling, TransformersTextTower
 from ._hf import build_transformers, text_preprocessor
 
@@ -64,7 +64,9 @@ def _dense(folder: ModelFolder, index: int, in_features: int) -> tuple[dict[str,
     if spec["in_features"] != in_features:
         raise cfg.error("in_features", f"{in_features} (the width of what module {index - 1} outputs)",
                         spec["in_features"])
-    return spec, read_safetensors(find_safetensors(folder))
+    files = find_safetensors(folder)
+    check_config_fits(cfg.data, header_shapes(files), file=cfg.file)
+    return spec, read_safetensors(files)
 
 
 def _modules(folder: ModelFolder) -> list[tuple[str, ModelFolder]]:

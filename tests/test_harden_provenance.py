@@ -1,0 +1,213 @@
+"""Provenance from what the loader opens: the fingerprint's folder hash, the upload list and the Hub
+download list are the files a load of the model opened, never glob patterns.
+
+Real model folders (tiny sentence-transformers models built by conftest) in layouts a glob misses:
+nested module paths, weight shards named by an index in nested folders, symlinked module folders.
+The public Hub cannot be reached here, so ``huggingface_hub.snapshot_download`` is replaced by a
+recording double that serves a local "remote" folder into a Hub-cache snapshot layout with
+huggingface_hub's own ``filter_repo_objects`` (the only test double; everything else is real).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import perturbed_copy
+
+import embedhub
+from embedhub._errors import ConfigError, FingerprintMismatchError
+from embedhub._publish import upload_files
+from embedhub.formats import model_files
+
+TEXTS = ["a photo of a cat", "a rocket launch at night"]
+_TRANSFORMER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
+                      "special_tokens_map.json", "sentence_bert_config.json")
+
+
+def _nested(src: Path, dest: Path, *, t: str = "m/t", p: str = "m/p") -> Path:
+    """``src`` (a sentence-transformers folder) rewritten with its modules in nested folders ``t`` and ``p``."""
+    dest.mkdir(parents=True)
+    modules = json.loads((src / "modules.json").read_text())
+    for m in modules:
+        kind = m["type"].rsplit(".", 1)[-1]
+        target = dest / (t if kind == "Transformer" else p)
+        target.mkdir(parents=True, exist_ok=True)
+        srcdir = src / m["path"] if m["path"] else src
+        names = _TRANSFORMER_FILES if kind == "Transformer" else [x.name for x in srcdir.iterdir() if x.is_file()]
+        for name in names:
+            if (srcdir / name).is_file():
+                shutil.copyfile(srcdir / name, target / name)
+        m["path"] = t if kind == "Transformer" else p
+    (dest / "modules.json").write_text(json.dumps(modules))
+    return dest
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory, tiny_st_dir) -> tuple[Path, Path]:
+    """Two different models (other weights) in the same nested layout."""
+    root = tmp_path_factory.mktemp("nested")
+    a = _nested(tiny_st_dir, root / "a")
+    b = perturbed_copy(a, root / "b", "m/t/model.safetensors")
+    return a, b
+
+
+def test_nested_module_paths_are_in_the_fingerprint(pair, tmp_path):
+    a, b = pair
+    ma, mb = embedhub.load(a, device="cpu"), embedhub.load(b, device="cpu")
+    assert not np.allclose(ma.encode(TEXTS), mb.encode(TEXTS), atol=1e-3)
+    files = model_files(a)
+    assert {"modules.json", "m/t/config.json", "m/t/model.safetensors", "m/t/tokenizer.json",
+            "m/p/config.json"} <= set(files)
+    assert sorted(ma.source_files) == files
+    assert ma.fingerprint.id != mb.fingerprint.id
+    path = tmp_path / "a.npy"
+    embedhub.write_embeddings(path, ma.encode(TEXTS), ma.fingerprint)
+    with pytest.raises(FingerprintMismatchError):
+        embedhub.read_embeddings(path, expect=mb.fingerprint)
+    embedhub.read_embeddings(path, expect=ma.fingerprint)
+
+
+def test_nested_index_shards_are_in_the_fingerprint(tmp_path, tiny_st_dir):
+    from safetensors.torch import load_file, save_file
+
+    def sharded(dest: Path, noise: float) -> Path:
+        folder = _nested(tiny_st_dir, dest, t="t", p="p")
+        state = load_file(str(folder / "t" / "model.safetensors"))
+        (folder / "t" / "model.safetensors").unlink()
+        keys = sorted(state)
+        half = len(keys) // 2
+        (folder / "t" / "w" / "x").mkdir(parents=True)
+        shards = {"w/x/s1.safetensors": keys[:half], "w/x/s2.safetensors": keys[half:]}
+        for rel, names in shards.items():
+            save_file({k: state[k] + noise if state[k].is_floating_point() else state[k] for k in names},
+                      str(folder / "t" / rel), metadata={"format": "pt"})
+        index = {"weight_map": {k: rel for rel, names in shards.items() for k in names}}
+        (folder / "t" / "model.safetensors.index.json").write_text(json.dumps(index))
+        return folder
+
+    a, b = sharded(tmp_path / "a", 0.0), sharded(tmp_path / "b", 0.05)
+    files = model_files(a)
+    assert {"t/model.safetensors.index.json", "t/w/x/s1.safetensors", "t/w/x/s2.safetensors"} <= set(files)
+    fa, fb = embedhub.load(a, device="cpu").fingerprint, embedhub.load(b, device="cpu").fingerprint
+    assert fa.source != fb.source
+
+
+def test_only_files_the_loader_reads_change_the_fingerprint(tmp_path, tiny_st_dir):
+    folder = _nested(tiny_st_dir, tmp_path / "m")
+    before = embedhub.load(folder, device="cpu").fingerprint
+    (folder / "m" / "t" / "notes.safetensors").write_bytes(b"not read by the loader")
+    (folder / "m" / "extra").mkdir()
+    (folder / "m" / "extra" / "config.json").write_text("{}")
+    assert embedhub.load(folder, device="cpu").fingerprint == before
+    assert "m/t/notes.safetensors" not in model_files(folder)
+    cfg = json.loads((folder / "m" / "p" / "config.json").read_text())
+    cfg["pooling_mode_cls_token"], cfg["pooling_mode_mean_tokens"] = True, False
+    (folder / "m" / "p" / "config.json").write_text(json.dumps(cfg))
+    after = embedhub.load(folder, device="cpu").fingerprint
+    assert after.source != before.source
+
+
+def test_an_optional_file_that_appears_changes_the_record(tmp_path, tiny_st_dir):
+    """``sentence_bert_config.json`` is looked for and was absent: once it is there it is read and counted."""
+    folder = _nested(tiny_st_dir, tmp_path / "m")
+    (folder / "m" / "t" / "sentence_bert_config.json").unlink()
+    first = model_files(folder)
+    assert "m/t/sentence_bert_config.json" not in first
+    (folder / "m" / "t" / "sentence_bert_config.json").write_text(json.dumps({"max_seq_length": 16}))
+    assert "m/t/sentence_bert_config.json" in model_files(folder)
+
+
+def test_symlinked_module_folder_is_recorded_under_its_path(tmp_path, tiny_st_dir):
+    folder = _nested(tiny_st_dir, tmp_path / "m")
+    os.rename(folder / "m" / "t", folder / "real_t")
+    os.symlink(folder / "real_t", folder / "m" / "t")
+    model = embedhub.load(folder, device="cpu")
+    assert "m/t/model.safetensors" in model.source_files and not any(f.startswith("real_t") for f in model.source_files)
+    before = model.fingerprint
+    other = perturbed_copy(folder / "real_t", tmp_path / "other_t", "model.safetensors")
+    shutil.copyfile(other / "model.safetensors", folder / "real_t" / "model.safetensors")
+    assert embedhub.load(folder, device="cpu").fingerprint.source != before.source
+    # a module link that leaves the folder is refused, naming the path
+    outside = tmp_path / "outside"
+    shutil.copytree(folder / "real_t", outside)
+    (folder / "m" / "t").unlink()
+    os.symlink(outside, folder / "m" / "t")
+    with pytest.raises(ConfigError, match="outside the model folder"):
+        embedhub.load(folder, device="cpu")
+
+
+def test_upload_list_is_the_files_read(tmp_path, tiny_st_dir):
+    folder = _nested(tiny_st_dir, tmp_path / "m")
+    (folder / "README.md").write_text("# card\n")
+    (folder / "m" / "t" / "optimizer.json").write_text("{}")
+    model = embedhub.load(folder, device="cpu")
+    assert upload_files(folder) == sorted([*model.source_files, "README.md"])
+
+
+def test_non_utf8_names_in_a_folder_are_handled(tmp_path, tiny_st_dir):
+    folder = _nested(tiny_st_dir, tmp_path / "m")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(os.fsencode(folder), b"stray-\xff.json"), "wb") as fh:
+        fh.write(b"{}")
+    model = embedhub.load(folder, device="cpu")
+    assert model.fingerprint.source.startswith("folder:")
+    assert "modules.json" in upload_files(folder)
+    modules = json.loads((folder / "modules.json").read_text())
+    modules[0]["path"] = "m/\udcff"
+    (folder / "modules.json").write_text(json.dumps(modules))
+    with pytest.raises(ConfigError, match="UTF-8") as info:
+        embedhub.load(folder, device="cpu")
+    str(info.value).encode("utf-8")  # the message itself can be printed
+
+
+# ------------------------------------------------------------------------------------- doubled Hub
+class RecordingHub:
+    """Test double of ``huggingface_hub.snapshot_download`` (the public Hub cannot be reached from tests):
+    serves the files of ``remote`` that match ``allow_patterns`` into a snapshot folder of a cache."""
+
+    def __init__(self, remote: Path, cache: Path, sha: str = "c" * 40):
+        self.remote, self.sha = remote, sha
+        self.snapshot = cache / "models--org--nested" / "snapshots" / sha
+        self.calls: list[list[str]] = []
+        self.served: set[str] = set()
+
+    def __call__(self, repo_id, *, revision=None, allow_patterns=None, **kwargs):
+        from huggingface_hub.utils import filter_repo_objects
+
+        self.calls.append(list(allow_patterns or []))
+        files = sorted(p.relative_to(self.remote).as_posix() for p in self.remote.rglob("*") if p.is_file())
+        for rel in filter_repo_objects(files, allow_patterns=allow_patterns):
+            (self.snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.remote / rel, self.snapshot / rel)
+            self.served.add(rel)
+        self.snapshot.mkdir(parents=True, exist_ok=True)
+        return str(self.snapshot)
+
+
+def test_hub_download_list_is_the_files_read(tmp_path, tiny_st_dir, monkeypatch):
+    import huggingface_hub
+
+    remote = _nested(tiny_st_dir, tmp_path / "remote")
+    (remote / "m" / "t" / "pytorch_model.bin").write_bytes(b"never downloaded")
+    (remote / "m" / "t" / "unused.safetensors").write_bytes(b"never downloaded")
+    hub = RecordingHub(remote, tmp_path / "cache")
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "0")
+    model = embedhub.load("org/nested", device="cpu", token=False)
+    local = embedhub.load(remote, device="cpu")
+    np.testing.assert_allclose(model.encode(TEXTS), local.encode(TEXTS), atol=1e-6)
+    assert model.revision == hub.sha and model.fingerprint.source == "hub:org/nested"
+    weights = {f for f in hub.served if not f.endswith(".json")}
+    assert weights == {f for f in model.source_files if not f.endswith(".json")}
+    assert set(model.source_files) <= hub.served
+    assert "m/t/pytorch_model.bin" not in hub.served and "m/t/unused.safetensors" not in hub.served
+    assert 2 <= len(hub.calls) <= 10
+    # every download after the first asks for literal paths only: those the loader looked for
+    later = {p for call in hub.calls[1:] for p in call}
+    assert not any("*" in p for p in later)
+    assert {f for f in model.source_files if not f.endswith(".json")} <= later
