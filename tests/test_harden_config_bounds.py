@@ -125,8 +125,8 @@ def test_embedhub_format_backbone_config_bounded(tmp_path, tiny_embedhub_dir):
 
 def test_dense_module_sizes_bounded(tmp_path, minilm_path):
     """A sentence-transformers Dense module claiming 2**20 x 2**20 features (4 TB) is refused first."""
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     folder = _st_copy(minilm_path, tmp_path / "m")
     mods = json.loads((folder / "modules.json").read_text())

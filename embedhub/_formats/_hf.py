@@ -181,6 +181,8 @@ def _from_pretrained_trusted(cls: Any, folder: ModelFolder, *, what: str):
     """transformers' own loader, for configs with custom code the user allowed (``trust_remote_code=True``)."""
     from .._errors import WeightsError
 
+    for code in sorted(folder.root.glob("*.py")):  # the custom code transformers imports: part of the model
+        folder.file(code.name, what="custom code file")
     try:
         model, info = cls.from_pretrained(str(folder.root), use_safetensors=True, local_files_only=True,
                                           output_loading_info=True, trust_remote_code=True)
