@@ -178,8 +178,10 @@ def load_model(name: str, backend: Literal["torch", "onnx"] = "torch",
                 model = _MODELS.get(key)
             if model is None:
                 model = _load(name, backend, embedhub)
-                if check is not None:
-                    check(model)  # a model the caller cannot use is dropped here, never cached
+                refusal = None if check is None else _refusal(model, check)
+                if refusal is not None:
+                    del model  # a model the caller cannot use is dropped here, never cached
+                    raise refusal
                 with _CACHE_LOCK:
                     _MODELS[key] = model
                     while len(_MODELS) > MODEL_CACHE_SIZE:
@@ -188,6 +190,16 @@ def load_model(name: str, backend: Literal["torch", "onnx"] = "torch",
     if check is not None:
         check(model)
     return model
+
+
+def _refusal(model: Any, check: Callable[[Any], None]) -> BaseException | None:
+    """The error ``check(model)`` raises, without its traceback (which would keep the refused model alive as
+    long as the error is kept, e.g. by the web server), or ``None`` when it accepts the model."""
+    try:
+        check(model)
+    except Exception as exc:
+        return exc.with_traceback(None)
+    return None
 
 
 def _load(name: str, backend: str, embedhub: Any) -> embedhub.EmbeddingModel:
