@@ -30,11 +30,16 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1, this machine only)")
     p.add_argument("--port", type=_port, default=None, help="port (default: Gradio's, 7860 or the next free one)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link")
+    p.add_argument("--allow-model-loading", action="store_true", default=None,
+                   help="zero-shot: let page visitors load other models (any folder, alias or Hub id this machine "
+                   "reaches) even when --host is not a loopback address or --share is on; without it model "
+                   "loading is on for a loopback host only (or as $EMBEDHUB_DEMO_ALLOW_MODEL_LOADING=1|0 says)")
     p.set_defaults(func=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
     app = importlib.import_module(f"{__package__}.{DEMOS[args.demo]}.app")
-    app.launch(model=args.model, backend=args.backend, host=args.host, port=args.port, share=args.share)
+    extra = {"allow_model_loading": args.allow_model_loading} if args.demo == "zero-shot" else {}
+    app.launch(model=args.model, backend=args.backend, host=args.host, port=args.port, share=args.share, **extra)
     return 0

@@ -18,23 +18,31 @@ Named API endpoints: ``/search_images_by_text`` (query, k), ``/search_images_by_
 
 from __future__ import annotations
 
-import ipaddress
 import os
+import re
+import shutil
+import stat
 import tempfile
 import threading
-from dataclasses import dataclass
-from pathlib import Path
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import gradio as gr
 from embedhub.demos._common import (
     DEFAULT_TEXT_MODEL,
+    IMAGE_FORMATS,
     MAX_UPLOAD_BYTES,
     DemoError,
     example_images,
     fashion_mnist_test,
+    image_format,
     load_model,
+    local_only,
     model_lock,
+    read_file,
     read_image,
     resolve_model,
     save_data_url,
@@ -60,6 +68,10 @@ MAX_QUERY_CHARS = 1000
 #: requests the queue runs at once; each model runs one forward at a time (a lock per model)
 CONCURRENCY = 4
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+#: result images are served as thumbnails of at most this many pixels a side, made by the app
+THUMB_PX = 256
+#: thumbnails kept on disk (an LRU by count; older ones are deleted)
+THUMB_CACHE = 2048
 
 
 # ------------------------------------------------------------------------------ collections
@@ -110,6 +122,8 @@ def gallery_files(folder: str | os.PathLike, *, max_count: int = MAX_GALLERY) ->
     if not text:
         raise DemoError("no folder named: type the path of a folder of images")
     root = Path(text).expanduser()
+    if root.is_symlink():
+        raise DemoError(f"gallery folder {text!r} is a symbolic link; name the folder itself")
     if not root.exists():
         raise DemoError(f"gallery folder {text!r} not found")
     if not root.is_dir():
@@ -127,7 +141,10 @@ def gallery_files(folder: str | os.PathLike, *, max_count: int = MAX_GALLERY) ->
             if path.is_symlink() or not path.is_file():
                 others.append(f"{path.relative_to(root)} (a link or special file)")
             elif path.suffix.lower() in IMAGE_SUFFIXES:
-                images.append(path)
+                if image_format(_head(path)) is None:
+                    others.append(f"{path.relative_to(root)} (not a {'/'.join(IMAGE_FORMATS)} image)")
+                else:
+                    images.append(path)
             else:
                 others.append(str(path.relative_to(root)))
             if len(images) + len(others) > max_count:
@@ -140,6 +157,52 @@ def gallery_files(folder: str | os.PathLike, *, max_count: int = MAX_GALLERY) ->
     if not images:
         raise DemoError(f"gallery folder {text!r} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return images
+
+
+def _head(path: Path, n: int = 32) -> bytes:
+    """The first ``n`` bytes of a regular file (a link is not followed; anything else is ``b""``)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError:
+        return b""
+    try:
+        return os.read(fd, n) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+    except OSError:
+        return b""
+    finally:
+        os.close(fd)
+
+
+def read_beneath(root: Path, rel: str, what: str) -> tuple[bytes, os.stat_result]:
+    """The bytes (bounded by ``MAX_UPLOAD_BYTES``) and status of the regular file ``rel`` under the folder
+    ``root``, opened one component at a time without following any symbolic link (the folder, its
+    sub-folders and the file itself), so nothing outside ``root`` is ever read; a :class:`DemoError` naming
+    ``what`` otherwise."""
+    parts = PurePosixPath(rel).parts
+    if not parts or PurePosixPath(rel).is_absolute() or any(p in ("", ".", "..") for p in parts):
+        raise DemoError(f"{what} is not a path inside the gallery")
+    nofollow = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | nofollow)
+    except OSError:
+        raise DemoError(f"{what}: the gallery folder is gone or is no longer a folder") from None
+    try:
+        for part in parts[:-1]:
+            try:
+                sub = os.open(part, os.O_RDONLY | os.O_DIRECTORY | nofollow, dir_fd=fd)
+            except OSError:
+                raise DemoError(f"{what} is no longer inside a folder of the gallery (a link or missing)") from None
+            os.close(fd)
+            fd = sub
+        try:
+            st = os.stat(parts[-1], dir_fd=fd, follow_symlinks=False)
+        except OSError:
+            raise DemoError(f"{what} not found") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise DemoError(f"{what} is no longer a regular file (a link or special file)")
+        return read_file(parts[-1], what, MAX_UPLOAD_BYTES, dir_fd=fd), st
+    finally:
+        os.close(fd)
 
 
 def texts_file() -> Path:
@@ -162,11 +225,69 @@ def read_texts(path: str | os.PathLike | None = None) -> list[str]:
 
 @dataclass(frozen=True)
 class Gallery:
-    """An indexed set of images: ``files`` maps each index id (a relative path) to its file."""
+    """An indexed set of images: ``files`` maps each index id (a relative path) to its file, ``roots`` each id
+    to the folder it lies in (nothing outside it is read for that id)."""
 
     name: str
     index: VectorIndex
     files: dict[str, Path]
+    roots: dict[str, Path] = field(default_factory=dict)
+
+    def read(self, item_id: str) -> tuple[bytes, os.stat_result]:
+        """The bytes of the image ``item_id``, read beneath its folder (no link followed), and its status."""
+        path, root = self.files[item_id], self.roots.get(item_id, self.files[item_id].parent)
+        return read_beneath(root, path.relative_to(root).as_posix(), f"gallery image {item_id!r}")
+
+
+class Thumbnails:
+    """The only gallery pictures the app serves: thumbnails (at most ``THUMB_PX`` a side) it decodes from an
+    indexed image (bounded, format-checked, read beneath the gallery folder) and writes into its own
+    temporary folder, an LRU of ``THUMB_CACHE`` files. A gallery folder is never served, so its other
+    files (``.env``, ``.git/``, files added later) cannot be fetched through the app."""
+
+    def __init__(self, size: int = THUMB_PX, keep: int = THUMB_CACHE):
+        self.size, self.keep = size, keep
+        self.folder = Path(tempfile.mkdtemp(prefix="embedhub-retrieval-thumbs-"))
+        self._finalizer = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
+        self._made: OrderedDict[tuple, Path] = OrderedDict()
+        self._lock = threading.Lock()
+        self._count = 0
+        self.unavailable = self.folder / "unavailable.png"
+        from PIL import Image
+
+        Image.new("RGB", (64, 64), (200, 200, 200)).save(self.unavailable, format="PNG")
+
+    def get(self, gallery: Gallery, item_id: str) -> tuple[Path, bool]:
+        """The thumbnail file of ``item_id`` and whether its image could be read (else a grey placeholder)."""
+        try:
+            data, st = gallery.read(item_id)
+        except DemoError:
+            return self.unavailable, False
+        key = (str(gallery.files[item_id]), st.st_size, st.st_mtime_ns, st.st_ino)
+        with self._lock:
+            path = self._made.get(key)
+            if path is not None and path.is_file():
+                self._made.move_to_end(key)
+                return path, True
+        try:
+            image = read_image(data, name=item_id)
+        except DemoError:
+            return self.unavailable, False
+        image.thumbnail((self.size, self.size))
+        jpeg = gallery.files[item_id].suffix.lower() in (".jpg", ".jpeg")
+        stem = re.sub(r"[^A-Za-z0-9._-]", "_", gallery.files[item_id].stem)[:100] or "image"
+        with self._lock:
+            self._count += 1
+            folder = self.folder / f"{self._count:08d}"
+        folder.mkdir()
+        path = folder / (stem + (".jpg" if jpeg else ".png"))
+        image.save(path, format="JPEG" if jpeg else "PNG", quality=90)
+        with self._lock:
+            self._made[key] = path
+            while len(self._made) > self.keep:
+                _, old = self._made.popitem(last=False)
+                shutil.rmtree(old.parent, ignore_errors=True)
+        return path, True
 
 
 def _check_modalities(name: str, model: embedhub.EmbeddingModel, needs: tuple[str, ...], what: str) -> None:
@@ -195,11 +316,12 @@ class Retrieval:
         self.image_name = resolve_model(image_model, kind="image", readme=README)
         self.text_name = (text_model or os.environ.get("EMBEDHUB_TEXT_MODEL") or DEFAULT_TEXT_MODEL).strip()
         self.backend = backend
-        self.image_model = load_model(self.image_name, backend)
-        _check_modalities(self.image_name, self.image_model, ("image", "text"), "image search")
-        self.text_model = load_model(self.text_name, "torch")
-        _check_modalities(self.text_name, self.text_model, ("text",), "text search")
+        self.image_model = load_model(self.image_name, backend, check=lambda m: _check_modalities(
+            self.image_name, m, ("image", "text"), "image search"))
+        self.text_model = load_model(self.text_name, "torch", check=lambda m: _check_modalities(
+            self.text_name, m, ("text",), "text search"))
         self._swap = threading.Lock()
+        self.thumbnails = Thumbnails()
         self.gallery = self.open_gallery(gallery)
         self.texts = read_texts()
         self.text_index = VectorIndex.open(index_folder(f"texts:{TEXTS.name}", self.root), self.text_model,
@@ -211,20 +333,27 @@ class Retrieval:
         if folder is None:
             files = {f"examples/{p.name}": p for p in example_images()}
             files.update({f"fashion-mnist/{p.name}": p for p in fashion_gallery(self.fashion, self.root)})
+            roots = {i: p.parent for i, p in files.items()}
             name, key = f"bundled ({len(files):,} images)", f"gallery:bundled:{self.fashion}"
         else:
             paths = gallery_files(folder)
             base = Path(str(folder).strip()).expanduser().resolve()
-            files = {str(p.relative_to(base)): p for p in paths}
+            files = {p.relative_to(base).as_posix(): p for p in paths}
+            roots = dict.fromkeys(files, base)
             name, key = f"{base} ({len(files):,} images)", f"gallery:folder:{base}"
-        gr.set_static_paths(sorted({str(p.parent) for p in files.values()}))
         ids = list(files)
+        gallery = Gallery(name, None, files, roots)  # type: ignore[arg-type] - the index comes next
+
+        def reader(item_id: str, path: Path) -> Any:
+            """Each image read beneath its folder, bounded, format-checked, decoded by the SDK's decoder."""
+            return read_image(gallery.read(item_id)[0], name=item_id)
+
         try:  # no model lock: searches go on (on the current gallery) while a new one is embedded
             index = VectorIndex.open(index_folder(key, self.root), self.image_model, list(files.values()), ids=ids,
-                                     show_progress_bar=progress)
+                                     show_progress_bar=progress, reader=reader)
         except embedhub.InputError as exc:
             raise DemoError(f"gallery {name}: {exc}") from None
-        gallery = Gallery(name, index, files)
+        gallery = Gallery(name, index, files, roots)
         with self._swap:
             self.gallery = gallery
         return gallery
@@ -306,8 +435,13 @@ def _error(exc: Exception) -> gr.Error:
     return gr.Error(" ".join(str(exc).split()), print_exception=False)
 
 
-def _image_results(gallery: Gallery, hits: list[Hit]) -> tuple[list[tuple[str, str]], list[list[Any]]]:
-    shown = [(str(gallery.files[i]), f"{i} · {s:.3f}") for i, s in hits]
+def _image_results(state: Retrieval, gallery: Gallery, hits: list[Hit]
+                   ) -> tuple[list[tuple[str, str]], list[list[Any]]]:
+    """The hits as (thumbnail the app made, caption) pairs and [rank, id, score] rows; never a gallery file."""
+    shown = []
+    for i, s in hits:
+        thumb, ok = state.thumbnails.get(gallery, i)
+        shown.append((str(thumb), f"{i} · {s:.3f}" + ("" if ok else " (no longer readable)")))
     return shown, [[r + 1, i, round(s, 4)] for r, (i, s) in enumerate(hits)]
 
 
@@ -331,14 +465,15 @@ def build_app(model: str | None = None, text_model: str | None = None, backend: 
     def search_images_by_text(query: str, k: float):
         try:
             gallery = state.gallery
-            return _image_results(gallery, state.images_by_text(query, k))
+            return _image_results(state, gallery, state.images_by_text(query, k))
         except (DemoError, embedhub.EmbedhubError) as exc:
             raise _error(exc) from None
 
     def search_images_by_image(image: Any, k: float):
         try:
             gallery = state.gallery
-            return _image_results(gallery, state.images_by_image(upload_path(image, i2i_image.GRADIO_CACHE), k))
+            hits = state.images_by_image(upload_path(image, i2i_image.GRADIO_CACHE), k)
+            return _image_results(state, gallery, hits)
         except (DemoError, embedhub.EmbedhubError) as exc:
             raise _error(exc) from None
 
@@ -420,13 +555,6 @@ def build_app(model: str | None = None, text_model: str | None = None, backend: 
     return demo
 
 
-def _loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return host == "localhost"
-
-
 def launch(
     model: str | None = None,
     backend: str = "torch",
@@ -447,7 +575,7 @@ def launch(
 
     >>> launch(port=7861)   # doctest: +SKIP
     """
-    folder_input = _loopback(host) and not share and not os.environ.get("SPACE_ID")
+    folder_input = local_only(host, share)
     demo = build_app(model, text_model, backend, gallery, index_dir=index_dir, folder_input=folder_input,
                      fashion=fashion)
     demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD_BYTES,

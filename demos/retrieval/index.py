@@ -26,7 +26,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,8 @@ META = "index.json"
 INDEX_VERSION = 1
 #: one ``(item id, cosine score)`` per result
 Hit = tuple[str, float]
+#: ``reader(item id, image file)``: what is embedded for an image file (see :meth:`VectorIndex.build`)
+Reader = Callable[[str, Path], Any]
 
 
 class StaleIndexError(ValueError):
@@ -80,7 +82,7 @@ def items_digest(items: Sequence[str | Path], ids: Sequence[str]) -> str:
     digest = hashlib.sha256()
     for item_id, item in zip(ids, items, strict=True):
         if isinstance(item, Path):
-            st = item.stat()
+            st = os.lstat(item)  # a link is its own entry, never the file it points to
             part = f"image\0{item_id}\0{item}\0{st.st_size}\0{st.st_mtime_ns}"
         else:
             part = f"text\0{item_id}\0{item}"
@@ -145,16 +147,23 @@ class VectorIndex:
         ids: Sequence[str] | None = None,
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
+        reader: Reader | None = None,
     ) -> VectorIndex:
         """Embed ``items`` (texts as ``str``, image files as ``Path``) with ``model`` and save the index in
         ``folder``, replacing what was there. An unreadable item raises ``embedhub.InputError`` naming its id.
+
+        ``reader(id, path)`` turns each image file into what is embedded (e.g. a bounded, format-checked
+        decode); without it the model reads the files itself.
         """
         faiss = _faiss()
         folder = Path(folder)
         items, ids = _check_items(items, ids)
         digest = items_digest(items, ids)
         try:
-            emb = model.encode(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
+            if reader is None:
+                emb = model.encode(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
+            else:
+                emb = _encode_read(model, items, ids, reader, batch_size, show_progress_bar)
         except embedhub.InputError as exc:
             where = f"item {ids[exc.index]!r}" if exc.index is not None else "an item"
             raise embedhub.InputError(f"{where} cannot be embedded: {exc.detail}", index=exc.index) from exc
@@ -242,6 +251,7 @@ class VectorIndex:
         ids: Sequence[str] | None = None,
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
+        reader: Reader | None = None,
     ) -> VectorIndex:
         """The saved index of ``items`` in ``folder`` when it was made by ``model`` (same fingerprint) from
         the same items; otherwise a new one built and saved there (``rebuilt_because`` says why).
@@ -255,7 +265,7 @@ class VectorIndex:
             index = cls.load(folder, model, items_sha256=items_digest(items, ids))
         except StaleIndexError as exc:
             index = cls.build(folder, model, items, ids=ids, batch_size=batch_size,
-                              show_progress_bar=show_progress_bar)
+                              show_progress_bar=show_progress_bar, reader=reader)
             index.rebuilt_because = exc.reason
             return index
         index.reused = True
@@ -283,6 +293,24 @@ class VectorIndex:
         """
         model.fingerprint.check(self.fingerprint, what=f"index {self.folder}", expected="model", found="index")
         return self.search(model.encode(inputs if isinstance(inputs, list) else [inputs]), k)
+
+
+def _encode_read(model: embedhub.EmbeddingModel, items: list[str | Path], ids: list[str], reader: Reader,
+                 batch_size: int, show_progress_bar: bool | None) -> np.ndarray:
+    """``model.encode`` over ``items`` with image files read by ``reader``, one batch in memory at a time."""
+    from tqdm.auto import tqdm
+
+    parts = []
+    starts = range(0, len(items), batch_size)
+    for start in tqdm(starts, desc="Embedding", disable=not show_progress_bar, total=len(starts)):
+        batch = [reader(i, x) if isinstance(x, Path) else x
+                 for i, x in zip(ids[start:start + batch_size], items[start:start + batch_size])]
+        try:
+            parts.append(model.encode(batch, batch_size=batch_size, show_progress_bar=False))
+        except embedhub.InputError as exc:
+            at = None if exc.index is None else start + exc.index
+            raise embedhub.InputError(exc.detail, index=at) from exc
+    return np.concatenate([np.asarray(p, dtype=np.float32).reshape(len(p), -1) for p in parts])
 
 
 def _faiss() -> Any:

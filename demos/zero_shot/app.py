@@ -5,7 +5,9 @@ templates (one per line, each with one ``{}``), and see the labels ranked by pro
 embeddings are cached per (model, labels, templates), so a request costs one image forward.
 
 Run it with ``embedhub demo zero-shot`` or ``python app.py`` (a Hugging Face Space runs the latter).
-Named API endpoints: ``/classify`` (image, labels, templates) and ``/load_model`` (model, backend).
+Named API endpoints: ``/classify`` (image, labels, templates) and ``/load_model`` (model, backend); the
+latter loads a model only when the server listens on this machine alone (loopback, no share link) or the
+operator turned it on (``--allow-model-loading``, ``EMBEDHUB_DEMO_ALLOW_MODEL_LOADING=1``).
 
 >>> from embedhub.demos.zero_shot.app import build_app
 >>> demo = build_app()                                  # doctest: +SKIP
@@ -27,6 +29,7 @@ from embedhub.demos._common import (
     FASHION_CLASSES,
     MAX_UPLOAD_BYTES,
     DemoError,
+    allow_model_loading,
     example_images,
     load_model,
     model_lock,
@@ -127,6 +130,12 @@ def open_model(name: str, backend: str = "torch") -> tuple[embedhub.EmbeddingMod
     """
     if backend not in BACKENDS:
         raise DemoError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+
+    def two_towers(model: embedhub.EmbeddingModel) -> None:
+        if not {"text", "image"} <= set(model.modalities):
+            raise DemoError(f"model {name!r} embeds only {' and '.join(model.modalities)}; zero-shot classification "
+                            "needs a model with a text and an image tower (CLIP-style)")
+
     warning = None
     if backend == "onnx":
         folder = Path(name).expanduser()
@@ -134,16 +143,13 @@ def open_model(name: str, backend: str = "torch") -> tuple[embedhub.EmbeddingMod
         try:
             if no_graphs:
                 raise DemoError(f"the folder has no ONNX graphs ({folder / 'onnx'}/*.onnx)")
-            model = load_model(name, "onnx")
+            model = load_model(name, "onnx", check=two_towers)
         except DemoError as exc:
             warning = (f"onnx backend unavailable for {name!r} ({exc}); running on torch. Export the model with "
                        f"`embedhub export {name} --output FOLDER` and load FOLDER with onnx.")
             backend = "torch"
     if backend == "torch":
-        model = load_model(name, "torch")
-    if not {"text", "image"} <= set(model.modalities):
-        raise DemoError(f"model {name!r} embeds only {' and '.join(model.modalities)}; zero-shot classification "
-                        "needs a model with a text and an image tower (CLIP-style)")
+        model = load_model(name, "torch", check=two_towers)
     return model, backend, warning
 
 
@@ -248,9 +254,17 @@ def classify(image: str | None, labels: str, templates: str, session: tuple[str,
         raise _fail(exc) from None
 
 
+MODEL_LOADING_OFF = ("loading another model is turned off on this server (it is not on this machine alone); "
+                     "its operator can turn it on with --allow-model-loading or EMBEDHUB_DEMO_ALLOW_MODEL_LOADING=1")
+
+
 def load(name: str, backend: str) -> tuple[tuple[str, str], str, Any]:
-    """The API endpoint ``/load_model``: make ``name`` on ``backend`` the model of this browser tab's Gradio state."""
-    name = (name or "").strip()
+    """The API endpoint ``/load_model`` (where model loading is on): make ``name`` on ``backend`` the model of
+    this browser tab's Gradio state. Only models that load and have both towers are kept (an LRU of
+    ``MODEL_CACHE_SIZE``); errors name the model, never a folder's contents."""
+    if not isinstance(name, str) or not isinstance(backend, str):
+        raise gr.Error("the model name and the backend must be text", print_exception=False)
+    name = name.strip()
     if not name:
         raise gr.Error("no model name: type an alias, a folder or a Hub id (org/name[@revision])",
                        print_exception=False)
@@ -264,13 +278,27 @@ def load(name: str, backend: str) -> tuple[tuple[str, str], str, Any]:
     return (name, used), _status(name, used, model), gr.update(placeholder=_template_placeholder(model))
 
 
-def build_app(model: str | None = None, backend: str = "torch") -> gr.Blocks:
+def refuse_load(name: str, backend: str) -> Any:
+    """``/load_model`` where model loading is off: a readable refusal, nothing loaded or looked at."""
+    raise gr.Error(MODEL_LOADING_OFF, print_exception=False)
+
+
+def _allow(host: str, share: bool, allow: bool | None) -> bool:
+    return allow_model_loading(host, share, allow)
+
+
+def build_app(model: str | None = None, backend: str = "torch", *, model_loading: bool | None = None) -> gr.Blocks:
     """The zero-shot app on ``model`` (else ``$EMBEDHUB_MODEL``, else the README's ``models:``, else the
     offline default LiT model) and ``backend``; the model is loaded and the default labels embedded
     here, so the first request is fast. A ``DemoError`` for a model that cannot be used.
 
+    ``model_loading`` turns on the model box and ``/load_model`` (loading any folder, alias or Hub id this
+    machine can reach); default: ``$EMBEDHUB_DEMO_ALLOW_MODEL_LOADING``, else off (:func:`launch` turns it
+    on for a loopback server). Off, ``/load_model`` answers with a refusal and loads nothing.
+
     >>> demo = build_app("./lit-fashion-mnist")   # doctest: +SKIP
     """
+    model_loading = allow_model_loading("", allow=model_loading)  # no host here: off unless asked or set
     name = resolve_model(model, kind="image", readme=README)
     loaded, used, warning = open_model(name, backend)
     if warning:
@@ -297,14 +325,15 @@ def build_app(model: str | None = None, backend: str = "torch") -> gr.Blocks:
             gr.Examples(examples=examples, inputs=[image], label="Examples (Fashion-MNIST test images and photos)",
                         examples_per_page=24)
         with gr.Accordion("Model", open=False):
-            with gr.Row():
+            with gr.Row(visible=model_loading):
                 model_box = gr.Textbox(label="Model (alias, folder or Hub id[@revision])", value=name, scale=4)
                 backend_box = gr.Radio(list(BACKENDS), value=used, label="Backend", scale=1)
                 load_button = gr.Button("Load", scale=1)
             status = gr.Markdown(_status(name, used, loaded), label="Model status")
         button.click(classify, inputs=[image, labels, templates, session], outputs=result, api_name="classify")
-        load_button.click(load, inputs=[model_box, backend_box], outputs=[session, status, templates],
-                          api_name="load_model")
+        load_button.click(load if model_loading else refuse_load, inputs=[model_box, backend_box],
+                          outputs=[session, status, templates], api_name="load_model", concurrency_limit=1,
+                          concurrency_id="load_model")
     demo.queue(default_concurrency_limit=CONCURRENCY, max_size=256)
     return demo
 
@@ -316,14 +345,19 @@ def launch(
     port: int | None = None,
     share: bool = False,
     *,
+    allow_model_loading: bool | None = None,
     prevent_thread_lock: bool = False,
 ) -> gr.Blocks:
     """Build the app and serve it on ``host:port``, uploads bounded to ``MAX_UPLOAD_BYTES``; prints the
     local URL. With ``prevent_thread_lock=True`` it returns at once (the server runs in a thread).
 
+    ``/load_model`` loads models when ``allow_model_loading`` is true (``--allow-model-loading``); by default
+    (``None``) when ``$EMBEDHUB_DEMO_ALLOW_MODEL_LOADING`` says so, else only on a loopback ``host`` without
+    ``share`` and off a Hugging Face Space.
+
     >>> launch(port=7860)   # doctest: +SKIP
     """
-    demo = build_app(model, backend)
+    demo = build_app(model, backend, model_loading=_allow(host, share, allow_model_loading))
     demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD_BYTES,
                 prevent_thread_lock=True, quiet=True, footer_links=["api", "gradio"])
     print(f"zero-shot demo running on {demo.local_url}" + (f" (public: {demo.share_url})" if demo.share_url else ""),
