@@ -17,7 +17,7 @@ from ._backends import Runner, TorchRunner
 from ._batching import check_batching, check_positive_int, plan_batches, text_windows
 from ._errors import ModalityError, PublishError, WeightsError
 from ._inputs import MAX_IMAGE_PIXELS, as_items, load_image, modality_of
-from ._preprocess import token_lengths
+from ._preprocess import ImagePreprocessor, token_lengths
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
@@ -268,7 +268,8 @@ class EmbeddingModel:
             for start in range(0, len(index), batch_size):
                 rows = index[start : start + batch_size]
                 images = [load_image(items[i], int(i), max_pixels=max_image_pixels) for i in rows]
-                self._write(out, rows, run(pre(images)), "image", normalize)
+                batch = pre(images, indices=rows) if isinstance(pre, ImagePreprocessor) else pre(images)
+                self._write(out, rows, run(batch), "image", normalize)
                 bar.update(len(rows))
 
     # ------------------------------------------------------------------ scores

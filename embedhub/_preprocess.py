@@ -474,8 +474,24 @@ class ImagePreprocessor:
             arr = _crop_or_pad(arr, *box)
         return arr.transpose(2, 0, 1)
 
-    def __call__(self, images: list) -> dict[str, np.ndarray]:
+    def check(self, img: Any, index: int) -> None:
+        """An :class:`~embedhub.InputError` naming ``inputs[index]`` when resizing ``img`` would make more
+        than ``MAX_IMAGE_PIXELS`` pixels (an extreme aspect ratio, e.g. 1x10000000, blown up to ``size``)."""
+        from ._errors import InputError
+        from ._inputs import MAX_IMAGE_PIXELS
+
+        w, h = img.size
+        nw, nh = _resized_size(w, h, self.cfg.size, self.cfg.resize_mode) if w and h else (w, h)
+        if nw * nh > MAX_IMAGE_PIXELS or not (w and h):
+            raise InputError(
+                f"inputs[{index}]: image of {w}x{h} would be resized to {nw}x{nh} ({self.cfg.resize_mode} side to "
+                f"{self.cfg.size}), over {MAX_IMAGE_PIXELS} pixels; its aspect ratio is too extreme", index=index)
+
+    def __call__(self, images: list, indices: Any = None) -> dict[str, np.ndarray]:
+        """``indices`` (the inputs' positions) name an image in errors; by default its place in ``images``."""
         one = self._one_pil if self.cfg.backend == "pil" else self._one_torchvision
+        for k, img in enumerate(images):
+            self.check(img, int(indices[k]) if indices is not None else k)
         batch = np.stack([one(img) for img in images]).astype(np.float32)
         batch *= np.float32(self.cfg.rescale_factor)
         batch -= self._mean
