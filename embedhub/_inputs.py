@@ -22,6 +22,23 @@ Modality = Literal["text", "image"]
 MAX_IMAGE_PIXELS = 64_000_000
 #: image files larger than this are refused; the bound is enforced while reading
 MAX_IMAGE_BYTES = 200 * 1024 * 1024
+#: the image formats embedhub decodes (Pillow's names): every decode opens with exactly this allow-list, so
+#: no other Pillow plugin parses untrusted bytes and none starts a program (EPS / PS run Ghostscript).
+#: GIF, WebP and PNG (APNG) give their first frame, TIFF its first page.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF")
+#: formats an already opened, not yet loaded ``PIL`` image may have (MPO is JPEG's multi-picture variant)
+_LAZY_FORMATS = frozenset(IMAGE_FORMATS) | {"MPO"}
+#: magic bytes of formats that are refused, to name what was found (never handed to a Pillow plugin)
+_MAGIC: tuple[tuple[bytes, str], ...] = (
+    (b"%!PS", "PostScript / EPS"), (b"\xc5\xd0\xd3\xc6", "EPS (DOS binary)"), (b"%PDF", "PDF"),
+    (b"icns", "ICNS"), (b"\x01\xda", "SGI"), (b"8BPS", "PSD"), (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xffO\xffQ", "JPEG 2000 codestream"), (b"\x00\x00\x01\x00", "ICO"), (b"\x00\x00\x02\x00", "CUR"),
+    (b"qoif", "QOI"), (b"DDS ", "DDS"), (b"SIMPLE  =", "FITS"), (b"\x89HDF", "HDF5"), (b"GRIB", "GRIB"),
+    (b"BUFR", "BUFR"), (b"\xd7\xcd\xc6\x9a", "WMF"), (b"\x01\x00\x00\x00", "EMF"), (b"#define", "XBM"),
+    (b"/* XPM */", "XPM"), (b"\x59\xa6\x6a\x95", "Sun raster"), (b"BLP", "BLP"), (b"FTEX", "FTEX"),
+    (b"<?xml", "XML / SVG"), (b"<svg", "SVG"), (b"\x00\x00\x00\x1cftypavif", "AVIF"), (b"ftypheic", "HEIC"),
+    *((b"P" + bytes([c]), "PNM / PPM") for c in b"1234567f"),
+)
 
 _EXPECTED = "str (text) or an image (PIL.Image, numpy uint8 HxW[xC] array, pathlib.Path, bytes)"
 _READ_CHUNK = 1 << 22
@@ -119,11 +136,15 @@ def read_image_file(path: Path, index: int, max_bytes: int | None = None) -> byt
     files, are bounded by what they hold)."""
     if max_bytes is None:
         max_bytes = MAX_IMAGE_BYTES
+    shown = show_path(path)
     try:
         # O_NONBLOCK: opening a FIFO without a writer returns at once instead of hanging
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except OSError as exc:
-        raise InputError(f"inputs[{index}]: cannot read image file {path}: {exc.strerror}", index=index) from exc
+        raise InputError(f"inputs[{index}]: cannot read image file {shown}: {exc.strerror}", index=index) from exc
+    except ValueError as exc:  # a NUL byte in the path
+        raise InputError(f"inputs[{index}]: image path {shown!r} is not a valid file name: {exc}",
+                         index=index) from exc
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
@@ -135,10 +156,10 @@ def read_image_file(path: Path, index: int, max_bytes: int | None = None) -> byt
                 else "a socket" if stat.S_ISSOCK(st.st_mode)
                 else "not a regular file"
             )
-            raise InputError(f"inputs[{index}]: image path {path} is {kind}; only regular files are read", index=index)
+            raise InputError(f"inputs[{index}]: image path {shown} is {kind}; only regular files are read", index=index)
         if st.st_size > max_bytes:
             raise InputError(
-                f"inputs[{index}]: image file {path} is {st.st_size} bytes, over the {max_bytes} limit", index=index
+                f"inputs[{index}]: image file {shown} is {st.st_size} bytes, over the {max_bytes} limit", index=index
             )
         chunks: list[bytes] = []
         total = 0
@@ -150,11 +171,12 @@ def read_image_file(path: Path, index: int, max_bytes: int | None = None) -> byt
             total += len(chunk)
         if total > max_bytes:
             raise InputError(
-                f"inputs[{index}]: image file {path} holds more than {max_bytes} bytes, over the limit", index=index
+                f"inputs[{index}]: image file {shown} holds more than {max_bytes} bytes, over the limit", index=index
             )
         return b"".join(chunks)
     except OSError as exc:
-        raise InputError(f"inputs[{index}]: cannot read image file {path}: {exc.strerror or exc}", index=index) from exc
+        raise InputError(f"inputs[{index}]: cannot read image file {shown}: {exc.strerror or exc}",
+                         index=index) from exc
     finally:
         os.close(fd)
 
@@ -177,6 +199,122 @@ def pillow_pixel_guard(max_pixels: int) -> Iterator[None]:
             Image.MAX_IMAGE_PIXELS = saved
 
 
+def describe_format(data: bytes) -> str:
+    """A name for the format of ``data`` from its first bytes alone (no decoder sees them).
+
+    >>> describe_format(b"%!PS-Adobe-3.0 EPSF-3.0")
+    'PostScript / EPS'
+    """
+    head = data[:32]
+    for magic, name in _MAGIC:
+        if head.startswith(magic) or (magic.startswith(b"ftyp") and head[4:].startswith(magic)):
+            return name
+    return f"unknown (first bytes {head[:8]!r})" if head else "empty (0 bytes)"
+
+
+def show_path(path: Any) -> str:
+    """``path`` as printable text: bytes that are not UTF-8 (a surrogate-escaped file name) become ``\\xNN``.
+
+    >>> show_path(Path("a\udcffb.png"))
+    'a\\\\xffb.png'
+    """
+    return os.fsencode(path).decode("utf-8", "backslashreplace") if isinstance(path, (str, os.PathLike)) else str(path)
+
+
+def open_image(data: bytes, index: int, what: str, max_pixels: int):
+    """``data`` opened by Pillow with the :data:`IMAGE_FORMATS` allow-list and loaded (first frame / page),
+    under Pillow's pixel guard; an :class:`InputError` naming ``inputs[index]`` (and ``what``: the file, or
+    the byte count) for another format, a bomb, or a corrupt, truncated or oversized image."""
+    from PIL import Image
+
+    def check_size(w: int, h: int) -> None:
+        _check_size(w, h, index, max_pixels)
+
+    with pillow_pixel_guard(max_pixels):
+        try:
+            img = Image.open(io.BytesIO(data), formats=list(IMAGE_FORMATS))
+        except Image.DecompressionBombError as exc:
+            raise InputError(f"inputs[{index}]: image refused as a decompression bomb ({exc})", index=index) from exc
+        except Image.UnidentifiedImageError as exc:
+            raise InputError(
+                f"inputs[{index}]: not a readable image ({what}): format {describe_format(data)} is not one of the "
+                f"accepted formats {', '.join(IMAGE_FORMATS)} (or the file is corrupt)", index=index
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - a plugin's parse error: struct.error, SyntaxError, OverflowError
+            raise InputError(
+                f"inputs[{index}]: not a readable image ({what}): {type(exc).__name__}: {exc}", index=index
+            ) from exc
+        check_size(*img.size)  # from the header, before any pixel is allocated
+        try:
+            img.load()  # the first frame / page only; some formats check frame sizes against the guard here
+        except Image.DecompressionBombError as exc:
+            raise InputError(f"inputs[{index}]: image refused as a decompression bomb ({exc})", index=index) from exc
+        except Exception as exc:  # noqa: BLE001 - OSError (truncated), MemoryError, OverflowError, struct.error ...
+            raise InputError(
+                f"inputs[{index}]: corrupt or truncated image ({what}, {img.format} {img.size[0]}x{img.size[1]}): "
+                f"{type(exc).__name__}: {exc}", index=index
+            ) from exc
+        check_size(*img.size)  # a decoder may change the size while loading
+    return img
+
+
+def _check_size(w: int, h: int, index: int, max_pixels: int) -> None:
+    if w * h > max_pixels:
+        raise InputError(
+            f"inputs[{index}]: image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels "
+            "(decompression-bomb guard; pass max_image_pixels=... to encode to raise it)"
+        , index=index)
+    if w <= 0 or h <= 0:
+        raise InputError(f"inputs[{index}]: image has zero size {w}x{h}", index=index)
+
+
+#: high-bit-depth images are scaled to 8 bits this many pixels at a time (no full-size wide intermediate)
+_BLOCK_PIXELS = 1 << 20
+
+
+def _scaled_to_8_bit(img: Any, index: int):
+    """A mode ``I;16*`` / ``I`` / ``F`` image as mode ``L``, scaled (not clipped) row block by row block, so
+    the only full-size array is the 8-bit result; out-of-range or non-finite data is an :class:`InputError`."""
+    from PIL import Image
+
+    mode = img.mode
+    w, h = img.size
+    out = np.empty((h, w), dtype=np.uint8)
+    rows = max(1, _BLOCK_PIXELS // max(w, 1))
+    lo, hi, finite = None, None, True
+    for y in range(0, h, rows):
+        block = np.asarray(img.crop((0, y, w, min(y + rows, h))))
+        if mode == "F":
+            block = block.astype(np.float32, copy=False)
+            ok = np.isfinite(block)
+            if not ok.all():
+                finite = False
+                block = np.where(ok, block, 0.0)
+        if block.size:
+            b_lo, b_hi = block.min(), block.max()
+            lo = b_lo if lo is None else min(lo, b_lo)
+            hi = b_hi if hi is None else max(hi, b_hi)
+        if mode == "F":
+            out[y : y + rows] = np.rint(np.clip(block, 0.0, 1.0) * np.float32(255.0)).astype(np.uint8)
+        else:
+            # round(v * 255 / 65535) == round(v / 257) == (v + 128) // 257: v / 257 is never exactly x.5
+            out[y : y + rows] = ((np.clip(block, 0, 65535).astype(np.uint32) + 128) // 257).astype(np.uint8)
+    if mode == "F":
+        if not finite:
+            raise InputError(f"inputs[{index}]: float image (mode F) holds NaN or infinite values", index=index)
+        if lo is not None and (lo < 0.0 or hi > 1.0):
+            raise InputError(
+                f"inputs[{index}]: float image (mode F) holds values {float(lo):g}..{float(hi):g}; expected data in "
+                "[0, 1] (scale it to [0, 1] or pass an 8-bit image)"
+            , index=index)
+    elif lo is not None and (int(lo) < 0 or int(hi) > 65535):
+        what = "32-bit integer image (mode I)" if mode == "I" else f"integer image (mode {mode})"
+        raise InputError(
+            f"inputs[{index}]: {what} holds values {int(lo)}..{int(hi)}; expected 16-bit data in 0..65535"
+        , index=index)
+    return Image.fromarray(out)
+
+
 def to_rgb(img: Any, index: int):
     """``img`` as an 8-bit RGB ``PIL.Image``, scaling high-bit-depth data instead of clipping it.
 
@@ -185,63 +323,53 @@ def to_rgb(img: Any, index: int):
     to 0-255 (rounded); other ranges, NaN or out-of-range 32-bit data are an :class:`InputError`
     naming ``inputs[index]``. Other modes go through Pillow's ``convert("RGB")``.
     """
-    from PIL import Image
-
     mode = img.mode
     if mode == "RGB":
         return img
-    if mode.startswith("I;16") or mode == "I":
-        arr = np.asarray(img)
-        if mode == "I" and arr.size and (int(arr.min()) < 0 or int(arr.max()) > 65535):
-            raise InputError(
-                f"inputs[{index}]: 32-bit integer image (mode I) holds values {int(arr.min())}..{int(arr.max())}; "
-                "expected 16-bit data in 0..65535"
-            , index=index)
-        # round(v * 255 / 65535) == round(v / 257) == (v + 128) // 257: v / 257 is never exactly x.5
-        img = Image.fromarray(((arr.astype(np.uint32) + 128) // 257).astype(np.uint8))
-    elif mode == "F":
-        arr = np.asarray(img, dtype=np.float32)
-        if arr.size and not np.isfinite(arr).all():
-            raise InputError(f"inputs[{index}]: float image (mode F) holds NaN or infinite values", index=index)
-        lo, hi = (float(arr.min()), float(arr.max())) if arr.size else (0.0, 0.0)
-        if lo < 0.0 or hi > 1.0:
-            raise InputError(
-                f"inputs[{index}]: float image (mode F) holds values {lo:g}..{hi:g}; expected data in [0, 1] "
-                "(scale it to [0, 1] or pass an 8-bit image)"
-            , index=index)
-        img = Image.fromarray(np.rint(arr * np.float32(255.0)).astype(np.uint8))
+    if mode.startswith("I;16") or mode in ("I", "F"):
+        try:
+            img = _scaled_to_8_bit(img, index)
+        except InputError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - MemoryError, an unreadable mode
+            raise InputError(f"inputs[{index}]: cannot convert image of mode {mode} to RGB: "
+                             f"{type(exc).__name__}: {exc}", index=index) from exc
     try:
         return img.convert("RGB")
-    except Exception as exc:
-        raise InputError(f"inputs[{index}]: cannot convert image of mode {mode} to RGB: {exc}", index=index) from exc
+    except Exception as exc:  # noqa: BLE001 - ValueError (no conversion), MemoryError
+        raise InputError(f"inputs[{index}]: cannot convert image of mode {mode} to RGB: "
+                         f"{type(exc).__name__}: {exc}", index=index) from exc
 
 
 def load_image(item: Any, index: int, *, max_pixels: int = MAX_IMAGE_PIXELS):
-    """Decode one image item to an RGB ``PIL.Image``, refusing corrupt and oversized images."""
-    from PIL import Image
+    """Decode one image item to an RGB ``PIL.Image``, refusing corrupt and oversized images.
 
-    def check_size(w: int, h: int) -> None:
-        if w * h > max_pixels:
-            raise InputError(
-                f"inputs[{index}]: image of {w}x{h} = {w * h} pixels exceeds the limit of {max_pixels} pixels "
-                "(decompression-bomb guard; pass max_image_pixels=... to encode to raise it)"
-            , index=index)
-        if w == 0 or h == 0:
-            raise InputError(f"inputs[{index}]: image has zero size {w}x{h}", index=index)
+    Files and bytes are opened only as one of :data:`IMAGE_FORMATS` (first frame / page); a ``PIL`` image
+    opened elsewhere and not yet loaded must be one of them too, since loading it would run its plugin.
+    Every refusal is an :class:`InputError` naming ``inputs[index]``.
+    """
+    from PIL import Image, ImageFile
 
     if isinstance(item, np.ndarray):
-        check_size(item.shape[1], item.shape[0])
+        _check_size(item.shape[1], item.shape[0], index, max_pixels)
         arr = item[:, :, 0] if item.ndim == 3 and item.shape[2] == 1 else item
         img = Image.fromarray(np.ascontiguousarray(arr))
     elif _is_pil(item):
-        check_size(*item.size)
+        _check_size(*item.size, index, max_pixels)
+        lazy = isinstance(item, ImageFile.ImageFile) and bool(getattr(item, "tile", None))
+        if lazy and item.format not in _LAZY_FORMATS:
+            raise InputError(
+                f"inputs[{index}]: PIL image of format {item.format} is not loaded yet and embedhub does not decode "
+                f"that format (accepted: {', '.join(IMAGE_FORMATS)}); convert it yourself if you trust the file"
+            , index=index)
         try:
             item.load()  # a lazily opened file decodes here; a closed image fails here
         except Exception as exc:
             raise InputError(
                 f"inputs[{index}]: PIL image of mode {item.mode} cannot be read (closed, or a corrupt or "
-                f"truncated file): {exc}"
+                f"truncated file): {type(exc).__name__}: {exc}"
             , index=index) from exc
+        _check_size(*item.size, index, max_pixels)
         img = item
     else:
         if isinstance(item, Path):
@@ -252,23 +380,6 @@ def load_image(item: Any, index: int, *, max_pixels: int = MAX_IMAGE_PIXELS):
                 raise InputError(
                     f"inputs[{index}]: {len(data)} image bytes, over the {MAX_IMAGE_BYTES} limit", index=index
                 )
-        what = str(item) if isinstance(item, Path) else f"{len(data)} bytes"
-        with pillow_pixel_guard(max_pixels):
-            try:
-                img = Image.open(io.BytesIO(data))
-            except Image.DecompressionBombError as exc:
-                raise InputError(
-                    f"inputs[{index}]: image refused as a decompression bomb ({exc})", index=index
-                ) from exc
-            except Exception as exc:
-                raise InputError(f"inputs[{index}]: not a readable image ({what}): {exc}", index=index) from exc
-            check_size(*img.size)
-            try:
-                img.load()  # some formats check frame sizes against the guard here
-            except Image.DecompressionBombError as exc:
-                raise InputError(
-                    f"inputs[{index}]: image refused as a decompression bomb ({exc})", index=index
-                ) from exc
-            except Exception as exc:
-                raise InputError(f"inputs[{index}]: corrupt or truncated image ({what}): {exc}", index=index) from exc
+        what = show_path(item) if isinstance(item, Path) else f"{len(data)} bytes"
+        img = open_image(data, index, what, max_pixels)
     return to_rgb(img, index)

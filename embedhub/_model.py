@@ -15,9 +15,9 @@ from torch import nn
 
 from ._backends import Runner, TorchRunner
 from ._batching import check_batching, check_positive_int, plan_batches, text_windows
-from ._errors import ModalityError, PublishError
+from ._errors import ModalityError, PublishError, WeightsError
 from ._inputs import MAX_IMAGE_PIXELS, as_items, load_image, modality_of
-from ._preprocess import token_lengths
+from ._preprocess import ImagePreprocessor, token_lengths
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 
@@ -226,9 +226,25 @@ class EmbeddingModel:
                 f"{modality} tower returned shape {tuple(emb.shape)} for a batch of {len(rows)}; "
                 f"expected ({len(rows)}, {self.embed_dim}) (embed_dim from the config)"
             )
+        finite = torch.isfinite(emb).all(dim=-1)
+        if not bool(finite.all()):  # one reduction per batch; the rows are looked up only on failure
+            self._non_finite(rows, finite, modality)
         if normalize:
             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
         out[rows] = emb.cpu().numpy()
+
+    def _non_finite(self, rows: np.ndarray, finite: torch.Tensor, modality: str) -> None:
+        """A :class:`WeightsError` naming the inputs whose embeddings hold NaN or Inf, and the model."""
+        bad = sorted(int(i) for i in np.asarray(rows)[~finite.cpu().numpy()])
+        shown = ", ".join(f"inputs[{i}]" for i in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        runner = self._runners[modality]
+        where = getattr(runner, "path", None)
+        hint = ("; or float16 overflows on these inputs (load with dtype='float32')"
+                if self.dtype in (torch.float16, torch.bfloat16) and runner.backend == "torch" else "")
+        raise WeightsError(
+            f"{self.name}: the {modality} tower ({runner.backend}{f', {where}' if where else ''}) returned NaN or "
+            f"infinite values for {shown}; its weights or graph hold non-finite values{hint}"
+        )
 
     def _encode_texts(
         self, items, index, out, *, batch_size, max_tokens, normalize, show_progress_bar, max_image_pixels
@@ -252,7 +268,8 @@ class EmbeddingModel:
             for start in range(0, len(index), batch_size):
                 rows = index[start : start + batch_size]
                 images = [load_image(items[i], int(i), max_pixels=max_image_pixels) for i in rows]
-                self._write(out, rows, run(pre(images)), "image", normalize)
+                batch = pre(images, indices=rows) if isinstance(pre, ImagePreprocessor) else pre(images)
+                self._write(out, rows, run(batch), "image", normalize)
                 bar.update(len(rows))
 
     # ------------------------------------------------------------------ scores

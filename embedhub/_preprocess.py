@@ -28,6 +28,74 @@ class TextPreprocessor(Protocol):
     def save(self, folder: Path) -> dict[str, Any]: ...
 
 
+#: a text longer than ``max(CHARS_PER_TOKEN * max_length, 1024)`` characters is cut before tokenising (to a
+#: prefix that still holds every token truncation keeps); shorter texts are tokenised as they are
+CHARS_PER_TOKEN = 16
+#: the most characters of one text ever tokenised: a text whose first this-many characters hold fewer
+#: tokens than truncation keeps (megabytes of whitespace) is cut here
+MAX_TEXT_CHARS = 1 << 21
+#: texts are handed to a tokenizer in groups of at most this many characters (at least one text)
+_GROUP_CHARS = 1 << 22
+
+
+def char_groups(texts: list[str], budget: int = _GROUP_CHARS) -> list[list[str]]:
+    """Consecutive groups of ``texts`` of at most ``budget`` characters each (a longer text alone).
+
+    >>> char_groups(["ab", "cd", "efg"], budget=4)
+    [['ab', 'cd'], ['efg']]
+    """
+    groups: list[list[str]] = [[]]
+    size = 0
+    for t in texts:
+        if groups[-1] and size + len(t) > budget:
+            groups.append([])
+            size = 0
+        groups[-1].append(t)
+        size += len(t)
+    return groups if groups[0] else []
+
+
+def bound_texts(texts: list[str], max_length: int, settled: Any) -> list[str]:
+    """``texts`` with each long one cut to a prefix whose tokenisation is settled: ``settled(prefixes)``
+    says, per prefix, whether it holds more tokens than truncation at ``max_length`` keeps, with the last
+    kept token before the prefix's last (possibly cut) word, so the truncated ids are those of the whole
+    text. Prefixes grow from ``max(CHARS_PER_TOKEN * max_length, 1024)`` characters by doubling, up to
+    :data:`MAX_TEXT_CHARS`; texts up to the first size pass untouched (one ``len`` per text)."""
+    start = max(CHARS_PER_TOKEN * max_length, 1024)
+    pending = [i for i, t in enumerate(texts) if len(t) > start]
+    if not pending:
+        return texts
+    texts = list(texts)
+    size = start
+    while pending:
+        later: list[int] = []
+        for group in char_groups([texts[i][:size] for i in pending]):
+            done = settled(group)
+            for i, ok in zip(pending[: len(group)], done):
+                if ok or size >= MAX_TEXT_CHARS:
+                    texts[i] = texts[i][:size]
+                elif len(texts[i]) <= 2 * size:
+                    pass  # the next size holds the whole text: tokenised as it is
+                else:
+                    later.append(i)
+            pending = pending[len(group):]
+        pending, size = later, min(2 * size, MAX_TEXT_CHARS)
+    return texts
+
+
+def settled_encodings(encodings: list[Any], keep: int) -> list[bool]:
+    """Per ``tokenizers`` encoding of a prefix (specials excluded): more than ``keep`` tokens, and the
+    ``keep``-th token in an earlier word than the last token (so the cut word cannot change what is kept),
+    or at least ``4 * keep`` tokens (one huge word: BPE and unigram segmentations are settled far from its end)."""
+    out = []
+    for e in encodings:
+        words = e.word_ids
+        n = len(words)
+        out.append(n >= 4 * keep or (n > keep and words[keep - 1] is not None and words[-1] is not None
+                                     and words[keep - 1] < words[-1]))
+    return out
+
+
 def pad_batch(ids: list[list[int]], width: int, pad_id: int) -> dict[str, np.ndarray]:
     """Right-pad token id lists to ``width``: ``{"input_ids", "attention_mask"}`` int64 ``(B, width)``."""
     input_ids = np.full((len(ids), width), pad_id, dtype=np.int64)
@@ -70,9 +138,24 @@ class HFTextPreprocessor:
         self.lowercase = lowercase
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of ``texts``, truncated at ``max_length``; long texts are cut by characters first
+        (:func:`bound_texts`), with the same ids as tokenising them whole."""
+        texts = bound_texts(texts, self.max_length, self._settled)
         if self.lowercase:
             texts = [t.lower() for t in texts]
-        return [e.ids for e in self.tokenizer.encode_batch(texts)]
+        return [e.ids for group in char_groups(texts) for e in self.tokenizer.encode_batch(group)]
+
+    def _settled(self, prefixes: list[str]) -> list[bool]:
+        if getattr(self, "_counter", None) is None:
+            from tokenizers import Tokenizer
+
+            counter = Tokenizer.from_str(self.tokenizer.to_str())
+            counter.no_truncation()
+            counter.no_padding()
+            self._counter = counter
+        if self.lowercase:
+            prefixes = [t.lower() for t in prefixes]
+        return settled_encodings(self._counter.encode_batch(prefixes, add_special_tokens=False), self.max_length)
 
     def collate(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
         return pad_batch(ids, self.pad_to or max((len(x) for x in ids), default=1), self.pad_id)
@@ -120,6 +203,13 @@ class _FastTokenizer:
 
         self.pad_token_id = token_id("pad_token") or 0
         self.sep_token_id = token_id("sep_token")
+
+    def encode_untruncated(self, texts: list[str]) -> list[Any]:
+        """``tokenizers`` encodings of ``texts`` without special tokens, truncation or padding."""
+        with self._lock:
+            self._tok.no_truncation()
+            self._tok.no_padding()
+            return self._tok.encode_batch(list(texts), add_special_tokens=False)
 
     def __call__(self, texts, return_tensors="pt", max_length=77, padding="max_length", truncation=True):
         import torch
@@ -193,6 +283,23 @@ class OpenCLIPTextPreprocessor:
         return cls(tok, max_length=context, source=mf.root)
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of ``texts`` (open_clip's own), unpadded; long texts are cut by characters first
+        (:func:`bound_texts`), with the same ids as tokenising them whole."""
+        texts = bound_texts(texts, self.max_length, self._settled)
+        if sum(map(len, texts)) > _GROUP_CHARS:
+            return [x for group in char_groups(texts) for x in self._tokenize(group)]
+        return self._tokenize(texts)
+
+    def _settled(self, prefixes: list[str]) -> list[bool]:
+        keep = self.max_length
+        inner = getattr(self._tok, "tokenizer", None)
+        if isinstance(inner, _FastTokenizer):
+            clean = getattr(self._tok, "clean_fn", None) or (lambda t: t)
+            return settled_encodings(inner.encode_untruncated([clean(p) for p in prefixes]), keep)
+        # open_clip's SimpleTokenizer: no word ids; settled once the prefix holds 4x the kept tokens
+        return [len(self._tok.encode(p)) >= 4 * keep for p in prefixes]
+
+    def _tokenize(self, texts: list[str]) -> list[list[int]]:
         ids = np.asarray(self._tok(texts)).astype(np.int64)
         if ids.shape[1] > self.max_length:
             ids = ids[:, : self.max_length]
@@ -367,8 +474,24 @@ class ImagePreprocessor:
             arr = _crop_or_pad(arr, *box)
         return arr.transpose(2, 0, 1)
 
-    def __call__(self, images: list) -> dict[str, np.ndarray]:
+    def check(self, img: Any, index: int) -> None:
+        """An :class:`~embedhub.InputError` naming ``inputs[index]`` when resizing ``img`` would make more
+        than ``MAX_IMAGE_PIXELS`` pixels (an extreme aspect ratio, e.g. 1x10000000, blown up to ``size``)."""
+        from ._errors import InputError
+        from ._inputs import MAX_IMAGE_PIXELS
+
+        w, h = img.size
+        nw, nh = _resized_size(w, h, self.cfg.size, self.cfg.resize_mode) if w and h else (w, h)
+        if nw * nh > MAX_IMAGE_PIXELS or not (w and h):
+            raise InputError(
+                f"inputs[{index}]: image of {w}x{h} would be resized to {nw}x{nh} ({self.cfg.resize_mode} side to "
+                f"{self.cfg.size}), over {MAX_IMAGE_PIXELS} pixels; its aspect ratio is too extreme", index=index)
+
+    def __call__(self, images: list, indices: Any = None) -> dict[str, np.ndarray]:
+        """``indices`` (the inputs' positions) name an image in errors; by default its place in ``images``."""
         one = self._one_pil if self.cfg.backend == "pil" else self._one_torchvision
+        for k, img in enumerate(images):
+            self.check(img, int(indices[k]) if indices is not None else k)
         batch = np.stack([one(img) for img in images]).astype(np.float32)
         batch *= np.float32(self.cfg.rescale_factor)
         batch -= self._mean

@@ -90,9 +90,9 @@ IMAGE_DIR = Path(__file__).with_name("gate_images")
 
 def gate_images() -> list:
     """The bundled photos, plus crops and a grayscale copy so several sizes and aspect ratios are seen."""
-    from PIL import Image
+    from embedhub.utils import load_image
 
-    photos = [Image.open(p).convert("RGB") for p in sorted(IMAGE_DIR.glob("*.jpg"))]
+    photos = [load_image(p, i) for i, p in enumerate(sorted(IMAGE_DIR.glob("*.jpg")))]
     variants = list(photos)
     for img in photos:
         w, h = img.size

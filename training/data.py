@@ -85,15 +85,17 @@ def _inside(root: Path, rel: str, where: str) -> Path:
     return path
 
 
-def _decode(data: bytes | Path, where: str, Image) -> object:
-    """An image file or its bytes, decoded now and converted to RGB; :class:`DataError` naming ``where``
-    (the line of a captions file, the shard and sample) for anything that is not a readable image."""
+def _decode(data: bytes | Path, where: str, Image=None) -> object:
+    """An image file or its bytes, decoded now and converted to RGB as ``encode`` decodes them (PNG, JPEG,
+    WebP, GIF, BMP or TIFF only, bounded in bytes and pixels); :class:`DataError` naming ``where`` (the line
+    of a captions file, the shard and sample) for anything that is not a readable image of those formats."""
+    from embedhub import InputError
+    from embedhub.utils import load_image
+
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as img:
-            return img.convert("RGB")
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        name = "" if isinstance(data, bytes) else f" {data}"
-        raise DataError(f"{where}: not a readable image{name} ({type(exc).__name__}: {exc})") from None
+        return load_image(data, 0)
+    except InputError as exc:
+        raise DataError(f"{where}: {exc.detail}") from None
 
 
 def captioned_folder(captions_file: str | Path) -> Iterator[Sample]:
