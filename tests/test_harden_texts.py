@@ -16,12 +16,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import STSB
 
 import embedhub
 from embedhub import _preprocess
 
 FORTUNES = Path("/usr/share/games/fortunes")
-STSB = Path("/work/shared/data/stsbenchmark")
 
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
