@@ -40,16 +40,14 @@ class ModelFolder:
     ConfigError: ...
     """
 
-    def __init__(self, root: str | os.PathLike, *, _roots: tuple[Path, ...] | None = None,
-                 _listed: tuple[Path, frozenset[str]] | None | Any = _MISSING):
+    def __init__(self, root: str | os.PathLike, *, _roots: tuple[Path, ...] | None = None, _record: Any = _MISSING):
         self.root = Path(root).resolve()
         self.roots = _roots or _allowed_roots(self.root)
-        if _listed is _MISSING:  # a folder embedhub wrote: its record is checked, and only its files are read
-            from ._manifest import verify
+        if _record is _MISSING:  # a folder embedhub wrote: the files opened are checked against its record
+            from ._manifest import open_record
 
-            listed = verify(self.root, self.roots)
-            _listed = None if listed is None else (self.root, listed)
-        self.listed = _listed
+            _record = open_record(self.root, self.roots)
+        self.record = _record
 
     def __repr__(self) -> str:
         return f"ModelFolder({str(self.root)!r})"
@@ -101,10 +99,8 @@ class ModelFolder:
             raise ConfigError(f"{self.root}: {what} {rel!s} not found ({exc.strerror})", file=str(p)) from None
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"{self.root}: {what} {rel!s} is not a regular file", file=str(p))
-        if self.listed is not None:
-            from ._manifest import check_listed
-
-            check_listed(*self.listed, self.root / rel)
+        if self.record is not None:
+            self.record.opening(self.root / rel)
         return p
 
     def sub(self, rel: str, *, what: str = "folder") -> ModelFolder:
@@ -112,7 +108,7 @@ class ModelFolder:
         p = self.path(rel, what=what) if rel not in ("", ".") else self.root
         if not p.is_dir():
             raise ConfigError(f"{self.root}: {what} {rel!r} is not a folder", file=str(p))
-        return ModelFolder(p, _roots=self.roots, _listed=self.listed)
+        return ModelFolder(p, _roots=self.roots, _record=self.record)
 
     def read_bytes(self, rel: str, *, what: str = "file", max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
         """The bytes of a regular file, reading at most ``max_bytes`` (more is an error)."""

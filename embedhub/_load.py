@@ -9,6 +9,7 @@ import torch
 from ._backends import Backend
 from ._folder import ModelFolder
 from ._hub import download, resolve
+from ._manifest import check_record
 from ._model import EmbeddingModel
 
 _DTYPES = {
@@ -91,7 +92,9 @@ def load(
             )
         backend = "torch"
     options = LoadOptions(trust_remote_code=trust_remote_code, backend=backend, device=dev, threads=threads)
-    parts = fmt.load(ModelFolder(folder), options)
+    model_folder = ModelFolder(folder)
+    parts = fmt.load(model_folder, options)
+    check_record(model_folder.record)  # a folder embedhub wrote holds exactly the files it recorded
     return EmbeddingModel(
         parts.towers,
         parts.preprocessors,

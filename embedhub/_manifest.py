@@ -20,7 +20,8 @@ import re
 import stat
 import threading
 from collections.abc import Iterable
-from pathlib import Path, PurePosixPath
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ._errors import ConfigError
@@ -194,48 +195,80 @@ def _mismatch(root: Path, roots: tuple[Path, ...], records: Records) -> str | No
     return None
 
 
-def verify(root: str | os.PathLike, roots: Iterable[str | os.PathLike] | None = None) -> frozenset[str] | None:
-    """The files ``root``'s record lists, after checking that each exists inside ``roots`` (default: the
-    folder) with the recorded size and SHA-256; ``None`` for a folder without a record. A folder whose files
-    do not match, or that an interrupted save left between two models, is a :class:`ConfigError` naming the
-    file and saying how to repair it."""
+@dataclass
+class Record:
+    """The record of a folder a loader is reading: the files it lists (``files``), under ``top``, and the
+    files the loader opened so far (``opened``, relative to ``top``)."""
+
+    top: Path
+    roots: tuple[Path, ...]
+    files: Records
+    opened: set[str] = field(default_factory=set)
+    checked: bool = False
+
+    def opening(self, path: Path) -> None:
+        """Note that the loader opens ``path`` (a file under ``top``)."""
+        try:
+            self.opened.add(Path(os.path.normpath(path)).relative_to(self.top).as_posix())
+        except ValueError:
+            pass
+
+
+def _repair(root: Path) -> str:
+    return (f"save or export the model into {root} again (model.save_pretrained(folder) or `embedhub export ... "
+            f"--output {root}`; files you added stay), or delete the folder")
+
+
+def open_record(root: str | os.PathLike, roots: Iterable[str | os.PathLike] | None = None) -> Record | None:
+    """The record of ``root`` as a loader starts reading it (``None``: the folder has none). A folder an
+    interrupted save left between two models is checked at once: it is taken only when it is exactly one of
+    them (that model's files are then the listed ones), else a :class:`ConfigError` naming the file."""
     root = Path(os.path.realpath(root))
     roots = tuple(Path(os.path.realpath(r)) for r in (roots or (root,)))
     found = read(root)
     if found is None:
         return None
     files, pending = found
-    repair = (f"save or export the model into {root} again (model.save_pretrained(folder) or `embedhub export "
-              f"... --output {root}`; files you added stay), or delete the folder")
     if pending is None:
-        why = _mismatch(root, roots, files)
-        if why:
-            raise ConfigError(f"{root}: {why} (per {MANIFEST}, the record of the files embedhub wrote): the folder "
-                              f"is not the model that was saved; {repair}", file=str(root / why.split(" ")[0]))
-        return frozenset(files)
-    # a save into this folder did not finish: the folder loads only when it is exactly one of the two models
+        return Record(root, roots, files)
     for mine, other in ((files, pending), (pending, files)):
         left = [rel for rel in other if rel not in mine and os.path.lexists(root / rel)]
         if not left and _mismatch(root, roots, mine) is None:
-            return frozenset(mine)
+            return Record(root, roots, mine, checked=True)
     why = _mismatch(root, roots, files) or next(
         f"{rel} belongs to the new model" for rel in pending if rel not in files and os.path.lexists(root / rel))
     raise ConfigError(f"{root}: a save into this folder was interrupted and left it between two models: {why}; "
-                      f"{repair}", file=str(root / why.split(" ")[0]))
+                      f"{_repair(root)}", file=str(root / why.split(" ")[0]))
 
 
-def check_listed(top: Path, listed: frozenset[str], path: Path) -> None:
-    """A :class:`ConfigError` when ``path`` (a file a loader opens, under ``top``) is not one of ``listed``:
-    the loader of a folder embedhub wrote reads only the files it wrote."""
-    try:
-        rel = PurePosixPath(Path(os.path.normpath(path)).relative_to(top).as_posix()).as_posix()
-    except ValueError:
+def check_record(record: Record | None) -> None:
+    """After a loader read a folder embedhub wrote: each listed file exists with the recorded size and SHA-256,
+    and the loader opened no file the record does not list; else a :class:`ConfigError` naming the file and
+    saying how to repair the folder. Runs after the format's own checks, whose errors say more about a file
+    edited by hand."""
+    if record is None:
         return
-    if rel not in listed:
+    root = record.top
+    if not record.checked:
+        why = _mismatch(root, record.roots, record.files)
+        if why:
+            raise ConfigError(f"{root}: {why} (per {MANIFEST}, the record of the files embedhub wrote): the folder "
+                              f"is not the model that was saved; {_repair(root)}", file=str(root / why.split(" ")[0]))
+        record.checked = True
+    unlisted = sorted(record.opened - set(record.files))
+    if unlisted:
         raise ConfigError(
-            f"{top}: {rel} is not one of the files embedhub wrote into this folder (listed in {MANIFEST}), but the "
-            f"loader would read it as part of the model; move it out of the folder, or save the model into {top} "
-            "again", file=str(top / rel))
+            f"{root}: {unlisted[0]} is not one of the files embedhub wrote into this folder (listed in {MANIFEST}), "
+            f"but the loader reads it as part of the model; move it out of the folder, or {_repair(root)}",
+            file=str(root / unlisted[0]))
+
+
+def verify(root: str | os.PathLike, roots: Iterable[str | os.PathLike] | None = None) -> frozenset[str] | None:
+    """The files ``root``'s record lists, after checking each (see :func:`check_record`); ``None`` for a folder
+    without a record."""
+    record = open_record(root, roots)
+    check_record(record)
+    return None if record is None else frozenset(record.files)
 
 
 def has_record(folder: str | os.PathLike) -> bool:
