@@ -339,7 +339,7 @@ class EmbeddingModel:
         import tempfile
 
         from ._atomic import switch_folder
-        from ._manifest import has_record, read, record
+        from ._manifest import has_record, open_record, record
         from .formats import detect
 
         if self.folder is None:
@@ -363,8 +363,8 @@ class EmbeddingModel:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
-            found = read(self.folder)  # a folder embedhub wrote: only the files it recorded are the model's
-            listed = None if found is None else set(found[1] or found[0])
+            recorded = open_record(self.folder)  # a folder embedhub wrote: only the files it recorded are the model's
+            listed = None if recorded is None else set(recorded.files)
             for rel in fmt.files(self.folder):
                 if listed is not None and rel not in listed:
                     continue
