@@ -113,7 +113,8 @@ def _link_in_path(folder: Path, rel: str) -> str | None:
     return None
 
 
-def switch_folder(staging: str | os.PathLike, folder: str | os.PathLike) -> Path:
+def switch_folder(staging: str | os.PathLike, folder: str | os.PathLike, *,
+                  legacy: Iterable[str] | None = None) -> Path:
     """Move the complete model folder ``staging`` -- its files recorded by ``_manifest.record`` -- into place
     as ``folder``, replacing only what embedhub wrote there before.
 
@@ -121,11 +122,12 @@ def switch_folder(staging: str | os.PathLike, folder: str | os.PathLike) -> Path
     ``staging`` move in one by one (each an atomic rename), then the files the folder's old record lists that
     the new model does not have are deleted, then the new record replaces the old one, last. Until then the
     record marks the folder as between two models, so the loader takes it only when it is exactly one of
-    them. A folder without a record (an older embedhub, another library) loses only the files of
-    ``_manifest.LEGACY_NAMES`` the new model does not write. Files nobody recorded (``notes.txt``,
-    ``eval/results.json``, a ``*.safetensors`` of yours) are never touched. A symlink, or a non-folder, on
-    the path of a file to write is refused before anything changes; a listed path that has become a symlink
-    or a folder is left (and named in a warning), never followed.
+    them. A folder without a record (an older embedhub, another library) loses only the files named in
+    ``legacy`` (default ``_manifest.LEGACY_NAMES``: exact paths of model files) the new model does not
+    write. Files nobody recorded (``notes.txt``, ``eval/results.json``, a ``*.safetensors`` of yours) are
+    never touched. A symlink, or a non-folder, on the path of a file to write is refused before anything
+    changes; a listed path that has become a symlink or a folder is left (and named in a warning), never
+    followed.
     """
     import warnings
 
@@ -151,7 +153,7 @@ def switch_folder(staging: str | os.PathLike, folder: str | os.PathLike) -> Path
         found = None
     if found is None:
         before: dict = {}
-        old = {rel for rel in LEGACY_NAMES if os.path.lexists(folder / rel)}
+        old = {rel for rel in (LEGACY_NAMES if legacy is None else legacy) if os.path.lexists(folder / rel)}
     else:
         before = found[0]
         old = set(found[0]) | set(found[1] or {})

@@ -54,6 +54,16 @@ LEGACY_NAMES: frozenset[str] = frozenset(
      *(f"{i}_Normalize/config.json" for i in range(2, 10))]
 )
 
+#: of those, what embedhub's own format writes (tower files live in ``text/`` and ``image/``; no top-level
+#: ``config.json``, which may well be a training config of yours)
+EMBEDHUB_LEGACY: frozenset[str] = frozenset(
+    n for n in LEGACY_NAMES
+    if "/" in n or n in ("embedhub_config.json", "model.safetensors", "modules.json",
+                         "config_sentence_transformers.json"))
+#: and what a save that passes another format's files through writes (sentence-transformers, open_clip, CLIP)
+COPIED_LEGACY: frozenset[str] = frozenset(
+    n for n in LEGACY_NAMES if not n.startswith(("text/", "image/", "onnx/")) and n != "embedhub_config.json")
+
 Records = dict[str, dict[str, Any]]
 
 

@@ -339,7 +339,7 @@ class EmbeddingModel:
         import tempfile
 
         from ._atomic import switch_folder
-        from ._manifest import has_record, open_record, record
+        from ._manifest import COPIED_LEGACY, has_record, open_record, record
         from .formats import detect
 
         if self.folder is None:
@@ -371,7 +371,7 @@ class EmbeddingModel:
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(self.folder / rel, staging / rel)  # follows a Hub snapshot's links to its blobs
             record(staging)
-            switch_folder(staging, folder)  # only what embedhub wrote there before is replaced
+            switch_folder(staging, folder, legacy=COPIED_LEGACY)  # only what embedhub wrote there is replaced
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

@@ -118,6 +118,8 @@ def test_folder_without_a_record_loses_only_model_files_by_exact_name(tiny_st_di
     user = add_user_files(folder)
     (folder / "text" / "my_tokens.json").write_text("[1, 2]")  # a user's json inside a tower folder
     user["text/my_tokens.json"] = b"[1, 2]"
+    (folder / "config.json").write_text('{"lr": 0.1}')  # a training config: embedhub's format has no config.json
+    user["config.json"] = b'{"lr": 0.1}'
     image_only.save_pretrained(folder)
     assert_kept(folder, user)
     assert not (folder / "text" / "model.safetensors").exists() and not (folder / "modules.json").exists()

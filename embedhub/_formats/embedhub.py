@@ -32,7 +32,7 @@ from .._atomic import switch_folder
 from .._contract import Format, LoadOptions, ModelParts
 from .._errors import UnknownFormatError, WeightsError
 from .._folder import ConfigView, ModelFolder
-from .._manifest import has_record, record
+from .._manifest import EMBEDHUB_LEGACY, has_record, record
 from .._preprocess import load_preprocessor
 from .._weights import find_safetensors, load_strict, read_safetensors
 from ..modules import Tower, is_saveable, tower_class, tower_kinds
@@ -359,7 +359,7 @@ def write(
         if check is not None:
             check(tmp)
         record(tmp)
-        switch_folder(tmp, folder)
+        switch_folder(tmp, folder, legacy=EMBEDHUB_LEGACY)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
