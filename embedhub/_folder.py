@@ -65,13 +65,19 @@ class ModelFolder:
     """
 
     def __init__(self, root: str | os.PathLike, *, _roots: tuple[Path, ...] | None = None,
-                 _record: Record | None = None, _prefix: str = ""):
+                 _record: Record | None = None, _prefix: str = "", _manifest: Any = _MISSING):
         self.root = Path(root).resolve()
         self.roots = _roots or _allowed_roots(self.root)
         #: every file opened through this folder and its sub-folders (provenance: what the model is made of)
         self.record = _record if _record is not None else Record()
         #: this folder's path inside the top folder of the record ("" for the top folder itself)
         self.prefix = _prefix
+        if _manifest is _MISSING:  # a folder embedhub wrote: the files opened are checked against its file record
+            from ._manifest import open_record
+
+            _manifest = open_record(self.root, self.roots)
+        #: the file record (``.embedhub_files.json``) of a folder embedhub saved, else ``None``
+        self.manifest = _manifest
 
     def key(self, rel: str | os.PathLike) -> str:
         """``rel`` as the record names it: a POSIX path relative to the top folder."""
@@ -137,6 +143,8 @@ class ModelFolder:
         if not stat.S_ISREG(st.st_mode):
             raise ConfigError(f"{shown(self.root)}: {what} {shown(rel)} is not a regular file", file=str(p))
         self.record.read.setdefault(self.key(rel))
+        if self.manifest is not None:
+            self.manifest.opening(self.root / rel)
         return p
 
     def sub(self, rel: str, *, what: str = "folder") -> ModelFolder:
@@ -145,7 +153,8 @@ class ModelFolder:
         if not p.is_dir():
             raise ConfigError(f"{shown(self.root)}: {what} {rel!r} is not a folder", file=str(p))
         prefix = self.key(rel) if rel not in ("", ".") else self.prefix
-        return ModelFolder(p, _roots=self.roots, _record=self.record, _prefix="" if prefix == "." else prefix)
+        return ModelFolder(p, _roots=self.roots, _record=self.record, _prefix="" if prefix == "." else prefix,
+                           _manifest=self.manifest)
 
     def read_bytes(self, rel: str, *, what: str = "file", max_bytes: int = MAX_CONFIG_BYTES) -> bytes:
         """The bytes of a regular file, reading at most ``max_bytes`` (more is an error)."""

@@ -14,6 +14,7 @@ from ._backends import Backend
 from ._errors import ModelNotFoundError
 from ._folder import ModelFolder
 from ._hub import CONFIG_PATTERNS, download, literal_pattern, resolve
+from ._manifest import check_record
 from ._model import EmbeddingModel
 
 #: at most this many downloads follow the first (config files): each fetches the files the last load asked for
@@ -139,6 +140,7 @@ def load_recorded(fmt: Any, folder: Path, options: Any,
         if fetch is None or not new:
             if error is not None:
                 raise error
+            check_record(mf.manifest)  # a folder embedhub wrote holds exactly the files it recorded
             return parts, mf
         asked.update(new)
         folder = fetch(sorted(asked))

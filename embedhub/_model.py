@@ -355,7 +355,8 @@ class EmbeddingModel:
         import shutil
         import tempfile
 
-        from ._atomic import install_folder
+        from ._atomic import switch_folder
+        from ._manifest import COPIED_LEGACY, has_record, open_record, record
         from .formats import detect
 
         if self.folder is None:
@@ -368,7 +369,7 @@ class EmbeddingModel:
         fmt = detect(self.folder)
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             raise FileExistsError(f"{folder} exists and is not a folder; choose a new or empty folder to save into")
-        if folder.is_dir() and any(folder.iterdir()):
+        if folder.is_dir() and any(folder.iterdir()) and not has_record(folder):
             try:
                 same = detect(folder).name == fmt.name
             except Exception:
@@ -379,10 +380,15 @@ class EmbeddingModel:
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
+            recorded = open_record(self.folder)  # a folder embedhub wrote: only the files it recorded are the model's
+            listed = None if recorded is None else set(recorded.files)
             for rel in fmt.files(self.folder):
+                if listed is not None and rel not in listed:
+                    continue
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(self.folder / rel, staging / rel)  # follows a Hub snapshot's links to its blobs
-            install_folder(staging, folder, last=fmt.marker or None)
+            record(staging)
+            switch_folder(staging, folder, legacy=COPIED_LEGACY)  # only what embedhub wrote there is replaced
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

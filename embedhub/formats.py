@@ -134,16 +134,22 @@ _register_builtins()
 
 
 # ------------------------------------------------------------------------------ writing embedhub's own format
-def save_embedhub(model: Any, folder: str | os.PathLike, *, torch_weights: bool = True, extra: Any = None) -> Path:
-    """Write ``model`` in embedhub's format, atomically (a staging folder moved into place).
+def save_embedhub(model: Any, folder: str | os.PathLike, *, torch_weights: bool = True, extra: Any = None,
+                  check: Any = None) -> Path:
+    """Write ``model`` in embedhub's format, atomically: a staging folder beside ``folder`` (``mkdtemp``), its
+    files recorded in ``.embedhub_files.json`` (path, size, SHA-256), then switched into place.
 
+    A re-save into a folder embedhub wrote replaces only the files its record lists (files you added
+    stay); until the switch is complete the folder loads only as the old model or the new one.
     ``torch_weights=False`` writes config and preprocessing only; ``extra(staging_folder, config)``
-    may add files (ONNX graphs) and config entries before the config is written. Refuses a folder
-    that holds files and is not an embedhub model (see :func:`check_writable`).
+    may add files (ONNX graphs) and config entries before the config is written; ``check(staging_folder)``
+    runs on the complete folder before it is recorded and switched (it may add files; an error leaves
+    ``folder`` as it was). Refuses a folder that holds files and is not an embedhub model (see
+    :func:`check_writable`).
     """
     from ._formats.embedhub import write
 
-    return write(model, Path(folder), torch_weights=torch_weights, extra=extra)
+    return write(model, Path(folder), torch_weights=torch_weights, extra=extra, check=check)
 
 
 def can_save_torch(model: Any) -> bool:
@@ -154,8 +160,9 @@ def can_save_torch(model: Any) -> bool:
 
 
 def check_writable(folder: str | os.PathLike) -> None:
-    """A ``FileExistsError`` when ``folder`` holds files and is not an embedhub model folder (embedhub
-    writes beside what it wrote before and never touches anything else)."""
+    """A ``FileExistsError`` when ``folder`` holds files and is neither a folder embedhub saved or exported
+    into nor an embedhub model folder (a save replaces only files embedhub wrote and never touches anything
+    else)."""
     from ._formats.embedhub import check_writable as check
 
     check(Path(folder))

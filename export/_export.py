@@ -28,8 +28,8 @@ from torch import nn
 
 import embedhub
 from embedhub import EmbeddingModel
-from embedhub.formats import can_save_torch, check_writable, model_files, save_embedhub
-from embedhub.utils import install_folder, int8_dot_kernel, onnx_tensors, plan_batches, sha256_file, token_lengths
+from embedhub.formats import can_save_torch, check_writable, save_embedhub
+from embedhub.utils import int8_dot_kernel, onnx_tensors, plan_batches, sha256_file, token_lengths
 
 from ._data import CALIBRATION_TEXTS, GATE_TEXTS, gate_images
 from ._int8 import ALPHAS, Protect, quantize_int8
@@ -312,11 +312,12 @@ def export(
                 _write_graph(path, folder / "onnx" / f"{modality}.onnx")
                 cfg["towers"][modality]["onnx"] = f"onnx/{modality}.onnx"
 
-        staging = output.with_name(f".{output.name}.staging")
-        shutil.rmtree(staging, ignore_errors=True)
         with_torch = keep_torch and can_save_torch(src)
-        save_embedhub(src, staging, torch_weights=with_torch, extra=add_graphs)
-        try:
+        result: dict[str, Any] = {}
+
+        def gate(staging: Path) -> None:
+            """The complete folder, before it is switched into place: loaded as users will load it and compared
+            with torch; the metadata (with the gate's figures) is part of what is recorded."""
             meta: dict[str, Any] = {
                 "precision": precision,
                 "opset": opset,
@@ -350,12 +351,12 @@ def export(
                     meta,
                 )
             meta_path.write_text(json.dumps(meta, indent=2) + "\n")
-            # one rename, or file by file into an earlier export (its other files stay), the config last
-            earlier = set(model_files(output)) if (output / "embedhub_config.json").is_file() else set()
-            staged = {p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file()}
-            install_folder(staging, output, last="embedhub_config.json", replace=sorted(earlier - staged))
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
+            result["report"] = report
+
+        # staged beside ``output`` and switched into place: into an earlier export only the files embedhub
+        # recorded there are replaced (files you added stay)
+        save_embedhub(src, output, torch_weights=with_torch, extra=add_graphs, check=gate)
+        report = result["report"]
     for m, e in report["modalities"].items():
         say(f"[export] {m}: min cosine {e['min_cosine']:.6f}, mean {e['mean_cosine']:.6f}, "
             f"max norm error {e['max_norm_error']:.2e} -> passed")

@@ -339,6 +339,9 @@ def test_int8_model_warns_on_a_cpu_unlike_its_gate(minilm_int8, tmp_path, monkey
     shutil.copytree(minilm_int8, folder)
     meta["cpu"]["int8_dot_kernel"] = "vnni"
     (folder / "onnx" / "export_metadata.json").write_text(json.dumps(meta))
+    from embedhub._manifest import record
+
+    record(folder)  # the folder as an export on that CPU would have recorded it
     monkeypatch.setattr(backends, "int8_dot_kernel", lambda: "no-vnni")
     with pytest.warns(UserWarning, match="passed its parity gate on a CPU with VNNI, but this CPU has none"):
         embedhub.load(folder, backend="onnx")

@@ -39,7 +39,12 @@ def _meta(folder: Path) -> dict:
 
 
 def _write_meta(folder: Path, meta: dict) -> None:
+    """Write the metadata, and record the folder's files anew, as a hostile author (or an older export,
+    with no record) would leave them: only the checks that do not rely on the record can catch the edit."""
+    from embedhub._manifest import record
+
     (folder / "onnx" / "export_metadata.json").write_text(json.dumps(meta))
+    record(folder)
 
 
 def _rehash(folder: Path, *rels: str) -> None:

@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from .._atomic import install_folder
+from .._atomic import switch_folder
 from .._contract import Format, LoadOptions, ModelParts
 from .._errors import UnknownFormatError, WeightsError
 from .._folder import ConfigView, ModelFolder
+from .._manifest import EMBEDHUB_LEGACY, has_record, record
 from .._preprocess import load_preprocessor
 from .._weights import check_config_fits, find_safetensors, header_shapes, load_strict, read_safetensors
 from ..modules import Tower, is_saveable, tower_class, tower_kinds
@@ -334,17 +335,20 @@ def write(
     *,
     torch_weights: bool = True,
     extra: Callable[[Path, dict[str, Any]], None] | None = None,
+    check: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Write ``model`` atomically (a temporary folder renamed into place).
+    """Write ``model`` into a staging folder beside ``folder`` (``mkdtemp``), record its files and switch it
+    into place (:func:`embedhub._atomic.switch_folder`: only files embedhub wrote there before are replaced).
 
     ``torch_weights=False`` writes config and preprocessing only; ``extra(tmp_folder, config)``
-    may add files (ONNX graphs) and config entries before the config is written.
+    may add files (ONNX graphs) and config entries before the config is written; ``check(tmp_folder)`` runs
+    on the complete folder before its files are recorded (it may add files; raising leaves ``folder`` as it
+    was).
     """
 
     specs = {m: _checked_entry(model, m) if torch_weights else {} for m in model.modalities}
     folder = Path(folder)
     check_writable(folder)
-    stale = set(FORMAT.pattern_files(folder)) if (folder / MARKER).is_file() else set()
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
@@ -368,9 +372,10 @@ def write(
             _write_weights({m: model.towers[m] for m in model.modalities}, tmp)
             if sentence_transformers_layout(model, specs):
                 _write_sentence_transformers(model, tmp)
-        written = {p.relative_to(tmp).as_posix() for p in tmp.rglob("*") if p.is_file()}
-        # saving into an earlier save replaces the model: its files the new one does not write go
-        install_folder(tmp, folder, last=MARKER, replace=sorted(stale - written))
+        if check is not None:
+            check(tmp)
+        record(tmp)
+        switch_folder(tmp, folder, legacy=EMBEDHUB_LEGACY)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -378,11 +383,11 @@ def write(
 
 
 def check_writable(folder: Path) -> None:
-    """Refuse to write a model into ``folder`` when it holds files and is not an embedhub model:
-    embedhub writes its files alongside what it wrote before, and never touches anything else."""
+    """Refuse to write a model into ``folder`` when it holds files and is not a folder embedhub wrote (with its
+    record of files) or an embedhub model folder: a save replaces only files embedhub wrote there."""
     if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
         raise FileExistsError(f"{folder} exists and is not a folder; choose a new or empty folder to save into")
-    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file():
+    if folder.is_dir() and any(folder.iterdir()) and not (folder / MARKER).is_file() and not has_record(folder):
         present = sorted(p.name for p in folder.iterdir())
         raise FileExistsError(
             f"{folder} is not empty ({', '.join(present[:5])}{', ...' if len(present) > 5 else ''}) and is not an "
