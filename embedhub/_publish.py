@@ -75,7 +75,7 @@ def upload_files(folder: str | os.PathLike) -> list[str]:
     """
     from ._errors import EmbedhubError, UnknownFormatError
     from ._folder import shown
-    from .formats import detect
+    from .formats import detect, model_files
 
     path = Path(folder)
     if not path.exists():
@@ -92,11 +92,11 @@ def upload_files(folder: str | os.PathLike) -> list[str]:
         return None
 
     try:
-        fmt = detect(path)
+        detect(path)
     except UnknownFormatError as exc:
         raise PublishError(f"cannot push {shown(folder)!r}: it is not a model folder: {exc}") from exc
     try:
-        needed = fmt.files(path)  # exactly what a load of it opens
+        needed = model_files(path)  # what a load of it opens, and the files of its save record
     except (EmbedhubError, OSError) as exc:
         why = pickled_weights() or f"it does not load, so it is not pushed: {exc}"
         raise PublishError(f"cannot push {shown(folder)!r}: {why}") from exc

@@ -114,13 +114,21 @@ def detect(folder: str | os.PathLike) -> Format:
 def model_files(folder: str | os.PathLike) -> list[str]:
     """The files (relative POSIX paths, sorted) of ``folder`` that its format needs: exactly the files
     a real load of it opens (every backend the folder has), so a file the loader does not read is not
-    listed and a nested module or weight shard is. What ``push_to_hub`` uploads and what the model's
+    listed and a nested module or weight shard is; for a folder embedhub saved, also every file its
+    ``.embedhub_files.json`` record lists (the sentence-transformers layout written beside embedhub's own).
+    What ``push_to_hub`` uploads and what the model's
     fingerprint hashes. The list is kept while none of those files changes.
 
     >>> model_files("my-model")  # doctest: +SKIP
     ['embedhub_config.json', 'model.safetensors', 'text/config.json', 'text/tokenizer.json']
     """
-    return detect(folder).files(folder)
+    from ._manifest import open_record
+
+    files = set(detect(folder).files(folder))
+    written = open_record(folder)  # a folder embedhub saved: the files its record lists (checked) belong to it too
+    if written is not None:
+        files.update(written.files)
+    return sorted(files)
 
 
 def _register_builtins() -> None:
