@@ -518,7 +518,11 @@ class _Job:
             raise JobError(f"output {self.out} is a file; expected a folder (new, empty, or of an earlier run)")
         self._adopt()
         self.ledger.record(LOCK)
-        self._lock = open(self.out / LOCK, "a")
+        try:  # never through a link
+            fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise JobError(f"output {self.out}: cannot open its lock file {LOCK} ({exc.strerror}; a link?)") from None
+        self._lock = os.fdopen(fd, "r+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -597,7 +601,11 @@ class _Job:
         if _kind(manifest) is None:
             return
         self.manifest = _read_manifest(manifest)
-        stored = Fingerprint.from_dict(self.manifest["fingerprint"], path=manifest)
+        try:
+            stored = Fingerprint.from_dict(self.manifest["fingerprint"], path=manifest)
+        except FingerprintMismatchError as exc:  # a malformed fingerprint record (ProvenanceError)
+            raise JobError(f"{exc}; pass restart=True (--restart) to start over (it deletes only the files the "
+                           "job wrote), or give another output folder") from None
         try:
             self.fingerprint.check(stored, what=str(self.out), expected="this job", found="folder")
         except FingerprintMismatchError as exc:
@@ -628,8 +636,10 @@ class _Job:
             _note(f"{self.out}: restarted (earlier shards deleted)")
 
     def start(self, plan: Plan, settings: dict[str, Any]) -> None:
-        """Check an earlier run's settings against this one's; drop shards whose files are missing or changed."""
+        """Check an earlier run's settings against this one's; drop shards whose files are missing or changed.
+        Every shard file the plan will write is recorded in the ledger first (a kill can leave any of them)."""
         self.plan = plan
+        self.ledger.record(SHARDS, *(_shard_name(c) for c in plan.chunks))
         if self.manifest:
             before = self.manifest["settings"]
             # the same files named another way (a relative path, another glob) are the same input
@@ -674,7 +684,7 @@ class _Job:
         from ._backends import sha256_file
         from ._store import write_embeddings
 
-        rel = f"{SHARDS}/part-{chunk.index:05d}.parquet"
+        rel = _shard_name(chunk)
         self.ledger.record(SHARDS, rel)
         meta = dict(chunk.describe(), shard=chunk.index, errors=len(errors))
         write_embeddings(self.out / rel, emb, self.fingerprint, ids=ids, metadata={SHARD_KEY: json.dumps(meta)})
@@ -731,6 +741,10 @@ class _Job:
     def _save(self) -> None:
         self.ledger.record(MANIFEST)
         atomic_write(self.out / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
+
+
+def _shard_name(chunk: Chunk) -> str:
+    return f"{SHARDS}/part-{chunk.index:05d}.parquet"
 
 
 def plain(value: Any) -> Any:
