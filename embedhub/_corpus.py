@@ -32,6 +32,45 @@ TAR_IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp", "bmp")
 FILE_KINDS = {".parquet": "parquet", ".jsonl": "jsonl", ".tar": "tar"}
 #: repeated ids named in an error message (the count is given in full)
 _SHOWN = 5
+#: a JSONL line longer than this (bytes) is refused before it is parsed: a record is read whole to be parsed
+MAX_JSONL_LINE = 16 << 20
+
+
+@dataclass(frozen=True)
+class TarMember:
+    """An image member of a tar shard, by its header: read (at most ``size`` bytes) only when it is decoded."""
+
+    source: str
+    name: str
+    size: int
+    info: tarfile.TarInfo = field(compare=False, repr=False)
+
+
+def _utf8_name(name: str, where: str, path: Any) -> str:
+    """``name`` (a file or member name, an id) if it can be stored as UTF-8, else a :class:`CorpusError` at
+    planning time, naming it and ``where`` it is: parquet and JSON keep text as UTF-8 only."""
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise CorpusError(f"{where}: {name!r:.200} is not valid UTF-8 text (character {exc.start}: a name in "
+                          "another encoding, or a lone surrogate), so it cannot be stored as an id; rename it or "
+                          "re-encode it as UTF-8", path=path) from None
+    return name
+
+
+def _jsonl_lines(fh: Any, path: Any, first_line: int = 1) -> Iterator[tuple[int, int, bytes]]:
+    """``(line number, byte offset, line)`` of an open JSONL file, each line read with a bound: a line over
+    :data:`MAX_JSONL_LINE` bytes is a :class:`CorpusError` naming the file and line, before it is held whole."""
+    lineno, pos = first_line, fh.tell()
+    while True:
+        raw = fh.readline(MAX_JSONL_LINE + 1)
+        if not raw:
+            return
+        if len(raw) > MAX_JSONL_LINE and not raw.endswith(b"\n"):
+            raise CorpusError(f"{path} line {lineno}: longer than {MAX_JSONL_LINE} bytes (a JSONL record is "
+                              "read whole to be parsed); split the record or shorten its text", path=path)
+        yield lineno, pos, raw
+        lineno, pos = lineno + 1, pos + len(raw)
 
 
 @dataclass(frozen=True)
@@ -235,6 +274,16 @@ def _plan_parquet(path: Path, shard_rows: int, text_column: str, id_column: str 
     n = pf.metadata.num_rows
 
     def ids() -> Iterator[tuple[Any, str]]:
+        try:
+            yield from id_rows()
+        except CorpusError:
+            raise
+        except Exception as exc:  # a corrupt page: pyarrow's OSError can have an empty message
+            raise CorpusError(f"{path}: id column {id_column!r} cannot be read: {type(exc).__name__}: "
+                              f"{str(exc)[:300] or 'corrupt or truncated data'}", path=path,
+                              column=id_column) from None
+
+    def id_rows() -> Iterator[tuple[Any, str]]:
         row = 0
         for batch in pq.ParquetFile(path).iter_batches(columns=[id_column], batch_size=65536):
             col = batch.column(0)
@@ -252,15 +301,14 @@ def _plan_parquet(path: Path, shard_rows: int, text_column: str, id_column: str 
 
 
 def _plan_jsonl(path: Path, shard_rows: int, text_column: str, id_column: str | None):
-    """Every line is parsed once here, so a malformed record stops the job before any work."""
+    """Every line is parsed once here, so a malformed record stops the job before any work (a null or
+    non-string text is not malformed: it is skipped and listed when the shard is read)."""
     offsets: list[int] = []
     id_kinds: set[str] = set()
     hashes = array("q")  # the ids' 8-byte hashes, kept while parsing: the check needs no second pass
     n = 0
-    pos = 0
     with open(path, "rb") as fh:
-        for lineno, raw in enumerate(fh, start=1):
-            start, pos = pos, pos + len(raw)
+        for lineno, start, raw in _jsonl_lines(fh, path):
             if not raw.strip():
                 continue
             record = _json_record(raw, path, lineno)
@@ -268,11 +316,8 @@ def _plan_jsonl(path: Path, shard_rows: int, text_column: str, id_column: str | 
                 if col is not None and col not in record:
                     flag = "text_column (--text-column)" if role == "text" else "id_column (--id-column)"
                     raise CorpusError(f"{path} line {lineno}: no {role} field {col!r} (fields: "
-                                      f"{', '.join(record) or 'none'}); name it with {flag}", path=path, column=col)
-            if not isinstance(record[text_column], str):
-                raise CorpusError(f"{path} line {lineno}: field {text_column!r} is "
-                                  f"{type(record[text_column]).__name__}, expected a string", path=path,
-                                  column=text_column)
+                                      f"{', '.join(record)[:300] or 'none'}); name it with {flag}", path=path,
+                                      column=col)
             if id_column is not None:
                 id_kinds.add(_id_kind(record[id_column], f"{path} line {lineno}", id_column, path))
                 hashes.append(_id_hash(record[id_column]))
@@ -285,20 +330,23 @@ def _plan_jsonl(path: Path, shard_rows: int, text_column: str, id_column: str | 
 
     def ids() -> Iterator[tuple[Any, str]]:
         with open(path, "rb") as fh:
-            for lineno, raw in enumerate(fh, start=1):
+            for lineno, _, raw in _jsonl_lines(fh, path):
                 if raw.strip():
-                    yield json.loads(raw.decode("utf-8"))[id_column], f"{path} line {lineno}"
+                    yield _json_record(raw, path, lineno)[id_column], f"{path} line {lineno}"
 
     chunks = [(s, e, offsets[i], ()) for i, (s, e) in enumerate(_cuts(n, shard_rows))]
     id_kind = id_kinds.pop() if id_kinds else "row"
     yield chunks, ((hashes, ids) if id_column is not None else None), id_kind, [_stat(path)]
 
 
-def _json_record(raw: bytes, path: Path, lineno: int) -> dict:
+def _json_record(raw: bytes, path: Path, lineno: int | str) -> dict:
     try:
         record = json.loads(raw.decode("utf-8"))  # from str: json's own encoding detection costs as much again
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CorpusError(f"{path} line {lineno}: not a JSON object ({exc})", path=path) from None
+        raise CorpusError(f"{path} line {lineno}: not a JSON object ({str(exc)[:200]})", path=path) from None
+    except RecursionError:
+        raise CorpusError(f"{path} line {lineno}: JSON nested too deeply to parse; expected a flat JSON object "
+                          "with a text field", path=path) from None
     if not isinstance(record, dict):
         raise CorpusError(f"{path} line {lineno}: expected a JSON object, found {type(record).__name__}", path=path)
     return record
@@ -306,6 +354,7 @@ def _json_record(raw: bytes, path: Path, lineno: int) -> dict:
 
 def _id_kind(value: Any, where: str, column: str, path: Path) -> str:
     if isinstance(value, str):
+        _utf8_name(value, f"{where}: id {column!r}", path)
         return "str"
     if isinstance(value, int) and not isinstance(value, bool) and -(2**63) <= value < 2**63:
         return "int"
@@ -322,7 +371,7 @@ def _plan_images(root: Path, shard_rows: int, text_column: str, id_column: str |
         for name in sorted(files):
             if Path(name).suffix.lower() in IMAGE_EXTENSIONS:
                 path = Path(folder) / name
-                rel = path.relative_to(root).as_posix()
+                rel = _utf8_name(path.relative_to(root).as_posix(), f"{root}: image file name", root)
                 rels.append(rel)
                 stats.append(_stat(path, rel))
     chunks = [(s, e, 0, tuple(rels[s:e])) for s, e in _cuts(len(rels), shard_rows)]
@@ -351,7 +400,7 @@ def tar_keys(path: str | os.PathLike) -> Iterator[str]:
                     key = member.name.rpartition(".")[0]
                     if key != last:
                         last = key
-                        yield key
+                        yield _utf8_name(key, f"{path}: member {member.name!r:.200}", path)
     except (tarfile.TarError, EOFError, OSError) as exc:
         raise CorpusError(f"{path}: not a readable tar shard ({type(exc).__name__}: {exc})", path=path) from None
 
@@ -375,10 +424,15 @@ def read_chunk(chunk: Chunk, *, text_column: str = "text", id_column: str | None
             out.items.append(root / rel)
         return out
     if chunk.kind == "tar":
+        from ._inputs import MAX_IMAGE_BYTES
+
         for key, parts in _tar_samples(Path(chunk.source), chunk.start, chunk.stop):
             image = next((parts[e] for e in TAR_IMAGE_EXTENSIONS if e in parts), None)
             if image is None:
                 out.errors.append((key, f"no image member ({', '.join(sorted(parts)) or 'none'})"))
+            elif image.size > MAX_IMAGE_BYTES:  # by its header: the member is never read
+                out.errors.append((key, f"image member {image.name} is {image.size} bytes, over the "
+                                        f"{MAX_IMAGE_BYTES}-byte limit (not read)"))
             else:
                 out.ids.append(key)
                 out.items.append(image)
@@ -418,7 +472,20 @@ def text_problem(text: Any) -> str | None:
 
 
 def _parquet_rows(chunk: Chunk, text_column: str, id_column: str | None) -> Iterator[tuple[Any, Any]]:
+    """Rows ``start:stop`` of a parquet file; a file that cannot be read is a :class:`CorpusError` naming it
+    and the rows (pyarrow's own errors for a corrupt page can have an empty message)."""
     pq = _parquet()
+    try:
+        yield from _parquet_slice(pq, chunk, text_column, id_column)
+    except CorpusError:
+        raise
+    except Exception as exc:  # ArrowInvalid / OSError / UnicodeDecodeError from a corrupt file
+        raise CorpusError(f"{chunk.source}: rows {chunk.start}..{chunk.stop - 1} cannot be read: "
+                          f"{type(exc).__name__}: {str(exc)[:300] or 'corrupt or truncated data'} (the file "
+                          "changed or is damaged)", path=chunk.source) from None
+
+
+def _parquet_slice(pq: Any, chunk: Chunk, text_column: str, id_column: str | None) -> Iterator[tuple[Any, Any]]:
     pf = pq.ParquetFile(chunk.source)
     columns = [text_column] + ([id_column] if id_column is not None else [])
     # skip whole row groups before the chunk, then slice
@@ -446,35 +513,81 @@ def _jsonl_rows(chunk: Chunk, text_column: str, id_column: str | None) -> Iterat
     with open(chunk.source, "rb") as fh:
         fh.seek(chunk.offset)
         left = chunk.rows
-        for raw in fh:
+        for _, pos, raw in _jsonl_lines(fh, chunk.source, first_line=0):
             if not raw.strip():
                 continue
-            record = json.loads(raw.decode("utf-8"))
+            record = _json_record(raw, Path(chunk.source), f"at byte {pos}")
             yield (record[id_column] if id_column is not None else None), record[text_column]
             left -= 1
             if not left:
                 break
 
 
-def _tar_samples(path: Path, start: int, stop: int) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """Samples ``start:stop`` of a tar shard as ``(key, {extension: bytes})``; skipped samples are not read."""
+def _tar_samples(path: Path, start: int, stop: int) -> Iterator[tuple[str, dict[str, TarMember]]]:
+    """Samples ``start:stop`` of a tar shard as ``(key, {extension: member})``, from the member headers only:
+    no member is read here (images are read by :class:`ItemReader`, one at a time, bounded by their size)."""
     index, key, parts = -1, None, {}
-    with tarfile.open(path, "r:*") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            stem, _, ext = member.name.rpartition(".")
-            if stem != key:
-                if key is not None and start <= index < stop:
-                    yield key, parts
-                index, key, parts = index + 1, stem, {}
-                if index >= stop:
-                    return
-            if start <= index < stop:
-                fh = tar.extractfile(member)
-                parts[ext.lower()] = fh.read() if fh is not None else b""
+    try:
+        with tarfile.open(path, "r:*") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                stem, _, ext = member.name.rpartition(".")
+                if stem != key:
+                    if key is not None and start <= index < stop:
+                        yield key, parts
+                    index, key, parts = index + 1, stem, {}
+                    if index >= stop:
+                        return
+                if start <= index < stop:
+                    parts[ext.lower()] = TarMember(str(path), member.name, member.size, member)
+    except (tarfile.TarError, EOFError, OSError) as exc:
+        raise CorpusError(f"{path}: not a readable tar shard ({type(exc).__name__}: {exc})", path=path) from None
     if key is not None and start <= index < stop:
         yield key, parts
+
+
+class ItemReader:
+    """Reads the image items of one chunk for :func:`decode_image`: a path is passed on (the decoder reads it,
+    bounded); a tar member is read from its shard (opened once per chunk, members in order, so a compressed
+    shard is decompressed once) with at most its header's size, or its problem is returned as a str."""
+
+    def __init__(self, chunk: Chunk):
+        self.chunk = chunk
+        self._tar: tarfile.TarFile | None = None
+
+    def __enter__(self) -> ItemReader:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._tar is not None:
+            self._tar.close()
+
+    @staticmethod
+    def size(item: Any) -> int:
+        """The bytes an item will take once read (a file's size by ``stat``, a member's by its header)."""
+        if isinstance(item, TarMember):
+            return item.size
+        if isinstance(item, Path):
+            try:
+                return item.stat().st_size
+            except OSError:
+                return 0
+        return len(item)
+
+    def __call__(self, item: Any) -> Path | bytes | str:
+        if not isinstance(item, TarMember):
+            return item
+        try:
+            if self._tar is None:
+                self._tar = tarfile.open(item.source, "r:*")
+            fh = self._tar.extractfile(item.info)
+            data = fh.read(item.size) if fh is not None else b""
+        except (tarfile.TarError, EOFError, OSError) as exc:
+            return f"member {item.name} cannot be read ({type(exc).__name__}: {exc})"
+        if len(data) != item.size:
+            return f"member {item.name} is cut short ({len(data)} of {item.size} bytes)"
+        return data
 
 
 def decode_image(item: Path | bytes, max_pixels: int | None = None) -> np.ndarray | str:

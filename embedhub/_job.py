@@ -16,11 +16,12 @@ from __future__ import annotations
 import json
 import os
 import queue
+import re
+import stat
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,8 +30,9 @@ import numpy as np
 
 from ._atomic import atomic_write
 from ._batching import TEXT_WINDOW, check_positive_int
-from ._corpus import Chunk, ChunkRows, Plan, decode_image, expand_input, plan_corpus, read_chunk
+from ._corpus import Chunk, ChunkRows, ItemReader, Plan, count, decode_image, expand_input, plan_corpus, read_chunk
 from ._errors import CorpusError, FingerprintMismatchError, JobError, ModalityError, require
+from ._inputs import MAX_IMAGE_BYTES
 from ._provenance import Fingerprint
 
 if TYPE_CHECKING:
@@ -43,6 +45,8 @@ ERRORS = "errors.jsonl"
 INDEX = "index.faiss"
 INDEX_IDS = "index_ids.parquet"
 LOCK = ".lock"
+#: the ledger of the files a job wrote into its folder
+LEDGER = ".embedhub-job"
 MANIFEST_VERSION = 1
 #: the parquet schema metadata key of a shard's source rows
 SHARD_KEY = "embedhub.shard"
@@ -50,6 +54,9 @@ SHARD_KEY = "embedhub.shard"
 DEFAULT_SHARD_ROWS = {"text": 10_000, "image": 1_000}
 #: images decoding ahead of the model, per worker process
 DECODE_AHEAD = 64
+#: bytes the decode pipeline may hold at once (image files read and not yet decoded, decoded pixels not yet
+#: encoded); a single larger image still passes alone
+DECODE_BYTES = 512 << 20
 
 
 @dataclass(frozen=True)
@@ -215,29 +222,46 @@ def run_local(
     images = bool(pending) and pending[0].kind in ("images", "tar")
     pool = None
     if images:
-        import multiprocessing
-
         workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
-    feed = _Feed(pending, reading, pool, ahead=DECODE_AHEAD * (workers or 1))
+        pool = _decode_pool(workers)
+    feed = _Feed(pending, reading, pool, ahead=DECODE_AHEAD * (workers or 1), decoding=2 * (workers or 1))
     size = encode["batch_size"]
     # texts: the windows encode uses itself (so the batches equal one call's); images: a few batches, encoded
     # as they arrive from the workers while the next ones decode
     window = size * 4 if images else max(1, -(-TEXT_WINDOW // size)) * size
     try:
         for chunk, rows, decoded in feed:
-            items = decoded() if decoded is not None else iter(rows.items)
+            items = decoded() if decoded is not None else zip(rows.ids, rows.items)
             ids, emb, errors = _encode_rows(model, rows, items, images=images, window=window, encode=encode, bar=bar)
             done(chunk, ids, emb, errors)
     finally:
         feed.close()
         if pool is not None:
-            pool.shutdown(wait=False, cancel_futures=True)
+            pool.terminate()
 
 
-def _encode_rows(model: EmbeddingModel, rows: ChunkRows, items: Iterator[Any], *, images: bool, window: int,
-                 encode: dict[str, Any], bar: Any) -> tuple[list[Any], np.ndarray, list[tuple[Any, str]]]:
-    """One chunk's ids, vectors and errors; ``window`` rows per ``encode`` call, as the items arrive."""
+def _decode_pool(workers: int) -> Any:
+    """``workers`` spawned processes for :func:`decode_image`, all started here, before any work.
+
+    They are started without the preparation data that makes a spawned child re-run the parent's
+    ``__main__`` script: decoding needs only embedhub, so a script that calls :func:`embed_corpus` at
+    top level (no ``if __name__ == "__main__":`` guard) works, and is not run again in each worker.
+    """
+    import multiprocessing
+    import types
+
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__ / __spec__: nothing to re-import
+    try:
+        return multiprocessing.get_context("spawn").Pool(workers)
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _encode_rows(model: EmbeddingModel, rows: ChunkRows, items: Iterator[tuple[Any, Any]], *, images: bool,
+                 window: int, encode: dict[str, Any], bar: Any) -> tuple[list[Any], np.ndarray, list[tuple[Any, str]]]:
+    """One chunk's ids, vectors and errors from ``(id, item)`` pairs; ``window`` rows per ``encode`` call, as
+    the items arrive."""
     errors = list(rows.errors)
     ids: list[Any] = []
     parts: list[np.ndarray] = []
@@ -248,7 +272,7 @@ def _encode_rows(model: EmbeddingModel, rows: ChunkRows, items: Iterator[Any], *
         bar.update(len(batch))
         batch.clear()
 
-    for row_id, item in zip(rows.ids, items):
+    for row_id, item in items:
         if images and isinstance(item, str):  # an image that did not decode: the reason
             errors.append((row_id, item))
             continue
@@ -262,14 +286,65 @@ def _encode_rows(model: EmbeddingModel, rows: ChunkRows, items: Iterator[Any], *
     return ids, emb, errors
 
 
+class _InFlight:
+    """What the decode pipeline holds at once: at most ``items`` images submitted and not yet encoded, at most
+    ``decoding`` of them not yet decoded (each worker holds one), and at most ``limit`` bytes in all (file
+    bytes until an image decodes, then its pixels); one image always passes, however large."""
+
+    def __init__(self, items: int, decoding: int, limit: int):
+        self.items, self.decoding, self.limit = items, decoding, limit
+        self.count = self.pending = self.bytes = 0
+        self.cond = threading.Condition()
+
+    def take(self, size: int, stop: threading.Event) -> bool:
+        with self.cond:
+            while self.count and (self.count >= self.items or self.pending >= self.decoding
+                                  or self.bytes + size > self.limit):
+                if stop.is_set():
+                    return False
+                self.cond.wait(0.1)
+            self.count, self.pending, self.bytes = self.count + 1, self.pending + 1, self.bytes + size
+            return True
+
+    def decoded(self, before: int, after: int) -> None:
+        with self.cond:
+            self.pending -= 1
+            self.bytes += after - before
+            self.cond.notify_all()
+
+    def release(self, size: int) -> None:
+        with self.cond:
+            self.count -= 1
+            self.bytes -= size
+            self.cond.notify_all()
+
+
+class _Decoding:
+    """One image in the pool: its result and the bytes it is charged while in flight."""
+
+    def __init__(self, budget: _InFlight, size: int):
+        self.budget, self.size, self.ready = budget, size, threading.Event()
+        self.value: Any = None
+
+    def finish(self, value: Any) -> None:
+        after = value.nbytes if isinstance(value, np.ndarray) else 0
+        self.budget.decoded(self.size, after)
+        self.size, self.value = after, value
+        self.ready.set()
+
+    def fail(self, exc: BaseException) -> None:
+        self.finish(JobError(f"an image decode worker failed ({type(exc).__name__}: {exc})"))
+
+
 class _Feed:
-    """Chunks read one ahead in a thread; their images decode in ``pool``, at most ``ahead`` in flight."""
+    """Chunks read one ahead in a thread; their images decode in ``pool`` within the bounds of :class:`_InFlight`."""
 
     _END = object()
 
-    def __init__(self, chunks: list[Chunk], reading: dict[str, Any], pool: ProcessPoolExecutor | None, ahead: int):
+    def __init__(self, chunks: list[Chunk], reading: dict[str, Any], pool: Any, ahead: int, decoding: int):
         self.chunks, self.reading, self.pool = chunks, reading, pool
-        self.slots = threading.Semaphore(ahead)
+        self.workers = list(getattr(pool, "_pool", []))  # the processes started with the pool
+        self.budget = _InFlight(ahead, decoding, DECODE_BYTES)
         self.queue: queue.Queue = queue.Queue(maxsize=1)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._produce, daemon=True, name="embedhub-read")
@@ -282,11 +357,19 @@ class _Feed:
                 futures: queue.Queue | None = queue.Queue() if self.pool is not None else None
                 self._put((chunk, rows, futures))
                 if futures is not None:
-                    for item in rows.items:
-                        while not self.slots.acquire(timeout=0.1):
-                            if self.stop.is_set():
+                    with ItemReader(chunk) as reader:
+                        for row_id, item in zip(rows.ids, rows.items):
+                            size = min(ItemReader.size(item), MAX_IMAGE_BYTES + 1)
+                            if not self.budget.take(size, self.stop):
                                 return
-                        futures.put(self.pool.submit(decode_image, item))
+                            job = _Decoding(self.budget, size)
+                            data = reader(item)  # a tar member's bytes, read only now
+                            if isinstance(data, str):
+                                job.finish(data)
+                            else:
+                                self.pool.apply_async(decode_image, (data,), callback=job.finish,
+                                                      error_callback=job.fail)
+                            futures.put((row_id, job))
                 if self.stop.is_set():
                     return
             self._put(self._END)
@@ -311,14 +394,29 @@ class _Feed:
             chunk, rows, futures = value
             yield chunk, rows, (None if futures is None else self._results(futures, len(rows.items)))
 
-    def _results(self, futures: queue.Queue, n: int) -> Callable[[], Iterator[Any]]:
-        def results() -> Iterator[Any]:
+    def _results(self, futures: queue.Queue, n: int) -> Callable[[], Iterator[tuple[Any, Any]]]:
+        def results() -> Iterator[tuple[Any, Any]]:
             for _ in range(n):
-                future: Future = futures.get()
-                try:
-                    yield future.result()
-                finally:
-                    self.slots.release()
+                while True:
+                    try:
+                        row_id, job = futures.get(timeout=0.5)
+                        break
+                    except queue.Empty:
+                        if not self.thread.is_alive():  # the reader failed: its error is next in the queue
+                            value = self.queue.get()
+                            if isinstance(value, BaseException):
+                                raise value from None
+                            raise JobError("image reading stopped before the shard was read") from None
+                while not job.ready.wait(0.5):
+                    dead = [p for p in self.workers if p.exitcode is not None]
+                    if dead:  # its task is lost with it: the pool would wait for it forever
+                        raise JobError(f"an image decode worker died (exit code {dead[0].exitcode}; out of memory?) "
+                                       "while decoding the image of row " f"{row_id!r}; run the job again to resume")
+                value = job.value
+                self.budget.release(job.size)
+                if isinstance(value, BaseException):
+                    raise value
+                yield row_id, value
 
         return results
 
@@ -328,12 +426,88 @@ class _Feed:
 
 
 # ---------------------------------------------------------------------------------------------- output folder
+#: every name a job writes into its folder (relative paths); the ledger may record only these
+_OWNED = re.compile(r"(manifest\.json|errors\.jsonl|index\.faiss|index_ids\.parquet|\.lock|shards"
+                    r"|shards/part-\d{5,}\.parquet)")
+#: atomic_write's temporary file of an owned name, left by a killed run (".manifest.json.x1y2z3w4.tmp")
+_TEMP = re.compile(r"\.(?P<name>[^/]+)\.[A-Za-z0-9_]+\.tmp")
+_LEDGER_HEADER = "embedhub embed folder 1"
+#: bounds on the bookkeeping files read back from a folder (they are untrusted like any input)
+MAX_LEDGER_BYTES = 16 << 20
+MAX_MANIFEST_BYTES = 64 << 20
+
+
+def _is_temp(rel: str) -> bool:
+    folder, _, name = rel.rpartition("/")
+    m = _TEMP.fullmatch(name)
+    return m is not None and _OWNED.fullmatch(f"{folder}/{m['name']}" if folder else m["name"]) is not None
+
+
+def _kind(path: Path) -> str | None:
+    """``"file"``, ``"folder"``, ``"link"`` or ``"other"`` from ``lstat`` (links are never followed); None if absent."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    return ("file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else "link" if stat.S_ISLNK(mode)
+            else "other")
+
+
+def _read_bounded(path: Path, limit: int, what: str) -> str:
+    """A regular file's text, at most ``limit`` bytes (a link, a FIFO or a larger file is a :class:`JobError`)."""
+    kind = _kind(path)
+    if kind != "file":
+        raise JobError(f"{path}: expected a regular {what} file, found {'nothing' if kind is None else 'a ' + kind}")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise JobError(f"{path}: the {what} is over {limit} bytes; it was not written by embedhub")
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from None
+
+
+class _Ledger:
+    """``OUTPUT/.embedhub-job``: every file and folder the job has created there, recorded before it is
+    created. Only recorded names are ever deleted (``restart``), and a folder without a ledger is not a job's."""
+
+    def __init__(self, out: Path):
+        self.path = out / LEDGER
+        self.names: set[str] = set()
+
+    def load(self) -> None:
+        lines = _read_bounded(self.path, MAX_LEDGER_BYTES, "job ledger").splitlines()
+        if not lines or lines[0] != _LEDGER_HEADER:
+            raise JobError(f"{self.path}: not an embedhub job ledger (first line {_LEDGER_HEADER!r})")
+        for lineno, name in enumerate(lines[1:], start=2):
+            if not _OWNED.fullmatch(name):
+                raise JobError(f"{self.path} line {lineno}: {name!r:.80} is not a file embedhub writes; the "
+                               "ledger was edited, so embedhub cannot tell its files from yours")
+            self.names.add(name)
+
+    def create(self, names: set[str]) -> None:
+        self.names = set(names)
+        atomic_write(self.path, "".join(f"{n}\n" for n in [_LEDGER_HEADER, *sorted(self.names)]))
+
+    def record(self, *names: str) -> None:
+        """Record ``names`` (before they are created)."""
+        new = [n for n in names if n not in self.names]
+        if new:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write("".join(f"{n}\n" for n in new))
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.names.update(new)
+
+
 class _Job:
-    """An output folder: its lock, manifest, shard files, errors file and index."""
+    """An output folder: its ledger, lock, manifest, shard files, errors file and index."""
 
     def __init__(self, out: Path, fingerprint: Fingerprint, *, restart: bool):
         self.out, self.fingerprint, self.restart = out, fingerprint, restart
         self.manifest: dict[str, Any] = {}
+        self.ledger = _Ledger(out)
         self._lock: Any = None
 
     # -- lock: one job per folder at a time (released by the OS if the process dies)
@@ -342,9 +516,13 @@ class _Job:
 
         if self.out.exists() and not self.out.is_dir():
             raise JobError(f"output {self.out} is a file; expected a folder (new, empty, or of an earlier run)")
-        self._refuse_foreign()
-        self.out.mkdir(parents=True, exist_ok=True)
-        self._lock = open(self.out / LOCK, "a")
+        self._adopt()
+        self.ledger.record(LOCK)
+        try:  # never through a link
+            fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise JobError(f"output {self.out}: cannot open its lock file {LOCK} ({exc.strerror}; a link?)") from None
+        self._lock = os.fdopen(fd, "r+")
         try:
             fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -361,30 +539,73 @@ class _Job:
         if self._lock is not None:
             self._lock.close()
 
-    def _refuse_foreign(self) -> None:
-        """Never write among a user's files: the folder must be new, empty, or a job's."""
+    def _adopt(self) -> None:
+        """Never write among a user's files: the folder must be new, empty, or a job's holding only what the job
+        wrote (its ledger says which). A job folder of an embedhub without ledgers is adopted by its manifest."""
         if not self.out.is_dir():
+            self.out.mkdir(parents=True, exist_ok=True)
+        names = sorted(p.name for p in self.out.iterdir())
+        if not names:
+            self.ledger.create(set())
             return
-        ours = (MANIFEST, SHARDS, ERRORS, INDEX, INDEX_IDS, LOCK)
-        names = [p.name for p in self.out.iterdir()]
-        # atomic_write's temporary files (".manifest.json.x1y2.tmp") left by a killed run are ours too
-        others = sorted(n for n in names if n not in ours and not any(n.startswith(f".{o}.") for o in ours))
-        if MANIFEST not in names and any(n in (SHARDS, INDEX, INDEX_IDS) for n in names):
-            others.append("shards but no manifest")
+        if LEDGER in names:
+            try:
+                self.ledger.load()
+            except JobError as exc:
+                raise JobError(f"output {self.out} is not usable: {exc}; give a new or empty folder") from None
+        elif MANIFEST in names and _kind(self.out / MANIFEST) == "file":
+            try:
+                manifest = _read_manifest(self.out / MANIFEST)
+            except JobError:
+                manifest = None
+            if manifest is None:
+                raise JobError(f"output {self.out} is not an embedhub embed folder (it holds "
+                               f"{', '.join(names[:5])}, and its {MANIFEST} is not a job manifest); give a new or "
+                               "empty folder") from None
+            owned = {MANIFEST, ERRORS, INDEX, INDEX_IDS, LOCK, SHARDS}
+            owned.update(e.get("file") for e in manifest["shards"].values() if isinstance(e, dict)
+                         and isinstance(e.get("file"), str) and _OWNED.fullmatch(e["file"]))
+            self.ledger.names = {n for n in owned if _kind(self.out / n) is not None} | {LOCK}
+            self._check_foreign(names)
+            self.ledger.create(self.ledger.names)
+            return
+        self._check_foreign(names)
+
+    def _check_foreign(self, names: list[str]) -> None:
+        """A :class:`JobError` naming the files embedhub did not write here (nothing is touched)."""
+        owned = self.ledger.names
+        others = [n for n in names if n != LEDGER and not n.startswith(f".{LEDGER}.") and n not in owned
+                  and not _is_temp(n)]
+        shards = self.out / SHARDS
+        kind = _kind(shards)
+        if kind not in (None, "folder"):
+            others.append(f"{SHARDS} (a {kind}, not a folder embedhub made)")
+        elif kind == "folder" and SHARDS in owned:
+            others += [f"{SHARDS}/{p.name}" for p in sorted(shards.iterdir())
+                       if f"{SHARDS}/{p.name}" not in owned and not _is_temp(f"{SHARDS}/{p.name}")]
         if others:
-            raise JobError(f"output {self.out} is not an embedhub embed folder (it holds {', '.join(others[:5])}); "
-                           "give a new or empty folder")
+            if not owned:
+                raise JobError(f"output {self.out} is not an embedhub embed folder (it holds "
+                               f"{', '.join(others[:5])}); give a new or empty folder")
+            raise JobError(f"output {self.out} holds {count(len(others), 'file')} embedhub did not write "
+                           f"({', '.join(others[:5])}{' ...' if len(others) > 5 else ''}); move them out, or give "
+                           "a new or empty folder")
 
     def _open_manifest(self) -> None:
         """An earlier run's manifest: refused if another model's (unless restarting, which clears the folder)."""
+        self._check_foreign(sorted(p.name for p in self.out.iterdir()))
         manifest = self.out / MANIFEST
-        if not manifest.exists():
-            return
-        self.manifest = _read_manifest(manifest)
-        stored = Fingerprint.from_dict(self.manifest["fingerprint"], path=manifest)
         if self.restart:
             self._clear()
             return
+        if _kind(manifest) is None:
+            return
+        self.manifest = _read_manifest(manifest)
+        try:
+            stored = Fingerprint.from_dict(self.manifest["fingerprint"], path=manifest)
+        except FingerprintMismatchError as exc:  # a malformed fingerprint record (ProvenanceError)
+            raise JobError(f"{exc}; pass restart=True (--restart) to start over (it deletes only the files the "
+                           "job wrote), or give another output folder") from None
         try:
             self.fingerprint.check(stored, what=str(self.out), expected="this job", found="folder")
         except FingerprintMismatchError as exc:
@@ -392,17 +613,33 @@ class _Job:
                             "another output folder") from None
 
     def _clear(self) -> None:
-        import shutil
-
-        for name in (MANIFEST, ERRORS, INDEX, INDEX_IDS):
-            (self.out / name).unlink(missing_ok=True)
-        shutil.rmtree(self.out / SHARDS, ignore_errors=True)
+        """Delete what the ledger records (links themselves, never what they point to), and stale temporaries."""
+        removed = 0
+        for rel in sorted(self.ledger.names - {LOCK, SHARDS}, reverse=True):
+            if _kind(self.out / rel) in ("file", "link"):
+                (self.out / rel).unlink()
+                removed += 1
+        for folder in (self.out, self.out / SHARDS):
+            if _kind(folder) == "folder":
+                for p in folder.iterdir():
+                    rel = p.relative_to(self.out).as_posix()
+                    if _is_temp(rel) and _kind(p) in ("file", "link"):
+                        p.unlink()
+        if SHARDS in self.ledger.names and _kind(self.out / SHARDS) == "folder":
+            try:
+                (self.out / SHARDS).rmdir()
+            except OSError:  # not empty: something appeared since the check; it stays
+                pass
+        self.ledger.create({n for n in self.ledger.names if _kind(self.out / n) is not None})
         self.manifest = {}
-        _note(f"{self.out}: restarted (earlier shards deleted)")
+        if removed:
+            _note(f"{self.out}: restarted (earlier shards deleted)")
 
     def start(self, plan: Plan, settings: dict[str, Any]) -> None:
-        """Check an earlier run's settings against this one's; drop shards whose files are missing or changed."""
+        """Check an earlier run's settings against this one's; drop shards whose files are missing or changed.
+        Every shard file the plan will write is recorded in the ledger first (a kill can leave any of them)."""
         self.plan = plan
+        self.ledger.record(SHARDS, *(_shard_name(c) for c in plan.chunks))
         if self.manifest:
             before = self.manifest["settings"]
             # the same files named another way (a relative path, another glob) are the same input
@@ -433,8 +670,10 @@ class _Job:
                 "shards": {},
                 "complete": False,
             }
-        for tmp in (self.out / SHARDS).glob(".part-*.tmp"):  # left by a run killed mid-write
-            tmp.unlink(missing_ok=True)
+        if _kind(self.out / SHARDS) == "folder":
+            for tmp in (self.out / SHARDS).iterdir():  # left by a run killed mid-write
+                if _is_temp(f"{SHARDS}/{tmp.name}") and _kind(tmp) in ("file", "link"):
+                    tmp.unlink()
         self._save()
 
     def pending(self) -> list[Chunk]:
@@ -445,7 +684,8 @@ class _Job:
         from ._backends import sha256_file
         from ._store import write_embeddings
 
-        rel = f"{SHARDS}/part-{chunk.index:05d}.parquet"
+        rel = _shard_name(chunk)
+        self.ledger.record(SHARDS, rel)
         meta = dict(chunk.describe(), shard=chunk.index, errors=len(errors))
         write_embeddings(self.out / rel, emb, self.fingerprint, ids=ids, metadata={SHARD_KEY: json.dumps(meta)})
         entry = dict(meta, file=rel, rows=len(emb), sha256=sha256_file(self.out / rel),
@@ -459,10 +699,11 @@ class _Job:
                   for e in shards for i, r in e["error_rows"]]
         errors_file = None
         if errors:
+            self.ledger.record(ERRORS)
             errors_file = atomic_write(self.out / ERRORS, "".join(json.dumps(e) + "\n" for e in errors))
             _note(f"{len(errors)} rows could not be embedded; listed in {errors_file}")
-        else:
-            (self.out / ERRORS).unlink(missing_ok=True)
+        elif ERRORS in self.ledger.names and _kind(self.out / ERRORS) in ("file", "link"):
+            (self.out / ERRORS).unlink()
         index_path = None
         if index == "faiss":
             index_path = self._build_index(shards)
@@ -478,6 +719,7 @@ class _Job:
 
         from ._store import PARQUET_KEY, read_embeddings
 
+        self.ledger.record(INDEX, INDEX_IDS)
         idx = faiss.IndexFlatIP(self.fingerprint.dim)
         ids: list[Any] = []
         for entry in shards:
@@ -497,7 +739,12 @@ class _Job:
         return path
 
     def _save(self) -> None:
+        self.ledger.record(MANIFEST)
         atomic_write(self.out / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
+
+
+def _shard_name(chunk: Chunk) -> str:
+    return f"{SHARDS}/part-{chunk.index:05d}.parquet"
 
 
 def plain(value: Any) -> Any:
@@ -511,32 +758,59 @@ def id_list(stored: StoredEmbeddings) -> list[Any]:
 
 
 def _read_manifest(path: Path) -> dict[str, Any]:
+    """A job manifest, bounded in size and checked in shape (a :class:`JobError` naming it otherwise)."""
+    advice = ("pass restart=True (--restart) to start over (it deletes only the files the job wrote), or give "
+              "another output folder")
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise JobError(f"{path} is not a readable job manifest ({exc}); pass restart=True (--restart) to start "
-                       "over") from None
+        manifest = json.loads(_read_bounded(path, MAX_MANIFEST_BYTES, "job manifest"))
+    except JobError as exc:
+        raise JobError(f"{exc}; {advice}") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise JobError(f"{path} is not a readable job manifest ({type(exc).__name__}: {str(exc)[:200]}); "
+                       f"{advice}") from None
     keys = ("fingerprint", "settings", "digest", "shards", "shards_total")
     if not isinstance(manifest, dict) or manifest.get("embedhub_embed_job") != MANIFEST_VERSION or any(
         k not in manifest for k in keys
     ):
         raise JobError(f"{path} is not an embedhub embed manifest (version {MANIFEST_VERSION} with "
-                       f"{', '.join(keys)}); pass restart=True (--restart) to start over")
+                       f"{', '.join(keys)}); {advice}")
+    shards, total = manifest["shards"], manifest["shards_total"]
+    if not isinstance(shards, dict) or not isinstance(total, int) or not isinstance(manifest["settings"], dict):
+        raise JobError(f"{path}: 'shards' must be an object, 'shards_total' an integer and 'settings' an object; "
+                       f"{advice}")
+    for key, entry in shards.items():
+        ok = isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("sha256"), str)
+        ok = ok and isinstance(entry.get("error_rows", []), list) and isinstance(entry.get("rows", 0), int)
+        if not ok or not _SHARD_FILE.fullmatch(entry["file"]):
+            raise JobError(f"{path}: shard {key!r:.40} must record 'file' (shards/part-NNNNN.parquet, inside the "
+                           f"folder), 'sha256', 'rows' and 'error_rows'; found {json.dumps(entry)[:120]}; {advice}")
     return manifest
 
 
+#: the file of a shard, relative to the job folder: nothing else is read as one
+_SHARD_FILE = re.compile(r"shards/part-\d{5,}\.parquet")
+
+
 def _shard_problem(path: Path, entry: dict[str, Any]) -> str | None:
+    """Why the shard file at ``path`` is not the one the manifest ``entry`` recorded, or ``None``."""
     from ._backends import sha256_file
 
-    if not path.is_file():
+    kind = _kind(path)
+    if kind is None:
         return f"{path.name} is missing"
+    if kind != "file":
+        return f"{path.name} is a {kind}, not the regular file that was written"
     if sha256_file(path) != entry.get("sha256"):
         return f"{path.name} is not the file that was written (SHA-256 differs: cut short or changed)"
     return None
 
 
 def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbeddings:
-    """Every shard of a finished job, concatenated in shard order (see :func:`embedhub.read_embeddings`)."""
+    """Every shard of a finished job, concatenated in shard order (see :func:`embedhub.read_embeddings`).
+
+    Each shard must be the regular file ``shards/part-NNNNN.parquet`` the manifest records, with the
+    SHA-256 recorded when it was written, and its row count; a :class:`JobError` names the first that is not.
+    """
     from ._store import StoredEmbeddings, read_embeddings
 
     manifest = _read_manifest(folder / MANIFEST)
@@ -544,10 +818,24 @@ def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbedd
     if expect is not None:
         expect.check(fp, what=str(folder), expected="expected", found="folder")
     done = manifest["shards"]
-    if len(done) != manifest["shards_total"]:
-        raise JobError(f"{folder}: the job is unfinished ({len(done)} of {manifest['shards_total']} shards); run it "
+    total = manifest["shards_total"]
+    if len(done) != total or any(str(k) not in done for k in range(total)):
+        raise JobError(f"{folder}: the job is unfinished ({len(done)} of {total} shards); run it "
                        "again to finish")
-    parts = [read_embeddings(folder / done[str(k)]["file"], expect=fp) for k in range(manifest["shards_total"])]
+    if total and _kind(folder / SHARDS) != "folder":
+        raise JobError(f"{folder}: {SHARDS} is a {_kind(folder / SHARDS) or 'missing'} entry, not the folder the "
+                       "job wrote; shards are read only inside the job folder")
+    parts = []
+    for k in range(total):
+        entry = done[str(k)]
+        problem = _shard_problem(folder / entry["file"], entry)
+        if problem:
+            raise JobError(f"{folder}: shard {k} ({entry['file']}): {problem}; run the job again to redo it")
+        part = read_embeddings(folder / entry["file"], expect=fp)
+        if len(part) != entry["rows"]:
+            raise JobError(f"{folder}: shard {k} ({entry['file']}) holds {len(part)} rows, the manifest "
+                           f"records {entry['rows']}; run the job again to redo it")
+        parts.append(part)
     emb = np.concatenate([p.embeddings for p in parts]) if parts else np.empty((0, fp.dim), np.float32)
     filled = [p for p in parts if len(p)]  # a shard whose rows all failed has no id type of its own
     if filled and all(isinstance(p.ids, np.ndarray) for p in filled):

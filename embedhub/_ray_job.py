@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from ._corpus import Chunk, decode_image, read_chunk
+from ._corpus import Chunk, ItemReader, decode_image, read_chunk
 from ._errors import JobError
 from ._job import plain
 from ._provenance import Fingerprint
@@ -37,10 +37,14 @@ def _read_rows(row: dict[str, Any], *, reading: dict[str, Any]) -> list[dict[str
     column, blank = ("image", np.zeros((1, 1, 3), np.uint8)) if image else ("text", "")
     # rows that failed to read first, then the items in order: the order the local engine lists errors in
     out = [{"shard": chunk.index, "id": row_id, column: blank, "error": reason} for row_id, reason in rows.errors]
-    for row_id, item in zip(rows.ids, rows.items):
-        value = decode_image(item) if image else item
-        error = value if isinstance(value, str) and image else ""
-        out.append({"shard": chunk.index, "id": row_id, column: blank if error else value, "error": error})
+    with ItemReader(chunk) as reader:  # tar members are read here, one at a time
+        for row_id, item in zip(rows.ids, rows.items):
+            value = item
+            if image:
+                data = reader(item)
+                value = data if isinstance(data, str) else decode_image(data)
+            error = value if isinstance(value, str) and image else ""
+            out.append({"shard": chunk.index, "id": row_id, column: blank if error else value, "error": error})
     for pos, r in enumerate(out):
         r["pos"] = pos
     return out

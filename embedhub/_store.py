@@ -39,6 +39,9 @@ PARQUET_KEY = b"embedhub.fingerprint"
 SIDECAR_SUFFIX = ".fingerprint.json"
 SIDECAR_VERSION = 1
 _CHUNK = 1 << 20
+#: bounds on what a reader allocates before it has checked a file: a .npy header, a sidecar
+_NPY_HEADER_MAX = 10_000
+_SIDECAR_MAX = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -294,31 +297,73 @@ def _missing(path: Path, ext: str) -> str:
 def _read_npy(path: Path) -> StoredEmbeddings:
     import numpy as np
 
-    try:
-        arr = np.load(path, allow_pickle=False)
-    except OSError as exc:
-        raise EmbeddingsFileError(f"cannot read {path}: {exc.strerror or exc}", path=path) from exc
-    except ValueError as exc:
-        raise EmbeddingsFileError(f"{path} is not a .npy array file: {exc}", path=path) from exc
-    if not isinstance(arr, np.ndarray) or arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
-        raise EmbeddingsFileError(
-            f"{path}: expected a 2-d float array (N x D), got {arr.dtype} of shape {arr.shape}", path=path
-        )
-    emb = np.ascontiguousarray(arr, dtype=np.float32)
+    emb = _load_npy(path)
     side = sidecar_path(path)
     fp = _read_sidecar(side, path, emb.shape) if side.exists() else None
     return StoredEmbeddings(path, emb, np.arange(emb.shape[0], dtype=np.int64), None, fp)
 
 
+def _load_npy(path: Path) -> np.ndarray:
+    """A 2-d float matrix from a ``.npy`` file, its header checked before anything is allocated: a bounded
+    header, a float dtype, and a shape whose bytes are exactly what the file holds after the header."""
+    import numpy as np
+    from numpy.lib import format as npy
+
+    try:
+        with open(path, "rb") as fh:
+            size = os.fstat(fh.fileno()).st_size
+            try:
+                version = npy.read_magic(fh)
+                if version not in ((1, 0), (2, 0), (3, 0)):
+                    raise ValueError(f"unknown .npy format version {version}")
+                reader = npy.read_array_header_1_0 if version == (1, 0) else npy.read_array_header_2_0
+                shape, fortran, dtype = reader(fh, max_header_size=_NPY_HEADER_MAX)
+            except (ValueError, SyntaxError, TypeError, EOFError, RecursionError, MemoryError) as exc:
+                raise EmbeddingsFileError(f"{path} is not a .npy array file: {str(exc)[:300]}", path=path) from None
+            if len(shape) != 2 or dtype.kind != "f" or dtype.hasobject:
+                raise EmbeddingsFileError(
+                    f"{path}: expected a 2-d float array (N x D), got {dtype} of shape {shape}", path=path
+                )
+            count = shape[0] * shape[1]
+            if count * dtype.itemsize != size - fh.tell():
+                raise EmbeddingsFileError(
+                    f"{path}: its header says {shape[0]} x {shape[1]} {dtype} ({count * dtype.itemsize} bytes) but "
+                    f"the file holds {size - fh.tell()} bytes after the header (cut short, or a forged header)",
+                    path=path,
+                )
+            arr = np.fromfile(fh, dtype=dtype, count=count)
+    except OSError as exc:
+        raise EmbeddingsFileError(f"cannot read {path}: {exc.strerror or exc}", path=path) from exc
+    arr = arr.reshape(shape, order="F" if fortran else "C")
+    emb = np.ascontiguousarray(arr, dtype=np.float32)
+    _check_finite(emb, path)
+    return emb
+
+
+def _check_finite(emb: np.ndarray, path: Path) -> None:
+    """An :class:`EmbeddingsFileError` naming the file and the first row that holds NaN or an infinity."""
+    import numpy as np
+
+    finite = np.isfinite(emb).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise EmbeddingsFileError(f"{path}: row {row} holds NaN or infinite values; stored embeddings must be "
+                                  "finite (the file is corrupt or was not written by embedhub)", path=path)
+
+
 def _read_sidecar(side: Path, npy: Path, shape: tuple[int, ...]) -> Fingerprint:
     try:
-        text = side.read_bytes()
+        with open(side, "rb") as fh:
+            text = fh.read(_SIDECAR_MAX + 1)
+        if len(text) > _SIDECAR_MAX:
+            raise ProvenanceError(f"{side} is over {_SIDECAR_MAX} bytes; not an embedhub sidecar", path=side)
     except OSError as exc:
         raise ProvenanceError(f"cannot read {side}: {exc.strerror or exc}", path=side) from exc
     try:
         record = json.loads(text)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ProvenanceError(f"{side} is not valid JSON: {exc}", path=side) from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ProvenanceError(f"{side} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}",
+                              path=side) from None
     if not isinstance(record, dict):
         raise ProvenanceError(f"{side}: expected a JSON object, found {type(record).__name__}", path=side)
     version = record.get("embedhub_embeddings")
@@ -398,6 +443,7 @@ def _read_parquet(path: Path) -> StoredEmbeddings:
         raise EmbeddingsFileError(f"{path}: column 'embedding' holds empty vectors", path=path)
     # a copy: arrow's buffers are read-only, and the table is dropped once the matrix is out
     emb = np.array(values.to_numpy(zero_copy_only=False), dtype=np.float32, copy=True).reshape(n, dim)
+    _check_finite(emb, path)
     ids: Any = np.arange(n, dtype=np.int64)
     if "id" in names:
         id_col = table.column("id")

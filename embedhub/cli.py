@@ -383,13 +383,13 @@ def _read_stored(args: argparse.Namespace, corpus: Corpus) -> StoredEmbeddings:
     vectors that cannot be traced to a model are refused, since the point of the check is that an
     index is never searched with another model's queries.
     """
-    from ._errors import EmbeddingsFileError, ProvenanceError
+    from ._errors import EmbeddingsFileError, JobError, ProvenanceError
     from ._store import read_embeddings, sidecar_path
 
     path = Path(args.embeddings)
     try:
         stored = read_embeddings(path)
-    except (EmbeddingsFileError, ProvenanceError) as exc:
+    except (EmbeddingsFileError, ProvenanceError, JobError) as exc:
         raise UsageError(f"--embeddings: {exc}") from None
     rows = len(stored)
     if rows != len(corpus.items):
