@@ -128,6 +128,9 @@ def load(
         graphs = {m: spec.str("onnx") for m, spec in specs.items()}
         towers = load_onnx_towers(folder, graphs, embed_dim=embed_dim, device=device, threads=threads)
     else:
+        for m, spec in specs.items():  # an ONNX-only tower says so before any weights file is looked for
+            if _kind(spec) is None:
+                raise UnknownFormatError(f"{folder.root} has only an ONNX graph for its {m} tower; use backend='onnx'")
         _check_fits(folder, specs)
         for m, spec in specs.items():
             tower = _build_tower(folder, m, spec, trust_remote_code)
