@@ -116,6 +116,10 @@ def load(
 
     #: the files the load opened: what the fingerprint hashes, what saving copies and pushing uploads
     model.source_files = tuple(remember(fmt, loaded, options.backend))
+    from ._provenance import file_stats
+
+    #: how those files were when loaded: a fingerprint taken after they change describes the weights in memory
+    model.source_stats = file_stats(loaded.root, model.source_files)
     return model
 
 

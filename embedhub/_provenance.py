@@ -213,8 +213,18 @@ def fingerprint_of(model: EmbeddingModel) -> Fingerprint:
     revision = getattr(model, "revision", None)
     folder = getattr(model, "folder", None)
     source = None
+    changed = _changed_since_load(Path(folder), model) if folder is not None and Path(folder).is_dir() else None
     if repo_id and isinstance(revision, str) and _COMMIT.fullmatch(revision):
         source = f"hub:{repo_id}"
+    elif changed is not None:
+        # the folder no longer holds what was loaded (re-saved, edited): describe the weights in memory
+        try:
+            source = f"memory:{memory_hash(model)}"
+        except Exception as exc:
+            raise ProvenanceError(
+                f"{folder}: {changed} changed after this model was loaded from it, and a {model.backend} model's "
+                f"weights cannot be hashed in memory; load the folder again to fingerprint what it holds now"
+            ) from exc
     elif folder is not None and Path(folder).is_dir():
         from ._errors import EmbedhubError
 
@@ -235,6 +245,32 @@ def fingerprint_of(model: EmbeddingModel) -> Fingerprint:
         normalized=True,
         dim=int(model.embed_dim),
     )
+
+
+def file_stats(folder: Path, files: Any) -> tuple[tuple[str, int, int, int, int], ...]:
+    """``(name, size, mtime, ctime, inode)`` of each file: what tells that a file was rewritten (ctime
+    changes on every write, even when the size and a restored mtime do not)."""
+    out = []
+    for rel in sorted(set(files)):
+        st = os.stat(Path(folder) / rel)
+        out.append((rel, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino))
+    return tuple(out)
+
+
+def _changed_since_load(folder: Path, model: EmbeddingModel) -> str | None:
+    """The first file the model's load opened that is no longer as it was then (``None``: all unchanged,
+    or the load recorded nothing)."""
+    then = getattr(model, "source_stats", None)
+    if not then:
+        return None
+    for entry in then:
+        try:
+            now = file_stats(folder, [entry[0]])[0]
+        except OSError:
+            return entry[0]
+        if now != entry:
+            return entry[0]
+    return None
 
 
 def _model_files(folder: Path, model: EmbeddingModel) -> list[str] | None:
@@ -281,7 +317,7 @@ def _pooling(model: EmbeddingModel) -> str | None:
     return None
 
 
-_FOLDER_HASHES: dict[tuple[str, tuple[tuple[str, int, int, int], ...]], str] = {}
+_FOLDER_HASHES: dict[tuple[str, tuple[tuple[str, int, int, int, int], ...]], str] = {}
 
 
 def folder_hash(folder: Path, files: Any = None) -> str:
@@ -290,7 +326,7 @@ def folder_hash(folder: Path, files: Any = None) -> str:
 
     So copies of a model folder hash alike, a file the loader does not read does not count, and one it
     reads (a nested module, a weight shard named by an index) does. A digest is reused while no file's
-    size, modification time or inode changes.
+    size, modification time, change time or inode changes.
     """
     folder = Path(folder)
     if files is None:
@@ -298,11 +334,7 @@ def folder_hash(folder: Path, files: Any = None) -> str:
 
         files = model_files(folder)
     rels = sorted(set(files))
-    stats = []
-    for rel in rels:
-        st = (folder / rel).stat()
-        stats.append((rel, st.st_size, st.st_mtime_ns, st.st_ino))
-    key = (str(folder.resolve()), tuple(stats))
+    key = (str(folder.resolve()), file_stats(folder, rels))
     if key not in _FOLDER_HASHES:
         digest = hashlib.sha256()
         for rel in rels:

@@ -211,3 +211,38 @@ def test_hub_download_list_is_the_files_read(tmp_path, tiny_st_dir, monkeypatch)
     later = {p for call in hub.calls[1:] for p in call}
     assert not any("*" in p for p in later)
     assert {f for f in model.source_files if not f.endswith(".json")} <= later
+
+
+def test_a_loaded_model_keeps_its_fingerprint_when_its_folder_is_resaved(tmp_path, tiny_st_dir, other_st_dir):
+    """The fingerprint describes the model as loaded: another model saved into its folder afterwards gives
+    the loaded model no other model's fingerprint, and its vectors are refused as the new model's."""
+    folder = embedhub.load(tiny_st_dir, device="cpu").save_pretrained(tmp_path / "m")
+    a = embedhub.load(folder, device="cpu")  # fingerprint not read yet
+    embedhub.load(other_st_dir, device="cpu").save_pretrained(folder)
+    b = embedhub.load(folder, device="cpu")
+    assert not np.allclose(a.encode(["a cat"]), b.encode(["a cat"]))
+    assert a.fingerprint.id != b.fingerprint.id and a.fingerprint.source.startswith("memory:")
+    stored = embedhub.write_embeddings(tmp_path / "a.parquet", a.encode(["a cat", "a dog"]), a.fingerprint)
+    with pytest.raises(FingerprintMismatchError):
+        embedhub.read_embeddings(stored, expect=b.fingerprint)
+
+
+def test_weights_rewritten_in_place_with_the_same_size_and_mtime_change_the_fingerprint(tmp_path, tiny_st_dir):
+    from safetensors.torch import load_file, save_file
+
+    folder = shutil.copytree(tiny_st_dir, tmp_path / "m")
+    a = embedhub.load(folder, device="cpu")
+    first = a.fingerprint
+    weights = folder / "model.safetensors"
+    st = os.stat(weights)
+    tensors = load_file(str(weights))
+    name = next(k for k, v in tensors.items() if v.ndim == 2)
+    tensors[name] = tensors[name] * 2
+    save_file(tensors, str(tmp_path / "w.safetensors"), metadata={"format": "pt"})
+    data = (tmp_path / "w.safetensors").read_bytes()
+    assert len(data) == st.st_size
+    weights.write_bytes(data)
+    os.utime(weights, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: only ctime tells
+    b = embedhub.load(folder, device="cpu")
+    assert b.fingerprint.id != first.id
+    assert a.fingerprint.id == first.id  # taken before the change, kept
