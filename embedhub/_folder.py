@@ -109,7 +109,7 @@ class ModelFolder:
                 file=str(self.root),
             )
         resolved = (self.root / parts).resolve()
-        if not any(resolved == r or resolved.is_relative_to(r) for r in self.roots):
+        if not _inside(resolved, self.roots):
             raise ConfigError(
                 f"{self.root}: {what} {rel!r} resolves to {resolved}, outside the model folder "
                 "(a symlink or path may not point out of it)",
@@ -234,16 +234,24 @@ def _key_path(path: tuple[Any, ...]) -> str:
 
 
 def _allowed_roots(root: Path) -> tuple[Path, ...]:
+    """The folder itself, then (for a Hub cache snapshot) the repo's blob store, a flat folder of files named
+    by hash. A ``blobs`` (or repo folder) that is a symlink is no blob store: it could point anywhere."""
     roots = [root]
     # huggingface_hub cache: <cache>/models--org--name/snapshots/<commit>/<file> -> ../../blobs/<hash>
-    if root.parent.name == "snapshots" and root.parent.parent.name.startswith(("models--", "datasets--")):
-        roots.append((root.parent.parent / "blobs").resolve())
-    else:  # a subfolder of a snapshot (sentence-transformers modules)
-        for parent in root.parents:
-            if parent.parent.name == "snapshots" and parent.parent.parent.name.startswith("models--"):
-                roots.append((parent.parent.parent / "blobs").resolve())
-                break
+    for snapshot in (root, *root.parents):
+        repo = snapshot.parent.parent
+        if snapshot.parent.name == "snapshots" and repo.name.startswith(("models--", "datasets--")):
+            blobs = repo / "blobs"
+            if blobs.is_dir() and not blobs.is_symlink() and not repo.is_symlink():
+                roots.append(blobs.resolve())
+            break
     return tuple(roots)
+
+
+def _inside(resolved: Path, roots: tuple[Path, ...]) -> bool:
+    """Whether ``resolved`` lies inside the folder (``roots[0]``) or is a file directly in a blob store."""
+    top, *stores = roots
+    return resolved == top or resolved.is_relative_to(top) or any(resolved.parent == s for s in stores)
 
 
 def _kind(value: Any) -> str:

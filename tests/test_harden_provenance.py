@@ -246,3 +246,31 @@ def test_weights_rewritten_in_place_with_the_same_size_and_mtime_change_the_fing
     b = embedhub.load(folder, device="cpu")
     assert b.fingerprint.id != first.id
     assert a.fingerprint.id == first.id  # taken before the change, kept
+
+
+def test_a_hub_cache_layout_whose_blob_store_is_a_link_reads_nothing_outside(tmp_path, tiny_st_dir, other_st_dir):
+    """A folder shaped like a Hub cache snapshot (a git clone or tarball can carry one) whose ``blobs`` is a
+    symlink to ``/``: files resolving through it are outside the model folder."""
+    repo = tmp_path / "models--org--name"
+    snap = repo / "snapshots" / ("a" * 40)
+    snap.parent.mkdir(parents=True)
+    shutil.copytree(tiny_st_dir, snap)
+    (repo / "blobs").symlink_to("/")
+    (snap / "model.safetensors").unlink()
+    (snap / "model.safetensors").symlink_to("../../blobs" + str((other_st_dir / "model.safetensors").resolve()))
+    with pytest.raises(ConfigError, match="outside the model folder"):
+        embedhub.load(snap, device="cpu")
+    # a real blob store (a folder of files named by hash) still serves its snapshot's links
+    (repo / "blobs").unlink()
+    (repo / "blobs").mkdir()
+    shutil.copy(tiny_st_dir / "model.safetensors", repo / "blobs" / ("b" * 64))
+    (snap / "model.safetensors").unlink()
+    (snap / "model.safetensors").symlink_to("../../blobs/" + "b" * 64)
+    assert embedhub.load(snap, device="cpu").encode(["a cat"]).shape[0] == 1
+    # but only files directly in it, not paths below it
+    (repo / "blobs" / "sub").mkdir()
+    shutil.copy(tiny_st_dir / "model.safetensors", repo / "blobs" / "sub" / "w")
+    (snap / "model.safetensors").unlink()
+    (snap / "model.safetensors").symlink_to("../../blobs/sub/w")
+    with pytest.raises(ConfigError, match="outside the model folder"):
+        embedhub.load(snap, device="cpu")
