@@ -369,14 +369,17 @@ class EmbeddingModel:
         fmt = detect(self.folder)
         if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
             raise FileExistsError(f"{folder} exists and is not a folder; choose a new or empty folder to save into")
+        legacy = COPIED_LEGACY
         if folder.is_dir() and any(folder.iterdir()) and not has_record(folder):
-            try:
-                same = detect(folder).name == fmt.name
+            try:  # a model folder of the same format that another library wrote: its model files are exactly
+                same = detect(folder).name == fmt.name  # the files a load of it opens; no other file is touched
+                legacy = frozenset(detect(folder).files(folder)) if same else legacy
             except Exception:
                 same = False
             if not same:
-                raise FileExistsError(f"{folder} is not empty and is not a model folder of the {fmt.name} format; save "
-                                      "into a new or empty folder (embedhub never replaces files it did not write)")
+                raise FileExistsError(f"{folder} is not empty and is not a model folder of the {fmt.name} format that "
+                                      "loads; save into a new or empty folder (embedhub never replaces files it did "
+                                      "not write)")
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
         try:
@@ -388,7 +391,7 @@ class EmbeddingModel:
                 (staging / rel).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(self.folder / rel, staging / rel)  # follows a Hub snapshot's links to its blobs
             record(staging)
-            switch_folder(staging, folder, legacy=COPIED_LEGACY)  # only what embedhub wrote there is replaced
+            switch_folder(staging, folder, legacy=legacy)  # only what embedhub wrote there is replaced
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
             raise

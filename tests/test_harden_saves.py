@@ -464,3 +464,19 @@ def test_record_is_not_uploaded_and_not_a_model_file(tiny_st_dir, tmp_path):
     assert MANIFEST not in model_files(folder) and MANIFEST not in upload_files(folder)
     record = json.loads((folder / MANIFEST).read_text())["files"]
     assert set(record) == set(model_files(folder))  # everything recorded is uploaded, so a download verifies
+
+
+def test_saving_into_a_folder_another_library_wrote_touches_only_its_model_files(tmp_path):
+    """An open_clip folder written by open_clip itself, holding the user's own ``config.json`` (a training
+    config open_clip never reads) and notes: a re-save replaces only the files a load of it opens."""
+    from conftest import save_tiny_open_clip
+
+    target = save_tiny_open_clip(tmp_path / "target", seed=0)
+    (target / "config.json").write_text('{"lr": 0.001, "epochs": 3}')
+    (target / "notes.txt").write_text("mine")
+    new = embedhub.load(save_tiny_open_clip(tmp_path / "new", seed=1), device="cpu")
+    new.save_pretrained(target)
+    assert (target / "config.json").read_text() == '{"lr": 0.001, "epochs": 3}'
+    assert (target / "notes.txt").read_text() == "mine"
+    again = embedhub.load(target, device="cpu")
+    assert np.allclose(again.encode(["a cat"]), new.encode(["a cat"]), atol=1e-6)
