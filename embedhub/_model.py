@@ -15,7 +15,7 @@ from torch import nn
 
 from ._backends import Runner, TorchRunner
 from ._batching import check_batching, check_positive_int, plan_batches, text_windows
-from ._errors import ModalityError, PublishError, WeightsError
+from ._errors import InputError, ModalityError, PublishError, WeightsError
 from ._inputs import MAX_IMAGE_PIXELS, as_items, load_image, modality_of
 from ._preprocess import ImagePreprocessor, token_lengths
 
@@ -253,7 +253,13 @@ class EmbeddingModel:
         with self._progress("text", len(index), batch_size, show_progress_bar) as bar:
             for window in text_windows(len(index), batch_size):
                 rows = index[window.start : window.stop]
-                ids = pre.tokenize([items[i] for i in rows])
+                try:
+                    ids = pre.tokenize([items[i] for i in rows])
+                except InputError as exc:  # about a text of this window: name it by its place in the inputs
+                    if exc.index is None or not 0 <= exc.index < len(rows):
+                        raise
+                    at = int(rows[exc.index])
+                    raise InputError(f"inputs[{at}]: {exc.detail}", index=at) from None
                 for batch_rows in plan_batches(token_lengths(ids), batch_size, max_tokens):
                     emb = run(pre.collate([ids[r] for r in batch_rows]))
                     self._write(out, rows[batch_rows], emb, "text", normalize)

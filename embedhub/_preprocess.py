@@ -7,11 +7,14 @@ float32 ``(B, 3, H, W)``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
+
+from ._errors import InputError
 
 
 class TextPreprocessor(Protocol):
@@ -31,9 +34,11 @@ class TextPreprocessor(Protocol):
 #: a text longer than ``max(CHARS_PER_TOKEN * max_length, 1024)`` characters is cut before tokenising (to a
 #: prefix that still holds every token truncation keeps); shorter texts are tokenised as they are
 CHARS_PER_TOKEN = 16
-#: the most characters of one text ever tokenised: a text whose first this-many characters hold fewer
-#: tokens than truncation keeps (megabytes of whitespace) is cut here
+#: the most characters of one text ever tokenised: a longer text whose first this-many characters hold fewer
+#: tokens than truncation keeps has its whitespace runs squeezed (they gave no token) and is tried again;
+#: one that still does not settle is cut only inside a word running to its end, else an InputError
 MAX_TEXT_CHARS = 1 << 21
+_WHITESPACE_RUN = re.compile(r"\s{2,}")
 #: texts are handed to a tokenizer in groups of at most this many characters (at least one text)
 _GROUP_CHARS = 1 << 22
 
@@ -67,13 +72,27 @@ def bound_texts(texts: list[str], max_length: int, settled: Any) -> list[str]:
         return texts
     texts = list(texts)
     size = start
+    squeezed: set[int] = set()
     while pending:
         later: list[int] = []
         for group in char_groups([texts[i][:size] for i in pending]):
             done = settled(group)
             for i, ok in zip(pending[: len(group)], done):
-                if ok or size >= MAX_TEXT_CHARS:
+                if ok:
                     texts[i] = texts[i][:size]
+                elif size >= MAX_TEXT_CHARS:
+                    if i not in squeezed:  # whitespace that gave no token in 2 Mi characters gives none at all:
+                        squeezed.add(i)  # runs of it squeezed to one character, the prefix is tried again
+                        texts[i] = _WHITESPACE_RUN.sub(lambda m: m.group(0)[0], texts[i])
+                        if len(texts[i]) > size:
+                            later.append(i)
+                    elif not any(c.isspace() for c in texts[i][size:]):
+                        texts[i] = texts[i][:size]  # one word runs to the end: the cut stays inside it
+                    else:  # a cut here could drop tokens truncation keeps: never silently
+                        raise InputError(
+                            f"inputs[{i}]: a text of {len(texts[i]):,} characters whose first {MAX_TEXT_CHARS:,} "
+                            f"hold fewer than the {max_length} tokens the model keeps (characters the tokenizer "
+                            "drops); strip or shorten it", index=i)
                 elif len(texts[i]) <= 2 * size:
                     pass  # the next size holds the whole text: tokenised as it is
                 else:

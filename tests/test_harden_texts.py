@@ -156,7 +156,8 @@ for kind in sys.argv[2:]:
         v = m.encode([texts[kind](), "x"])
         print(kind, "ok", bool(np.isfinite(v).all()))
     except embedhub.InputError as exc:
-        print(kind, "error", exc.index, "not valid Unicode" in str(exc))
+        why = "unicode" if "not valid Unicode" in str(exc) else "unsettled" if "strip or shorten" in str(exc) else "?"
+        print(kind, "error", exc.index, why)
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 """
 
@@ -172,6 +173,23 @@ def _child(model: Path, *kinds: str) -> tuple[list[str], int]:
 def test_20_mb_texts_encode_under_a_memory_bound(minilm_path):
     _, baseline = _child(minilm_path, "benign")
     result, peak = _child(minilm_path, "words", "spaces", "word", "surrogate")
-    assert result == ["words ok True", "spaces ok True", "word ok True", "surrogate error 0 True"], result
+    assert result == ["words ok True", "spaces ok True", "word ok True", "surrogate error 0 unicode"], result
     # the texts themselves are 20 MB (plus a copy or two); tokenising "word " * 4M whole took 3.6 GB
     assert peak < baseline + 300, (peak, baseline)
+
+
+def test_megabytes_of_whitespace_before_the_words_keep_the_words(minilm):
+    """The first 2 Mi characters are whitespace (no token): the text's embedding is still that of its words."""
+    words = "the piano was out of tune"
+    text = " " * (_preprocess.MAX_TEXT_CHARS + 100_000) + words + "\n" * 3_000_000 + " and loud"
+    ours = minilm.encode([text, words + " and loud"])
+    assert _cos(ours[0], ours[1]) > 1 - 1e-6
+
+
+def test_a_text_whose_cut_would_drop_kept_tokens_is_an_error_naming_it(minilm):
+    """2 Mi characters the tokenizer drops (zero-width spaces, not whitespace) before the words: no prefix
+    gives the whole text's tokens, so an InputError naming the item, never the embedding of a cut text."""
+    text = "\u200b" * (_preprocess.MAX_TEXT_CHARS + 100_000) + " the piano was out of tune"
+    with pytest.raises(embedhub.InputError, match=r"inputs\[1\].*strip or shorten") as info:
+        minilm.encode(["a short one", text])
+    assert info.value.index == 1
