@@ -357,9 +357,11 @@ def load_image(item: Any, index: int, *, max_pixels: int = MAX_IMAGE_PIXELS):
     elif _is_pil(item):
         _check_size(*item.size, index, max_pixels)
         lazy = isinstance(item, ImageFile.ImageFile) and bool(getattr(item, "tile", None))
-        if lazy and item.format not in _LAZY_FORMATS:
+        plugin = type(item)  # the class that decodes it (its instance's ``format`` can be set to anything)
+        fmt = getattr(plugin, "format", None)
+        if lazy and (fmt not in _LAZY_FORMATS or not plugin.__module__.startswith("PIL.")):
             raise InputError(
-                f"inputs[{index}]: PIL image of format {item.format} is not loaded yet and embedhub does not decode "
+                f"inputs[{index}]: PIL image of format {fmt} is not loaded yet and embedhub does not decode "
                 f"that format (accepted: {', '.join(IMAGE_FORMATS)}); convert it yourself if you trust the file"
             , index=index)
         try:

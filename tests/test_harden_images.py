@@ -100,6 +100,10 @@ def test_eps_is_named_and_lazy_eps_pil_image_is_refused(image_only, fake_gs, tmp
     assert lazy.format == "EPS"
     with pytest.raises(embedhub.InputError, match=r"inputs\[0\]: PIL image of format EPS is not loaded yet"):
         image_only.encode([lazy])
+    disguised = Image.open(path)
+    disguised.format = "PNG"  # the instance attribute is the caller's to set; the plugin class decides
+    with pytest.raises(embedhub.InputError, match=r"inputs\[0\]: PIL image of format EPS is not loaded yet"):
+        image_only.encode([disguised])
     assert not fake_gs.exists()
 
 
