@@ -274,3 +274,11 @@ def test_a_hub_cache_layout_whose_blob_store_is_a_link_reads_nothing_outside(tmp
     (snap / "model.safetensors").symlink_to("../../blobs/sub/w")
     with pytest.raises(ConfigError, match="outside the model folder"):
         embedhub.load(snap, device="cpu")
+
+
+def test_a_stored_fingerprint_nested_deep_is_a_provenance_error():
+    from embedhub import Fingerprint
+    from embedhub._errors import ProvenanceError
+
+    with pytest.raises(ProvenanceError, match="emb.npy.fingerprint.json"):
+        Fingerprint.from_json("[" * 200_000 + "]" * 200_000, path="emb.npy.fingerprint.json")
