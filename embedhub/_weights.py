@@ -124,6 +124,9 @@ def read_safetensors(files: list[Path]) -> dict[str, torch.Tensor]:
         for k, v in part.items():
             if not is_finite(v):
                 raise WeightsError(f"weights file {f} holds NaN or Inf in tensor {k!r}")
+            if k in state:  # two shards with one tensor: which one the model gets must not depend on file order
+                raise WeightsError(f"tensor {k!r} is in more than one weights file (again in {f}); a model's "
+                                   "shards must each hold different tensors")
         state.update(part)
     return state
 

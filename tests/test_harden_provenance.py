@@ -282,3 +282,21 @@ def test_a_stored_fingerprint_nested_deep_is_a_provenance_error():
 
     with pytest.raises(ProvenanceError, match="emb.npy.fingerprint.json"):
         Fingerprint.from_json("[" * 200_000 + "]" * 200_000, path="emb.npy.fingerprint.json")
+
+
+def test_a_tensor_in_two_shards_is_refused(tmp_path, tiny_st_dir):
+    """Two shards holding one tensor: which value the model gets would depend on file order."""
+    from safetensors.torch import load_file, save_file
+
+    from embedhub._errors import WeightsError
+
+    folder = shutil.copytree(tiny_st_dir, tmp_path / "m")
+    tensors = load_file(str(folder / "model.safetensors"))
+    (folder / "model.safetensors").unlink()
+    first = sorted(tensors)[0]
+    save_file(tensors, str(folder / "a.safetensors"), metadata={"format": "pt"})
+    save_file({first: tensors[first] + 1.0}, str(folder / "b.safetensors"), metadata={"format": "pt"})
+    weight_map = {k: "a.safetensors" for k in tensors} | {"unused": "b.safetensors"}
+    (folder / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(WeightsError, match="more than one weights file"):
+        embedhub.load(folder, device="cpu")
