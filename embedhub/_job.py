@@ -600,7 +600,7 @@ class _Job:
             return
         if _kind(manifest) is None:
             return
-        self.manifest = _read_manifest(manifest)
+        self.manifest = _read_manifest(manifest, entries=False)
         try:
             stored = Fingerprint.from_dict(self.manifest["fingerprint"], path=manifest)
         except FingerprintMismatchError as exc:  # a malformed fingerprint record (ProvenanceError)
@@ -653,10 +653,25 @@ class _Job:
                 raise JobError(f"output {self.out} holds a job over another input or with other settings "
                                f"({'; '.join(changed)}); pass restart=True (--restart) to start over, or give "
                                "another output folder")
+            for key, value in (("shards_total", len(plan.chunks)), ("rows", plan.rows)):
+                if self.manifest[key] != value:
+                    _note(f"{self.out}: the manifest records {key} {self.manifest[key]}, the input has {value}; "
+                          "corrected")
+                    self.manifest[key] = value
+            chunks = {str(c.index): c for c in plan.chunks}
             for key, entry in list(self.manifest["shards"].items()):
-                problem = _shard_problem(self.out / entry["file"], entry)
+                chunk = chunks.get(key)
+                problem = _entry_problem(key, entry, len(plan.chunks))
                 if problem:
-                    _note(f"{self.out}: shard {key} will be redone: {problem}")
+                    problem = f"its manifest entry is wrong: {problem}"
+                elif chunk is None:
+                    problem = "the input has no such shard"
+                elif {k: entry[k] for k in ("source", "start", "stop")} != chunk.describe():
+                    problem = "the manifest records other rows than the input's shard"
+                else:
+                    problem = _shard_problem(self.out / entry["file"], entry)
+                if problem:
+                    _note(f"{self.out}: shard {key!r:.40} will be redone: {problem}")
                     del self.manifest["shards"][key]
             self.manifest["complete"] = False
         else:
@@ -757,8 +772,9 @@ def id_list(stored: StoredEmbeddings) -> list[Any]:
     return stored.ids.tolist() if isinstance(stored.ids, np.ndarray) else list(stored.ids)
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """A job manifest, bounded in size and checked in shape (a :class:`JobError` naming it otherwise)."""
+def _read_manifest(path: Path, *, entries: bool = True) -> dict[str, Any]:
+    """A job manifest, bounded in size and checked in shape (a :class:`JobError` naming it otherwise); with
+    ``entries``, every shard entry too (a resuming job checks them itself, and redoes those that are wrong)."""
     advice = ("pass restart=True (--restart) to start over (it deletes only the files the job wrote), or give "
               "another output folder")
     try:
@@ -774,17 +790,48 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     ):
         raise JobError(f"{path} is not an embedhub embed manifest (version {MANIFEST_VERSION} with "
                        f"{', '.join(keys)}); {advice}")
-    shards, total = manifest["shards"], manifest["shards_total"]
-    if not isinstance(shards, dict) or not isinstance(total, int) or not isinstance(manifest["settings"], dict):
-        raise JobError(f"{path}: 'shards' must be an object, 'shards_total' an integer and 'settings' an object; "
-                       f"{advice}")
-    for key, entry in shards.items():
-        ok = isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("sha256"), str)
-        ok = ok and isinstance(entry.get("error_rows", []), list) and isinstance(entry.get("rows", 0), int)
-        if not ok or not _SHARD_FILE.fullmatch(entry["file"]):
-            raise JobError(f"{path}: shard {key!r:.40} must record 'file' (shards/part-NNNNN.parquet, inside the "
-                           f"folder), 'sha256', 'rows' and 'error_rows'; found {json.dumps(entry)[:120]}; {advice}")
+    shards, total, rows = manifest["shards"], manifest["shards_total"], manifest.get("rows")
+    if not isinstance(shards, dict) or not _count(total) or not _count(rows) or not isinstance(
+        manifest["settings"], dict
+    ):
+        raise JobError(f"{path}: 'shards' must be an object, 'shards_total' and 'rows' integers >= 0 and 'settings' "
+                       f"an object; {advice}")
+    for key, entry in shards.items() if entries else ():
+        problem = _entry_problem(key, entry, total)
+        if problem:
+            raise JobError(f"{path}: shard {key!r:.40}: {problem}; found {json.dumps(entry)[:160]}; run the job "
+                           "again to redo that shard (or pass restart=True / --restart to start over)")
     return manifest
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_problem(key: str, entry: Any, total: int) -> str | None:
+    """Why manifest entry ``key`` is not one a job writes for shard ``key`` of ``total``, or ``None``."""
+    if not (isinstance(key, str) and key.isascii() and key.isdigit() and str(int(key)) == key and int(key) < total):
+        return f"the key must be a shard number below shards_total ({total})"
+    k = int(key)
+    if not isinstance(entry, dict):
+        return "the entry must be an object"
+    if entry.get("file") != f"{SHARDS}/part-{k:05d}.parquet":
+        return f"'file' must be {SHARDS}/part-{k:05d}.parquet (shard {k}'s file, inside the folder)"
+    if entry.get("shard") != k or isinstance(entry.get("shard"), bool):
+        return f"'shard' must be {k}"
+    if not isinstance(entry.get("sha256"), str) or not _count(entry.get("rows")) or not _count(entry.get("errors")):
+        return "'sha256' must be a string, 'rows' and 'errors' integers >= 0"
+    if not isinstance(entry.get("source"), str) or not _count(entry.get("start")) or not _count(entry.get("stop")):
+        return "'source' must be a string, 'start' and 'stop' integers >= 0"
+    errors = entry.get("error_rows")
+    if not isinstance(errors, list) or not all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], (str, int)) and not isinstance(e[0], bool)
+        and isinstance(e[1], str) for e in errors
+    ):
+        return "'error_rows' must be a list of [id, reason] pairs"
+    if len(errors) != entry["errors"] or entry["rows"] + len(errors) != entry["stop"] - entry["start"]:
+        return "'rows' and 'error_rows' must add up to the rows from 'start' to 'stop'"
+    return None
 
 
 #: the file of a shard, relative to the job folder: nothing else is read as one
@@ -792,7 +839,8 @@ _SHARD_FILE = re.compile(r"shards/part-\d{5,}\.parquet")
 
 
 def _shard_problem(path: Path, entry: dict[str, Any]) -> str | None:
-    """Why the shard file at ``path`` is not the one the manifest ``entry`` recorded, or ``None``."""
+    """Why the shard file at ``path`` is not the one the manifest ``entry`` recorded, or ``None``: its kind, its
+    SHA-256, and the shard number and row count recorded inside the parquet file itself."""
     from ._backends import sha256_file
 
     kind = _kind(path)
@@ -802,6 +850,18 @@ def _shard_problem(path: Path, entry: dict[str, Any]) -> str | None:
         return f"{path.name} is a {kind}, not the regular file that was written"
     if sha256_file(path) != entry.get("sha256"):
         return f"{path.name} is not the file that was written (SHA-256 differs: cut short or changed)"
+    try:
+        import pyarrow.parquet as pq
+
+        meta = pq.read_metadata(path)
+        record = json.loads((meta.schema.to_arrow_schema().metadata or {})[SHARD_KEY.encode()])
+        shard, rows = record["shard"], meta.num_rows
+    except Exception as exc:  # not a shard embedhub wrote: any reason is the same answer
+        return f"{path.name} is not a shard embedhub wrote (no readable {SHARD_KEY!r} record: {type(exc).__name__})"
+    if shard != entry.get("shard"):
+        return f"{path.name} records itself as shard {shard!r:.40}, not shard {entry.get('shard')}"
+    if rows != entry.get("rows"):
+        return f"{path.name} holds {rows} rows, the manifest records {entry.get('rows')}"
     return None
 
 
@@ -822,6 +882,10 @@ def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbedd
     if len(done) != total or any(str(k) not in done for k in range(total)):
         raise JobError(f"{folder}: the job is unfinished ({len(done)} of {total} shards); run it "
                        "again to finish")
+    counted = sum(e["rows"] + len(e["error_rows"]) for e in done.values())
+    if counted != manifest["rows"]:
+        raise JobError(f"{folder}: its {total} shards hold {counted} rows (embedded and failed), the manifest "
+                       f"records {manifest['rows']}; the manifest was edited: run the job again to redo what differs")
     if total and _kind(folder / SHARDS) != "folder":
         raise JobError(f"{folder}: {SHARDS} is a {_kind(folder / SHARDS) or 'missing'} entry, not the folder the "
                        "job wrote; shards are read only inside the job folder")
@@ -832,7 +896,7 @@ def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbedd
         if problem:
             raise JobError(f"{folder}: shard {k} ({entry['file']}): {problem}; run the job again to redo it")
         part = read_embeddings(folder / entry["file"], expect=fp)
-        if len(part) != entry["rows"]:
+        if len(part) != entry["rows"]:  # checked in the file's metadata; this is its content
             raise JobError(f"{folder}: shard {k} ({entry['file']}) holds {len(part)} rows, the manifest "
                            f"records {entry['rows']}; run the job again to redo it")
         parts.append(part)

@@ -282,3 +282,60 @@ def test_cli_embed_reports_restart_refusal_as_usage_error(job, tiny_st_dir, corp
                  "--id-column", "id", "--shard-rows", "2", "--restart"])
     assert code == 2 and "shards/notes.txt" in capsys.readouterr().err
     assert (job / "shards" / "notes.txt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- edited manifests
+def _edit_manifest(job: Path, edit) -> None:
+    m = json.loads((job / "manifest.json").read_text())
+    edit(m)
+    (job / "manifest.json").write_text(json.dumps(m))
+
+
+def _swap_files(m: dict) -> None:
+    s = m["shards"]
+    for k in ("file", "sha256", "rows"):
+        s["0"][k], s["1"][k] = s["1"][k], s["0"][k]
+
+
+def _swap_shard_files(job: Path) -> None:
+    a, b = job / "shards" / "part-00000.parquet", job / "shards" / "part-00001.parquet"
+    a.rename(job / "t")
+    b.rename(a)
+    (job / "t").rename(b)
+
+
+@pytest.mark.parametrize("edit", ["dup", "swap", "files", "total", "huge", "negative", "rows", "error_rows"])
+def test_an_edited_manifest_never_reads_wrong_rows_and_a_rerun_repairs_it(job, tiny_st_dir, corpus, edit):
+    def change(m: dict) -> None:
+        s = m["shards"]
+        if edit == "dup":
+            s["1"] = dict(s["0"])
+        elif edit == "swap":
+            s["0"], s["1"] = s["1"], s["0"]
+        elif edit == "files":  # the files swapped, and their SHA-256 and rows in the manifest with them
+            _swap_files(m)
+        elif edit == "total":
+            m["shards_total"] = 2
+            del s["2"]
+        elif edit == "huge":
+            m["shards_total"] = 10**12
+        elif edit == "negative":
+            m["shards_total"] = -1
+        elif edit == "rows":
+            s["2"]["rows"] = 1
+        elif edit == "error_rows":
+            s["0"]["error_rows"] = [1]
+
+    if edit == "files":
+        _swap_shard_files(job)
+    _edit_manifest(job, change)
+    with pytest.raises(embedhub.JobError):
+        embedhub.read_embeddings(job)
+    if edit == "negative":  # not a job manifest: the advice is to restart
+        with pytest.raises(embedhub.JobError, match="restart"):
+            _embed(tiny_st_dir, corpus, job)
+        result = _embed(tiny_st_dir, corpus, job, restart=True)
+    else:
+        result = _embed(tiny_st_dir, corpus, job)
+    assert result.rows == 6 and result.shards == 3
+    assert list(embedhub.read_embeddings(job).ids) == [f"r{i}" for i in range(6)]
