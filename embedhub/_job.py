@@ -671,7 +671,8 @@ class _Job:
                 else:
                     problem = _shard_problem(self.out / entry["file"], entry)
                 if problem:
-                    _note(f"{self.out}: shard {key!r:.40} will be redone: {problem}")
+                    label = key if key.isascii() and key.isdigit() and len(key) < 20 else f"{key!r:.40}"
+                    _note(f"{self.out}: shard {label} will be redone: {problem}")
                     del self.manifest["shards"][key]
             self.manifest["complete"] = False
         else:
