@@ -69,6 +69,27 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
+def _open_regular(path: Path, what: str, error: type[EmbeddingsFileError] = EmbeddingsFileError) -> Any:
+    """``path`` opened for binary reading, only if it is a regular file: opened without blocking (a FIFO with no
+    writer would hang ``open`` forever), then checked on the open descriptor; ``error`` names it otherwise."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}", path=path) from None
+    except ValueError as exc:  # a NUL byte in the name
+        raise error(f"cannot read {what} {path!r}: {exc}", path=path) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket or other special file")
+        raise error(f"{what} {path} is {kind}, not a regular file", path=path)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
 def _extension(path: Path) -> str:
     ext = path.suffix.lower()
     if ext not in EXTENSIONS:
@@ -237,7 +258,7 @@ def _write_parquet(
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with _open_regular(path, "embeddings file") as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -310,7 +331,7 @@ def _load_npy(path: Path) -> np.ndarray:
     from numpy.lib import format as npy
 
     try:
-        with open(path, "rb") as fh:
+        with _open_regular(path, "embeddings file") as fh:
             size = os.fstat(fh.fileno()).st_size
             try:
                 version = npy.read_magic(fh)
@@ -353,7 +374,7 @@ def _check_finite(emb: np.ndarray, path: Path) -> None:
 
 def _read_sidecar(side: Path, npy: Path, shape: tuple[int, ...]) -> Fingerprint:
     try:
-        with open(side, "rb") as fh:
+        with _open_regular(side, "fingerprint sidecar") as fh:
             text = fh.read(_SIDECAR_MAX + 1)
         if len(text) > _SIDECAR_MAX:
             raise ProvenanceError(f"{side} is over {_SIDECAR_MAX} bytes; not an embedhub sidecar", path=side)
@@ -405,7 +426,8 @@ def _read_parquet(path: Path) -> StoredEmbeddings:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        with _open_regular(path, "embeddings file") as fh:
+            table = pq.read_table(fh)
     except OSError as exc:  # pyarrow's ArrowInvalid for a file that is not parquet is a ValueError
         raise EmbeddingsFileError(f"cannot read {path}: {exc.strerror or exc}", path=path) from exc
     except (pa.ArrowException, ValueError) as exc:

@@ -339,3 +339,25 @@ def test_an_edited_manifest_never_reads_wrong_rows_and_a_rerun_repairs_it(job, t
         result = _embed(tiny_st_dir, corpus, job)
     assert result.rows == 6 and result.shards == 3
     assert list(embedhub.read_embeddings(job).ids) == [f"r{i}" for i in range(6)]
+
+
+# ---------------------------------------------------------------------------------------------- special files
+@pytest.mark.parametrize("which", ["x.npy", "x.npy.fingerprint.json", "x.parquet"])
+def test_a_fifo_embeddings_file_is_refused_at_once(tmp_path, tiny_st_dir, which):
+    model = embedhub.load(tiny_st_dir, device="cpu")
+    vectors = model.encode(["a", "b"])
+    embedhub.write_embeddings(tmp_path / "x.npy", vectors, model.fingerprint)
+    target = tmp_path / which
+    if target.exists():
+        target.unlink()
+    os.mkfifo(target)
+    source = tmp_path / ("x.parquet" if which == "x.parquet" else "x.npy")
+    code = (f"import embedhub\ntry:\n embedhub.read_embeddings({str(source)!r})\n"
+            "except embedhub.EmbeddingsFileError as e:\n print(e)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert f"{target} is a FIFO (named pipe), not a regular file" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    corpus = _jsonl(tmp_path / "c.jsonl", [{"text": "a"}, {"text": "b"}])
+    cli = subprocess.run([sys.executable, "-m", "embedhub", "search", "--model", str(tiny_st_dir), "--corpus",
+                          str(corpus), "--embeddings", str(source), "--query", "a"],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "FIFO" in cli.stderr, cli.stderr[-2000:]
