@@ -541,7 +541,8 @@ class _Job:
 
     def _adopt(self) -> None:
         """Never write among a user's files: the folder must be new, empty, or a job's holding only what the job
-        wrote (its ledger says which). A job folder of an embedhub without ledgers is adopted by its manifest."""
+        wrote (its ledger says which). A folder without a ledger is never a job's, whatever it holds (a copied
+        manifest does not make a user's files the job's to delete)."""
         if not self.out.is_dir():
             self.out.mkdir(parents=True, exist_ok=True)
         names = sorted(p.name for p in self.out.iterdir())
@@ -553,22 +554,6 @@ class _Job:
                 self.ledger.load()
             except JobError as exc:
                 raise JobError(f"output {self.out} is not usable: {exc}; give a new or empty folder") from None
-        elif MANIFEST in names and _kind(self.out / MANIFEST) == "file":
-            try:
-                manifest = _read_manifest(self.out / MANIFEST)
-            except JobError:
-                manifest = None
-            if manifest is None:
-                raise JobError(f"output {self.out} is not an embedhub embed folder (it holds "
-                               f"{', '.join(names[:5])}, and its {MANIFEST} is not a job manifest); give a new or "
-                               "empty folder") from None
-            owned = {MANIFEST, ERRORS, INDEX, INDEX_IDS, LOCK, SHARDS}
-            owned.update(e.get("file") for e in manifest["shards"].values() if isinstance(e, dict)
-                         and isinstance(e.get("file"), str) and _OWNED.fullmatch(e["file"]))
-            self.ledger.names = {n for n in owned if _kind(self.out / n) is not None} | {LOCK}
-            self._check_foreign(names)
-            self.ledger.create(self.ledger.names)
-            return
         self._check_foreign(names)
 
     def _check_foreign(self, names: list[str]) -> None:

@@ -361,3 +361,16 @@ def test_a_fifo_embeddings_file_is_refused_at_once(tmp_path, tiny_st_dir, which)
                           str(corpus), "--embeddings", str(source), "--query", "a"],
                          capture_output=True, text=True, timeout=120)
     assert cli.returncode == 2 and "FIFO" in cli.stderr, cli.stderr[-2000:]
+
+
+def test_a_copied_manifest_does_not_make_a_users_folder_a_job(tmp_path, finished, tiny_st_dir, corpus):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(finished / "manifest.json", mine)
+    (mine / "errors.jsonl").write_text("MINE")
+    (mine / "index.faiss").write_text("MINE")
+    for restart in (False, True):
+        with pytest.raises(embedhub.JobError, match="not an embedhub embed folder.*give a new or empty folder"):
+            _embed(tiny_st_dir, corpus, mine, restart=restart)
+    assert sorted(p.name for p in mine.iterdir()) == ["errors.jsonl", "index.faiss", "manifest.json"]
+    assert (mine / "errors.jsonl").read_text() == (mine / "index.faiss").read_text() == "MINE"
