@@ -45,6 +45,9 @@ ERRORS = "errors.jsonl"
 INDEX = "index.faiss"
 INDEX_IDS = "index_ids.parquet"
 LOCK = ".lock"
+#: the job's own folder for its temporary files: every file is written there, then renamed into place, so a
+#: killed write leaves its temporary there and nothing the job deletes is ever outside it or the ledger
+STAGING = ".embedhub-tmp"
 #: the ledger of the files a job wrote into its folder
 LEDGER = ".embedhub-job"
 MANIFEST_VERSION = 1
@@ -427,20 +430,28 @@ class _Feed:
 
 # ---------------------------------------------------------------------------------------------- output folder
 #: every name a job writes into its folder (relative paths); the ledger may record only these
-_OWNED = re.compile(r"(manifest\.json|errors\.jsonl|index\.faiss|index_ids\.parquet|\.lock|shards"
+_OWNED = re.compile(r"(manifest\.json|errors\.jsonl|index\.faiss|index_ids\.parquet|\.lock|shards|\.embedhub-tmp"
                     r"|shards/part-\d{5,}\.parquet)")
-#: atomic_write's temporary file of an owned name, left by a killed run (".manifest.json.x1y2z3w4.tmp")
-_TEMP = re.compile(r"\.(?P<name>[^/]+)\.[A-Za-z0-9_]+\.tmp")
 _LEDGER_HEADER = "embedhub embed folder 1"
 #: bounds on the bookkeeping files read back from a folder (they are untrusted like any input)
 MAX_LEDGER_BYTES = 16 << 20
 MAX_MANIFEST_BYTES = 64 << 20
 
 
-def _is_temp(rel: str) -> bool:
-    folder, _, name = rel.rpartition("/")
-    m = _TEMP.fullmatch(name)
-    return m is not None and _OWNED.fullmatch(f"{folder}/{m['name']}" if folder else m["name"]) is not None
+def _put(out: Path, rel: str, write: Callable[[str], None] | bytes | str) -> Path:
+    """Write ``out/rel`` atomically through the job's :data:`STAGING` folder (its temporaries are made there,
+    never beside the file, so no name in the folder is ever taken for one)."""
+    staged = atomic_write(out / STAGING / rel.replace("/", "-"), write)
+    os.replace(staged, out / rel)
+    return out / rel
+
+
+def _clear_staging(out: Path) -> None:
+    """Delete what a killed write left in the job's :data:`STAGING` folder (links themselves, never their targets)."""
+    if _kind(out / STAGING) == "folder":
+        for p in (out / STAGING).iterdir():
+            if _kind(p) in ("file", "link"):
+                p.unlink()
 
 
 def _kind(path: Path) -> str | None:
@@ -486,9 +497,19 @@ class _Ledger:
                                "ledger was edited, so embedhub cannot tell its files from yours")
             self.names.add(name)
 
-    def create(self, names: set[str]) -> None:
+    def create(self, names: set[str], *, new: bool = False) -> None:
+        """Write the ledger: ``new``, into an empty folder (created exclusively, nothing else made there);
+        otherwise replacing the ledger through the staging folder."""
         self.names = set(names)
-        atomic_write(self.path, "".join(f"{n}\n" for n in [_LEDGER_HEADER, *sorted(self.names)]))
+        text = "".join(f"{n}\n" for n in [_LEDGER_HEADER, *sorted(self.names)])
+        if not new:
+            _put(self.path.parent, LEDGER, text)
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def record(self, *names: str) -> None:
         """Record ``names`` (before they are created)."""
@@ -517,7 +538,7 @@ class _Job:
         if self.out.exists() and not self.out.is_dir():
             raise JobError(f"output {self.out} is a file; expected a folder (new, empty, or of an earlier run)")
         self._adopt()
-        self.ledger.record(LOCK)
+        self.ledger.record(LOCK, STAGING)
         try:  # never through a link
             fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -546,28 +567,30 @@ class _Job:
         if not self.out.is_dir():
             self.out.mkdir(parents=True, exist_ok=True)
         names = sorted(p.name for p in self.out.iterdir())
-        if not names:
-            self.ledger.create(set())
+        if not names:  # empty: no entry at all
+            self.ledger.create({STAGING}, new=True)
             return
-        if LEDGER in names:
-            try:
-                self.ledger.load()
-            except JobError as exc:
-                raise JobError(f"output {self.out} is not usable: {exc}; give a new or empty folder") from None
+        if LEDGER not in names:
+            raise JobError(f"output {self.out} is not an embedhub embed folder (it holds "
+                           f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}); give a new or empty folder "
+                           f"(a job's folder holds its {LEDGER} ledger)")
+        try:
+            self.ledger.load()
+        except JobError as exc:
+            raise JobError(f"output {self.out} is not usable: {exc}; give a new or empty folder") from None
         self._check_foreign(names)
 
     def _check_foreign(self, names: list[str]) -> None:
         """A :class:`JobError` naming the files embedhub did not write here (nothing is touched)."""
         owned = self.ledger.names
-        others = [n for n in names if n != LEDGER and not n.startswith(f".{LEDGER}.") and n not in owned
-                  and not _is_temp(n)]
-        shards = self.out / SHARDS
-        kind = _kind(shards)
-        if kind not in (None, "folder"):
-            others.append(f"{SHARDS} (a {kind}, not a folder embedhub made)")
-        elif kind == "folder" and SHARDS in owned:
-            others += [f"{SHARDS}/{p.name}" for p in sorted(shards.iterdir())
-                       if f"{SHARDS}/{p.name}" not in owned and not _is_temp(f"{SHARDS}/{p.name}")]
+        others = [n for n in names if n != LEDGER and n not in owned]
+        for folder in (SHARDS, STAGING):
+            kind = _kind(self.out / folder)
+            if kind not in (None, "folder"):
+                others.append(f"{folder} (a {kind}, not a folder embedhub made)")
+        if _kind(self.out / SHARDS) == "folder" and SHARDS in owned:
+            others += [f"{SHARDS}/{p.name}" for p in sorted((self.out / SHARDS).iterdir())
+                       if f"{SHARDS}/{p.name}" not in owned]
         if others:
             if not owned:
                 raise JobError(f"output {self.out} is not an embedhub embed folder (it holds "
@@ -600,22 +623,17 @@ class _Job:
     def _clear(self) -> None:
         """Delete what the ledger records (links themselves, never what they point to), and stale temporaries."""
         removed = 0
-        for rel in sorted(self.ledger.names - {LOCK, SHARDS}, reverse=True):
+        for rel in sorted(self.ledger.names - {LOCK, SHARDS, STAGING}, reverse=True):
             if _kind(self.out / rel) in ("file", "link"):
                 (self.out / rel).unlink()
                 removed += 1
-        for folder in (self.out, self.out / SHARDS):
-            if _kind(folder) == "folder":
-                for p in folder.iterdir():
-                    rel = p.relative_to(self.out).as_posix()
-                    if _is_temp(rel) and _kind(p) in ("file", "link"):
-                        p.unlink()
+        _clear_staging(self.out)
         if SHARDS in self.ledger.names and _kind(self.out / SHARDS) == "folder":
             try:
                 (self.out / SHARDS).rmdir()
             except OSError:  # not empty: something appeared since the check; it stays
                 pass
-        self.ledger.create({n for n in self.ledger.names if _kind(self.out / n) is not None})
+        self.ledger.create({n for n in self.ledger.names if _kind(self.out / n) is not None} | {LOCK, STAGING})
         self.manifest = {}
         if removed:
             _note(f"{self.out}: restarted (earlier shards deleted)")
@@ -671,10 +689,7 @@ class _Job:
                 "shards": {},
                 "complete": False,
             }
-        if _kind(self.out / SHARDS) == "folder":
-            for tmp in (self.out / SHARDS).iterdir():  # left by a run killed mid-write
-                if _is_temp(f"{SHARDS}/{tmp.name}") and _kind(tmp) in ("file", "link"):
-                    tmp.unlink()
+        _clear_staging(self.out)  # what a run killed mid-write left
         self._save()
 
     def pending(self) -> list[Chunk]:
@@ -688,7 +703,10 @@ class _Job:
         rel = _shard_name(chunk)
         self.ledger.record(SHARDS, rel)
         meta = dict(chunk.describe(), shard=chunk.index, errors=len(errors))
-        write_embeddings(self.out / rel, emb, self.fingerprint, ids=ids, metadata={SHARD_KEY: json.dumps(meta)})
+        staged = self.out / STAGING / Path(rel).name
+        write_embeddings(staged, emb, self.fingerprint, ids=ids, metadata={SHARD_KEY: json.dumps(meta)})
+        (self.out / SHARDS).mkdir(exist_ok=True)
+        os.replace(staged, self.out / rel)
         entry = dict(meta, file=rel, rows=len(emb), sha256=sha256_file(self.out / rel),
                      error_rows=[[plain(i), r] for i, r in errors])
         self.manifest["shards"][str(chunk.index)] = entry
@@ -701,7 +719,7 @@ class _Job:
         errors_file = None
         if errors:
             self.ledger.record(ERRORS)
-            errors_file = atomic_write(self.out / ERRORS, "".join(json.dumps(e) + "\n" for e in errors))
+            errors_file = _put(self.out, ERRORS, "".join(json.dumps(e) + "\n" for e in errors))
             _note(f"{len(errors)} rows could not be embedded; listed in {errors_file}")
         elif ERRORS in self.ledger.names and _kind(self.out / ERRORS) in ("file", "link"):
             (self.out / ERRORS).unlink()
@@ -728,20 +746,20 @@ class _Job:
             idx.add(stored.embeddings)
             ids.extend(id_list(stored))
         path = self.out / INDEX
-        atomic_write(path, lambda tmp: faiss.write_index(idx, tmp))
+        _put(self.out, INDEX, lambda tmp: faiss.write_index(idx, tmp))
         # the id of index row i, with the fingerprint of the vectors the index holds
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         kind = pa.string() if self.plan.id_kind == "str" else pa.int64()
         table = pa.table({"id": pa.array(ids, type=kind)}, metadata={PARQUET_KEY: self.fingerprint.to_json().encode()})
-        atomic_write(self.out / INDEX_IDS, lambda tmp: pq.write_table(table, tmp))
+        _put(self.out, INDEX_IDS, lambda tmp: pq.write_table(table, tmp))
         self.manifest["index"] = {"file": INDEX, "ids": INDEX_IDS, "rows": int(idx.ntotal), "kind": "IndexFlatIP"}
         return path
 
     def _save(self) -> None:
         self.ledger.record(MANIFEST)
-        atomic_write(self.out / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
+        _put(self.out, MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
 
 
 def _shard_name(chunk: Chunk) -> str:

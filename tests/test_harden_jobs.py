@@ -374,3 +374,27 @@ def test_a_copied_manifest_does_not_make_a_users_folder_a_job(tmp_path, finished
             _embed(tiny_st_dir, corpus, mine, restart=restart)
     assert sorted(p.name for p in mine.iterdir()) == ["errors.jsonl", "index.faiss", "manifest.json"]
     assert (mine / "errors.jsonl").read_text() == (mine / "index.faiss").read_text() == "MINE"
+
+
+def test_a_folder_holding_only_a_temp_like_file_is_not_empty(tmp_path, tiny_st_dir, corpus):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / ".errors.jsonl.backup.tmp").write_text("USER")
+    with pytest.raises(embedhub.JobError, match=r"not an embedhub embed folder.*\.errors\.jsonl\.backup\.tmp"):
+        _embed(tiny_st_dir, corpus, mine)
+    assert [p.name for p in mine.iterdir()] == [".errors.jsonl.backup.tmp"]
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_user_files_named_like_temporaries_are_never_deleted(job, tiny_st_dir, corpus, restart):
+    for rel in ("shards/.part-00000.parquet.keep.tmp", ".manifest.json.mine.tmp"):
+        (job / rel).write_text("USER")
+        with pytest.raises(embedhub.JobError, match="did not write"):
+            _embed(tiny_st_dir, corpus, job, restart=restart)
+        assert (job / rel).read_text() == "USER"
+        (job / rel).unlink()
+    # what a killed write leaves is in the job's own staging folder, and is removed there
+    (job / ".embedhub-tmp" / ".part-00001.parquet.x1.tmp").write_bytes(b"PAR1 partial")
+    _embed(tiny_st_dir, corpus, job, restart=restart)
+    assert not list((job / ".embedhub-tmp").iterdir())
+    assert list(embedhub.read_embeddings(job).ids) == [f"r{i}" for i in range(6)]
