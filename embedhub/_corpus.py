@@ -296,6 +296,10 @@ def _plan_parquet(path: Path, shard_rows: int, text_column: str, id_column: str 
                 bad = row + int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
                 raise CorpusError(f"{path}: id column {id_column!r} is null in row {bad}", path=path, column=id_column)
             for v in col.to_pylist():
+                if id_kind == "int" and not -(1 << 63) <= v < (1 << 63):  # a uint64 above 2**63 - 1
+                    raise CorpusError(f"{path}: id column {id_column!r} row {row}: id {v} does not fit a signed "
+                                      "64-bit integer (ids are stored as int64); use string ids", path=path,
+                                      column=id_column)
                 yield v, f"{path} row {row}"
                 row += 1
 

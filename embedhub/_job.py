@@ -140,6 +140,11 @@ def embed_corpus(
     if index == "faiss":
         require("faiss", "faiss", "building a faiss index")
     out = Path(output)
+    from ._store import utf8_path_problem
+
+    problem = utf8_path_problem(out, "output folder")
+    if problem:
+        raise JobError(problem)
     kind, _ = expand_input(input)
     modality = "image" if kind in ("images", "tar") else "text"
     shard_rows = shard_rows or DEFAULT_SHARD_ROWS[modality]

@@ -90,6 +90,17 @@ def _open_regular(path: Path, what: str, error: type[EmbeddingsFileError] = Embe
     return os.fdopen(fd, "rb")
 
 
+def utf8_path_problem(path: str | os.PathLike, what: str) -> str | None:
+    """Why ``path`` cannot be written by pyarrow (not valid UTF-8, found only when writing), or ``None``."""
+    name = os.fsdecode(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeError:
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        return f"{what} {shown} is not a valid UTF-8 path (pyarrow writes only UTF-8 paths); name it in UTF-8"
+    return None
+
+
 def _extension(path: Path) -> str:
     ext = path.suffix.lower()
     if ext not in EXTENSIONS:
@@ -126,6 +137,9 @@ def write_embeddings(
 
     path = Path(path)
     ext = _extension(path)
+    problem = utf8_path_problem(path, "output")
+    if problem:
+        raise EmbeddingsFileError(problem, path=path)
     if not isinstance(fingerprint, Fingerprint):
         raise TypeError(
             f"fingerprint must be an embedhub.Fingerprint (model.fingerprint), got {type(fingerprint).__name__}"
@@ -341,7 +355,7 @@ def _load_npy(path: Path) -> np.ndarray:
                 shape, fortran, dtype = reader(fh, max_header_size=_NPY_HEADER_MAX)
             except (ValueError, SyntaxError, TypeError, EOFError, RecursionError, MemoryError) as exc:
                 raise EmbeddingsFileError(f"{path} is not a .npy array file: {str(exc)[:300]}", path=path) from None
-            if len(shape) != 2 or dtype.kind != "f" or dtype.hasobject:
+            if len(shape) != 2 or dtype.kind != "f" or dtype.hasobject or min(shape) < 0:
                 raise EmbeddingsFileError(
                     f"{path}: expected a 2-d float array (N x D), got {dtype} of shape {shape}", path=path
                 )

@@ -398,3 +398,44 @@ def test_user_files_named_like_temporaries_are_never_deleted(job, tiny_st_dir, c
     _embed(tiny_st_dir, corpus, job, restart=restart)
     assert not list((job / ".embedhub-tmp").iterdir())
     assert list(embedhub.read_embeddings(job).ids) == [f"r{i}" for i in range(6)]
+
+
+# ---------------------------------------------------------------------------------------------- typed errors
+def test_uint64_id_above_int64_is_refused_naming_the_row(tmp_path, tiny_st_dir):
+    path = tmp_path / "u64.parquet"
+    pq.write_table(pa.table({"id": pa.array([1, 2**64 - 1], pa.uint64()), "text": ["a", "b"]}), path)
+    with pytest.raises(embedhub.CorpusError, match=r"u64.parquet: id column 'id' row 1: id 18446744073709551615"):
+        embedhub.embed_corpus(tiny_st_dir, path, tmp_path / "out", id_column="id", progress=False)
+
+
+def test_negative_npy_shape_is_refused_naming_the_file(tmp_path):
+    from numpy.lib import format as npy
+
+    path = tmp_path / "neg.npy"
+    with open(path, "wb") as fh:
+        npy.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (-2, -2)})
+        fh.write(b"\0" * 16)
+    with pytest.raises(embedhub.EmbeddingsFileError, match=r"neg.npy: expected a 2-d float array"):
+        embedhub.read_embeddings(path)
+
+
+def test_encode_deeply_nested_jsonl_is_a_usage_error_naming_the_line(tmp_path, tiny_st_dir, capsys):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    code = main(["encode", "--model", str(tiny_st_dir), "--input", str(path), "--output", str(tmp_path / "o.npy")])
+    assert code == 2
+    assert "deep.jsonl line 2: JSON nested too deeply" in capsys.readouterr().err
+
+
+def test_non_utf8_output_path_is_refused_before_any_work(tmp_path, tiny_st_dir, corpus, capsys):
+    bad = os.fsdecode(os.fsencode(tmp_path) + b"/out\xff")
+    model = embedhub.load(tiny_st_dir, device="cpu")
+    with pytest.raises(embedhub.EmbeddingsFileError, match=r"out\\xff.parquet is not a valid UTF-8 path"):
+        embedhub.write_embeddings(bad + ".parquet", model.encode(["a"]), model.fingerprint)
+    with pytest.raises(embedhub.JobError, match=r"out\\xff is not a valid UTF-8 path"):
+        _embed(tiny_st_dir, corpus, Path(bad))
+    assert main(["embed", "--model", str(tiny_st_dir), "--input", str(corpus), "--output", bad]) == 2
+    assert main(["encode", "--model", str(tiny_st_dir), "--input", str(corpus), "--field", "text",
+                 "--output", bad + ".npy"]) == 2
+    assert "not a valid UTF-8 path" in capsys.readouterr().err
+    assert not os.path.exists(bad)
