@@ -915,4 +915,10 @@ def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbedd
         ids: Any = np.concatenate([p.ids for p in filled])
     else:
         ids = [v for p in parts for v in id_list(p)]
+    from ._store import repeated_id
+
+    repeat = repeated_id(ids)
+    if repeat is not None:
+        raise JobError(f"{folder}: id {repeat[2]!r:.80} is in two shards (rows {repeat[0]} and {repeat[1]} of the "
+                       "job); the shards are not one job's: pass restart=True (--restart) to embed again")
     return StoredEmbeddings(folder, emb, ids, None, fp)

@@ -101,6 +101,28 @@ def utf8_path_problem(path: str | os.PathLike, what: str) -> str | None:
     return None
 
 
+def repeated_id(ids: Any) -> tuple[int, int, Any] | None:
+    """The first repeated id as ``(first row, repeating row, id)``, or ``None`` when all are unique."""
+    import numpy as np
+
+    if isinstance(ids, np.ndarray):
+        if len(ids) < 2:
+            return None
+        order = np.argsort(ids, kind="stable")
+        same = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+        if not len(same):
+            return None
+        pairs = [(int(order[k]), int(order[k + 1])) for k in same]
+        first, again = min(pairs, key=lambda p: p[1])
+        return first, again, ids[first].item()
+    seen: dict[Any, int] = {}
+    for row, value in enumerate(ids):
+        if value in seen:
+            return seen[value], row, value
+        seen[value] = row
+    return None
+
+
 def _extension(path: Path) -> str:
     ext = path.suffix.lower()
     if ext not in EXTENSIONS:
@@ -484,6 +506,11 @@ def _read_parquet(path: Path) -> StoredEmbeddings:
     if "id" in names:
         id_col = table.column("id")
         ids = id_col.to_numpy() if pa.types.is_integer(id_col.type) and not id_col.null_count else id_col.to_pylist()
+    repeat = repeated_id(ids)
+    if repeat is not None:
+        first, again, value = repeat
+        raise EmbeddingsFileError(f"{path}: column 'id' row {again} = {value!r:.80} repeats row {first}; stored ids "
+                                  "must be unique (write_embeddings refuses repeats)", path=path)
     inputs = table.column("input").to_pylist() if "input" in names else None
     meta = table.schema.metadata or {}
     fp = Fingerprint.from_json(meta[PARQUET_KEY], path=path) if PARQUET_KEY in meta else None

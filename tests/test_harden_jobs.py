@@ -439,3 +439,17 @@ def test_non_utf8_output_path_is_refused_before_any_work(tmp_path, tiny_st_dir, 
                  "--output", bad + ".npy"]) == 2
     assert "not a valid UTF-8 path" in capsys.readouterr().err
     assert not os.path.exists(bad)
+
+
+@pytest.mark.parametrize("ids", [["a", "b", "a"], [5, 7, 5]])
+def test_repeated_ids_in_a_stored_parquet_are_refused_naming_the_id(tmp_path, tiny_st_dir, ids):
+    model = embedhub.load(tiny_st_dir, device="cpu")
+    path = tmp_path / "rep.parquet"
+    embedhub.write_embeddings(path, model.encode(["x", "y", "z"]), model.fingerprint, ids=[0, 1, 2])
+    table = pq.read_table(path)
+    table = table.set_column(table.column_names.index("id"), "id", pa.array(ids))
+    pq.write_table(table, path)
+    for expect in (None, model.fingerprint):
+        with pytest.raises(embedhub.EmbeddingsFileError, match=rf"rep.parquet: column 'id' row 2 = {ids[0]!r} "
+                                                                r"repeats row 0"):
+            embedhub.read_embeddings(path, expect=expect)
