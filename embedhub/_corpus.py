@@ -34,6 +34,9 @@ FILE_KINDS = {".parquet": "parquet", ".jsonl": "jsonl", ".tar": "tar"}
 _SHOWN = 5
 #: a JSONL line longer than this (bytes) is refused before it is parsed: a record is read whole to be parsed
 MAX_JSONL_LINE = 16 << 20
+#: the largest extended header (PAX ``x``/``g``, GNU long name / link ``L``/``K``) a tar may declare: tarfile
+#: reads one whole into memory, and real ones are a few hundred bytes
+MAX_TAR_EXTENDED_HEADER = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -293,6 +296,10 @@ def _plan_parquet(path: Path, shard_rows: int, text_column: str, id_column: str 
                 bad = row + int(np.flatnonzero(col.is_null().to_numpy(zero_copy_only=False))[0])
                 raise CorpusError(f"{path}: id column {id_column!r} is null in row {bad}", path=path, column=id_column)
             for v in col.to_pylist():
+                if id_kind == "int" and not -(1 << 63) <= v < (1 << 63):  # a uint64 above 2**63 - 1
+                    raise CorpusError(f"{path}: id column {id_column!r} row {row}: id {v} does not fit a signed "
+                                      "64-bit integer (ids are stored as int64); use string ids", path=path,
+                                      column=id_column)
                 yield v, f"{path} row {row}"
                 row += 1
 
@@ -389,12 +396,37 @@ def _plan_tar(path: Path, shard_rows: int, text_column: str, id_column: str | No
     yield chunks, (None, ids), "str", [_stat(path)]
 
 
+class _BoundedTarInfo(tarfile.TarInfo):
+    """A tar member header whose extended headers are refused over :data:`MAX_TAR_EXTENDED_HEADER` before
+    tarfile reads them (a 3 KB sparse tar can declare a 1.5 GB PAX header)."""
+
+    def _bound(self, tar: tarfile.TarFile) -> None:
+        if self.size > MAX_TAR_EXTENDED_HEADER:
+            name = tar.name or "a tar shard"
+            raise CorpusError(f"{name}: an extended tar header (type {self.type.decode('latin-1')!r}) of "
+                              f"{self.size} bytes, over the {MAX_TAR_EXTENDED_HEADER} bytes a tar shard may use; "
+                              "not a readable tar shard", path=name)
+
+    def _proc_pax(self, tarfile):  # noqa: ANN001, ANN202 (tarfile's hook)
+        self._bound(tarfile)
+        return super()._proc_pax(tarfile)
+
+    def _proc_gnulong(self, tarfile):  # noqa: ANN001, ANN202
+        self._bound(tarfile)
+        return super()._proc_gnulong(tarfile)
+
+
+def open_tar(path: str | os.PathLike) -> tarfile.TarFile:
+    """``tarfile.open(path, "r:*")`` with extended headers bounded (see :class:`_BoundedTarInfo`)."""
+    return tarfile.open(path, "r:*", tarinfo=_BoundedTarInfo)
+
+
 def tar_keys(path: str | os.PathLike) -> Iterator[str]:
     """The sample keys of a webdataset tar shard, in order, from its member headers (``dir/key.ext`` ->
     ``dir/key``; no member is read). An unreadable shard is a :class:`~embedhub.CorpusError` naming it."""
     last = None
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with open_tar(path) as tar:
             for member in tar:
                 if member.isfile():
                     key = member.name.rpartition(".")[0]
@@ -528,7 +560,7 @@ def _tar_samples(path: Path, start: int, stop: int) -> Iterator[tuple[str, dict[
     no member is read here (images are read by :class:`ItemReader`, one at a time, bounded by their size)."""
     index, key, parts = -1, None, {}
     try:
-        with tarfile.open(path, "r:*") as tar:
+        with open_tar(path) as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -580,7 +612,7 @@ class ItemReader:
             return item
         try:
             if self._tar is None:
-                self._tar = tarfile.open(item.source, "r:*")
+                self._tar = open_tar(item.source)
             fh = self._tar.extractfile(item.info)
             data = fh.read(item.size) if fh is not None else b""
         except (tarfile.TarError, EOFError, OSError) as exc:

@@ -45,6 +45,9 @@ ERRORS = "errors.jsonl"
 INDEX = "index.faiss"
 INDEX_IDS = "index_ids.parquet"
 LOCK = ".lock"
+#: the job's own folder for its temporary files: every file is written there, then renamed into place, so a
+#: killed write leaves its temporary there and nothing the job deletes is ever outside it or the ledger
+STAGING = ".embedhub-tmp"
 #: the ledger of the files a job wrote into its folder
 LEDGER = ".embedhub-job"
 MANIFEST_VERSION = 1
@@ -137,6 +140,11 @@ def embed_corpus(
     if index == "faiss":
         require("faiss", "faiss", "building a faiss index")
     out = Path(output)
+    from ._store import utf8_path_problem
+
+    problem = utf8_path_problem(out, "output folder")
+    if problem:
+        raise JobError(problem)
     kind, _ = expand_input(input)
     modality = "image" if kind in ("images", "tar") else "text"
     shard_rows = shard_rows or DEFAULT_SHARD_ROWS[modality]
@@ -427,20 +435,28 @@ class _Feed:
 
 # ---------------------------------------------------------------------------------------------- output folder
 #: every name a job writes into its folder (relative paths); the ledger may record only these
-_OWNED = re.compile(r"(manifest\.json|errors\.jsonl|index\.faiss|index_ids\.parquet|\.lock|shards"
+_OWNED = re.compile(r"(manifest\.json|errors\.jsonl|index\.faiss|index_ids\.parquet|\.lock|shards|\.embedhub-tmp"
                     r"|shards/part-\d{5,}\.parquet)")
-#: atomic_write's temporary file of an owned name, left by a killed run (".manifest.json.x1y2z3w4.tmp")
-_TEMP = re.compile(r"\.(?P<name>[^/]+)\.[A-Za-z0-9_]+\.tmp")
 _LEDGER_HEADER = "embedhub embed folder 1"
 #: bounds on the bookkeeping files read back from a folder (they are untrusted like any input)
 MAX_LEDGER_BYTES = 16 << 20
 MAX_MANIFEST_BYTES = 64 << 20
 
 
-def _is_temp(rel: str) -> bool:
-    folder, _, name = rel.rpartition("/")
-    m = _TEMP.fullmatch(name)
-    return m is not None and _OWNED.fullmatch(f"{folder}/{m['name']}" if folder else m["name"]) is not None
+def _put(out: Path, rel: str, write: Callable[[str], None] | bytes | str) -> Path:
+    """Write ``out/rel`` atomically through the job's :data:`STAGING` folder (its temporaries are made there,
+    never beside the file, so no name in the folder is ever taken for one)."""
+    staged = atomic_write(out / STAGING / rel.replace("/", "-"), write)
+    os.replace(staged, out / rel)
+    return out / rel
+
+
+def _clear_staging(out: Path) -> None:
+    """Delete what a killed write left in the job's :data:`STAGING` folder (links themselves, never their targets)."""
+    if _kind(out / STAGING) == "folder":
+        for p in (out / STAGING).iterdir():
+            if _kind(p) in ("file", "link"):
+                p.unlink()
 
 
 def _kind(path: Path) -> str | None:
@@ -486,9 +502,19 @@ class _Ledger:
                                "ledger was edited, so embedhub cannot tell its files from yours")
             self.names.add(name)
 
-    def create(self, names: set[str]) -> None:
+    def create(self, names: set[str], *, new: bool = False) -> None:
+        """Write the ledger: ``new``, into an empty folder (created exclusively, nothing else made there);
+        otherwise replacing the ledger through the staging folder."""
         self.names = set(names)
-        atomic_write(self.path, "".join(f"{n}\n" for n in [_LEDGER_HEADER, *sorted(self.names)]))
+        text = "".join(f"{n}\n" for n in [_LEDGER_HEADER, *sorted(self.names)])
+        if not new:
+            _put(self.path.parent, LEDGER, text)
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
 
     def record(self, *names: str) -> None:
         """Record ``names`` (before they are created)."""
@@ -517,7 +543,7 @@ class _Job:
         if self.out.exists() and not self.out.is_dir():
             raise JobError(f"output {self.out} is a file; expected a folder (new, empty, or of an earlier run)")
         self._adopt()
-        self.ledger.record(LOCK)
+        self.ledger.record(LOCK, STAGING)
         try:  # never through a link
             fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
         except OSError as exc:
@@ -541,48 +567,35 @@ class _Job:
 
     def _adopt(self) -> None:
         """Never write among a user's files: the folder must be new, empty, or a job's holding only what the job
-        wrote (its ledger says which). A job folder of an embedhub without ledgers is adopted by its manifest."""
+        wrote (its ledger says which). A folder without a ledger is never a job's, whatever it holds (a copied
+        manifest does not make a user's files the job's to delete)."""
         if not self.out.is_dir():
             self.out.mkdir(parents=True, exist_ok=True)
         names = sorted(p.name for p in self.out.iterdir())
-        if not names:
-            self.ledger.create(set())
+        if not names:  # empty: no entry at all
+            self.ledger.create({STAGING}, new=True)
             return
-        if LEDGER in names:
-            try:
-                self.ledger.load()
-            except JobError as exc:
-                raise JobError(f"output {self.out} is not usable: {exc}; give a new or empty folder") from None
-        elif MANIFEST in names and _kind(self.out / MANIFEST) == "file":
-            try:
-                manifest = _read_manifest(self.out / MANIFEST)
-            except JobError:
-                manifest = None
-            if manifest is None:
-                raise JobError(f"output {self.out} is not an embedhub embed folder (it holds "
-                               f"{', '.join(names[:5])}, and its {MANIFEST} is not a job manifest); give a new or "
-                               "empty folder") from None
-            owned = {MANIFEST, ERRORS, INDEX, INDEX_IDS, LOCK, SHARDS}
-            owned.update(e.get("file") for e in manifest["shards"].values() if isinstance(e, dict)
-                         and isinstance(e.get("file"), str) and _OWNED.fullmatch(e["file"]))
-            self.ledger.names = {n for n in owned if _kind(self.out / n) is not None} | {LOCK}
-            self._check_foreign(names)
-            self.ledger.create(self.ledger.names)
-            return
+        if LEDGER not in names:
+            raise JobError(f"output {self.out} is not an embedhub embed folder (it holds "
+                           f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}); give a new or empty folder "
+                           f"(a job's folder holds its {LEDGER} ledger)")
+        try:
+            self.ledger.load()
+        except JobError as exc:
+            raise JobError(f"output {self.out} is not usable: {exc}; give a new or empty folder") from None
         self._check_foreign(names)
 
     def _check_foreign(self, names: list[str]) -> None:
         """A :class:`JobError` naming the files embedhub did not write here (nothing is touched)."""
         owned = self.ledger.names
-        others = [n for n in names if n != LEDGER and not n.startswith(f".{LEDGER}.") and n not in owned
-                  and not _is_temp(n)]
-        shards = self.out / SHARDS
-        kind = _kind(shards)
-        if kind not in (None, "folder"):
-            others.append(f"{SHARDS} (a {kind}, not a folder embedhub made)")
-        elif kind == "folder" and SHARDS in owned:
-            others += [f"{SHARDS}/{p.name}" for p in sorted(shards.iterdir())
-                       if f"{SHARDS}/{p.name}" not in owned and not _is_temp(f"{SHARDS}/{p.name}")]
+        others = [n for n in names if n != LEDGER and n not in owned]
+        for folder in (SHARDS, STAGING):
+            kind = _kind(self.out / folder)
+            if kind not in (None, "folder"):
+                others.append(f"{folder} (a {kind}, not a folder embedhub made)")
+        if _kind(self.out / SHARDS) == "folder" and SHARDS in owned:
+            others += [f"{SHARDS}/{p.name}" for p in sorted((self.out / SHARDS).iterdir())
+                       if f"{SHARDS}/{p.name}" not in owned]
         if others:
             if not owned:
                 raise JobError(f"output {self.out} is not an embedhub embed folder (it holds "
@@ -600,7 +613,7 @@ class _Job:
             return
         if _kind(manifest) is None:
             return
-        self.manifest = _read_manifest(manifest)
+        self.manifest = _read_manifest(manifest, entries=False)
         try:
             stored = Fingerprint.from_dict(self.manifest["fingerprint"], path=manifest)
         except FingerprintMismatchError as exc:  # a malformed fingerprint record (ProvenanceError)
@@ -615,22 +628,17 @@ class _Job:
     def _clear(self) -> None:
         """Delete what the ledger records (links themselves, never what they point to), and stale temporaries."""
         removed = 0
-        for rel in sorted(self.ledger.names - {LOCK, SHARDS}, reverse=True):
+        for rel in sorted(self.ledger.names - {LOCK, SHARDS, STAGING}, reverse=True):
             if _kind(self.out / rel) in ("file", "link"):
                 (self.out / rel).unlink()
                 removed += 1
-        for folder in (self.out, self.out / SHARDS):
-            if _kind(folder) == "folder":
-                for p in folder.iterdir():
-                    rel = p.relative_to(self.out).as_posix()
-                    if _is_temp(rel) and _kind(p) in ("file", "link"):
-                        p.unlink()
+        _clear_staging(self.out)
         if SHARDS in self.ledger.names and _kind(self.out / SHARDS) == "folder":
             try:
                 (self.out / SHARDS).rmdir()
             except OSError:  # not empty: something appeared since the check; it stays
                 pass
-        self.ledger.create({n for n in self.ledger.names if _kind(self.out / n) is not None})
+        self.ledger.create({n for n in self.ledger.names if _kind(self.out / n) is not None} | {LOCK, STAGING})
         self.manifest = {}
         if removed:
             _note(f"{self.out}: restarted (earlier shards deleted)")
@@ -653,10 +661,26 @@ class _Job:
                 raise JobError(f"output {self.out} holds a job over another input or with other settings "
                                f"({'; '.join(changed)}); pass restart=True (--restart) to start over, or give "
                                "another output folder")
+            for key, value in (("shards_total", len(plan.chunks)), ("rows", plan.rows)):
+                if self.manifest[key] != value:
+                    _note(f"{self.out}: the manifest records {key} {self.manifest[key]}, the input has {value}; "
+                          "corrected")
+                    self.manifest[key] = value
+            chunks = {str(c.index): c for c in plan.chunks}
             for key, entry in list(self.manifest["shards"].items()):
-                problem = _shard_problem(self.out / entry["file"], entry)
+                chunk = chunks.get(key)
+                problem = _entry_problem(key, entry, len(plan.chunks))
                 if problem:
-                    _note(f"{self.out}: shard {key} will be redone: {problem}")
+                    problem = f"its manifest entry is wrong: {problem}"
+                elif chunk is None:
+                    problem = "the input has no such shard"
+                elif {k: entry[k] for k in ("source", "start", "stop")} != chunk.describe():
+                    problem = "the manifest records other rows than the input's shard"
+                else:
+                    problem = _shard_problem(self.out / entry["file"], entry)
+                if problem:
+                    label = key if key.isascii() and key.isdigit() and len(key) < 20 else f"{key!r:.40}"
+                    _note(f"{self.out}: shard {label} will be redone: {problem}")
                     del self.manifest["shards"][key]
             self.manifest["complete"] = False
         else:
@@ -670,10 +694,7 @@ class _Job:
                 "shards": {},
                 "complete": False,
             }
-        if _kind(self.out / SHARDS) == "folder":
-            for tmp in (self.out / SHARDS).iterdir():  # left by a run killed mid-write
-                if _is_temp(f"{SHARDS}/{tmp.name}") and _kind(tmp) in ("file", "link"):
-                    tmp.unlink()
+        _clear_staging(self.out)  # what a run killed mid-write left
         self._save()
 
     def pending(self) -> list[Chunk]:
@@ -687,7 +708,10 @@ class _Job:
         rel = _shard_name(chunk)
         self.ledger.record(SHARDS, rel)
         meta = dict(chunk.describe(), shard=chunk.index, errors=len(errors))
-        write_embeddings(self.out / rel, emb, self.fingerprint, ids=ids, metadata={SHARD_KEY: json.dumps(meta)})
+        staged = self.out / STAGING / Path(rel).name
+        write_embeddings(staged, emb, self.fingerprint, ids=ids, metadata={SHARD_KEY: json.dumps(meta)})
+        (self.out / SHARDS).mkdir(exist_ok=True)
+        os.replace(staged, self.out / rel)
         entry = dict(meta, file=rel, rows=len(emb), sha256=sha256_file(self.out / rel),
                      error_rows=[[plain(i), r] for i, r in errors])
         self.manifest["shards"][str(chunk.index)] = entry
@@ -700,7 +724,7 @@ class _Job:
         errors_file = None
         if errors:
             self.ledger.record(ERRORS)
-            errors_file = atomic_write(self.out / ERRORS, "".join(json.dumps(e) + "\n" for e in errors))
+            errors_file = _put(self.out, ERRORS, "".join(json.dumps(e) + "\n" for e in errors))
             _note(f"{len(errors)} rows could not be embedded; listed in {errors_file}")
         elif ERRORS in self.ledger.names and _kind(self.out / ERRORS) in ("file", "link"):
             (self.out / ERRORS).unlink()
@@ -727,20 +751,20 @@ class _Job:
             idx.add(stored.embeddings)
             ids.extend(id_list(stored))
         path = self.out / INDEX
-        atomic_write(path, lambda tmp: faiss.write_index(idx, tmp))
+        _put(self.out, INDEX, lambda tmp: faiss.write_index(idx, tmp))
         # the id of index row i, with the fingerprint of the vectors the index holds
         import pyarrow as pa
         import pyarrow.parquet as pq
 
         kind = pa.string() if self.plan.id_kind == "str" else pa.int64()
         table = pa.table({"id": pa.array(ids, type=kind)}, metadata={PARQUET_KEY: self.fingerprint.to_json().encode()})
-        atomic_write(self.out / INDEX_IDS, lambda tmp: pq.write_table(table, tmp))
+        _put(self.out, INDEX_IDS, lambda tmp: pq.write_table(table, tmp))
         self.manifest["index"] = {"file": INDEX, "ids": INDEX_IDS, "rows": int(idx.ntotal), "kind": "IndexFlatIP"}
         return path
 
     def _save(self) -> None:
         self.ledger.record(MANIFEST)
-        atomic_write(self.out / MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
+        _put(self.out, MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
 
 
 def _shard_name(chunk: Chunk) -> str:
@@ -757,8 +781,9 @@ def id_list(stored: StoredEmbeddings) -> list[Any]:
     return stored.ids.tolist() if isinstance(stored.ids, np.ndarray) else list(stored.ids)
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """A job manifest, bounded in size and checked in shape (a :class:`JobError` naming it otherwise)."""
+def _read_manifest(path: Path, *, entries: bool = True) -> dict[str, Any]:
+    """A job manifest, bounded in size and checked in shape (a :class:`JobError` naming it otherwise); with
+    ``entries``, every shard entry too (a resuming job checks them itself, and redoes those that are wrong)."""
     advice = ("pass restart=True (--restart) to start over (it deletes only the files the job wrote), or give "
               "another output folder")
     try:
@@ -774,17 +799,48 @@ def _read_manifest(path: Path) -> dict[str, Any]:
     ):
         raise JobError(f"{path} is not an embedhub embed manifest (version {MANIFEST_VERSION} with "
                        f"{', '.join(keys)}); {advice}")
-    shards, total = manifest["shards"], manifest["shards_total"]
-    if not isinstance(shards, dict) or not isinstance(total, int) or not isinstance(manifest["settings"], dict):
-        raise JobError(f"{path}: 'shards' must be an object, 'shards_total' an integer and 'settings' an object; "
-                       f"{advice}")
-    for key, entry in shards.items():
-        ok = isinstance(entry, dict) and isinstance(entry.get("file"), str) and isinstance(entry.get("sha256"), str)
-        ok = ok and isinstance(entry.get("error_rows", []), list) and isinstance(entry.get("rows", 0), int)
-        if not ok or not _SHARD_FILE.fullmatch(entry["file"]):
-            raise JobError(f"{path}: shard {key!r:.40} must record 'file' (shards/part-NNNNN.parquet, inside the "
-                           f"folder), 'sha256', 'rows' and 'error_rows'; found {json.dumps(entry)[:120]}; {advice}")
+    shards, total, rows = manifest["shards"], manifest["shards_total"], manifest.get("rows")
+    if not isinstance(shards, dict) or not _count(total) or not _count(rows) or not isinstance(
+        manifest["settings"], dict
+    ):
+        raise JobError(f"{path}: 'shards' must be an object, 'shards_total' and 'rows' integers >= 0 and 'settings' "
+                       f"an object; {advice}")
+    for key, entry in shards.items() if entries else ():
+        problem = _entry_problem(key, entry, total)
+        if problem:
+            raise JobError(f"{path}: shard {key!r:.40}: {problem}; found {json.dumps(entry)[:160]}; run the job "
+                           "again to redo that shard (or pass restart=True / --restart to start over)")
     return manifest
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_problem(key: str, entry: Any, total: int) -> str | None:
+    """Why manifest entry ``key`` is not one a job writes for shard ``key`` of ``total``, or ``None``."""
+    if not (isinstance(key, str) and key.isascii() and key.isdigit() and str(int(key)) == key and int(key) < total):
+        return f"the key must be a shard number below shards_total ({total})"
+    k = int(key)
+    if not isinstance(entry, dict):
+        return "the entry must be an object"
+    if entry.get("file") != f"{SHARDS}/part-{k:05d}.parquet":
+        return f"'file' must be {SHARDS}/part-{k:05d}.parquet (shard {k}'s file, inside the folder)"
+    if entry.get("shard") != k or isinstance(entry.get("shard"), bool):
+        return f"'shard' must be {k}"
+    if not isinstance(entry.get("sha256"), str) or not _count(entry.get("rows")) or not _count(entry.get("errors")):
+        return "'sha256' must be a string, 'rows' and 'errors' integers >= 0"
+    if not isinstance(entry.get("source"), str) or not _count(entry.get("start")) or not _count(entry.get("stop")):
+        return "'source' must be a string, 'start' and 'stop' integers >= 0"
+    errors = entry.get("error_rows")
+    if not isinstance(errors, list) or not all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], (str, int)) and not isinstance(e[0], bool)
+        and isinstance(e[1], str) for e in errors
+    ):
+        return "'error_rows' must be a list of [id, reason] pairs"
+    if len(errors) != entry["errors"] or entry["rows"] + len(errors) != entry["stop"] - entry["start"]:
+        return "'rows' and 'error_rows' must add up to the rows from 'start' to 'stop'"
+    return None
 
 
 #: the file of a shard, relative to the job folder: nothing else is read as one
@@ -792,7 +848,8 @@ _SHARD_FILE = re.compile(r"shards/part-\d{5,}\.parquet")
 
 
 def _shard_problem(path: Path, entry: dict[str, Any]) -> str | None:
-    """Why the shard file at ``path`` is not the one the manifest ``entry`` recorded, or ``None``."""
+    """Why the shard file at ``path`` is not the one the manifest ``entry`` recorded, or ``None``: its kind, its
+    SHA-256, and the shard number and row count recorded inside the parquet file itself."""
     from ._backends import sha256_file
 
     kind = _kind(path)
@@ -802,6 +859,18 @@ def _shard_problem(path: Path, entry: dict[str, Any]) -> str | None:
         return f"{path.name} is a {kind}, not the regular file that was written"
     if sha256_file(path) != entry.get("sha256"):
         return f"{path.name} is not the file that was written (SHA-256 differs: cut short or changed)"
+    try:
+        import pyarrow.parquet as pq
+
+        meta = pq.read_metadata(path)
+        record = json.loads((meta.schema.to_arrow_schema().metadata or {})[SHARD_KEY.encode()])
+        shard, rows = record["shard"], meta.num_rows
+    except Exception as exc:  # not a shard embedhub wrote: any reason is the same answer
+        return f"{path.name} is not a shard embedhub wrote (no readable {SHARD_KEY!r} record: {type(exc).__name__})"
+    if shard != entry.get("shard"):
+        return f"{path.name} records itself as shard {shard!r:.40}, not shard {entry.get('shard')}"
+    if rows != entry.get("rows"):
+        return f"{path.name} holds {rows} rows, the manifest records {entry.get('rows')}"
     return None
 
 
@@ -822,6 +891,10 @@ def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbedd
     if len(done) != total or any(str(k) not in done for k in range(total)):
         raise JobError(f"{folder}: the job is unfinished ({len(done)} of {total} shards); run it "
                        "again to finish")
+    counted = sum(e["rows"] + len(e["error_rows"]) for e in done.values())
+    if counted != manifest["rows"]:
+        raise JobError(f"{folder}: its {total} shards hold {counted} rows (embedded and failed), the manifest "
+                       f"records {manifest['rows']}; the manifest was edited: run the job again to redo what differs")
     if total and _kind(folder / SHARDS) != "folder":
         raise JobError(f"{folder}: {SHARDS} is a {_kind(folder / SHARDS) or 'missing'} entry, not the folder the "
                        "job wrote; shards are read only inside the job folder")
@@ -832,7 +905,7 @@ def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbedd
         if problem:
             raise JobError(f"{folder}: shard {k} ({entry['file']}): {problem}; run the job again to redo it")
         part = read_embeddings(folder / entry["file"], expect=fp)
-        if len(part) != entry["rows"]:
+        if len(part) != entry["rows"]:  # checked in the file's metadata; this is its content
             raise JobError(f"{folder}: shard {k} ({entry['file']}) holds {len(part)} rows, the manifest "
                            f"records {entry['rows']}; run the job again to redo it")
         parts.append(part)
@@ -842,4 +915,10 @@ def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbedd
         ids: Any = np.concatenate([p.ids for p in filled])
     else:
         ids = [v for p in parts for v in id_list(p)]
+    from ._store import repeated_id
+
+    repeat = repeated_id(ids)
+    if repeat is not None:
+        raise JobError(f"{folder}: id {repeat[2]!r:.80} is in two shards (rows {repeat[0]} and {repeat[1]} of the "
+                       "job); the shards are not one job's: pass restart=True (--restart) to embed again")
     return StoredEmbeddings(folder, emb, ids, None, fp)

@@ -69,6 +69,60 @@ def sidecar_path(path: str | os.PathLike) -> Path:
     return path.with_name(path.name + SIDECAR_SUFFIX)
 
 
+def _open_regular(path: Path, what: str, error: type[EmbeddingsFileError] = EmbeddingsFileError) -> Any:
+    """``path`` opened for binary reading, only if it is a regular file: opened without blocking (a FIFO with no
+    writer would hang ``open`` forever), then checked on the open descriptor; ``error`` names it otherwise."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0))
+    except OSError as exc:
+        raise error(f"cannot read {what} {path}: {exc.strerror or exc}", path=path) from None
+    except ValueError as exc:  # a NUL byte in the name
+        raise error(f"cannot read {what} {path!r}: {exc}", path=path) from None
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a FIFO (named pipe)" if stat.S_ISFIFO(mode)
+                else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket or other special file")
+        raise error(f"{what} {path} is {kind}, not a regular file", path=path)
+    os.set_blocking(fd, True)
+    return os.fdopen(fd, "rb")
+
+
+def utf8_path_problem(path: str | os.PathLike, what: str) -> str | None:
+    """Why ``path`` cannot be written by pyarrow (not valid UTF-8, found only when writing), or ``None``."""
+    name = os.fsdecode(path)
+    try:
+        name.encode("utf-8")
+    except UnicodeError:
+        shown = os.fsencode(name).decode("utf-8", "backslashreplace")
+        return f"{what} {shown} is not a valid UTF-8 path (pyarrow writes only UTF-8 paths); name it in UTF-8"
+    return None
+
+
+def repeated_id(ids: Any) -> tuple[int, int, Any] | None:
+    """The first repeated id as ``(first row, repeating row, id)``, or ``None`` when all are unique."""
+    import numpy as np
+
+    if isinstance(ids, np.ndarray):
+        if len(ids) < 2:
+            return None
+        order = np.argsort(ids, kind="stable")
+        same = np.flatnonzero(ids[order][1:] == ids[order][:-1])
+        if not len(same):
+            return None
+        pairs = [(int(order[k]), int(order[k + 1])) for k in same]
+        first, again = min(pairs, key=lambda p: p[1])
+        return first, again, ids[first].item()
+    seen: dict[Any, int] = {}
+    for row, value in enumerate(ids):
+        if value in seen:
+            return seen[value], row, value
+        seen[value] = row
+    return None
+
+
 def _extension(path: Path) -> str:
     ext = path.suffix.lower()
     if ext not in EXTENSIONS:
@@ -105,6 +159,9 @@ def write_embeddings(
 
     path = Path(path)
     ext = _extension(path)
+    problem = utf8_path_problem(path, "output")
+    if problem:
+        raise EmbeddingsFileError(problem, path=path)
     if not isinstance(fingerprint, Fingerprint):
         raise TypeError(
             f"fingerprint must be an embedhub.Fingerprint (model.fingerprint), got {type(fingerprint).__name__}"
@@ -237,7 +294,7 @@ def _write_parquet(
 
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
-    with open(path, "rb") as fh:
+    with _open_regular(path, "embeddings file") as fh:
         while chunk := fh.read(_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -310,7 +367,7 @@ def _load_npy(path: Path) -> np.ndarray:
     from numpy.lib import format as npy
 
     try:
-        with open(path, "rb") as fh:
+        with _open_regular(path, "embeddings file") as fh:
             size = os.fstat(fh.fileno()).st_size
             try:
                 version = npy.read_magic(fh)
@@ -320,7 +377,7 @@ def _load_npy(path: Path) -> np.ndarray:
                 shape, fortran, dtype = reader(fh, max_header_size=_NPY_HEADER_MAX)
             except (ValueError, SyntaxError, TypeError, EOFError, RecursionError, MemoryError) as exc:
                 raise EmbeddingsFileError(f"{path} is not a .npy array file: {str(exc)[:300]}", path=path) from None
-            if len(shape) != 2 or dtype.kind != "f" or dtype.hasobject:
+            if len(shape) != 2 or dtype.kind != "f" or dtype.hasobject or min(shape) < 0:
                 raise EmbeddingsFileError(
                     f"{path}: expected a 2-d float array (N x D), got {dtype} of shape {shape}", path=path
                 )
@@ -353,7 +410,7 @@ def _check_finite(emb: np.ndarray, path: Path) -> None:
 
 def _read_sidecar(side: Path, npy: Path, shape: tuple[int, ...]) -> Fingerprint:
     try:
-        with open(side, "rb") as fh:
+        with _open_regular(side, "fingerprint sidecar") as fh:
             text = fh.read(_SIDECAR_MAX + 1)
         if len(text) > _SIDECAR_MAX:
             raise ProvenanceError(f"{side} is over {_SIDECAR_MAX} bytes; not an embedhub sidecar", path=side)
@@ -405,7 +462,8 @@ def _read_parquet(path: Path) -> StoredEmbeddings:
     import pyarrow.parquet as pq
 
     try:
-        table = pq.read_table(path)
+        with _open_regular(path, "embeddings file") as fh:
+            table = pq.read_table(fh)
     except OSError as exc:  # pyarrow's ArrowInvalid for a file that is not parquet is a ValueError
         raise EmbeddingsFileError(f"cannot read {path}: {exc.strerror or exc}", path=path) from exc
     except (pa.ArrowException, ValueError) as exc:
@@ -448,6 +506,11 @@ def _read_parquet(path: Path) -> StoredEmbeddings:
     if "id" in names:
         id_col = table.column("id")
         ids = id_col.to_numpy() if pa.types.is_integer(id_col.type) and not id_col.null_count else id_col.to_pylist()
+    repeat = repeated_id(ids)
+    if repeat is not None:
+        first, again, value = repeat
+        raise EmbeddingsFileError(f"{path}: column 'id' row {again} = {value!r:.80} repeats row {first}; stored ids "
+                                  "must be unique (write_embeddings refuses repeats)", path=path)
     inputs = table.column("input").to_pylist() if "input" in names else None
     meta = table.schema.metadata or {}
     fp = Fingerprint.from_json(meta[PARQUET_KEY], path=path) if PARQUET_KEY in meta else None

@@ -118,6 +118,8 @@ def _read_jsonl(path: Path, field_name: str) -> Corpus:
                 obj = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise UsageError(f"{where}: invalid JSON: {exc}") from None
+            except RecursionError:
+                raise UsageError(f"{where}: JSON nested too deeply to read") from None
             if not isinstance(obj, dict):
                 raise UsageError(f"{where}: expected a JSON object, got {type(obj).__name__}")
             if field_name not in obj:
@@ -325,6 +327,10 @@ def cmd_encode(args: argparse.Namespace) -> int:
         raise UsageError(f"{out}: unknown output extension {ext or '(none)'!r}; expected .npy or .parquet")
     if out.is_dir():
         raise UsageError(f"{out} is a folder; --output must be a file path")
+    from ._store import utf8_path_problem
+
+    if utf8_path_problem(out, "--output"):
+        raise UsageError(utf8_path_problem(out, "--output"))
     if ext == ".parquet":
         from ._errors import require
 

@@ -319,12 +319,12 @@ def test_sigkill_midway_then_rerun_gives_every_id_once(tmp_path, engine, local_r
     victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
     half = out / "shards" / "part-00015.parquet"
     half.write_bytes((out / manifest["shards"]["0"]["file"]).read_bytes()[:5000])
-    (out / "shards" / ".part-00014.parquet.abc123.tmp").write_bytes(b"PAR1 partial")
+    (out / ".embedhub-tmp" / ".part-00014.parquet.abc123.tmp").write_bytes(b"PAR1 partial")
     rerun = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{done - 1} of 16 shards done by an earlier run" in rerun.stderr
     assert "shard 1 will be redone" in rerun.stderr and "SHA-256 differs" in rerun.stderr
-    assert not list((out / "shards").glob(".*.tmp"))
+    assert not list((out / ".embedhub-tmp").iterdir())
     # every id exactly once across every file in the folder, and the same vectors as the uninterrupted run
     files = sorted((out / "shards").glob("*.parquet"))
     assert len(files) == 16

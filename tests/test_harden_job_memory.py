@@ -149,3 +149,20 @@ def test_forged_npy_header_over_a_sparse_file_is_refused_unread(tmp_path):
     peak, said = _peak("read", "-", path, tmp_path)
     assert peak < base + SLACK_MB, (peak, base)
     assert said.startswith("refused:") and "its header says" in said
+
+
+@pytest.mark.parametrize("kind", [tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.GNUTYPE_LONGNAME,
+                                  tarfile.GNUTYPE_LONGLINK])
+def test_sparse_tar_declaring_a_huge_extended_header_is_refused_unread(tmp_path, tiny_embedhub_dir, photos,
+                                                                       benign_image_peak, kind):
+    path = tmp_path / "ext.tar"
+    with open(path, "wb") as raw:  # a 1.5 GB extended header, a hole on disk
+        info = tarfile.TarInfo("././@LongLink" if kind in (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+                               else "././@PaxHeader")
+        info.type, info.size = kind, 1_500_000_000
+        raw.write(info.tobuf(format=tarfile.USTAR_FORMAT))
+        raw.seek(info.size + 512, os.SEEK_CUR)
+        raw.write(b"\0" * 1024)
+    peak, said = _peak("embed", tiny_embedhub_dir, path, tmp_path / "out")
+    assert said.startswith("refused:") and "ext.tar: an extended tar header" in said, said
+    assert peak < benign_image_peak + SLACK_MB, (peak, benign_image_peak)

@@ -282,3 +282,174 @@ def test_cli_embed_reports_restart_refusal_as_usage_error(job, tiny_st_dir, corp
                  "--id-column", "id", "--shard-rows", "2", "--restart"])
     assert code == 2 and "shards/notes.txt" in capsys.readouterr().err
     assert (job / "shards" / "notes.txt").exists()
+
+
+# ---------------------------------------------------------------------------------------------- edited manifests
+def _edit_manifest(job: Path, edit) -> None:
+    m = json.loads((job / "manifest.json").read_text())
+    edit(m)
+    (job / "manifest.json").write_text(json.dumps(m))
+
+
+def _swap_files(m: dict) -> None:
+    s = m["shards"]
+    for k in ("file", "sha256", "rows"):
+        s["0"][k], s["1"][k] = s["1"][k], s["0"][k]
+
+
+def _swap_shard_files(job: Path) -> None:
+    a, b = job / "shards" / "part-00000.parquet", job / "shards" / "part-00001.parquet"
+    a.rename(job / "t")
+    b.rename(a)
+    (job / "t").rename(b)
+
+
+@pytest.mark.parametrize("edit", ["dup", "swap", "files", "total", "huge", "negative", "rows", "error_rows"])
+def test_an_edited_manifest_never_reads_wrong_rows_and_a_rerun_repairs_it(job, tiny_st_dir, corpus, edit):
+    def change(m: dict) -> None:
+        s = m["shards"]
+        if edit == "dup":
+            s["1"] = dict(s["0"])
+        elif edit == "swap":
+            s["0"], s["1"] = s["1"], s["0"]
+        elif edit == "files":  # the files swapped, and their SHA-256 and rows in the manifest with them
+            _swap_files(m)
+        elif edit == "total":
+            m["shards_total"] = 2
+            del s["2"]
+        elif edit == "huge":
+            m["shards_total"] = 10**12
+        elif edit == "negative":
+            m["shards_total"] = -1
+        elif edit == "rows":
+            s["2"]["rows"] = 1
+        elif edit == "error_rows":
+            s["0"]["error_rows"] = [1]
+
+    if edit == "files":
+        _swap_shard_files(job)
+    _edit_manifest(job, change)
+    with pytest.raises(embedhub.JobError):
+        embedhub.read_embeddings(job)
+    if edit == "negative":  # not a job manifest: the advice is to restart
+        with pytest.raises(embedhub.JobError, match="restart"):
+            _embed(tiny_st_dir, corpus, job)
+        result = _embed(tiny_st_dir, corpus, job, restart=True)
+    else:
+        result = _embed(tiny_st_dir, corpus, job)
+    assert result.rows == 6 and result.shards == 3
+    assert list(embedhub.read_embeddings(job).ids) == [f"r{i}" for i in range(6)]
+
+
+# ---------------------------------------------------------------------------------------------- special files
+@pytest.mark.parametrize("which", ["x.npy", "x.npy.fingerprint.json", "x.parquet"])
+def test_a_fifo_embeddings_file_is_refused_at_once(tmp_path, tiny_st_dir, which):
+    model = embedhub.load(tiny_st_dir, device="cpu")
+    vectors = model.encode(["a", "b"])
+    embedhub.write_embeddings(tmp_path / "x.npy", vectors, model.fingerprint)
+    target = tmp_path / which
+    if target.exists():
+        target.unlink()
+    os.mkfifo(target)
+    source = tmp_path / ("x.parquet" if which == "x.parquet" else "x.npy")
+    code = (f"import embedhub\ntry:\n embedhub.read_embeddings({str(source)!r})\n"
+            "except embedhub.EmbeddingsFileError as e:\n print(e)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert f"{target} is a FIFO (named pipe), not a regular file" in proc.stdout, proc.stdout + proc.stderr[-2000:]
+    corpus = _jsonl(tmp_path / "c.jsonl", [{"text": "a"}, {"text": "b"}])
+    cli = subprocess.run([sys.executable, "-m", "embedhub", "search", "--model", str(tiny_st_dir), "--corpus",
+                          str(corpus), "--embeddings", str(source), "--query", "a"],
+                         capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 2 and "FIFO" in cli.stderr, cli.stderr[-2000:]
+
+
+def test_a_copied_manifest_does_not_make_a_users_folder_a_job(tmp_path, finished, tiny_st_dir, corpus):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    shutil.copy(finished / "manifest.json", mine)
+    (mine / "errors.jsonl").write_text("MINE")
+    (mine / "index.faiss").write_text("MINE")
+    for restart in (False, True):
+        with pytest.raises(embedhub.JobError, match="not an embedhub embed folder.*give a new or empty folder"):
+            _embed(tiny_st_dir, corpus, mine, restart=restart)
+    assert sorted(p.name for p in mine.iterdir()) == ["errors.jsonl", "index.faiss", "manifest.json"]
+    assert (mine / "errors.jsonl").read_text() == (mine / "index.faiss").read_text() == "MINE"
+
+
+def test_a_folder_holding_only_a_temp_like_file_is_not_empty(tmp_path, tiny_st_dir, corpus):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / ".errors.jsonl.backup.tmp").write_text("USER")
+    with pytest.raises(embedhub.JobError, match=r"not an embedhub embed folder.*\.errors\.jsonl\.backup\.tmp"):
+        _embed(tiny_st_dir, corpus, mine)
+    assert [p.name for p in mine.iterdir()] == [".errors.jsonl.backup.tmp"]
+
+
+@pytest.mark.parametrize("restart", [False, True])
+def test_user_files_named_like_temporaries_are_never_deleted(job, tiny_st_dir, corpus, restart):
+    for rel in ("shards/.part-00000.parquet.keep.tmp", ".manifest.json.mine.tmp"):
+        (job / rel).write_text("USER")
+        with pytest.raises(embedhub.JobError, match="did not write"):
+            _embed(tiny_st_dir, corpus, job, restart=restart)
+        assert (job / rel).read_text() == "USER"
+        (job / rel).unlink()
+    # what a killed write leaves is in the job's own staging folder, and is removed there
+    (job / ".embedhub-tmp" / ".part-00001.parquet.x1.tmp").write_bytes(b"PAR1 partial")
+    _embed(tiny_st_dir, corpus, job, restart=restart)
+    assert not list((job / ".embedhub-tmp").iterdir())
+    assert list(embedhub.read_embeddings(job).ids) == [f"r{i}" for i in range(6)]
+
+
+# ---------------------------------------------------------------------------------------------- typed errors
+def test_uint64_id_above_int64_is_refused_naming_the_row(tmp_path, tiny_st_dir):
+    path = tmp_path / "u64.parquet"
+    pq.write_table(pa.table({"id": pa.array([1, 2**64 - 1], pa.uint64()), "text": ["a", "b"]}), path)
+    with pytest.raises(embedhub.CorpusError, match=r"u64.parquet: id column 'id' row 1: id 18446744073709551615"):
+        embedhub.embed_corpus(tiny_st_dir, path, tmp_path / "out", id_column="id", progress=False)
+
+
+def test_negative_npy_shape_is_refused_naming_the_file(tmp_path):
+    from numpy.lib import format as npy
+
+    path = tmp_path / "neg.npy"
+    with open(path, "wb") as fh:
+        npy.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": (-2, -2)})
+        fh.write(b"\0" * 16)
+    with pytest.raises(embedhub.EmbeddingsFileError, match=r"neg.npy: expected a 2-d float array"):
+        embedhub.read_embeddings(path)
+
+
+def test_encode_deeply_nested_jsonl_is_a_usage_error_naming_the_line(tmp_path, tiny_st_dir, capsys):
+    path = tmp_path / "deep.jsonl"
+    path.write_text('{"text": "fine"}\n{"text": ' + "[" * 100_000 + "]" * 100_000 + "}\n")
+    code = main(["encode", "--model", str(tiny_st_dir), "--input", str(path), "--output", str(tmp_path / "o.npy")])
+    assert code == 2
+    assert "deep.jsonl line 2: JSON nested too deeply" in capsys.readouterr().err
+
+
+def test_non_utf8_output_path_is_refused_before_any_work(tmp_path, tiny_st_dir, corpus, capsys):
+    bad = os.fsdecode(os.fsencode(tmp_path) + b"/out\xff")
+    model = embedhub.load(tiny_st_dir, device="cpu")
+    with pytest.raises(embedhub.EmbeddingsFileError, match=r"out\\xff.parquet is not a valid UTF-8 path"):
+        embedhub.write_embeddings(bad + ".parquet", model.encode(["a"]), model.fingerprint)
+    with pytest.raises(embedhub.JobError, match=r"out\\xff is not a valid UTF-8 path"):
+        _embed(tiny_st_dir, corpus, Path(bad))
+    assert main(["embed", "--model", str(tiny_st_dir), "--input", str(corpus), "--output", bad]) == 2
+    assert main(["encode", "--model", str(tiny_st_dir), "--input", str(corpus), "--field", "text",
+                 "--output", bad + ".npy"]) == 2
+    assert "not a valid UTF-8 path" in capsys.readouterr().err
+    assert not os.path.exists(bad)
+
+
+@pytest.mark.parametrize("ids", [["a", "b", "a"], [5, 7, 5]])
+def test_repeated_ids_in_a_stored_parquet_are_refused_naming_the_id(tmp_path, tiny_st_dir, ids):
+    model = embedhub.load(tiny_st_dir, device="cpu")
+    path = tmp_path / "rep.parquet"
+    embedhub.write_embeddings(path, model.encode(["x", "y", "z"]), model.fingerprint, ids=[0, 1, 2])
+    table = pq.read_table(path)
+    table = table.set_column(table.column_names.index("id"), "id", pa.array(ids))
+    pq.write_table(table, path)
+    for expect in (None, model.fingerprint):
+        with pytest.raises(embedhub.EmbeddingsFileError, match=rf"rep.parquet: column 'id' row 2 = {ids[0]!r} "
+                                                                r"repeats row 0"):
+            embedhub.read_embeddings(path, expect=expect)
