@@ -41,6 +41,9 @@ def _poison(folder: Path, rel: str, pick) -> str:
     meta = json.loads(meta_path.read_text())
     meta["sha256"][rel] = sha256_file(path)
     meta_path.write_text(json.dumps(meta))
+    from embedhub._manifest import record
+
+    record(folder)  # and the file record, as a hostile author would: only the finite check can catch it
     return target.name
 
 
