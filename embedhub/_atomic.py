@@ -58,6 +58,20 @@ def _normal_permissions(tree: Path) -> None:
             os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
+def _moved_whole(staging: Path, folder: Path) -> bool:
+    """Move ``staging`` into place by one rename when ``folder`` is missing or empty (``True``); ``False``
+    when ``folder`` holds files. A ``folder`` that is a symlink or not a folder is refused."""
+    _normal_permissions(staging)
+    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
+        raise FileExistsError(f"{folder} exists and is not a folder; nothing was replaced")
+    if folder.is_dir() and not any(folder.iterdir()):
+        folder.rmdir()  # empty: os.replace cannot rename onto a non-empty folder
+    if not folder.exists():
+        os.replace(staging, folder)
+        return True
+    return False
+
+
 def install_folder(staging: str | os.PathLike, folder: str | os.PathLike, *, last: str | None = None,
                    replace: Iterable[str] = ()) -> Path:
     """Move the complete folder ``staging`` into place as ``folder``.
@@ -70,13 +84,7 @@ def install_folder(staging: str | os.PathLike, folder: str | os.PathLike, *, las
     move when ``staging`` did not hold them.
     """
     staging, folder = Path(staging), Path(folder)
-    _normal_permissions(staging)
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise FileExistsError(f"{folder} exists and is not a folder; nothing was replaced")
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()  # empty: os.replace cannot rename onto a non-empty folder
-    if not folder.exists():
-        os.replace(staging, folder)
+    if _moved_whole(staging, folder):
         return folder
     files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == last)
     for f in files:
@@ -139,13 +147,7 @@ def switch_folder(staging: str | os.PathLike, folder: str | os.PathLike, *,
     if incoming is None or incoming[1] is not None:
         raise ValueError(f"{staging} has no complete record of its files ({MANIFEST})")
     new = incoming[0]
-    _normal_permissions(staging)
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise FileExistsError(f"{folder} exists and is not a folder; nothing was replaced")
-    if folder.is_dir() and not any(folder.iterdir()):
-        folder.rmdir()  # empty: os.replace cannot rename onto a non-empty folder
-    if not folder.exists():
-        os.replace(staging, folder)
+    if _moved_whole(staging, folder):
         return folder
     try:
         found = read(folder)

@@ -12,10 +12,8 @@ graph's inputs and output are those of its tower (names, element types, ranks, w
 
 from __future__ import annotations
 
-import hashlib
 import os
 import platform
-import stat
 import warnings
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
@@ -163,7 +161,6 @@ _GRAPH_INPUTS: dict[str, dict[str, tuple[int, int]]] = {
     "text": {"input_ids": (_INT64, 2), "attention_mask": (_INT64, 2)},
     "image": {"pixel_values": (_FLOAT, 4)},
 }
-_CHUNK = 1 << 20
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -173,17 +170,13 @@ def sha256_file(path: str | os.PathLike) -> str:
     >>> sha256_file(p)[:16]
     'ba7816bf8f01cfea'
     """
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+    from ._errors import ConfigError
+    from ._manifest import sha256
+
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise WeightsError(f"{path} is not a regular file")
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-    finally:
-        os.close(fd)
-    return digest.hexdigest()
+        return sha256(path)  # the one file hasher of saves and exports (hashed once per unchanged file)
+    except ConfigError:
+        raise WeightsError(f"{path} is not a regular file") from None
 
 
 def read_export_metadata(folder: ModelFolder) -> ConfigView | None:
