@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 from pathlib import Path
 
 import numpy as np
@@ -250,3 +251,21 @@ def perturbed_copy(src: Path, dest: Path, weights: str) -> Path:
 def other_st_dir(tmp_path_factory, tiny_st_dir) -> Path:
     """tiny_st_dir with other weights (same architecture, tokenizer and 32 dims): another model."""
     return perturbed_copy(tiny_st_dir, tmp_path_factory.mktemp("other_st"), "model.safetensors")
+
+
+def sparse_tar(path: Path, members: list[tuple[str, bytes | int]]) -> Path:
+    """A plain tar of ``(name, data)`` members; an int is a member of that many zero bytes with the data left
+    as a hole (the file is sparse on disk: 3 GB take no disk)."""
+    import tarfile
+
+    with open(path, "wb") as raw:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = data if isinstance(data, int) else len(data)
+            raw.write(info.tobuf(format=tarfile.GNU_FORMAT))
+            if isinstance(data, int):
+                raw.seek(-(-data // 512) * 512, os.SEEK_CUR)
+            else:
+                raw.write(data + b"\0" * (-len(data) % 512))
+        raw.write(b"\0" * 1024)
+    return path

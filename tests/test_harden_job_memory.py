@@ -13,6 +13,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import sparse_tar
 
 import embedhub
 
@@ -67,32 +68,17 @@ def _png(photos, size: int = 40) -> bytes:
     return buf.getvalue()
 
 
-def _sparse_tar(path: Path, members: list[tuple[str, bytes | int]]) -> Path:
-    """A plain tar; an int member is that many zero bytes left as a hole (3 GB take no disk)."""
-    with open(path, "wb") as raw:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = data if isinstance(data, int) else len(data)
-            raw.write(info.tobuf(format=tarfile.GNU_FORMAT))
-            if isinstance(data, int):
-                raw.seek(-(-data // 512) * 512, os.SEEK_CUR)
-            else:
-                raw.write(data + b"\0" * (-len(data) % 512))
-        raw.write(b"\0" * 1024)
-    return path
-
-
 @pytest.fixture(scope="module")
 def benign_image_peak(tmp_path_factory, tiny_embedhub_dir, photos) -> int:
     root = tmp_path_factory.mktemp("benign_tar")
-    path = _sparse_tar(root / "ok.tar", [("a.png", _png(photos)), ("b.png", _png(photos, 48))])
+    path = sparse_tar(root / "ok.tar", [("a.png", _png(photos)), ("b.png", _png(photos, 48))])
     peak, said = _peak("embed", tiny_embedhub_dir, path, root / "out")
     assert said == "ok"
     return peak
 
 
 def test_sparse_3gb_tar_image_member_is_not_read(tmp_path, tiny_embedhub_dir, photos, benign_image_peak):
-    path = _sparse_tar(tmp_path / "bomb.tar", [("a.png", _png(photos)), ("b.jpg", 3 << 30)])
+    path = sparse_tar(tmp_path / "bomb.tar", [("a.png", _png(photos)), ("b.jpg", 3 << 30)])
     peak, said = _peak("embed", tiny_embedhub_dir, path, tmp_path / "out")
     assert said == "ok"
     errors = [json.loads(line) for line in (tmp_path / "out" / "errors.jsonl").read_text().splitlines()]

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import sparse_tar
 
 import embedhub
 from embedhub.cli import main
@@ -231,26 +232,10 @@ def test_over_long_jsonl_line_names_file_and_line(tmp_path, tiny_st_dir, monkeyp
         _embed(tiny_st_dir, path, tmp_path / "out")
 
 
-def _tar(path: Path, members: list[tuple[str, bytes | int]]) -> Path:
-    """A tar of ``(name, data)`` members; an int is a member of that many zero bytes with the data left as
-    a hole (the file is sparse on disk)."""
-    with open(path, "wb") as raw:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = data if isinstance(data, int) else len(data)
-            raw.write(info.tobuf(format=tarfile.GNU_FORMAT))
-            if isinstance(data, int):
-                raw.seek(-(-data // 512) * 512, os.SEEK_CUR)
-            else:
-                raw.write(data + b"\0" * (-len(data) % 512))
-        raw.write(b"\0" * 1024)
-    return path
-
-
 def test_oversized_tar_image_member_is_listed_by_its_header(tmp_path, tiny_embedhub_dir, photos):
     buf = io.BytesIO()
     photos[0].resize((40, 40)).save(buf, format="PNG")
-    path = _tar(tmp_path / "t.tar", [("a.png", buf.getvalue()), ("a.txt", 300 << 20), ("b.jpg", 300 << 20)])
+    path = sparse_tar(tmp_path / "t.tar", [("a.png", buf.getvalue()), ("a.txt", 300 << 20), ("b.jpg", 300 << 20)])
     result = embedhub.embed_corpus(tiny_embedhub_dir, path, tmp_path / "out", progress=False, workers=1)
     assert embedhub.read_embeddings(result.output).ids == ["a"]
     (listed,) = [json.loads(line) for line in result.errors_file.read_text().splitlines()]
