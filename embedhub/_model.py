@@ -378,8 +378,9 @@ class EmbeddingModel:
         legacy = COPIED_LEGACY
         if folder.is_dir() and any(folder.iterdir()) and not has_record(folder):
             try:  # a model folder of the same format that another library wrote: its model files are exactly
-                same = detect(folder).name == fmt.name  # the files a load of it opens; no other file is touched
-                legacy = frozenset(detect(folder).files(folder)) if same else legacy
+                found = detect(folder)  # the files a load of it opens; no other file is touched
+                same = found.name == fmt.name
+                legacy = frozenset(found.files(folder)) if same else legacy
             except Exception:
                 same = False
             if not same:
