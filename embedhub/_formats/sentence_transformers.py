@@ -124,7 +124,7 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> Mode
             if dense_specs or normalize:
                 raise UnknownFormatError(f"{folder.root}: Pooling must come right after Transformer")
             pcfg = mdir.config("config.json")
-            pooling = Pooling(pooling_modes(pcfg))
+            pooling = Pooling(pooling_modes(pcfg), include_prompt=pcfg.bool("include_prompt", True))
             dim = pcfg.int("word_embedding_dimension", hidden, min=1)
             if dim != hidden:
                 raise pcfg.error("word_embedding_dimension", f"{hidden} (the Transformer's hidden_size)", dim)
@@ -151,7 +151,11 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> Mode
             }
         },
     }
-    return ModelParts(towers={"text": tower}, preprocessors={"text": text}, embed_dim=width, config=spec)
+    from . import _st_config
+
+    settings = _st_config.read(folder, width=width)  # config_sentence_transformers.json
+    return ModelParts(towers={"text": tower}, preprocessors={"text": text}, embed_dim=width, config=spec,
+                      normalized=normalize, **_st_config.parts_kwargs(settings))
 
 
 class SentenceTransformersFormat(Format):
