@@ -141,6 +141,10 @@ def embed_corpus(
     from ._search import check_precision
 
     precision = check_precision(precision)
+    if precision in ("int8", "uint8"):
+        raise ValueError(f"precision={precision!r} calibrates each dimension's range on the vectors of one encode "
+                         "call, so the shards of a job would hold codes of different scales; embed in float32 (or "
+                         "binary/ubinary) and quantise once with embedhub.quantize_embeddings(..., ranges=...)")
     truncate_dim = check_positive_int("truncate_dim", truncate_dim, optional=True)
     if normalize is not None and not isinstance(normalize, bool):
         raise TypeError(f"normalize must be True, False or None, got {normalize!r}")

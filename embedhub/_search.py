@@ -35,10 +35,10 @@ from typing import Any, Literal
 
 import numpy as np
 
-#: the similarity functions of sentence-transformers' ``similarity_fn_name``
+from ._quantize import PRECISION_DTYPES, PRECISIONS, check_precision, output_width
+
+#: the similarity functions of sentence-transformers' ``similarity_fn_name`` (as embedhub._similarity.SIMILARITY_FNS)
 SIMILARITIES = ("cosine", "dot", "euclidean", "manhattan")
-#: the output precisions of ``encode(..., precision=...)``
-PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 BINARY = ("binary", "ubinary")
 #: candidates per hit retrieved by Hamming distance before float rescoring (``--rescore-multiplier``)
 RESCORE_MULTIPLIER = 4
@@ -48,6 +48,9 @@ _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 
 Backend = Literal["auto", "faiss", "numpy"]
 
+__all__ = ["PRECISIONS", "SIMILARITIES", "SearchIndex", "check_precision", "hamming", "pack_bits",
+           "similarity_scores", "to_ubinary", "unpack_bits"]
+
 
 def check_similarity(name: Any) -> str:
     """``name`` when it is a similarity embedhub searches with; a ``ValueError`` listing them otherwise."""
@@ -56,29 +59,14 @@ def check_similarity(name: Any) -> str:
     return str(name)
 
 
-def check_precision(name: Any) -> str:
-    """``name`` when it is an output precision; a ``ValueError`` listing them otherwise."""
-    if name not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}, got {name!r}")
-    return str(name)
-
-
-def packed_width(dim: int) -> int:
-    """Bytes of one ``binary``/``ubinary`` vector of ``dim`` floats (``np.packbits`` pads to whole bytes).
-
-    >>> packed_width(384), packed_width(20)
-    (48, 3)
-    """
-    return (int(dim) + 7) // 8
-
-
 def stored_width(dim: int, precision: str) -> int:
-    """Columns of the array ``encode(..., precision=precision)`` returns for a ``dim``-wide model.
+    """Columns of the array ``encode(..., precision=precision)`` returns for ``dim``-wide vectors (binary
+    precisions pack 8 dimensions a byte).
 
-    >>> stored_width(384, "float32"), stored_width(384, "ubinary")
-    (384, 48)
+    >>> stored_width(384, "float32"), stored_width(384, "ubinary"), stored_width(20, "binary")
+    (384, 48, 3)
     """
-    return packed_width(dim) if precision in BINARY else int(dim)
+    return output_width(int(dim), check_precision(precision))
 
 
 def stored_dtype(precision: str) -> np.dtype:
@@ -87,9 +75,7 @@ def stored_dtype(precision: str) -> np.dtype:
     >>> stored_dtype("binary"), stored_dtype("uint8")
     (dtype('int8'), dtype('uint8'))
     """
-    check_precision(precision)
-    return np.dtype({"float32": np.float32, "int8": np.int8, "uint8": np.uint8, "binary": np.int8,
-                     "ubinary": np.uint8}[precision])
+    return np.dtype(PRECISION_DTYPES[check_precision(precision)])
 
 
 def to_ubinary(codes: Any) -> np.ndarray:
@@ -135,25 +121,15 @@ def hamming(queries: Any, docs: Any) -> np.ndarray:
 
 
 def similarity_scores(queries: Any, docs: Any, similarity: str = "cosine") -> np.ndarray:
-    """The ``(Q, N)`` float32 scores of ``similarity`` with sentence-transformers' formulas (``cos_sim``,
-    ``dot_score``, ``euclidean_sim`` = minus ``torch.cdist(p=2)``, ``manhattan_sim`` = minus ``cdist(p=1)``).
+    """The ``(Q, N)`` float32 scores of ``similarity``: ``model.similarity``'s numbers (sentence-transformers'
+    ``cos_sim``, ``dot_score``, ``euclidean_sim``, ``manhattan_sim``).
 
     >>> similarity_scores(np.array([[0.0, 0.0]]), np.array([[3.0, 4.0]]), "euclidean").tolist()
     [[-5.0]]
     """
-    import torch
+    from ._similarity import similarity_matrix
 
-    check_similarity(similarity)
-    a = torch.as_tensor(np.asarray(queries, dtype=np.float32))
-    b = torch.as_tensor(np.asarray(docs, dtype=np.float32))
-    if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[1]:
-        raise ValueError(f"embeddings of shapes {tuple(a.shape)} and {tuple(b.shape)} cannot be compared")
-    if similarity == "cosine":
-        nf = torch.nn.functional.normalize
-        return (nf(a, p=2, dim=1) @ nf(b, p=2, dim=1).T).numpy()
-    if similarity == "dot":
-        return (a @ b.T).numpy()
-    return (-torch.cdist(a, b, p=2.0 if similarity == "euclidean" else 1.0)).numpy()
+    return similarity_matrix(queries, docs, check_similarity(similarity))
 
 
 def _faiss(backend: Backend) -> Any:
@@ -180,7 +156,7 @@ class SearchIndex:
     """Exact nearest-neighbour search over vectors of one model, with its similarity and output precision.
 
     ``dim`` is the model's (or the truncated) width in floats; ``binary``/``ubinary`` vectors are added as
-    packed codes of ``packed_width(dim)`` bytes, ``int8``/``uint8`` as codes of ``dim`` columns.
+    packed codes of ``ceil(dim / 8)`` bytes, ``int8``/``uint8`` as codes of ``dim`` columns.
     ``backend="auto"`` uses faiss when it is installed (``kind`` names the faiss index), else numpy.
 
     >>> index = SearchIndex(3, similarity="euclidean")

@@ -80,16 +80,14 @@ def encode_fingerprint(
     truncate_dim: int | None = None,
     precision: str = "float32",
 ) -> Fingerprint:
-    """The fingerprint of what ``model.encode(inputs, **options)`` returns with these options: the model's
-    ``fingerprint_for`` (prompt role, truncation, precision), with ``normalized`` as ``normalize`` makes it.
+    """The fingerprint of what ``model.encode(inputs, **options)`` returns with these options
+    (``model.fingerprint_for``: prompt role, truncation, precision, normalisation).
 
     >>> encode_fingerprint(model, prompt_name="query", precision="ubinary").dim  # doctest: +SKIP
     384
     """
-    if not hasattr(model, "fingerprint_for"):  # TEMPORARY until the core API lands
-        return model.fingerprint.with_normalized(True if normalize is None else bool(normalize))
-    fp = model.fingerprint_for(prompt_name=prompt_name, prompt=prompt, truncate_dim=truncate_dim, precision=precision)
-    return fp if normalize is None else fp.with_normalized(bool(normalize))
+    return model.fingerprint_for(prompt_name=prompt_name, prompt=prompt, truncate_dim=truncate_dim,
+                                 precision=precision, normalize=normalize)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:

@@ -701,7 +701,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="delete the output folder's earlier shards (another model or input) and start over")
     emb.add_argument("--no-normalize", action="store_true",
                      help="keep raw embeddings (default: what the model defines: L2-normalised for cosine models)")
-    _add_encode_args(emb)
+    _add_encode_args(emb, precisions=("float32", "binary", "ubinary"))  # int8 ranges would differ per window
     emb.set_defaults(func=cmd_embed)
 
     sea = sub.add_parser(
