@@ -95,7 +95,11 @@ def embed_corpus(
     shard_rows: int | None = None,
     text_column: str = "text",
     id_column: str | None = None,
-    normalize: bool = True,
+    normalize: bool | None = None,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
+    truncate_dim: int | None = None,
+    precision: str = "float32",
     index: Literal["faiss"] | None = None,
     on_error: Literal["skip", "fail"] = "skip",
     restart: bool = False,
@@ -113,6 +117,12 @@ def embed_corpus(
     ``restart=True``. Rows that cannot be embedded (a corrupt image, a null text) are skipped and listed
     in ``errors.jsonl`` (``on_error="fail"`` stops at the first, naming it).
 
+    ``normalize``, ``prompt_name``, ``prompt``, ``truncate_dim`` and ``precision`` are ``encode``'s (the
+    vectors are those ``model.encode(texts, ...)`` returns, e.g. ``prompt_name="document"`` for a model with
+    document prompts, or ``precision="ubinary"`` for packed bits); the fingerprint records them, so a resumed
+    job with another truncation or precision is refused. ``index="faiss"`` builds a flat index with the model's
+    similarity (inner product, L2 or L1; Hamming distance for binary vectors).
+
     ``engine="local"`` runs in this process (images decode in ``workers`` processes, a bounded number
     ahead of the model); ``engine="ray"`` runs Ray Data: read tasks, then ``actors`` model replicas (one
     GPU each when the cluster has GPUs), on ``ray.init(address)``. ``model`` is a name for ``load``
@@ -128,6 +138,16 @@ def embed_corpus(
         raise ValueError(f"index must be None or 'faiss', got {index!r}")
     if on_error not in ("skip", "fail"):
         raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    from ._search import check_precision
+
+    precision = check_precision(precision)
+    if precision in ("int8", "uint8"):
+        raise ValueError(f"precision={precision!r} calibrates each dimension's range on the vectors of one encode "
+                         "call, so the shards of a job would hold codes of different scales; embed in float32 (or "
+                         "binary/ubinary) and quantise once with embedhub.quantize_embeddings(..., ranges=...)")
+    truncate_dim = check_positive_int("truncate_dim", truncate_dim, optional=True)
+    if normalize is not None and not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be True, False or None, got {normalize!r}")
     batch_size = check_positive_int("batch_size", batch_size)
     max_tokens = check_positive_int("max_tokens", max_tokens, optional=True)
     shard_rows = check_positive_int("shard_rows", shard_rows, optional=True)
@@ -162,8 +182,12 @@ def embed_corpus(
     if modality not in loaded.modalities:
         raise ModalityError(f"{input} holds {modality}s, but {loaded.name} embeds only "
                             f"{' and '.join(loaded.modalities)}")
-    fingerprint = loaded.fingerprint.with_normalized(bool(normalize))
-    with _Job(out, fingerprint, restart=restart) as job:
+    from ._store import encode_fingerprint
+
+    options = {"normalize": normalize, "prompt_name": prompt_name, "prompt": prompt, "truncate_dim": truncate_dim,
+               "precision": precision}
+    fingerprint = encode_fingerprint(loaded, **options)
+    with _Job(out, fingerprint, restart=restart, similarity=similarity_of(loaded)) as job:
         plan = plan_corpus(input, shard_rows=shard_rows, text_column=text_column, id_column=id_column)
         job.start(plan, {"input": os.fspath(input), "shard_rows": shard_rows, "text_column": text_column,
                          "id_column": id_column, "modality": plan.modality})
@@ -171,7 +195,7 @@ def embed_corpus(
         resumed = len(plan.chunks) - len(pending)
         if resumed:
             _note(f"{out}: {resumed} of {len(plan.chunks)} shards done by an earlier run; {len(pending)} to go")
-        encode = dict(batch_size=batch_size, max_tokens=max_tokens, normalize=bool(normalize))
+        encode = dict(batch_size=batch_size, max_tokens=max_tokens, **encode_options(options))
         reading = dict(text_column=text_column, id_column=id_column)
         total = sum(c.rows for c in pending)
         bar = _bar(total, plan.modality, progress)
@@ -200,6 +224,27 @@ def embed_corpus(
         finally:
             bar.close()
         return job.finish(index, resumed=resumed, seconds=time.perf_counter() - start)
+
+
+def similarity_of(model: Any) -> str:
+    """The similarity function ``model`` ranks with (``model.similarity_fn_name``; cosine for a model without one)."""
+    return str(getattr(model, "similarity_fn_name", None) or "cosine")
+
+
+def encode_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``encode``'s keywords for ``options``, leaving out those at their defaults (so a model that predates an
+    option still takes the call that does not use it)."""
+    defaults = {"normalize": None, "prompt_name": None, "prompt": None, "truncate_dim": None, "precision": "float32"}
+    return {k: v for k, v in options.items() if v != defaults.get(k, object())}
+
+
+def empty_rows(model: EmbeddingModel, encode: dict[str, Any], rows: int = 0) -> np.ndarray:
+    """``rows`` zero rows of the width and dtype ``model.encode(..., **encode)`` returns."""
+    from ._search import stored_dtype, stored_width
+
+    dim = encode.get("truncate_dim") or getattr(model, "truncate_dim", None) or model.embed_dim
+    precision = encode.get("precision", "float32")
+    return np.zeros((rows, stored_width(dim, precision)), stored_dtype(precision))
 
 
 def _note(message: str) -> None:
@@ -290,7 +335,7 @@ def _encode_rows(model: EmbeddingModel, rows: ChunkRows, items: Iterator[tuple[A
             flush()
     if batch:
         flush()
-    emb = np.concatenate(parts) if parts else np.empty((0, model.embed_dim), np.float32)
+    emb = np.concatenate(parts) if parts else empty_rows(model, encode)
     return ids, emb, errors
 
 
@@ -530,8 +575,10 @@ class _Ledger:
 class _Job:
     """An output folder: its ledger, lock, manifest, shard files, errors file and index."""
 
-    def __init__(self, out: Path, fingerprint: Fingerprint, *, restart: bool):
+    def __init__(self, out: Path, fingerprint: Fingerprint, *, restart: bool, similarity: str = "cosine"):
         self.out, self.fingerprint, self.restart = out, fingerprint, restart
+        #: the model's similarity function: the metric of the index
+        self.similarity = similarity
         self.manifest: dict[str, Any] = {}
         self.ledger = _Ledger(out)
         self._lock: Any = None
@@ -738,20 +785,22 @@ class _Job:
                               errors_file, index_path)
 
     def _build_index(self, shards: list[dict[str, Any]]) -> Path:
-        """A flat inner-product index (cosine for normalised vectors) over every shard, in shard order."""
-        import faiss
-
+        """A flat faiss index over every shard, in shard order, searching with the model's similarity (inner
+        product for dot and, over unit rows, cosine; L2 for euclidean; L1 for manhattan) or, for binary vectors,
+        by Hamming distance (:class:`embedhub._search.SearchIndex`)."""
+        from ._search import SearchIndex
         from ._store import PARQUET_KEY, read_embeddings
 
         self.ledger.record(INDEX, INDEX_IDS)
-        idx = faiss.IndexFlatIP(self.fingerprint.dim)
+        precision = getattr(self.fingerprint, "precision", "float32")
+        idx = SearchIndex(self.fingerprint.dim, similarity=self.similarity, precision=precision, backend="faiss")
         ids: list[Any] = []
         for entry in shards:
             stored = read_embeddings(self.out / entry["file"], expect=self.fingerprint)
             idx.add(stored.embeddings)
             ids.extend(id_list(stored))
         path = self.out / INDEX
-        _put(self.out, INDEX, lambda tmp: faiss.write_index(idx, tmp))
+        _put(self.out, INDEX, idx.save)
         # the id of index row i, with the fingerprint of the vectors the index holds
         import pyarrow as pa
         import pyarrow.parquet as pq
@@ -759,7 +808,8 @@ class _Job:
         kind = pa.string() if self.plan.id_kind == "str" else pa.int64()
         table = pa.table({"id": pa.array(ids, type=kind)}, metadata={PARQUET_KEY: self.fingerprint.to_json().encode()})
         _put(self.out, INDEX_IDS, lambda tmp: pq.write_table(table, tmp))
-        self.manifest["index"] = {"file": INDEX, "ids": INDEX_IDS, "rows": int(idx.ntotal), "kind": "IndexFlatIP"}
+        self.manifest["index"] = {"file": INDEX, "ids": INDEX_IDS, "rows": len(idx), "kind": idx.kind,
+                                  "similarity": self.similarity, "precision": precision}
         return path
 
     def _save(self) -> None:
@@ -909,7 +959,13 @@ def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbedd
             raise JobError(f"{folder}: shard {k} ({entry['file']}) holds {len(part)} rows, the manifest "
                            f"records {entry['rows']}; run the job again to redo it")
         parts.append(part)
-    emb = np.concatenate([p.embeddings for p in parts]) if parts else np.empty((0, fp.dim), np.float32)
+    if parts:
+        emb = np.concatenate([p.embeddings for p in parts])
+    else:
+        from ._search import stored_dtype, stored_width
+        from ._store import precision_of
+
+        emb = np.empty((0, stored_width(fp.dim, precision_of(fp))), stored_dtype(precision_of(fp)))
     filled = [p for p in parts if len(p)]  # a shard whose rows all failed has no id type of its own
     if filled and all(isinstance(p.ids, np.ndarray) for p in filled):
         ids: Any = np.concatenate([p.ids for p in filled])

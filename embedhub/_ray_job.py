@@ -16,7 +16,7 @@ import numpy as np
 
 from ._corpus import Chunk, ItemReader, decode_image, read_chunk
 from ._errors import JobError
-from ._job import plain
+from ._job import empty_rows, plain
 from ._provenance import Fingerprint
 
 #: rows per actor call: a few model batches, so the actor keeps its sorted-by-length batching
@@ -62,15 +62,18 @@ class _Encoder:
         if threads:
             torch.set_num_threads(threads)
         self.model = load(name, device=device, **load_args)
+        from ._store import encode_fingerprint
+
         expected = Fingerprint.from_dict(fingerprint)
-        found = self.model.fingerprint.with_normalized(expected.normalized)
+        options = {k: encode.get(k) for k in ("normalize", "prompt_name", "prompt", "truncate_dim")}
+        found = encode_fingerprint(self.model, precision=encode.get("precision", "float32"), **options)
         expected.check(found, what=f"the model loaded by a Ray actor ({name})", expected="driver", found="actor")
         self.encode = encode
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         column = "image" if "image" in batch else "text"
         ok = np.flatnonzero(batch["error"] == "")
-        emb = np.zeros((len(batch["error"]), self.model.embed_dim), np.float32)
+        emb = empty_rows(self.model, self.encode, len(batch["error"]))
         if ok.size:
             items = [batch[column][i] for i in ok]
             emb[ok] = self.model.encode(items, show_progress_bar=False, **self.encode)
@@ -160,4 +163,4 @@ def _finish(chunk: Chunk, parts: list[dict[str, np.ndarray]], done: Callable) ->
     bad = [i for i in order if cols["error"][i] != ""]
     ids = [plain(cols["id"][i]) for i in ok]
     errors = [(plain(cols["id"][i]), str(cols["error"][i])) for i in bad]
-    done(chunk, ids, np.ascontiguousarray(cols["embedding"][ok], dtype=np.float32), errors)
+    done(chunk, ids, np.ascontiguousarray(cols["embedding"][ok]), errors)

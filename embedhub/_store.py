@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from ._atomic import atomic_write
 from ._errors import EmbeddingsFileError, ProvenanceError, require
 from ._provenance import Fingerprint
+from ._search import check_precision, stored_dtype, stored_width
 
 if TYPE_CHECKING:
     import numpy as np
@@ -48,7 +49,9 @@ _SIDECAR_MAX = 1 << 20
 class StoredEmbeddings:
     """Embeddings read back by :func:`read_embeddings`.
 
-    ``embeddings`` is float32 ``(N, D)``; ``ids`` the ``id`` column (int64 array, or a list of str;
+    ``embeddings`` is float32 ``(N, D)``, or the integer codes of a quantised precision as they were written
+    (``int8``/``uint8`` ``(N, D)``; packed ``binary``/``ubinary`` bits as int8/uint8 ``(N, ceil(D / 8))``);
+    ``ids`` the ``id`` column (int64 array, or a list of str;
     ``0..N-1`` for ``.npy`` and for parquet files without one); ``inputs`` the ``input`` column or
     ``None``; ``fingerprint`` ``None`` only for a file without provenance read with ``expect=None``.
     """
@@ -61,6 +64,30 @@ class StoredEmbeddings:
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
+
+
+def precision_of(fingerprint: Fingerprint) -> str:
+    """The output precision a fingerprint records (``"float32"`` for one that records none)."""
+    return check_precision(getattr(fingerprint, "precision", None) or "float32")
+
+
+def encode_fingerprint(
+    model: Any,
+    *,
+    normalize: bool | None = None,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
+    truncate_dim: int | None = None,
+    precision: str = "float32",
+) -> Fingerprint:
+    """The fingerprint of what ``model.encode(inputs, **options)`` returns with these options
+    (``model.fingerprint_for``: prompt role, truncation, precision, normalisation).
+
+    >>> encode_fingerprint(model, prompt_name="query", precision="ubinary").dim  # doctest: +SKIP
+    384
+    """
+    return model.fingerprint_for(prompt_name=prompt_name, prompt=prompt, truncate_dim=truncate_dim,
+                                 precision=precision, normalize=normalize)
 
 
 def sidecar_path(path: str | os.PathLike) -> Path:
@@ -144,6 +171,10 @@ def write_embeddings(
 ) -> Path:
     """Write ``embeddings`` (``(N, D)`` floats, stored as float32) with ``fingerprint``, atomically.
 
+    Quantised vectors (``encode(..., precision=...)`` with ``fingerprint=model.fingerprint_for(precision=...)``)
+    are stored as they are: ``int8``/``uint8`` codes ``(N, D)``, packed ``binary``/``ubinary`` bits
+    ``(N, ceil(D / 8))``; their dtype and width must be the fingerprint's precision's.
+
     ``.parquet``: columns ``id`` (``ids``, default ``0..N-1``; int64 or string), ``input`` (when
     ``inputs`` is given) and ``embedding`` (``fixed_size_list<float32>[D]``); the fingerprint JSON in
     the schema metadata under ``b"embedhub.fingerprint"``, beside any other ``metadata`` (str keys
@@ -168,14 +199,18 @@ def write_embeddings(
         )
     if path.is_dir():
         raise EmbeddingsFileError(f"{path} is a folder; expected a file path ending in {ext}", path=path)
-    emb = _matrix(embeddings)
+    precision = precision_of(fingerprint)
+    emb = _matrix(embeddings, precision)
     n, dim = emb.shape
-    if dim != fingerprint.dim:
+    width = stored_width(fingerprint.dim, precision)
+    if dim != width:
+        held = f"{fingerprint.dim}-dim {precision} vectors ({width} values a row)" if width != fingerprint.dim else (
+            f"{fingerprint.dim}-dim vectors")
         raise ValueError(
-            f"embeddings have {dim} dims but fingerprint {fingerprint.id} is of a {fingerprint.dim}-dim model; "
-            "pass the fingerprint of the model that made them"
+            f"embeddings have {dim} values a row but fingerprint {fingerprint.id} is of {held}; "
+            "pass the fingerprint of the model and options that made them (model.fingerprint_for(...))"
         )
-    if fingerprint.normalized and n:
+    if fingerprint.normalized and n and precision == "float32":
         norms = np.linalg.norm(emb, axis=1)
         bad = np.flatnonzero(np.abs(norms - 1.0) > 1e-3)
         if bad.size:
@@ -200,12 +235,19 @@ def write_embeddings(
     return path
 
 
-def _matrix(embeddings: Any) -> np.ndarray:
+def _matrix(embeddings: Any, precision: str = "float32") -> np.ndarray:
     import numpy as np
 
     if hasattr(embeddings, "detach"):  # a torch tensor
-        embeddings = embeddings.detach().cpu().float().numpy()
+        embeddings = embeddings.detach().cpu()
+        embeddings = (embeddings.float() if embeddings.is_floating_point() else embeddings).numpy()
     arr = np.asarray(embeddings)
+    if precision != "float32":
+        want = stored_dtype(precision)
+        if arr.ndim != 2 or arr.dtype != want:
+            raise ValueError(f"{precision} embeddings must be a 2-d {want} array (encode(..., precision="
+                             f"{precision!r})), got {arr.dtype} of shape {arr.shape}")
+        return np.ascontiguousarray(arr)
     if arr.ndim != 2 or not np.issubdtype(arr.dtype, np.floating):
         raise ValueError(f"embeddings must be a 2-d float array (N x D), got {arr.dtype} of shape {arr.shape}")
     arr = np.ascontiguousarray(arr, dtype=np.float32)
@@ -267,7 +309,7 @@ def _write_npy(path: Path, emb: np.ndarray, fingerprint: Fingerprint) -> None:
         "file": path.name,
         "rows": int(emb.shape[0]),
         "dim": int(emb.shape[1]),
-        "dtype": "float32",
+        "dtype": str(emb.dtype),
         "sha256": digest[0],
         "fingerprint": fingerprint.to_dict(),
     }
@@ -284,7 +326,7 @@ def _write_parquet(
     columns: dict[str, Any] = {"id": pa.array(ids, type=pa.string() if isinstance(ids, list) else pa.int64())}
     if inputs is not None:
         columns["input"] = pa.array(inputs, type=pa.string())
-    flat = pa.array(emb.reshape(-1), type=pa.float32())
+    flat = pa.array(emb.reshape(-1), type=pa.from_numpy_dtype(emb.dtype))
     columns["embedding"] = pa.FixedSizeListArray.from_arrays(flat, dim)
     table = pa.table(columns, metadata={**extra, PARQUET_KEY: fingerprint.to_json().encode()})
     # float vectors barely compress: the embedding column is stored plain (half the write time), the rest snappy
@@ -328,12 +370,8 @@ def read_embeddings(path: str | os.PathLike, *, expect: Fingerprint | None = Non
     ext = _extension(path)
     stored = _read_npy(path) if ext == ".npy" else _read_parquet(path)
     fp = stored.fingerprint
-    if fp is not None and fp.dim != stored.embeddings.shape[1]:
-        raise ProvenanceError(
-            f"{path}: its fingerprint {fp.id} says {fp.dim} dims but the file holds {stored.embeddings.shape[1]}",
-            path=path,
-            field="dim",
-        )
+    if fp is not None:
+        _check_layout(path, stored.embeddings, fp)
     if expect is not None:
         if fp is None:
             raise ProvenanceError(
@@ -343,6 +381,19 @@ def read_embeddings(path: str | os.PathLike, *, expect: Fingerprint | None = Non
             )
         expect.check(fp, what=str(path), expected="expected", found="file")
     return stored
+
+
+def _check_layout(path: Path, emb: np.ndarray, fp: Fingerprint) -> None:
+    """The stored array's dtype and width are those of its fingerprint's precision and dimension."""
+    precision = precision_of(fp)
+    width, dtype = stored_width(fp.dim, precision), stored_dtype(precision)
+    if emb.shape[1] != width:
+        held = f"{fp.dim} dims" + (f" as {precision} ({width} values a row)" if width != fp.dim else "")
+        raise ProvenanceError(f"{path}: its fingerprint {fp.id} says {held} but the file holds "
+                              f"{emb.shape[1]} values a row", path=path, field="dim")
+    if emb.dtype != dtype:
+        raise ProvenanceError(f"{path}: its fingerprint {fp.id} says {precision} vectors ({dtype}) but the file "
+                              f"holds {emb.dtype}", path=path, field="precision")
 
 
 def _missing(path: Path, ext: str) -> str:
@@ -361,8 +412,9 @@ def _read_npy(path: Path) -> StoredEmbeddings:
 
 
 def _load_npy(path: Path) -> np.ndarray:
-    """A 2-d float matrix from a ``.npy`` file, its header checked before anything is allocated: a bounded
-    header, a float dtype, and a shape whose bytes are exactly what the file holds after the header."""
+    """A 2-d float matrix (float32) or int8/uint8 codes (as stored) from a ``.npy`` file, its header checked
+    before anything is allocated: a bounded header, a float or one-byte integer dtype, and a shape whose bytes
+    are exactly what the file holds after the header."""
     import numpy as np
     from numpy.lib import format as npy
 
@@ -377,9 +429,11 @@ def _load_npy(path: Path) -> np.ndarray:
                 shape, fortran, dtype = reader(fh, max_header_size=_NPY_HEADER_MAX)
             except (ValueError, SyntaxError, TypeError, EOFError, RecursionError, MemoryError) as exc:
                 raise EmbeddingsFileError(f"{path} is not a .npy array file: {str(exc)[:300]}", path=path) from None
-            if len(shape) != 2 or dtype.kind != "f" or dtype.hasobject or min(shape) < 0:
+            codes = dtype in (np.dtype(np.int8), np.dtype(np.uint8))
+            if len(shape) != 2 or (dtype.kind != "f" and not codes) or dtype.hasobject or min(shape) < 0:
                 raise EmbeddingsFileError(
-                    f"{path}: expected a 2-d float array (N x D), got {dtype} of shape {shape}", path=path
+                    f"{path}: expected a 2-d float array (N x D) or int8/uint8 codes, got {dtype} of shape {shape}",
+                    path=path,
                 )
             count = shape[0] * shape[1]
             if count * dtype.itemsize != size - fh.tell():
@@ -392,6 +446,8 @@ def _load_npy(path: Path) -> np.ndarray:
     except OSError as exc:
         raise EmbeddingsFileError(f"cannot read {path}: {exc.strerror or exc}", path=path) from exc
     arr = arr.reshape(shape, order="F" if fortran else "C")
+    if arr.dtype.kind != "f":
+        return np.ascontiguousarray(arr)
     emb = np.ascontiguousarray(arr, dtype=np.float32)
     _check_finite(emb, path)
     return emb
@@ -474,10 +530,11 @@ def _read_parquet(path: Path) -> StoredEmbeddings:
     col = table.column("embedding").combine_chunks()
     kind = col.type
     if not (pa.types.is_fixed_size_list(kind) or pa.types.is_list(kind) or pa.types.is_large_list(kind)) or not (
-        pa.types.is_floating(kind.value_type)
+        pa.types.is_floating(kind.value_type) or kind.value_type in (pa.int8(), pa.uint8())
     ):
         raise EmbeddingsFileError(
-            f"{path}: column 'embedding' must be a list of floats (fixed_size_list<float32>[D]), found {kind}",
+            f"{path}: column 'embedding' must be a list of floats (fixed_size_list<float32>[D]) or of int8/uint8 "
+            f"codes, found {kind}",
             path=path,
         )
     if col.null_count:
@@ -500,8 +557,11 @@ def _read_parquet(path: Path) -> StoredEmbeddings:
     if dim < 1:
         raise EmbeddingsFileError(f"{path}: column 'embedding' holds empty vectors", path=path)
     # a copy: arrow's buffers are read-only, and the table is dropped once the matrix is out
-    emb = np.array(values.to_numpy(zero_copy_only=False), dtype=np.float32, copy=True).reshape(n, dim)
-    _check_finite(emb, path)
+    floats = pa.types.is_floating(kind.value_type)
+    emb = np.array(values.to_numpy(zero_copy_only=False), dtype=np.float32 if floats else None, copy=True)
+    emb = emb.reshape(n, dim)
+    if floats:
+        _check_finite(emb, path)
     ids: Any = np.arange(n, dtype=np.int64)
     if "id" in names:
         id_col = table.column("id")

@@ -35,6 +35,9 @@ if TYPE_CHECKING:
     from ._store import StoredEmbeddings
 
 TEXT_EXTENSIONS = (".txt", ".jsonl", ".tsv", ".csv")
+#: encode's output precisions (as embedhub._search.PRECISIONS, without importing numpy for --help)
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+RESCORE_MULTIPLIER = 4
 OUTPUT_EXTENSIONS = (".npy", ".parquet")
 
 
@@ -305,12 +308,25 @@ def _load_model(args: argparse.Namespace) -> EmbeddingModel:
     return model
 
 
-def _encode(model: EmbeddingModel, corpus: Corpus, *, batch_size: int, normalize: bool = True) -> np.ndarray:
-    """Encode with a progress bar; an item error is raised again naming where item i came from."""
-    from ._errors import ItemError
+def _options(args: argparse.Namespace, *, role: str | None = None) -> dict[str, Any]:
+    """``encode``'s keywords from the command's ``--no-normalize``, ``--prompt-name``, ``--prompt``,
+    ``--truncate-dim`` and ``--precision`` (``role="document"``: the ``--document-prompt*`` pair of search)."""
+    prefix = "document_" if role == "document" else ""
+    return {"normalize": False if getattr(args, "no_normalize", False) else None,
+            "prompt_name": getattr(args, f"{prefix}prompt_name", None), "prompt": getattr(args, f"{prefix}prompt", None),
+            "truncate_dim": args.truncate_dim, "precision": getattr(args, "precision", "float32")}
 
+
+def _encode(model: EmbeddingModel, corpus: Corpus, *, batch_size: int, options: dict[str, Any] | None = None,
+            role: str | None = None) -> np.ndarray:
+    """Encode with a progress bar (``role="document"``: ``encode_document``); an item error is raised again
+    naming where item i came from."""
+    from ._errors import ItemError
+    from ._job import encode_options
+
+    encode = getattr(model, "encode_document", model.encode) if role == "document" else model.encode
     try:
-        return model.encode(corpus.items, batch_size=batch_size, normalize=normalize, show_progress_bar=True)
+        return encode(corpus.items, batch_size=batch_size, show_progress_bar=True, **encode_options(options or {}))
     except ItemError as exc:
         i = exc.index
         if i is None or not 0 <= i < len(corpus.origins):
@@ -341,9 +357,12 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from ._store import sidecar_path, write_embeddings
 
     start = time.perf_counter()
-    emb = _encode(model, corpus, batch_size=args.batch_size, normalize=not args.no_normalize)
+    from ._store import encode_fingerprint
+
+    options = _options(args)
+    fingerprint = encode_fingerprint(model, **options)  # the options are checked before any work
+    emb = _encode(model, corpus, batch_size=args.batch_size, options=options)
     seconds = time.perf_counter() - start
-    fingerprint = model.fingerprint.with_normalized(not args.no_normalize)
     if ext == ".npy":
         write_embeddings(out, emb, fingerprint)
         where = f"{out} (fingerprint {fingerprint.id} in {sidecar_path(out).name})"
@@ -369,7 +388,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
             args.model, args.input, args.output, engine=args.engine, address=args.address, backend=args.backend,
             device=args.device, revision=args.revision, threads=args.threads, batch_size=args.batch_size,
             max_tokens=args.max_tokens, shard_rows=args.shard_rows, text_column=args.text_column,
-            id_column=args.id_column, normalize=not args.no_normalize, index=args.index, on_error=args.on_error,
+            id_column=args.id_column, index=args.index, on_error=args.on_error, **_options(args),
             restart=args.restart, workers=args.workers, actors=args.actors,
         )
     except (CorpusError, JobError) as exc:
@@ -420,29 +439,42 @@ def _read_stored(args: argparse.Namespace, corpus: Corpus) -> StoredEmbeddings:
 
 
 def _check_stored(args: argparse.Namespace, stored: StoredEmbeddings, model: EmbeddingModel) -> None:
-    """The stored vectors' width and fingerprint against the model's (normalisation aside: search scores
-    by cosine, which does not depend on it)."""
+    """The stored vectors' fingerprint against what ``--model`` with the command's document options makes
+    (truncation and precision included; normalisation is the file's, and the queries follow it)."""
     from ._errors import FingerprintMismatchError
+    from ._store import encode_fingerprint
 
-    dim = stored.embeddings.shape[1]
-    if dim != model.embed_dim:
-        raise UsageError(
-            f"--embeddings {args.embeddings} has {dim} dims but {args.model} embeds "
-            f"{model.embed_dim}; were they made with another model?"
-        )
-    expected = model.fingerprint.with_normalized(stored.fingerprint.normalized)
+    options = dict(_options(args, role="document"), normalize=stored.fingerprint.normalized)
+    expected = encode_fingerprint(model, **options)
     try:
         expected.check(stored.fingerprint, what=f"--embeddings {args.embeddings}", expected=f"--model {args.model}",
                        found="file")
     except FingerprintMismatchError as exc:
         raise UsageError(
-            f"{exc}. Re-run `embedhub encode` with this model and its options to search with it"
+            f"{exc}. Re-run `embedhub encode` with this model and its options (--truncate-dim, --precision) to "
+            "search with it, or pass the options the file was made with"
         ) from None
 
 
+def _score_name(similarity: str, precision: str, rescore: int | None) -> str:
+    """What the printed scores are."""
+    if precision in ("binary", "ubinary"):
+        return ("dot product of the float query with the binary document bits (rescored top "
+                f"{rescore}x candidates by Hamming distance)" if rescore else "minus the Hamming distance")
+    return {"cosine": "cosine similarity", "dot": "dot product", "euclidean": "minus the euclidean distance",
+            "manhattan": "minus the manhattan distance"}[similarity]
+
+
 def cmd_search(args: argparse.Namespace) -> int:
-    """``embedhub search``: print the ``--top-k`` corpus texts most similar to each ``--query``."""
-    import numpy as np
+    """``embedhub search``: print the ``--top-k`` corpus texts most similar to each ``--query``.
+
+    Queries are encoded with ``encode_query`` (the model's query prompt, or ``--prompt-name`` / ``--prompt``),
+    the corpus with ``encode_document``; the ranking is the model's similarity (``model.similarity_fn_name``),
+    or, with ``--precision binary``/``ubinary``, the Hamming distance of a binary index with optional float
+    rescoring of the ``--rescore-multiplier`` x ``--top-k`` nearest.
+    """
+    from ._job import encode_options, similarity_of
+    from ._search import SearchIndex
 
     corpus = read_inputs(args.corpus, field_name=args.field, column=args.column)
     if not corpus.is_text:
@@ -459,17 +491,29 @@ def cmd_search(args: argparse.Namespace) -> int:
     model = _load_model(args)
     if stored is not None:
         _check_stored(args, stored, model)
+    docs_options = _options(args, role="document")
+    if stored is not None:
+        docs_options["normalize"] = stored.fingerprint.normalized
+    # queries: float vectors of the same width and normalisation (binary indexes quantise them, and rescore)
+    query_options = dict(_options(args), normalize=docs_options["normalize"], precision="float32")
     start = time.perf_counter()
-    docs = stored.embeddings if stored is not None else _encode(model, corpus, batch_size=args.batch_size)
-    queries = model.encode(list(args.query), batch_size=args.batch_size, show_progress_bar=False)
-    scores = model.similarity(queries, docs)
-    k = min(args.top_k, len(corpus.items))
+    docs = stored.embeddings if stored is not None else _encode(model, corpus, batch_size=args.batch_size,
+                                                                options=docs_options, role="document")
+    encode_query = getattr(model, "encode_query", model.encode)
+    queries = encode_query(list(args.query), batch_size=args.batch_size, show_progress_bar=False,
+                           **encode_options(query_options))
+    similarity, precision = similarity_of(model), args.precision
+    rescore = args.rescore_multiplier if precision in ("binary", "ubinary") and args.rescore_multiplier else None
+    index = SearchIndex(queries.shape[1], similarity=similarity, precision=precision)
+    index.add(docs)
+    scores, rows = index.search(queries, args.top_k, rescore_multiplier=rescore)
+    print(f"embedhub: {index.kind} index; scores: {_score_name(similarity, precision, rescore)}", file=sys.stderr)
     for qi, query in enumerate(args.query):
         if qi:
             print()
         print(f"query: {query}")
-        for j in np.argsort(-scores[qi], kind="stable")[:k]:
-            print(f"  {scores[qi, j]:.4f}  {corpus.labels[j]}")
+        for score, j in zip(scores[qi], rows[qi]):
+            print(f"  {score:.4f}  {corpus.labels[j]}")
     print(
         f"embedhub: searched {len(corpus.items)} texts for {len(args.query)} queries in "
         f"{time.perf_counter() - start:.2f} s",
@@ -574,6 +618,21 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_encode_args(p: argparse.ArgumentParser, *, precisions: tuple[str, ...] = PRECISIONS,
+                     role: str | None = None) -> None:
+    """``--prompt-name``, ``--prompt``, ``--truncate-dim`` and ``--precision``: ``encode``'s options."""
+    whose = f"the {role}" if role else "every input"
+    default = " (default: its 'query' prompt, if any)" if role == "query" else " (default: the model's default prompt)"
+    p.add_argument("--prompt-name", default=None, help=f"prompt of the model's config for {whose}{default}")
+    p.add_argument("--prompt", default=None, help=f"prompt text put before {whose} (instead of --prompt-name)")
+    p.add_argument("--truncate-dim", type=_positive_int, default=None,
+                   help="keep the first N dimensions (Matryoshka models; default: the model's truncate_dim, else all)")
+    p.add_argument("--precision", choices=precisions, default="float32",
+                   help="output precision, as sentence-transformers' quantize_embeddings" + (
+                       "; binary and ubinary search a binary index (Hamming distance)" if role else "")
+                   + " (default: float32)")
+
+
 def _add_reader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--field", default="text", help="JSON field to embed in .jsonl input (default: text)")
     p.add_argument("--column", type=_column, default=0, help="0-based column of .tsv/.csv input (default: 0)")
@@ -601,7 +660,9 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--input", required=True, help="input file or folder (see below)")
     enc.add_argument("--output", required=True, help="output .npy or .parquet file (written atomically)")
     _add_reader_args(enc)
-    enc.add_argument("--no-normalize", action="store_true", help="keep raw embeddings (default: L2-normalised)")
+    enc.add_argument("--no-normalize", action="store_true",
+                     help="keep raw embeddings (default: what the model defines: L2-normalised for cosine models)")
+    _add_encode_args(enc)
     enc.set_defaults(func=cmd_encode)
 
     emb = sub.add_parser(
@@ -638,14 +699,19 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a row that cannot be embedded: skip it and list it in errors.jsonl, or stop (default: skip)")
     emb.add_argument("--restart", action="store_true",
                      help="delete the output folder's earlier shards (another model or input) and start over")
-    emb.add_argument("--no-normalize", action="store_true", help="keep raw embeddings (default: L2-normalised)")
+    emb.add_argument("--no-normalize", action="store_true",
+                     help="keep raw embeddings (default: what the model defines: L2-normalised for cosine models)")
+    _add_encode_args(emb, precisions=("float32", "binary", "ubinary"))  # int8 ranges would differ per window
     emb.set_defaults(func=cmd_embed)
 
     sea = sub.add_parser(
         "search",
         help="find the corpus texts most similar to queries",
         description="Embed a text corpus (or load its --embeddings) and print the --top-k most "
-        "similar texts for each --query with their cosine scores.",
+        "similar texts for each --query with their scores: the model's similarity (cosine, dot, euclidean or "
+        "manhattan, from its config), or the Hamming distance of a binary index for --precision binary/ubinary "
+        "(optionally rescored with the float query). Queries get the model's query prompt, the corpus its "
+        "document prompt.",
         epilog=_CORPUS_HELP,
     )
     _add_model_args(sea)
@@ -660,6 +726,13 @@ def build_parser() -> argparse.ArgumentParser:
         "options; refused unless its fingerprint (parquet metadata, or the .fingerprint.json beside a .npy) is "
         "--model's, normalisation aside",
     )
+    _add_encode_args(sea, precisions=("float32", "binary", "ubinary"), role="query")
+    sea.add_argument("--document-prompt-name", default=None,
+                     help="prompt of the model's config for the corpus (default: its 'document' prompt, if any)")
+    sea.add_argument("--document-prompt", default=None, help="prompt text put before every corpus text")
+    sea.add_argument("--rescore-multiplier", type=_positive_int, default=RESCORE_MULTIPLIER,
+                     help="binary precisions: rescore this many times --top-k candidates by Hamming distance with "
+                     f"the float query (default: {RESCORE_MULTIPLIER}; 1 keeps the Hamming ranking)")
     sea.set_defaults(func=cmd_search)
 
     mod = sub.add_parser(
