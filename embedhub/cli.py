@@ -313,7 +313,8 @@ def _options(args: argparse.Namespace, *, role: str | None = None) -> dict[str, 
     ``--truncate-dim`` and ``--precision`` (``role="document"``: the ``--document-prompt*`` pair of search)."""
     prefix = "document_" if role == "document" else ""
     return {"normalize": False if getattr(args, "no_normalize", False) else None,
-            "prompt_name": getattr(args, f"{prefix}prompt_name", None), "prompt": getattr(args, f"{prefix}prompt", None),
+            "prompt_name": getattr(args, f"{prefix}prompt_name", None),
+            "prompt": getattr(args, f"{prefix}prompt", None),
             "truncate_dim": args.truncate_dim, "precision": getattr(args, "precision", "float32")}
 
 
