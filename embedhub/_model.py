@@ -758,7 +758,8 @@ class EmbeddingModel:
         with tempfile.TemporaryDirectory(prefix="embedhub-push-") as tmp:
             folder = self.save_pretrained(Path(tmp) / "model")
             write_card(folder, model_id=repo_id, modalities=self.modalities, embed_dim=self.embed_dim,
-                       base_model=self.repo_id)
+                       base_model=self.repo_id, prompts=self.prompts, default_prompt_name=self.default_prompt_name,
+                       similarity_fn_name=self.similarity_fn_name, truncate_dim=self.truncate_dim)
             return push_folder(folder, repo_id, private=private, revision=revision, commit_message=commit_message,
                                token=token, create_pr=create_pr)
 

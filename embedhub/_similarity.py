@@ -40,7 +40,7 @@ def _tensor(name: str, value: Any) -> torch.Tensor:
     else:
         if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
             value = torch.stack([v.detach().to("cpu") for v in value]).numpy()
-        t = torch.as_tensor(np.asarray(value))
+        t = torch.as_tensor(np.ascontiguousarray(value))
     if not (t.is_floating_point() or t.dtype in (torch.int8, torch.uint8, torch.int32, torch.int64)):
         raise ValueError(f"{name} must be an array of numbers, got {t.dtype}")
     if t.ndim not in (1, 2) or t.shape[-1] == 0:
