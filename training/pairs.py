@@ -33,7 +33,7 @@ from .data import LabelledImages, Sample, captioned_folder, expand_shards, fashi
 from .dist import gather, rank_world, shard
 from .evaluate import linear_probe, retrieval_recall, zero_shot_accuracy
 from .loop import start_run
-from .model import DualEncoder, build_towers, images_to_array, to_embedding_model
+from .model import DualEncoder, build_towers, images_to_array, prompt_settings, to_embedding_model
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -327,7 +327,8 @@ class EndToEnd:
             save_for_hf(clip, tokenizer=_NoTokenizerFiles(), model_config=self.open_clip_cfg,
                         save_directory=str(out), safe_serialization=True)
         else:
-            emb = to_embedding_model(model, self.image_pre, self.text_pre, templates=cfg.templates)
+            emb = to_embedding_model(model, self.image_pre, self.text_pre, templates=cfg.templates,
+                                     **prompt_settings(cfg))
             emb.save_pretrained(out)
         # the saved folder through the SDK must give the trained model's embeddings
         loaded = embedhub.load(out, device="cpu")
