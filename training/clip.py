@@ -185,7 +185,7 @@ class LiTSetup:
             ours_i = model.encode_image(self.feats_test.images[:k], features=True).numpy()
             ours_t = model.encode_text(self.feats_test.text, features=True).numpy()
         sdk_i = loaded.encode_image(images_to_array(self.test.images[:k]), show_progress_bar=False)
-        sdk_t = loaded.encode_text(self.feats_test.captions, show_progress_bar=False)
+        sdk_t = loaded.encode_text(self.feats_test.captions, show_progress_bar=False, prompt="")
         metrics["sdk_min_cosine"] = float(min((ours_i * sdk_i).sum(1).min(), (ours_t * sdk_t).sum(1).min()))
         summary = {"metrics": metrics, "seconds_total": round(time.perf_counter() - self.t_start, 1),
                    "seconds_features": round(self.t_features, 1), "world_size": rank_world()[1],

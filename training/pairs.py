@@ -335,7 +335,7 @@ class EndToEnd:
         k = min(64, len(ev.images))
         ours_i, ours_t = self.encode_all(model, ev.images[:k], ev.captions[:k])
         sdk_i = loaded.encode_image(images_to_array(ev.images[:k]), show_progress_bar=False)
-        sdk_t = loaded.encode_text(ev.captions[:k], show_progress_bar=False)
+        sdk_t = loaded.encode_text(ev.captions[:k], show_progress_bar=False, prompt="")
         metrics["sdk_min_cosine"] = float(min((ours_i.numpy() * sdk_i).sum(1).min(),
                                               (ours_t.numpy() * sdk_t).sum(1).min()))
         summary = {"metrics": metrics, "seconds_total": round(time.perf_counter() - self.t_start, 1),

@@ -314,7 +314,7 @@ class SimCSESetup:
         loaded = embedhub.load(out, device="cpu")
         texts = self.test[0][:64]
         ours = embed(tower, self.pre, texts, torch.device("cpu")).numpy()
-        sdk = loaded.encode_text(texts, show_progress_bar=False)
+        sdk = loaded.encode_text(texts, show_progress_bar=False, prompt="")
         sdk = sdk / np.linalg.norm(sdk, axis=1, keepdims=True)
         metrics["sdk_min_cosine"] = float((ours * sdk).sum(1).min())
         test = metrics["sts_test_spearman"]
