@@ -451,7 +451,7 @@ class EmbeddingModel:
                 raise ModalityError(
                     f"inputs[{i}] is an image, but a prompt ({'prompt' if prompt is not None else 'prompt_name'}) "
                     "was given: prompts are prepended to texts only; encode images without one", index=i)
-        if precision.endswith("int8") and len(items) < 2:
+        if precision.endswith("int8") and len(items) == 1:
             raise InputError(f"precision={precision!r} calibrates each dimension's range on the embeddings of the "
                              "call and needs at least 2 inputs; encode more at once, or encode in float32 and use "
                              "embedhub.quantize_embeddings(..., ranges=...) with ranges from a representative set")

@@ -78,8 +78,8 @@ def quantize_embeddings(
     >>> import numpy as np
     >>> e = np.array([[0.0, 1.0], [1.0, 0.0], [0.5, 0.5]], dtype=np.float32)
     >>> quantize_embeddings(e, "uint8")
-    array([[  0, 255],
-           [255,   0],
+    array([[  0, 254],
+           [254,   0],
            [127, 127]], dtype=uint8)
     """
     precision = check_precision(precision)
