@@ -189,8 +189,11 @@ def embed_corpus(
     fingerprint = encode_fingerprint(loaded, **options)
     with _Job(out, fingerprint, restart=restart, similarity=similarity_of(loaded)) as job:
         plan = plan_corpus(input, shard_rows=shard_rows, text_column=text_column, id_column=id_column)
-        job.start(plan, {"input": os.fspath(input), "shard_rows": shard_rows, "text_column": text_column,
-                         "id_column": id_column, "modality": plan.modality})
+        settings = {"input": os.fspath(input), "shard_rows": shard_rows, "text_column": text_column,
+                    "id_column": id_column, "modality": plan.modality}
+        if fingerprint.role is not None:  # not part of the fingerprint's id, but one job's rows share one prompt
+            settings["prompt_role"] = fingerprint.role
+        job.start(plan, settings)
         pending = job.pending()
         resumed = len(plan.chunks) - len(pending)
         if resumed:
