@@ -198,6 +198,9 @@ def test_embed_job_binary_faiss_index_and_refused_resume(tmp_path, peer_dirs, do
     err = capsys.readouterr().err
     assert "FingerprintMismatchError" in err and stored.fingerprint.id in err
     assert dot_model.fingerprint_for(prompt_name="document", truncate_dim=24, precision="ubinary").id in err
+    # query vectors compare with document vectors, but one job's shards share one prompt
+    assert main([a if a != "document" else "query" for a in args]) == 2
+    assert "prompt_role: 'document' then, 'query' now" in capsys.readouterr().err
     with pytest.raises(ValueError, match="calibrates"):
         embedhub.embed_corpus(dot_model, data, tmp_path / "i8", precision="int8", progress=False)
 
