@@ -235,8 +235,11 @@ def similarity_of(model: Any) -> str:
 
 
 def encode_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``encode``'s keywords for ``options``, leaving out those at their defaults (so a model that predates an
-    option still takes the call that does not use it)."""
+    """``encode``'s keywords for ``options``, leaving out those at their defaults.
+
+    >>> encode_options({"normalize": None, "truncate_dim": 64, "precision": "float32"})
+    {'truncate_dim': 64}
+    """
     defaults = {"normalize": None, "prompt_name": None, "prompt": None, "truncate_dim": None, "precision": "float32"}
     return {k: v for k, v in options.items() if v != defaults.get(k, object())}
 
