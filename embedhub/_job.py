@@ -189,8 +189,11 @@ def embed_corpus(
     fingerprint = encode_fingerprint(loaded, **options)
     with _Job(out, fingerprint, restart=restart, similarity=similarity_of(loaded)) as job:
         plan = plan_corpus(input, shard_rows=shard_rows, text_column=text_column, id_column=id_column)
-        job.start(plan, {"input": os.fspath(input), "shard_rows": shard_rows, "text_column": text_column,
-                         "id_column": id_column, "modality": plan.modality})
+        settings = {"input": os.fspath(input), "shard_rows": shard_rows, "text_column": text_column,
+                    "id_column": id_column, "modality": plan.modality}
+        if fingerprint.role is not None:  # not part of the fingerprint's id, but one job's rows share one prompt
+            settings["prompt_role"] = fingerprint.role
+        job.start(plan, settings)
         pending = job.pending()
         resumed = len(plan.chunks) - len(pending)
         if resumed:
@@ -232,8 +235,11 @@ def similarity_of(model: Any) -> str:
 
 
 def encode_options(options: dict[str, Any]) -> dict[str, Any]:
-    """``encode``'s keywords for ``options``, leaving out those at their defaults (so a model that predates an
-    option still takes the call that does not use it)."""
+    """``encode``'s keywords for ``options``, leaving out those at their defaults.
+
+    >>> encode_options({"normalize": None, "truncate_dim": 64, "precision": "float32"})
+    {'truncate_dim': 64}
+    """
     defaults = {"normalize": None, "prompt_name": None, "prompt": None, "truncate_dim": None, "precision": "float32"}
     return {k: v for k, v in options.items() if v != defaults.get(k, object())}
 

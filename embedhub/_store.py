@@ -204,10 +204,9 @@ def write_embeddings(
     n, dim = emb.shape
     width = stored_width(fingerprint.dim, precision)
     if dim != width:
-        held = f"{fingerprint.dim}-dim {precision} vectors ({width} values a row)" if width != fingerprint.dim else (
-            f"{fingerprint.dim}-dim vectors")
+        held = "" if precision == "float32" else f"'s {precision} vectors ({width} values a row)"
         raise ValueError(
-            f"embeddings have {dim} values a row but fingerprint {fingerprint.id} is of {held}; "
+            f"embeddings have {dim} dims but fingerprint {fingerprint.id} is of a {fingerprint.dim}-dim model{held}; "
             "pass the fingerprint of the model and options that made them (model.fingerprint_for(...))"
         )
     if fingerprint.normalized and n and precision == "float32":
@@ -432,7 +431,8 @@ def _load_npy(path: Path) -> np.ndarray:
             codes = dtype in (np.dtype(np.int8), np.dtype(np.uint8))
             if len(shape) != 2 or (dtype.kind != "f" and not codes) or dtype.hasobject or min(shape) < 0:
                 raise EmbeddingsFileError(
-                    f"{path}: expected a 2-d float array (N x D) or int8/uint8 codes, got {dtype} of shape {shape}",
+                    f"{path}: expected a 2-d float array (N x D), got {dtype} of shape {shape} (quantised "
+                    "embeddings are int8/uint8 codes)",
                     path=path,
                 )
             count = shape[0] * shape[1]

@@ -313,7 +313,8 @@ def _options(args: argparse.Namespace, *, role: str | None = None) -> dict[str, 
     ``--truncate-dim`` and ``--precision`` (``role="document"``: the ``--document-prompt*`` pair of search)."""
     prefix = "document_" if role == "document" else ""
     return {"normalize": False if getattr(args, "no_normalize", False) else None,
-            "prompt_name": getattr(args, f"{prefix}prompt_name", None), "prompt": getattr(args, f"{prefix}prompt", None),
+            "prompt_name": getattr(args, f"{prefix}prompt_name", None),
+            "prompt": getattr(args, f"{prefix}prompt", None),
             "truncate_dim": args.truncate_dim, "precision": getattr(args, "precision", "float32")}
 
 
@@ -324,7 +325,7 @@ def _encode(model: EmbeddingModel, corpus: Corpus, *, batch_size: int, options: 
     from ._errors import ItemError
     from ._job import encode_options
 
-    encode = getattr(model, "encode_document", model.encode) if role == "document" else model.encode
+    encode = model.encode_document if role == "document" else model.encode
     try:
         return encode(corpus.items, batch_size=batch_size, show_progress_bar=True, **encode_options(options or {}))
     except ItemError as exc:
@@ -499,9 +500,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     docs = stored.embeddings if stored is not None else _encode(model, corpus, batch_size=args.batch_size,
                                                                 options=docs_options, role="document")
-    encode_query = getattr(model, "encode_query", model.encode)
-    queries = encode_query(list(args.query), batch_size=args.batch_size, show_progress_bar=False,
-                           **encode_options(query_options))
+    queries = model.encode_query(list(args.query), batch_size=args.batch_size, show_progress_bar=False,
+                                 **encode_options(query_options))
     similarity, precision = similarity_of(model), args.precision
     rescore = args.rescore_multiplier if precision in ("binary", "ubinary") and args.rescore_multiplier else None
     index = SearchIndex(queries.shape[1], similarity=similarity, precision=precision)

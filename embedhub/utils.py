@@ -18,12 +18,15 @@ from ._corpus import tar_keys
 from ._errors import require
 from ._inputs import load_image
 from ._preprocess import token_lengths
+from ._search import SearchIndex, hamming, similarity_scores
 
 __all__ = [
+    "SearchIndex",
     "atomic_write",
     "average_templates",
     "epoch_generator",
     "epoch_order",
+    "hamming",
     "install_folder",
     "int8_dot_kernel",
     "load_image",
@@ -31,6 +34,7 @@ __all__ = [
     "plan_batches",
     "require",
     "sha256_file",
+    "similarity_scores",
     "tar_keys",
     "template_prompts",
     "token_lengths",

@@ -1,7 +1,8 @@
 """Export an embedhub model to ONNX, behind a parity gate.
 
-Every tower becomes one graph with pooling and projection inside; the tokeniser, image
-preprocessing and the L2 normalisation stay outside and are the SDK's own, so
+Every tower becomes one graph with pooling and projection inside; the tokeniser (with the model's
+prompts), image preprocessing, the L2 normalisation, Matryoshka truncation and output quantisation
+stay outside and are the SDK's own (the folder keeps the prompts, similarity and truncate_dim), so
 ``encode(..., normalize=False)`` gives the same numbers on both backends (the metadata records
 ``"normalized_output": false``). After export the folder is loaded with ``backend="onnx"`` and
 compared with the torch model on real inputs, direction and length of every row; the folder is
@@ -268,6 +269,11 @@ def export(
     src = model if isinstance(model, EmbeddingModel) else embedhub.load(model, device="cpu")
     if src.backend != "torch":
         raise ValueError(f"export needs a torch model; {src.name} runs on {src.backend}")
+    text = src.towers["text"] if "text" in src.towers else None
+    if getattr(getattr(text, "pooling", None), "include_prompt", True) is False and any(src.prompts.values()):
+        raise ValueError(f"{src.name}'s text pooling leaves the prompt's tokens out (include_prompt: false) and the "
+                         f"model has prompts {sorted(k for k, v in src.prompts.items() if v)}: pooling runs inside the "
+                         "ONNX graph, which sees no prompt boundary; keep this model on backend='torch'")
     texts = list(gate_texts or GATE_TEXTS)
     images = list(gate_image_inputs or gate_images())
     calib = {"text": list(calibration_texts or CALIBRATION_TEXTS), "image": gate_images()[::2]}

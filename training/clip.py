@@ -29,7 +29,7 @@ from .data import LabelledImages, fashion_mnist
 from .dist import gather, main_first, rank_world, shard
 from .evaluate import linear_probe, retrieval_recall, zero_shot_accuracy
 from .loop import Trainer, fit_and_finish, start_run
-from .model import DualEncoder, build_towers, images_to_array, to_embedding_model
+from .model import DualEncoder, build_towers, images_to_array, prompt_settings, to_embedding_model
 
 
 @torch.no_grad()
@@ -175,7 +175,7 @@ class LiTSetup:
             tr = model.encode_image(self.feats_train.images[:n_probe], features=True).numpy()
             te = model.encode_image(self.feats_test.images, features=True).numpy()
         metrics["linear_probe_top1"] = linear_probe(tr, self.feats_train.labels[:n_probe], te, self.feats_test.labels)
-        emb = to_embedding_model(model, self.image_pre, self.text_pre, templates=cfg.templates)
+        emb = to_embedding_model(model, self.image_pre, self.text_pre, templates=cfg.templates, **prompt_settings(cfg))
         out = emb.save_pretrained(Path(cfg.output) / "model")
         # the saved folder through the SDK must give the trained model's embeddings (images decoded and
         # preprocessed by the SDK from the raw test images, captions tokenised by it)
@@ -185,7 +185,7 @@ class LiTSetup:
             ours_i = model.encode_image(self.feats_test.images[:k], features=True).numpy()
             ours_t = model.encode_text(self.feats_test.text, features=True).numpy()
         sdk_i = loaded.encode_image(images_to_array(self.test.images[:k]), show_progress_bar=False)
-        sdk_t = loaded.encode_text(self.feats_test.captions, show_progress_bar=False)
+        sdk_t = loaded.encode_text(self.feats_test.captions, show_progress_bar=False, prompt="")
         metrics["sdk_min_cosine"] = float(min((ours_i * sdk_i).sum(1).min(), (ours_t * sdk_t).sum(1).min()))
         summary = {"metrics": metrics, "seconds_total": round(time.perf_counter() - self.t_start, 1),
                    "seconds_features": round(self.t_features, 1), "world_size": rank_world()[1],

@@ -109,6 +109,10 @@ class TrainConfig:
     checkpoint_every: int = 50  # optimiser steps; 0 = only at the end of each epoch
     resume: bool = False
     stop_after_steps: int = 0  # > 0: checkpoint and stop after this many optimiser steps (time-boxed jobs)
+    # prompts the trained model keeps (saved in its folder; encode_query / encode_document and
+    # encode(prompt_name=...) use them); training batches are not prompted. {} = the text tower's own
+    prompts: dict[str, str] = dataclasses.field(default_factory=dict)
+    default_prompt_name: str = ""  # "" = none (or the text tower's own when prompts is {})
     # publishing
     push_to_hub: str = ""  # a Hub repo id: after the final evaluation, the model folder and its card go there
     hub_private: bool = False  # create the repo private (when it does not exist yet)
@@ -293,6 +297,10 @@ RULES: dict[str, Rule] = {
     "stop_after_steps": _int(0, what="0 = no stop"),
     "push_to_hub": Rule("'' or a Hub repo id 'namespace/name'", lambda v: not v or _repo_id_ok(v)),
     "hub_private": Rule("true or false", lambda v: True),
+    "prompts": Rule("an object of prompt names to prompt texts, e.g. {\"query\": \"query: \", \"document\": \"\"} "
+                    "(names non-empty, texts at most 4096 characters)",
+                    lambda v: all(k.strip() and len(t) <= 4096 for k, t in v.items())),
+    "default_prompt_name": Rule("'' or the name of one of the prompts", lambda v: True),
     # clip
     "loss": _choice("clip", "siglip", "dcl"),
     # protoclip
@@ -332,6 +340,8 @@ def _type_name(typ: Any) -> str:
         return "a list of strings"
     if text.startswith("tuple[float"):
         return "a list of numbers"
+    if text.startswith("dict"):
+        return "an object of strings"
     return {"int": "an integer", "float": "a number", "bool": "true or false", "str": "a string"}.get(
         getattr(typ, "__name__", text), text)
 
@@ -347,6 +357,8 @@ def _typed(value: Any, typ: Any) -> bool:
         return isinstance(value, (int, float)) and not isinstance(value, bool)
     if typ is str or text == "str":
         return isinstance(value, str)
+    if text.startswith("dict"):
+        return isinstance(value, dict) and all(isinstance(k, str) and isinstance(v, str) for k, v in value.items())
     if text.startswith("tuple"):
         inner = (lambda x: _typed(x, float)) if "float" in text else (lambda x: isinstance(x, str))
         return isinstance(value, tuple) and all(inner(x) for x in value)
@@ -395,6 +407,13 @@ def validate(cfg: TrainConfig) -> None:
 
 def _check_combinations(cfg: TrainConfig) -> None:
     from .data import FASHION_CLASSES
+
+    if cfg.default_prompt_name and cfg.prompts and cfg.default_prompt_name not in cfg.prompts:
+        raise ConfigValueError("default_prompt_name", cfg.default_prompt_name,
+                               f"'' or one of the prompts {sorted(cfg.prompts)}")
+    if (cfg.prompts or cfg.default_prompt_name) and getattr(cfg, "open_clip_model", ""):
+        raise ConfigValueError("prompts", cfg.prompts, "{} with open_clip_model (an open_clip folder has no place "
+                               "for prompts); train the embedhub towers to keep prompts")
 
     if isinstance(cfg, SimCSEConfig):
         _check_simcse(cfg)
@@ -479,6 +498,8 @@ def _convert(value: Any, typ: Any, *, text: bool) -> Any:
     """A value from a ``key=value`` override (``text``) or a YAML file as the field type; what cannot be
     converted is passed on unchanged, for :func:`validate` to report."""
     name = str(typ)
+    if name.startswith("dict"):
+        return json.loads(value) if text else value  # an override is JSON: prompts={"query": "query: "}
     if name.startswith("tuple"):
         if text:
             value = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
@@ -558,7 +579,8 @@ def usage(cls: type[TrainConfig], prog: str) -> str:
     lines = [f"usage: {prog} [--config FILE.yaml] [--resume] [key=value ...]", "",
              f"{cls.__name__} keys (default; expected):"]
     for f in dataclasses.fields(cls):
-        lines.append(f"  {f.name}={f.default!r}  ({RULES[f.name].expected})")
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        lines.append(f"  {f.name}={default!r}  ({RULES[f.name].expected})")
     lines += ["", "Exit codes: 0 success, 1 training failed, 2 bad usage, config or data."]
     return "\n".join(lines)
 

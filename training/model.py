@@ -97,8 +97,24 @@ def _width(text: TextBackbone, sdk: EmbeddingModel) -> int:
     return dense[-1].linear.out_features if dense else sdk.embed_dim
 
 
+def prompt_settings(cfg: Any, base: EmbeddingModel | None = None) -> dict[str, Any]:
+    """The ``prompts`` and ``default_prompt_name`` a trained model keeps: the config's (``prompts``,
+    ``default_prompt_name``), else those of ``base``, the model the text tower came from.
+
+    >>> prompt_settings(SimCSEConfig.__new__(SimCSEConfig))  # doctest: +SKIP
+    {'prompts': None, 'default_prompt_name': None}
+    """
+    prompts = dict(getattr(cfg, "prompts", None) or {})
+    default = getattr(cfg, "default_prompt_name", "") or None
+    if not prompts and base is not None:
+        prompts = {k: v for k, v in (getattr(base, "prompts", None) or {}).items() if v}
+        default = default or getattr(base, "default_prompt_name", None)
+    return {"prompts": prompts or None, "default_prompt_name": default}
+
+
 def to_embedding_model(model: DualEncoder, image_pre: Any, text_pre: Any, *,
-                       templates: tuple[str, ...]) -> EmbeddingModel:
+                       templates: tuple[str, ...], prompts: dict[str, str] | None = None,
+                       default_prompt_name: str | None = None) -> EmbeddingModel:
     """The trained model as an embedhub model (transformers text tower + timm image tower)."""
     layers = [m for m in model.text_backbone.dense if hasattr(m, "spec")] + list(model.text_head)
     text_head = Head([m.spec() for m in layers])
@@ -108,7 +124,8 @@ def to_embedding_model(model: DualEncoder, image_pre: Any, text_pre: Any, *,
     image = TimmImageTower(model.image_backbone, model.image_head)  # rebuilt from the timm architecture it records
     return EmbeddingModel({"text": text, "image": image}, {"text": text_pre, "image": image_pre},
                           embed_dim=model.image_head[-1].linear.out_features, name="trained", format="embedhub",
-                          logit_scale=model.logit_scale.detach().exp().item(), templates=templates)
+                          logit_scale=model.logit_scale.detach().exp().item(), templates=templates,
+                          prompts=prompts, default_prompt_name=default_prompt_name)
 
 
 def images_to_array(images: Any) -> list:

@@ -33,7 +33,7 @@ from .data import LabelledImages, Sample, captioned_folder, expand_shards, fashi
 from .dist import gather, rank_world, shard
 from .evaluate import linear_probe, retrieval_recall, zero_shot_accuracy
 from .loop import start_run
-from .model import DualEncoder, build_towers, images_to_array, to_embedding_model
+from .model import DualEncoder, build_towers, images_to_array, prompt_settings, to_embedding_model
 
 
 # ---------------------------------------------------------------------------------------- data
@@ -327,14 +327,15 @@ class EndToEnd:
             save_for_hf(clip, tokenizer=_NoTokenizerFiles(), model_config=self.open_clip_cfg,
                         save_directory=str(out), safe_serialization=True)
         else:
-            emb = to_embedding_model(model, self.image_pre, self.text_pre, templates=cfg.templates)
+            emb = to_embedding_model(model, self.image_pre, self.text_pre, templates=cfg.templates,
+                                     **prompt_settings(cfg))
             emb.save_pretrained(out)
         # the saved folder through the SDK must give the trained model's embeddings
         loaded = embedhub.load(out, device="cpu")
         k = min(64, len(ev.images))
         ours_i, ours_t = self.encode_all(model, ev.images[:k], ev.captions[:k])
         sdk_i = loaded.encode_image(images_to_array(ev.images[:k]), show_progress_bar=False)
-        sdk_t = loaded.encode_text(ev.captions[:k], show_progress_bar=False)
+        sdk_t = loaded.encode_text(ev.captions[:k], show_progress_bar=False, prompt="")
         metrics["sdk_min_cosine"] = float(min((ours_i.numpy() * sdk_i).sum(1).min(),
                                               (ours_t.numpy() * sdk_t).sum(1).min()))
         summary = {"metrics": metrics, "seconds_total": round(time.perf_counter() - self.t_start, 1),

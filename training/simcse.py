@@ -61,6 +61,7 @@ from embedhub.utils import epoch_generator
 from .config import DataError, ESimCSEConfig, RecipeError, SimCSEConfig, recipe_main, to_dict
 from .dist import gather, rank_world
 from .loop import Trainer, fit_and_finish, plot_eval_curve, resolve_device, start_run
+from .model import prompt_settings
 from .sentences import Row, SentenceFile
 
 
@@ -307,12 +308,13 @@ class SimCSESetup:
                    "sts_test_spearman_start": self.start_test, "sts_dev_spearman_best": self.best["score"],
                    "best_step": self.best["step"], **metrics}
         emb = EmbeddingModel({"text": tower.cpu()}, {"text": self.pre}, embed_dim=self.sdk.embed_dim,
-                             name=Path(cfg.output).name or "simcse", format="embedhub")
+                             name=Path(cfg.output).name or "simcse", format="embedhub",
+                             **prompt_settings(cfg, self.sdk))
         out = emb.save_pretrained(Path(cfg.output) / "model")
         loaded = embedhub.load(out, device="cpu")
         texts = self.test[0][:64]
         ours = embed(tower, self.pre, texts, torch.device("cpu")).numpy()
-        sdk = loaded.encode_text(texts, show_progress_bar=False)
+        sdk = loaded.encode_text(texts, show_progress_bar=False, prompt="")
         sdk = sdk / np.linalg.norm(sdk, axis=1, keepdims=True)
         metrics["sdk_min_cosine"] = float((ours * sdk).sum(1).min())
         test = metrics["sts_test_spearman"]

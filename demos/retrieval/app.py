@@ -498,7 +498,7 @@ def build_app(model: str | None = None, text_model: str | None = None, backend: 
     with gr.Blocks(title="embedhub retrieval", delete_cache=(900, 1800)) as demo:
         gr.Markdown("# Multimodal retrieval\nSearch a gallery of images by text or by an example image, and a "
                     "collection of sentences by meaning. Embeddings by "
-                    "[embedhub](https://pypi.org/project/embedhub/), exact cosine search with faiss.")
+                    "[embedhub](https://pypi.org/project/embedhub/), exact faiss search.")
         with gr.Tab("Text → images"):
             with gr.Row():
                 t2i_query = gr.Textbox(label="Query", placeholder="a pair of trousers", scale=4,

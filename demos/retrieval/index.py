@@ -2,10 +2,13 @@
 
 A folder holds three files, written together through a staging folder (``index.json`` last):
 
-- ``embeddings.parquet``: the L2-normalised vectors, item ids and inputs (text, or image path), with
-  the model's fingerprint in the parquet metadata (``embedhub.write_embeddings``);
-- ``index.faiss``: a ``faiss.IndexFlatIP`` over those vectors (inner product = cosine similarity);
-- ``index.json``: the fingerprint, the item count, ids and a digest of the items.
+- ``embeddings.parquet``: the vectors ``model.encode_document`` makes (L2-normalised for cosine models),
+  item ids and inputs (text, or image path), with the model's fingerprint in the parquet metadata
+  (``embedhub.write_embeddings``);
+- ``index.faiss``: a flat faiss index over those vectors that ranks by the model's similarity
+  (``embedhub.utils.SearchIndex``: inner product over unit rows for cosine, over raw vectors for dot,
+  L2 for euclidean, L1 for manhattan);
+- ``index.json``: the fingerprint, the similarity, the item count, ids and a digest of the items.
 
 :meth:`VectorIndex.open` reuses a saved index only when its fingerprint equals ``model.fingerprint``,
 the items are the same and the faiss vectors are the fingerprinted ones; otherwise it rebuilds. An
@@ -33,14 +36,14 @@ from typing import Any
 import numpy as np
 
 import embedhub
-from embedhub.utils import install_folder
+from embedhub.utils import SearchIndex, install_folder
 
 EMBEDDINGS = "embeddings.parquet"
 FAISS_FILE = "index.faiss"
 META = "index.json"
 #: version of the ``index.json`` record this module writes and reads
 INDEX_VERSION = 1
-#: one ``(item id, cosine score)`` per result
+#: one ``(item id, score)`` per result; the score is the model's similarity (cosine, dot, minus a distance)
 Hit = tuple[str, float]
 #: ``reader(item id, image file)``: what is embedded for an image file (see :meth:`VectorIndex.build`)
 Reader = Callable[[str, Path], Any]
@@ -112,7 +115,8 @@ def _check_items(items: Sequence[str | Path], ids: Sequence[str] | None) -> tupl
 
 
 class VectorIndex:
-    """Exact cosine search (``faiss.IndexFlatIP``) over the L2-normalised embeddings of ``items``.
+    """Exact search over the embeddings of ``items`` with the model's similarity (``model.similarity_fn_name``):
+    the ranking ``model.similarity`` gives.
 
     ``reused`` says whether :meth:`open` found the saved index usable; ``rebuilt_because`` why not.
 
@@ -121,7 +125,7 @@ class VectorIndex:
     [[('0', 0.71...)]]
     """
 
-    def __init__(self, folder: Path, fingerprint: Any, ids: list[str], inputs: list[str], index: Any):
+    def __init__(self, folder: Path, fingerprint: Any, ids: list[str], inputs: list[str], index: SearchIndex):
         self.folder = Path(folder)
         self.fingerprint = fingerprint
         self.ids = ids
@@ -155,13 +159,13 @@ class VectorIndex:
         ``reader(id, path)`` turns each image file into what is embedded (e.g. a bounded, format-checked
         decode); without it the model reads the files itself.
         """
-        faiss = _faiss()
+        _faiss()
         folder = Path(folder)
         items, ids = _check_items(items, ids)
         digest = items_digest(items, ids)
         try:
             if reader is None:
-                emb = model.encode(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
+                emb = model.encode_document(items, batch_size=batch_size, show_progress_bar=show_progress_bar)
             else:
                 emb = _encode_read(model, items, ids, reader, batch_size, show_progress_bar)
         except embedhub.InputError as exc:
@@ -170,19 +174,20 @@ class VectorIndex:
         emb = np.ascontiguousarray(emb, dtype=np.float32).reshape(len(items), -1)
         fingerprint = model.fingerprint
         inputs = [str(x) for x in items]
-        index = faiss.IndexFlatIP(emb.shape[1])
+        index = SearchIndex(emb.shape[1], similarity=model.similarity_fn_name, backend="faiss")
         index.add(emb)
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
         try:
             embedhub.write_embeddings(staging / EMBEDDINGS, emb, fingerprint, ids=ids, inputs=inputs)
-            faiss.write_index(index, str(staging / FAISS_FILE))
+            index.save(staging / FAISS_FILE)
             record = {
                 "embedhub_demo_index": INDEX_VERSION,
                 "fingerprint": fingerprint.to_dict(),
                 "count": len(ids),
                 "dim": int(emb.shape[1]),
-                "faiss": "IndexFlatIP",
+                "faiss": index.kind,
+                "similarity": index.similarity,
                 "items_sha256": digest,
                 "ids": ids,
             }
@@ -201,7 +206,7 @@ class VectorIndex:
         fingerprint in ``index.json`` matched, and ``read_embeddings(..., expect=model.fingerprint)``
         checks them again; the faiss vectors must equal them exactly.
         """
-        faiss = _faiss()
+        _faiss()
         folder = Path(folder)
         want = model.fingerprint
         meta_path = folder / META
@@ -217,6 +222,9 @@ class VectorIndex:
         saved_id = saved.get("id") if isinstance(saved, dict) else None
         if saved_id != want.id:
             raise StaleIndexError(folder, f"saved for model fingerprint {saved_id}, the model's is {want.id}")
+        if record.get("similarity") != model.similarity_fn_name:
+            raise StaleIndexError(folder, f"saved for similarity {record.get('similarity')!r}, the model's is "
+                                  f"{model.similarity_fn_name!r}")
         if items_sha256 is not None and record.get("items_sha256") != items_sha256:
             raise StaleIndexError(folder, "the items changed since the index was saved")
         try:
@@ -226,17 +234,17 @@ class VectorIndex:
         ids = [str(x) for x in stored.ids]
         if ids != record.get("ids") or record.get("count") != len(ids):
             raise StaleIndexError(folder, f"{EMBEDDINGS} holds other items than {META} lists")
-        try:
-            index = faiss.read_index(str(folder / FAISS_FILE))
-        except RuntimeError as exc:
-            raise StaleIndexError(folder, f"{FAISS_FILE} is unreadable: {str(exc).splitlines()[0]}") from None
         emb = stored.embeddings
-        if index.ntotal != len(ids) or index.d != emb.shape[1] or not isinstance(index, faiss.IndexFlatIP):
+        try:
+            index = SearchIndex.load(folder / FAISS_FILE, emb.shape[1], similarity=model.similarity_fn_name)
+        except ValueError as exc:
+            raise StaleIndexError(folder, f"{FAISS_FILE}: {str(exc).splitlines()[0]}") from None
+        if len(index) != len(ids):
             raise StaleIndexError(
-                folder, f"{FAISS_FILE} holds {index.ntotal} x {index.d} vectors, {EMBEDDINGS} {emb.shape[0]} x "
+                folder, f"{FAISS_FILE} holds {len(index)} x {index.dim} vectors, {EMBEDDINGS} {emb.shape[0]} x "
                 f"{emb.shape[1]}"
             )
-        if not np.array_equal(index.reconstruct_n(0, index.ntotal), emb):
+        if not np.array_equal(index.stored(), index.prepare(emb)):
             raise StaleIndexError(folder, f"{FAISS_FILE} holds other vectors than {EMBEDDINGS}")
         inputs = stored.inputs if stored.inputs is not None else ids
         return cls(folder, stored.fingerprint, ids, list(inputs), index)
@@ -273,26 +281,27 @@ class VectorIndex:
 
     # ------------------------------------------------------------------ searching
     def search(self, vectors: Any, k: int) -> list[list[Hit]]:
-        """The ``k`` nearest items (by cosine) of each row of ``vectors`` (``(N, D)`` or ``(D,)``, L2-normalised,
+        """The ``k`` nearest items (by the model's similarity) of each row of ``vectors`` (``(N, D)`` or ``(D,)``,
         made by the model of :attr:`fingerprint`), best first, as ``(id, score)``.
         """
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
         q = np.ascontiguousarray(np.asarray(vectors, dtype=np.float32))
         q = q.reshape(1, -1) if q.ndim == 1 else q
-        if q.ndim != 2 or q.shape[1] != self.index.d:
-            raise ValueError(f"query vectors of shape {np.shape(vectors)}; the index holds {self.index.d}-d vectors")
+        if q.ndim != 2 or q.shape[1] != self.index.dim:
+            raise ValueError(f"query vectors of shape {np.shape(vectors)}; the index holds {self.index.dim}-d vectors")
         scores, rows = self.index.search(q, int(min(k, len(self))))
         return [[(self.ids[r], float(s)) for s, r in zip(srow, rrow) if r >= 0] for srow, rrow in zip(scores, rows)]
 
     def query(self, model: embedhub.EmbeddingModel, inputs: Any, k: int) -> list[list[Hit]]:
-        """Embed ``inputs`` (texts ``str``, images ``Path``/``PIL.Image``) with ``model`` and :meth:`search`.
+        """Embed ``inputs`` (texts ``str``, images ``Path``/``PIL.Image``) with ``model.encode_query`` (its query
+        prompt, if any) and :meth:`search`.
 
         A model of another fingerprint than the index's raises ``embedhub.FingerprintMismatchError``
         before anything is embedded: the index is never queried across models.
         """
         model.fingerprint.check(self.fingerprint, what=f"index {self.folder}", expected="model", found="index")
-        return self.search(model.encode(inputs if isinstance(inputs, list) else [inputs]), k)
+        return self.search(model.encode_query(inputs if isinstance(inputs, list) else [inputs]), k)
 
 
 def _encode_read(model: embedhub.EmbeddingModel, items: list[str | Path], ids: list[str], reader: Reader,
@@ -306,7 +315,7 @@ def _encode_read(model: embedhub.EmbeddingModel, items: list[str | Path], ids: l
         batch = [reader(i, x) if isinstance(x, Path) else x
                  for i, x in zip(ids[start:start + batch_size], items[start:start + batch_size])]
         try:
-            parts.append(model.encode(batch, batch_size=batch_size, show_progress_bar=False))
+            parts.append(model.encode_document(batch, batch_size=batch_size, show_progress_bar=False))
         except embedhub.InputError as exc:
             at = None if exc.index is None else start + exc.index
             raise embedhub.InputError(exc.detail, index=at) from exc
