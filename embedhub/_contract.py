@@ -29,6 +29,8 @@ class ModelParts:
     templates: Sequence[str] | None = None
     #: the model's config in embedhub's format, when the format can express it
     config: dict[str, Any] | None = None
+    #: SigLIP's learned bias: zero-shot probabilities are ``sigmoid(logit_scale * cos + logit_bias)``
+    logit_bias: float | None = None
 
 
 @dataclass(frozen=True)

@@ -105,6 +105,7 @@ def load(
         format=fmt.name,
         folder=folder,
         logit_scale=parts.logit_scale,
+        logit_bias=parts.logit_bias,
         templates=parts.templates,
         device=dev,
         dtype=dt,

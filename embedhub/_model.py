@@ -41,6 +41,7 @@ class EmbeddingModel:
         folder: Path | None = None,
         logit_scale: float | None = None,
         templates: Sequence[str] | None = None,
+        logit_bias: float | None = None,
         device: str | torch.device = "cpu",
         dtype: torch.dtype = torch.float32,
         spec: dict[str, Any] | None = None,
@@ -60,6 +61,8 @@ class EmbeddingModel:
         self.format = format
         self.folder = folder
         self.logit_scale = logit_scale
+        #: SigLIP's learned bias (``None`` for CLIP): zero-shot uses ``sigmoid(logit_scale * cos + logit_bias)``
+        self.logit_bias = logit_bias
         self.templates = tuple(templates) if templates else DEFAULT_TEMPLATES
         self.device = torch.device(device)
         self.dtype = dtype
@@ -303,11 +306,13 @@ class EmbeddingModel:
         *,
         batch_size: int = 32,
     ) -> np.ndarray:
-        """Per-label probabilities ``(N, L)`` (``(L,)`` for one image), CLIP style.
+        """Per-label probabilities ``(N, L)`` (``(L,)`` for one image), as the model's own library gives them.
 
         Each label's text embedding is the renormalised mean over ``templates`` (each with exactly
         one ``{}`` for the label and no other replacement field; default: the model's own, else
-        ``"a photo of a {}."``); probabilities are ``softmax(logit_scale * cos)``. ``labels`` and
+        ``"a photo of a {}."``); probabilities are ``softmax(logit_scale * cos)`` over the labels (CLIP),
+        or, for a model with a :attr:`logit_bias` (SigLIP), ``sigmoid(logit_scale * cos + logit_bias)`` for
+        each label on its own (they need not add up to 1). ``labels`` and
         ``templates`` are lists: a single ``str`` is refused, not read as one label per character.
 
         >>> model.zero_shot(img, ["cat", "dog"])  # doctest: +SKIP
@@ -329,6 +334,8 @@ class EmbeddingModel:
         classes = average_templates(text, len(labels))
         img = self.encode_image(images, batch_size=batch_size, convert_to="torch")
         logits = (self.logit_scale or 100.0) * (img @ classes.T)
+        if self.logit_bias is not None:
+            return torch.sigmoid(logits + self.logit_bias).numpy()
         return torch.softmax(logits, dim=-1).numpy()
 
     # ------------------------------------------------------------------ saving

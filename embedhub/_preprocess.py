@@ -196,6 +196,62 @@ class HFTextPreprocessor:
         return self.config()
 
 
+class TransformersTextPreprocessor:
+    """A transformers tokenizer class (built by :func:`embedhub._formats._hf.transformers_tokenizer`) with
+    the padding its model's processor applies: ``pad_to`` (``"max_length"`` padding, as SigLIP's processors
+    pad) or the batch's longest, on the tokenizer's ``padding_side`` with its own ``pad_token_id``; the
+    attention mask is the tokenizer's when ``attention_mask`` is one of its ``model_input_names``, else all
+    ones (the model then attends to every position, as it does when called with the tokenizer's output).
+
+    >>> pre = TransformersTextPreprocessor(tok, max_length=64, pad_to=64)  # doctest: +SKIP
+    >>> pre.collate(pre.tokenize(["a photo of a cat"]))["input_ids"].shape  # doctest: +SKIP
+    (1, 64)
+    """
+
+    def __init__(self, tokenizer: Any, *, max_length: int, pad_to: int | None = None):
+        if tokenizer.pad_token_id is None and pad_to is not None:
+            raise ValueError(f"{type(tokenizer).__name__} has no pad token to pad to {pad_to} tokens with")
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.pad_to = pad_to
+        self.pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
+        self.padding_side = tokenizer.padding_side
+        self.with_mask = "attention_mask" in tokenizer.model_input_names
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of ``texts``, special tokens added and truncated at ``max_length`` by the tokenizer."""
+        texts = bound_texts(texts, self.max_length, self._settled)
+        out: list[list[int]] = []
+        for group in char_groups(texts):
+            out += self.tokenizer(group, truncation=True, max_length=self.max_length, padding=False)["input_ids"]
+        return out
+
+    def _settled(self, prefixes: list[str]) -> list[bool]:
+        # no word ids on every tokenizer class: a prefix holding 4x the kept tokens is settled
+        ids = self.tokenizer(prefixes, add_special_tokens=False, truncation=False, padding=False)["input_ids"]
+        return [len(x) >= 4 * self.max_length for x in ids]
+
+    def collate(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
+        width = self.pad_to or max((len(x) for x in ids), default=1)
+        batch = pad_batch(ids, width, self.pad_id)
+        if self.padding_side == "left":
+            for row, x in enumerate(ids):
+                batch["input_ids"][row] = np.roll(batch["input_ids"][row], width - len(x))
+                batch["attention_mask"][row] = np.roll(batch["attention_mask"][row], width - len(x))
+        if not self.with_mask:
+            batch["attention_mask"][:] = 1
+        return batch
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "transformers", "max_length": self.max_length, "pad_to": self.pad_to}
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        """The tokenizer's files as transformers writes them, into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(str(folder))
+        return self.config()
+
+
 def _config_error(view: Any, key: str, message: str):
     from ._errors import ConfigError
 
@@ -524,6 +580,92 @@ class ImagePreprocessor:
         return self.config()
 
 
+def naflex_size(height: int, width: int, patch_size: int, max_num_patches: int, eps: float = 1e-5) -> tuple[int, int]:
+    """The (height, width) SigLIP 2's NaFlex processor resizes an image to: the largest scale (found by the
+    same bisection transformers runs) whose patch-rounded size holds at most ``max_num_patches`` patches.
+
+    >>> naflex_size(480, 640, 16, 256)
+    (224, 288)
+    """
+    import math
+
+    def scaled(scale: float, size: int) -> int:
+        return int(max(patch_size, math.ceil(size * scale / patch_size) * patch_size))
+
+    lo, hi = eps / 10, 100.0
+    while (hi - lo) >= eps:
+        mid = (lo + hi) / 2
+        if (scaled(mid, height) / patch_size) * (scaled(mid, width) / patch_size) <= max_num_patches:
+            lo = mid
+        else:
+            hi = mid
+    return scaled(lo, height), scaled(lo, width)
+
+
+class NaFlexImagePreprocessor(ImagePreprocessor):
+    """SigLIP 2's NaFlex images (transformers' ``Siglip2ImageProcessor``): each image resized, aspect ratio
+    kept, to at most ``max_num_patches`` patches of ``patch_size`` pixels (torchvision, antialiased), rescaled,
+    normalised, cut into patches and padded: ``pixel_values`` float32 ``(B, max_num_patches, 3 * p * p)``,
+    ``pixel_attention_mask`` int64 ``(B, max_num_patches)`` and ``spatial_shapes`` int64 ``(B, 2)``.
+
+    >>> pre = NaFlexImagePreprocessor(ImageConfig(size=0, crop_size=(16, 16)), patch_size=16, max_num_patches=4)
+    >>> pre([PIL.Image.new("RGB", (64, 32))])["spatial_shapes"].tolist()  # doctest: +SKIP
+    [[1, 2]]
+    """
+
+    def __init__(self, cfg: ImageConfig, *, patch_size: int, max_num_patches: int):
+        super().__init__(cfg)
+        self.patch_size, self.max_num_patches = int(patch_size), int(max_num_patches)
+
+    def check(self, img: Any, index: int) -> None:
+        w, h = img.size
+        if not (w and h):
+            raise InputError(f"inputs[{index}]: image of {w}x{h} has no pixels", index=index)
+
+    def _one(self, img) -> tuple[np.ndarray, tuple[int, int]]:
+        import torch
+        from torchvision.transforms.v2 import functional as tvF
+
+        interp = {"bicubic": tvF.InterpolationMode.BICUBIC, "bilinear": tvF.InterpolationMode.BILINEAR,
+                  "nearest": tvF.InterpolationMode.NEAREST}[self.cfg.interpolation]
+        t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+        w, h = img.size
+        p = self.patch_size
+        nh, nw = naflex_size(h, w, p, self.max_num_patches) if self.cfg.size else (h, w)
+        if (nh, nw) != (h, w):
+            t = tvF.resize(t, [nh, nw], interpolation=interp, antialias=True)
+        arr = t.numpy().astype(np.float32) * np.float32(self.cfg.rescale_factor)
+        arr = (arr - self._mean) / self._std
+        gh, gw = arr.shape[1] // p, arr.shape[2] // p
+        patches = arr[:, : gh * p, : gw * p].reshape(3, gh, p, gw, p).transpose(1, 3, 2, 4, 0).reshape(gh * gw, -1)
+        return patches, (gh, gw)
+
+    def __call__(self, images: list, indices: Any = None) -> dict[str, np.ndarray]:
+        for k, img in enumerate(images):
+            self.check(img, int(indices[k]) if indices is not None else k)
+        n, p = self.max_num_patches, self.patch_size
+        values = np.zeros((len(images), n, 3 * p * p), dtype=np.float32)
+        mask = np.zeros((len(images), n), dtype=np.int64)
+        shapes = np.zeros((len(images), 2), dtype=np.int64)
+        for row, img in enumerate(images):
+            patches, shape = self._one(img)
+            if len(patches) > n:
+                at = int(indices[row]) if indices is not None else row
+                raise InputError(f"inputs[{at}]: {len(patches)} patches, over max_num_patches {n}", index=at)
+            values[row, : len(patches)] = patches
+            mask[row, : len(patches)] = 1
+            shapes[row] = shape
+        return {"pixel_values": values, "pixel_attention_mask": mask, "spatial_shapes": shapes}
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "naflex", **self.cfg.to_dict(), "patch_size": self.patch_size,
+                "max_num_patches": self.max_num_patches}
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return (self.max_num_patches, 3 * self.patch_size * self.patch_size)
+
+
 def load_preprocessor(folder: Path, cfg: dict[str, Any], *, file: Any = None):
     """Rebuild a preprocessor from its ``config()`` and the files its ``save(folder)`` wrote; every
     value is checked and every file stays inside the model folder (``folder`` may be a
@@ -532,7 +674,7 @@ def load_preprocessor(folder: Path, cfg: dict[str, Any], *, file: Any = None):
 
     mf = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
     v = cfg if isinstance(cfg, ConfigView) else ConfigView(cfg, file or mf / "preprocess")
-    kind = v.str("kind", choices=["tokenizers", "open_clip", "image"])
+    kind = v.str("kind", choices=["tokenizers", "open_clip", "transformers", "image"])
     if kind == "tokenizers":
         from ._errors import ConfigError
 
@@ -551,6 +693,12 @@ def load_preprocessor(folder: Path, cfg: dict[str, Any], *, file: Any = None):
         return HFTextPreprocessor(tok, max_length=v.int("max_length", min=1, max=1 << 20), pad_id=pad_id,
                                   pad_to=v.int("pad_to", None, min=1, max=1 << 20),
                                   lowercase=v.bool("lowercase", False))
+    if kind == "transformers":
+        from ._formats._hf import transformers_tokenizer
+
+        v.only({"kind", "max_length", "pad_to"})
+        return TransformersTextPreprocessor(transformers_tokenizer(mf), max_length=v.int("max_length", min=1,
+                                            max=1 << 20), pad_to=v.int("pad_to", None, min=1, max=1 << 20))
     if kind == "open_clip":
         v.only({"kind", "max_length"})
         return OpenCLIPTextPreprocessor.from_folder(mf)
