@@ -82,6 +82,9 @@ _NAFLEX_KEYS = _SIGLIP_IMAGE_KEYS - {"size"} | {"patch_size", "max_num_patches"}
 _IMAGE_PROCESSORS = {"clip": ("CLIPImageProcessor", "CLIPImageProcessorPil", "CLIPImageProcessorFast"),
                      "siglip": ("SiglipImageProcessor", "SiglipImageProcessorPil", "SiglipImageProcessorFast"),
                      "siglip2": ("Siglip2ImageProcessor", "Siglip2ImageProcessorFast")}
+#: what ``Siglip2Processor.__call__`` passes its image processor (its ``images_kwargs``): these win over the
+#: image processor's own config, so a config that says otherwise is refused (the two calls would differ)
+_NAFLEX_CALL = {"patch_size": 16, "max_num_patches": 256}
 
 
 def _processor_view(folder: ModelFolder, what: str):
@@ -150,14 +153,21 @@ def image_config(folder: Path | ModelFolder, model_type: str = "clip") -> ImageC
     )
 
 
-def image_preprocessor(folder: ModelFolder, model_type: str) -> ImagePreprocessor:
+def image_preprocessor(folder: ModelFolder, model_type: str, model: Any = None) -> ImagePreprocessor:
     """The folder's image preprocessor: a fixed-size one, or SigLIP 2's NaFlex patches."""
     cfg = image_config(folder, model_type)
     if model_type != "siglip2":
         return ImagePreprocessor(cfg)
     p = _processor_view(folder, "Siglip2Model")
-    return NaFlexImagePreprocessor(cfg, patch_size=p.int("patch_size", 16, min=1, max=4096),
-                                   max_num_patches=p.int("max_num_patches", 256, min=1, max=1 << 16))
+    for key, value in _NAFLEX_CALL.items():
+        if p.int(key, value) != value:
+            raise p.error(key, f"{value} (Siglip2Processor passes {key}={value} to its image processor, so the "
+                          "processor and the image processor called alone would give different patches)", p.data[key])
+    patch = int(model.config.vision_config.patch_size)
+    if patch != _NAFLEX_CALL["patch_size"]:
+        raise UnknownFormatError(f"{folder / 'config.json'}: vision_config.patch_size is {patch} but "
+                                 f"Siglip2Processor cuts images into {_NAFLEX_CALL['patch_size']}-pixel patches")
+    return NaFlexImagePreprocessor(cfg, **_NAFLEX_CALL)
 
 
 #: text defaults of each processor class's ``__call__`` (transformers' ``text_kwargs``): SigLIP 2 pads to 64
@@ -191,6 +201,11 @@ class HFSiglipTower(HFCLIPTower):
 
 def _siglip_text(folder: ModelFolder, model, model_type: str, *, trust_remote_code: bool) -> TransformersTextPreprocessor:
     """SigLIP's tokenizer (transformers' own class) padded as its processor pads: to ``max_length``."""
+    if folder.has("processor_config.json"):
+        call = [k for k in ("text_kwargs", "images_kwargs", "common_kwargs") if k in folder.config("processor_config.json")]
+        if call:
+            raise folder.config("processor_config.json").error(
+                call[0], "absent (call options saved with the processor are not reproduced)")
     tok = transformers_tokenizer(folder, trust_remote_code=trust_remote_code)
     positions = int(model.config.text_config.max_position_embeddings)
     length = _TEXT_MAX_LENGTH.get(model_type)
@@ -228,7 +243,7 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> Mode
                                      f"the image tower {towers['image'].output_dim}; they must embed into one space")
     return ModelParts(
         towers=towers,
-        preprocessors={"text": text, "image": image_preprocessor(folder, model_type)},
+        preprocessors={"text": text, "image": image_preprocessor(folder, model_type, model)},
         embed_dim=embed_dim,
         logit_scale=float(model.logit_scale.exp().item()),
         logit_bias=bias,
