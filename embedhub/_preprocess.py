@@ -258,60 +258,66 @@ def _config_error(view: Any, key: str, message: str):
     return ConfigError(f"{view.file}: {view.prefix}{key} {message}", file=str(view.file), key=view.prefix + key)
 
 
-class _FastTokenizer:
-    """The part of a transformers tokenizer open_clip's ``HFTokenizer`` calls, on a ``tokenizers`` file."""
+class _LockedTokenizer:
+    """A transformers tokenizer (its own class, so pad and special tokens are resolved as transformers
+    resolves them: ``tokenizer_config.json``, ``special_tokens_map.json``, the class defaults) for
+    open_clip's ``HFTokenizer``, one call at a time (a fast tokenizer's padding and truncation are
+    settings of its shared backend)."""
 
-    def __init__(self, tokenizer: Any, folder: Any):
+    def __init__(self, tokenizer: Any):
         import threading
 
         self._tok = tokenizer
-        # padding and truncation are settings of the shared tokenizer: one call at a time sets and uses them
         self._lock = threading.Lock()
-        self._tok.no_truncation()
-        self._tok.no_padding()
-        cfg = folder.config("tokenizer_config.json").data if folder.has("tokenizer_config.json") else {}
+        self.pad_token_id = tokenizer.pad_token_id
+        self.sep_token_id = tokenizer.sep_token_id
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._counter = None
+        if backend is not None:  # a copy for counting: no truncation, no padding, no special tokens
+            from tokenizers import Tokenizer
 
-        def token_id(key: str) -> int | None:
-            tok = cfg.get(key)
-            tok = tok.get("content") if isinstance(tok, dict) else tok
-            return tokenizer.token_to_id(tok) if isinstance(tok, str) else None
+            self._counter = Tokenizer.from_str(backend.to_str())
+            self._counter.no_truncation()
+            self._counter.no_padding()
 
-        self.pad_token_id = token_id("pad_token") or 0
-        self.sep_token_id = token_id("sep_token")
-
-    def encode_untruncated(self, texts: list[str]) -> list[Any]:
-        """``tokenizers`` encodings of ``texts`` without special tokens, truncation or padding."""
+    def encode_untruncated(self, texts: list[str]) -> list[Any] | None:
+        """``tokenizers`` encodings of ``texts`` without special tokens, truncation or padding (``None`` for
+        a tokenizer without a ``tokenizers`` backend)."""
+        if self._counter is None:
+            return None
         with self._lock:
-            self._tok.no_truncation()
-            self._tok.no_padding()
-            return self._tok.encode_batch(list(texts), add_special_tokens=False)
+            return self._counter.encode_batch(list(texts), add_special_tokens=False)
 
-    def __call__(self, texts, return_tensors="pt", max_length=77, padding="max_length", truncation=True):
-        import torch
-
+    def count(self, texts: list[str]) -> list[int]:
         with self._lock:
-            self._tok.enable_truncation(max_length=max_length)
-            self._tok.enable_padding(length=max_length, pad_id=self.pad_token_id or 0)
-            ids = [e.ids for e in self._tok.encode_batch(list(texts))]
-            self._tok.no_padding()
-        return type("Encoded", (), {"input_ids": torch.tensor(ids, dtype=torch.long)})()
+            return [len(x) for x in self._tok(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def __call__(self, texts, **kwargs):
+        with self._lock:
+            return self._tok(texts, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
 
 
 class OpenCLIPTextPreprocessor:
     """open_clip's own tokenizer (from ``open_clip_config.json``), unpadded for length sorting.
 
-    Batches are padded with 0 to the context length: open_clip's text towers add their full
-    positional embedding, so they take only that width.
+    Batches are padded to the context length with the id open_clip pads with (0 for its own tokenizers,
+    the transformers tokenizer's ``pad_token_id`` for ``hf_tokenizer_name``): open_clip's text towers add
+    their full positional embedding, so they take only that width.
     """
 
     #: files of an open_clip folder that its tokenizer may read
     FILES = ("open_clip_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
              "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
 
-    def __init__(self, tokenizer: Any, *, max_length: int, source: Path | None = None):
+    def __init__(self, tokenizer: Any, *, max_length: int, source: Path | None = None, pad_id: int = 0):
         self._tok = tokenizer
         self.max_length = max_length
         self.source = source
+        #: the id open_clip's tokenizer pads rows with (trailing ones are stripped, then put back by collate)
+        self.pad_id = int(pad_id)
 
     @classmethod
     def from_folder(cls, folder: Path, *, trust_remote_code: bool = False) -> OpenCLIPTextPreprocessor:
@@ -330,15 +336,16 @@ class OpenCLIPTextPreprocessor:
         if text_cfg.str("hf_tokenizer_name", ""):
             kwargs.only({"clean", "strip_sep_token", "language"}, what="tokenizer_kwargs key")
             mode = text_cfg.str("tokenizer_mode", None, choices=[""])
-            if not mf.has("tokenizer.json") and not trust_remote_code:
+            if not any(mf.has(n) for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
+                                            "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")):
                 raise _config_error(
                     text_cfg, "hf_tokenizer_name",
                     f"names the Hugging Face tokenizer {text_cfg.data['hf_tokenizer_name']!r} but the folder holds "
-                    "no tokenizer.json; embedhub does not fetch another repository's files unless you pass "
-                    "trust_remote_code=True")
+                    "no tokenizer files (tokenizer.json, tokenizer_config.json or a vocabulary); embedhub does not "
+                    "fetch another repository's files")
             from open_clip.tokenizer import HFTokenizer
 
-            from ._formats._hf import text_preprocessor
+            from ._formats._hf import transformers_tokenizer
 
             tok = HFTokenizer.__new__(HFTokenizer)  # its __init__ would call AutoTokenizer on the name
             tok.tokenizer_mode = mode or ""
@@ -346,8 +353,20 @@ class OpenCLIPTextPreprocessor:
             tok.clean_fn = open_clip.tokenizer.get_clean_fn(kwargs.str("clean", "whitespace",
                                                                        choices=["canonicalize", "lower", "whitespace"]))
             tok.strip_sep_token = kwargs.bool("strip_sep_token", False)
-            tok.tokenizer = _FastTokenizer(text_preprocessor(mf, max_length=context).tokenizer, mf)
-            return cls(tok, max_length=context, source=mf.root)
+            hf = transformers_tokenizer(mf, trust_remote_code=trust_remote_code)
+            if hf.pad_token_id is None:
+                raise _config_error(text_cfg, "hf_tokenizer_name", "names a tokenizer without a pad token; open_clip "
+                                    "pads every text to context_length with it")
+            language = kwargs.str("language", None)
+            if language is not None:  # as open_clip's HFTokenizer.set_language
+                if callable(getattr(hf, "set_src_lang_special_tokens", None)):
+                    hf.set_src_lang_special_tokens(language)
+                else:
+                    import warnings
+
+                    warnings.warn("Cannot set language for the tokenizer.", stacklevel=2)
+            tok.tokenizer = _LockedTokenizer(hf)
+            return cls(tok, max_length=context, source=mf.root, pad_id=hf.pad_token_id)
         kwargs.only({"clean", "reduction_mask", "additional_special_tokens"}, what="tokenizer_kwargs key")
         tok = open_clip.tokenizer.SimpleTokenizer(
             context_length=context,
@@ -368,9 +387,13 @@ class OpenCLIPTextPreprocessor:
     def _settled(self, prefixes: list[str]) -> list[bool]:
         keep = self.max_length
         inner = getattr(self._tok, "tokenizer", None)
-        if isinstance(inner, _FastTokenizer):
+        if isinstance(inner, _LockedTokenizer):
             clean = getattr(self._tok, "clean_fn", None) or (lambda t: t)
-            return settled_encodings(inner.encode_untruncated([clean(p) for p in prefixes]), keep)
+            cleaned = [clean(p) for p in prefixes]
+            encodings = inner.encode_untruncated(cleaned)
+            if encodings is None:
+                return [n >= 4 * keep for n in inner.count(cleaned)]
+            return settled_encodings(encodings, keep)
         # open_clip's SimpleTokenizer: no word ids; settled once the prefix holds 4x the kept tokens
         return [len(self._tok.encode(p)) >= 4 * keep for p in prefixes]
 
@@ -378,12 +401,12 @@ class OpenCLIPTextPreprocessor:
         ids = np.asarray(self._tok(texts)).astype(np.int64)
         if ids.shape[1] > self.max_length:
             ids = ids[:, : self.max_length]
-        nonzero = ids != 0
-        lengths = np.where(nonzero.any(1), ids.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 1)
+        kept = ids != self.pad_id
+        lengths = np.where(kept.any(1), ids.shape[1] - np.argmax(kept[:, ::-1], axis=1), 1)
         return [row[:n].tolist() for row, n in zip(ids, lengths)]
 
     def collate(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
-        return pad_batch(ids, self.max_length, 0)
+        return pad_batch(ids, self.max_length, self.pad_id)
 
     def config(self) -> dict[str, Any]:
         return {"kind": "open_clip", "max_length": self.max_length}
