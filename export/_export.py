@@ -268,6 +268,12 @@ def export(
     src = model if isinstance(model, EmbeddingModel) else embedhub.load(model, device="cpu")
     if src.backend != "torch":
         raise ValueError(f"export needs a torch model; {src.name} runs on {src.backend}")
+    image_pre = src.preprocessors.get("image")
+    if image_pre is not None and image_pre.config().get("kind") == "naflex":
+        raise ValueError(
+            f"{src.name}: its image tower takes Siglip2ImageProcessor's NaFlex patches (pixel_attention_mask and "
+            "spatial_shapes: a patch grid of its own per image), which a traced ONNX graph would fix to one grid; "
+            "its export is not supported (use backend='torch')")
     texts = list(gate_texts or GATE_TEXTS)
     images = list(gate_image_inputs or gate_images())
     calib = {"text": list(calibration_texts or CALIBRATION_TEXTS), "image": gate_images()[::2]}

@@ -208,3 +208,32 @@ def test_siglip_tokenizer_model_input_names_without_mask(siglip_dir, tmp_path):
     ref_text, _, _ = _reference(folder, TEXTS, _images())
     got = embedhub.load(folder).encode(TEXTS, normalize=False)
     assert _cos(got, ref_text).min() > 1 - 1e-5
+
+
+def test_onnx_export_of_siglip_keeps_parity_on_both_towers(siglip_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export import GATES, export
+
+    images = _images()
+    out = export(siglip_dir, tmp_path / "onnx", verbose=False, gate_image_inputs=images)
+    meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
+    assert set(meta["gate"]["modalities"]) == {"text", "image"} and meta["gate"]["passed"]
+    onnx_model = embedhub.load(out, backend="onnx")
+    torch_model = embedhub.load(siglip_dir)
+    ref_text, ref_image, ref_probs = _reference(siglip_dir, TEXTS, images)
+    assert _cos(onnx_model.encode(TEXTS, normalize=False), ref_text).min() >= GATES["fp32"]["min"]
+    assert _cos(onnx_model.encode(images, normalize=False), ref_image).min() >= GATES["fp32"]["min"]
+    # the exported model keeps SigLIP's bias and sigmoid, and pads text to max_length as the processor does
+    assert onnx_model.logit_bias == pytest.approx(torch_model.logit_bias)
+    np.testing.assert_allclose(onnx_model.zero_shot(images, TEXTS, templates=["{}"]), ref_probs, atol=1e-4)
+    pre = onnx_model.preprocessors["text"]
+    assert pre.collate(pre.tokenize(["a"]))["input_ids"].shape == (1, 16)
+
+
+def test_onnx_export_of_naflex_images_is_refused(siglip2_dir, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export import export
+
+    with pytest.raises(ValueError, match="NaFlex"):
+        export(siglip2_dir, tmp_path / "onnx", verbose=False)
+    assert not (tmp_path / "onnx").exists()
