@@ -72,7 +72,8 @@ def siglip_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def siglip2_dir(tmp_path_factory) -> Path:
-    """A tiny random Siglip2Model + Siglip2Processor (NaFlex images, Gemma-style BPE tokenizer) saved by transformers."""
+    """A tiny random Siglip2Model + Siglip2Processor (NaFlex images, Gemma-style BPE tokenizer), saved by
+    transformers."""
     folder = tmp_path_factory.mktemp("siglip2")
     vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3, "<mask>": 4}
     for c in "abcdefghijklmnopqrstuvwxyz▁":
@@ -237,3 +238,22 @@ def test_onnx_export_of_naflex_images_is_refused(siglip2_dir, tmp_path):
     with pytest.raises(ValueError, match="NaFlex"):
         export(siglip2_dir, tmp_path / "onnx", verbose=False)
     assert not (tmp_path / "onnx").exists()
+
+
+def test_clip_pad_token_from_the_tokenizer_class_default(hf_clip_dir, tmp_path, photos):
+    """A CLIP folder whose files name no pad token: transformers pads with CLIPTokenizer's default pad token
+    (``<|endoftext|>``), not id 0; embedhub pads with the same id."""
+    folder = _copy(hf_clip_dir, tmp_path / "m")
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg.pop("pad_token", None)
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    if (folder / "special_tokens_map.json").exists():
+        (folder / "special_tokens_map.json").unlink()
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    assert tok.pad_token_id not in (None, 0)
+    texts = ["a photo of a cat", "a dog"]
+    pre = embedhub.load(folder).preprocessors["text"]
+    batch = pre.collate(pre.tokenize(texts))
+    ref = tok(texts, padding=True, return_tensors="np")
+    np.testing.assert_array_equal(batch["input_ids"], ref["input_ids"])
+    np.testing.assert_array_equal(batch["attention_mask"], ref["attention_mask"])

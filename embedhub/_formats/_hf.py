@@ -252,6 +252,15 @@ def _fast_tokenizer_from_vocab(folder: ModelFolder, view: ConfigView, *, trust_r
         return Tokenizer.from_str(backend.to_str())
 
 
+def _class_pad_id(folder: ModelFolder, *, trust_remote_code: bool) -> int | None:
+    """The pad id transformers gives the folder's tokenizer when no file names a pad token (its class's
+    default, e.g. CLIP's ``<|endoftext|>``); ``None`` when transformers cannot build it from the files."""
+    try:
+        return transformers_tokenizer(folder, trust_remote_code=trust_remote_code).pad_token_id
+    except (ConfigError, ImportError, ValueError, OSError):
+        return None
+
+
 def text_preprocessor(
     folder: ModelFolder,
     *,
@@ -282,6 +291,8 @@ def text_preprocessor(
     if pad_token is None and folder.has("special_tokens_map.json"):
         pad_token = _token_content(folder.config("special_tokens_map.json"), "pad_token")
     pad_id = tok.token_to_id(pad_token) if pad_token else None
+    if pad_id is None:  # no pad token in the files: the tokenizer class's default, as transformers resolves it
+        pad_id = _class_pad_id(folder, trust_remote_code=trust_remote_code)
     if max_length is None:
         mml = view.data.get("model_max_length")
         ok = isinstance(mml, (int, float)) and not isinstance(mml, bool) and 1 <= mml < 1_000_000

@@ -199,13 +199,14 @@ class HFSiglipTower(HFCLIPTower):
         return int(cfg.vision_config.hidden_size)
 
 
-def _siglip_text(folder: ModelFolder, model, model_type: str, *, trust_remote_code: bool) -> TransformersTextPreprocessor:
+def _siglip_text(folder: ModelFolder, model: Any, model_type: str, *,
+                 trust_remote_code: bool) -> TransformersTextPreprocessor:
     """SigLIP's tokenizer (transformers' own class) padded as its processor pads: to ``max_length``."""
     if folder.has("processor_config.json"):
-        call = [k for k in ("text_kwargs", "images_kwargs", "common_kwargs") if k in folder.config("processor_config.json")]
+        proc = folder.config("processor_config.json")
+        call = [k for k in ("text_kwargs", "images_kwargs", "common_kwargs") if k in proc]
         if call:
-            raise folder.config("processor_config.json").error(
-                call[0], "absent (call options saved with the processor are not reproduced)")
+            raise proc.error(call[0], "absent (call options saved with the processor are not reproduced)")
     tok = transformers_tokenizer(folder, trust_remote_code=trust_remote_code)
     positions = int(model.config.text_config.max_position_embeddings)
     length = _TEXT_MAX_LENGTH.get(model_type)

@@ -190,7 +190,8 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> Mode
     cfg = folder.config(MARKER)
     model_view = cfg.view("model_cfg")
     hf_text = text_config(folder, model_view.data)
-    model_cfg = validate_model_cfg(model_view, trust_remote_code=trust_remote_code, local_text_config=hf_text is not None)
+    model_cfg = validate_model_cfg(model_view, trust_remote_code=trust_remote_code,
+                                   local_text_config=hf_text is not None)
     files = find_safetensors(folder, ("open_clip_model.safetensors", "model.safetensors"))
     model = build_checked(lambda: build(model_cfg, trust_remote_code=trust_remote_code, hf_config=hf_text), files,
                           what="open_clip model", config=model_cfg, config_file=cfg.file, config_prefix="model_cfg.")
