@@ -336,13 +336,13 @@ class OpenCLIPTextPreprocessor:
         if text_cfg.str("hf_tokenizer_name", ""):
             kwargs.only({"clean", "strip_sep_token", "language"}, what="tokenizer_kwargs key")
             mode = text_cfg.str("tokenizer_mode", None, choices=[""])
-            if not any(mf.has(n) for n in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json",
-                                            "spiece.model", "sentencepiece.bpe.model", "tokenizer.model")):
+            if not any(mf.has(n) for n in ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                                            "sentencepiece.bpe.model", "tokenizer.model")):
                 raise _config_error(
                     text_cfg, "hf_tokenizer_name",
                     f"names the Hugging Face tokenizer {text_cfg.data['hf_tokenizer_name']!r} but the folder holds "
-                    "no tokenizer files (tokenizer.json, tokenizer_config.json or a vocabulary); embedhub does not "
-                    "fetch another repository's files")
+                    "no tokenizer.json or vocabulary file; embedhub does not fetch another repository's files unless "
+                    "you pass trust_remote_code=True")
             from open_clip.tokenizer import HFTokenizer
 
             from ._formats._hf import transformers_tokenizer
