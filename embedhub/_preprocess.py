@@ -310,7 +310,8 @@ class OpenCLIPTextPreprocessor:
 
     #: files of an open_clip folder that its tokenizer may read
     FILES = ("open_clip_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-             "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+             "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+             "tokenizer.model")
 
     def __init__(self, tokenizer: Any, *, max_length: int, source: Path | None = None, pad_id: int = 0):
         self._tok = tokenizer

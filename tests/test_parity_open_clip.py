@@ -167,3 +167,20 @@ def test_hf_text_config_with_code_or_unknown_architecture_is_refused(xlmr_clip, 
     (copy / "config.json").write_text(json.dumps({**cfg, "model_type": "not-an-architecture"}))
     with pytest.raises(embedhub.ConfigError, match="model_type"):
         embedhub.load(copy)
+
+
+def test_onnx_export_of_open_clip_siglip_keeps_bias_and_pad(siglip_oc, photos, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export import GATES, export
+
+    model, tokenizer, folder = siglip_oc
+    out = export(folder, tmp_path / "onnx", verbose=False)
+    meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
+    assert set(meta["gate"]["modalities"]) == {"text", "image"} and meta["gate"]["passed"]
+    onnx_model = embedhub.load(out, backend="onnx")
+    assert onnx_model.logit_bias == pytest.approx(-2.5)
+    pre = onnx_model.preprocessors["text"]
+    np.testing.assert_array_equal(pre.collate(pre.tokenize(TEXTS))["input_ids"], tokenizer(TEXTS).numpy())
+    ref_text, ref_image = _open_clip_reference(model, tokenizer, TEXTS, photos)
+    assert _cos(onnx_model.encode(TEXTS, normalize=False), ref_text).min() >= GATES["fp32"]["min"]
+    assert _cos(onnx_model.encode(photos, normalize=False), ref_image).min() >= GATES["fp32"]["min"]
