@@ -257,3 +257,17 @@ def test_clip_pad_token_from_the_tokenizer_class_default(hf_clip_dir, tmp_path, 
     ref = tok(texts, padding=True, return_tensors="np")
     np.testing.assert_array_equal(batch["input_ids"], ref["input_ids"])
     np.testing.assert_array_equal(batch["attention_mask"], ref["attention_mask"])
+
+
+def test_siglip_tokenizer_with_unset_model_max_length_pads_to_the_positions(siglip_dir, tmp_path):
+    """SigLIP 2's fixed-resolution repos (model_type siglip) ship Gemma's tokenizer, whose model_max_length is
+    transformers' "unset" value; their model cards call the processor with padding="max_length", max_length=64
+    (the text positions)."""
+    folder = _copy(siglip_dir, tmp_path / "m")
+    cfg = json.loads((folder / "tokenizer_config.json").read_text())
+    cfg["model_max_length"] = 1000000000000000019884624838656
+    (folder / "tokenizer_config.json").write_text(json.dumps(cfg))
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    pre = embedhub.load(folder).preprocessors["text"]
+    ref = tok(TEXTS, padding="max_length", max_length=16, truncation=True, return_tensors="np")
+    np.testing.assert_array_equal(pre.collate(pre.tokenize(TEXTS))["input_ids"], ref["input_ids"])

@@ -304,7 +304,7 @@ def text_preprocessor(
 _TOKENIZER_INERT = {"name_or_path", "special_tokens_map_file", "processor_class", "tokenizer_file", "backend",
                     "is_local", "use_fast", "spaces_between_special_tokens", "clean_up_tokenization_spaces",
                     "split_special_tokens_in_decode", "local_files_only", "cache_dir", "revision", "_commit_hash",
-                    "subfolder"}
+                    "subfolder", "use_default_system_prompt", "chat_template"}
 #: keys forwarded to the transformers tokenizer class (each read by that class or its base)
 _TOKENIZER_FORWARDED = _TOKENIZER_KEYS | {"model_input_names", "padding_side", "truncation_side", "sp_model_kwargs",
                                          "do_lower_case", "add_prefix_space", "vocab_file"}

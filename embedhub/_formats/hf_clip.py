@@ -110,7 +110,7 @@ def image_config(folder: Path | ModelFolder, model_type: str = "clip") -> ImageC
     siglip = model_type != "clip"
     if siglip:
         p.only(_NAFLEX_KEYS if model_type == "siglip2" else _SIGLIP_IMAGE_KEYS, what=f"{kind} key")
-        if not p.bool("do_convert_rgb", True):
+        if p.data.get("do_convert_rgb") is False:
             raise p.error("do_convert_rgb", "true (embedhub feeds RGB images)", False)
     if model_type == "siglip2":
         size: Any = (1, 1)  # NaFlex: no fixed size
@@ -212,11 +212,9 @@ def _siglip_text(folder: ModelFolder, model: Any, model_type: str, *,
     length = _TEXT_MAX_LENGTH.get(model_type)
     if length is None:
         mml = getattr(tok, "model_max_length", None)
-        if not isinstance(mml, int) or not 1 <= mml < 1_000_000:
-            raise UnknownFormatError(
-                f"{folder / 'tokenizer_config.json'}: model_max_length is not set; SigLIP pads text to it "
-                "(padding='max_length'), so the padded length would be undefined")
-        length = mml
+        # a tokenizer without a model_max_length (SigLIP 2's fixed-resolution repos ship Gemma's): their model
+        # cards pad to the text model's positions (padding="max_length", max_length=64)
+        length = mml if isinstance(mml, int) and 1 <= mml < 1_000_000 else positions
     if length > positions:
         raise UnknownFormatError(
             f"{folder.root}: the processor pads text to {length} tokens but the text model has "
