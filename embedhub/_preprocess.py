@@ -217,18 +217,24 @@ class TransformersTextPreprocessor:
         self.pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
         self.padding_side = tokenizer.padding_side
         self.with_mask = "attention_mask" in tokenizer.model_input_names
+        import threading
+
+        # a fast tokenizer's truncation is a setting of its shared backend: one call at a time sets and uses it
+        self._lock = threading.Lock()
 
     def tokenize(self, texts: list[str]) -> list[list[int]]:
         """Token ids of ``texts``, special tokens added and truncated at ``max_length`` by the tokenizer."""
         texts = bound_texts(texts, self.max_length, self._settled)
         out: list[list[int]] = []
         for group in char_groups(texts):
-            out += self.tokenizer(group, truncation=True, max_length=self.max_length, padding=False)["input_ids"]
+            with self._lock:
+                out += self.tokenizer(group, truncation=True, max_length=self.max_length, padding=False)["input_ids"]
         return out
 
     def _settled(self, prefixes: list[str]) -> list[bool]:
         # no word ids on every tokenizer class: a prefix holding 4x the kept tokens is settled
-        ids = self.tokenizer(prefixes, add_special_tokens=False, truncation=False, padding=False)["input_ids"]
+        with self._lock:
+            ids = self.tokenizer(prefixes, add_special_tokens=False, truncation=False, padding=False)["input_ids"]
         return [len(x) >= 4 * self.max_length for x in ids]
 
     def collate(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
