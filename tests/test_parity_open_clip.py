@@ -76,28 +76,44 @@ def siglip_oc(tmp_path_factory):
     return model, tokenizer, folder
 
 
-@pytest.fixture(scope="module")
-def xlmr_clip(tmp_path_factory):
-    """A tiny open_clip CustomTextCLIP with an XLM-R ``hf_model_name`` text tower (its config.json beside
-    open_clip_config.json), built by open_clip from that local config."""
+def _hf_text_clip(tmp_path_factory, hf_config, name: str, pooler: str):
+    """A tiny open_clip CustomTextCLIP with an ``hf_model_name`` text tower of ``hf_config`` (its config.json
+    beside open_clip_config.json), built by open_clip from that local config."""
     tok_dir = _xlmr_tokenizer(tmp_path_factory.mktemp("tok"))
     tokenizer = open_clip.tokenizer.HFTokenizer(str(tok_dir), context_length=12)
-    hf_dir = tmp_path_factory.mktemp("xlmr_config")
-    transformers.XLMRobertaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                                  intermediate_size=37, max_position_embeddings=20, pad_token_id=1,
-                                  bos_token_id=0, eos_token_id=2).save_pretrained(str(hf_dir))
+    hf_dir = tmp_path_factory.mktemp("hf_config")
+    hf_config.save_pretrained(str(hf_dir))
     cfg = {"embed_dim": 24, "vision_cfg": VISION,
            "text_cfg": {"hf_model_name": str(hf_dir), "hf_tokenizer_name": "tiny/xlmr-tokenizer",
-                        "hf_proj_type": "mlp", "hf_pooler_type": "mean_pooler", "hf_model_pretrained": False,
+                        "hf_proj_type": "mlp", "hf_pooler_type": pooler, "hf_model_pretrained": False,
                         "context_length": 12}}
     torch.manual_seed(1)
     model = open_clip.CustomTextCLIP(**cfg).eval()
     saved = json.loads(json.dumps(cfg))
-    saved["text_cfg"]["hf_model_name"] = "xlm-roberta-base"  # what a Hub repo names
+    saved["text_cfg"]["hf_model_name"] = name  # what a Hub repo names
     del saved["text_cfg"]["hf_model_pretrained"]
-    folder = _save(model, tokenizer, saved, tmp_path_factory.mktemp("xlmr_clip"))
+    folder = _save(model, tokenizer, saved, tmp_path_factory.mktemp("hf_text_clip"))
     shutil.copyfile(hf_dir / "config.json", folder / "config.json")
     return model, tokenizer, folder
+
+
+@pytest.fixture(scope="module")
+def xlmr_clip(tmp_path_factory):
+    """An XLM-R text tower, mean pooled (the laion xlm-roberta CLIPs)."""
+    config = transformers.XLMRobertaConfig(vocab_size=40, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                           intermediate_size=37, max_position_embeddings=20, pad_token_id=1,
+                                           bos_token_id=0, eos_token_id=2)
+    return _hf_text_clip(tmp_path_factory, config, "xlm-roberta-base", "mean_pooler")
+
+
+@pytest.fixture(scope="module")
+def nllb_clip(tmp_path_factory):
+    """An M2M-100 (NLLB) encoder-decoder config: open_clip keeps only its encoder (NLLB-CLIP)."""
+    config = transformers.M2M100Config(vocab_size=40, d_model=32, encoder_layers=2, decoder_layers=1,
+                                       encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=37,
+                                       decoder_ffn_dim=37, max_position_embeddings=20, pad_token_id=1,
+                                       bos_token_id=0, eos_token_id=2, decoder_start_token_id=2)
+    return _hf_text_clip(tmp_path_factory, config, "facebook/nllb-200-distilled-600M", "cls_pooler")
 
 
 def _open_clip_reference(model, tokenizer, texts: list[str], images: list):
@@ -110,7 +126,7 @@ def _open_clip_reference(model, tokenizer, texts: list[str], images: list):
     return text.numpy(), image.numpy()
 
 
-@pytest.mark.parametrize("fixture", ["siglip_oc", "xlmr_clip"])
+@pytest.mark.parametrize("fixture", ["siglip_oc", "xlmr_clip", "nllb_clip"])
 def test_towers_match_open_clip(fixture, request, photos):
     model, tokenizer, folder = request.getfixturevalue(fixture)
     ref_text, ref_image = _open_clip_reference(model, tokenizer, TEXTS, photos)
