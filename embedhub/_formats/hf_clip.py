@@ -46,7 +46,11 @@ def matches(folder: Path) -> bool:
 def architecture(folder: ModelFolder) -> tuple[str, str]:
     """``(model_type, transformers class)`` of a CLIP-family folder embedhub loads; an
     :class:`UnknownFormatError` naming the architecture found otherwise (a vision- or text-only
-    model, a classifier head, ...)."""
+    model, a classifier head, ...).
+
+    >>> architecture(ModelFolder("siglip-base-patch16-224"))  # doctest: +SKIP
+    ('siglip', 'SiglipModel')
+    """
     view = folder.config("config.json")
     mt = view.data.get("model_type")
     archs = view.data.get("architectures")
@@ -100,7 +104,11 @@ def _processor_view(folder: ModelFolder, what: str):
 
 def image_config(folder: Path | ModelFolder, model_type: str = "clip") -> ImageConfig:
     """The image preprocessing of a CLIP-family folder, read from its image-processor config with the
-    defaults of that processor class (SigLIP: squash to ``size``, no crop, mean/std 0.5)."""
+    defaults of that processor class (SigLIP: squash to ``size``, no crop, mean/std 0.5).
+
+    >>> image_config("siglip-base-patch16-224", "siglip").resize_mode  # doctest: +SKIP
+    'squash'
+    """
     folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
     p = _processor_view(folder, SUPPORTED.get(model_type, "CLIPModel"))
     kind = p.str("image_processor_type", _IMAGE_PROCESSORS[model_type][0])
@@ -154,7 +162,12 @@ def image_config(folder: Path | ModelFolder, model_type: str = "clip") -> ImageC
 
 
 def image_preprocessor(folder: ModelFolder, model_type: str, model: Any = None) -> ImagePreprocessor:
-    """The folder's image preprocessor: a fixed-size one, or SigLIP 2's NaFlex patches."""
+    """The folder's image preprocessor: a fixed-size one, or SigLIP 2's NaFlex patches (``model``: the
+    loaded ``Siglip2Model``, whose patch size must be the processor's).
+
+    >>> image_preprocessor(folder, "siglip2", model).max_num_patches  # doctest: +SKIP
+    256
+    """
     cfg = image_config(folder, model_type)
     if model_type != "siglip2":
         return ImagePreprocessor(cfg)
@@ -178,7 +191,11 @@ _TEXT_MAX_LENGTH = {"siglip2": 64}
 
 class HFSiglipTower(HFCLIPTower):
     """One side of a transformers ``SiglipModel`` / ``Siglip2Model``: ``get_text_features`` or
-    ``get_image_features`` (with SigLIP 2's ``pixel_attention_mask`` and ``spatial_shapes``)."""
+    ``get_image_features`` (with SigLIP 2's ``pixel_attention_mask`` and ``spatial_shapes``).
+
+    >>> HFSiglipTower(siglip_model, "text")(input_ids=ids, attention_mask=mask).shape  # doctest: +SKIP
+    torch.Size([2, 768])
+    """
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
         if self.modality == "text":

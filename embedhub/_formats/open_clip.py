@@ -116,7 +116,12 @@ def validate_model_cfg(model_cfg: dict[str, Any] | ConfigView, *, trust_remote_c
 
 def text_config(folder: ModelFolder, model_cfg: dict[str, Any]):
     """The transformers config of an ``hf_model_name`` text tower, from the folder's ``config.json`` (an
-    architecture the installed transformers ships, validated key by key; never fetched), or ``None``."""
+    architecture the installed transformers ships and open_clip's ``arch_dict`` knows, validated key by key;
+    never fetched), or ``None`` when there is no such tower or no such file.
+
+    >>> text_config(ModelFolder("xlm-roberta-clip"), model_cfg).model_type  # doctest: +SKIP
+    'xlm-roberta'
+    """
     if not model_cfg.get("text_cfg", {}).get("hf_model_name") or not folder.has("config.json"):
         return None
     from open_clip.hf_configs import arch_dict
