@@ -151,7 +151,7 @@ class EmbeddingModel:
         self.similarity_fn_name = check_similarity_fn(similarity_fn_name or "cosine")
         #: the width ``encode`` truncates to by default (``None``: the full :attr:`embed_dim`)
         self.truncate_dim = check_truncate_dim(truncate_dim, self.embed_dim)
-        #: SigLIP's learned logit bias (``None`` for other models)
+        #: SigLIP's learned bias (``None`` for CLIP): zero-shot uses ``sigmoid(logit_scale * cos + logit_bias)``
         self.logit_bias = None if logit_bias is None else float(logit_bias)
         #: whether the towers end in an L2 normalisation (a Normalize module)
         self.normalized = self._ends_normalized() if normalized is None else bool(normalized)
@@ -630,11 +630,13 @@ class EmbeddingModel:
         *,
         batch_size: int = 32,
     ) -> np.ndarray:
-        """Per-label probabilities ``(N, L)`` (``(L,)`` for one image), CLIP style.
+        """Per-label probabilities ``(N, L)`` (``(L,)`` for one image), as the model's own library gives them.
 
         Each label's text embedding is the renormalised mean over ``templates`` (each with exactly
         one ``{}`` for the label and no other replacement field; default: the model's own, else
-        ``"a photo of a {}."``); probabilities are ``softmax(logit_scale * cos)``. ``labels`` and
+        ``"a photo of a {}."``); probabilities are ``softmax(logit_scale * cos)`` over the labels (CLIP),
+        or, for a model with a :attr:`logit_bias` (SigLIP), ``sigmoid(logit_scale * cos + logit_bias)`` for
+        each label on its own (they need not add up to 1). ``labels`` and
         ``templates`` are lists: a single ``str`` is refused, not read as one label per character.
 
         >>> model.zero_shot(img, ["cat", "dog"])  # doctest: +SKIP
@@ -656,6 +658,8 @@ class EmbeddingModel:
         classes = average_templates(text, len(labels))
         img = self.encode_image(images, batch_size=batch_size, convert_to="torch")
         logits = (self.logit_scale or 100.0) * (img @ classes.T)
+        if self.logit_bias is not None:
+            return torch.sigmoid(logits + self.logit_bias).numpy()
         return torch.softmax(logits, dim=-1).numpy()
 
     # ------------------------------------------------------------------ saving

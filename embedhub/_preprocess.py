@@ -196,66 +196,135 @@ class HFTextPreprocessor:
         return self.config()
 
 
+class TransformersTextPreprocessor:
+    """A transformers tokenizer class (built by :func:`embedhub._formats._hf.transformers_tokenizer`) with
+    the padding its model's processor applies: ``pad_to`` (``"max_length"`` padding, as SigLIP's processors
+    pad) or the batch's longest, on the tokenizer's ``padding_side`` with its own ``pad_token_id``; the
+    attention mask is the tokenizer's when ``attention_mask`` is one of its ``model_input_names``, else all
+    ones (the model then attends to every position, as it does when called with the tokenizer's output).
+
+    >>> pre = TransformersTextPreprocessor(tok, max_length=64, pad_to=64)  # doctest: +SKIP
+    >>> pre.collate(pre.tokenize(["a photo of a cat"]))["input_ids"].shape  # doctest: +SKIP
+    (1, 64)
+    """
+
+    def __init__(self, tokenizer: Any, *, max_length: int, pad_to: int | None = None):
+        if tokenizer.pad_token_id is None and pad_to is not None:
+            raise ValueError(f"{type(tokenizer).__name__} has no pad token to pad to {pad_to} tokens with")
+        self.tokenizer = tokenizer
+        self.max_length = int(max_length)
+        self.pad_to = pad_to
+        self.pad_id = int(tokenizer.pad_token_id) if tokenizer.pad_token_id is not None else 0
+        self.padding_side = tokenizer.padding_side
+        self.with_mask = "attention_mask" in tokenizer.model_input_names
+        import threading
+
+        # a fast tokenizer's truncation is a setting of its shared backend: one call at a time sets and uses it
+        self._lock = threading.Lock()
+
+    def tokenize(self, texts: list[str]) -> list[list[int]]:
+        """Token ids of ``texts``, special tokens added and truncated at ``max_length`` by the tokenizer."""
+        texts = bound_texts(texts, self.max_length, self._settled)
+        out: list[list[int]] = []
+        for group in char_groups(texts):
+            with self._lock:
+                out += self.tokenizer(group, truncation=True, max_length=self.max_length, padding=False)["input_ids"]
+        return out
+
+    def _settled(self, prefixes: list[str]) -> list[bool]:
+        # no word ids on every tokenizer class: a prefix holding 4x the kept tokens is settled
+        with self._lock:
+            ids = self.tokenizer(prefixes, add_special_tokens=False, truncation=False, padding=False)["input_ids"]
+        return [len(x) >= 4 * self.max_length for x in ids]
+
+    def collate(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
+        width = self.pad_to or max((len(x) for x in ids), default=1)
+        batch = pad_batch(ids, width, self.pad_id)
+        if self.padding_side == "left":
+            for row, x in enumerate(ids):
+                batch["input_ids"][row] = np.roll(batch["input_ids"][row], width - len(x))
+                batch["attention_mask"][row] = np.roll(batch["attention_mask"][row], width - len(x))
+        if not self.with_mask:
+            batch["attention_mask"][:] = 1
+        return batch
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "transformers", "max_length": self.max_length, "pad_to": self.pad_to}
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        """The tokenizer's files as transformers writes them, into ``folder``."""
+        folder.mkdir(parents=True, exist_ok=True)
+        self.tokenizer.save_pretrained(str(folder))
+        return self.config()
+
+
 def _config_error(view: Any, key: str, message: str):
     from ._errors import ConfigError
 
     return ConfigError(f"{view.file}: {view.prefix}{key} {message}", file=str(view.file), key=view.prefix + key)
 
 
-class _FastTokenizer:
-    """The part of a transformers tokenizer open_clip's ``HFTokenizer`` calls, on a ``tokenizers`` file."""
+class _LockedTokenizer:
+    """A transformers tokenizer (its own class, so pad and special tokens are resolved as transformers
+    resolves them: ``tokenizer_config.json``, ``special_tokens_map.json``, the class defaults) for
+    open_clip's ``HFTokenizer``, one call at a time (a fast tokenizer's padding and truncation are
+    settings of its shared backend)."""
 
-    def __init__(self, tokenizer: Any, folder: Any):
+    def __init__(self, tokenizer: Any):
         import threading
 
         self._tok = tokenizer
-        # padding and truncation are settings of the shared tokenizer: one call at a time sets and uses them
         self._lock = threading.Lock()
-        self._tok.no_truncation()
-        self._tok.no_padding()
-        cfg = folder.config("tokenizer_config.json").data if folder.has("tokenizer_config.json") else {}
+        self.pad_token_id = tokenizer.pad_token_id
+        self.sep_token_id = tokenizer.sep_token_id
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        self._counter = None
+        if backend is not None:  # a copy for counting: no truncation, no padding, no special tokens
+            from tokenizers import Tokenizer
 
-        def token_id(key: str) -> int | None:
-            tok = cfg.get(key)
-            tok = tok.get("content") if isinstance(tok, dict) else tok
-            return tokenizer.token_to_id(tok) if isinstance(tok, str) else None
+            self._counter = Tokenizer.from_str(backend.to_str())
+            self._counter.no_truncation()
+            self._counter.no_padding()
 
-        self.pad_token_id = token_id("pad_token") or 0
-        self.sep_token_id = token_id("sep_token")
-
-    def encode_untruncated(self, texts: list[str]) -> list[Any]:
-        """``tokenizers`` encodings of ``texts`` without special tokens, truncation or padding."""
+    def encode_untruncated(self, texts: list[str]) -> list[Any] | None:
+        """``tokenizers`` encodings of ``texts`` without special tokens, truncation or padding (``None`` for
+        a tokenizer without a ``tokenizers`` backend)."""
+        if self._counter is None:
+            return None
         with self._lock:
-            self._tok.no_truncation()
-            self._tok.no_padding()
-            return self._tok.encode_batch(list(texts), add_special_tokens=False)
+            return self._counter.encode_batch(list(texts), add_special_tokens=False)
 
-    def __call__(self, texts, return_tensors="pt", max_length=77, padding="max_length", truncation=True):
-        import torch
-
+    def count(self, texts: list[str]) -> list[int]:
         with self._lock:
-            self._tok.enable_truncation(max_length=max_length)
-            self._tok.enable_padding(length=max_length, pad_id=self.pad_token_id or 0)
-            ids = [e.ids for e in self._tok.encode_batch(list(texts))]
-            self._tok.no_padding()
-        return type("Encoded", (), {"input_ids": torch.tensor(ids, dtype=torch.long)})()
+            return [len(x) for x in self._tok(list(texts), add_special_tokens=False)["input_ids"]]
+
+    def __call__(self, texts, **kwargs):
+        with self._lock:
+            return self._tok(texts, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tok, name)
 
 
 class OpenCLIPTextPreprocessor:
     """open_clip's own tokenizer (from ``open_clip_config.json``), unpadded for length sorting.
 
-    Batches are padded with 0 to the context length: open_clip's text towers add their full
-    positional embedding, so they take only that width.
+    Batches are padded to the context length with the id open_clip pads with (0 for its own tokenizers,
+    the transformers tokenizer's ``pad_token_id`` for ``hf_tokenizer_name``): open_clip's text towers add
+    their full positional embedding, so they take only that width.
     """
 
     #: files of an open_clip folder that its tokenizer may read
     FILES = ("open_clip_config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-             "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model")
+             "added_tokens.json", "vocab.json", "merges.txt", "vocab.txt", "spiece.model", "sentencepiece.bpe.model",
+             "tokenizer.model")
 
-    def __init__(self, tokenizer: Any, *, max_length: int, source: Path | None = None):
+    def __init__(self, tokenizer: Any, *, max_length: int, source: Path | None = None, pad_id: int = 0):
         self._tok = tokenizer
         self.max_length = max_length
         self.source = source
+        #: the id open_clip's tokenizer pads rows with (trailing ones are stripped, then put back by collate)
+        self.pad_id = int(pad_id)
 
     @classmethod
     def from_folder(cls, folder: Path, *, trust_remote_code: bool = False) -> OpenCLIPTextPreprocessor:
@@ -274,15 +343,16 @@ class OpenCLIPTextPreprocessor:
         if text_cfg.str("hf_tokenizer_name", ""):
             kwargs.only({"clean", "strip_sep_token", "language"}, what="tokenizer_kwargs key")
             mode = text_cfg.str("tokenizer_mode", None, choices=[""])
-            if not mf.has("tokenizer.json") and not trust_remote_code:
+            if not any(mf.has(n) for n in ("tokenizer.json", "vocab.txt", "vocab.json", "spiece.model",
+                                            "sentencepiece.bpe.model", "tokenizer.model")):
                 raise _config_error(
                     text_cfg, "hf_tokenizer_name",
                     f"names the Hugging Face tokenizer {text_cfg.data['hf_tokenizer_name']!r} but the folder holds "
-                    "no tokenizer.json; embedhub does not fetch another repository's files unless you pass "
-                    "trust_remote_code=True")
+                    "no tokenizer.json or vocabulary file; embedhub does not fetch another repository's files unless "
+                    "you pass trust_remote_code=True")
             from open_clip.tokenizer import HFTokenizer
 
-            from ._formats._hf import text_preprocessor
+            from ._formats._hf import transformers_tokenizer
 
             tok = HFTokenizer.__new__(HFTokenizer)  # its __init__ would call AutoTokenizer on the name
             tok.tokenizer_mode = mode or ""
@@ -290,8 +360,20 @@ class OpenCLIPTextPreprocessor:
             tok.clean_fn = open_clip.tokenizer.get_clean_fn(kwargs.str("clean", "whitespace",
                                                                        choices=["canonicalize", "lower", "whitespace"]))
             tok.strip_sep_token = kwargs.bool("strip_sep_token", False)
-            tok.tokenizer = _FastTokenizer(text_preprocessor(mf, max_length=context).tokenizer, mf)
-            return cls(tok, max_length=context, source=mf.root)
+            hf = transformers_tokenizer(mf, trust_remote_code=trust_remote_code)
+            if hf.pad_token_id is None:
+                raise _config_error(text_cfg, "hf_tokenizer_name", "names a tokenizer without a pad token; open_clip "
+                                    "pads every text to context_length with it")
+            language = kwargs.str("language", None)
+            if language is not None:  # as open_clip's HFTokenizer.set_language
+                if callable(getattr(hf, "set_src_lang_special_tokens", None)):
+                    hf.set_src_lang_special_tokens(language)
+                else:
+                    import warnings
+
+                    warnings.warn("Cannot set language for the tokenizer.", stacklevel=2)
+            tok.tokenizer = _LockedTokenizer(hf)
+            return cls(tok, max_length=context, source=mf.root, pad_id=hf.pad_token_id)
         kwargs.only({"clean", "reduction_mask", "additional_special_tokens"}, what="tokenizer_kwargs key")
         tok = open_clip.tokenizer.SimpleTokenizer(
             context_length=context,
@@ -312,9 +394,13 @@ class OpenCLIPTextPreprocessor:
     def _settled(self, prefixes: list[str]) -> list[bool]:
         keep = self.max_length
         inner = getattr(self._tok, "tokenizer", None)
-        if isinstance(inner, _FastTokenizer):
+        if isinstance(inner, _LockedTokenizer):
             clean = getattr(self._tok, "clean_fn", None) or (lambda t: t)
-            return settled_encodings(inner.encode_untruncated([clean(p) for p in prefixes]), keep)
+            cleaned = [clean(p) for p in prefixes]
+            encodings = inner.encode_untruncated(cleaned)
+            if encodings is None:
+                return [n >= 4 * keep for n in inner.count(cleaned)]
+            return settled_encodings(encodings, keep)
         # open_clip's SimpleTokenizer: no word ids; settled once the prefix holds 4x the kept tokens
         return [len(self._tok.encode(p)) >= 4 * keep for p in prefixes]
 
@@ -322,12 +408,12 @@ class OpenCLIPTextPreprocessor:
         ids = np.asarray(self._tok(texts)).astype(np.int64)
         if ids.shape[1] > self.max_length:
             ids = ids[:, : self.max_length]
-        nonzero = ids != 0
-        lengths = np.where(nonzero.any(1), ids.shape[1] - np.argmax(nonzero[:, ::-1], axis=1), 1)
+        kept = ids != self.pad_id
+        lengths = np.where(kept.any(1), ids.shape[1] - np.argmax(kept[:, ::-1], axis=1), 1)
         return [row[:n].tolist() for row, n in zip(ids, lengths)]
 
     def collate(self, ids: list[list[int]]) -> dict[str, np.ndarray]:
-        return pad_batch(ids, self.max_length, 0)
+        return pad_batch(ids, self.max_length, self.pad_id)
 
     def config(self) -> dict[str, Any]:
         return {"kind": "open_clip", "max_length": self.max_length}
@@ -524,6 +610,92 @@ class ImagePreprocessor:
         return self.config()
 
 
+def naflex_size(height: int, width: int, patch_size: int, max_num_patches: int, eps: float = 1e-5) -> tuple[int, int]:
+    """The (height, width) SigLIP 2's NaFlex processor resizes an image to: the largest scale (found by the
+    same bisection transformers runs) whose patch-rounded size holds at most ``max_num_patches`` patches.
+
+    >>> naflex_size(480, 640, 16, 256)
+    (224, 288)
+    """
+    import math
+
+    def scaled(scale: float, size: int) -> int:
+        return int(max(patch_size, math.ceil(size * scale / patch_size) * patch_size))
+
+    lo, hi = eps / 10, 100.0
+    while (hi - lo) >= eps:
+        mid = (lo + hi) / 2
+        if (scaled(mid, height) / patch_size) * (scaled(mid, width) / patch_size) <= max_num_patches:
+            lo = mid
+        else:
+            hi = mid
+    return scaled(lo, height), scaled(lo, width)
+
+
+class NaFlexImagePreprocessor(ImagePreprocessor):
+    """SigLIP 2's NaFlex images (transformers' ``Siglip2ImageProcessor``): each image resized, aspect ratio
+    kept, to at most ``max_num_patches`` patches of ``patch_size`` pixels (torchvision, antialiased), rescaled,
+    normalised, cut into patches and padded: ``pixel_values`` float32 ``(B, max_num_patches, 3 * p * p)``,
+    ``pixel_attention_mask`` int64 ``(B, max_num_patches)`` and ``spatial_shapes`` int64 ``(B, 2)``.
+
+    >>> pre = NaFlexImagePreprocessor(ImageConfig(size=0, crop_size=(16, 16)), patch_size=16, max_num_patches=4)
+    >>> pre([PIL.Image.new("RGB", (64, 32))])["spatial_shapes"].tolist()  # doctest: +SKIP
+    [[1, 2]]
+    """
+
+    def __init__(self, cfg: ImageConfig, *, patch_size: int, max_num_patches: int):
+        super().__init__(cfg)
+        self.patch_size, self.max_num_patches = int(patch_size), int(max_num_patches)
+
+    def check(self, img: Any, index: int) -> None:
+        w, h = img.size
+        if not (w and h):
+            raise InputError(f"inputs[{index}]: image of {w}x{h} has no pixels", index=index)
+
+    def _one(self, img) -> tuple[np.ndarray, tuple[int, int]]:
+        import torch
+        from torchvision.transforms.v2 import functional as tvF
+
+        interp = {"bicubic": tvF.InterpolationMode.BICUBIC, "bilinear": tvF.InterpolationMode.BILINEAR,
+                  "nearest": tvF.InterpolationMode.NEAREST}[self.cfg.interpolation]
+        t = torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+        w, h = img.size
+        p = self.patch_size
+        nh, nw = naflex_size(h, w, p, self.max_num_patches) if self.cfg.size else (h, w)
+        if (nh, nw) != (h, w):
+            t = tvF.resize(t, [nh, nw], interpolation=interp, antialias=True)
+        arr = t.numpy().astype(np.float32) * np.float32(self.cfg.rescale_factor)
+        arr = (arr - self._mean) / self._std
+        gh, gw = arr.shape[1] // p, arr.shape[2] // p
+        patches = arr[:, : gh * p, : gw * p].reshape(3, gh, p, gw, p).transpose(1, 3, 2, 4, 0).reshape(gh * gw, -1)
+        return patches, (gh, gw)
+
+    def __call__(self, images: list, indices: Any = None) -> dict[str, np.ndarray]:
+        for k, img in enumerate(images):
+            self.check(img, int(indices[k]) if indices is not None else k)
+        n, p = self.max_num_patches, self.patch_size
+        values = np.zeros((len(images), n, 3 * p * p), dtype=np.float32)
+        mask = np.zeros((len(images), n), dtype=np.int64)
+        shapes = np.zeros((len(images), 2), dtype=np.int64)
+        for row, img in enumerate(images):
+            patches, shape = self._one(img)
+            if len(patches) > n:
+                at = int(indices[row]) if indices is not None else row
+                raise InputError(f"inputs[{at}]: {len(patches)} patches, over max_num_patches {n}", index=at)
+            values[row, : len(patches)] = patches
+            mask[row, : len(patches)] = 1
+            shapes[row] = shape
+        return {"pixel_values": values, "pixel_attention_mask": mask, "spatial_shapes": shapes}
+
+    def config(self) -> dict[str, Any]:
+        return {"kind": "naflex", **self.cfg.to_dict(), "patch_size": self.patch_size,
+                "max_num_patches": self.max_num_patches}
+
+    @property
+    def output_size(self) -> tuple[int, int]:
+        return (self.max_num_patches, 3 * self.patch_size * self.patch_size)
+
+
 def load_preprocessor(folder: Path, cfg: dict[str, Any], *, file: Any = None):
     """Rebuild a preprocessor from its ``config()`` and the files its ``save(folder)`` wrote; every
     value is checked and every file stays inside the model folder (``folder`` may be a
@@ -532,7 +704,7 @@ def load_preprocessor(folder: Path, cfg: dict[str, Any], *, file: Any = None):
 
     mf = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
     v = cfg if isinstance(cfg, ConfigView) else ConfigView(cfg, file or mf / "preprocess")
-    kind = v.str("kind", choices=["tokenizers", "open_clip", "image"])
+    kind = v.str("kind", choices=["tokenizers", "open_clip", "transformers", "image"])
     if kind == "tokenizers":
         from ._errors import ConfigError
 
@@ -551,6 +723,12 @@ def load_preprocessor(folder: Path, cfg: dict[str, Any], *, file: Any = None):
         return HFTextPreprocessor(tok, max_length=v.int("max_length", min=1, max=1 << 20), pad_id=pad_id,
                                   pad_to=v.int("pad_to", None, min=1, max=1 << 20),
                                   lowercase=v.bool("lowercase", False))
+    if kind == "transformers":
+        from ._formats._hf import transformers_tokenizer
+
+        v.only({"kind", "max_length", "pad_to"})
+        return TransformersTextPreprocessor(transformers_tokenizer(mf), max_length=v.int("max_length", min=1,
+                                            max=1 << 20), pad_to=v.int("pad_to", None, min=1, max=1 << 20))
     if kind == "open_clip":
         v.only({"kind", "max_length"})
         return OpenCLIPTextPreprocessor.from_folder(mf)

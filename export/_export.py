@@ -274,6 +274,12 @@ def export(
         raise ValueError(f"{src.name}'s text pooling leaves the prompt's tokens out (include_prompt: false) and the "
                          f"model has prompts {sorted(k for k, v in src.prompts.items() if v)}: pooling runs inside the "
                          "ONNX graph, which sees no prompt boundary; keep this model on backend='torch'")
+    image_pre = src.preprocessors.get("image")
+    if image_pre is not None and image_pre.config().get("kind") == "naflex":
+        raise ValueError(
+            f"{src.name}: its image tower takes Siglip2ImageProcessor's NaFlex patches (pixel_attention_mask and "
+            "spatial_shapes: a patch grid of its own per image), which a traced ONNX graph would fix to one grid; "
+            "its export is not supported (use backend='torch')")
     texts = list(gate_texts or GATE_TEXTS)
     images = list(gate_image_inputs or gate_images())
     calib = {"text": list(calibration_texts or CALIBRATION_TEXTS), "image": gate_images()[::2]}

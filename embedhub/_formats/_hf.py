@@ -252,6 +252,15 @@ def _fast_tokenizer_from_vocab(folder: ModelFolder, view: ConfigView, *, trust_r
         return Tokenizer.from_str(backend.to_str())
 
 
+def _class_pad_id(folder: ModelFolder, *, trust_remote_code: bool) -> int | None:
+    """The pad id transformers gives the folder's tokenizer when no file names a pad token (its class's
+    default, e.g. CLIP's ``<|endoftext|>``); ``None`` when transformers cannot build it from the files."""
+    try:
+        return transformers_tokenizer(folder, trust_remote_code=trust_remote_code).pad_token_id
+    except (ConfigError, ImportError, ValueError, OSError):
+        return None
+
+
 def text_preprocessor(
     folder: ModelFolder,
     *,
@@ -282,8 +291,77 @@ def text_preprocessor(
     if pad_token is None and folder.has("special_tokens_map.json"):
         pad_token = _token_content(folder.config("special_tokens_map.json"), "pad_token")
     pad_id = tok.token_to_id(pad_token) if pad_token else None
+    if pad_id is None:  # no pad token in the files: the tokenizer class's default, as transformers resolves it
+        pad_id = _class_pad_id(folder, trust_remote_code=trust_remote_code)
     if max_length is None:
         mml = view.data.get("model_max_length")
         ok = isinstance(mml, (int, float)) and not isinstance(mml, bool) and 1 <= mml < 1_000_000
         max_length = int(mml) if ok else fallback_max_length
     return HFTextPreprocessor(tok, max_length=max_length, pad_id=pad_id, lowercase=lowercase)
+
+
+#: tokenizer_config.json keys that say nothing about how text becomes ids (where the files came from)
+_TOKENIZER_INERT = {"name_or_path", "special_tokens_map_file", "processor_class", "tokenizer_file", "backend",
+                    "is_local", "use_fast", "spaces_between_special_tokens", "clean_up_tokenization_spaces",
+                    "split_special_tokens_in_decode", "local_files_only", "cache_dir", "revision", "_commit_hash",
+                    "subfolder", "use_default_system_prompt", "chat_template"}
+#: keys forwarded to the transformers tokenizer class (each read by that class or its base)
+_TOKENIZER_FORWARDED = _TOKENIZER_KEYS | {"model_input_names", "padding_side", "truncation_side", "sp_model_kwargs",
+                                         "do_lower_case", "add_prefix_space", "vocab_file"}
+#: the files such a tokenizer reads (tokenizer.json included: transformers' class reads it beside the vocabulary)
+_HF_TOKENIZER_FILES = _VOCAB_FILES + ("tokenizer.json",)
+
+
+def transformers_tokenizer(folder: ModelFolder, *, trust_remote_code: bool = False) -> Any:
+    """The folder's tokenizer as transformers itself builds it (its own class, so its special and pad
+    tokens, ``model_input_names`` and padding side are the library's), from a copy of the folder's
+    tokenizer files holding only the config keys transformers reads; no code from the folder runs.
+
+    A ``tokenizer_config.json`` key that is neither read by transformers' tokenizer classes nor inert
+    (where the files came from) is a :class:`ConfigError` naming it; so is ``auto_map`` without
+    ``trust_remote_code``, a class transformers does not ship, or ``sp_model_kwargs`` (sentencepiece
+    sampling). Example: ``transformers_tokenizer(ModelFolder("siglip-folder"))("a cat")``.
+    """
+    import json
+
+    import transformers
+    from transformers import AutoTokenizer
+
+    view = folder.config("tokenizer_config.json") if folder.has("tokenizer_config.json") else ConfigView(
+        {}, folder / "tokenizer_config.json")
+    if "auto_map" in view and not trust_remote_code:
+        raise ConfigError(
+            f"{view.file}: auto_map asks for a custom tokenizer class from the repo; embedhub never runs remote "
+            "code unless you pass trust_remote_code=True", file=str(view.file), key="auto_map")
+    unknown = sorted(k for k in view.data if k not in _TOKENIZER_FORWARDED | _TOKENIZER_INERT | {"auto_map"})
+    if unknown:
+        raise ConfigError(f"{view.file}: key {unknown[0]!r} is not one embedhub reproduces for this tokenizer",
+                          file=str(view.file), key=unknown[0])
+    if view.data.get("sp_model_kwargs"):
+        raise view.error("sp_model_kwargs", "{} (sentencepiece sampling options change the ids)",
+                         view.data["sp_model_kwargs"])
+    cls_name = view.str("tokenizer_class", None)
+    if cls_name is not None:
+        base = cls_name[:-4] if cls_name.endswith("Fast") else cls_name
+        if not (hasattr(transformers, base) or hasattr(transformers, base + "Fast")):
+            raise view.error("tokenizer_class", "a tokenizer class of the installed transformers", cls_name)
+    view.str("padding_side", None, choices=["left", "right"])
+    view.str("truncation_side", None, choices=["left", "right"])
+    names = view.data.get("model_input_names")
+    if names is not None and (not isinstance(names, list) or "input_ids" not in names
+                              or not set(names) <= {"input_ids", "attention_mask", "token_type_ids"}):
+        raise view.error("model_input_names", "a list with input_ids and optionally attention_mask", names)
+    with tempfile.TemporaryDirectory(prefix="embedhub-tok-") as tmp:
+        for name in _HF_TOKENIZER_FILES:
+            if folder.has(name):
+                shutil.copyfile(folder.file(name, what="tokenizer file"), Path(tmp) / name)
+        cfg = {k: v for k, v in view.data.items() if k in _TOKENIZER_FORWARDED and k != "vocab_file"}
+        Path(tmp, "tokenizer_config.json").write_text(json.dumps(cfg))
+        try:
+            return AutoTokenizer.from_pretrained(tmp, local_files_only=True, trust_remote_code=False)
+        except ImportError as exc:
+            raise ImportError(f"{folder.root}: its tokenizer needs a package that is not installed ({exc}); "
+                              "pip install sentencepiece for sentencepiece vocabularies") from exc
+        except Exception as exc:
+            raise ConfigError(f"{folder.root}: cannot build the tokenizer from its files: {exc}",
+                              file=str(view.file)) from exc

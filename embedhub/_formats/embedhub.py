@@ -63,6 +63,7 @@ def read_config(folder: ModelFolder) -> tuple[ConfigView, dict[str, ConfigView]]
         raise cfg.error("format_version", f"{FORMAT_VERSION} (the version this embedhub reads)", version)
     cfg.int("embed_dim", min=1, max=1 << 16)
     cfg.float("logit_scale", None, min=0.0)
+    cfg.float("logit_bias", None)
     templates = cfg.data.get("templates")
     if templates is not None:
         ok = isinstance(templates, list) and all(isinstance(t, str) and t.count("{}") == 1 for t in templates)
@@ -182,8 +183,8 @@ def load(
                 "max_length", f"at most {positions} (the text backbone's max_position_embeddings)",
                 text_pre.max_length)
     return ModelParts(towers=towers, preprocessors=pre, embed_dim=embed_dim, logit_scale=cfg.data.get("logit_scale"),
-                      templates=cfg.data.get("templates"), config=cfg.data, normalized=_ends_normalized(specs),
-                      **_settings(cfg))
+                      templates=cfg.data.get("templates"), config=cfg.data, logit_bias=cfg.data.get("logit_bias"),
+                      normalized=_ends_normalized(specs), **_settings(cfg))
 
 
 def _check_fits(folder: ModelFolder, specs: dict[str, ConfigView]) -> None:
@@ -397,6 +398,7 @@ def write(
             "format_version": FORMAT_VERSION,
             "embed_dim": model.embed_dim,
             "logit_scale": model.logit_scale,
+            **({"logit_bias": model.logit_bias} if getattr(model, "logit_bias", None) is not None else {}),
             # zero-shot prompt templates mean something only to a model with both towers
             "templates": list(model.templates) if set(model.modalities) == {"text", "image"} else None,
             "towers": specs,

@@ -33,7 +33,8 @@ _POSITIVE_INTS = {"width", "head_width", "patch_size", "image_size", "context_le
                   "layers", "attn_pooler_queries", "attn_pooler_heads"}
 
 
-def _check_dataclass_cfg(view: ConfigView, cls: Any, *, trust_remote_code: bool) -> dict[str, Any]:
+def _check_dataclass_cfg(view: ConfigView, cls: Any, *, trust_remote_code: bool,
+                         local_text_config: bool = False) -> dict[str, Any]:
     """``view`` checked against open_clip's config dataclass ``cls``: known fields only, each of the
     type its default has; kwargs dicts may hold only plain numbers, booleans and strings."""
     import dataclasses
@@ -45,11 +46,14 @@ def _check_dataclass_cfg(view: ConfigView, cls: Any, *, trust_remote_code: bool)
         if value is None:
             out[key] = None
             continue
-        if key in _REMOTE and value and not trust_remote_code and key != "hf_tokenizer_name":
+        if key == "hf_model_name" and value and not isinstance(value, str):
+            raise view.error(key, "the name of a Hugging Face text model", value)
+        if key in _REMOTE and value and not (trust_remote_code or local_text_config) and key != "hf_tokenizer_name":
             raise ConfigError(
-                f"{view.file}: {view.prefix}{key} names {_REMOTE[key]} ({value!r}); embedhub does not fetch another "
-                "repository or run its code unless you pass trust_remote_code=True",
-                file=str(view.file), key=view.prefix + key)
+                f"{view.file}: {view.prefix}{key} names {_REMOTE[key]} ({value!r}) and the folder holds no config.json "
+                "of it; put that model's transformers config.json beside open_clip_config.json (embedhub builds it "
+                "from there and never fetches another repository or runs its code unless you pass "
+                "trust_remote_code=True)", file=str(view.file), key=view.prefix + key)
         if key == "timm_model_name":
             timm = require("timm", "open-clip", "timm image towers")
             if not isinstance(value, str) or ":" in value or not timm.is_model(value):
@@ -81,8 +85,10 @@ def _check_dataclass_cfg(view: ConfigView, cls: Any, *, trust_remote_code: bool)
     return out
 
 
-def validate_model_cfg(model_cfg: dict[str, Any] | ConfigView, *, trust_remote_code: bool = False) -> dict[str, Any]:
-    """An open_clip ``model_cfg`` allow-listed and type-checked (a :class:`ConfigError` naming the key)."""
+def validate_model_cfg(model_cfg: dict[str, Any] | ConfigView, *, trust_remote_code: bool = False,
+                       local_text_config: bool = False) -> dict[str, Any]:
+    """An open_clip ``model_cfg`` allow-listed and type-checked (a :class:`ConfigError` naming the key);
+    ``local_text_config``: an ``hf_model_name`` text tower is built from a transformers config the caller has."""
     open_clip = require("open_clip", "open-clip", "loading open_clip models")
     view = model_cfg if isinstance(model_cfg, ConfigView) else ConfigView(model_cfg, "open_clip model_cfg")
     if "multimodal_cfg" in view.data:
@@ -93,7 +99,13 @@ def validate_model_cfg(model_cfg: dict[str, Any] | ConfigView, *, trust_remote_c
     cfg["vision_cfg"] = _check_dataclass_cfg(view.view("vision_cfg"), open_clip.model.CLIPVisionCfg,
                                              trust_remote_code=trust_remote_code)
     cfg["text_cfg"] = _check_dataclass_cfg(view.view("text_cfg"), open_clip.model.CLIPTextCfg,
-                                           trust_remote_code=trust_remote_code)
+                                           trust_remote_code=trust_remote_code, local_text_config=local_text_config)
+    text = view.view("text_cfg")
+    if text.data.get("hf_model_name"):
+        from open_clip.hf_model import _POOLERS
+
+        text.str("hf_pooler_type", None, choices=sorted(_POOLERS))
+        text.str("hf_proj_type", None, choices=["linear", "mlp"])
     for key in ("quick_gelu", "nonscalar_logit_scale", "custom_text", "output_dict"):
         view.bool(key, False)
     for key in ("init_logit_scale", "init_logit_bias"):
@@ -102,10 +114,36 @@ def validate_model_cfg(model_cfg: dict[str, Any] | ConfigView, *, trust_remote_c
     return cfg
 
 
-def build(model_cfg: dict[str, Any], *, trust_remote_code: bool = False):
-    """The open_clip model class for ``model_cfg``, as open_clip's factory picks it, without any download."""
+def text_config(folder: ModelFolder, model_cfg: dict[str, Any]):
+    """The transformers config of an ``hf_model_name`` text tower, from the folder's ``config.json`` (an
+    architecture the installed transformers ships and open_clip's ``arch_dict`` knows, validated key by key;
+    never fetched), or ``None`` when there is no such tower or no such file.
+
+    >>> text_config(ModelFolder("xlm-roberta-clip"), model_cfg).model_type  # doctest: +SKIP
+    'xlm-roberta'
+    """
+    if not model_cfg.get("text_cfg", {}).get("hf_model_name") or not folder.has("config.json"):
+        return None
+    from open_clip.hf_configs import arch_dict
+
+    from ._hf import transformers_config
+
+    config = transformers_config(folder, trust_remote_code=False)
+    if config.model_type not in arch_dict:
+        view = folder.config("config.json")
+        raise view.error("model_type", f"one of open_clip's text architectures {sorted(arch_dict)}", config.model_type)
+    return config
+
+
+def build(model_cfg: dict[str, Any], *, trust_remote_code: bool = False, hf_config: Any = None):
+    """The open_clip model class for ``model_cfg``, as open_clip's factory picks it, without any download;
+    an ``hf_model_name`` text tower is built from ``hf_config`` (see :func:`text_config`) when given.
+
+    >>> build(open_clip.get_model_config("ViT-B-32"))  # doctest: +SKIP
+    """
     open_clip = require("open_clip", "open-clip", "loading open_clip models")
-    cfg = copy.deepcopy(validate_model_cfg(model_cfg, trust_remote_code=trust_remote_code))
+    cfg = copy.deepcopy(validate_model_cfg(model_cfg, trust_remote_code=trust_remote_code,
+                                           local_text_config=hf_config is not None))
     if "timm_model_name" in cfg["vision_cfg"]:
         cfg["vision_cfg"]["timm_model_pretrained"] = False
     if cfg["text_cfg"].get("hf_model_name"):
@@ -113,7 +151,16 @@ def build(model_cfg: dict[str, Any], *, trust_remote_code: bool = False):
     custom_text = cfg.pop("custom_text", False) or bool(cfg["text_cfg"].get("hf_model_name"))
     cfg.pop("cast_dtype", None)
     cls = open_clip.CustomTextCLIP if custom_text else open_clip.CLIP
-    return cls(**cfg)
+    if hf_config is None:
+        return cls(**cfg)
+    import tempfile
+
+    # open_clip's HFTextEncoder reads AutoConfig.from_pretrained(hf_model_name): a folder holding only the
+    # validated config (no auto_map, no code), so nothing is fetched and the modules are exactly open_clip's
+    with tempfile.TemporaryDirectory(prefix="embedhub-hf-text-") as tmp:
+        hf_config.to_json_file(str(Path(tmp) / "config.json"))
+        cfg["text_cfg"]["hf_model_name"] = tmp
+        return cls(**cfg)
 
 
 def image_config(model_cfg: dict[str, Any], pp: dict[str, Any] | ConfigView) -> ImageConfig:
@@ -147,18 +194,25 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> Mode
     folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
     cfg = folder.config(MARKER)
     model_view = cfg.view("model_cfg")
-    model_cfg = validate_model_cfg(model_view, trust_remote_code=trust_remote_code)
+    hf_text = text_config(folder, model_view.data)
+    model_cfg = validate_model_cfg(model_view, trust_remote_code=trust_remote_code,
+                                   local_text_config=hf_text is not None)
     files = find_safetensors(folder, ("open_clip_model.safetensors", "model.safetensors"))
-    model = build_checked(lambda: build(model_cfg, trust_remote_code=trust_remote_code), files,
+    model = build_checked(lambda: build(model_cfg, trust_remote_code=trust_remote_code, hf_config=hf_text), files,
                           what="open_clip model", config=model_cfg, config_file=cfg.file, config_prefix="model_cfg.")
     text = OpenCLIPTextPreprocessor.from_folder(folder, trust_remote_code=trust_remote_code)
     image = ImagePreprocessor(image_config(model_cfg, cfg.view("preprocess_cfg", {})))
     logit_scale = float(model.logit_scale.exp().item()) if getattr(model, "logit_scale", None) is not None else None
+    bias = getattr(model, "logit_bias", None)  # SigLIP (init_logit_bias): the trained value, from the weights
+    if bias is not None and bias.numel() != 1:
+        raise ConfigError(f"{cfg.file}: model_cfg gives a logit_bias of {bias.numel()} values; zero-shot needs one",
+                          file=str(cfg.file), key="model_cfg.init_logit_bias")
     return ModelParts(
         towers={"text": OpenCLIPTower(model, "text"), "image": OpenCLIPTower(model, "image")},
         preprocessors={"text": text, "image": image},
         embed_dim=int(model_cfg["embed_dim"]),
         logit_scale=logit_scale,
+        logit_bias=float(bias.item()) if bias is not None else None,
     )
 
 
