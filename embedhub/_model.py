@@ -654,9 +654,11 @@ class EmbeddingModel:
             check_template(t)
         from .utils import average_templates, template_prompts
 
-        text = self.encode(template_prompts(labels, templates), batch_size=batch_size, convert_to="torch")
+        # cosines of unit rows, whatever the model's own similarity or default normalisation
+        text = self.encode_text(template_prompts(labels, templates), batch_size=batch_size, convert_to="torch",
+                                normalize=True)
         classes = average_templates(text, len(labels))
-        img = self.encode_image(images, batch_size=batch_size, convert_to="torch")
+        img = self.encode_image(images, batch_size=batch_size, convert_to="torch", normalize=True)
         logits = (self.logit_scale or 100.0) * (img @ classes.T)
         if self.logit_bias is not None:
             return torch.sigmoid(logits + self.logit_bias).numpy()

@@ -175,7 +175,7 @@ class _Classifier:
                 return self._cache[key]
         prompts = template_prompts(labels, templates)
         with model_lock(model):
-            text = model.encode_text(prompts, convert_to="torch")
+            text = model.encode_text(prompts, convert_to="torch", normalize=True)
         classes = average_templates(text, len(labels))
         with self._cache_lock:
             self._cache[key] = classes
@@ -185,12 +185,15 @@ class _Classifier:
 
     def classify(self, name: str, backend: str, image: Any, labels: list[str], templates: list[str] | None
                  ) -> dict[str, float]:
-        """``{label: probability}``, most probable first: ``softmax(logit_scale * cos)`` as ``model.zero_shot``."""
+        """``{label: probability}``, most probable first, as ``model.zero_shot`` gives them: ``softmax(logit_scale
+        * cos)`` over the labels (CLIP), or ``sigmoid(logit_scale * cos + logit_bias)`` per label (SigLIP)."""
         model, backend, _ = open_model(name, backend)
         classes = self.label_embeddings(name, backend, labels, templates)
         with model_lock(model):
-            img = model.encode_image(image, convert_to="torch")
-        probs = torch.softmax((model.logit_scale or 100.0) * (classes @ img), dim=-1).tolist()
+            img = model.encode_image(image, convert_to="torch", normalize=True)
+        logits = (model.logit_scale or 100.0) * (classes @ img)
+        bias = getattr(model, "logit_bias", None)
+        probs = (torch.sigmoid(logits + bias) if bias is not None else torch.softmax(logits, dim=-1)).tolist()
         order = sorted(range(len(labels)), key=lambda i: -probs[i])
         return {labels[i]: float(probs[i]) for i in order}
 
