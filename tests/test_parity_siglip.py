@@ -271,3 +271,17 @@ def test_siglip_tokenizer_with_unset_model_max_length_pads_to_the_positions(sigl
     pre = embedhub.load(folder).preprocessors["text"]
     ref = tok(TEXTS, padding="max_length", max_length=16, truncation=True, return_tensors="np")
     np.testing.assert_array_equal(pre.collate(pre.tokenize(TEXTS))["input_ids"], ref["input_ids"])
+
+
+def test_zero_shot_demo_gives_siglips_sigmoid(siglip_dir):
+    """The zero-shot demo's classifier (its own cached label embeddings) answers as ``model.zero_shot``:
+    SigLIP's per-label sigmoid with the model's bias, not a softmax."""
+    pytest.importorskip("gradio")
+    from embedhub.demos.zero_shot import app
+
+    image = _images()[0]
+    labels = ["cat", "dog", "rocket"]
+    got = app.CLASSIFIER.classify(str(siglip_dir), "torch", image, labels, ["a photo of a {}."])
+    want = embedhub.load(siglip_dir).zero_shot(image, labels, templates=["a photo of a {}."])
+    np.testing.assert_allclose([got[label] for label in labels], want, atol=1e-5)
+    assert abs(sum(got.values()) - 1.0) > 1e-3  # a softmax would add up to 1
