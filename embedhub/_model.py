@@ -17,8 +17,8 @@ from ._backends import Runner, TorchRunner
 from ._batching import check_batching, check_positive_int, plan_batches, text_windows
 from ._errors import InputError, ModalityError, PublishError, WeightsError
 from ._inputs import MAX_IMAGE_PIXELS, as_items, load_image, modality_of
-from ._preprocess import ImagePreprocessor, token_lengths
 from ._pool import pooled
+from ._preprocess import ImagePreprocessor, token_lengths
 
 DEFAULT_TEMPLATES: tuple[str, ...] = ("a photo of a {}.",)
 

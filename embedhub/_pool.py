@@ -172,8 +172,9 @@ def _worker(model: Any, device: str, conn: Any, threads: int | None) -> None:
     except BaseException as exc:  # reported, then the worker exits: the parent sees a dead worker with a reason
         try:
             conn.send(("failed", None, _describe(exc)))
-        finally:
-            return
+        except (OSError, ValueError):
+            pass
+        return
     while True:
         try:
             message = conn.recv()
@@ -275,9 +276,21 @@ def _chunks_of(runs: list[np.ndarray], size: int) -> list[np.ndarray]:
     return chunks
 
 
+def _prompt(model: Any, kwargs: dict[str, Any]) -> str:
+    """The text put before each input, as encode chooses it: ``prompt``, else the prompt of ``prompt_name``,
+    else the model's default prompt (``""`` when there is none)."""
+    if isinstance(kwargs.get("prompt"), str):
+        return kwargs["prompt"]
+    prompts = getattr(model, "prompts", None) or {}
+    name = kwargs.get("prompt_name") or getattr(model, "default_prompt_name", None)
+    value = prompts.get(name) if isinstance(prompts, dict) and name else None
+    return value if isinstance(value, str) else ""
+
+
 def _plan(model: Any, items: list[Any], kinds: list[str], batch_size: int, max_tokens: int | None,
-          chunk_size: int) -> list[np.ndarray]:
-    """Chunks of input positions, each a run of the whole batches one process would make."""
+          chunk_size: int, prompt: str = "") -> list[np.ndarray]:
+    """Chunks of input positions, each a run of the whole batches one process would make (texts are measured
+    with their prompt, as encode measures them)."""
     chunks: list[np.ndarray] = []
     text = np.fromiter((i for i, k in enumerate(kinds) if k == "text"), dtype=np.int64)
     if len(text):
@@ -285,7 +298,7 @@ def _plan(model: Any, items: list[Any], kinds: list[str], batch_size: int, max_t
         for window in text_windows(len(text), batch_size):
             rows = text[window.start : window.stop]
             try:
-                ids = pre.tokenize([items[i] for i in rows])
+                ids = pre.tokenize([prompt + items[i] for i in rows])
             except InputError as exc:  # about a text of this window: name it by its place in the inputs
                 if exc.index is None or not 0 <= exc.index < len(rows):
                     raise
@@ -368,7 +381,7 @@ def encode_in_pool(model: Any, method: Callable[..., Any], inputs: Any, kwargs: 
         if pool._model_id != id(model):
             raise ValueError(f"this pool holds {pool.model_name}, not {model.name}; start a pool of this model")
         size = chunk_size or max(1, min(math.ceil(len(items) / len(pool.processes) / 10), 5000))
-        chunks = _plan(model, items, kinds, batch_size, max_tokens, size)
+        chunks = _plan(model, items, kinds, batch_size, max_tokens, size, _prompt(model, args))
         out = _run(pool, method.__name__, items, chunks, worker_kwargs, bool(args.get("show_progress_bar")))
     finally:
         if own:

@@ -168,6 +168,36 @@ def _code_files(folder: ModelFolder, requests: list[tuple[str, str, str]]) -> No
             folder.has(module_file)  # absent: an installed package (the library imports it), or a file to fetch
 
 
+#: files a module folder may hold that the library reads: looked up so that a Hub download fetches them
+_MODULE_FILES = ("config.json", "sentence_bert_config.json", "model.safetensors", "model.safetensors.index.json",
+                 "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                 "vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model",
+                 "tokenizer.model", "config_sentence_transformers.json", "modules.json")
+
+
+def _module_files(folder: ModelFolder) -> None:
+    """Look up the files each module folder may hold (and the shards a safetensors index names), so that the
+    loads of a Hub repo, of which only the configs are here at first, download them before the library runs."""
+    paths = [""]
+    if folder.has("modules.json"):
+        modules = folder.read_json("modules.json")
+        paths += [m["path"] for m in modules if isinstance(m, dict) and isinstance(m.get("path"), str)]
+    for path in dict.fromkeys(p.strip("/") for p in paths if p.strip("/.") or p == ""):
+        sub = f"{path}/" if path else ""
+        for name in _MODULE_FILES:
+            try:
+                folder.has(sub + name)
+            except ConfigError:
+                break  # a module path that leaves the folder: refused when the files are recorded
+        index = sub + "model.safetensors.index.json"
+        if folder.has(index):
+            data = folder.read_json(index)
+            weight_map = data.get("weight_map") if isinstance(data, dict) else None
+            for shard in sorted({v for v in (weight_map if isinstance(weight_map, dict) else {}).values()
+                                 if isinstance(v, str)}):
+                folder.has(sub + shard)
+
+
 # ------------------------------------------------------------------------------ towers
 class DelegatedTextPreprocessor:
     """Texts for a model run by its own library: token counts (for embedhub's length-sorted batching) from
@@ -278,6 +308,12 @@ def _library_settings(model: Any, root: Path) -> dict[str, Any]:
             file = root / "config_sentence_transformers.json"
             raise ConfigError(f"{shown(file)}: {key} = {value!r}: not yet honoured for a model loaded by its own "
                               "library", file=str(file), key=key)
+    excluded = [i for i, m in enumerate(model) if getattr(m, "include_prompt", True) is False]
+    if excluded and "prompts" in out and any(out["prompts"].values()):
+        file = root / "modules.json"
+        raise ConfigError(f"{shown(file)}: module {excluded[0]} pools without the prompt tokens (include_prompt: "
+                          "false), which embedhub does not yet pass to a model loaded by its own library",
+                          file=str(file), key=f"[{excluded[0]}].include_prompt")
     if "normalized" in have:
         out["normalized"] = any(type(m).__name__ == "Normalize" for m in model)
     if "similarity_fn_name" in out and out["similarity_fn_name"] is None:
@@ -291,6 +327,7 @@ def load(folder: ModelFolder, options: LoadOptions) -> ModelParts:
     if not options.trust_remote_code:
         raise refusal(folder.root, requests or [("modules.json", "type", "a module class")])
     _code_files(folder, requests)
+    _module_files(folder)
     files = source_files(folder)
     from sentence_transformers import SentenceTransformer
 
