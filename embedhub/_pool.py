@@ -234,8 +234,11 @@ def pooled(method: Callable[..., Any]) -> Callable[..., Any]:
     """Give an encode method the keywords ``pool``, ``device`` (a list of devices starts a pool for the call)
     and ``chunk_size``; without them the method runs as it is, in this process."""
 
+    sig = inspect.signature(method)
+    first = list(sig.parameters)[1]  # the inputs, whatever the method calls them
+
     @functools.wraps(method)
-    def encode(self: Any, inputs: Any, *, pool: MultiProcessPool | None = None, device: Any = None,
+    def encode(self: Any, *args: Any, pool: MultiProcessPool | None = None, device: Any = None,
                chunk_size: int | None = None, **kwargs: Any) -> Any:
         if isinstance(device, (str, torch.device)):
             if torch.device(device) != torch.device(self.device):
@@ -246,10 +249,16 @@ def pooled(method: Callable[..., Any]) -> Callable[..., Any]:
         if pool is None and device is None:
             if chunk_size is not None:
                 raise ValueError("chunk_size applies to multi-process encoding: pass pool= or a list of devices")
-            return method(self, inputs, **kwargs)
-        return encode_in_pool(self, method, inputs, kwargs, pool=pool, devices=device, chunk_size=chunk_size)
+            return method(self, *args, **kwargs)
+        bound = sig.bind(self, *args, **kwargs)  # an unknown keyword or a missing input fails here, at once
+        named = dict(bound.arguments)
+        inputs = named.pop(first)
+        named.pop(list(sig.parameters)[0])
+        for name, param in sig.parameters.items():
+            if param.kind is inspect.Parameter.VAR_KEYWORD and name in named:
+                named.update(named.pop(name))
+        return encode_in_pool(self, method, inputs, named, pool=pool, devices=device, chunk_size=chunk_size)
 
-    sig = inspect.signature(method)
     extra = [inspect.Parameter(n, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=a)
              for n, a in (("pool", "MultiProcessPool | None"), ("device", "str | list[str] | None"),
                           ("chunk_size", "int | None"))]
@@ -351,7 +360,10 @@ def encode_in_pool(model: Any, method: Callable[..., Any], inputs: Any, kwargs: 
         raise TypeError(f"pool must be a MultiProcessPool from model.start_multi_process_pool(), got "
                         f"{type(pool).__name__}")
     chunk_size = check_positive_int("chunk_size", chunk_size, optional=True)
-    bound = inspect.signature(method).bind(model, inputs, **kwargs)  # an unknown keyword fails here, at once
+    reference = method  # encode_text / encode_image take encode's keywords through **kwargs: checked against encode
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in inspect.signature(method).parameters.values()):
+        reference = getattr(type(model).encode, "__wrapped__", type(model).encode)
+    bound = inspect.signature(reference).bind(model, inputs, **kwargs)  # an unknown keyword fails here, at once
     bound.apply_defaults()
     args = dict(bound.arguments)
     batch_size, max_tokens = check_batching(args.get("batch_size", 32), args.get("max_tokens"))

@@ -101,8 +101,8 @@ def test_every_encode_keyword_works_through_the_pool(model, pool, name):
 
 
 def test_text_image_methods_and_single_inputs(model, pool, photos):
-    np.testing.assert_array_equal(model.encode_text(TEXTS[:9], pool=pool, chunk_size=2),
-                                  model.encode_text(TEXTS[:9]))
+    np.testing.assert_array_equal(model.encode_text(texts=TEXTS[:9], pool=pool, chunk_size=2, batch_size=2),
+                                  model.encode_text(TEXTS[:9], batch_size=2))
     np.testing.assert_array_equal(model.encode_image(photos, pool=pool, batch_size=1, chunk_size=1),
                                   model.encode_image(photos, batch_size=1))
     one = model.encode("just one", pool=pool, convert_to="torch")
@@ -121,6 +121,8 @@ def test_errors_in_a_chunk_name_the_input_and_keep_the_pool(model, pool):
         model.encode([*TEXTS[:4], "bad \ud800"], pool=pool)
     with pytest.raises(TypeError, match="no_such_keyword"):
         model.encode(TEXTS, pool=pool, no_such_keyword=1)
+    with pytest.raises(TypeError, match="no_such_keyword"):
+        model.encode_text(texts=TEXTS, pool=pool, no_such_keyword=1)
     with pytest.raises(ValueError, match="batch_size"):
         model.encode(TEXTS, pool=pool, batch_size=0)
     with pytest.raises(ValueError, match="chunk_size"):
