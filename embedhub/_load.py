@@ -70,7 +70,9 @@ def load(
     the files; weights load from safetensors only, strictly. ``backend="onnx"`` runs the ONNX
     graphs of a folder written by ``embedhub export`` on ONNX Runtime (CUDA when ``device`` is a
     GPU and onnxruntime-gpu is installed, with ``threads`` intra-op threads); ``"auto"`` takes
-    them when present, else torch.
+    them when present, else torch. A folder whose configs ask for code (a custom module class in
+    ``modules.json``, an ``auto_map``) is refused, naming the file and entry, unless ``trust_remote_code=True``:
+    then its own library (sentence-transformers) loads it, and embedhub batches, checks and fingerprints it.
 
     >>> model = embedhub.load("all-MiniLM-L6-v2")          # doctest: +SKIP
     >>> model = embedhub.load("openai/clip-vit-base-patch32@main", device="cuda")  # doctest: +SKIP

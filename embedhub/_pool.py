@@ -5,7 +5,9 @@ each receives the model once, its tensors shared in memory, never written to dis
 :class:`MultiProcessPool`; ``model.encode(inputs, pool=pool)`` cuts the inputs into chunks, hands each to an
 idle worker and puts the results back in input order; ``model.encode(inputs, device=["cpu", "cpu"])``
 starts a pool for that call and stops it after. ``model.stop_multi_process_pool(pool)`` (or leaving a
-``with pool:`` block) stops the workers.
+``with pool:`` block) stops the workers. The workers hold the model as it was when the pool started (start a
+new pool after changing its weights). CPU workers use this process's torch thread count, so that their sums
+run in the same order as here.
 
 The vectors are exactly the single-process ones: the parent tokenises the texts and plans the batches as
 :meth:`EmbeddingModel.encode` does (length-sorted windows, ``batch_size`` / ``max_tokens``), and each chunk
