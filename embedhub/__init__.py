@@ -21,6 +21,7 @@ from ._errors import (
     ModalityError,
     ModelNotCachedError,
     ModelNotFoundError,
+    PoolError,
     ProvenanceError,
     PublishError,
     UnknownFormatError,
@@ -33,6 +34,7 @@ if TYPE_CHECKING:
     from ._job import EmbedJobResult, embed_corpus
     from ._load import load
     from ._model import EmbeddingModel
+    from ._pool import MultiProcessPool
     from ._provenance import Fingerprint
     from ._quantize import quantize_embeddings
     from ._store import read_embeddings, write_embeddings
@@ -52,6 +54,10 @@ def __getattr__(name: str):
         from . import _job
 
         return getattr(_job, name)
+    if name == "MultiProcessPool":
+        from ._pool import MultiProcessPool
+
+        return MultiProcessPool
     if name == "Fingerprint":
         from ._provenance import Fingerprint
 
@@ -85,6 +91,8 @@ __all__ = [
     "ModelNotCachedError",
     "ModelEntry",
     "ModelNotFoundError",
+    "MultiProcessPool",
+    "PoolError",
     "ProvenanceError",
     "PublishError",
     "UnknownFormatError",

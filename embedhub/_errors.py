@@ -110,6 +110,11 @@ class JobError(EmbedhubError, ValueError):
     input or with other settings (``restart=True`` / ``--restart`` starts it over)."""
 
 
+class PoolError(EmbedhubError, RuntimeError):
+    """A multi-process pool cannot encode: a worker died or could not start (the pool is then stopped), or
+    the pool was stopped before."""
+
+
 class PublishError(EmbedhubError, ValueError):
     """A model cannot be saved or pushed: invalid repo id or revision, not a model folder, no token, ..."""
 

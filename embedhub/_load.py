@@ -73,6 +73,9 @@ def load(
     GPU and onnxruntime-gpu is installed, with ``threads`` intra-op threads); ``"auto"`` takes
     them when present, else torch. ``truncate_dim`` makes ``encode`` keep the first that many dims
     (Matryoshka models; default: the model config's, else none).
+    A folder whose configs ask for code (a custom module class in
+    ``modules.json``, an ``auto_map``) is refused, naming the file and entry, unless ``trust_remote_code=True``:
+    then its own library (sentence-transformers) loads it, and embedhub batches, checks and fingerprints it.
 
     >>> model = embedhub.load("all-MiniLM-L6-v2")          # doctest: +SKIP
     >>> model = embedhub.load("openai/clip-vit-base-patch32@main", device="cuda")  # doctest: +SKIP

@@ -19,6 +19,7 @@ from ._backends import Runner, TorchRunner
 from ._batching import check_batching, check_positive_int, plan_batches, text_windows
 from ._errors import InputError, ModalityError, PublishError, WeightsError
 from ._inputs import MAX_IMAGE_PIXELS, as_items, load_image, modality_of
+from ._pool import pooled
 from ._preprocess import ImagePreprocessor, token_lengths
 from ._quantize import check_precision, quantize_embeddings
 from ._similarity import check_similarity_fn, similarity_matrix
@@ -311,6 +312,7 @@ class EmbeddingModel:
         )
 
     # ------------------------------------------------------------------ encoding
+    @pooled
     def encode(
         self,
         inputs: Any,
@@ -335,6 +337,9 @@ class EmbeddingModel:
         longer than :attr:`max_seq_length` tokens they are truncated. Texts are tokenised a
         window of a few thousand at a time and every batch is written straight into one output
         array, so memory beyond the output does not grow with the number of inputs.
+        ``pool=`` (from :meth:`start_multi_process_pool`) or a list of devices (``device=["cuda:0",
+        "cuda:1"]``) encodes in several processes, in chunks of whole batches (``chunk_size`` inputs),
+        with exactly the single-process vectors.
 
         As in sentence-transformers: ``prompt`` (a string) or ``prompt_name`` (one of :attr:`prompts`) is
         prepended to every text, else the :attr:`default_prompt_name`'s prompt; ``task`` picks the route of a
@@ -364,10 +369,12 @@ class EmbeddingModel:
             max_image_pixels=max_image_pixels,
         )
 
+    @pooled
     def encode_text(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray | torch.Tensor:
         """:meth:`encode` restricted to text: anything else is an error naming its index."""
         return self._encode(texts, "text", **kwargs)
 
+    @pooled
     def encode_image(self, images: Any, **kwargs: Any) -> np.ndarray | torch.Tensor:
         """:meth:`encode` restricted to images: anything else is an error naming its index."""
         return self._encode(images, "image", **kwargs)
@@ -771,6 +778,24 @@ class EmbeddingModel:
 
     def config(self) -> dict[str, Any]:
         return json.loads(json.dumps(self._spec)) if self._spec else {}
+
+    # ------------------------------------------------------------------ several processes
+    def start_multi_process_pool(self, target_devices: Sequence[str] | None = None) -> Any:
+        """Start one worker process per device (default: every CUDA device when the model is on CUDA, else 4
+        CPU workers), each holding this model; pass it to ``encode(..., pool=pool)``. Stop it with
+        :meth:`stop_multi_process_pool` or a ``with`` block (see :mod:`embedhub._pool`).
+
+        >>> with model.start_multi_process_pool(["cuda:0", "cuda:1"]) as pool:  # doctest: +SKIP
+        ...     emb = model.encode(texts, pool=pool)
+        """
+        from ._pool import start_pool
+
+        return start_pool(self, target_devices)
+
+    @staticmethod
+    def stop_multi_process_pool(pool: Any) -> None:
+        """Stop the workers of a pool from :meth:`start_multi_process_pool` (a stopped pool stays stopped)."""
+        pool.stop()
 
 
 def _string_list(name: str, value: Any, what: str, *, example: str) -> list[str]:

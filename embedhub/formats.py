@@ -5,8 +5,8 @@ own :meth:`Format.matches`), the file patterns it may own (``allow_patterns``: w
 earlier save replaces), and :meth:`Format.load`, which turns a folder into a typed
 :class:`ModelParts`, opening every file through the :class:`ModelFolder` it is given. The files a
 load opens are the model's files: its fingerprint, what is downloaded for it and what
-``push_to_hub`` uploads (:func:`model_files`). Built-in formats, tried in this order: embedhub, sentence-transformers,
-open_clip, transformers CLIP.
+``push_to_hub`` uploads (:func:`model_files`). Built-in formats, tried in this order: embedhub,
+remote-code (folders that ask for code), sentence-transformers, open_clip, transformers CLIP.
 
 >>> from embedhub.formats import Format, ModelParts, register_format, format_names
 >>> class MyFormat(Format):
@@ -136,6 +136,9 @@ def _register_builtins() -> None:
 
     for module in (embedhub, sentence_transformers, open_clip, hf_clip):
         register_format(module.FORMAT)
+    from ._formats import delegated  # folders asking for code: claimed before the built-in loaders read them
+
+    register_format(delegated.FORMAT, before=sentence_transformers.FORMAT.name)
 
 
 _register_builtins()

@@ -216,7 +216,7 @@ def test_a_registered_format_loads_by_name(minilm, tmp_path):
         register_format_and_detect = detect(folder)  # noqa: F841
     register_format(NpzFormat(), before="sentence-transformers")
     try:
-        assert format_names().index("bag") == 1
+        assert format_names().index("bag") == format_names().index("sentence-transformers") - 1
         assert detect(folder).name == "bag"
         assert NpzFormat().files(folder) == ["bag.json", "bag.safetensors", "tokenizer.json"]
         model = embedhub.load(folder, device="cpu")
