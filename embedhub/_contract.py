@@ -29,6 +29,10 @@ class ModelParts:
     templates: Sequence[str] | None = None
     #: the model's config in embedhub's format, when the format can express it
     config: dict[str, Any] | None = None
+    #: sentence-transformers Router: task ("query", "document", ...) -> {modality: (tower, preprocessor)}
+    routes: dict[str, dict[str, tuple[Any, Any]]] | None = None
+    #: the task of ``routes`` used when encoding without a task
+    default_route: str | None = None
 
 
 @dataclass(frozen=True)
