@@ -188,8 +188,10 @@ class _Module:
 
     kind: str
     folder: ModelFolder
-    where: str  # e.g. "modules.json module 1" or "router_config.json route 'query' module 0"
+    where: str  # e.g. "module 1" or "Router module 'query_0_Transformer'"
     file: Path
+    #: whether the module has a folder of its own (a Normalize declared without one reads nothing)
+    own_folder: bool = True
 
 
 def module_kind(class_path: str, *, file: Path | str, where: str, trust_remote_code: bool = False) -> str:
@@ -240,9 +242,10 @@ def _entries(folder: ModelFolder, *, trust_remote_code: bool) -> list[_Module]:
             raise ConfigError(f"{file}: [{i}].kwargs: forward arguments of a module ({view.data['kwargs']!r}) "
                               "are not supported", file=str(file), key=f"[{i}].kwargs")
         path = view.str("path", "")
-        if kind in ("Normalize", "Dropout") and path and not folder.has_dir(path):  # no files of their own needed
-            folder.path(path, what=f"module {i} path")
-            out.append(_Module(kind, folder, where, file))
+        if kind in ("Normalize", "Dropout") and (not path or not folder.has_dir(path)):  # they need no files
+            if path:
+                folder.path(path, what=f"module {i} path")
+            out.append(_Module(kind, folder, where, file, own_folder=False))
             continue
         out.append(_Module(kind, folder.sub(path, what=f"module {i} path") if path else folder, where, file))
     return out
@@ -415,7 +418,7 @@ def _dense(mod: _Module, in_features: int) -> tuple[dict[str, Any], dict]:
 
 def _small_config(mod: _Module) -> ConfigView | None:
     """The config.json of a Normalize / Dropout module (they may have no folder or no file)."""
-    if mod.folder.has("config.json"):
+    if mod.own_folder and mod.folder.has("config.json"):
         return mod.folder.config("config.json")
     return None
 
