@@ -276,6 +276,37 @@ def test_model2vec_folder_loads_as_static_embedding(tmp_path, minilm_path):
     _cos_close(model.encode(TEXTS[:2]), static.encode(TEXTS[:2]))
 
 
+@pytest.mark.parametrize("max_length", [6, None])
+def test_model2vec_folder_without_modules_json_gives_model2vecs_numbers(tmp_path, minilm_path, max_length):
+    """An older model2vec layout (no modules.json): encoded as model2vec's StaticModel.encode does (unknown
+    tokens dropped, texts cut at max_length tokens, normalised as the config says)."""
+    model2vec = pytest.importorskip("model2vec")
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(minilm_path / "tokenizer.json"))
+    vocab = tok.get_vocab_size()
+    rng = np.random.default_rng(1)
+    static = model2vec.StaticModel(rng.standard_normal((40, 16)).astype(np.float32), tok, normalize=True,
+                                   weights=rng.uniform(0.5, 2, vocab).astype(np.float32),
+                                   token_mapping=rng.integers(0, 40, vocab), max_length=max_length,
+                                   config={"model_type": "model2vec", "architectures": ["StaticModel"],
+                                           "tokenizer_name": "all-MiniLM-L6-v2", "apply_pca": 16, "hidden_dim": 16})
+    folder = tmp_path / "m2v"
+    static.save_pretrained(folder)
+    (folder / "modules.json").unlink()
+    shutil.rmtree(folder / "1_Normalize", ignore_errors=True)
+    texts = [*TEXTS, "snow ☃ and 😀 ☃☃", "", "UNSEEN ☃"]
+    model = embedhub.load(folder, device="cpu")
+    assert model.format == "model2vec" and model.embed_dim == 16
+    peer = model2vec.StaticModel.from_pretrained(str(folder))
+    ref = peer.encode(texts)
+    ours = model.encode(texts, normalize=False)
+    np.testing.assert_allclose(ours, ref, atol=1e-5)
+    _edit(folder / "config.json", lambda c: c.update(head_config={"classes": ["a"]}))
+    with pytest.raises(ConfigError, match="head_config"):
+        embedhub.load(folder, device="cpu")
+
+
 # ---------------------------------------------------------------------------------------- CLIPModel
 @pytest.fixture(scope="module")
 def st_clip_legacy(tmp_path_factory, hf_clip_dir) -> Path:
@@ -399,3 +430,11 @@ def test_plain_folder_refusals_name_the_architecture(bert_hf, tmp_path, config, 
     with pytest.raises(embedhub.UnknownFormatError) as err:
         embedhub.load(folder, device="cpu")
     assert named in str(err.value) and "CLIP" not in str(err.value)
+
+
+@pytest.mark.parametrize("which", ["st_static", "st_router", "bert_hf", "st_clip_saved"])
+def test_new_layouts_save_and_load_back(request, which, tmp_path):
+    model = embedhub.load(request.getfixturevalue(which), device="cpu")
+    model.save_pretrained(tmp_path / "saved")
+    again = embedhub.load(tmp_path / "saved", device="cpu")
+    np.testing.assert_allclose(again.encode(TEXTS), model.encode(TEXTS), atol=1e-6)

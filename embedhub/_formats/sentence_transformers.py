@@ -499,7 +499,8 @@ class StaticTextPreprocessor(HFTextPreprocessor):
         return {**super().config(), "add_special_tokens": False}
 
 
-def static_embedding(folder: ModelFolder, *, what: str) -> tuple[torch.Tensor, StaticTextPreprocessor]:
+def static_embedding(folder: ModelFolder, *, what: str,
+                     integer_ok: bool = False) -> tuple[torch.Tensor, StaticTextPreprocessor]:
     """The per-token vectors and the tokenizer of a static-embedding folder (sentence-transformers'
     ``StaticEmbedding`` or model2vec: ``embedding.weight``, or ``embeddings`` with an optional ``mapping``
     and per-token ``weights``, folded as sentence-transformers folds them)."""
@@ -525,6 +526,8 @@ def static_embedding(folder: ModelFolder, *, what: str) -> tuple[torch.Tensor, S
         weights = state["embeddings"]
     if extra:
         raise WeightsError(f"{file}: unexpected tensors {extra[:5]} in a {what}")
+    if integer_ok and weights.dtype == torch.int8:  # model2vec's int8 vectors are averaged as float32
+        weights = weights.float()
     if weights.ndim != 2 or not weights.is_floating_point() or weights.shape[0] < 1:
         raise WeightsError(f"{file}: the {what} vectors must be a 2-D float tensor, found {tuple(weights.shape)} "
                            f"{weights.dtype}")
