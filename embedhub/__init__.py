@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from ._load import load
     from ._model import EmbeddingModel
     from ._provenance import Fingerprint
+    from ._quantize import quantize_embeddings
     from ._store import read_embeddings, write_embeddings
 
 
@@ -55,6 +56,10 @@ def __getattr__(name: str):
         from ._provenance import Fingerprint
 
         return Fingerprint
+    if name == "quantize_embeddings":
+        from ._quantize import quantize_embeddings
+
+        return quantize_embeddings
     if name in ("read_embeddings", "write_embeddings"):
         from . import _store
 
@@ -88,6 +93,7 @@ __all__ = [
     "list_models",
     "load",
     "model_entry",
+    "quantize_embeddings",
     "read_embeddings",
     "register_model",
     "write_embeddings",

@@ -116,11 +116,13 @@ def pipeline_tag_for(modalities: Sequence[str]) -> str:
     return "feature-extraction"
 
 
-def usage_snippet(model_id: str, modalities: Sequence[str], *, embed_dim: int | None = None) -> str:
+def usage_snippet(model_id: str, modalities: Sequence[str], *, embed_dim: int | None = None,
+                  similarity_fn_name: str = "cosine", prompts: Mapping[str, str] | None = None) -> str:
     """Python that loads ``model_id`` with ``embedhub.load`` and uses it; it runs as is.
 
     Each ``print`` carries its output as a comment (the embedding size only when ``embed_dim`` is
-    given). Images are generated with PIL, so the snippet needs no file.
+    given). Images are generated with PIL, so the snippet needs no file. A model with a ``query`` or
+    ``document`` prompt is shown with ``encode_query`` / ``encode_document``.
 
     >>> print(usage_snippet("acme/minilm-sts", ("text",), embed_dim=384))  # doctest: +ELLIPSIS
     import embedhub
@@ -137,12 +139,30 @@ def usage_snippet(model_id: str, modalities: Sequence[str], *, embed_dim: int | 
     if "image" in mods:
         lines.append("from PIL import Image")
     lines += ["", f"model = embedhub.load({json.dumps(model_id)})"]
-    if "text" in mods:
+    roles = {k for k, v in (prompts or {}).items() if v and k in ("query", "document")}
+    names = {"cosine": "cosine similarity", "dot": "dot product", "euclidean": "negative euclidean distance",
+             "manhattan": "negative manhattan distance"}
+    if similarity_fn_name not in names:
+        raise ValueError(f"similarity_fn_name must be one of {sorted(names)}, got {similarity_fn_name!r}")
+    if "text" in mods and roles:
+        lines += [
+            "queries = [\"Who plays an instrument?\"]",
+            f"documents = {json.dumps(_TEXTS)}",
+            "# each call prepends the model's own query / document prompt",
+            "query_embeddings = model.encode_query(queries)",
+            "document_embeddings = model.encode_document(documents)",
+            "print(document_embeddings.shape)" + (f"  # (3, {dim})" if dim else ""),
+            f"# {names[similarity_fn_name]} of the query with each document (the model's similarity)",
+            "scores = model.similarity(query_embeddings, document_embeddings)",
+            "print(scores.shape)  # (1, 3)",
+        ]
+    elif "text" in mods:
+        norm = "one L2-normalised row per sentence" if similarity_fn_name == "cosine" else "one row per sentence"
         lines += [
             f"sentences = {json.dumps(_TEXTS)}",
-            "embeddings = model.encode(sentences)  # one L2-normalised row per sentence",
+            f"embeddings = model.encode(sentences)  # {norm}",
             "print(embeddings.shape)" + (f"  # (3, {dim})" if dim else ""),
-            "# cosine similarity of the first sentence with the other two",
+            f"# {names[similarity_fn_name]} of the first sentence with the other two (the model's similarity)",
             "scores = model.similarity(embeddings[:1], embeddings[1:])",
             "print(scores.shape)  # (1, 2)",
         ]
@@ -158,7 +178,8 @@ def usage_snippet(model_id: str, modalities: Sequence[str], *, embed_dim: int | 
             "print(probs.shape)  # (3,)",
             "print(round(float(probs.sum()), 4))  # 1.0",
             "image_embedding = model.encode([image])",
-            "print(model.similarity(image_embedding, embeddings).shape)  # (1, 3)",
+            "print(model.similarity(image_embedding, {}).shape)  # (1, 3)".format(
+                "document_embeddings" if roles else "embeddings"),
         ]
     elif "image" in mods:
         lines += [
@@ -197,6 +218,30 @@ def _path_str(value: Any) -> str:
 
 def _cell(value: str) -> str:
     return value.replace("|", "\\|")
+
+
+def _settings_section(prompts: Mapping[str, str], default_prompt_name: str | None, similarity_fn_name: str,
+                      truncate_dim: int | None, embed_dim: int | None) -> list[str]:
+    """The card's "Prompts and similarity" section: the prompts as a table, the default prompt, the
+    similarity function and the Matryoshka width (empty when all are neutral)."""
+    shown = {k: v for k, v in prompts.items() if v}
+    if not shown and default_prompt_name is None and similarity_fn_name == "cosine" and truncate_dim is None:
+        return []
+    out = ["## Prompts and similarity", ""]
+    if shown:
+        out += ["| prompt name | prompt |", "|---|---|"]
+        out += [f"| `{_cell(k)}` | `{_cell(json.dumps(v, ensure_ascii=False)[1:-1]).replace('`', chr(39))}` |"
+                for k, v in shown.items()]
+        out += ["", "`encode(texts, prompt_name=NAME)` prepends a prompt; `encode_query` and `encode_document` "
+                    "use the `query` and `document` prompts.", ""]
+    if default_prompt_name is not None:
+        out += [f"`encode` applies the `{_cell(default_prompt_name)}` prompt when no prompt is given.", ""]
+    out += [f"Similarity function: `{similarity_fn_name}` (`model.similarity`)."]
+    if truncate_dim is not None:
+        full = f" of {embed_dim}" if embed_dim else ""
+        out += ["", f"Embeddings are truncated to their first {truncate_dim} dimensions{full} (Matryoshka); "
+                    "pass `truncate_dim=` to `embedhub.load` or `encode` for another width."]
+    return out + [""]
 
 
 def _results_table(results: Sequence[Result]) -> str:
@@ -238,13 +283,19 @@ def write_card(
     plot: str | os.PathLike | None = None,
     description: str = "",
     embed_dim: int | None = None,
+    prompts: Mapping[str, str] | None = None,
+    default_prompt_name: str | None = None,
+    similarity_fn_name: str = "cosine",
+    truncate_dim: int | None = None,
 ) -> Path:
     """Write ``folder/README.md``: the Hub's YAML metadata, then description, usage, results, config, plot.
 
     ``results`` become the ``model-index`` (one ``EvalResult`` each, ``model_name`` = ``model_id``)
     and a markdown table; ``training_config`` (a dict, a dataclass or YAML text) a ``yaml`` block;
-    ``plot`` (an image file, copied into ``folder`` when it lies outside) a linked image. A bad value
-    raises ``ValueError`` naming the field, before anything is written.
+    ``plot`` (an image file, copied into ``folder`` when it lies outside) a linked image. ``prompts``,
+    ``default_prompt_name``, ``similarity_fn_name`` and ``truncate_dim`` (the model's own) are shown in a
+    "Prompts and similarity" section and used by the usage snippet. A bad value raises ``ValueError``
+    naming the field, before anything is written.
 
     >>> write_card("my-model", model_id="acme/lit-fashion", modalities=("text", "image"),
     ...            base_model="google/efficientnet-lite0", datasets=["fashion_mnist"],
@@ -281,7 +332,19 @@ def write_card(
             raise ValueError(f"results[{i}] repeats {r.label!r} ({r.metric_type}) on {r.dataset_type!r} ({r.split}); "
                              "each figure goes into the model-index once")
         seen.add(key)
-    snippet = usage_snippet(model_id, mods, embed_dim=embed_dim)
+    prompts = dict(prompts or {})
+    for name, text in prompts.items():
+        if not isinstance(name, str) or not name or not isinstance(text, str):
+            raise ValueError(f"prompts must map prompt names to prompt strings, got {name!r}: {text!r}")
+    if default_prompt_name is not None and default_prompt_name not in prompts:
+        raise ValueError(f"default_prompt_name {default_prompt_name!r} is not one of the prompts {sorted(prompts)}")
+    if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int)
+                                     or truncate_dim < 1):
+        raise ValueError(f"truncate_dim must be None or a positive int, got {truncate_dim!r}")
+    shown_dim = truncate_dim if truncate_dim is not None else embed_dim
+    snippet = usage_snippet(model_id, mods, embed_dim=shown_dim, similarity_fn_name=similarity_fn_name,
+                            prompts=prompts)
+    settings = _settings_section(prompts, default_prompt_name, similarity_fn_name, truncate_dim, embed_dim)
     config = _config_block(training_config) if training_config is not None else None
 
     all_tags = list(dict.fromkeys(["embedhub", *(MODALITY_TAGS[m] for m in mods), *extra_tags]))
@@ -308,7 +371,7 @@ def write_card(
             if base_model else "") + "."
     )
     body = [f"# {model_id}", "", intro, "", "## Usage", "", "```bash", "pip install embedhub", "```", "",
-            "```python", snippet.rstrip(), "```", ""]
+            "```python", snippet.rstrip(), "```", "", *settings]
     if results:
         body += ["## Results", "", _results_table(results), ""]
     if config is not None:

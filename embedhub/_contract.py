@@ -29,9 +29,21 @@ class ModelParts:
     templates: Sequence[str] | None = None
     #: the model's config in embedhub's format, when the format can express it
     config: dict[str, Any] | None = None
-    #: sentence-transformers Router: task ("query", "document", ...) -> {modality: (tower, preprocessor)}
+    #: named prompts (``{"query": "query: "}``) prepended to texts by ``encode(prompt_name=...)``
+    prompts: dict[str, str] | None = None
+    #: the prompt ``encode`` applies when no prompt or prompt name is given
+    default_prompt_name: str | None = None
+    #: "cosine", "dot", "euclidean" or "manhattan": what ``similarity`` computes and whether encode normalises
+    similarity_fn_name: str | None = None
+    #: the width ``encode`` truncates to by default (Matryoshka models)
+    truncate_dim: int | None = None
+    #: SigLIP's learned bias of the image-text logits
+    logit_bias: float | None = None
+    #: whether the towers end in an L2 normalisation (a Normalize module); ``None``: read from the towers
+    normalized: bool | None = None
+    #: task ("query", "document", ...) -> {modality: (tower, preprocessor)}: towers chosen by ``encode(task=...)``
     routes: dict[str, dict[str, tuple[Any, Any]]] | None = None
-    #: the task of ``routes`` used when encoding without a task
+    #: the route of a call without a task (or with a task that names no route and no default exists: an error)
     default_route: str | None = None
 
 

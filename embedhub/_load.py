@@ -63,6 +63,7 @@ def load(
     token: str | bool | None = None,
     trust_remote_code: bool = False,
     threads: int | None = None,
+    truncate_dim: int | None = None,
 ) -> EmbeddingModel:
     """Load an embedding model by Hub repo id (``org/name[@revision]``), local folder or alias.
 
@@ -70,13 +71,17 @@ def load(
     the files; weights load from safetensors only, strictly. ``backend="onnx"`` runs the ONNX
     graphs of a folder written by ``embedhub export`` on ONNX Runtime (CUDA when ``device`` is a
     GPU and onnxruntime-gpu is installed, with ``threads`` intra-op threads); ``"auto"`` takes
-    them when present, else torch.
+    them when present, else torch. ``truncate_dim`` makes ``encode`` keep the first that many dims
+    (Matryoshka models; default: the model config's, else none).
 
     >>> model = embedhub.load("all-MiniLM-L6-v2")          # doctest: +SKIP
     >>> model = embedhub.load("openai/clip-vit-base-patch32@main", device="cuda")  # doctest: +SKIP
     """
     if backend not in ("torch", "onnx", "auto"):
         raise ValueError(f"backend {backend!r} is not available; supported: 'torch', 'onnx', 'auto'")
+    if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int)
+                                     or truncate_dim < 1):
+        raise ValueError(f"truncate_dim must be None or a positive integer; got {truncate_dim!r}")
     dev, dt = _device(device), _dtype(dtype)
     from .formats import LoadOptions, detect
 
@@ -111,6 +116,14 @@ def load(
         spec=parts.config,
         repo_id=src.repo_id,
         revision=(_snapshot_revision(folder) if src.repo_id is not None else None) or src.revision,
+        prompts=parts.prompts,
+        default_prompt_name=parts.default_prompt_name,
+        similarity_fn_name=parts.similarity_fn_name,
+        truncate_dim=truncate_dim if truncate_dim is not None else parts.truncate_dim,
+        logit_bias=parts.logit_bias,
+        normalized=parts.normalized,
+        routes=parts.routes,
+        default_route=parts.default_route,
     )
     from ._contract import remember
 

@@ -48,7 +48,11 @@ class Fingerprint:
     (SHA-256 of the names and contents of the files the folder's format needs) or ``"memory:<16 hex>"``
     (SHA-256 of the weights and config of a model never saved). ``dtype`` is ``fp32``/``fp16``/``bf16``
     for torch, the export precision (``fp32``/``fp16``/``int8``) for ONNX. ``pooling`` is the text
-    tower's pooling (``"mean"``, ``"cls+max"``) or ``None``; ``normalized`` whether encode L2-normalised.
+    tower's pooling (``"mean"``, ``"cls+max"``) or ``None``; ``normalized`` whether encode L2-normalised;
+    ``dim`` the width of the vectors (after Matryoshka truncation); ``precision`` their output precision
+    (``float32``, ``int8``, ``uint8``, ``binary``, ``ubinary``). ``role`` is the prompt they were encoded with
+    (``"query"``, ``"document"``, ``"prompt:<16 hex>"`` for a literal prompt, ``None``): recorded, but not
+    part of the :attr:`id` and never a difference, so query and document vectors of one model compare.
 
     >>> fp = Fingerprint("hub:org/name", "a" * 40, "embedhub", "onnx", "int8", "mean", True, 384)
     >>> fp.with_normalized(False).normalized, fp.with_normalized(False).id != fp.id
@@ -63,19 +67,34 @@ class Fingerprint:
     pooling: str | None
     normalized: bool
     dim: int
+    precision: str = "float32"
+    role: str | None = None
 
     def __post_init__(self) -> None:
         _validate(asdict(self), path=None)
 
+    def _stored(self) -> dict[str, Any]:
+        """The parts as stored: ``precision`` only when not float32, ``role`` only when set (so fingerprints
+        of float32 vectors read and hash as they did before precision was recorded)."""
+        parts = asdict(self)
+        if parts["precision"] == "float32":
+            del parts["precision"]
+        if parts["role"] is None:
+            del parts["role"]
+        return parts
+
     @property
     def id(self) -> str:
-        """``"eh1-"`` + 16 hex of the SHA-256 of the canonical JSON of the parts: short, stable across runs."""
-        canonical = json.dumps(asdict(self), sort_keys=True, separators=(",", ":"), ensure_ascii=True)
+        """``"eh1-"`` + 16 hex of the SHA-256 of the canonical JSON of the parts (``role`` left out): short,
+        stable across runs."""
+        parts = self._stored()
+        parts.pop("role", None)
+        canonical = json.dumps(parts, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
         return f"{SCHEME}-{hashlib.sha256(canonical.encode()).hexdigest()[:16]}"
 
     def to_dict(self) -> dict[str, Any]:
         """The parts and the ``id``, as stored in files (JSON-ready)."""
-        return {"id": self.id, **asdict(self)}
+        return {"id": self.id, **self._stored()}
 
     def to_json(self) -> str:
         """:meth:`to_dict` as compact JSON with sorted keys."""
@@ -93,8 +112,8 @@ class Fingerprint:
             raise ProvenanceError(
                 f"{where}stored fingerprint must be a JSON object, found {type(data).__name__}", path=path
             )
-        names = [f.name for f in fields(cls)]
-        unknown = sorted(set(map(str, data)) - {*names, "id"})
+        names = [f.name for f in fields(cls) if f.name not in _OPTIONAL]
+        unknown = sorted(set(map(str, data)) - {*names, *_OPTIONAL, "id"})
         if unknown:
             raise ProvenanceError(
                 f"{where}stored fingerprint has unknown field(s) {', '.join(map(repr, unknown))}; "
@@ -108,6 +127,9 @@ class Fingerprint:
                 f"{where}stored fingerprint lacks field(s) {', '.join(map(repr, missing))}", path=path, field=missing[0]
             )
         parts = {n: data[n] for n in names}
+        parts.update({n: data[n] for n in _OPTIONAL if n in data})
+        parts.setdefault("precision", "float32")
+        parts.setdefault("role", None)
         _validate(parts, path=path)
         fp = cls(**parts)
         if "id" in data and data["id"] != fp.id:
@@ -135,12 +157,16 @@ class Fingerprint:
         """The same fingerprint for vectors encoded with ``normalize=flag``."""
         return replace(self, normalized=bool(flag))
 
+    def with_role(self, role: str | None) -> Fingerprint:
+        """The same fingerprint with another prompt role (same :attr:`id`)."""
+        return replace(self, role=role)
+
     def differences(self, other: Fingerprint) -> dict[str, tuple[Any, Any]]:
-        """``{part: (self's value, other's value)}`` for every part that differs."""
+        """``{part: (self's value, other's value)}`` for every part that differs (``role`` never counts)."""
         return {
             f.name: (getattr(self, f.name), getattr(other, f.name))
             for f in fields(self)
-            if getattr(self, f.name) != getattr(other, f.name)
+            if f.name != "role" and getattr(self, f.name) != getattr(other, f.name)
         }
 
     def check(self, other: Fingerprint, *, what: str, expected: str = "model", found: str = "stored") -> None:
@@ -162,6 +188,12 @@ class Fingerprint:
         )
         exc.expected, exc.found, exc.differences = self, other, diff
         raise exc
+
+
+#: parts a stored fingerprint may leave out (older records): precision float32, no role
+_OPTIONAL = ("precision", "role")
+#: the precisions a fingerprint names
+PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 
 
 def _validate(parts: dict[str, Any], *, path: str | os.PathLike | None) -> None:
@@ -193,11 +225,17 @@ def _validate(parts: dict[str, Any], *, path: str | os.PathLike | None) -> None:
     dim = parts["dim"]
     if isinstance(dim, bool) or not isinstance(dim, int) or not 1 <= dim <= 1 << 20:
         raise bad("dim", "an integer from 1 to 1048576")
+    if parts.get("precision", "float32") not in PRECISIONS:
+        raise bad("precision", f"one of {', '.join(map(repr, PRECISIONS))}")
+    role = parts.get("role")
+    if role is not None and (not isinstance(role, str) or not role or len(role) > 256):
+        raise bad("role", "null or a non-empty string of at most 256 characters")
 
 
 # ---------------------------------------------------------------------------------------------- models
 def fingerprint_of(model: EmbeddingModel) -> Fingerprint:
-    """The fingerprint of ``model`` as loaded (with encode's default, ``normalized=True``).
+    """The fingerprint of ``model`` as loaded, for what ``encode`` returns by default: the model's own
+    normalisation (``normalize=None``), its default truncation, float32, no prompt role.
 
     The source is the Hub repo when the model is a Hub snapshot at a commit, else the content hash
     of the files its load opened (``model.source_files``, recorded by :func:`embedhub.load`), else
@@ -242,8 +280,8 @@ def fingerprint_of(model: EmbeddingModel) -> Fingerprint:
         backend=str(model.backend),
         dtype=_dtype_name(model),
         pooling=_pooling(model),
-        normalized=True,
-        dim=int(model.embed_dim),
+        normalized=bool(model.default_normalize()) if hasattr(model, "default_normalize") else True,
+        dim=int(getattr(model, "truncate_dim", None) or model.embed_dim),
     )
 
 
@@ -352,14 +390,37 @@ def _file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def model_settings(model: Any) -> dict[str, Any]:
+    """The model's prompts, default prompt, similarity function and truncation that differ from the
+    neutral ones (no prompts, cosine, full width)."""
+    out: dict[str, Any] = {}
+    prompts = {k: v for k, v in (getattr(model, "prompts", None) or {}).items() if v}
+    if prompts:
+        out["prompts"] = prompts
+    if getattr(model, "default_prompt_name", None):
+        out["default_prompt_name"] = model.default_prompt_name
+    if getattr(model, "similarity_fn_name", "cosine") != "cosine":
+        out["similarity_fn_name"] = model.similarity_fn_name
+    if getattr(model, "truncate_dim", None):
+        out["truncate_dim"] = model.truncate_dim
+    return out
+
+
 def memory_hash(model: EmbeddingModel) -> str:
     """16 hex of the SHA-256 over the torch state dict (names, dtypes, shapes, bytes) and the config."""
     import torch
 
     digest = hashlib.sha256()
     config = {"config": model.config(), "embed_dim": int(model.embed_dim), "format": str(model.format)}
+    settings = model_settings(model)
+    if settings:  # prompts, similarity and truncation change the vectors or how they compare
+        config["settings"] = settings
     digest.update(json.dumps(config, sort_keys=True, default=str).encode() + b"\n")
-    for name, tensor in sorted(model.towers.state_dict().items()):
+    state = dict(model.towers.state_dict())
+    routes = getattr(model, "route_towers", None)
+    if routes is not None and len(routes):
+        state.update({f"routes.{k}": v for k, v in routes.state_dict().items()})
+    for name, tensor in sorted(state.items()):
         t = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}\0{t.dtype}\0{tuple(t.shape)}\n".encode())
         digest.update(t.reshape(-1).view(torch.uint8).numpy() if t.numel() else b"")

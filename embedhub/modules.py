@@ -98,14 +98,18 @@ class Pooling(nn.Module):
     torch.Size([2, 4])
     """
 
-    def __init__(self, modes: list[str]):
+    def __init__(self, modes: list[str], *, include_prompt: bool = True):
         super().__init__()
         bad = [m for m in modes if m not in POOLING_MODES]
         if bad or not modes:
             raise ValueError(f"unknown pooling mode(s) {bad or modes}; expected some of {POOLING_MODES}")
         self.modes = list(modes)
+        #: ``False``: the prompt's tokens are left out of the pooling (sentence-transformers' include_prompt)
+        self.include_prompt = bool(include_prompt)
 
-    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor, prompt_length: Any = None) -> torch.Tensor:
+        if prompt_length is not None and not self.include_prompt and int(prompt_length) > 0:
+            return self._without_prompt(tokens, mask, int(prompt_length))
         out = []
         maskf = mask.unsqueeze(-1).to(tokens.dtype)
         for mode in self.modes:
@@ -124,6 +128,29 @@ class Pooling(nn.Module):
             else:  # lasttoken (right padding)
                 last = mask.sum(dim=1).clamp(min=1) - 1
                 out.append(tokens[torch.arange(tokens.shape[0], device=tokens.device), last])
+        return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
+
+    def _without_prompt(self, tokens: torch.Tensor, mask: torch.Tensor, prompt_length: int) -> torch.Tensor:
+        """Pooling with the first ``prompt_length`` tokens masked out (right-padded batches), exactly as
+        sentence-transformers' Pooling does with ``include_prompt=False``: ``cls`` takes the first token
+        after the prompt, ``weightedmean`` keeps each token's original position weight, ``lasttoken`` is zero
+        when no token is left."""
+        mask = mask.clone()
+        mask[:, :prompt_length] = 0
+        maskf = mask.unsqueeze(-1).to(tokens.dtype)
+        out = []
+        for mode in self.modes:
+            if mode == "cls":
+                first = mask.to(torch.int).argmax(dim=1)
+                out.append(tokens[torch.arange(tokens.shape[0], device=tokens.device), first])
+            elif mode == "lasttoken":
+                seq_len = tokens.shape[1]
+                values, indices = mask.flip(1).max(1)
+                indices = torch.where(values == 0, seq_len - 1, indices)
+                last = seq_len - indices - 1
+                out.append((tokens * maskf)[torch.arange(tokens.shape[0], device=tokens.device), last])
+            else:
+                out.append(Pooling([mode])(tokens, mask))
         return torch.cat(out, dim=-1) if len(out) > 1 else out[0]
 
 
@@ -322,7 +349,7 @@ class TransformersTextTower(Tower):
 
     kind = "transformers"
     modality = "text"
-    config_keys = ("backbone", "pooling", "head")
+    config_keys = ("backbone", "pooling", "head", "include_prompt")
 
     def __init__(self, backbone: nn.Module, pooling: Pooling, head: Head):
         super().__init__()
@@ -330,8 +357,11 @@ class TransformersTextTower(Tower):
         self.pooling = pooling
         self.head = head
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                prompt_length: torch.Tensor | None = None) -> torch.Tensor:
         hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        if prompt_length is not None:  # only for pooling that leaves the prompt out
+            return self.head(self.pooling(hidden, attention_mask, prompt_length))
         return self.head(self.pooling(hidden, attention_mask))
 
     @property
@@ -339,7 +369,10 @@ class TransformersTextTower(Tower):
         return self.head.output_dim(int(self.backbone.config.hidden_size) * len(self.pooling.modes))
 
     def get_config(self) -> dict[str, Any]:
-        return {"backbone": {"library": "transformers"}, "pooling": list(self.pooling.modes), "head": self.head.spec()}
+        cfg = {"backbone": {"library": "transformers"}, "pooling": list(self.pooling.modes), "head": self.head.spec()}
+        if not self.pooling.include_prompt:
+            cfg["include_prompt"] = False
+        return cfg
 
     def save_files(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -358,7 +391,8 @@ class TransformersTextTower(Tower):
         bb.only({"library"}, what="backbone key")
         bb.str("library", "transformers", choices=["transformers"])
         backbone = AutoModel.from_config(transformers_config(folder, trust_remote_code=trust_remote_code))
-        pooling = Pooling(config.strings("pooling", choices=POOLING_MODES))
+        pooling = Pooling(config.strings("pooling", choices=POOLING_MODES),
+                          include_prompt=config.bool("include_prompt", True))
         head = Head.from_config(config, int(backbone.config.hidden_size) * len(pooling.modes))
         return cls(backbone, pooling, head)
 

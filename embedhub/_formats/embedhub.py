@@ -2,7 +2,8 @@
 
 Layout::
 
-    embedhub_config.json   # format version, embed_dim, logit_scale, templates, one entry per tower
+    embedhub_config.json   # format version, embed_dim, logit_scale, templates, prompts, default_prompt_name,
+                           # similarity_fn_name, truncate_dim, one entry per tower
     model.safetensors      # every torch tower's weights, keys prefixed "text." / "image."
     text/config.json       # transformers config of the text backbone
     text/tokenizer.json    # fast tokenizer (or open_clip's tokenizer files)
@@ -34,6 +35,7 @@ from .._errors import UnknownFormatError, WeightsError
 from .._folder import ConfigView, ModelFolder
 from .._manifest import EMBEDHUB_LEGACY, has_record, record
 from .._preprocess import load_preprocessor
+from .._similarity import SIMILARITY_FNS
 from .._weights import check_config_fits, find_safetensors, header_shapes, load_strict, read_safetensors
 from ..modules import Tower, is_saveable, tower_class, tower_kinds
 
@@ -66,11 +68,31 @@ def read_config(folder: ModelFolder) -> tuple[ConfigView, dict[str, ConfigView]]
         ok = isinstance(templates, list) and all(isinstance(t, str) and t.count("{}") == 1 for t in templates)
         if not ok:
             raise cfg.error("templates", "a list of strings with one '{}' each", templates)
+    _settings(cfg)
     towers = cfg.view("towers")
     if not towers.data:
         raise towers.error("towers", "at least one tower (text, image)", {})
     towers.only({"text", "image"}, what="modality")
     return cfg, {m: towers.view(m) for m in towers.keys()}
+
+
+def _settings(cfg: ConfigView) -> dict[str, Any]:
+    """The model-level settings of ``embedhub_config.json``, checked: ``prompts`` (names to bounded
+    strings), ``default_prompt_name`` (one of them), ``similarity_fn_name``, ``truncate_dim`` (1 to
+    ``embed_dim``); absent keys are the neutral settings."""
+    from . import _st_config
+
+    prompts = _st_config.check_prompts(cfg, nulls=False)
+    default = _st_config.check_default_prompt_name(cfg, {**_st_config.DEFAULT_PROMPTS, **prompts})
+    return {"prompts": prompts, "default_prompt_name": default,
+            "similarity_fn_name": cfg.str("similarity_fn_name", "cosine", choices=SIMILARITY_FNS),
+            "truncate_dim": _st_config.check_truncate_dim(cfg, cfg.int("embed_dim", min=1, max=1 << 16))}
+
+
+def _ends_normalized(specs: dict[str, ConfigView]) -> bool:
+    """Whether every tower entry's head ends in a normalisation (what its ONNX graph does too)."""
+    heads = [s.data.get("head") for s in specs.values()]
+    return bool(heads) and all(isinstance(h, dict) and h.get("normalize") is True for h in heads)
 
 
 def _kind(spec: ConfigView) -> str | None:
@@ -160,7 +182,8 @@ def load(
                 "max_length", f"at most {positions} (the text backbone's max_position_embeddings)",
                 text_pre.max_length)
     return ModelParts(towers=towers, preprocessors=pre, embed_dim=embed_dim, logit_scale=cfg.data.get("logit_scale"),
-                      templates=cfg.data.get("templates"), config=cfg.data)
+                      templates=cfg.data.get("templates"), config=cfg.data, normalized=_ends_normalized(specs),
+                      **_settings(cfg))
 
 
 def _check_fits(folder: ModelFolder, specs: dict[str, ConfigView]) -> None:
@@ -264,15 +287,21 @@ def _write_sentence_transformers(model: EmbeddingModel, folder: Path) -> None:
 
     pad = pre.tokenizer.id_to_token(pre.pad_id)
     dump("text/sentence_bert_config.json", {"max_seq_length": pre.max_length, "do_lower_case": pre.lowercase})
+    # the tokenizer's special tokens named, so that transformers counts them as special as embedhub does
+    # (sentence-transformers' prompt length leaves a trailing special token out)
+    specials = [t.content for i, t in sorted(pre.tokenizer.get_added_tokens_decoder().items())
+                if t.special and t.content != pad]
     dump("text/tokenizer_config.json", {"tokenizer_class": "PreTrainedTokenizerFast",
                                         "model_max_length": pre.max_length,
-                                        **({"pad_token": pad} if pad is not None else {})})
+                                        **({"pad_token": pad} if pad is not None else {}),
+                                        **({"extra_special_tokens": specials} if specials else {})})
     modules = [{"idx": 0, "name": "0", "path": "text", "type": "sentence_transformers.models.Transformer"}]
     flags = {"cls": "cls_token", "max": "max_tokens", "mean": "mean_tokens",
              "mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "weightedmean": "weightedmean_tokens",
              "lasttoken": "lasttoken"}
     dump("1_Pooling/config.json", {"word_embedding_dimension": hidden,
-                                   **{f"pooling_mode_{v}": k in tower.pooling.modes for k, v in flags.items()}})
+                                   **{f"pooling_mode_{v}": k in tower.pooling.modes for k, v in flags.items()},
+                                   **({} if tower.pooling.include_prompt else {"include_prompt": False})})
     modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
     for layer in tower.head:
         i = len(modules)
@@ -288,8 +317,12 @@ def _write_sentence_transformers(model: EmbeddingModel, folder: Path) -> None:
             modules.append({"idx": i, "name": str(i), "path": f"{i}_Normalize",
                             "type": "sentence_transformers.models.Normalize"})
     dump("modules.json", modules)
-    dump("config_sentence_transformers.json", {"__version__": {"embedhub": __version__}, "prompts": {},
-                                               "default_prompt_name": None, "similarity_fn_name": "cosine"})
+    settings = {"__version__": {"embedhub": __version__}, "model_type": "SentenceTransformer",
+                "prompts": dict(model.prompts), "default_prompt_name": model.default_prompt_name,
+                "similarity_fn_name": model.similarity_fn_name}
+    if model.truncate_dim is not None:
+        settings["truncate_dim"] = model.truncate_dim
+    dump("config_sentence_transformers.json", settings)
 
 
 def tower_entry(tower: Any) -> dict[str, Any]:
@@ -368,6 +401,7 @@ def write(
             "templates": list(model.templates) if set(model.modalities) == {"text", "image"} else None,
             "towers": specs,
         }
+        cfg.update(_model_settings(model))
         if extra is not None:
             extra(tmp, cfg)
         (tmp / MARKER).write_text(json.dumps(cfg, indent=2) + "\n")
@@ -383,6 +417,22 @@ def write(
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return folder
+
+
+def _model_settings(model: EmbeddingModel) -> dict[str, Any]:
+    """The settings ``embedhub_config.json`` records beside the towers (only those that are not neutral, so
+    folders of models without prompts stay as they were)."""
+    out: dict[str, Any] = {}
+    prompts = dict(getattr(model, "prompts", None) or {})
+    if any(prompts.values()) or getattr(model, "default_prompt_name", None) is not None:
+        out["prompts"] = prompts
+    if getattr(model, "default_prompt_name", None) is not None:
+        out["default_prompt_name"] = model.default_prompt_name
+    if getattr(model, "similarity_fn_name", "cosine") != "cosine":
+        out["similarity_fn_name"] = model.similarity_fn_name
+    if getattr(model, "truncate_dim", None) is not None:
+        out["truncate_dim"] = model.truncate_dim
+    return out
 
 
 def check_writable(folder: Path) -> None:

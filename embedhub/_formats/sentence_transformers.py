@@ -385,7 +385,8 @@ def _pooling(mod: _Module, width: int) -> tuple[Pooling, bool]:
         dim = cfg.int(key, None, min=1)
         if dim is not None and dim != width:
             raise cfg.error(key, f"{width} (the width of the token embeddings)", dim)
-    return Pooling(pooling_modes(cfg)), cfg.bool("include_prompt", True)
+    include_prompt = cfg.bool("include_prompt", True)
+    return Pooling(pooling_modes(cfg), include_prompt=include_prompt), include_prompt
 
 
 def _dense(mod: _Module, in_features: int) -> tuple[dict[str, Any], dict]:
@@ -776,16 +777,22 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> Mode
         if mod.kind == "Router":
             raise ConfigError(f"{mod.file}: {mod.where} is a Router; embedhub loads a Router as the first module",
                               file=str(mod.file), key=mod.where)
+    from . import _st_config
+
     if mods[0].kind == "Router":
         routes, default_task, pipelines = _router(mods[0], mods[1:], trust_remote_code=trust_remote_code)
         towers = {m: tp[0] for m, tp in routes[default_task].items()}
         pre = {m: tp[1] for m, tp in routes[default_task].items()}
         width = next(iter(pipelines.values())).width
+        settings = _st_config.read(folder, width=width)  # config_sentence_transformers.json
         return ModelParts(towers=towers, preprocessors=pre, embed_dim=width, routes=routes,
-                          default_route=default_task)
+                          default_route=default_task, normalized=all(p.normalized for p in pipelines.values()),
+                          **_st_config.parts_kwargs(settings))
     pipe = _pipeline(mods, trust_remote_code=trust_remote_code)
+    settings = _st_config.read(folder, width=pipe.width)  # config_sentence_transformers.json
     return ModelParts(towers=pipe.towers, preprocessors=pipe.preprocessors, embed_dim=pipe.width,
-                      logit_scale=pipe.logit_scale, config=pipe.spec)
+                      logit_scale=pipe.logit_scale, config=pipe.spec, normalized=pipe.normalized,
+                      **_st_config.parts_kwargs(settings))
 
 
 class SentenceTransformersFormat(Format):
