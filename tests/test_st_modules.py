@@ -385,6 +385,15 @@ def test_router_routes_match_encode_query_and_document(st_router):
     _cos_close(embedhub.load(st_router, device="cpu").encode(TEXTS), peer.encode(TEXTS))
 
 
+def test_router_through_encode_query_and_encode_document(st_router):
+    model, peer = embedhub.load(st_router, device="cpu"), _peer(st_router)
+    assert set(model.routes) == {"query", "document"} and model.default_route == "document"
+    _cos_close(model.encode_query(TEXTS), peer.encode_query(TEXTS))
+    _cos_close(model.encode_document(TEXTS), peer.encode_document(TEXTS))
+    _cos_close(model.encode(TEXTS, task="query"), peer.encode(TEXTS, task="query"))
+    _cos_close(model.encode(TEXTS), peer.encode(TEXTS))
+
+
 def test_router_default_route_and_mappings(st_router, tmp_path):
     from embedhub._formats import sentence_transformers as fmt
 
