@@ -431,7 +431,9 @@ def test_clip_config_still_goes_to_the_clip_format(hf_clip_dir):
 @pytest.mark.parametrize(("config", "named"), [
     ({"model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]}, "Qwen2ForCausalLM"),
     ({"model_type": "no-such-architecture"}, "no-such-architecture"),
-    ({"model_type": "siglip", "architectures": ["SiglipModel"]}, "SiglipModel"),
+    ({"model_type": "vit", "architectures": ["ViTModel"]}, "ViTModel"),
+    ({"model_type": "t5", "architectures": ["T5ForConditionalGeneration"]}, "T5ForConditionalGeneration"),
+    ({"model_type": "blip", "architectures": ["BlipModel"]}, "BlipModel"),
 ])
 def test_plain_folder_refusals_name_the_architecture(bert_hf, tmp_path, config, named):
     folder = _copy(bert_hf, tmp_path / "m")

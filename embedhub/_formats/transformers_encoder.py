@@ -39,6 +39,35 @@ def _architecture(view) -> str:
     return f"{arch} ({model_type})" if arch else model_type
 
 
+def _check_text_encoder(view, cls, what: str) -> None:
+    """Refuse architectures that are not text encoders embedhub can mean-pool, naming the architecture."""
+    import inspect
+
+    from transformers.models.auto.modeling_auto import MODEL_MAPPING
+
+    sub = set(getattr(cls, "sub_configs", {}) or {})
+    if sub & {"vision_config", "audio_config", "text_config"}:
+        raise ConfigError(
+            f"{view.file}: {what} is not a text encoder embedhub can mean-pool (it has {sorted(sub)}); no "
+            "format embedhub registers loads this architecture", file=str(view.file), key="model_type",
+        )
+    if getattr(cls, "is_encoder_decoder", False) or view.data.get("is_encoder_decoder"):
+        raise ConfigError(
+            f"{view.file}: {what} is an encoder-decoder model; sentence-transformers embeds with its encoder "
+            "only, which embedhub does not rebuild", file=str(view.file), key="model_type",
+        )
+    try:
+        model_cls = MODEL_MAPPING[cls]
+    except (KeyError, ValueError):
+        raise ConfigError(f"{view.file}: {what} has no base model class in the installed transformers; no format "
+                          "embedhub registers loads it", file=str(view.file), key="model_type") from None
+    if "input_ids" not in inspect.signature(model_cls.forward).parameters:
+        raise ConfigError(
+            f"{view.file}: {what} ({model_cls.__name__}) does not take text (input_ids); no format embedhub "
+            "registers loads this architecture", file=str(view.file), key="model_type",
+        )
+
+
 def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> ModelParts:
     """A mean-pooled transformers text encoder, as sentence-transformers builds one for a folder without
     ``modules.json``."""
@@ -56,12 +85,8 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> Mode
             "sentence-transformers to give it one)", file=str(view.file), key="architectures",
         )
     cls = _config_class(model_type)
-    sub = set(getattr(cls, "sub_configs", {}) or {}) if cls is not None else set()
-    if sub & {"vision_config", "audio_config", "text_config"}:
-        raise ConfigError(
-            f"{view.file}: {what} is not a text encoder embedhub can mean-pool (it has {sorted(sub)}); no "
-            "format embedhub registers loads this architecture", file=str(view.file), key="model_type",
-        )
+    if cls is not None:
+        _check_text_encoder(view, cls, what)
     if not (folder.has("tokenizer.json") or folder.has("tokenizer_config.json")):
         raise UnknownFormatError(f"{folder.root}: {what} has no tokenizer (tokenizer.json or tokenizer_config.json)")
     backbone = build_transformers(folder, "AutoModel", what=f"transformers encoder {what}",
