@@ -80,6 +80,7 @@ def test_custom_module_classes_are_refused_by_full_path(st_text, tmp_path, kind)
     msg = str(err.value)
     assert "modules.json" in msg and f"module {index}" in msg and repr(kind) in msg
     assert "trust_remote_code=True" in msg and "sentence-transformers" in msg
+    assert err.value.key == f"[{index}].type" and Path(err.value.file).name == "modules.json"
     # sentence-transformers refuses it as well without trust_remote_code
     with pytest.raises(ValueError, match="trust_remote_code"):
         _peer(folder)

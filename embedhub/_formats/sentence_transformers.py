@@ -194,7 +194,8 @@ class _Module:
     own_folder: bool = True
 
 
-def module_kind(class_path: str, *, file: Path | str, where: str, trust_remote_code: bool = False) -> str:
+def module_kind(class_path: str, *, file: Path | str, where: str, key: str | None = None,
+                trust_remote_code: bool = False) -> str:
     """The kind of the module class ``class_path`` (its full path, as :data:`MODULE_CLASSES` lists it);
     a :class:`ConfigError` naming ``file``, ``where`` and the class for anything else.
 
@@ -204,25 +205,26 @@ def module_kind(class_path: str, *, file: Path | str, where: str, trust_remote_c
     kind = MODULE_CLASSES.get(class_path)
     if kind is not None:
         return kind
+    key = key or where
     name = class_path.rsplit(".", 1)[-1]
     if class_path.startswith(f"{_ST}.") and name in REFUSED_CLASSES:
         raise ConfigError(f"{file}: {where} is sentence-transformers' {name} ({class_path!r}): "
-                          f"{REFUSED_CLASSES[name]}", file=str(file), key=where)
+                          f"{REFUSED_CLASSES[name]}", file=str(file), key=key)
     if class_path.startswith(f"{_ST}."):
         raise ConfigError(
             f"{file}: {where} has type {class_path!r}, which is not a module class of sentence-transformers "
             f"that embedhub loads (supported: {', '.join(sorted(set(MODULE_CLASSES.values())))})",
-            file=str(file), key=where,
+            file=str(file), key=key,
         )
     if trust_remote_code:
         raise ConfigError(
             f"{file}: {where} has type {class_path!r}, a custom module class (code shipped with the model); "
-            "embedhub cannot rebuild it, so only its owning library can run it", file=str(file), key=where,
+            "embedhub cannot rebuild it, so only its owning library can run it", file=str(file), key=key,
         )
     raise ConfigError(
         f"{file}: {where} has type {class_path!r}, a custom module class: loading it runs code from the model "
         "folder. embedhub never runs such code unless you pass trust_remote_code=True, which runs the folder's "
-        "code through sentence-transformers", file=str(file), key=where,
+        "code through sentence-transformers", file=str(file), key=key,
     )
 
 
@@ -236,7 +238,7 @@ def _entries(folder: ModelFolder, *, trust_remote_code: bool) -> list[_Module]:
         view = ConfigView(m, file, prefix=f"[{i}].")
         view.only({"idx", "name", "path", "type", "kwargs"}, what="module key")
         where = f"module {i}"
-        kind = module_kind(view.str("type"), file=file, where=f"{where} ([{i}].type)",
+        kind = module_kind(view.str("type"), file=file, where=f"{where} ([{i}].type)", key=f"[{i}].type",
                            trust_remote_code=trust_remote_code)
         if view.data.get("kwargs"):
             raise ConfigError(f"{file}: [{i}].kwargs: forward arguments of a module ({view.data['kwargs']!r}) "
@@ -700,8 +702,8 @@ def _router(mod: _Module, rest: list[_Module], *, trust_remote_code: bool):
     params.only({"default_route", "allow_empty_key", "route_mappings"}, what="Router parameter")
     built: dict[str, _Module] = {}
     for model_id in types.keys():
-        kind = module_kind(types.str(model_id), file=cfg.file, where=f"types.{model_id}",
-                           trust_remote_code=trust_remote_code)
+        kind = module_kind(types.str(model_id), file=cfg.file, where=f"Router module {model_id!r} (types.{model_id})",
+                           key=f"types.{model_id}", trust_remote_code=trust_remote_code)
         if kind == "Router":
             raise ConfigError(f"{cfg.file}: types.{model_id}: a Router inside a Router is not supported",
                               file=str(cfg.file), key=f"types.{model_id}")
