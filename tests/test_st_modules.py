@@ -329,7 +329,18 @@ def st_clip_saved(tmp_path_factory, hf_clip_dir) -> Path:
     return folder
 
 
-@pytest.mark.parametrize("which", ["st_clip_legacy", "st_clip_saved"])
+@pytest.fixture(scope="module")
+def st_clip_transformer(tmp_path_factory, hf_clip_dir) -> Path:
+    """sentence-transformers 6's own way: a Transformer module on a CLIP folder (get_text/image_features)."""
+    from sentence_transformers.base.modules.transformer import Transformer
+
+    folder = tmp_path_factory.mktemp("st_clip_transformer")
+    st.SentenceTransformer(modules=[Transformer(str(hf_clip_dir))], device="cpu").save(str(folder))
+    assert "get_image_features" in (folder / "sentence_bert_config.json").read_text()
+    return folder
+
+
+@pytest.mark.parametrize("which", ["st_clip_legacy", "st_clip_saved", "st_clip_transformer"])
 def test_clip_module_text_and_images(request, which, photos):
     folder = request.getfixturevalue(which)
     model, peer = embedhub.load(folder, device="cpu"), _peer(folder)
