@@ -209,3 +209,14 @@ def test_an_unknown_key_in_any_module_config_is_refused_by_name(saved, tmp_path,
     with pytest.raises(ConfigError) as err:
         embedhub.load(folder, device="cpu")
     assert target.name in str(err.value) and "surprise_key" in str(err.value)
+
+
+def test_every_model2vec_config_key_is_supported_or_refused_by_name():
+    """The keys model2vec's own config type declares (and its save writes) are each read or refused."""
+    types = pytest.importorskip("model2vec.types")
+    from embedhub._formats import model2vec as fmt
+
+    keys = set(types.StaticModelConfig.__annotations__)
+    assert {"normalize", "max_length", "model_type"} <= keys
+    unknown = sorted(k for k in keys if k not in fmt.CONFIG_KEYS and k not in fmt.REFUSED_KEYS)
+    assert not unknown, f"model2vec config keys neither supported nor refused: {unknown}"
