@@ -199,7 +199,6 @@ def test_legacy_pooling_flags_alone(st_text, tmp_path, flags):
      "pooling_mode_cls_token"),
     ("1_Pooling/config.json", {"pooling_mode": "lasttoken", "pooling_mode_mean_tokens": True}, "pooling_mode"),
     ("1_Pooling/config.json", {"normalize": True}, "normalize"),
-    ("2_Dense/config.json", {"use_residual": True}, "use_residual"),
     ("2_Dense/config.json", {"module_input_name": "token_embeddings"}, "module_input_name"),
     ("2_Dense/config.json", {"activation_function": "my_pkg.Swish"}, "activation_function"),
     ("2_Dense/config.json", {"activation_function": "torch.nn.modules.activation.Softplus"}, "activation_function"),
@@ -214,6 +213,26 @@ def test_module_keys_are_refused_by_name(st_head, tmp_path, file, change, key):
     with pytest.raises(ConfigError) as err:
         embedhub.load(folder, device="cpu")
     assert file.split("/")[0] in str(err.value) and key in str(err.value)
+
+
+def test_residual_dense_layers(bert_hf, tmp_path):
+    """use_residual: the input added back, through a projection when the widths differ; kept by embedhub's
+    own format and by the sentence-transformers layout it writes."""
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules import Dense, Pooling
+
+    torch.manual_seed(5)
+    modules = [Transformer(str(bert_hf)), Pooling(32), Dense(32, 32, use_residual=True),
+               Dense(32, 16, use_residual=True)]
+    st.SentenceTransformer(modules=modules, device="cpu").save(str(tmp_path / "st"))
+    model = embedhub.load(tmp_path / "st", device="cpu")
+    ref = _peer(tmp_path / "st").encode(TEXTS)
+    np.testing.assert_allclose(model.encode(TEXTS, normalize=False), ref, atol=1e-5)
+    model.save_pretrained(tmp_path / "own")
+    np.testing.assert_allclose(embedhub.load(tmp_path / "own", device="cpu").encode(TEXTS, normalize=False), ref,
+                               atol=1e-5)
+    if (tmp_path / "own" / "modules.json").is_file():  # the sentence-transformers layout written beside it
+        np.testing.assert_allclose(_peer(tmp_path / "own").encode(TEXTS), ref, atol=1e-5)
 
 
 def test_dense_after_normalize_is_refused(st_head, tmp_path):

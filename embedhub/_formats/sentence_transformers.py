@@ -129,7 +129,7 @@ MODULE_KEYS: dict[str, dict[str, str]] = {
         "activation_function": "a torch.nn activation: Tanh, ReLU, GELU, Sigmoid, SiLU or Identity",
         "module_input_name": "only sentence_embedding (a Dense over token embeddings is not rebuilt)",
         "module_output_name": "only sentence_embedding (or null: the input name)",
-        "use_residual": "only false: residual Dense layers are not rebuilt",
+        "use_residual": "adds the input back (through its own projection when the widths differ)",
         "init_weight": "only null (weights come from model.safetensors)",
         "init_bias": "only null (weights come from model.safetensors)",
     },
@@ -400,9 +400,6 @@ def _dense(mod: _Module, in_features: int) -> tuple[dict[str, Any], dict]:
     act = cfg.str("activation_function", "torch.nn.modules.activation.Tanh", choices=sorted(_ACTIVATIONS))
     cfg.str("module_input_name", _SENTENCE, choices=[_SENTENCE])
     cfg.str("module_output_name", _SENTENCE, choices=[_SENTENCE])
-    if cfg.bool("use_residual", False):
-        raise ConfigError(f"{cfg.file}: use_residual: {MODULE_KEYS['Dense']['use_residual']}",
-                          file=str(cfg.file), key="use_residual")
     for key in ("init_weight", "init_bias"):
         _null_only(cfg, key, MODULE_KEYS["Dense"][key])
     spec = {
@@ -411,6 +408,8 @@ def _dense(mod: _Module, in_features: int) -> tuple[dict[str, Any], dict]:
         "bias": cfg.bool("bias", True),
         "activation": _ACTIVATIONS[act],
     }
+    if cfg.bool("use_residual", False):
+        spec["residual"] = True
     if spec["in_features"] != in_features:
         raise cfg.error("in_features", f"{in_features} (the width of what the module before it outputs)",
                         spec["in_features"])
