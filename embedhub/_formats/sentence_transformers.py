@@ -35,8 +35,7 @@ from ._hf import build_transformers, text_preprocessor
 
 NAME = "sentence-transformers"
 MARKER = "modules.json"
-ALLOW_PATTERNS = ["*.json", "*/*.json", "*.safetensors", "*/*.safetensors", "*.txt", "*.model", "*/*.txt", "*/*.model",
-                  "*/*/*.json", "*/*/*.safetensors", "*/*/*.txt", "*/*/*.model"]
+ALLOW_PATTERNS = ["*.json", "*/*.json", "*.safetensors", "*/*.safetensors", "*.txt", "*.model", "*/*.txt", "*/*.model"]
 
 _ST = "sentence_transformers"
 _BASE = f"{_ST}.base.modules"
