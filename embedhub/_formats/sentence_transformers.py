@@ -18,7 +18,7 @@ False
 from __future__ import annotations
 
 import ast
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -562,7 +562,6 @@ class _Pipeline:
     logit_scale: float | None = None
     normalized: bool = False
     include_prompt: bool = True
-    modules: list[str] = field(default_factory=list)
 
 
 def _pipeline(mods: list[_Module], *, trust_remote_code: bool) -> _Pipeline:
