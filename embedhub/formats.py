@@ -6,7 +6,8 @@ earlier save replaces), and :meth:`Format.load`, which turns a folder into a typ
 :class:`ModelParts`, opening every file through the :class:`ModelFolder` it is given. The files a
 load opens are the model's files: its fingerprint, what is downloaded for it and what
 ``push_to_hub`` uploads (:func:`model_files`). Built-in formats, tried in this order: embedhub,
-remote-code (folders that ask for code), sentence-transformers, open_clip, transformers CLIP.
+remote-code (folders that ask for code), sentence-transformers, open_clip, transformers CLIP, model2vec,
+and last plain transformers encoders (mean pooling).
 
 >>> from embedhub.formats import Format, ModelParts, register_format, format_names
 >>> class MyFormat(Format):
@@ -132,13 +133,15 @@ def model_files(folder: str | os.PathLike) -> list[str]:
 
 
 def _register_builtins() -> None:
-    from ._formats import embedhub, hf_clip, open_clip, sentence_transformers
+    from ._formats import embedhub, hf_clip, model2vec, open_clip, sentence_transformers, transformers_encoder
 
-    for module in (embedhub, sentence_transformers, open_clip, hf_clip):
+    for module in (embedhub, sentence_transformers, open_clip, hf_clip, model2vec):
         register_format(module.FORMAT)
     from ._formats import delegated  # folders asking for code: claimed before the built-in loaders read them
 
     register_format(delegated.FORMAT, before=sentence_transformers.FORMAT.name)
+    # plain transformers encoders (mean pooling, as sentence-transformers' fallback): tried after all others
+    register_format(transformers_encoder.FORMAT)
 
 
 _register_builtins()

@@ -155,26 +155,41 @@ class Pooling(nn.Module):
 
 
 class Dense(nn.Module):
-    """A linear layer and an activation (sentence-transformers' Dense; keys ``linear.*``)."""
+    """A linear layer and an activation (sentence-transformers' Dense; keys ``linear.*``), with an optional
+    residual connection (``use_residual``: the input added back, through ``residual.*`` when the widths differ).
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "Identity"):
+    >>> Dense(4, 4, residual=True)(torch.zeros(1, 4)).shape
+    torch.Size([1, 4])
+    """
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, activation: str = "Identity",
+                 residual: bool = False):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise ValueError(f"unsupported activation {activation!r}; expected one of {sorted(ACTIVATIONS)}")
         self.linear = nn.Linear(in_features, out_features, bias=bias)
         self.activation_name = activation
         self.activation = ACTIVATIONS[activation]()
+        self.use_residual = bool(residual)
+        if self.use_residual and in_features != out_features:
+            self.residual = nn.Linear(in_features, out_features, bias=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.activation(self.linear(x))
+        out = self.activation(self.linear(x))
+        if self.use_residual:
+            out = out + (self.residual(x) if hasattr(self, "residual") else x)
+        return out
 
     def spec(self) -> dict[str, Any]:
-        return {
+        spec = {
             "in_features": self.linear.in_features,
             "out_features": self.linear.out_features,
             "bias": self.linear.bias is not None,
             "activation": self.activation_name,
         }
+        if self.use_residual:
+            spec["residual"] = True
+        return spec
 
 
 class Normalize(nn.Module):
@@ -222,13 +237,15 @@ class Head(nn.Sequential):
         layers, width = [], input_dim
         for i, d in enumerate(raw):
             v = ConfigView(d, config.file, prefix=f"{head.prefix}dense[{i}].")
-            v.only({"in_features", "out_features", "bias", "activation"}, what="dense key")
+            v.only({"in_features", "out_features", "bias", "activation", "residual"}, what="dense key")
             layer = {
                 "in_features": v.int("in_features", min=1, max=1 << 20),
                 "out_features": v.int("out_features", min=1, max=1 << 20),
                 "bias": v.bool("bias", True),
                 "activation": v.str("activation", "Identity", choices=sorted(ACTIVATIONS)),
             }
+            if v.bool("residual", False):
+                layer["residual"] = True
             if layer["in_features"] != width:
                 raise v.error("in_features", f"{width} (the width of what feeds this layer)", layer["in_features"])
             width = layer["out_features"]

@@ -106,7 +106,7 @@ def test_only_files_the_loader_reads_change_the_fingerprint(tmp_path, tiny_st_di
     assert embedhub.load(folder, device="cpu").fingerprint == before
     assert "m/t/notes.safetensors" not in model_files(folder)
     cfg = json.loads((folder / "m" / "p" / "config.json").read_text())
-    cfg["pooling_mode_cls_token"], cfg["pooling_mode_mean_tokens"] = True, False
+    cfg["pooling_mode"] = "cls"
     (folder / "m" / "p" / "config.json").write_text(json.dumps(cfg))
     after = embedhub.load(folder, device="cpu").fingerprint
     assert after.source != before.source

@@ -310,7 +310,8 @@ def _write_sentence_transformers(model: EmbeddingModel, folder: Path) -> None:
             spec = layer.spec()
             dump(f"{i}_Dense/config.json", {"in_features": spec["in_features"], "out_features": spec["out_features"],
                                             "bias": spec["bias"],
-                                            "activation_function": _ST_ACTIVATIONS[spec["activation"]]})
+                                            "activation_function": _ST_ACTIVATIONS[spec["activation"]],
+                                            **({"use_residual": True} if spec.get("residual") else {})})
             save_model(layer, str(folder / f"{i}_Dense" / "model.safetensors"))
             modules.append({"idx": i, "name": str(i), "path": f"{i}_Dense",
                             "type": "sentence_transformers.models.Dense"})
