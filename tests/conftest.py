@@ -45,6 +45,25 @@ def sts_test():
     return read_sts("test")
 
 
+@pytest.fixture(scope="session")
+def minilm_sts_test(minilm, sts_test) -> tuple[np.ndarray, np.ndarray]:
+    """all-MiniLM-L6-v2's embeddings of STS-B test's first and second sentences (``minilm.encode`` with its
+    defaults), computed once for every test that compares against them. Read-only: tests must not modify them."""
+    s1, s2, _ = sts_test
+    a, b = minilm.encode(s1), minilm.encode(s2)
+    a.flags.writeable = b.flags.writeable = False
+    return a, b
+
+
+def unique_rows(texts: list[str], *embeddings: tuple[list[str], np.ndarray]) -> np.ndarray:
+    """The rows of ``embeddings`` (pairs of texts and their embeddings) for ``texts``, each text's first occurrence."""
+    rows = {}
+    for keys, emb in embeddings:
+        for key, row in zip(keys, emb):
+            rows.setdefault(key, row)
+    return np.stack([rows[t] for t in texts])
+
+
 class _NoTokenizerFiles:
     """open_clip's SimpleTokenizer ships inside open_clip: a hub folder needs no tokenizer files for it."""
 

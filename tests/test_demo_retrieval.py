@@ -283,7 +283,8 @@ def test_image_query_returns_same_class_first_and_the_sdk_neighbours(server, que
         ids, scores = [r[1] for r in rows(table)], [r[2] for r in rows(table)]
         top1[name] = item_class(ids[0])
         # exactly the SDK's nearest neighbours: cosine of the query's embedding with every gallery embedding
-        sdk = {i: float(e @ lit.encode([path])[0]) for i, e in gallery_emb.items()}
+        query = lit.encode([path])[0]
+        sdk = {i: float(e @ query) for i, e in gallery_emb.items()}
         np.testing.assert_allclose(scores, sorted(sdk.values(), reverse=True)[:k], atol=1e-4)
         np.testing.assert_allclose(scores, [sdk[i] for i in ids], atol=1e-4)
     right = [name for name, got in top1.items() if got == name]

@@ -61,12 +61,22 @@ def test_clip_recipe_siglip_and_heldout(tmp_path):
           f"seen 7-way {m['zeroshot_seen_top1']:.3f}")
 
 
-def test_protoclip_recipe(tmp_path):
+PROTOCLIP = [*SMALL, "episode_size=1500", "clusters=16", "kmeans_iters=10"]
+
+
+@pytest.fixture(scope="module")
+def protoclip_run(tmp_path_factory) -> Path:
+    """An uninterrupted protoclip run (PROTOCLIP), shared read-only by the tests that check it."""
     from training.protoclip import main
 
-    main([f"output={tmp_path}", *SMALL, "episode_size=1500", "clusters=16", "kmeans_iters=10"])
-    _check(tmp_path, 0.6)
-    log = [json.loads(x) for x in (tmp_path / "log.jsonl").read_text().splitlines()]
+    out = tmp_path_factory.mktemp("protoclip") / "full"
+    main([f"output={out}", *PROTOCLIP])
+    return out
+
+
+def test_protoclip_recipe(protoclip_run):
+    _check(protoclip_run, 0.6)
+    log = [json.loads(x) for x in (protoclip_run / "log.jsonl").read_text().splitlines()]
     assert all(np.isfinite(r["loss"]) for r in log if "loss" in r)
 
 
@@ -87,24 +97,22 @@ def test_pmrl_aligns_spoken_captions_where_the_anchored_baseline_does_not(tmp_pa
     assert m["pmrl"]["audio2text_R@1"] > m["anchored"]["audio2text_R@1"] + 0.3, m
 
 
-def test_protoclip_resumed_mid_episode_reproduces_the_uninterrupted_run(tmp_path):
+def test_protoclip_resumed_mid_episode_reproduces_the_uninterrupted_run(protoclip_run, tmp_path):
     """Checkpoints carry the episode's clusters and prototypes: stopping in the middle of an episode
     (step 30 of 36, episode 3) and resuming gives every loss and metric of the uninterrupted run."""
     from training.protoclip import main
 
-    args = [*SMALL, "episode_size=1500", "clusters=16", "kmeans_iters=10"]
-    main([f"output={tmp_path / 'full'}", *args])
-    main([f"output={tmp_path / 'cut'}", *args, "stop_after_steps=30"])
-    assert not (tmp_path / "cut" / "results.json").exists()
-    assert json.loads((tmp_path / "cut" / "checkpoint" / "state.json").read_text())["step"] == 30
-    main([f"output={tmp_path / 'cut'}", *args, "--resume"])
+    cut = tmp_path / "cut"
+    main([f"output={cut}", *PROTOCLIP, "stop_after_steps=30"])
+    assert not (cut / "results.json").exists()
+    assert json.loads((cut / "checkpoint" / "state.json").read_text())["step"] == 30
+    main([f"output={cut}", *PROTOCLIP, "--resume"])
 
-    def losses(run: str) -> list[float]:
-        return [r["loss"] for r in map(json.loads, (tmp_path / run / "log.jsonl").read_text().splitlines())
-                if "loss" in r]
+    def losses(run: Path) -> list[float]:
+        return [r["loss"] for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "loss" in r]
 
-    assert len(losses("full")) == len(losses("cut")) == 36
-    np.testing.assert_allclose(losses("cut"), losses("full"), atol=1e-6)
-    full = json.loads((tmp_path / "full" / "results.json").read_text())["metrics"]
-    cut = json.loads((tmp_path / "cut" / "results.json").read_text())["metrics"]
-    assert cut["zeroshot_top1"] == pytest.approx(full["zeroshot_top1"], abs=1e-9)
+    assert len(losses(protoclip_run)) == len(losses(cut)) == 36
+    np.testing.assert_allclose(losses(cut), losses(protoclip_run), atol=1e-6)
+    full = json.loads((protoclip_run / "results.json").read_text())["metrics"]
+    resumed = json.loads((cut / "results.json").read_text())["metrics"]
+    assert resumed["zeroshot_top1"] == pytest.approx(full["zeroshot_top1"], abs=1e-9)
