@@ -9,6 +9,7 @@
 from __future__ import annotations
 
 from ._errors import (
+    ArgumentError,
     ConfigError,
     CorpusError,
     EmbeddingsFileError,
@@ -75,6 +76,7 @@ def __getattr__(name: str):
 __version__ = "0.1.0"
 
 __all__ = [
+    "ArgumentError",
     "ConfigError",
     "CorpusError",
     "EmbedJobResult",

@@ -14,6 +14,11 @@ class EmbedhubError(Exception):
     """Base class of every error embedhub raises on purpose."""
 
 
+class ArgumentError(EmbedhubError, ValueError):
+    """An argument of a call outside what it allows (``truncate_dim=0``, ``precision="int4"``, an unknown
+    ``task``); the message names the argument, what it got and what is allowed."""
+
+
 class ModelNotFoundError(EmbedhubError, LookupError):
     """A model name is neither a local folder, a known alias nor a Hub repo id."""
 

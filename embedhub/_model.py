@@ -17,7 +17,7 @@ from torch import nn
 
 from ._backends import Runner, TorchRunner
 from ._batching import check_batching, check_positive_int, plan_batches, text_windows
-from ._errors import InputError, ModalityError, PublishError, WeightsError
+from ._errors import ArgumentError, InputError, ModalityError, PublishError, WeightsError
 from ._inputs import MAX_IMAGE_PIXELS, as_items, load_image, modality_of
 from ._pool import pooled
 from ._preprocess import ImagePreprocessor, token_lengths
@@ -57,9 +57,9 @@ def check_truncate_dim(truncate_dim: Any, width: int, *, what: str = "truncate_d
     if truncate_dim is None:
         return None
     if isinstance(truncate_dim, bool) or not isinstance(truncate_dim, (int, np.integer)):
-        raise ValueError(f"{what} must be None or an integer from 1 to {width}; got {truncate_dim!r}")
+        raise ArgumentError(f"{what} must be None or an integer from 1 to {width}; got {truncate_dim!r}")
     if not 1 <= int(truncate_dim) <= width:
-        raise ValueError(f"{what} must be from 1 to {width} (the model's embedding width); got {truncate_dim}")
+        raise ArgumentError(f"{what} must be from 1 to {width} (the model's embedding width); got {truncate_dim}")
     return int(truncate_dim)
 
 
@@ -68,14 +68,14 @@ def check_prompts(prompts: Any) -> dict[str, str]:
     if prompts is None:
         return {}
     if not isinstance(prompts, Mapping):
-        raise ValueError(f"prompts must be a dict of prompt name -> prompt string; got a {type(prompts).__name__}")
+        raise ArgumentError(f"prompts must be a dict of prompt name -> prompt string; got a {type(prompts).__name__}")
     out = {}
     for name, text in prompts.items():
         if not isinstance(name, str) or not name:
-            raise ValueError(f"prompt names must be non-empty strings; got {name!r}")
+            raise ArgumentError(f"prompt names must be non-empty strings; got {name!r}")
         if not isinstance(text, str) or len(text) > MAX_PROMPT_CHARS:
             found = f"{len(text)} characters" if isinstance(text, str) else type(text).__name__
-            raise ValueError(f"prompts[{name!r}] must be a string of at most {MAX_PROMPT_CHARS} characters; "
+            raise ArgumentError(f"prompts[{name!r}] must be a string of at most {MAX_PROMPT_CHARS} characters; "
                              f"got {found}")
         out[name] = text
     return out
@@ -116,7 +116,7 @@ class EmbeddingModel:
     ):
         missing = [m for m in towers if m not in preprocessors]
         if missing or not towers:
-            raise ValueError(f"EmbeddingModel needs a tower and a preprocessor per modality; "
+            raise ArgumentError(f"EmbeddingModel needs a tower and a preprocessor per modality; "
                              f"{'no towers' if not towers else 'no preprocessor for ' + ', '.join(missing)}")
         modules = {m: t for m, t in towers.items() if isinstance(t, nn.Module)}
         #: the torch towers (empty for a model that runs only on ONNX Runtime)
@@ -144,7 +144,7 @@ class EmbeddingModel:
         #: named prompts; ``query`` and ``document`` are always there (empty unless the model sets them)
         self.prompts: dict[str, str] = {**DEFAULT_PROMPTS, **check_prompts(prompts)}
         if default_prompt_name is not None and default_prompt_name not in self.prompts:
-            raise ValueError(f"default_prompt_name {default_prompt_name!r} is not one of the model's prompts "
+            raise ArgumentError(f"default_prompt_name {default_prompt_name!r} is not one of the model's prompts "
                              f"{sorted(self.prompts)}")
         #: the prompt ``encode`` applies when neither ``prompt`` nor ``prompt_name`` is given
         self.default_prompt_name = default_prompt_name
@@ -192,15 +192,15 @@ class EmbeddingModel:
 
     def _set_routes(self, routes: Mapping[str, Mapping[str, tuple[Any, Any]]], default_route: str | None) -> None:
         if not isinstance(routes, Mapping) or not routes:
-            raise ValueError("routes must be a non-empty dict of task name -> {modality: (tower, preprocessor)}")
+            raise ArgumentError("routes must be a non-empty dict of task name -> {modality: (tower, preprocessor)}")
         if default_route is not None and default_route not in routes:
-            raise ValueError(f"default_route {default_route!r} is not one of the routes {sorted(routes)}")
+            raise ArgumentError(f"default_route {default_route!r} is not one of the routes {sorted(routes)}")
         built: dict[str, tuple[dict[str, Runner], dict[str, Any]]] = {}
         for task, route in routes.items():
             if not isinstance(task, str) or not task or "." in task:
-                raise ValueError(f"route names must be non-empty strings without '.'; got {task!r}")
+                raise ArgumentError(f"route names must be non-empty strings without '.'; got {task!r}")
             if not isinstance(route, Mapping) or not route or any(m not in ("text", "image") for m in route):
-                raise ValueError(f"route {task!r} must map 'text' and/or 'image' to (tower, preprocessor)")
+                raise ArgumentError(f"route {task!r} must map 'text' and/or 'image' to (tower, preprocessor)")
             runners, pres, modules = {}, {}, nn.ModuleDict()
             for modality, pair in route.items():
                 tower, pre = pair
@@ -219,15 +219,15 @@ class EmbeddingModel:
         """The runners and preprocessors of ``task`` (sentence-transformers' Router: the task's route, else
         the default route; a task that names no route is an error)."""
         if task is not None and not isinstance(task, str):
-            raise ValueError(f"task must be None or a string such as 'query' or 'document'; got {task!r}")
+            raise ArgumentError(f"task must be None or a string such as 'query' or 'document'; got {task!r}")
         if self._routes is None:
             return self._runners, self.preprocessors
         if task is not None and task in self._routes:
             return self._routes[task]
         if task is not None:
-            raise ValueError(f"{self.name} has no route for task {task!r}; its routes are {sorted(self._routes)}")
+            raise ArgumentError(f"{self.name} has no route for task {task!r}; its routes are {sorted(self._routes)}")
         if self.default_route is None:
-            raise ValueError(f"{self.name} routes by task and has no default route: pass task= one of "
+            raise ArgumentError(f"{self.name} routes by task and has no default route: pass task= one of "
                              f"{sorted(self._routes)} (or use encode_query / encode_document)")
         return self._routes[self.default_route]
 
@@ -237,7 +237,7 @@ class EmbeddingModel:
         if prompt is not None:
             if not isinstance(prompt, str) or len(prompt) > MAX_PROMPT_CHARS:
                 found = f"{len(prompt)} characters" if isinstance(prompt, str) else f"a {type(prompt).__name__}"
-                raise ValueError(f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters; got {found}")
+                raise ArgumentError(f"prompt must be a string of at most {MAX_PROMPT_CHARS} characters; got {found}")
             if prompt_name is not None:
                 import logging
 
@@ -248,7 +248,7 @@ class EmbeddingModel:
         if prompt_name is not None:
             if not isinstance(prompt_name, str) or prompt_name not in self.prompts:
                 shown = ", ".join(f"{k!r}: {v!r}" for k, v in self.prompts.items())
-                raise ValueError(f"prompt_name {prompt_name!r} is not one of {self.name}'s prompts {{{shown}}}")
+                raise ArgumentError(f"prompt_name {prompt_name!r} is not one of {self.name}'s prompts {{{shown}}}")
             return self.prompts[prompt_name]
         if self.default_prompt_name is not None:
             return self.prompts.get(self.default_prompt_name)
@@ -281,7 +281,7 @@ class EmbeddingModel:
         dim = check_truncate_dim(truncate_dim, self.embed_dim)
         dim = dim if dim is not None else (self.truncate_dim or self.embed_dim)
         if normalize is not None and not isinstance(normalize, bool):
-            raise ValueError(f"normalize must be None, True or False; got {normalize!r}")
+            raise ArgumentError(f"normalize must be None, True or False; got {normalize!r}")
         text = self._resolve_prompt(prompt, prompt_name)  # checks the name
         if prompt is not None:
             role = "prompt:" + hashlib.sha256(prompt.encode("utf-8", "surrogatepass")).hexdigest()[:16]
@@ -433,9 +433,9 @@ class EmbeddingModel:
         batch_size, max_tokens = check_batching(batch_size, max_tokens)
         max_image_pixels = check_positive_int("max_image_pixels", max_image_pixels)
         if convert_to not in ("numpy", "torch"):
-            raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
+            raise ArgumentError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
         if normalize is not None and not isinstance(normalize, (bool, np.bool_)):
-            raise ValueError(f"normalize must be None (the model's own), True or False; got {normalize!r}")
+            raise ArgumentError(f"normalize must be None (the model's own), True or False; got {normalize!r}")
         precision = check_precision(precision)
         dim = check_truncate_dim(truncate_dim, self.embed_dim)
         dim = dim if dim is not None else (self.truncate_dim or self.embed_dim)
@@ -500,7 +500,7 @@ class EmbeddingModel:
         for modality in modalities:
             runner = runners[modality]
             if getattr(runner, "normalized_output", False):
-                raise ValueError(
+                raise ArgumentError(
                     f"normalize=False cannot be honoured: the ONNX graph of {self.name}'s {modality} tower "
                     f"({getattr(runner, 'path', 'onnx')}) L2-normalises its output inside, as older exports do; "
                     "re-export the model (`embedhub export MODEL --output DIR`) to get a graph with unnormalised "
@@ -515,7 +515,7 @@ class EmbeddingModel:
 
     def _check_prompt_exclusion(self, runner: Any) -> None:
         if self._excludes_prompt(runner) and not isinstance(runner, TorchRunner):
-            raise ValueError(f"{self.name}'s text pooling leaves the prompt's tokens out (include_prompt: false), "
+            raise ArgumentError(f"{self.name}'s text pooling leaves the prompt's tokens out (include_prompt: false), "
                              f"which its {runner.backend} graph cannot do; load it with backend='torch'")
 
     def _progress(self, modality: str, total: int, batch_size: int, show_progress_bar: bool | None):
@@ -801,17 +801,17 @@ class EmbeddingModel:
 def _string_list(name: str, value: Any, what: str, *, example: str) -> list[str]:
     """``value`` as a non-empty list of non-empty strings; a ``str``, a set or a dict is refused."""
     if isinstance(value, str):
-        raise ValueError(
+        raise ArgumentError(
             f"{name} is a str ({value!r}); pass a list, e.g. [{value!r}] or {example} "
             f"(a str would be read as one {what} per character)"
         )
     if isinstance(value, (Set, Mapping)) or not hasattr(value, "__iter__"):
-        raise ValueError(f"{name} must be a list of strings, e.g. {example}; got a {type(value).__name__}")
+        raise ArgumentError(f"{name} must be a list of strings, e.g. {example}; got a {type(value).__name__}")
     items = list(value)
     bad = [(i, x) for i, x in enumerate(items) if not isinstance(x, str) or not x]
     if not items or bad:
         found = "an empty list" if not items else f"{name}[{bad[0][0]}] = {bad[0][1]!r}"
-        raise ValueError(f"{name} must be a non-empty list of non-empty strings, e.g. {example}; got {found}")
+        raise ArgumentError(f"{name} must be a non-empty list of non-empty strings, e.g. {example}; got {found}")
     return items
 
 
@@ -830,10 +830,10 @@ def check_template(template: str) -> str:
             if name is not None
         ]
     except ValueError as exc:
-        raise ValueError(
+        raise ArgumentError(
             f"template {template!r} is not a valid format string ({exc}); it must contain {expected}"
         ) from exc
     if fields != ["{}"]:
         found = ", ".join(fields) if fields else "no replacement field"
-        raise ValueError(f"template {template!r} must contain {expected}; found {found}")
+        raise ArgumentError(f"template {template!r} must contain {expected}; found {found}")
     return template

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ._batching import check_batching, check_positive_int, plan_batches, text_windows
-from ._errors import InputError, ItemError, ModalityError, PoolError
+from ._errors import ArgumentError, InputError, ItemError, ModalityError, PoolError
 from ._inputs import as_items, modality_of
 from ._preprocess import token_lengths
 
@@ -204,18 +204,18 @@ def default_devices(model: Any) -> list[str]:
 def check_devices(devices: Any) -> list[str]:
     """``devices`` as a non-empty list of device names this machine has; a ``ValueError`` naming the bad one."""
     if isinstance(devices, (str, torch.device)) or not isinstance(devices, (list, tuple)) or not devices:
-        raise ValueError(f"target devices must be a non-empty list such as ['cuda:0', 'cuda:1'] or ['cpu', 'cpu'], "
+        raise ArgumentError(f"target devices must be a non-empty list such as ['cuda:0', 'cuda:1'] or ['cpu', 'cpu'], "
                          f"got {devices!r}")
     out = []
     for i, d in enumerate(devices):
         try:
             dev = torch.device(d)
         except (RuntimeError, TypeError, ValueError) as exc:
-            raise ValueError(f"devices[{i}] = {d!r} is not a torch device ({exc})") from None
+            raise ArgumentError(f"devices[{i}] = {d!r} is not a torch device ({exc})") from None
         if dev.type not in ("cpu", "cuda"):
-            raise ValueError(f"devices[{i}] = {d!r}: the pool runs on 'cpu' and 'cuda' devices")
+            raise ArgumentError(f"devices[{i}] = {d!r}: the pool runs on 'cpu' and 'cuda' devices")
         if dev.type == "cuda" and (not torch.cuda.is_available() or (dev.index or 0) >= torch.cuda.device_count()):
-            raise ValueError(f"devices[{i}] = {d!r}: this machine has {torch.cuda.device_count()} CUDA devices")
+            raise ArgumentError(f"devices[{i}] = {d!r}: this machine has {torch.cuda.device_count()} CUDA devices")
         out.append(str(dev))
     return out
 
@@ -226,7 +226,7 @@ def start_pool(model: Any, target_devices: Sequence[str] | None = None) -> Multi
 
     kinds = [type(r).__name__ for r in model._runners.values() if not isinstance(r, TorchRunner)]
     if kinds:
-        raise ValueError(f"{model.name}: multi-process encoding runs torch towers; this model runs on "
+        raise ArgumentError(f"{model.name}: multi-process encoding runs torch towers; this model runs on "
                          f"{', '.join(kinds)} (load it with backend='torch')")
     devices = check_devices(default_devices(model) if target_devices is None else target_devices)
     return MultiProcessPool(model, devices)
@@ -244,13 +244,13 @@ def pooled(method: Callable[..., Any]) -> Callable[..., Any]:
                chunk_size: int | None = None, **kwargs: Any) -> Any:
         if isinstance(device, (str, torch.device)):
             if torch.device(device) != torch.device(self.device):
-                raise ValueError(f"device={str(device)!r}: {self.name} is on {self.device}; load it on that device, "
+                raise ArgumentError(f"device={str(device)!r}: {self.name} is on {self.device}; load it on that device, "
                                  "or pass a list of devices (device=['cuda:0', 'cuda:1']) to encode in several "
                                  "processes")
             device = None
         if pool is None and device is None:
             if chunk_size is not None:
-                raise ValueError("chunk_size applies to multi-process encoding: pass pool= or a list of devices")
+                raise ArgumentError("chunk_size applies to multi-process encoding: pass pool= or a list of devices")
             return method(self, *args, **kwargs)
         bound = sig.bind(self, *args, **kwargs)  # an unknown keyword or a missing input fails here, at once
         named = dict(bound.arguments)
@@ -357,7 +357,7 @@ def encode_in_pool(model: Any, method: Callable[..., Any], inputs: Any, kwargs: 
     """``method(model, inputs, **kwargs)`` computed by the workers of ``pool`` (or of a pool started on
     ``devices`` for this call); see the module docstring."""
     if pool is not None and devices is not None:
-        raise ValueError("pass either pool= or a list of devices, not both")
+        raise ArgumentError("pass either pool= or a list of devices, not both")
     if pool is not None and not isinstance(pool, MultiProcessPool):
         raise TypeError(f"pool must be a MultiProcessPool from model.start_multi_process_pool(), got "
                         f"{type(pool).__name__}")
@@ -371,7 +371,7 @@ def encode_in_pool(model: Any, method: Callable[..., Any], inputs: Any, kwargs: 
     batch_size, max_tokens = check_batching(args.get("batch_size", 32), args.get("max_tokens"))
     convert_to = args.get("convert_to", "numpy")
     if convert_to not in ("numpy", "torch"):
-        raise ValueError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
+        raise ArgumentError(f"convert_to must be 'numpy' or 'torch', got {convert_to!r}")
     items, single = as_items(inputs)
     if not items:
         return method(model, inputs, **kwargs)
@@ -393,7 +393,7 @@ def encode_in_pool(model: Any, method: Callable[..., Any], inputs: Any, kwargs: 
         if pool.stopped:
             raise PoolError(f"{pool!r} is stopped; start a new one with model.start_multi_process_pool()")
         if pool._model_id != id(model):
-            raise ValueError(f"this pool holds {pool.model_name}, not {model.name}; start a pool of this model")
+            raise ArgumentError(f"this pool holds {pool.model_name}, not {model.name}; start a pool of this model")
         size = chunk_size or max(1, min(math.ceil(len(items) / len(pool.processes) / 10), 5000))
         chunks = _plan(model, items, kinds, batch_size, max_tokens, size, _prompt(model, args))
         out = _run(pool, method.__name__, items, chunks, worker_kwargs, bool(args.get("show_progress_bar")))

@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import InputError
+from ._errors import ArgumentError, InputError
 
 #: the precisions :func:`quantize_embeddings` and ``EmbeddingModel.encode`` produce
 PRECISIONS: tuple[str, ...] = ("float32", "int8", "uint8", "binary", "ubinary")
@@ -30,7 +30,7 @@ def check_precision(precision: Any) -> str:
     'int8'
     """
     if not isinstance(precision, str) or precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; got {precision!r}")
+        raise ArgumentError(f"precision must be one of {', '.join(map(repr, PRECISIONS))}; got {precision!r}")
     return precision
 
 

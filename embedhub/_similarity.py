@@ -16,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._errors import ArgumentError
+
 #: the similarity functions a model may name (``similarity_fn_name``)
 SIMILARITY_FNS: tuple[str, ...] = ("cosine", "dot", "euclidean", "manhattan")
 
@@ -30,7 +32,7 @@ def check_similarity_fn(name: Any) -> str:
     if name == "dot_product":
         return "dot"
     if not isinstance(name, str) or name not in SIMILARITY_FNS:
-        raise ValueError(f"similarity_fn_name must be one of {', '.join(map(repr, SIMILARITY_FNS))}; got {name!r}")
+        raise ArgumentError(f"similarity_fn_name must be one of {', '.join(map(repr, SIMILARITY_FNS))}; got {name!r}")
     return name
 
 
@@ -42,16 +44,16 @@ def _tensor(name: str, value: Any) -> torch.Tensor:
             value = torch.stack([v.detach().to("cpu") for v in value]).numpy()
         t = torch.as_tensor(np.ascontiguousarray(value))
     if not (t.is_floating_point() or t.dtype in (torch.int8, torch.uint8, torch.int32, torch.int64)):
-        raise ValueError(f"{name} must be an array of numbers, got {t.dtype}")
+        raise ArgumentError(f"{name} must be an array of numbers, got {t.dtype}")
     if t.ndim not in (1, 2) or t.shape[-1] == 0:
-        raise ValueError(f"{name} must be a (N, D) or (D,) array of embeddings; got shape {tuple(t.shape)}")
+        raise ArgumentError(f"{name} must be a (N, D) or (D,) array of embeddings; got shape {tuple(t.shape)}")
     return t.to(torch.float32)
 
 
 def _pair(a: Any, b: Any) -> tuple[torch.Tensor, torch.Tensor]:
     ta, tb = _tensor("a", a), _tensor("b", b)
     if ta.shape[-1] != tb.shape[-1]:
-        raise ValueError(f"embedding sizes differ: {ta.shape[-1]} vs {tb.shape[-1]}")
+        raise ArgumentError(f"embedding sizes differ: {ta.shape[-1]} vs {tb.shape[-1]}")
     return ta, tb
 
 
@@ -86,7 +88,8 @@ def similarity_pairwise(a: Any, b: Any, fn: str = "cosine") -> np.ndarray:
     fn = check_similarity_fn(fn)
     ta, tb = _pair(a, b)
     if ta.shape != tb.shape:
-        raise ValueError(f"pairwise similarity needs a and b of one shape; got {tuple(ta.shape)} and {tuple(tb.shape)}")
+        raise ArgumentError(f"pairwise similarity needs a and b of one shape; got {tuple(ta.shape)} and "
+                            f"{tuple(tb.shape)}")
     if fn == "cosine":
         nf = torch.nn.functional.normalize
         out = (nf(ta, p=2, dim=-1) * nf(tb, p=2, dim=-1)).sum(dim=-1)
