@@ -57,6 +57,22 @@ def _auto_map_request(folder: ModelFolder, rel: str) -> tuple[str, str, str] | N
     return None
 
 
+def _router_requests(folder: ModelFolder, path: str) -> list[tuple[str, str, str]]:
+    """The module classes outside ``sentence_transformers`` that a Router module's config names (``types``)."""
+    base = path.strip("/") if path.strip("/.") else ""
+    for name in ("router_config.json", "config.json"):
+        rel = f"{base}/{name}" if base else name
+        try:
+            data = _read(folder, rel)
+        except ConfigError:
+            return []  # a path that leaves the folder or a malformed file: the loader that owns it says so
+        if isinstance(data, dict) and isinstance(data.get("types"), dict):
+            return [(rel, f"types.{key}", f"Router module {key!r} type {kind!r}")
+                    for key, kind in data["types"].items()
+                    if isinstance(kind, str) and not kind.startswith("sentence_transformers.")]
+    return []
+
+
 def code_requests(folder: ModelFolder) -> list[tuple[str, str, str]]:
     """Each place in ``folder``'s configs that asks for code: ``(file, key, description)``, in reading order.
 
@@ -78,6 +94,8 @@ def code_requests(folder: ModelFolder) -> list[tuple[str, str, str]]:
                 return []
             if not kind.startswith("sentence_transformers."):
                 out.append(("modules.json", f"[{i}].type", f"module {i} type {kind!r}"))
+            elif kind.rsplit(".", 1)[-1] in ("Router", "Asym"):
+                out.extend(_router_requests(folder, path))
             paths.append(path)
     else:
         config = _read(folder, "config.json")
