@@ -495,6 +495,8 @@ def build_app(model: str | None = None, text_model: str | None = None, backend: 
     examples = [[str(p)] for p in example_images()]
     k_slider = dict(minimum=1, maximum=MAX_K, step=1, value=DEFAULT_K, label="Results")
     table_headers = ["rank", "item", "score"]
+    image_score = state.image_model.similarity_fn_name  # each model ranks by its own similarity
+    text_score = state.text_model.similarity_fn_name
     with gr.Blocks(title="embedhub retrieval", delete_cache=(900, 1800)) as demo:
         gr.Markdown("# Multimodal retrieval\nSearch a gallery of images by text or by an example image, and a "
                     "collection of sentences by meaning. Embeddings by "
@@ -505,7 +507,7 @@ def build_app(model: str | None = None, text_model: str | None = None, backend: 
                                        max_length=MAX_QUERY_CHARS)
                 t2i_k = gr.Slider(**k_slider, scale=1)
             t2i_button = gr.Button("Search", variant="primary")
-            t2i_gallery = gr.Gallery(label="Nearest images (id · cosine)", columns=5, height=420)
+            t2i_gallery = gr.Gallery(label=f"Nearest images (id · {image_score})", columns=5, height=420)
             t2i_table = gr.Dataframe(headers=table_headers, label="Scores", interactive=False)
             gr.Examples([["a pair of trousers"], ["an ankle boot"], ["a handbag"], ["a cat"]], inputs=[t2i_query])
         with gr.Tab("Image → images"):
@@ -514,7 +516,7 @@ def build_app(model: str | None = None, text_model: str | None = None, backend: 
                                        height=260, scale=3)
                 i2i_k = gr.Slider(**k_slider, scale=1)
             i2i_button = gr.Button("Search", variant="primary")
-            i2i_gallery = gr.Gallery(label="Nearest images (id · cosine)", columns=5, height=420)
+            i2i_gallery = gr.Gallery(label=f"Nearest images (id · {image_score})", columns=5, height=420)
             i2i_table = gr.Dataframe(headers=table_headers, label="Scores", interactive=False)
             if examples:
                 gr.Examples(examples=examples, inputs=[i2i_image], examples_per_page=24,
@@ -525,7 +527,7 @@ def build_app(model: str | None = None, text_model: str | None = None, backend: 
                                        max_length=MAX_QUERY_CHARS)
                 t2t_k = gr.Slider(**k_slider, scale=1)
             t2t_button = gr.Button("Search", variant="primary")
-            t2t_table = gr.Dataframe(headers=["rank", "sentence", "score"], label="Nearest sentences (cosine)",
+            t2t_table = gr.Dataframe(headers=["rank", "sentence", "score"], label=f"Nearest sentences ({text_score})",
                                      interactive=False, wrap=True)
             gr.Examples([["the piano sounded badly out of tune"], ["the game was stopped by rain"]],
                         inputs=[t2t_query])
