@@ -242,7 +242,8 @@ def test_zero_shot_refuses_a_string_for_labels_or_templates(clip, photos):
 def test_zero_shot_bad_templates_are_value_errors_naming_them(clip, photos, template, found):
     with pytest.raises(ValueError, match=r"template .* must contain exactly one '\{\}'|not a valid format") as err:
         clip.zero_shot(photos[0], ["cat", "dog"], ["a photo of a {}.", template])
-    assert type(err.value) is ValueError  # not KeyError / IndexError / AttributeError
+    # embedhub's own ValueError for a bad argument, not a KeyError / IndexError / AttributeError of str.format
+    assert type(err.value) is embedhub.ArgumentError
     assert repr(template) in str(err.value)
     assert err.match(found)
 
