@@ -463,9 +463,11 @@ class EmbeddingModel:
                              "call and needs at least 2 inputs; encode more at once, or encode in float32 and use "
                              "embedhub.quantize_embeddings(..., ranges=...) with ranges from a representative set")
         used = [m for m in modalities if m in kinds]
-        norm = self.default_normalize() if normalize is None else bool(normalize)
+        norm: bool | str = self.default_normalize() if normalize is None else bool(normalize)
         if not norm:
             self._check_unnormalized_output(used, runners)
+        elif normalize is None and self.normalized and dim < self.embed_dim:
+            norm = "full"  # the model's Normalize acts on the full width; truncation keeps those values (the peer's)
         if text_prompt and "text" in used:
             self._check_prompt_exclusion(runners["text"])
         out = np.empty((len(items), dim), dtype=np.float32)
@@ -524,9 +526,11 @@ class EmbeddingModel:
         disable = (not show_progress_bar) if show_progress_bar is not None else (total <= batch_size or None)
         return tqdm(total=total, desc=f"embedding {modality}", unit=modality, disable=disable)
 
-    def _write(self, out: np.ndarray, rows: np.ndarray, emb: torch.Tensor, modality: str, normalize: bool) -> None:
+    def _write(self, out: np.ndarray, rows: np.ndarray, emb: torch.Tensor, modality: str,
+               normalize: bool | str) -> None:
         """One batch's embeddings into their rows of ``out``: truncated to ``out``'s width, then normalised
-        when asked."""
+        when asked (``"full"``: normalised at the full width, then truncated, as a model ending in a Normalize
+        module gives them)."""
         if emb.ndim != 2 or emb.shape[0] != len(rows) or emb.shape[1] != self.embed_dim:
             raise RuntimeError(
                 f"{modality} tower returned shape {tuple(emb.shape)} for a batch of {len(rows)}; "
@@ -535,9 +539,11 @@ class EmbeddingModel:
         finite = torch.isfinite(emb).all(dim=-1)
         if not bool(finite.all()):  # one reduction per batch; the rows are looked up only on failure
             self._non_finite(rows, finite, modality)
+        if normalize == "full":
+            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
         if out.shape[1] != emb.shape[1]:
             emb = emb[:, : out.shape[1]]
-        if normalize:
+        if normalize is True:
             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
         out[rows] = emb.cpu().numpy()
 

@@ -171,3 +171,20 @@ def test_quantize_embeddings_refuses_bad_input():
         embedhub.quantize_embeddings(emb.astype(np.int8), "binary")
     with pytest.raises(ValueError, match="precision must be one of"):
         embedhub.quantize_embeddings(emb, "fp16")
+
+
+def test_truncating_a_model_that_ends_in_normalize_keeps_the_peers_values(tmp_path, tiny_st_dir):
+    """The Normalize module acts on the full width; with truncate_dim the peer returns the first dims of that
+    unit vector (not renormalised), so its dot-product scores and rankings differ from renormalised rows."""
+    folder = build_st(tiny_st_dir, tmp_path / "m", normalize=True, similarity_fn_name="dot")
+    for ours, theirs, kwargs in (
+        (embedhub.load(folder, device="cpu", truncate_dim=8), peer(folder, truncate_dim=8), {}),
+        (embedhub.load(folder, device="cpu"), peer(folder), {"truncate_dim": 8}),
+    ):
+        got, want = ours.encode(TEXTS, **kwargs), theirs.encode(TEXTS, **kwargs)
+        np.testing.assert_allclose(got, want, atol=1e-5)
+        assert np.linalg.norm(got, axis=1).max() < 0.999  # first dims of unit vectors
+        np.testing.assert_allclose(ours.similarity(got, got), theirs.similarity(want, want).numpy(), atol=1e-5)
+        # normalize=True still truncates first, then normalises (sentence-transformers' normalize_embeddings)
+        np.testing.assert_allclose(ours.encode(TEXTS, normalize=True, **kwargs),
+                                   theirs.encode(TEXTS, normalize_embeddings=True, **kwargs), atol=1e-5)
