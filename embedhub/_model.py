@@ -393,6 +393,8 @@ class EmbeddingModel:
         if implicit and "query" in self.prompts:
             prompt_name = "query"
         kwargs.setdefault("task", "query")
+        if any(k in kwargs for k in ("pool", "device", "chunk_size")):  # several processes: through encode
+            return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
         return self._encode(inputs, None, prompt_name=prompt_name, prompt=prompt, _role_prompt=implicit, **kwargs)
 
     def encode_document(
@@ -409,6 +411,8 @@ class EmbeddingModel:
         if implicit:
             prompt_name = next((n for n in DOCUMENT_PROMPT_NAMES if n in self.prompts), None)
         kwargs.setdefault("task", "document")
+        if any(k in kwargs for k in ("pool", "device", "chunk_size")):  # several processes: through encode
+            return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
         return self._encode(inputs, None, prompt_name=prompt_name, prompt=prompt, _role_prompt=implicit, **kwargs)
 
     def _encode(

@@ -61,6 +61,15 @@ def _float_matrix(name: str, value: Any) -> np.ndarray:
     return arr
 
 
+def _check_finite(name: str, arr: np.ndarray) -> None:
+    """An :class:`InputError` naming the first row holding NaN or an infinity."""
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        rows = np.flatnonzero(~np.isfinite(arr.reshape(-1, arr.shape[-1])).all(axis=1))
+        more = " and others" if rows.size > 1 else ""
+        raise InputError(f"{name} hold NaN or infinite values (row {int(rows[0])}{more}); quantisation needs finite "
+                         "numbers")
+
+
 def quantize_embeddings(
     embeddings: Any,
     precision: str,
@@ -91,6 +100,7 @@ def quantize_embeddings(
         return np.zeros((0, output_width(dim, precision)), dtype=PRECISION_DTYPES[precision])
     if precision == "float32":
         return emb.astype(np.float32)
+    _check_finite("embeddings", emb)  # a NaN or inf would become an arbitrary code
     if precision.endswith("int8"):
         if ranges is None:
             if calibration_embeddings is not None:
@@ -105,12 +115,18 @@ def quantize_embeddings(
                         f"cannot compute {precision} quantization ranges from a single embedding; pass ranges or "
                         "calibration_embeddings from a representative set of embeddings")
                 cal = emb
+            _check_finite("calibration_embeddings", cal)
             ranges = np.vstack((np.min(cal, axis=0), np.max(cal, axis=0)))
         else:
             ranges = np.asarray(ranges)
             if ranges.shape != (2, dim) or ranges.dtype.kind not in "fiu":
                 raise InputError(f"ranges must be a (2, {dim}) array of per-dimension [min; max]; got {ranges.dtype} "
                                  f"of shape {ranges.shape}")
+            _check_finite("ranges", ranges)
+            bad = np.flatnonzero(ranges[0] > ranges[1])
+            if bad.size:
+                raise InputError(f"ranges[0] (the minimum) exceeds ranges[1] (the maximum) in dimension {int(bad[0])} "
+                                 f"({ranges[0, bad[0]]} > {ranges[1, bad[0]]}); pass [min; max] per dimension")
         ranges = ranges.astype(np.float32, copy=False)
         starts = ranges[0, :]
         steps = (ranges[1, :] - starts) / 255

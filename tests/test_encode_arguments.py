@@ -46,3 +46,18 @@ def test_similarity_and_quantize_arguments(model):
         embedhub.quantize_embeddings(emb, "float8")
     with pytest.raises(InputError, match=r"\(5, 3\)"):
         embedhub.quantize_embeddings(emb, "int8", calibration_embeddings=np.ones((5, 3), np.float32))
+
+
+def test_quantize_refuses_non_finite_data_and_inverted_ranges():
+    x = np.random.default_rng(0).standard_normal((20, 32)).astype(np.float32)
+    bad = x.copy()
+    bad[3, 5] = np.nan
+    with pytest.raises(InputError, match=r"calibration_embeddings .*NaN.*row 3"):
+        embedhub.quantize_embeddings(x, "int8", calibration_embeddings=bad)
+    for precision in ("int8", "uint8", "binary", "ubinary"):
+        with pytest.raises(InputError, match=r"^embeddings .*row 3"):
+            embedhub.quantize_embeddings(bad, precision)
+    with pytest.raises(InputError, match="ranges .*infinite"):
+        embedhub.quantize_embeddings(x, "uint8", ranges=np.array([[-np.inf] * 32, [np.inf] * 32]))
+    with pytest.raises(InputError, match="minimum.*exceeds.*dimension 0"):
+        embedhub.quantize_embeddings(x, "uint8", ranges=np.array([[1.0] * 32, [-1.0] * 32]))

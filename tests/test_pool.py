@@ -105,6 +105,10 @@ def test_text_image_methods_and_single_inputs(model, pool, photos):
                                   model.encode_text(TEXTS[:9], batch_size=2))
     np.testing.assert_array_equal(model.encode_image(photos, pool=pool, batch_size=1, chunk_size=1),
                                   model.encode_image(photos, batch_size=1))
+    np.testing.assert_array_equal(model.encode_query(TEXTS[:9], pool=pool, chunk_size=3, batch_size=2),
+                                  model.encode_query(TEXTS[:9], batch_size=2))
+    np.testing.assert_array_equal(model.encode_document(TEXTS[:9], prompt="passage: ", pool=pool, chunk_size=3),
+                                  model.encode_document(TEXTS[:9], prompt="passage: "))
     one = model.encode("just one", pool=pool, convert_to="torch")
     assert isinstance(one, torch.Tensor) and one.shape == (model.embed_dim,)
     assert model.encode([], pool=pool).shape == model.encode([]).shape
