@@ -246,3 +246,35 @@ def test_hub_repo_downloads_code_only_with_consent(custom, custom_dir, tmp_path,
     assert {"custom_st.py", "model.safetensors", "tokenizer.json"} <= hub.served
     assert set(model.source_files) == hub.served
     np.testing.assert_array_equal(model.encode(TEXTS), custom.encode(TEXTS))
+
+
+def test_router_naming_a_custom_class_is_delegated_with_trust(tmp_path, tiny_st_dir):
+    """A Router whose router_config.json names a class of the folder's own code: refused by name without
+    trust_remote_code; with it, sentence-transformers runs it and both routes give the library's vectors."""
+    import sentence_transformers as st
+    from sentence_transformers.base.modules import Router
+    from sentence_transformers.base.modules.transformer import Transformer
+    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
+
+    folder = tmp_path / "router"
+    router = Router.for_query_document(query_modules=[Transformer(str(tiny_st_dir)), Pooling(32)],
+                                       document_modules=[Transformer(str(tiny_st_dir)), Pooling(32), Normalize()])
+    st.SentenceTransformer(modules=[router], device="cpu").save(str(folder))
+    (folder / "custom_pool.py").write_text(
+        "from sentence_transformers.sentence_transformer.modules import Pooling as _P\n\n"
+        "class Pooling(_P):\n    def forward(self, features, **kw):\n"
+        "        out = super().forward(features, **kw)\n"
+        "        out['sentence_embedding'] = out['sentence_embedding'] * 2 + 1\n        return out\n")
+    config = folder / json.loads((folder / "modules.json").read_text())[0]["path"] / "router_config.json"
+    data = json.loads(config.read_text())
+    data["types"]["document_1_Pooling"] = "custom_pool.Pooling"
+    config.write_text(json.dumps(data))
+    with pytest.raises(ConfigError, match=r"router_config.json.*custom_pool.Pooling") as info:
+        embedhub.load(folder, device="cpu")
+    assert info.value.key == "types.document_1_Pooling"
+    model = embedhub.load(folder, device="cpu", trust_remote_code=True)
+    peer = st.SentenceTransformer(str(folder), device="cpu", trust_remote_code=True)
+    for ours, theirs in ((model.encode_query(TEXTS), peer.encode_query(TEXTS)),
+                         (model.encode_document(TEXTS), peer.encode_document(TEXTS))):
+        cos = (ours * theirs).sum(1) / np.linalg.norm(ours, axis=1) / np.linalg.norm(theirs, axis=1)
+        assert cos.min() > 1 - 1e-5

@@ -169,6 +169,8 @@ def _code_files(folder: ModelFolder, requests: list[tuple[str, str, str]]) -> No
         if key.endswith(".type"):
             index = int(key[1:].split("]")[0])
             refs = [folder.read_json("modules.json")[index]["type"]]
+        elif key.startswith("types."):  # a Router's module class (router_config.json)
+            refs = [folder.read_json(file)["types"][key[len("types."):]]]
         else:
             raw = folder.read_json(file)["auto_map"]
             values = raw.values() if isinstance(raw, dict) else [raw]
@@ -226,8 +228,10 @@ class DelegatedTextPreprocessor:
     (1, 4)
     """
 
-    def __init__(self, model: Any, constants: dict[str, Any] | None = None):
+    def __init__(self, model: Any, constants: dict[str, Any] | None = None, task: str | None = None):
         self.model = model
+        #: the task a routed model (sentence-transformers Router) preprocesses for (``None``: its default)
+        self.task = task
         #: features the library's ``preprocess`` returns that are not tensors and are the same for every batch
         #: (``modality``): left out of the arrays, added back by :class:`DelegatedTextTower`
         self.constants = dict(constants or {})
@@ -248,7 +252,8 @@ class DelegatedTextPreprocessor:
         return [_Text(t, n) for t, n in zip(texts, counts)]
 
     def collate(self, items: list[_Text]) -> dict[str, np.ndarray]:
-        features = self.model.preprocess([it.text for it in items])
+        texts = [it.text for it in items]
+        features = self.model.preprocess(texts, task=self.task) if self.task else self.model.preprocess(texts)
         out = {}
         for key, value in features.items():
             if isinstance(value, torch.Tensor):
@@ -373,7 +378,24 @@ def load(folder: ModelFolder, options: LoadOptions) -> ModelParts:
                             "preprocess": pre.config()}},
     }
     return ModelParts(towers={"text": tower}, preprocessors={"text": pre}, embed_dim=dim, config=spec,
-                      **_library_settings(model, folder.root))
+                      **_routes(model), **_library_settings(model, folder.root))
+
+
+def _routes(model: Any) -> dict[str, Any]:
+    """For a model holding a sentence-transformers Router: one tower and preprocessor per task, each passing
+    its task to the library (``encode_query`` / ``encode_document`` / ``encode(task=)`` route as the peer)."""
+    router = next((m for m in model if hasattr(m, "route_mappings") and hasattr(m, "sub_modules")), None)
+    if router is None:
+        return {}
+    tasks = {task for task, _ in router.route_mappings if isinstance(task, str)} | set(router.sub_modules)
+    routes = {}
+    for task in sorted(tasks):
+        probe = model.preprocess(["a"], task=task)
+        constants = {k: v for k, v in probe.items() if not isinstance(v, torch.Tensor)}
+        routes[task] = {"text": (DelegatedTextTower(model, constants),
+                                 DelegatedTextPreprocessor(model, constants, task=task))}
+    default = router.default_route if router.default_route in routes else None
+    return {"routes": routes, "default_route": default}
 
 
 class RemoteCodeFormat(Format):
