@@ -274,6 +274,11 @@ def export(
         raise ValueError(f"{src.name}'s text pooling leaves the prompt's tokens out (include_prompt: false) and the "
                          f"model has prompts {sorted(k for k, v in src.prompts.items() if v)}: pooling runs inside the "
                          "ONNX graph, which sees no prompt boundary; keep this model on backend='torch'")
+    if getattr(src, "routes", ()):
+        raise ValueError(
+            f"{src.name} routes its inputs by task (a sentence-transformers Router: routes {list(src.routes)}); "
+            "an export holds one graph per modality, so encode_query / encode_document would lose their own "
+            "towers: its export is not supported (use backend='torch')")
     image_pre = src.preprocessors.get("image")
     if image_pre is not None and image_pre.config().get("kind") == "naflex":
         raise ValueError(

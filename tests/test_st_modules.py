@@ -425,6 +425,16 @@ def test_router_through_encode_query_and_encode_document(st_router):
     _cos_close(model.encode(TEXTS), peer.encode(TEXTS))
 
 
+def test_router_export_is_refused_by_name(st_router, tmp_path):
+    """One graph per modality cannot hold a query and a document tower: refused before any file is written."""
+    pytest.importorskip("onnxruntime")
+    from export import export
+
+    with pytest.raises(ValueError, match=r"routes its inputs by task .*'query'"):
+        export(str(st_router), tmp_path / "onnx", verbose=False)
+    assert not (tmp_path / "onnx").exists()
+
+
 def test_router_default_route_and_mappings(st_router, tmp_path):
     from embedhub._formats import sentence_transformers as fmt
 
