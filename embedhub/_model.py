@@ -289,6 +289,8 @@ class EmbeddingModel:
             role = prompt_name if prompt_name is not None else (self.default_prompt_name if text else None)
         base = self.fingerprint
         norm = self.default_normalize() if normalize is None else normalize
+        if normalize is None and self.normalized and dim < self.embed_dim:
+            norm = False  # the first dims of the model's unit vectors (encode's "full" case): not unit rows
         return replace(base, dim=int(dim), precision=precision, role=role, normalized=bool(norm))
 
     @property

@@ -172,8 +172,9 @@ def write_embeddings(
     """Write ``embeddings`` (``(N, D)`` floats, stored as float32) with ``fingerprint``, atomically.
 
     Quantised vectors (``encode(..., precision=...)`` with ``fingerprint=model.fingerprint_for(precision=...)``)
-    are stored as they are: ``int8``/``uint8`` codes ``(N, D)``, packed ``binary``/``ubinary`` bits
-    ``(N, ceil(D / 8))``; their dtype and width must be the fingerprint's precision's.
+    are stored as they are: packed ``binary``/``ubinary`` bits ``(N, ceil(D / 8))``; their dtype and width must
+    be the fingerprint's precision's. ``int8``/``uint8`` codes are refused: ``encode`` scales them by each call's
+    own ranges, so two files of them would not be comparable.
 
     ``.parquet``: columns ``id`` (``ids``, default ``0..N-1``; int64 or string), ``input`` (when
     ``inputs`` is given) and ``embedding`` (``fixed_size_list<float32>[D]``); the fingerprint JSON in
@@ -200,6 +201,12 @@ def write_embeddings(
     if path.is_dir():
         raise EmbeddingsFileError(f"{path} is a folder; expected a file path ending in {ext}", path=path)
     precision = precision_of(fingerprint)
+    if precision in ("int8", "uint8"):
+        raise EmbeddingsFileError(
+            f"{path}: {precision} codes are not stored: encode(..., precision={precision!r}) scales each dimension by "
+            "the range of that call's own embeddings, so codes of two calls (or files) under one fingerprint are "
+            "not comparable; store float32 (and quantise with fixed ranges, embedhub.quantize_embeddings(..., "
+            "ranges=...), when searching) or binary / ubinary codes", path=path)
     emb = _matrix(embeddings, precision)
     n, dim = emb.shape
     width = stored_width(fingerprint.dim, precision)
