@@ -490,3 +490,27 @@ def test_new_layouts_save_and_load_back(request, which, tmp_path):
     model.save_pretrained(tmp_path / "saved")
     again = embedhub.load(tmp_path / "saved", device="cpu")
     np.testing.assert_allclose(again.encode(TEXTS), model.encode(TEXTS), atol=1e-6)
+
+
+def test_roberta_positions_after_the_padding_index_bound_the_text_length(tmp_path, minilm_path):
+    """RoBERTa-style position ids start after the padding index: a 66-position model with pad id 0 embeds 65
+    tokens. A long text is truncated there, and equals transformers' own mean pooling of the truncated ids."""
+    import transformers
+
+    folder = tmp_path / "roberta"
+    torch.manual_seed(1)
+    config = transformers.RobertaConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=64, max_position_embeddings=66, pad_token_id=0)
+    transformers.RobertaModel(config).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copyfile(minilm_path / name, folder / name)
+    model = embedhub.load(folder, device="cpu")
+    assert model.max_seq_length == 65
+    long = "word " * 300
+    got = model.encode([long], normalize=False)
+    tok = transformers.AutoTokenizer.from_pretrained(str(folder))
+    ref = transformers.AutoModel.from_pretrained(str(folder)).eval()
+    ids = tok([long], truncation=True, max_length=65, return_tensors="pt")
+    with torch.no_grad():
+        want = ref(**{k: v for k, v in ids.items() if k != "token_type_ids"}).last_hidden_state.mean(1).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)

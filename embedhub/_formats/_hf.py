@@ -140,6 +140,21 @@ def transformers_config(folder: ModelFolder, *, trust_remote_code: bool, expect:
         raise ConfigError(f"{view.file}: not a valid {cls.__name__}: {exc}", file=str(view.file)) from exc
 
 
+#: architectures whose position ids start after the padding index (transformers' create_position_ids_from_input_ids)
+_OFFSET_POSITIONS = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "longformer", "data2vec-text", "ibert",
+                     "roberta-prelayernorm", "xmod", "mpnet", "luke"}
+
+
+def usable_positions(config: Any, default: int = 512) -> int:
+    """How many tokens the text backbone of ``config`` embeds: ``max_position_embeddings``, less the
+    ``pad_token_id + 1`` positions that RoBERTa-style models skip (514 -> 512 for xlm-roberta)."""
+    positions = int(getattr(config, "max_position_embeddings", default) or default)
+    if getattr(config, "model_type", None) in _OFFSET_POSITIONS:
+        pad = getattr(config, "pad_token_id", None)
+        positions -= (int(pad) if isinstance(pad, int) and pad >= 0 else 1) + 1
+    return max(positions, 1)
+
+
 def build_transformers(
     folder: ModelFolder, kind: str, *, what: str, trust_remote_code: bool, expect: str | None = None
 ):

@@ -31,7 +31,7 @@ from .._folder import ConfigView, ModelFolder
 from .._preprocess import HFTextPreprocessor
 from .._weights import check_config_fits, find_safetensors, header_shapes, load_strict, read_safetensors
 from ..modules import POOLING_MODES, Head, Pooling, Tower, TransformersTextTower
-from ._hf import build_transformers, text_preprocessor
+from ._hf import build_transformers, text_preprocessor, usable_positions
 
 NAME = "sentence-transformers"
 MARKER = "modules.json"
@@ -654,7 +654,7 @@ def _pipeline(mods: list[_Module], *, trust_remote_code: bool) -> _Pipeline:
         return _Pipeline(towers, clip_parts.preprocessors, width, logit_scale=clip_parts.logit_scale,
                          normalized=normalize)
     assert backbone is not None and pooling is not None and settings is not None
-    positions = int(getattr(backbone.config, "max_position_embeddings", 512))
+    positions = usable_positions(backbone.config)
     text = text_preprocessor(first.folder, max_length=settings.max_length, lowercase=settings.lowercase,
                              fallback_max_length=positions, trust_remote_code=trust_remote_code)
     text.max_length = min(text.max_length, positions)

@@ -15,7 +15,7 @@ from .._contract import Format, LoadOptions, ModelParts
 from .._errors import ConfigError, UnknownFormatError
 from .._folder import ModelFolder
 from ..modules import Head, Pooling, TransformersTextTower
-from ._hf import _config_class, build_transformers, text_preprocessor
+from ._hf import _config_class, build_transformers, text_preprocessor, usable_positions
 
 NAME = "transformers"
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
@@ -95,7 +95,7 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> Mode
     if not isinstance(hidden, int):
         raise ConfigError(f"{view.file}: {what} has no hidden_size; not a text encoder embedhub can mean-pool",
                           file=str(view.file), key="hidden_size")
-    positions = int(getattr(backbone.config, "max_position_embeddings", 512))
+    positions = usable_positions(backbone.config)
     text = text_preprocessor(folder, fallback_max_length=positions, trust_remote_code=trust_remote_code)
     text.max_length = min(text.max_length, positions)
     text.tokenizer.enable_truncation(max_length=text.max_length)
