@@ -279,6 +279,12 @@ def export(
             f"{src.name} routes its inputs by task (a sentence-transformers Router: routes {list(src.routes)}); "
             "an export holds one graph per modality, so encode_query / encode_document would lose their own "
             "towers: its export is not supported (use backend='torch')")
+    text_pre = src.preprocessors.get("text")
+    if text_pre is not None and text_pre.config().get("add_special_tokens") is False:
+        raise ValueError(
+            f"{src.name}: its text tower is a static embedding table (sentence-transformers StaticEmbedding or "
+            "model2vec: tokens without special tokens, averaged), which embedhub does not export; it is a table "
+            "lookup, already fast on backend='torch'")
     image_pre = src.preprocessors.get("image")
     if image_pre is not None and image_pre.config().get("kind") == "naflex":
         raise ValueError(

@@ -262,6 +262,15 @@ def st_static(tmp_path_factory, minilm_path) -> Path:
     return folder
 
 
+def test_static_embedding_export_is_refused_by_name(st_static, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from export import export
+
+    with pytest.raises(ValueError, match="static embedding table"):
+        export(str(st_static), tmp_path / "onnx", verbose=False)
+    assert not (tmp_path / "onnx").exists()
+
+
 def test_static_embedding_parity(st_static):
     modules = json.loads((st_static / "modules.json").read_text())
     assert modules[0]["type"].endswith("static_embedding.StaticEmbedding")
