@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from ._errors import ArgumentError
+
 #: texts are tokenised this many at a time (rounded up to a multiple of ``batch_size``) and
 #: sorted by length within that window, so memory beyond the output stays flat as inputs grow
 TEXT_WINDOW = 4096
@@ -29,7 +31,7 @@ def check_positive_int(name: str, value: Any, *, optional: bool = False) -> int 
         expected = "an int >= 1 or None" if optional else "an int >= 1"
         raise TypeError(f"{name} must be {expected}, got {value!r} ({type(value).__name__})")
     if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value!r}")
+        raise ArgumentError(f"{name} must be >= 1, got {value!r}")
     return int(value)
 
 

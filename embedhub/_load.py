@@ -11,7 +11,7 @@ from typing import Any
 import torch
 
 from ._backends import Backend
-from ._errors import ModelNotFoundError
+from ._errors import ArgumentError, ModelNotFoundError
 from ._folder import ModelFolder
 from ._hub import CONFIG_PATTERNS, download, literal_pattern, resolve
 from ._manifest import check_record
@@ -84,7 +84,7 @@ def load(
         raise ValueError(f"backend {backend!r} is not available; supported: 'torch', 'onnx', 'auto'")
     if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int)
                                      or truncate_dim < 1):
-        raise ValueError(f"truncate_dim must be None or a positive integer; got {truncate_dim!r}")
+        raise ArgumentError(f"truncate_dim must be None or a positive integer; got {truncate_dim!r}")
     dev, dt = _device(device), _dtype(dtype)
     from .formats import LoadOptions, detect
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._atomic import atomic_write
-from ._errors import EmbeddingsFileError, ProvenanceError, require
+from ._errors import ArgumentError, EmbeddingsFileError, ProvenanceError, require
 from ._provenance import Fingerprint
 from ._search import check_precision, stored_dtype, stored_width
 
@@ -212,7 +212,7 @@ def write_embeddings(
     width = stored_width(fingerprint.dim, precision)
     if dim != width:
         held = "" if precision == "float32" else f"'s {precision} vectors ({width} values a row)"
-        raise ValueError(
+        raise ArgumentError(
             f"embeddings have {dim} dims but fingerprint {fingerprint.id} is of a {fingerprint.dim}-dim model{held}; "
             "pass the fingerprint of the model and options that made them (model.fingerprint_for(...))"
         )

@@ -503,7 +503,13 @@ def cmd_search(args: argparse.Namespace) -> int:
     queries = model.encode_query(list(args.query), batch_size=args.batch_size, show_progress_bar=False,
                                  **encode_options(query_options))
     similarity, precision = similarity_of(model), args.precision
-    rescore = args.rescore_multiplier if precision in ("binary", "ubinary") and args.rescore_multiplier else None
+    if precision not in ("binary", "ubinary"):
+        if args.rescore_multiplier is not None:
+            raise UsageError(f"--rescore-multiplier rescores the candidates of a binary index; --precision is "
+                             f"{precision}, whose index ranks exactly (use --precision binary or ubinary)")
+        rescore = None
+    else:
+        rescore = RESCORE_MULTIPLIER if args.rescore_multiplier is None else args.rescore_multiplier
     index = SearchIndex(queries.shape[1], similarity=similarity, precision=precision)
     index.add(docs)
     scores, rows = index.search(queries, args.top_k, rescore_multiplier=rescore)
@@ -730,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
     sea.add_argument("--document-prompt-name", default=None,
                      help="prompt of the model's config for the corpus (default: its 'document' prompt, if any)")
     sea.add_argument("--document-prompt", default=None, help="prompt text put before every corpus text")
-    sea.add_argument("--rescore-multiplier", type=_positive_int, default=RESCORE_MULTIPLIER,
+    sea.add_argument("--rescore-multiplier", type=_positive_int, default=None,
                      help="binary precisions: rescore this many times --top-k candidates by Hamming distance with "
                      f"the float query (default: {RESCORE_MULTIPLIER}; 1 keeps the Hamming ranking)")
     sea.set_defaults(func=cmd_search)

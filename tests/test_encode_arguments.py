@@ -61,3 +61,13 @@ def test_quantize_refuses_non_finite_data_and_inverted_ranges():
         embedhub.quantize_embeddings(x, "uint8", ranges=np.array([[-np.inf] * 32, [np.inf] * 32]))
     with pytest.raises(InputError, match="minimum.*exceeds.*dimension 0"):
         embedhub.quantize_embeddings(x, "uint8", ranges=np.array([[1.0] * 32, [-1.0] * 32]))
+
+
+def test_load_and_pool_arguments(tiny_st_dir, model):
+    for bad in (0, True, 4.5):
+        with pytest.raises(ArgumentError, match="truncate_dim"):
+            embedhub.load(tiny_st_dir, truncate_dim=bad)
+    with pytest.raises(ArgumentError, match="chunk_size"):
+        model.encode(["a", "b"], device=["cpu", "cpu"], chunk_size=0)
+    with pytest.raises(ArgumentError, match="dims"):
+        embedhub.write_embeddings("x.npy", np.ones((2, 3), np.float32), model.fingerprint)

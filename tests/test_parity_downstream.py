@@ -252,3 +252,6 @@ def test_cli_search_binary_with_stored_embeddings(tmp_path, peer_dirs, dot_model
     err = capsys.readouterr().err
     assert dot_model.fingerprint_for(truncate_dim=24, precision="binary").id in err
     assert dot_model.fingerprint_for(truncate_dim=16, precision="binary").id in err
+    # a float index ranks exactly: a rescore multiplier asked for there is refused, not ignored
+    assert main(["search", *base, "--corpus", str(corpus), "--query", QUERIES[0], "--rescore-multiplier", "3"]) == 2
+    assert "--rescore-multiplier" in capsys.readouterr().err
