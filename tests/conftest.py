@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -288,3 +289,26 @@ def sparse_tar(path: Path, members: list[tuple[str, bytes | int]]) -> Path:
                 raw.write(data + b"\0" * (-len(data) % 512))
         raw.write(b"\0" * 1024)
     return path
+
+
+class RecordingHub:
+    """Test double of ``huggingface_hub.snapshot_download`` (the public Hub cannot be reached from tests):
+    serves the files of ``remote`` that match ``allow_patterns`` into a snapshot folder of a cache."""
+
+    def __init__(self, remote: Path, cache: Path, sha: str = "c" * 40, repo: str = "org--nested"):
+        self.remote, self.sha = remote, sha
+        self.snapshot = cache / f"models--{repo}" / "snapshots" / sha
+        self.calls: list[list[str]] = []
+        self.served: set[str] = set()
+
+    def __call__(self, repo_id, *, revision=None, allow_patterns=None, **kwargs):
+        from huggingface_hub.utils import filter_repo_objects
+
+        self.calls.append(list(allow_patterns or []))
+        files = sorted(p.relative_to(self.remote).as_posix() for p in self.remote.rglob("*") if p.is_file())
+        for rel in filter_repo_objects(files, allow_patterns=allow_patterns):
+            (self.snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(self.remote / rel, self.snapshot / rel)
+            self.served.add(rel)
+        self.snapshot.mkdir(parents=True, exist_ok=True)
+        return str(self.snapshot)

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import RecordingHub
 
 import embedhub
 from embedhub import ConfigError, InputError, InputTypeError, ModalityError, WeightsError
@@ -210,37 +211,16 @@ def test_delegated_model_encodes_in_worker_processes(custom):
     np.testing.assert_array_equal(ours, custom.encode(texts, batch_size=4))
 
 
-class _Hub:
-    """Test double of ``huggingface_hub.snapshot_download`` (the public Hub cannot be reached from tests): serves
-    the files of ``remote`` that match ``allow_patterns`` into a snapshot folder of a cache."""
-
-    def __init__(self, remote: Path, cache: Path):
-        self.remote = remote
-        self.snapshot = cache / "models--org--custom" / "snapshots" / ("d" * 40)
-        self.served: set[str] = set()
-
-    def __call__(self, repo_id, *, revision=None, allow_patterns=None, **kwargs):
-        from huggingface_hub.utils import filter_repo_objects
-
-        files = sorted(p.relative_to(self.remote).as_posix() for p in self.remote.rglob("*") if p.is_file())
-        for rel in filter_repo_objects(files, allow_patterns=allow_patterns):
-            (self.snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.remote / rel, self.snapshot / rel)
-            self.served.add(rel)
-        self.snapshot.mkdir(parents=True, exist_ok=True)
-        return str(self.snapshot)
-
-
 def test_hub_repo_downloads_code_only_with_consent(custom, custom_dir, tmp_path, monkeypatch):
     import huggingface_hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "0")
-    hub = _Hub(custom_dir, tmp_path / "refused")
+    hub = RecordingHub(custom_dir, tmp_path / "refused", sha="d" * 40, repo="org--custom")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
     with pytest.raises(ConfigError, match="custom_st.Transformer"):
         embedhub.load("org/custom", device="cpu", token=False)
     assert all(f.endswith(".json") for f in hub.served)  # neither code nor weights were fetched
-    hub = _Hub(custom_dir, tmp_path / "trusted")
+    hub = RecordingHub(custom_dir, tmp_path / "trusted", sha="d" * 40, repo="org--custom")
     monkeypatch.setattr(huggingface_hub, "snapshot_download", hub)
     model = embedhub.load("org/custom", device="cpu", token=False, trust_remote_code=True)
     assert {"custom_st.py", "model.safetensors", "tokenizer.json"} <= hub.served

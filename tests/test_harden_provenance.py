@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import perturbed_copy
+from conftest import RecordingHub, perturbed_copy
 
 import embedhub
 from embedhub._errors import ConfigError, FingerprintMismatchError
@@ -166,29 +166,6 @@ def test_non_utf8_names_in_a_folder_are_handled(tmp_path, tiny_st_dir):
 
 
 # ------------------------------------------------------------------------------------- doubled Hub
-class RecordingHub:
-    """Test double of ``huggingface_hub.snapshot_download`` (the public Hub cannot be reached from tests):
-    serves the files of ``remote`` that match ``allow_patterns`` into a snapshot folder of a cache."""
-
-    def __init__(self, remote: Path, cache: Path, sha: str = "c" * 40):
-        self.remote, self.sha = remote, sha
-        self.snapshot = cache / "models--org--nested" / "snapshots" / sha
-        self.calls: list[list[str]] = []
-        self.served: set[str] = set()
-
-    def __call__(self, repo_id, *, revision=None, allow_patterns=None, **kwargs):
-        from huggingface_hub.utils import filter_repo_objects
-
-        self.calls.append(list(allow_patterns or []))
-        files = sorted(p.relative_to(self.remote).as_posix() for p in self.remote.rglob("*") if p.is_file())
-        for rel in filter_repo_objects(files, allow_patterns=allow_patterns):
-            (self.snapshot / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(self.remote / rel, self.snapshot / rel)
-            self.served.add(rel)
-        self.snapshot.mkdir(parents=True, exist_ok=True)
-        return str(self.snapshot)
-
-
 def test_hub_download_list_is_the_files_read(tmp_path, tiny_st_dir, monkeypatch):
     import huggingface_hub
 
