@@ -205,23 +205,28 @@ def photos() -> list:
     return [Image.fromarray(a).convert("RGB") for a in arrays]
 
 
+def save_tiny_bert(folder: Path, minilm_path: Path, **config: int) -> Path:
+    """A random BERT (hidden 32, 2 layers, 4 heads unless ``config`` says otherwise; seed 0) saved by
+    transformers into ``folder``, with all-MiniLM-L6-v2's real tokenizer files beside it."""
+    import transformers
+
+    sizes = dict(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                 max_position_embeddings=64) | config
+    torch.manual_seed(0)
+    transformers.BertModel(transformers.BertConfig(**sizes)).save_pretrained(folder)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        shutil.copyfile(minilm_path / name, folder / name)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def tiny_st_dir(tmp_path_factory, minilm_path) -> Path:
     """A tiny random BERT with all-MiniLM-L6-v2's real tokenizer, saved by sentence-transformers."""
     st = pytest.importorskip("sentence_transformers")
-    import shutil
-
-    import transformers
     from sentence_transformers.base.modules.transformer import Transformer
     from sentence_transformers.sentence_transformer.modules import Pooling
 
-    hf = tmp_path_factory.mktemp("tiny_bert_hf")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=128)
-    transformers.BertModel(config).save_pretrained(hf)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copyfile(minilm_path / name, hf / name)
+    hf = save_tiny_bert(tmp_path_factory.mktemp("tiny_bert_hf"), minilm_path, max_position_embeddings=128)
     transformer = Transformer(str(hf), max_seq_length=64)
     peer = st.SentenceTransformer(modules=[transformer, Pooling(32, pooling_mode="mean")], device="cpu")
     folder = tmp_path_factory.mktemp("tiny_st")

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import save_tiny_bert
 
 import embedhub
 from embedhub import ConfigError
@@ -143,19 +144,13 @@ def saved(tmp_path_factory, minilm_path) -> Path:
     """Every supported module kind but CLIPModel, saved by sentence-transformers: a Router whose document
     route is Transformer, Pooling, Dense, Dropout, and whose query route is a StaticEmbedding and a Dense;
     then a Normalize."""
-    import transformers
     from sentence_transformers.base.modules import Router
     from sentence_transformers.base.modules.transformer import Transformer
     from sentence_transformers.sentence_transformer.modules import Dense, Dropout, Normalize, Pooling, StaticEmbedding
     from tokenizers import Tokenizer
 
-    hf = tmp_path_factory.mktemp("keys_hf")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
-                                     intermediate_size=32, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(hf)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copyfile(minilm_path / name, hf / name)
+    hf = save_tiny_bert(tmp_path_factory.mktemp("keys_hf"), minilm_path, hidden_size=16, num_hidden_layers=1,
+                        num_attention_heads=2, intermediate_size=32)
     static = StaticEmbedding(Tokenizer.from_file(str(minilm_path / "tokenizer.json")), embedding_dim=8)
     router = Router.for_query_document(query_modules=[static, Dense(8, 12)],
                                        document_modules=[Transformer(str(hf), max_seq_length=20), Pooling(16),

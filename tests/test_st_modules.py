@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import save_tiny_bert
 
 import embedhub
 from embedhub import ConfigError, EmbeddingModel
@@ -41,16 +42,7 @@ def _peer(folder: Path, **kwargs):
 @pytest.fixture(scope="module")
 def bert_hf(tmp_path_factory, minilm_path) -> Path:
     """A tiny random BERT saved by transformers, with all-MiniLM-L6-v2's tokenizer files (no modules.json)."""
-    import transformers
-
-    folder = tmp_path_factory.mktemp("bert_hf")
-    torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                                     intermediate_size=64, max_position_embeddings=64)
-    transformers.BertModel(config).save_pretrained(folder)
-    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-        shutil.copyfile(minilm_path / name, folder / name)
-    return folder
+    return save_tiny_bert(tmp_path_factory.mktemp("bert_hf"), minilm_path)
 
 
 @pytest.fixture(scope="module")
