@@ -59,32 +59,59 @@ def clean_env(**extra: str) -> dict[str, str]:
 # --- the build ------------------------------------------------------------------------------------------------
 
 
+BUILD = """
+import sys
+sys.path[:0] = {backend_path!r}
+backend = __import__({backend!r}, fromlist=["*"])
+out = sys.argv[1]
+for hook in sys.argv[2:]:
+    print(getattr(backend, hook)(out))
+"""
+
+
+def build(src: Path, out: Path, *hooks: str) -> str:
+    """Run the build ``hooks`` of the project's PEP 517 backend in ``src`` as pip does (``backend-path`` first on
+    ``sys.path``, a fresh process); returns what they printed."""
+    system = pyproject()["build-system"]
+    code = BUILD.format(backend_path=[str(src / p) for p in system.get("backend-path", [])],
+                        backend=system["build-backend"])
+    env = clean_env()
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # else build_py says "warning: byte-compiling is disabled"
+    proc = run([sys.executable, "-c", code, str(out), *hooks], cwd=src, env=env)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc.stdout + proc.stderr
+
+
+def wheel_names(folder: Path) -> set[str]:
+    wheels = [p for p in folder.glob("embedhub-*.whl") if ".editable-" not in p.name]
+    assert len(wheels) == 1, sorted(p.name for p in folder.iterdir())
+    return set(zipfile.ZipFile(wheels[0]).namelist())
+
+
 @pytest.fixture(scope="module")
 def built(tmp_path_factory) -> tuple[str, Path]:
-    """Build the wheel, the sdist and the editable wheel (``pip install -e``) with setuptools' PEP 517 backend from a
-    copy of the sources: (what the builds printed, the wheel)."""
+    """Build the wheel, the sdist and the editable wheel (``pip install -e``) from a copy of the sources:
+    (what the builds printed, the folder holding them)."""
     tmp = tmp_path_factory.mktemp("build")
     src = tmp / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
         shutil.copy2(ROOT / name, src / name)
-    for name in ("embedhub", "training", "export", "demos"):
+    for name in ("embedhub", "training", "export", "demos", "scripts"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.pyi"))
     out = tmp / "dist"
-    code = (f"from setuptools import build_meta as b\nb.build_wheel({str(out)!r})\nb.build_sdist({str(out)!r})\n"
-            f"b.build_editable({str(out)!r})")
-    env = clean_env()
-    env.pop("PYTHONDONTWRITEBYTECODE", None)  # else build_py says "warning: byte-compiling is disabled"
-    proc = run([sys.executable, "-c", code], cwd=src, env=env)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    wheels = [p for p in out.glob("embedhub-*.whl") if ".editable-" not in p.name]
-    assert len(wheels) == 1 and list(out.glob("embedhub-*.tar.gz")), sorted(p.name for p in out.iterdir())
-    return proc.stdout + proc.stderr, wheels[0]
+    output = build(src, out, "build_wheel", "build_sdist", "build_editable")
+    assert list(out.glob("embedhub-*.tar.gz")) and list(out.glob("embedhub-*.editable-*.whl")), list(out.iterdir())
+    return output, out
+
+
+#: what setuptools' warnings and notices print (pip shows them as BuildBackendWarning)
+WARNED = re.compile(r"warn|deprecat|absent from|InformationOnly", re.I)
 
 
 def test_build_prints_no_setuptools_warning(built):
     output, _ = built
-    warned = [line for line in output.splitlines() if re.search(r"warn|deprecat|absent from", line, re.I)]
+    warned = [line for line in output.splitlines() if WARNED.search(line)]
     assert not warned, "\n".join(warned)
 
 
@@ -98,8 +125,7 @@ def test_every_folder_with_files_is_a_declared_package():
 
 
 def test_wheel_holds_every_source_and_data_file(built):
-    _, wheel = built
-    names = set(zipfile.ZipFile(wheel).namelist())
+    names = wheel_names(built[1])
     missing = []
     for package, folder in shipped_folders().items():
         assert folder.is_dir(), f"{package}: {folder} does not exist"
@@ -118,8 +144,18 @@ def test_wheel_holds_every_source_and_data_file(built):
     assert {n.split("/")[0] for n in names if not n.split("/")[0].endswith(".dist-info")} == {"embedhub"}
 
 
+def test_wheel_built_from_the_sdist_is_the_same(built, tmp_path):
+    import tarfile
+
+    with tarfile.open(next(built[1].glob("embedhub-*.tar.gz"))) as tar:
+        tar.extractall(tmp_path, filter="data")
+    (src,) = tmp_path.iterdir()
+    assert not WARNED.search(build(src, tmp_path / "dist", "build_wheel"))
+    assert wheel_names(tmp_path / "dist") == wheel_names(built[1])
+
+
 def test_wheel_metadata_has_spdx_license_and_the_profiles(built):
-    _, wheel = built
+    wheel = next(p for p in built[1].glob("embedhub-*.whl") if ".editable-" not in p.name)
     with zipfile.ZipFile(wheel) as z:
         meta = z.read(next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))).decode()
     assert "License-Expression: Apache-2.0" in meta
