@@ -240,20 +240,45 @@ def base_python(tmp_path_factory) -> Path:
             target = Path(dist.locate_file(entry))
             if target.exists() and not (site / entry).exists():
                 (site / entry).symlink_to(target)
-    (site / "embedhub").symlink_to(ROOT / "embedhub")
+    install_embedhub(site)
     return venv / "bin" / "python"
 
 
+def install_embedhub(site: Path) -> None:
+    """Lay out embedhub in ``site`` as its wheel does (package-dir mapping, entry points), as links to the sources."""
+    project = pyproject()["project"]
+    for package, folder in shipped_folders().items():
+        target = site / Path(*package.split("."))
+        target.mkdir(parents=True, exist_ok=True)
+        for path in folder.iterdir():
+            if path.is_file() and path.suffix != ".pyc":
+                (target / path.name).symlink_to(path)
+    info = site / f"embedhub-{project['version']}.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.4\nName: embedhub\nVersion: {project['version']}\n")
+    groups = {"console_scripts": project["scripts"], **project["entry-points"]}
+    (info / "entry_points.txt").write_text("".join(f"[{group}]\n" + "".join(f"{k} = {v}\n" for k, v in entries.items())
+                                                   + "\n" for group, entries in groups.items()))
+
+
 PROBE = """
-import importlib.util, json, sys
+import importlib.util, json, sys, tempfile
 out = {"importable": sorted(m for m in sys.argv[2].split(",") if importlib.util.find_spec(m) is not None)}
 import embedhub
 model = embedhub.load("all-MiniLM-L6-v2")
-out["shape"] = list(model.encode(["a cat", "a dog"]).shape)
-try:
-    embedhub.load(sys.argv[1])
-except embedhub.MissingDependencyError as exc:
-    out["open_clip_error"] = str(exc)
+vectors = model.encode(["a cat", "a dog"])
+out["shape"] = list(vectors.shape)
+tries = {
+    "open-clip": lambda: embedhub.load(sys.argv[1]),
+    "export": lambda: __import__("embedhub.export", fromlist=["export"]).export(model, tempfile.mkdtemp() + "/onnx"),
+    "parquet": lambda: embedhub.write_embeddings(tempfile.mkdtemp() + "/e.parquet", vectors, model.fingerprint),
+}
+out["errors"] = {}
+for extra, attempt in tries.items():
+    try:
+        attempt()
+    except embedhub.MissingDependencyError as exc:
+        out["errors"][extra] = str(exc)
 print(json.dumps(out))
 """
 
@@ -276,9 +301,22 @@ def test_sdk_quickstart_runs_on_the_packaged_model_with_base_dependencies(base_p
     assert base_probe["shape"] == [2, 384]
 
 
-def test_open_clip_folder_without_its_extra_names_the_pip_extra(base_probe):
-    assert "pip install 'embedhub[open-clip]'" in base_probe["open_clip_error"]
-    assert "open_clip" in base_probe["open_clip_error"]
+@pytest.mark.parametrize("extra, module", [("open-clip", "open_clip"), ("export", "onnx"), ("parquet", "pyarrow")])
+def test_feature_without_its_extra_names_the_pip_extra(base_probe, extra, module):
+    """An open_clip folder, an ONNX export and a .parquet file need an extra; the error names it."""
+    message = base_probe["errors"].get(extra, "no MissingDependencyError")
+    assert f"pip install 'embedhub[{extra}]'" in message and f"'{module}'" in message, message
+    assert extra in pyproject()["project"]["optional-dependencies"]
+
+
+@pytest.mark.parametrize("command, extra", [(["demo", "zero-shot"], "demo"), (["demo", "retrieval"], "demo"),
+                                            (["export", "all-MiniLM-L6-v2", "--output", "onnx"], "export")])
+def test_cli_command_without_its_extra_names_the_pip_extra(base_python, tmp_path, command, extra):
+    env = clean_env(HF_HUB_OFFLINE="1", EMBEDHUB_HOME=str(tmp_path / "home"))
+    proc = run([str(base_python), "-m", "embedhub", *command], cwd=tmp_path, env=env)
+    assert proc.returncode != 0
+    assert f"pip install 'embedhub[{extra}]'" in proc.stderr and "MissingDependencyError" in proc.stderr, proc.stderr
+    assert not (tmp_path / "onnx").exists()
 
 
 # --- scripts/setup.sh -------------------------------------------------------------------------------------------
