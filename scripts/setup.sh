@@ -40,15 +40,15 @@ profile="${profile:-demo}"
 # Per profile: the pip requirement of embedhub, the torch packages, the Debian packages (real data and tools:
 # Fashion-MNIST for the demos and the image recipes, WordNet and fortunes for the sentence recipes, espeak-ng for
 # PMRL's spoken captions, chromium for the demos' browser tests driven by Playwright), and the size of the
-# finished .venv, measured on Linux x86_64 / Python 3.11 with the CUDA build of torch that PyPI serves there.
+# finished .venv (du -sh), measured on Linux x86_64 / Python 3.11 with the CUDA build of torch.
 case "$profile" in
   sdk)
-    spec="."; torch_pkgs="torch==2.14.1"; deb=""; venv_size="5.4 GB" ;;
+    spec="."; torch_pkgs="torch==2.14.1"; deb=""; venv_size="6.0 GB" ;;
   demo)
-    spec=".[demo]"; torch_pkgs="torch==2.14.1 torchvision==0.29.1"; deb="dataset-fashion-mnist"; venv_size="6.0 GB" ;;
+    spec=".[demo]"; torch_pkgs="torch==2.14.1 torchvision==0.29.1"; deb="dataset-fashion-mnist"; venv_size="6.4 GB" ;;
   train)
     spec=".[train]"; torch_pkgs="torch==2.14.1 torchvision==0.29.1"
-    deb="dataset-fashion-mnist wordnet-base fortunes espeak-ng"; venv_size="5.6 GB" ;;
+    deb="dataset-fashion-mnist wordnet-base fortunes espeak-ng"; venv_size="6.3 GB" ;;
   dev)
     spec=".[dev]"; torch_pkgs="torch==2.14.1 torchvision==0.29.1"
     deb="dataset-fashion-mnist wordnet-base fortunes espeak-ng chromium"; venv_size="7.1 GB" ;;
@@ -71,8 +71,8 @@ python3 -m venv .venv
 # shellcheck disable=SC1091
 . .venv/bin/activate
 python -m pip install -q --upgrade pip
-# The torch and torchvision releases the project is tested with; on Linux x86_64 pip gets the CUDA build
-# from PyPI (torch's wheel plus its nvidia-* libraries, about 4.5 GB installed).
+# The torch and torchvision releases the project is tested with. On Linux x86_64 this is their CUDA build
+# (a 555 MB torch wheel that pulls the nvidia-* CUDA 13 libraries and triton: about 5.3 GB installed).
 python -m pip install -q $torch_pkgs
 python -m pip install -q -e "$spec"
 echo "embedhub installed in .venv ($(python -c 'import embedhub; print(embedhub.__version__)'), profile $profile)"

@@ -309,7 +309,7 @@ def test_feature_without_its_extra_names_the_pip_extra(base_probe, extra, module
     assert extra in pyproject()["project"]["optional-dependencies"]
 
 
-@pytest.mark.parametrize("command, extra", [(["demo", "zero-shot"], "demo"), (["demo", "retrieval"], "demo"),
+@pytest.mark.parametrize("command, extra", [(["demo", "zero-shot"], "demo"),
                                             (["export", "all-MiniLM-L6-v2", "--output", "onnx"], "export")])
 def test_cli_command_without_its_extra_names_the_pip_extra(base_python, tmp_path, command, extra):
     env = clean_env(HF_HUB_OFFLINE="1", EMBEDHUB_HOME=str(tmp_path / "home"))
