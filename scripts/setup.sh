@@ -51,7 +51,7 @@ case "$profile" in
     deb="dataset-fashion-mnist wordnet-base fortunes espeak-ng"; venv_size="6.3 GB" ;;
   dev)
     spec=".[dev]"; torch_pkgs="torch==2.14.1 torchvision==0.29.1"
-    deb="dataset-fashion-mnist wordnet-base fortunes espeak-ng chromium"; venv_size="7.1 GB" ;;
+    deb="dataset-fashion-mnist wordnet-base fortunes espeak-ng chromium"; venv_size="7.2 GB" ;;
 esac
 
 echo "profile: $profile"
