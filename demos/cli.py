@@ -39,6 +39,9 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    from embedhub.utils import require
+
+    require("gradio", "demo", "a Gradio demo")
     app = importlib.import_module(f"{__package__}.{DEMOS[args.demo]}.app")
     extra = {"allow_model_loading": args.allow_model_loading} if args.demo == "zero-shot" else {}
     app.launch(model=args.model, backend=args.backend, host=args.host, port=args.port, share=args.share, **extra)

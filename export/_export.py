@@ -255,8 +255,10 @@ def export(
 
     >>> export("all-MiniLM-L6-v2", "minilm-onnx", quantize="int8")   # doctest: +SKIP
     """
-    import onnx
-    import onnxruntime as ort
+    from embedhub.utils import require
+
+    onnx = require("onnx", "export", "ONNX export")
+    ort = require("onnxruntime", "export", "ONNX export")
 
     if dtype not in ("fp32", "fp16"):
         raise ValueError(f"dtype must be 'fp32' or 'fp16', got {dtype!r}")
