@@ -112,8 +112,8 @@ def _cached_snapshot() -> Path | None:
 def _not_found(reason: str = "") -> DataNotFoundError:
     cache = _hub_cache()
     return DataNotFoundError(
-        f"STS-B not found: {GET_IT}{'. ' + reason if reason else ''} (looked in ${ENV_VAR} (unset), "
-        f"{_beside_checkout()} and the Hugging Face cache {cache} for the dataset {HUB_REPO})")
+        f"STS-B not found: {GET_IT}{'. ' + reason if reason else ''} (the Hugging Face cache {cache} has no copy "
+        f"of the dataset {HUB_REPO})")
 
 
 def stsb_dir() -> Path:
