@@ -12,7 +12,7 @@ import math
 from pathlib import Path
 
 import pytest
-from conftest import RecordingHub, stsb_folder
+from conftest import RecordingHub, stsb_folder, write_stsb_csv
 
 import embedhub
 import embedhub.data as data
@@ -28,12 +28,12 @@ COUNTS = {"train": 5749, "dev": 1500, "test": 1379}
 
 
 @pytest.fixture(scope="module")
-def csv_folder() -> Path:
+def csv_folder(tmp_path_factory) -> Path:
+    """STS-B's csv files: the real ones, or (where only the Hub copy is here) written from its rows."""
     folder = stsb_folder()
-    if not (folder / "sts-test.csv").is_file():
-        pytest.skip("STS-B's original csv files not found (the Hub copy from `embedhub data stsb` is parquet): set "
-                    "EMBEDHUB_STSB_DIR to a folder holding sts-train.csv, sts-dev.csv and sts-test.csv")
-    return folder
+    if (folder / "sts-test.csv").is_file():
+        return folder
+    return write_stsb_csv(tmp_path_factory.mktemp("stsb_csv"))
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +102,7 @@ def test_download_fetches_the_three_files_once_and_reads_as_the_csv_files(hub, c
 
 
 def test_stsb_dir_looks_in_the_variable_then_beside_the_checkout_then_the_cache(hub, cache, csv_folder, tmp_path,
-                                                                                monkeypatch):
+                                                                                monkeypatch, capsys):
     beside = data._beside_checkout()
     if (beside / "sts-test.csv").is_file():
         assert stsb_dir() == beside
@@ -113,6 +113,8 @@ def test_stsb_dir_looks_in_the_variable_then_beside_the_checkout_then_the_cache(
     assert main(["data", "stsb", "--print"]) == 1 and hub.calls == []
     folder = download_stsb()
     assert stsb_dir() == folder
+    capsys.readouterr()
+    assert main(["data", "stsb", "--print"]) == 0 and capsys.readouterr().out == f"{folder}\n"
     assert _close(read_stsb("dev"), read_stsb("dev", folder=csv_folder))
     monkeypatch.setenv("EMBEDHUB_STSB_DIR", str(csv_folder))
     assert stsb_dir() == csv_folder
