@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -202,3 +203,13 @@ def test_offline_with_no_copy_the_command_fails_at_once_naming_the_command(cache
     err = capsys.readouterr().err
     assert "STS-B not found: run `embedhub data stsb`" in err and "cannot be reached" in err
     assert not list(cache.rglob("*.parquet"))
+
+
+def test_the_hub_copy_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
+    path = tmp_path / "data" / "test-00000-of-00001.parquet"
+    path.parent.mkdir()
+    pq.write_table(pa.table({"sentence1": ["a"], "sentence2": ["b"], "score": [0.5]}), path)
+    assert read_stsb("test", folder=tmp_path) == [("a", "b", 2.5)]
+    monkeypatch.setitem(sys.modules, "pyarrow", None)  # as when it is not installed: import raises ImportError
+    with pytest.raises(embedhub.MissingDependencyError, match=r"pip install 'embedhub\[parquet\]'"):
+        read_stsb("test", folder=tmp_path)
