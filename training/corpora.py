@@ -1,7 +1,7 @@
 """Real unlabelled English sentences for the sentence recipes, from files that install offline.
 
 - ``stsb``: the unique sentences of STS-B train (found by :mod:`embedhub.data`; ``embedhub data stsb`` gets
-  it), without their scores (10,536 sentences);
+  it), without their scores (10,518 unique sentences);
 - ``wordnet``: WordNet 3.0's quoted usage examples (``apt-get install wordnet-base``), ~48k sentences;
 - ``fortunes``: the entries of Debian's ``fortunes`` package (``apt-get install fortunes``), whitespace
   joined, those of at most ``max_words`` words.
