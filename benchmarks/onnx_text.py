@@ -67,7 +67,6 @@ import torch  # noqa: E402
 from encode_text import Encoder, peak_rss_mib, row_cosines, run_cli, timed, uptime_line  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-STSB_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark" / "sts-train.csv"
 SOURCES = ("MSRpar", "deft-news", "deft-forum")  # ordinary prose: news and forum sentences
 MODEL_ALIAS = "all-MiniLM-L6-v2"
 MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
@@ -93,9 +92,22 @@ def print_table(rows: list[list[str]], left: tuple[int, ...] = (0,)) -> None:
 
 
 # ---------------------------------------------------------------------------- inputs and work
-def load_prose(path: Path, n: int, sources: tuple[str, ...] = SOURCES) -> list[str]:
+def stsb_train_csv() -> Path:
+    """STS-B's sts-train.csv where embedhub.data finds STS-B: the original layout, whose source column (the Hub
+    copy's parquet files lack it) picks the prose rows."""
+    from embedhub.data import stsb_dir
+
+    path = stsb_dir() / "sts-train.csv"
+    if not path.is_file():
+        raise SystemExit(f"{path.parent} holds the Hub copy of STS-B (from `embedhub data stsb`), which lacks the "
+                         "source column this benchmark selects prose by: pass --data with the original sts-train.csv")
+    return path
+
+
+def load_prose(path: Path | None, n: int, sources: tuple[str, ...] = SOURCES) -> list[str]:
     """The first ``n`` unique sentences (columns 5 and 6) of the STS-B rows whose source (column 1)
-    is one of ``sources``, in file order."""
+    is one of ``sources``, in file order (``path`` None: :func:`stsb_train_csv`)."""
+    path = stsb_train_csv() if path is None else path
     seen: set[str] = set()
     out: list[str] = []
     with path.open(encoding="utf-8", newline="") as f:
@@ -748,7 +760,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="add an embedhub torch bf16 row")
     p.add_argument("--fp16", action="store_true", help="with --device cuda: fp16 torch rows and fp16 ONNX exports")
     p.add_argument("--skip-int8", action="store_true", help="leave out the embedhub int8 export (~50 s)")
-    p.add_argument("--data", type=Path, default=STSB_TRAIN, help="STS-B csv to take sentences from")
+    p.add_argument("--data", type=Path, default=None,
+                   help="an STS-B csv to take sentences from (default: STS-B train via embedhub.data)")
     p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
     args = p.parse_args(argv)
     if min(args.n, args.batch_size, args.threads, args.reps) < 1:

@@ -2,9 +2,8 @@
 all-MiniLM-L6-v2 in fp16 on the first 4,000 unique STS-B train sentences. Prints and writes (``$OUT`` or the
 current folder) whether the vectors are equal, in input order, and whether any worker outlived the pool.
 
-    python benchmarks/pool_cuda.py --data ../shared/data/stsbenchmark/sts-train.csv --devices cuda:0 cuda:0
+    python benchmarks/pool_cuda.py --devices cuda:0 cuda:0   # STS-B from embedhub.data (`embedhub data stsb`)
 """
-import csv
 import json
 import os
 import time
@@ -12,16 +11,16 @@ import time
 import numpy as np
 
 import embedhub
+from embedhub.data import read_stsb
 
 if __name__ == "__main__":
     import argparse
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="../shared/data/stsbenchmark/sts-train.csv")
+    parser.add_argument("--stsb", default=None, help="STS-B folder (default: where embedhub.data finds it)")
     parser.add_argument("--devices", nargs="+", default=["cuda:0", "cuda:0"])
     args = parser.parse_args()
-    rows = list(csv.reader(open(args.data, encoding="utf-8"), delimiter="\t", quoting=csv.QUOTE_NONE))
-    texts = list(dict.fromkeys(r[5] for r in rows if len(r) > 6))[:4000]
+    texts = list(dict.fromkeys(a for a, _, _ in read_stsb("train", folder=args.stsb)))[:4000]
     model = embedhub.load("all-MiniLM-L6-v2", device="cuda", dtype="float16")
     t0 = time.perf_counter()
     one = model.encode(texts, batch_size=64)

@@ -71,15 +71,14 @@ def peer_train(start: str, data: str, out: str, *, steps: int, lr: float, batch_
     result = trainer.train()
     record: dict[str, Any] = {"train_seconds": result.metrics["train_runtime"]}
     if evaluate:
-        import csv
+        from embedhub.data import read_stsb
 
-        rows = list(csv.reader(open(Path(sts_dir) / "sts-test.csv", encoding="utf-8"), delimiter="\t",
-                               quoting=csv.QUOTE_NONE))
+        rows = read_stsb("test", folder=sts_dir or None)
         model.max_seq_length = eval_length
         model.eval()
-        a = model.encode([r[5] for r in rows], normalize_embeddings=True, batch_size=128)
-        b = model.encode([r[6] for r in rows], normalize_embeddings=True, batch_size=128)
-        gold = np.array([float(r[4]) for r in rows])
+        a = model.encode([r[0] for r in rows], normalize_embeddings=True, batch_size=128)
+        b = model.encode([r[1] for r in rows], normalize_embeddings=True, batch_size=128)
+        gold = np.array([r[2] for r in rows])
         record["test"] = float(spearmanr((a * b).sum(1), gold).statistic * 100)
     return record
 
@@ -116,7 +115,7 @@ def main() -> None:
     work = args.out
     work.mkdir(parents=True, exist_ok=True)
     start, data = prepare(args.start, args.data, work)
-    sts_dir = str(ROOT.parent / "shared" / "data" / "stsbenchmark")
+    sts_dir = ""  # STS-B where embedhub.data finds it (`embedhub data stsb` gets it)
     common = dict(lr=args.lr, batch_size=args.batch_size, threads=args.threads)
     ours_extra = [f"max_length={args.max_length}", f"sts_dir={sts_dir}"]
     peer_kw = dict(max_length=args.max_length, sts_dir=sts_dir, **common)

@@ -138,3 +138,18 @@ def require(module: str, extra: str, purpose: str):
         raise MissingDependencyError(
             f"{purpose} needs the '{module}' package, which is not installed: pip install 'embedhub[{extra}]'"
         ) from exc
+
+
+class DataNotFoundError(EmbedhubError, FileNotFoundError):
+    """A dataset (STS-B) is on none of the places it is looked for, or ``$EMBEDHUB_STSB_DIR`` names a folder
+    without it; the message names the command that gets it (``embedhub data stsb``)."""
+
+
+class DataFileError(EmbedhubError, ValueError):
+    """A dataset file is malformed: too few columns, a score that is not a number in range, not UTF-8, oversized.
+    ``path`` names the file and ``row`` the 1-based row at fault (``None`` when the file as a whole is)."""
+
+    def __init__(self, message: str, *, path: str | os.PathLike[str], row: int | None = None):
+        super().__init__(message)
+        self.path = Path(path)
+        self.row = row

@@ -1,5 +1,5 @@
 """The ``embedhub`` command line: ``encode`` files to embeddings, ``embed`` a large corpus into resumable
-shards, ``search`` a corpus, list ``models``, ``push`` a model folder to the Hub.
+shards, ``search`` a corpus, list ``models``, get ``data`` (STS-B), ``push`` a model folder to the Hub.
 
 Examples::
 
@@ -7,6 +7,7 @@ Examples::
     embedhub embed --model all-MiniLM-L6-v2 --input 'passages/*.parquet' --output emb/ --index faiss
     embedhub search --model all-MiniLM-L6-v2 --corpus sts-test.csv --column 5 --query "A man is playing a guitar."
     embedhub models
+    embedhub data stsb
     embedhub push my-model acme/my-model --private
 
 Exit codes: 0 success, 1 the model or the library failed (message on stderr), 2 bad usage or bad input.
@@ -544,6 +545,29 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data(args: argparse.Namespace) -> int:
+    """``embedhub data stsb``: where STS-B is found, downloading it into the Hugging Face cache when it is on none of
+    the places looked in; prints the folder and the rows of each split. ``--print`` only says where it is (exit 1
+    when nowhere)."""
+    from ._errors import DataNotFoundError
+    from .data import ENV_VAR, SPLITS, download_stsb, read_stsb, stsb_dir
+
+    try:
+        folder = stsb_dir()
+    except DataNotFoundError as exc:
+        if args.print_only or os.environ.get(ENV_VAR, "").strip():
+            print(f"embedhub data: {exc}", file=sys.stderr)
+            return 1
+        folder = download_stsb()
+    if args.print_only:
+        print(folder)
+        return 0
+    counts = {split: len(read_stsb(split, folder=folder)) for split in SPLITS}
+    print(folder)
+    print("STS-B rows: " + ", ".join(f"{split} {n}" for split, n in counts.items()))
+    return 0
+
+
 def cmd_push(args: argparse.Namespace) -> int:
     """``embedhub push DIR REPO_ID``: upload a saved model folder (its format's files and model card)."""
     from ._errors import PublishError
@@ -748,6 +772,19 @@ def build_parser() -> argparse.ArgumentParser:
         "('-': the repo's default branch).",
     )
     mod.set_defaults(func=cmd_models)
+
+    dat = sub.add_parser(
+        "data",
+        help="find or download the data the tests and recipes use (STS-B)",
+        description="Find STS-B ($EMBEDHUB_STSB_DIR, shared/data/stsbenchmark beside the checkout, or the Hugging "
+        "Face cache) or, when it is on none of them, download the dataset sentence-transformers/stsb from the Hub "
+        "into the Hugging Face cache (once); check its three splits and print the folder and their row counts.",
+        epilog="Exit codes: 0 found (or downloaded), 1 not found and not downloadable (offline), or a malformed file.",
+    )
+    dat.add_argument("dataset", choices=("stsb",), help="the dataset: stsb (the STS Benchmark)")
+    dat.add_argument("--print", dest="print_only", action="store_true",
+                     help="only print the folder it is found in (exit 1 when it is nowhere); never download")
+    dat.set_defaults(func=cmd_data)
 
     push = sub.add_parser(
         "push",

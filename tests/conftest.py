@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import csv
+import functools
 import os
 import shutil
 from pathlib import Path
@@ -12,18 +12,66 @@ import pytest
 import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
-STSB = SHARED / "data" / "stsbenchmark"
+STSB_MISSING = "STS-B not found: run `embedhub data stsb` (or set EMBEDHUB_STSB_DIR)"
+
+
+@functools.cache
+def _stsb_folder() -> Path | None:
+    """Where embedhub.data finds STS-B; else the Hugging Face copy when it downloads quickly (online), else None.
+    An explicitly set but wrong $EMBEDHUB_STSB_DIR is an error, not a skip."""
+    from embedhub import DataNotFoundError
+    from embedhub.data import ENV_VAR, download_stsb, stsb_dir
+
+    try:
+        return stsb_dir()
+    except DataNotFoundError:
+        if os.environ.get(ENV_VAR, "").strip():
+            raise
+    try:
+        return download_stsb()  # fails within seconds offline
+    except DataNotFoundError:
+        return None
+
+
+def stsb_folder() -> Path:
+    """STS-B's folder (csv files, or the Hub copy's parquet files); skips the test with one message when absent."""
+    folder = _stsb_folder()
+    if folder is None:
+        pytest.skip(STSB_MISSING)
+    return folder
+
+
+@functools.cache
+def _stsb_rows(split: str) -> tuple[tuple[str, str, float], ...]:
+    from embedhub.data import read_stsb
+
+    return tuple(read_stsb(split, folder=stsb_folder()))
+
+
+def stsb_rows(split: str) -> list[tuple[str, str, float]]:
+    """STS-B's ``split`` as ``(sentence1, sentence2, score 0..5)`` rows (embedhub.data.read_stsb); skips when absent."""
+    return list(_stsb_rows(split))
+
+
+def stsb_lines(rows) -> list[str]:
+    """``rows`` in STS-B's original tab-separated layout (genre, file, year, id, score, sentence1, sentence2)."""
+    return [f"main-captions\tMSRvid\t2012test\t{i:04d}\t{score!r}\t{a}\t{b}" for i, (a, b, score) in enumerate(rows)]
+
+
+def write_stsb_csv(folder: Path, splits: dict[str, int | None] | None = None) -> Path:
+    """``folder/sts-{split}.csv`` in the original layout with the first ``n`` rows of each split (``None``: all),
+    whatever the source of STS-B: a folder for ``sts_dir=`` of the recipes."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for split, n in (splits or {"train": None, "dev": None, "test": None}).items():
+        lines = stsb_lines(stsb_rows(split)[:n])
+        (folder / f"sts-{split}.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return folder
 
 
 def read_sts(split: str) -> tuple[list[str], list[str], np.ndarray]:
-    """Sentence pairs and gold scores of an STS Benchmark split (tab separated, no quoting)."""
-    s1, s2, scores = [], [], []
-    with open(STSB / f"sts-{split}.csv", encoding="utf-8") as f:
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            s1.append(row[5])
-            s2.append(row[6])
-            scores.append(float(row[4]))
-    return s1, s2, np.asarray(scores)
+    """Sentence pairs and gold scores of an STS Benchmark split; skips when STS-B is absent."""
+    rows = stsb_rows(split)
+    return [r[0] for r in rows], [r[1] for r in rows], np.asarray([r[2] for r in rows])
 
 
 @pytest.fixture(scope="session")
@@ -41,8 +89,6 @@ def minilm(minilm_path):
 
 @pytest.fixture(scope="session")
 def sts_test():
-    if not STSB.is_dir():
-        pytest.skip(f"STS Benchmark not found at {STSB}")
     return read_sts("test")
 
 
@@ -300,9 +346,11 @@ class RecordingHub:
     """Test double of ``huggingface_hub.snapshot_download`` (the public Hub cannot be reached from tests):
     serves the files of ``remote`` that match ``allow_patterns`` into a snapshot folder of a cache."""
 
-    def __init__(self, remote: Path, cache: Path, sha: str = "c" * 40, repo: str = "org--nested"):
+    def __init__(self, remote: Path, cache: Path, sha: str = "c" * 40, repo: str = "org--nested",
+                 kind: str = "models"):
         self.remote, self.sha = remote, sha
-        self.snapshot = cache / f"models--{repo}" / "snapshots" / sha
+        self.root = cache / f"{kind}--{repo}"
+        self.snapshot = self.root / "snapshots" / sha
         self.calls: list[list[str]] = []
         self.served: set[str] = set()
 
@@ -316,4 +364,8 @@ class RecordingHub:
             shutil.copyfile(self.remote / rel, self.snapshot / rel)
             self.served.add(rel)
         self.snapshot.mkdir(parents=True, exist_ok=True)
+        ref = revision or "main"
+        if len(ref) != 40:  # as the real cache: a branch or tag names its snapshot in refs/
+            (self.root / "refs" / ref).parent.mkdir(parents=True, exist_ok=True)
+            (self.root / "refs" / ref).write_text(self.sha)
         return str(self.snapshot)

@@ -15,12 +15,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import stsb_lines, stsb_rows
 
 import embedhub
 from embedhub.cli import main
 
 MODEL = "all-MiniLM-L6-v2"
-STS_TEST = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsbenchmark" / "sts-test.csv"
 
 SENTENCES = [
     "A man is playing a guitar.",
@@ -147,11 +147,9 @@ def test_python_dash_m_entry_point(tmp_path, minilm):
 # --------------------------------------------------------------------------------------------- search
 @pytest.fixture()
 def sts_corpus(tmp_path) -> tuple[Path, list[str]]:
-    """The first 60 rows of STS-benchmark test (tab separated though named .csv, quotes inside, extra columns)."""
-    if STS_TEST.is_file():
-        lines = STS_TEST.read_text(encoding="utf-8").splitlines()[:60]
-    else:  # same shape as the real file
-        lines = [f"main-captions\tMSRvid\t2012test\t{i:04d}\t2.5\t{s}\tother {i}" for i, s in enumerate(SENTENCES)]
+    """The first 60 rows of STS-benchmark test in its layout (tab separated though named .csv), plus a row with
+    quotes inside and extra columns."""
+    lines = stsb_lines(stsb_rows("test")[:60])
     lines.append('main-news\theadlines\t2016\t9999\t1.0\tShe said "no" to the offer.\tx\tsource-a\tsource-b')
     path = tmp_path / "sts.csv"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -3,13 +3,12 @@ sentence recipes' input."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 
 import pytest
-from conftest import STSB
+from conftest import stsb_folder, stsb_rows
 
-from training.config import DataError
+from training.config import DataError, MissingDataError
 from training.corpora import FORTUNES, WORDNET, fortunes, main, stsb_sentences, unique, wordnet_examples, write_corpus
 
 
@@ -19,11 +18,9 @@ def _need(path: Path, package: str) -> None:
 
 
 def test_stsb_gives_both_sentences_of_every_train_row_without_the_scores():
-    _need(STSB, "../shared/data/stsbenchmark")
-    with open(STSB / "sts-train.csv", encoding="utf-8") as f:
-        rows = list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    got = list(stsb_sentences(STSB))
-    assert got == [s for row in rows for s in row[5:7]]
+    rows = stsb_rows("train")
+    got = list(stsb_sentences())
+    assert got == [s for row in rows for s in row[:2]] == list(stsb_sentences(stsb_folder()))
     assert len(got) == 2 * len(rows) == 2 * 5749
 
 
@@ -40,12 +37,12 @@ def test_wordnet_and_fortunes_give_real_sentences_without_markup():
 
 
 def test_write_corpus_writes_each_sentence_once_and_refuses_unknown_sources(tmp_path, capsys):
-    _need(STSB, "../shared/data/stsbenchmark")
+    stsb_folder()  # skips when STS-B is absent
     out = tmp_path / "sub" / "stsb.txt"
     n = write_corpus(["stsb", "stsb"], out)
     lines = out.read_text(encoding="utf-8").splitlines()
     assert n == len(lines) == len({s.lower() for s in lines}) > 10_000
-    assert set(lines) <= {" ".join(s.split()) for s in stsb_sentences(STSB)}
+    assert set(lines) <= {" ".join(s.split()) for s in stsb_sentences()}
     assert not list(tmp_path.rglob("*.tmp"))
     with pytest.raises(DataError, match=r"unknown sentence source\(s\) \['news'\]"):
         write_corpus(["stsb", "news"], tmp_path / "x.txt")
@@ -56,7 +53,10 @@ def test_write_corpus_writes_each_sentence_once_and_refuses_unknown_sources(tmp_
 
 
 def test_a_missing_source_is_a_clear_error(tmp_path):
-    with pytest.raises(DataError, match="sts-train.csv: STS-B file not found"):
+    with pytest.raises(MissingDataError, match=r"sts-train.csv: STS-B's train split is not in .*`embedhub data stsb`"):
+        list(stsb_sentences(tmp_path))
+    (tmp_path / "sts-train.csv").write_text("g\tf\t2012\t1\t2.5\tA man plays.\n", encoding="utf-8")
+    with pytest.raises(DataError, match=r"sts-train.csv, row 1: expected at least 7 tab-separated fields"):
         list(stsb_sentences(tmp_path))
     with pytest.raises(DataError, match="data.noun not found: apt-get install wordnet-base"):
         list(wordnet_examples(tmp_path))

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import STSB, read_sts
+from conftest import read_sts
 
 import embedhub
 from embedhub.cli import main
@@ -35,8 +35,6 @@ SHARD_ROWS = N_SENTENCES // 8
 # ---------------------------------------------------------------------------------------------- data
 @pytest.fixture(scope="module")
 def sentences() -> list[str]:
-    if not STSB.is_dir():
-        pytest.skip(f"STS Benchmark not found at {STSB}")
     texts: list[str] = []
     for split in ("train", "dev", "test"):
         s1, s2, _ = read_sts(split)

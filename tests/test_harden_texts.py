@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import STSB
+from conftest import stsb_rows
 
 import embedhub
 from embedhub import _preprocess
@@ -37,10 +37,8 @@ def _real_text(n_chars: int) -> str:
                 parts.append(f.read_text(encoding="utf-8", errors="replace"))
             if sum(map(len, parts)) > n_chars:
                 break
-    if not parts and STSB.is_dir():
-        parts = [line.split("\t")[5] for line in (STSB / "sts-test.csv").read_text(encoding="utf-8").splitlines()]
     if not parts:
-        pytest.skip("no real text found (fortunes or STS Benchmark)")
+        parts = [a for a, _, _ in stsb_rows("test")]  # skips, naming `embedhub data stsb`, when absent
     text = " ".join(parts)
     while len(text) < n_chars:
         text += " " + text

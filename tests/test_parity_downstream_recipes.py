@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import STSB
+from conftest import stsb_rows, write_stsb_csv
 
 import embedhub
 
@@ -19,15 +19,10 @@ PROMPTS = {"query": "query: ", "document": "passage: "}
 @pytest.fixture(scope="module")
 def small_data(tmp_path_factory) -> tuple[Path, Path]:
     """40 real STS-B train sentences and the first 40 pairs of STS-B dev and test."""
-    if not STSB.is_dir():
-        pytest.skip(f"{STSB} (STS-B) is not here")
-    folder = tmp_path_factory.mktemp("recipe_data")
-    rows = [line.split("\t") for line in (STSB / "sts-train.csv").read_text(encoding="utf-8").splitlines()]
-    sentences = list(dict.fromkeys(s.strip() for r in rows for s in r[5:7] if s.strip()))[:40]
+    rows = stsb_rows("train")
+    folder = write_stsb_csv(tmp_path_factory.mktemp("recipe_data"), {"dev": 40, "test": 40})
+    sentences = list(dict.fromkeys(s.strip() for r in rows for s in r[:2] if s.strip()))[:40]
     (folder / "train.txt").write_text("\n".join(sentences) + "\n", encoding="utf-8")
-    for name in ("sts-dev.csv", "sts-test.csv"):
-        lines = (STSB / name).read_text(encoding="utf-8").splitlines(keepends=True)[:40]
-        (folder / name).write_text("".join(lines), encoding="utf-8")
     return folder / "train.txt", folder
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import STSB
+from conftest import stsb_lines, stsb_rows, write_stsb_csv
 
 pytest.importorskip("sentence_transformers")
 
@@ -26,14 +26,14 @@ from training.config import SimCSEConfig  # noqa: E402
 
 
 def _rows(name: str) -> list[list[str]]:
-    return [line.rstrip("\n").split("\t") for line in (STSB / name).read_text(encoding="utf-8").splitlines()]
+    """STS-B's ``name`` (sts-{split}.csv) as rows of its original fields, whatever the source; skips when absent."""
+    split = name.removeprefix("sts-").removesuffix(".csv")
+    return [line.split("\t") for line in stsb_lines(stsb_rows(split))]
 
 
 @pytest.fixture(scope="module")
 def sentences(tmp_path_factory) -> Path:
     """200 distinct STS-B train sentences (their scores dropped), one a line."""
-    if not STSB.is_dir():
-        pytest.skip(f"{STSB} (STS-B) is not here")
     out: list[str] = []
     for row in _rows("sts-train.csv"):
         for s in row[5:7]:
@@ -46,20 +46,14 @@ def sentences(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def sts_dir(tmp_path_factory, sentences) -> Path:
-    """The first 200 pairs of STS-B dev and test (the real files, cut to keep the test short)."""
-    folder = tmp_path_factory.mktemp("sts")
-    for name in ("sts-dev.csv", "sts-test.csv"):
-        lines = (STSB / name).read_text(encoding="utf-8").splitlines(keepends=True)[:200]
-        (folder / name).write_text("".join(lines), encoding="utf-8")
-    return folder
+    """The first 200 pairs of STS-B dev and test in the original layout (cut to keep the test short)."""
+    return write_stsb_csv(tmp_path_factory.mktemp("sts"), {"dev": 200, "test": 200})
 
 
 @pytest.fixture(scope="module")
 def triplets(tmp_path_factory) -> Path:
     """60 real STS-B train rows as a CSV of (anchor, positive, negative): a pair scored >= 4 and a sentence
     of a pair scored <= 1."""
-    if not STSB.is_dir():
-        pytest.skip(f"{STSB} (STS-B) is not here")
     rows = _rows("sts-train.csv")
     close = [(r[5], r[6]) for r in rows if float(r[4]) >= 4][:60]
     far = [r[5] for r in rows if float(r[4]) <= 1][:60]

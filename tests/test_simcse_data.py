@@ -12,7 +12,7 @@ import tracemalloc
 from pathlib import Path
 
 import pytest
-from conftest import STSB
+from conftest import stsb_rows
 
 from training.config import ConfigValueError, DataError, ESimCSEConfig, SimCSEConfig, load_config
 from training.sentences import SentenceFile, data_mode
@@ -24,12 +24,9 @@ pa = pytest.importorskip("pyarrow")
 @pytest.fixture(scope="module")
 def triplets() -> list[tuple[str, str, str]]:
     """Real STS-B train rows: (sentence 1, sentence 2 of a pair scored >= 4, a sentence of a pair scored <= 1)."""
-    if not STSB.is_dir():
-        pytest.skip(f"{STSB} (STS-B) is not here")
-    rows = [r for r in csv.reader(open(STSB / "sts-train.csv", encoding="utf-8"), delimiter="\t",
-                                  quoting=csv.QUOTE_NONE)]
-    close = [(r[5], r[6]) for r in rows if float(r[4]) >= 4][:60]
-    far = [r[5] for r in rows if float(r[4]) <= 1][:60]
+    rows = stsb_rows("train")
+    close = [(a, b) for a, b, score in rows if score >= 4][:60]
+    far = [a for a, _, score in rows if score <= 1][:60]
     return [(a, p, n) for (a, p), n in zip(close, far)]
 
 
@@ -204,7 +201,8 @@ def test_the_config_accepts_csv_and_parquet_and_refuses_pairs_for_esimcse(triple
     pq.write_table(pa.table({"anchor": ["a", "b"], "positive": ["c", "d"]}), pairs)
     sentences = tmp_path / "s.parquet"
     pq.write_table(pa.table({"body": ["a", "b"]}), sentences)
-    sts = f"sts_dir={STSB}"
+    stsb_rows("dev")  # skips when STS-B is absent
+    sts = "sts_dir="  # STS-B where embedhub.data finds it
     assert load_config(SimCSEConfig, overrides=[f"data={pairs}", sts]).data == str(pairs)
     cfg = load_config(ESimCSEConfig, overrides=[f"data={sentences}", "text_column=body", sts])
     assert cfg.text_column == "body"

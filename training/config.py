@@ -182,7 +182,7 @@ class SimCSEConfig(TrainConfig):
     epochs: int = 1
     max_steps: int = 0  # > 0: train this many optimiser steps (overrides epochs, as in transformers), then finish
     eval_every_steps: int = 125  # STS-B dev evaluation (and best-model keeping) every N optimiser steps
-    sts_dir: str = "../shared/data/stsbenchmark"  # folder with sts-dev.csv and sts-test.csv
+    sts_dir: str = ""  # "": STS-B where embedhub.data finds it; else a folder with sts-dev.csv and sts-test.csv
     queue_size: int = 160  # esimcse: momentum-encoder keys kept as extra negatives
     momentum: float = 0.995  # esimcse: EMA of the momentum encoder
     dup_rate: float = 0.32  # esimcse: word-repetition rate of the positives
@@ -326,7 +326,8 @@ RULES: dict[str, Rule] = {
     "dropout": Rule("a number in [0, 1) (dropout probability while training)", lambda v: 0 <= v < 1),
     "max_steps": _int(0, what="0 = run all epochs"),
     "eval_every_steps": _int(1, what="optimiser steps between STS-B dev evaluations"),
-    "sts_dir": _text("a folder with STS-B's sts-dev.csv and sts-test.csv"),
+    "sts_dir": _text("'' (STS-B where embedhub.data finds it: $EMBEDHUB_STSB_DIR or where `embedhub data stsb` "
+                     "puts it) or a folder with STS-B's sts-dev.csv and sts-test.csv", empty=True),
     "queue_size": _int(0, what="0 = no queue"),
     "momentum": Rule("a number in [0, 1] (EMA factor)", lambda v: 0 <= v <= 1),
     "dup_rate": Rule("a number in [0, 1] (word-repetition rate)", lambda v: 0 <= v <= 1),
@@ -477,9 +478,26 @@ def _check_simcse(cfg: SimCSEConfig) -> None:
     if cfg.batch_size < 2:
         raise ConfigValueError("batch_size", cfg.batch_size, "an integer >= 2: the contrastive loss needs other "
                                "sentences of the batch as negatives")
-    for name in ("sts-dev.csv", "sts-test.csv"):
-        if not (Path(cfg.sts_dir) / name).is_file():
-            raise ConfigValueError("sts_dir", cfg.sts_dir, f"a folder holding STS-B's {name} (not found there)")
+    _check_sts_dir(cfg.sts_dir)
+
+
+def _check_sts_dir(sts_dir: str) -> None:
+    """``sts_dir=''`` needs STS-B where embedhub.data finds it; a folder needs STS-B's dev and test splits (csv, or
+    the Hub copy's parquet files)."""
+    from embedhub import DataNotFoundError
+    from embedhub.data import stsb_dir
+
+    if not sts_dir.strip():
+        try:
+            stsb_dir()
+        except DataNotFoundError as exc:
+            raise ConfigValueError("sts_dir", sts_dir, f"STS-B to be found ({exc})") from exc
+        return
+    for split, name in (("validation", "sts-dev.csv"), ("test", "sts-test.csv")):
+        folder = Path(sts_dir)
+        if not (folder / name).is_file() and not (folder / "data" / f"{split}-00000-of-00001.parquet").is_file():
+            raise ConfigValueError("sts_dir", sts_dir, f"a folder holding STS-B's {name} (not found there; "
+                                   "sts_dir='' reads STS-B where `embedhub data stsb` puts it)")
 
 
 def _check_open_clip_model(name: str) -> None:

@@ -1,7 +1,7 @@
 """Real unlabelled English sentences for the sentence recipes, from files that install offline.
 
-- ``stsb``: the unique sentences of STS-B train (``../shared/data/stsbenchmark/sts-train.csv``), without
-  their scores (10,536 sentences);
+- ``stsb``: the unique sentences of STS-B train (found by :mod:`embedhub.data`; ``embedhub data stsb`` gets
+  it), without their scores (10,518 unique sentences);
 - ``wordnet``: WordNet 3.0's quoted usage examples (``apt-get install wordnet-base``), ~48k sentences;
 - ``fortunes``: the entries of Debian's ``fortunes`` package (``apt-get install fortunes``), whitespace
   joined, those of at most ``max_words`` words.
@@ -16,33 +16,36 @@ Each source is deduplicated (case-insensitively); the file has one sentence a li
 from __future__ import annotations
 
 import argparse
-import csv
 import re
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-from .config import DataError
+from embedhub import DataFileError, DataNotFoundError
+from embedhub.data import read_stsb
 
-STSB = Path("../shared/data/stsbenchmark")  # as SimCSEConfig.sts_dir: relative to the working folder
+from .config import DataError, MissingDataError
+
 WORDNET = Path("/usr/share/wordnet")
 FORTUNES = Path("/usr/share/games/fortunes")
 _QUOTED = re.compile(r'"([^"]+)"')
 
 
-def stsb_sentences(folder: Path = STSB, split: str = "train") -> Iterator[str]:
-    """The sentences of an STS-B split (both columns), without the scores.
+def stsb_sentences(folder: Path | None = None, split: str = "train") -> Iterator[str]:
+    """The sentences of an STS-B split (both columns), without the scores; ``folder`` (csv or the Hub copy's
+    parquet files) defaults to where :func:`embedhub.data.stsb_dir` finds STS-B.
 
     >>> next(stsb_sentences())  # doctest: +SKIP
     'A plane is taking off.'
     """
-    path = Path(folder) / f"sts-{split}.csv"
-    if not path.is_file():
-        raise DataError(f"{path}: STS-B file not found (see ../shared/ASSETS.md)")
-    with open(path, encoding="utf-8") as f:
-        for number, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if len(row) < 7:
-                raise DataError(f"{path}, line {number}: expected 7 tab-separated fields, got {len(row)}")
-            yield from row[5:7]
+    try:
+        rows = read_stsb(split, folder=folder)
+    except DataNotFoundError as exc:
+        raise MissingDataError(str(exc)) from exc
+    except DataFileError as exc:
+        raise DataError(str(exc)) from exc
+    for a, b, _ in rows:
+        yield a
+        yield b
 
 
 def wordnet_examples(folder: Path = WORDNET) -> Iterator[str]:

@@ -39,7 +39,6 @@ shows it.
 from __future__ import annotations
 
 import copy
-import csv
 import dataclasses
 import json
 import math
@@ -53,7 +52,8 @@ import torch
 from torch import nn
 
 import embedhub
-from embedhub import EmbeddingModel
+from embedhub import DataFileError, DataNotFoundError, EmbeddingModel
+from embedhub.data import read_stsb
 from embedhub.losses import EmbeddingQueue, SimCSELoss, momentum_update, word_repetition
 from embedhub.modules import Pooling, TransformersTextTower
 from embedhub.utils import epoch_generator
@@ -84,19 +84,14 @@ class SimCSEModel(nn.Module):
         return self.mlp(x) if self.mlp is not None else x
 
 
-def read_sts(path: Path) -> tuple[list[str], list[str], np.ndarray]:
-    """STS-B's tab-separated file: (first sentences, second sentences, gold scores 0..5)."""
-    if not path.is_file():
-        raise DataError(f"{path}: STS-B file not found (set sts_dir to the folder holding sts-dev/test.csv)")
-    a, b, gold = [], [], []
-    with open(path, encoding="utf-8") as f:
-        for number, row in enumerate(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE), 1):
-            if len(row) < 7:
-                raise DataError(f"{path}, line {number}: expected 7 tab-separated fields, got {len(row)}")
-            gold.append(float(row[4]))
-            a.append(row[5])
-            b.append(row[6])
-    return a, b, np.asarray(gold)
+def read_sts(sts_dir: str, split: str) -> tuple[list[str], list[str], np.ndarray]:
+    """STS-B's ``split`` (dev or test) as (first sentences, second sentences, gold scores 0..5), from ``sts_dir``
+    (``""``: where :func:`embedhub.data.stsb_dir` finds it)."""
+    try:
+        rows = read_stsb(split, folder=sts_dir.strip() or None)
+    except (DataNotFoundError, DataFileError) as exc:
+        raise DataError(f"sts_dir={sts_dir!r}: {exc}") from exc
+    return [r[0] for r in rows], [r[1] for r in rows], np.asarray([r[2] for r in rows])
 
 
 @torch.no_grad()
@@ -145,8 +140,8 @@ class SimCSESetup:
                             f"{what[:-1]} has no negatives)")
         if cfg.batch_size % self.world:
             raise RecipeError(f"batch_size={cfg.batch_size} must be a multiple of the {self.world} ranks")
-        self.dev = read_sts(Path(cfg.sts_dir) / "sts-dev.csv")
-        self.test = read_sts(Path(cfg.sts_dir) / "sts-test.csv")
+        self.dev = read_sts(cfg.sts_dir, "dev")
+        self.test = read_sts(cfg.sts_dir, "test")
         sdk = embedhub.load(cfg.text_tower, device="cpu")
         tower = sdk.towers["text"] if "text" in sdk.towers else None
         if not isinstance(tower, TransformersTextTower):
