@@ -58,10 +58,26 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _run(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+class _NoBar:
+    """Stands in for a tqdm bar when nothing is shown."""
+
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, text: str) -> None:
+        pass
+
+
+def _run(path: Path, feeds: list[dict[str, np.ndarray]], bar: Any = None) -> np.ndarray:
+    """The graph's outputs over every calibration batch (``bar`` advances one step per batch)."""
     sess = _session(path)
     names = [i.name for i in sess.get_inputs()]
-    return np.concatenate([sess.run(None, {k: f[k] for k in names})[0] for f in feeds])
+    bar = bar if bar is not None else _NoBar()
+    out = []
+    for f in feeds:
+        out.append(sess.run(None, {k: f[k] for k in names})[0])
+        bar.update(1)
+    return np.concatenate(out)
 
 
 def per_token_matmuls(model: Any, names: set[str]) -> int:
@@ -136,9 +152,10 @@ def _weight_axis(node: Any) -> int:
     return 0
 
 
-def activation_ranges(path: Path, feeds: list[dict[str, np.ndarray]], work: Path) -> dict[str, np.ndarray]:
+def activation_ranges(path: Path, feeds: list[dict[str, np.ndarray]], work: Path,
+                      bar: Any = None) -> dict[str, np.ndarray]:
     """Per channel ``max |x|`` of every quantisable node's input over ``feeds`` (padding rows left
-    out where an ``attention_mask`` says which they are)."""
+    out where an ``attention_mask`` says which they are; ``bar`` advances one step per batch)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -158,6 +175,8 @@ def activation_ranges(path: Path, feeds: list[dict[str, np.ndarray]], work: Path
             rows = (out[mask.astype(bool)] if mask is not None and out.shape[:2] == mask.shape
                     else out.reshape(-1, out.shape[-1]))
             ranges[name] = np.maximum(ranges.get(name, 0.0), np.abs(rows).max(0))
+        if bar is not None:
+            bar.update(1)
     probe.unlink()
     return ranges
 
@@ -207,8 +226,13 @@ def smooth(src: Path, dst: Path, ranges: dict[str, np.ndarray], alpha: float) ->
 
 def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budget: float, work: Path,
                   protect: Protect = "fp32", alphas: tuple[float, ...] = ALPHAS,
-                  weight_bits: tuple[int, ...] | None = None) -> str:
+                  weight_bits: tuple[int, ...] | None = None, show_progress_bar: bool = False) -> str:
     """Quantise ``src`` into ``dst`` (see the module docstring); returns a note of what was done.
+
+    ``show_progress_bar``: tqdm bars on stderr, one step per calibration batch run: ``int8 calibration``
+    (the fp32 reference, the activation ranges, each smoothing alpha and weight width quantised and
+    scored, the result scored) and, when the budget is exceeded, ``int8 sensitivity per node`` (each
+    quantisable node quantised alone and scored).
 
     ``weight_bits``: the weight widths the calibration tries, 8 and/or 7 (onnxruntime's
     ``reduce_range``). By default 8 on CPUs with VNNI, and both 8 and 7 on x86 CPUs without it,
@@ -238,13 +262,20 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budg
         rows = rows.reshape(len(rows), -1)
         return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
-    ref = unit(_run(src, feeds))
+    from tqdm.auto import tqdm
 
-    def error(path: Path) -> float:  # 1 - mean cosine to the fp32 graph's outputs
-        return float(1 - (unit(_run(path, feeds)) * ref).sum(1).mean())
+    # batches run: the fp32 reference, the ranges (when smoothing), each (alpha, bits) tried, the result
+    runs = 1 + bool(alphas) + (1 + len(alphas)) * len(weight_bits) + 1
+    bar = tqdm(total=runs * len(feeds), desc="int8 calibration", unit="batch", disable=not show_progress_bar)
+    bar.set_postfix_str("fp32 reference")
+    ref = unit(_run(src, feeds, bar))
+
+    def error(path: Path, on: Any = bar) -> float:  # 1 - mean cosine to the fp32 graph's outputs
+        return float(1 - (unit(_run(path, feeds, on)) * ref).sum(1).mean())
 
     probe = work / "probe.onnx"
-    ranges = activation_ranges(src, feeds, work) if alphas else {}
+    bar.set_postfix_str("activation ranges")
+    ranges = activation_ranges(src, feeds, work, bar) if alphas else {}
     bases: dict[float | None, Path] = {None: src}
     for alpha in alphas:
         bases[alpha] = work / f"smooth{alpha}.onnx"
@@ -252,6 +283,7 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budg
     tried: dict[tuple[float | None, int], float] = {}
     for alpha, base in bases.items():
         for bits in weight_bits:
+            bar.set_postfix_str(f"alpha {alpha}, {bits}-bit weights")
             quantize(base, probe, bits)
             tried[alpha, bits] = error(probe)
     alpha, bits = min(tried, key=lambda k: tried[k])
@@ -261,15 +293,20 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budg
     protected: list[str] = []
     remaining = tried[alpha, bits]
     if remaining > budget:  # protect the most sensitive nodes, each scored alone
-        for name in candidates:
-            quantize(base, probe, bits, nodes_to_quantize=[name])
-            solo[name] = max(error(probe), 0.0)
+        with tqdm(total=len(candidates), desc="int8 sensitivity per node", unit="node",
+                  disable=not show_progress_bar) as nodes_bar:
+            for name in candidates:
+                nodes_bar.set_postfix_str(name[-40:])
+                quantize(base, probe, bits, nodes_to_quantize=[name])
+                solo[name] = max(error(probe, None), 0.0)
+                nodes_bar.update(1)
         remaining = sum(solo.values())
         for name in sorted(solo, key=solo.get, reverse=True):
             if remaining <= budget:
                 break
             protected.append(name)
             remaining -= solo[name]
+    bar.set_postfix_str(f"result (alpha {alpha}, {bits}-bit, {len(protected)} protected)")
     quantize(base, dst, bits, nodes_to_exclude=protected)
     per_token = [n for n in protected if kinds[n] == "MatMul"] if protect == "per-token" else []
     if per_token:
@@ -278,9 +315,11 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budg
         onnx.save(model, str(dst))
     fp32 = [n for n in protected if n not in per_token]
     by = ", ".join(f"{a}/{b}-bit: {e:.5f}" for (a, b), e in tried.items())
+    final = error(dst)
+    bar.close()
     return (f"dynamic int8 ({bits}-bit per-channel weights, per-tensor uint8 activations) on {OPS}; smoothing "
             f"alpha {alpha} (calibration error of the fully quantised graph by alpha/weight bits: {by}); "
             f"{len(candidates) - len(protected)}/{len(candidates)} nodes quantised per tensor; protected by "
             f"calibrated sensitivity (error alone): {[(n, round(solo[n], 5)) for n in protected]}; of these "
             f"per-token int8: {len(per_token)}, kept fp32: {len(fp32)} (budget {budget}); calibration error "
-            f"of the result {error(dst):.5f}")
+            f"of the result {final:.5f}")
