@@ -764,8 +764,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="precomputed corpus embeddings, so the corpus is not embedded again on every search: a .parquet "
         "(each row's text is checked against --corpus) or .npy file (its row count only) written by "
-        "`embedhub encode --model M --input CORPUS --output FILE` with the same corpus options; refused unless its "
-        "fingerprint (parquet metadata, or the .fingerprint.json beside a .npy) is --model's, normalisation aside",
+        "`embedhub encode --model M --input CORPUS --output FILE` with the same corpus options (and the prompt "
+        "search puts before the corpus: --prompt-name document for a model with a document prompt); refused unless "
+        "its fingerprint (parquet metadata, or the .fingerprint.json beside a .npy) is --model's, normalisation aside",
     )
     _add_encode_args(sea, precisions=("float32", "binary", "ubinary"), role="query")
     sea.add_argument("--document-prompt-name", default=None,
