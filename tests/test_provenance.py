@@ -182,8 +182,13 @@ def test_export_without_its_torch_copy_has_a_stable_onnx_fingerprint(tiny_st_dir
     """No torch copy: the ONNX fingerprint hashes the files the ONNX load opens, so it is the same on every
     load and for a copy of the folder; it differs from the export with a copy in ``source`` only (another
     folder: its metadata records other files), and a torch load names the source model and --keep-torch."""
+    from embedhub.formats import model_files
+
     folder = exports["onnx_only"]
     assert not list(folder.rglob("*.safetensors"))
+    files = model_files(folder)  # what push_to_hub uploads and the fingerprint hashes: what the ONNX load opens
+    assert {"embedhub_config.json", "onnx/text.onnx", "onnx/export_metadata.json"} <= set(files)
+    assert not [f for f in files if f.endswith(".safetensors")]
     fp = embedhub.load(folder, backend="onnx", device="cpu").fingerprint
     assert fp.backend == "onnx" and fp.dtype == "fp32" and fp.pooling == "mean" and fp.source.startswith("folder:")
     assert embedhub.load(folder, backend="auto", device="cpu").fingerprint == fp
