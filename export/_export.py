@@ -344,6 +344,7 @@ def export(
             log = [_stats(raw, "torch.onnx.export")]
             cur = raw
             if optimize:
+                say(f"[export] {modality}: graph optimisation")
                 nxt = mwork / f"{modality}.opt.onnx"
                 note = _optimize(src, modality, cur, nxt)
                 cur = nxt
@@ -400,7 +401,8 @@ def export(
             }
             meta_path = staging / "onnx" / "export_metadata.json"
             meta_path.write_text(json.dumps(meta, indent=2) + "\n")  # the gate loads the folder as users will
-            say(f"[export] parity gate ({precision}): {len(texts)} texts, {len(images)} images, "
+            counts = {"text": f"{len(texts)} texts", "image": f"{len(images)} images"}
+            say(f"[export] parity gate ({precision}): {', '.join(counts[m] for m in src.modalities)}, "
                 f"batch sizes {batch_sizes}")
             onnx_model = embedhub.load(staging, backend="onnx", device="cpu")
             report = _gate(src, onnx_model, precision, texts, images, batch_sizes, show_progress_bar=bars)
