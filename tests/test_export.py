@@ -380,3 +380,28 @@ def test_int8_model_warns_on_a_cpu_unlike_its_gate(minilm_int8, tmp_path, monkey
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         embedhub.load(folder, backend="onnx")  # same kind of CPU: no warning
+
+
+def test_int8_progress_bars_count_every_run_and_node_and_are_silent_unless_shown(open_clip_dir, tiny_st_dir, tmp_path,
+                                                                               capfd):
+    """A tiny error budget (1e-5; the tiny CLIP's towers quantise with errors of 2e-5 to 4e-4) makes the
+    calibration score each quantisable node alone: its bar counts every node of each tower;
+    ``show_progress_bar=True`` shows the bars on stderr even when ``verbose=False``, and ``verbose=False``
+    alone shows nothing."""
+    import re
+
+    out = export(open_clip_dir, tmp_path / "int8", quantize="int8", int8_error_budget=1e-5, verbose=False,
+                 show_progress_bar=True)
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    err = captured.err.replace("\r", "\n")
+    meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
+    done = {int(a) for a, b in re.findall(r"int8 sensitivity per node: 100%\S* (\d+)/(\d+)", err) if a == b}
+    quantisable = {int(re.search(r"\d+/(\d+) nodes quantised per tensor", steps[-1]["note"]).group(1))
+                   for steps in meta["steps"].values()}
+    assert done == quantisable and min(done) > 0, err[-2000:]  # one step per quantisable node of each tower
+    runs = re.findall(r"int8 calibration: 100%\S* (\d+)/(\d+) \[", err)
+    assert runs and all(a == b for a, b in runs), err[-2000:]
+    assert re.search(r"parity gate \(int8\): 100%\S* (\d+)/\1 ", err), err[-2000:]
+    export(tiny_st_dir, tmp_path / "quiet", quantize="int8", verbose=False)
+    assert capfd.readouterr().err == ""
