@@ -339,7 +339,8 @@ def _dtype_name(model: EmbeddingModel) -> str:
 
 
 def _pooling(model: EmbeddingModel) -> str | None:
-    """The text tower's pooling modes joined by ``+``: from the tower, else from the model's config."""
+    """The text tower's pooling modes joined by ``+``: from the tower, else from the model's config, else (an
+    ONNX export written without its torch copy) from the export's metadata."""
     towers = getattr(model, "towers", None)
     tower = towers["text"] if towers is not None and "text" in towers else None
     modes = getattr(getattr(tower, "pooling", None), "modes", None)
@@ -348,11 +349,27 @@ def _pooling(model: EmbeddingModel) -> str | None:
             modes = model.config().get("towers", {}).get("text", {}).get("pooling")
         except (AttributeError, TypeError):
             modes = None
+    if modes is None and getattr(model, "backend", None) == "onnx":
+        modes = _export_pooling(model)
     if isinstance(modes, str):
         return modes
     if isinstance(modes, (list, tuple)) and modes and all(isinstance(m, str) for m in modes):
         return "+".join(modes)
     return None
+
+
+_POOLING = re.compile(r"[a-z0-9_]+(\+[a-z0-9_]+)*")
+
+
+def _export_pooling(model: EmbeddingModel) -> str | None:
+    """The text pooling an ONNX export recorded in its metadata (``"pooling"``): an export without its torch
+    copy has no tower config to read it from. ``None`` when absent or not a pooling name."""
+    meta = Path(model.folder) / EXPORT_METADATA if getattr(model, "folder", None) is not None else None
+    try:
+        value = json.loads(meta.read_text(encoding="utf-8")).get("pooling") if meta else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, str) and len(value) <= 256 and _POOLING.fullmatch(value) else None
 
 
 _FOLDER_HASHES: dict[tuple[str, tuple[tuple[str, int, int, int, int], ...]], str] = {}

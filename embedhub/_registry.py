@@ -84,10 +84,17 @@ def model_entry(alias: str) -> ModelEntry:
 
 
 def close_aliases(name: str, n: int = 5) -> list[str]:
+    """Up to ``n`` registered aliases close to ``name``, each once: the closest spellings first, then
+    aliases that contain ``name``.
+
+    >>> close_aliases("all-MiniLM-L6")[0]
+    'all-MiniLM-L6-v2'
+    """
     names = {e.alias.lower(): e.alias for e in _REGISTRY.values()}
-    hits = difflib.get_close_matches(name.lower(), list(names), n=n, cutoff=0.4)
-    hits += [v for k, v in names.items() if name.lower() in k and names[k] not in hits]
-    return [names.get(h, h) for h in hits][:n]
+    key = name.lower()
+    hits = difflib.get_close_matches(key, list(names), n=n, cutoff=0.4)
+    hits += [k for k in names if key in k]
+    return [names[k] for k in dict.fromkeys(hits)][:n]
 
 
 register_model(

@@ -6,6 +6,8 @@ Examples::
     embedhub encode --model all-MiniLM-L6-v2 --input sentences.txt --output emb.npy
     embedhub embed --model all-MiniLM-L6-v2 --input 'passages/*.parquet' --output emb/ --index faiss
     embedhub search --model all-MiniLM-L6-v2 --corpus sts-test.csv --column 5 --query "A man is playing a guitar."
+    embedhub encode --model all-MiniLM-L6-v2 --input corpus.txt --output corpus.parquet   # once
+    embedhub search --model all-MiniLM-L6-v2 --corpus corpus.txt --embeddings corpus.parquet --query "..."
     embedhub models
     embedhub data stsb
     embedhub push my-model acme/my-model --private
@@ -430,6 +432,10 @@ def _read_stored(args: argparse.Namespace, corpus: Corpus) -> StoredEmbeddings:
             f"--embeddings {path} row {i} embeds {stored.inputs[i]!r:.80} but item {i} of the corpus "
             f"({corpus.origins[i]}) is {corpus.labels[i]!r:.80}; re-run `embedhub encode` with the same corpus options"
         )
+    if stored.inputs is None:  # a .npy records no inputs: say how little of the corpus could be checked
+        print(f"embedhub: note: --embeddings {path} records no inputs, so only its row count is checked against "
+              f"{args.corpus}; `embedhub encode --output FILE.parquet` records each row's text, checked here",
+              file=sys.stderr)
     if stored.fingerprint is None:
         beside = f"no {sidecar_path(path).name} beside it" if path.suffix.lower() == ".npy" else "no embedhub metadata"
         raise UsageError(
@@ -456,6 +462,33 @@ def _check_stored(args: argparse.Namespace, stored: StoredEmbeddings, model: Emb
             f"{exc}. Re-run `embedhub encode` with this model and its options (--truncate-dim, --precision) to "
             "search with it, or pass the options the file was made with"
         ) from None
+    if options["prompt_name"] is None and options["prompt"] is None:  # search's corpus prompt: encode_document's
+        from ._model import DOCUMENT_PROMPT_NAMES
+
+        options["prompt_name"] = next((n for n in DOCUMENT_PROMPT_NAMES if n in model.prompts), None)
+    want = encode_fingerprint(model, **options).role
+    if _prompt_key(model, stored.fingerprint.role) != _prompt_key(model, want):
+        cmd = f"embedhub encode --model {args.model}" + (
+            "" if not want else f" --prompt-name {want}" if not want.startswith("prompt:") else " --prompt TEXT")
+        raise UsageError(
+            f"--embeddings {args.embeddings} was encoded with prompt {stored.fingerprint.role or '(none)'} but search "
+            f"puts prompt {want or '(none)'} before every corpus text; re-run `{cmd} ...` (as search encodes its "
+            "corpus), or pass the --document-prompt-name / --document-prompt the file was made with"
+        )
+
+
+def _prompt_key(model: EmbeddingModel, role: str | None) -> str:
+    """What a fingerprint's prompt role puts before each text, comparable across roles: ``""`` (no prompt
+    or an empty one), else ``prompt:<16 hex>`` of the text (a prompt name resolved through the model's prompts)."""
+    import hashlib
+
+    empty = "prompt:" + hashlib.sha256(b"").hexdigest()[:16]  # a literal empty prompt: none
+    if role is None or role.startswith("prompt:"):
+        return "" if role in (None, empty) else role
+    text = (getattr(model, "prompts", None) or {}).get(role)
+    if text is None:
+        return f"name:{role}"  # a name this model does not have: never equal to one it does
+    return "prompt:" + hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:16] if text else ""
 
 
 def _score_name(similarity: str, precision: str, rescore: int | None) -> str:
@@ -522,8 +555,9 @@ def cmd_search(args: argparse.Namespace) -> int:
         for score, j in zip(scores[qi], rows[qi]):
             print(f"  {score:.4f}  {corpus.labels[j]}")
     print(
-        f"embedhub: searched {len(corpus.items)} texts for {len(args.query)} queries in "
-        f"{time.perf_counter() - start:.2f} s",
+        f"embedhub: searched {_count(len(corpus.items), 'text')} for {len(args.query)} "
+        f"{'query' if len(args.query) == 1 else 'queries'} in {time.perf_counter() - start:.2f} s"
+        + (f" (corpus vectors from {args.embeddings})" if stored is not None else ""),
         file=sys.stderr,
     )
     return 0
@@ -752,9 +786,11 @@ def build_parser() -> argparse.ArgumentParser:
     sea.add_argument(
         "--embeddings",
         default=None,
-        help="precomputed corpus embeddings: a .parquet or .npy file from `embedhub encode` with the same corpus "
-        "options; refused unless its fingerprint (parquet metadata, or the .fingerprint.json beside a .npy) is "
-        "--model's, normalisation aside",
+        help="precomputed corpus embeddings, so the corpus is not embedded again on every search: a .parquet "
+        "(each row's text is checked against --corpus) or .npy file (its row count only) written by "
+        "`embedhub encode --model M --input CORPUS --output FILE` with the same corpus options (and the prompt "
+        "search puts before the corpus: --prompt-name document for a model with a document prompt); refused unless "
+        "its fingerprint (parquet metadata, or the .fingerprint.json beside a .npy) is --model's, normalisation aside",
     )
     _add_encode_args(sea, precisions=("float32", "binary", "ubinary"), role="query")
     sea.add_argument("--document-prompt-name", default=None,

@@ -8,6 +8,10 @@ stay outside and are the SDK's own (the folder keeps the prompts, similarity and
 compared with the torch model on real inputs, direction and length of every row; the folder is
 only moved into place when every gate holds. The metadata records the SHA-256 of every graph,
 external-data and weights file, which ``backend="onnx"`` checks at load.
+
+The folder holds what ``backend="onnx"`` needs (config, preprocessing, graphs, metadata); a torch copy
+of the weights (``backend="torch"`` on the same folder) is written only with ``keep_torch=True``
+(``--keep-torch``): the gate compares against the model in memory and never reads it.
 """
 
 from __future__ import annotations
@@ -172,28 +176,49 @@ def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
 
 
+def _bar(total: int, desc: str, unit: str, show: bool) -> Any:
+    """A tqdm bar on stderr (``show=False``: a silent one that counts the same)."""
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=not show, leave=True)
+
+
 def _gate(torch_model: EmbeddingModel, onnx_model: EmbeddingModel, precision: str, texts: list[str],
-          images: list, batch_sizes: tuple[int, ...]) -> dict[str, Any]:
-    """Both backends' unnormalised embeddings compared row by row: cosine and relative length."""
+          images: list, batch_sizes: tuple[int, ...], show_progress_bar: bool = False) -> dict[str, Any]:
+    """Both backends' unnormalised embeddings compared row by row: cosine and relative length (one bar step
+    per input encoded: once by torch, once by ONNX Runtime per batch size)."""
     report: dict[str, Any] = {"precision": precision, "thresholds": GATES[precision], "modalities": {}}
     ok = True
-    for modality in onnx_model.modalities:
-        inputs = texts if modality == "text" else images
-        ref = torch_model.encode(inputs, batch_size=max(batch_sizes), normalize=False, show_progress_bar=False)
-        got = [onnx_model.encode(inputs, batch_size=bs, normalize=False, show_progress_bar=False)
-               for bs in batch_sizes]
-        cos = np.concatenate([_cosines(g, ref) for g in got])
-        ref_norm = np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
-        norm_err = np.concatenate([np.abs(np.linalg.norm(g, axis=1) / ref_norm - 1) for g in got])
-        entry = {"inputs": len(inputs), "batch_sizes": list(batch_sizes), "min_cosine": float(cos.min()),
-                 "mean_cosine": float(cos.mean()), "max_norm_error": float(norm_err.max())}
-        gate = GATES[precision]
-        entry["passed"] = bool(cos.min() >= gate["min"] and cos.mean() >= gate.get("mean", -1.0)
-                               and norm_err.max() <= gate["norm"])
-        ok &= entry["passed"]
-        report["modalities"][modality] = entry
+    total = sum(len(texts if m == "text" else images) for m in onnx_model.modalities) * (1 + len(batch_sizes))
+    with _bar(total, f"parity gate ({precision})", "input", show_progress_bar) as bar:
+        for modality in onnx_model.modalities:
+            ok &= _gate_modality(torch_model, onnx_model, modality, texts if modality == "text" else images,
+                                 precision, batch_sizes, report, bar)
     report["passed"] = ok
     return report
+
+
+def _gate_modality(torch_model: EmbeddingModel, onnx_model: EmbeddingModel, modality: str, inputs: list,
+                   precision: str, batch_sizes: tuple[int, ...], report: dict[str, Any], bar: Any) -> bool:
+    """One modality of :func:`_gate`: its entry in ``report``; whether it passed."""
+    bar.set_postfix_str(f"{modality}, torch")
+    ref = torch_model.encode(inputs, batch_size=max(batch_sizes), normalize=False, show_progress_bar=False)
+    bar.update(len(inputs))
+    got = []
+    for bs in batch_sizes:
+        bar.set_postfix_str(f"{modality}, onnx batch size {bs}")
+        got.append(onnx_model.encode(inputs, batch_size=bs, normalize=False, show_progress_bar=False))
+        bar.update(len(inputs))
+    cos = np.concatenate([_cosines(g, ref) for g in got])
+    ref_norm = np.maximum(np.linalg.norm(ref, axis=1), 1e-12)
+    norm_err = np.concatenate([np.abs(np.linalg.norm(g, axis=1) / ref_norm - 1) for g in got])
+    entry = {"inputs": len(inputs), "batch_sizes": list(batch_sizes), "min_cosine": float(cos.min()),
+             "mean_cosine": float(cos.mean()), "max_norm_error": float(norm_err.max())}
+    gate = GATES[precision]
+    entry["passed"] = bool(cos.min() >= gate["min"] and cos.mean() >= gate.get("mean", -1.0)
+                           and norm_err.max() <= gate["norm"])
+    report["modalities"][modality] = entry
+    return entry["passed"]
 
 
 def _external_locations(path: Path) -> list[str]:
@@ -233,7 +258,7 @@ def export(
     quantize: Literal["int8"] | None = None,
     opset: int = 17,
     optimize: bool = True,
-    keep_torch: bool = True,
+    keep_torch: bool = False,
     gate_texts: list[str] | None = None,
     gate_image_inputs: list | None = None,
     calibration_texts: list[str] | None = None,
@@ -242,6 +267,7 @@ def export(
     int8_protect: Protect = "fp32",
     int8_smooth: bool = True,
     verbose: bool = True,
+    show_progress_bar: bool | None = None,
 ) -> Path:
     """Export ``model`` (a name ``embedhub.load`` takes, or a loaded torch model) to ``output``.
 
@@ -252,6 +278,13 @@ def export(
     when ONNX Runtime and torch disagree beyond :data:`GATES`. ``int8_protect`` chooses how the
     calibration-selected sensitive nodes of an int8 export are kept: ``"fp32"`` or ``"per-token"``;
     ``int8_smooth=False`` leaves out the SmoothQuant scaling that int8 tries first (export/_int8.py).
+
+    The folder holds only what ``backend="onnx"`` needs; ``keep_torch=True`` also writes the torch weights
+    (for formats embedhub can rebuild), so ``backend="torch"`` loads the same folder and both backends'
+    fingerprints name one source. Without them, ``backend="torch"`` on the folder is an
+    :class:`embedhub.UnknownFormatError` naming the source model and ``keep_torch``. ``verbose`` prints each
+    step (stdout); ``show_progress_bar`` (default: as ``verbose``) shows tqdm bars on stderr over int8
+    calibration batches, per-node sensitivity runs and the parity gate's inputs.
 
     >>> export("all-MiniLM-L6-v2", "minilm-onnx", quantize="int8")   # doctest: +SKIP
     """
@@ -268,6 +301,7 @@ def export(
         raise ValueError("int8 quantisation starts from fp32 weights: use dtype='fp32' with quantize='int8'")
     precision: Precision = "int8" if quantize else dtype
     say = print if verbose else (lambda *a, **k: None)
+    bars = verbose if show_progress_bar is None else bool(show_progress_bar)
     src = model if isinstance(model, EmbeddingModel) else embedhub.load(model, device="cpu")
     if src.backend != "torch":
         raise ValueError(f"export needs a torch model; {src.name} runs on {src.backend}")
@@ -312,6 +346,7 @@ def export(
             log = [_stats(raw, "torch.onnx.export")]
             cur = raw
             if optimize:
+                say(f"[export] {modality}: graph optimisation")
                 nxt = mwork / f"{modality}.opt.onnx"
                 note = _optimize(src, modality, cur, nxt)
                 cur = nxt
@@ -325,7 +360,8 @@ def export(
                 say(f"[export] {modality}: int8 calibration")
                 nxt = mwork / f"{modality}.int8.onnx"
                 note = quantize_int8(cur, nxt, _feed(src, modality, calib[modality]), int8_error_budget, mwork,
-                                     protect=int8_protect, alphas=ALPHAS if int8_smooth else ())
+                                     protect=int8_protect, alphas=ALPHAS if int8_smooth else (),
+                                     show_progress_bar=bars)
                 cur = nxt
                 log.append(_stats(cur, "int8", note))
             graphs[modality] = cur
@@ -338,6 +374,10 @@ def export(
                 cfg["towers"][modality]["onnx"] = f"onnx/{modality}.onnx"
 
         with_torch = keep_torch and can_save_torch(src)
+        try:
+            pooling = src.fingerprint.pooling
+        except embedhub.EmbedhubError:  # a model whose provenance cannot be read: no pooling recorded
+            pooling = None
         result: dict[str, Any] = {}
 
         def gate(staging: Path) -> None:
@@ -349,6 +389,8 @@ def export(
                 "source": src.name,
                 "source_format": src.format,
                 "torch_weights_kept": with_torch,
+                # the text pooling, for fingerprints: a folder without the torch copy has no tower config
+                **({"pooling": pooling} if pooling else {}),
                 "normalized_output": False,
                 "sha256": _hashes(staging),
                 "gate": None,
@@ -361,10 +403,11 @@ def export(
             }
             meta_path = staging / "onnx" / "export_metadata.json"
             meta_path.write_text(json.dumps(meta, indent=2) + "\n")  # the gate loads the folder as users will
-            say(f"[export] parity gate ({precision}): {len(texts)} texts, {len(images)} images, "
+            counts = {"text": f"{len(texts)} texts", "image": f"{len(images)} images"}
+            say(f"[export] parity gate ({precision}): {', '.join(counts[m] for m in src.modalities)}, "
                 f"batch sizes {batch_sizes}")
             onnx_model = embedhub.load(staging, backend="onnx", device="cpu")
-            report = _gate(src, onnx_model, precision, texts, images, batch_sizes)
+            report = _gate(src, onnx_model, precision, texts, images, batch_sizes, show_progress_bar=bars)
             del onnx_model
             meta["gate"], meta["seconds"] = report, round(time.perf_counter() - t0, 1)
             if not report["passed"]:

@@ -58,10 +58,43 @@ def _session(path: Path) -> Any:
     return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
 
-def _run(path: Path, feeds: list[dict[str, np.ndarray]]) -> np.ndarray:
+class _Progress:
+    """A tqdm bar (stderr) whose steps are calibration runs: a graph quantised, then run over every
+    calibration batch; the postfix names the run and the batch it is on.
+
+    >>> p = _Progress(2, "int8 calibration", show=False); p.start("fp32 reference"); p.batch(1, 2); p.done()
+    """
+
+    def __init__(self, total: int, desc: str, *, show: bool):
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=total, desc=desc, unit="run", disable=not show)
+        self.label = ""
+
+    def start(self, label: str) -> None:
+        self.label = label
+        self.bar.set_postfix_str(label)
+
+    def batch(self, i: int, n: int) -> None:
+        self.bar.set_postfix_str(f"{self.label}: batch {i}/{n}")
+
+    def done(self) -> None:
+        self.bar.update(1)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def _run(path: Path, feeds: list[dict[str, np.ndarray]], progress: _Progress | None = None) -> np.ndarray:
+    """The graph's outputs over every calibration batch (``progress`` is told each batch)."""
     sess = _session(path)
     names = [i.name for i in sess.get_inputs()]
-    return np.concatenate([sess.run(None, {k: f[k] for k in names})[0] for f in feeds])
+    out = []
+    for i, f in enumerate(feeds, start=1):
+        out.append(sess.run(None, {k: f[k] for k in names})[0])
+        if progress is not None:
+            progress.batch(i, len(feeds))
+    return np.concatenate(out)
 
 
 def per_token_matmuls(model: Any, names: set[str]) -> int:
@@ -136,9 +169,10 @@ def _weight_axis(node: Any) -> int:
     return 0
 
 
-def activation_ranges(path: Path, feeds: list[dict[str, np.ndarray]], work: Path) -> dict[str, np.ndarray]:
+def activation_ranges(path: Path, feeds: list[dict[str, np.ndarray]], work: Path,
+                      progress: _Progress | None = None) -> dict[str, np.ndarray]:
     """Per channel ``max |x|`` of every quantisable node's input over ``feeds`` (padding rows left
-    out where an ``attention_mask`` says which they are)."""
+    out where an ``attention_mask`` says which they are; ``progress`` is told each batch)."""
     import onnx
     from onnx import TensorProto, helper
 
@@ -152,12 +186,14 @@ def activation_ranges(path: Path, feeds: list[dict[str, np.ndarray]], work: Path
     sess = _session(probe)
     inputs = [i.name for i in sess.get_inputs()]
     ranges: dict[str, np.ndarray] = {}
-    for feed in feeds:
+    for i, feed in enumerate(feeds, start=1):
         mask = feed.get("attention_mask")
         for name, out in zip(names, sess.run(names, {k: feed[k] for k in inputs})):
             rows = (out[mask.astype(bool)] if mask is not None and out.shape[:2] == mask.shape
                     else out.reshape(-1, out.shape[-1]))
             ranges[name] = np.maximum(ranges.get(name, 0.0), np.abs(rows).max(0))
+        if progress is not None:
+            progress.batch(i, len(feeds))
     probe.unlink()
     return ranges
 
@@ -207,8 +243,13 @@ def smooth(src: Path, dst: Path, ranges: dict[str, np.ndarray], alpha: float) ->
 
 def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budget: float, work: Path,
                   protect: Protect = "fp32", alphas: tuple[float, ...] = ALPHAS,
-                  weight_bits: tuple[int, ...] | None = None) -> str:
+                  weight_bits: tuple[int, ...] | None = None, show_progress_bar: bool = False) -> str:
     """Quantise ``src`` into ``dst`` (see the module docstring); returns a note of what was done.
+
+    ``show_progress_bar``: tqdm bars on stderr: ``int8 calibration``, one step per calibration run (the
+    fp32 reference, the activation ranges, each smoothing alpha and weight width quantised and scored,
+    the result), its postfix naming the run and the calibration batch it is on; and, when the budget is
+    exceeded, ``int8 sensitivity per node`` (each quantisable node quantised alone and scored).
 
     ``weight_bits``: the weight widths the calibration tries, 8 and/or 7 (onnxruntime's
     ``reduce_range``). By default 8 on CPUs with VNNI, and both 8 and 7 on x86 CPUs without it,
@@ -234,26 +275,52 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budg
         quantize_dynamic(str(base), str(out), per_channel=True, weight_type=QuantType.QInt8,
                          op_types_to_quantize=OPS, extra_options=extra, reduce_range=bits == 7, **kw)
 
+    from tqdm.auto import tqdm
+
+    # runs: the fp32 reference, the ranges (when smoothing), each (alpha, bits) tried, the result
+    runs = 1 + bool(alphas) + (1 + len(alphas)) * len(weight_bits) + 1
+    bar = _Progress(runs, "int8 calibration", show=show_progress_bar)
+    try:
+        return _calibrate(src, dst, feeds, budget, work, protect, alphas, weight_bits, quantize, candidates, kinds,
+                          bar, lambda total: tqdm(total=total, desc="int8 sensitivity per node", unit="node",
+                                                  disable=not show_progress_bar))
+    finally:
+        bar.close()
+
+
+def _calibrate(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budget: float, work: Path, protect: Protect,
+               alphas: tuple[float, ...], weight_bits: tuple[int, ...], quantize: Any, candidates: list[str],
+               kinds: dict[str, str], bar: _Progress, node_bar: Any) -> str:
+    """The steps of :func:`quantize_int8` after its arguments are checked; ``bar`` is told each run."""
+    import onnx
+
     def unit(rows: np.ndarray) -> np.ndarray:
         rows = rows.reshape(len(rows), -1)
         return rows / np.maximum(np.linalg.norm(rows, axis=1, keepdims=True), 1e-12)
 
-    ref = unit(_run(src, feeds))
+    bar.start("fp32 reference")
+    ref = unit(_run(src, feeds, bar))
+    bar.done()
 
-    def error(path: Path) -> float:  # 1 - mean cosine to the fp32 graph's outputs
-        return float(1 - (unit(_run(path, feeds)) * ref).sum(1).mean())
+    def error(path: Path, on: _Progress | None = bar) -> float:  # 1 - mean cosine to the fp32 graph's outputs
+        return float(1 - (unit(_run(path, feeds, on)) * ref).sum(1).mean())
 
     probe = work / "probe.onnx"
-    ranges = activation_ranges(src, feeds, work) if alphas else {}
-    bases: dict[float | None, Path] = {None: src}
-    for alpha in alphas:
-        bases[alpha] = work / f"smooth{alpha}.onnx"
-        smooth(src, bases[alpha], ranges, alpha)
+    ranges: dict[str, np.ndarray] = {}
+    if alphas:
+        bar.start("activation ranges")
+        ranges = activation_ranges(src, feeds, work, bar)
+        bar.done()
+    bases: dict[float | None, Path] = {None: src, **{alpha: work / f"smooth{alpha}.onnx" for alpha in alphas}}
     tried: dict[tuple[float | None, int], float] = {}
     for alpha, base in bases.items():
         for bits in weight_bits:
+            bar.start(f"alpha {alpha}, {bits}-bit weights")
+            if alpha is not None and not base.exists():  # smoothed once, in the run that first needs it
+                smooth(src, base, ranges, alpha)
             quantize(base, probe, bits)
             tried[alpha, bits] = error(probe)
+            bar.done()
     alpha, bits = min(tried, key=lambda k: tried[k])
     base = bases[alpha]
 
@@ -261,15 +328,19 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budg
     protected: list[str] = []
     remaining = tried[alpha, bits]
     if remaining > budget:  # protect the most sensitive nodes, each scored alone
-        for name in candidates:
-            quantize(base, probe, bits, nodes_to_quantize=[name])
-            solo[name] = max(error(probe), 0.0)
+        with node_bar(len(candidates)) as nodes_bar:
+            for name in candidates:
+                nodes_bar.set_postfix_str(name[-40:])
+                quantize(base, probe, bits, nodes_to_quantize=[name])
+                solo[name] = max(error(probe, None), 0.0)
+                nodes_bar.update(1)
         remaining = sum(solo.values())
         for name in sorted(solo, key=solo.get, reverse=True):
             if remaining <= budget:
                 break
             protected.append(name)
             remaining -= solo[name]
+    bar.start(f"result (alpha {alpha}, {bits}-bit, {len(protected)} protected)")
     quantize(base, dst, bits, nodes_to_exclude=protected)
     per_token = [n for n in protected if kinds[n] == "MatMul"] if protect == "per-token" else []
     if per_token:
@@ -278,9 +349,11 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budg
         onnx.save(model, str(dst))
     fp32 = [n for n in protected if n not in per_token]
     by = ", ".join(f"{a}/{b}-bit: {e:.5f}" for (a, b), e in tried.items())
+    final = error(dst)
+    bar.done()
     return (f"dynamic int8 ({bits}-bit per-channel weights, per-tensor uint8 activations) on {OPS}; smoothing "
             f"alpha {alpha} (calibration error of the fully quantised graph by alpha/weight bits: {by}); "
             f"{len(candidates) - len(protected)}/{len(candidates)} nodes quantised per tensor; protected by "
             f"calibrated sensitivity (error alone): {[(n, round(solo[n], 5)) for n in protected]}; of these "
             f"per-token int8: {len(per_token)}, kept fp32: {len(fp32)} (budget {budget}); calibration error "
-            f"of the result {error(dst):.5f}")
+            f"of the result {final:.5f}")

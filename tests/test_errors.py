@@ -118,6 +118,24 @@ def test_unknown_name_lists_close_aliases():
         embedhub.load("./no/such/folder")
 
 
+def test_close_aliases_are_each_named_once_closest_first(monkeypatch):
+    """A near miss of a mixed-case alias is both a close spelling and a substring match: named once."""
+    from embedhub import _registry
+
+    monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))  # the alias is gone after the test
+    embedhub.register_model("My-Tiny-Encoder-v1", "org/my-tiny-encoder")
+    for name in ("all-MiniLM-L6", "All-MiniLM-L6-v3", "MiniLM-L6", "my-tiny-encoder", "tiny"):
+        with pytest.raises(embedhub.ModelNotFoundError, match="close aliases: ") as err:
+            embedhub.load(name)
+        named = str(err.value).split("close aliases: ")[1].split("; ")[0].split(", ")
+        assert len(named) == len(set(named)), (name, named)
+        assert set(named) <= set(embedhub.list_models()), named  # as registered, never lower-cased
+        assert _registry.close_aliases(name) == named
+    assert _registry.close_aliases("all-MiniLM-L6")[0] == "all-MiniLM-L6-v2"
+    assert _registry.close_aliases("my-tiny-encoder")[0] == "My-Tiny-Encoder-v1"
+    assert _registry.close_aliases("MINILM")[:2] == ["minilm", "all-MiniLM-L6-v2"]  # case-blind, as aliases are
+
+
 def test_unknown_format_names_expected_files(tmp_path):
     (tmp_path / "weights.npz").write_bytes(b"x")
     with pytest.raises(embedhub.UnknownFormatError, match="modules.json.*open_clip_config.json.*Found: weights.npz"):

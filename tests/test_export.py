@@ -31,12 +31,14 @@ def minilm_int8(tmp_path_factory, minilm):
     return export(minilm, tmp_path_factory.mktemp("x") / "minilm-int8", quantize="int8", verbose=False)
 
 
-@pytest.mark.parametrize("fixture", ["tiny_st_dir", "open_clip_dir", "hf_clip_dir", "tiny_embedhub_dir"])
-def test_export_each_format(fixture, request, tmp_path, photos):
+@pytest.mark.parametrize(("fixture", "keep_torch"), [
+    ("tiny_st_dir", False), ("open_clip_dir", False), ("hf_clip_dir", False), ("tiny_embedhub_dir", False),
+    ("tiny_st_dir", True), ("open_clip_dir", True)])
+def test_export_each_format(fixture, keep_torch, request, tmp_path, photos):
     from embedhub._backends import sha256_file
 
     source = request.getfixturevalue(fixture)
-    out = export(source, tmp_path / "onnx", verbose=False)
+    out = export(source, tmp_path / "onnx", verbose=False, keep_torch=keep_torch)
     meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
     assert meta["gate"]["passed"] and meta["precision"] == "fp32" and meta["normalized_output"] is False
     torch_model = embedhub.load(source, device="cpu")
@@ -55,9 +57,11 @@ def test_export_each_format(fixture, request, tmp_path, photos):
         np.testing.assert_allclose(onnx_model.encode(inputs, normalize=False),
                                    torch_model.encode(inputs, normalize=False), rtol=1e-4, atol=1e-5)
         assert meta["gate"]["modalities"][modality]["max_norm_error"] <= GATES["fp32"]["norm"]
-    # torch weights are kept for formats embedhub can rebuild; otherwise the folder is ONNX-only
-    rebuildable = fixture in ("tiny_st_dir", "tiny_embedhub_dir")
+    # torch weights are kept only when asked, and only for formats embedhub can rebuild; otherwise the
+    # folder holds what backend="onnx" needs
+    rebuildable = keep_torch and fixture in ("tiny_st_dir", "tiny_embedhub_dir")
     assert meta["torch_weights_kept"] == rebuildable
+    assert bool(list(out.rglob("*.safetensors"))) == rebuildable
     # the SHA-256 of every graph (and of the torch weights when kept: the model's file and the transformers
     # backbone's own), checked at load
     weights = ["model.safetensors"] + (["text/model.safetensors"] if "text" in torch_model.modalities else [])
@@ -65,9 +69,11 @@ def test_export_each_format(fixture, request, tmp_path, photos):
     assert meta["sha256"] == {rel: sha256_file(out / rel) for rel in hashed}
     if rebuildable:
         assert embedhub.load(out, backend="torch").backend == "torch"
-    else:
-        with pytest.raises(embedhub.UnknownFormatError, match="use backend='onnx'"):
+    else:  # the error names the model the export was made from and the option that keeps a torch copy
+        with pytest.raises(embedhub.UnknownFormatError, match="use backend='onnx'") as err:
             embedhub.load(out, backend="torch")
+        assert "--keep-torch" in str(err.value) and "keep_torch=True" in str(err.value)
+        assert f"ONNX export of {torch_model.name!r} written without its torch copy" in str(err.value)
 
 
 def test_minilm_onnx_matches_torch_on_stsb(minilm_fp32, sts_test, minilm_sts_test):
@@ -199,6 +205,30 @@ def test_cli_export(tiny_st_dir, tmp_path):
     assert "parity gate (int8)" in proc.stdout
     meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
     assert meta["precision"] == "int8" and meta["gate"]["passed"]
+    # progress on stderr: the int8 calibration's batches (to the end) and the parity gate's inputs
+    calibration = [line for line in proc.stderr.replace("\r", "\n").splitlines() if "int8 calibration" in line]
+    assert calibration and "100%" in calibration[-1], proc.stderr[-2000:]
+    assert "parity gate (int8)" in proc.stderr and "input/s" in proc.stderr
+    # no torch copy unless asked: the folder holds what backend="onnx" needs
+    assert not meta["torch_weights_kept"] and not list(out.rglob("*.safetensors"))
+    assert embedhub.load(out, backend="onnx").encode(["a b c"]).shape == (1, 32)
+
+
+def test_cli_export_keep_torch_and_quiet(tiny_st_dir, tmp_path):
+    out = tmp_path / "cli-torch"
+    proc = subprocess.run([sys.executable, "-m", "embedhub", "export", str(tiny_st_dir), "--output", str(out),
+                           "--keep-torch", "--quiet"], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout == "" and "parity gate" not in proc.stderr and "%|" not in proc.stderr
+    meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
+    assert meta["torch_weights_kept"] and (out / "model.safetensors").is_file()
+    torch_model, onnx_model = embedhub.load(out, backend="torch"), embedhub.load(out, backend="onnx")
+    np.testing.assert_allclose(onnx_model.encode(["a b c"]), torch_model.encode(["a b c"]), atol=1e-5)
+    # both backends of one export name one source
+    assert torch_model.fingerprint.differences(onnx_model.fingerprint) == {"backend": ("torch", "onnx")}
+    both = subprocess.run([sys.executable, "-m", "embedhub", "export", str(tiny_st_dir), "--output", str(out),
+                           "--keep-torch", "--no-torch-weights"], capture_output=True, text=True, timeout=600)
+    assert both.returncode == 2 and "not allowed with argument" in both.stderr
 
 
 def test_fp16_export_has_half_weights_and_passes_its_gate(tiny_st_dir, tmp_path):
@@ -350,3 +380,28 @@ def test_int8_model_warns_on_a_cpu_unlike_its_gate(minilm_int8, tmp_path, monkey
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         embedhub.load(folder, backend="onnx")  # same kind of CPU: no warning
+
+
+def test_int8_progress_bars_count_every_run_and_node_and_are_silent_unless_shown(open_clip_dir, tiny_st_dir, tmp_path,
+                                                                               capfd):
+    """A tiny error budget (1e-5; the tiny CLIP's towers quantise with errors of 2e-5 to 4e-4) makes the
+    calibration score each quantisable node alone: its bar counts every node of each tower;
+    ``show_progress_bar=True`` shows the bars on stderr even when ``verbose=False``, and ``verbose=False``
+    alone shows nothing."""
+    import re
+
+    out = export(open_clip_dir, tmp_path / "int8", quantize="int8", int8_error_budget=1e-5, verbose=False,
+                 show_progress_bar=True)
+    captured = capfd.readouterr()
+    assert captured.out == ""
+    err = captured.err.replace("\r", "\n")
+    meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
+    done = {int(a) for a, b in re.findall(r"int8 sensitivity per node: 100%\S* (\d+)/(\d+)", err) if a == b}
+    quantisable = {int(re.search(r"\d+/(\d+) nodes quantised per tensor", steps[-1]["note"]).group(1))
+                   for steps in meta["steps"].values()}
+    assert done == quantisable and min(done) > 0, err[-2000:]  # one step per quantisable node of each tower
+    runs = re.findall(r"int8 calibration: 100%\S* (\d+)/(\d+) \[", err)
+    assert runs and all(a == b for a, b in runs), err[-2000:]
+    assert re.search(r"parity gate \(int8\): 100%\S* (\d+)/\1 ", err), err[-2000:]
+    export(tiny_st_dir, tmp_path / "quiet", quantize="int8", verbose=False)
+    assert capfd.readouterr().err == ""

@@ -130,7 +130,8 @@ def test_reexport_keeps_user_files_and_loads_the_new_export(tiny_st_dir, other_s
     from export import export
 
     kw = dict(verbose=False, gate_texts=TEXTS * 2, batch_sizes=(3,))
-    out = export(tiny_st_dir, tmp_path / "onnx", **kw)
+    out = export(tiny_st_dir, tmp_path / "onnx", keep_torch=True, **kw)
+    assert (out / "model.safetensors").is_file()
     assert "onnx/text.onnx" in json.loads((out / MANIFEST).read_text())["files"]
     user = add_user_files(out)
     (out / "onnx" / "my_graph_notes.json").write_text("{}")

@@ -190,7 +190,7 @@ def test_export_records_the_hash_of_every_file(tiny_st_dir, tmp_path, monkeypatc
     """A graph written with external data (forced here: only graphs over 1.5 GB get it by default):
     the metadata records graph, data and torch weights; a changed data file is refused at load."""
     monkeypatch.setattr(_export, "EXTERNAL_DATA_ABOVE", 0)
-    out = export(tiny_st_dir, tmp_path / "ext", verbose=False)
+    out = export(tiny_st_dir, tmp_path / "ext", verbose=False, keep_torch=True)
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.suffix in (".onnx", ".data", ".safetensors")}
     assert files == {"onnx/text.onnx", "onnx/text.onnx.data", "model.safetensors", "text/model.safetensors"}
     assert _meta(out)["sha256"] == {rel: sha256_file(out / rel) for rel in files}

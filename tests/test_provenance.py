@@ -47,14 +47,15 @@ def _parts(**change) -> dict:
 
 @pytest.fixture(scope="module")
 def exports(tmp_path_factory, tiny_st_dir) -> dict[str, Path]:
-    """tiny_st_dir exported to ONNX at fp32 (torch weights kept) and at fp16."""
+    """tiny_st_dir exported to ONNX at fp32 (torch weights kept), at fp16, and at fp32 without its torch copy."""
     pytest.importorskip("onnxruntime")
     from export import export
 
     root = tmp_path_factory.mktemp("exports")
     return {
-        "fp32": export(tiny_st_dir, root / "fp32", verbose=False),
+        "fp32": export(tiny_st_dir, root / "fp32", verbose=False, keep_torch=True),
         "fp16": export(tiny_st_dir, root / "fp16", dtype="fp16", verbose=False),
+        "onnx_only": export(tiny_st_dir, root / "onnx_only", verbose=False),
     }
 
 
@@ -175,6 +176,34 @@ def test_backends_and_precisions_differ(tiny_st_dir, exports):
     fp16 = embedhub.load(exports["fp16"], backend="onnx", device="cpu").fingerprint
     assert fp16.dtype == "fp16" and fp16.id != onnx_fp.id
     assert embedhub.load(tiny_st_dir, device="cpu").fingerprint.source != torch_fp.source  # another folder
+
+
+def test_export_without_its_torch_copy_has_a_stable_onnx_fingerprint(tiny_st_dir, exports, tmp_path):
+    """No torch copy: the ONNX fingerprint hashes the files the ONNX load opens, so it is the same on every
+    load and for a copy of the folder; it differs from the export with a copy in ``source`` only (another
+    folder: its metadata records other files), and a torch load names the source model and --keep-torch."""
+    from embedhub.formats import model_files
+
+    folder = exports["onnx_only"]
+    assert not list(folder.rglob("*.safetensors"))
+    files = model_files(folder)  # what push_to_hub uploads and the fingerprint hashes: what the ONNX load opens
+    assert {"embedhub_config.json", "onnx/text.onnx", "onnx/export_metadata.json"} <= set(files)
+    assert not [f for f in files if f.endswith(".safetensors")]
+    fp = embedhub.load(folder, backend="onnx", device="cpu").fingerprint
+    assert fp.backend == "onnx" and fp.dtype == "fp32" and fp.pooling == "mean" and fp.source.startswith("folder:")
+    assert embedhub.load(folder, backend="auto", device="cpu").fingerprint == fp
+    shutil.copytree(folder, tmp_path / "copy")
+    assert embedhub.load(tmp_path / "copy", backend="onnx", device="cpu").fingerprint == fp
+    with_copy = embedhub.load(exports["fp32"], backend="onnx", device="cpu").fingerprint
+    assert fp.differences(with_copy).keys() == {"source"}
+    emb = embedhub.load(folder, backend="onnx", device="cpu").encode(TEXTS)
+    write_embeddings(tmp_path / "e.npy", emb, fp)
+    again = embedhub.load(folder, backend="onnx", device="cpu").fingerprint
+    assert read_embeddings(tmp_path / "e.npy", expect=again).embeddings.shape == (3, 32)
+    with pytest.raises(embedhub.UnknownFormatError, match="--keep-torch") as err:
+        embedhub.load(folder, device="cpu")
+    source = json.loads((folder / "onnx" / "export_metadata.json").read_text())["source"]
+    assert f"ONNX export of {source!r}" in str(err.value) and Path(source).name == tiny_st_dir.name
 
 
 def test_dtypes_differ(tiny_st_dir):

@@ -107,7 +107,7 @@ def _kind(spec: ConfigView) -> str | None:
 def _build_tower(folder: ModelFolder, modality: str, spec: ConfigView, trust_remote_code: bool) -> Tower:
     kind = _kind(spec)
     if kind is None:
-        raise UnknownFormatError(f"{folder.root} has only an ONNX graph for its {modality} tower; use backend='onnx'")
+        raise _onnx_only(folder, modality)
     cls = tower_class(kind, where=spec)
     if cls.modality != modality:
         raise spec.error("kind", f"a {modality} tower kind ({kind!r} embeds {cls.modality})", kind)
@@ -116,6 +116,33 @@ def _build_tower(folder: ModelFolder, modality: str, spec: ConfigView, trust_rem
                             trust_remote_code=trust_remote_code)
     tower.modality = modality
     return tower
+
+
+def _onnx_only(folder: ModelFolder, modality: str) -> UnknownFormatError:
+    """The error for a torch load of a tower that has only its ONNX graph: for an export written without
+    its torch copy (``embedhub export`` keeps one only with ``--keep-torch``), it names the model the
+    export was made from (``source`` in ``onnx/export_metadata.json``) and the option.
+
+    >>> _onnx_only(ModelFolder(Path("minilm-onnx")), "text")  # doctest: +SKIP
+    UnknownFormatError("minilm-onnx is an ONNX export of 'all-MiniLM-L6-v2' written without its torch copy ...")
+    """
+    from .._backends import EXPORT_METADATA
+    from .._errors import EmbedhubError
+
+    source = None
+    try:
+        if folder.has(EXPORT_METADATA):
+            source = folder.config(EXPORT_METADATA, what="ONNX export metadata").str("source", None)
+    except (EmbedhubError, OSError):  # an unreadable record: the message goes without the model's name
+        source = None
+    if source is None:
+        return UnknownFormatError(f"{folder.root} has only an ONNX graph for its {modality} tower; use backend='onnx'")
+    name = source if len(source) <= 200 else source[:197] + "..."
+    return UnknownFormatError(
+        f"{folder.root} is an ONNX export of {name!r} written without its torch copy (its {modality} tower has "
+        f"only its ONNX graph): use backend='onnx', load {name!r} itself for the torch backend, or export again "
+        "with `embedhub export ... --keep-torch` (keep_torch=True in Python) to keep the torch weights in the folder"
+    )
 
 
 def load(
@@ -153,7 +180,7 @@ def load(
     else:
         for m, spec in specs.items():  # an ONNX-only tower says so before any weights file is looked for
             if _kind(spec) is None:
-                raise UnknownFormatError(f"{folder.root} has only an ONNX graph for its {m} tower; use backend='onnx'")
+                raise _onnx_only(folder, m)
         _check_fits(folder, specs)
         for m, spec in specs.items():
             tower = _build_tower(folder, m, spec, trust_remote_code)
