@@ -85,7 +85,7 @@ def embed_corpus(
     *,
     engine: Literal["local", "ray"] = "local",
     address: str | None = None,
-    backend: str = "torch",
+    backend: str | None = None,
     device: str = "auto",
     revision: str | None = None,
     dtype: str | None = None,

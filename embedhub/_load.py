@@ -55,7 +55,7 @@ def load(
     name: str | os.PathLike,
     *,
     revision: str | None = None,
-    backend: Backend = "torch",
+    backend: Backend | None = None,
     device: str | torch.device = "auto",
     dtype: str | torch.dtype | None = None,
     cache_dir: str | os.PathLike | None = None,
@@ -71,7 +71,8 @@ def load(
     the files; weights load from safetensors only, strictly. ``backend="onnx"`` runs the ONNX
     graphs of a folder written by ``embedhub export`` on ONNX Runtime (CUDA when ``device`` is a
     GPU and onnxruntime-gpu is installed, with ``threads`` intra-op threads); ``"auto"`` takes
-    them when present, else torch. ``truncate_dim`` makes ``encode`` keep the first that many dims
+    them when present, else torch; the default (``None``) is torch, or ONNX for an export written
+    without its torch copy. ``truncate_dim`` makes ``encode`` keep the first that many dims
     (Matryoshka models; default: the model config's, else none).
     A folder whose configs ask for code (a custom module class in
     ``modules.json``, an ``auto_map``) is refused, naming the file and entry, unless ``trust_remote_code=True``:
@@ -80,7 +81,7 @@ def load(
     >>> model = embedhub.load("all-MiniLM-L6-v2")          # doctest: +SKIP
     >>> model = embedhub.load("openai/clip-vit-base-patch32@main", device="cuda")  # doctest: +SKIP
     """
-    if backend not in ("torch", "onnx", "auto"):
+    if backend is not None and backend not in ("torch", "onnx", "auto"):
         raise ValueError(f"backend {backend!r} is not available; supported: 'torch', 'onnx', 'auto'")
     if truncate_dim is not None and (isinstance(truncate_dim, bool) or not isinstance(truncate_dim, int)
                                      or truncate_dim < 1):
@@ -95,6 +96,10 @@ def load(
         def fetch(paths: list[str]) -> Path:
             return download(src.repo_id, [literal_pattern(p) for p in paths], revision=src.revision,
                             cache_dir=cache_dir, local_files_only=local_files_only, token=token)
+    if backend is None:  # torch, unless the folder is an export that has only its ONNX graphs
+        from ._formats.embedhub import default_backend
+
+        backend = default_backend(src.folder) if fmt.supports_onnx else "torch"
     if not fmt.supports_onnx:
         if backend == "onnx":
             raise ValueError(

@@ -670,9 +670,9 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--backend",
         choices=("torch", "onnx", "auto"),
-        default="torch",
+        default=None,
         help="torch, onnx (the graphs of a folder written by `embedhub export`) or auto (onnx when the folder "
-        "has graphs, else torch) (default: torch)",
+        "has graphs, else torch) (default: torch, or onnx for an export written without its torch copy)",
     )
     p.add_argument(
         "--threads",

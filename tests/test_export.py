@@ -67,6 +67,8 @@ def test_export_each_format(fixture, keep_torch, request, tmp_path, photos):
     weights = ["model.safetensors"] + (["text/model.safetensors"] if "text" in torch_model.modalities else [])
     hashed = [f"onnx/{m}.onnx" for m in torch_model.modalities] + (weights if rebuildable else [])
     assert meta["sha256"] == {rel: sha256_file(out / rel) for rel in hashed}
+    # a load that names no backend takes torch when the folder has torch weights, else the ONNX graphs
+    assert embedhub.load(out).backend == ("torch" if rebuildable else "onnx")
     if rebuildable:
         assert embedhub.load(out, backend="torch").backend == "torch"
     else:  # the error names the model the export was made from and the option that keeps a torch copy

@@ -104,6 +104,21 @@ def _kind(spec: ConfigView) -> str | None:
     return kind
 
 
+def default_backend(folder: Path | ModelFolder) -> str:
+    """The backend a load without ``backend=`` uses: ``"onnx"`` for an export whose towers all have only
+    their ONNX graph (written without ``--keep-torch``), else ``"torch"``.
+
+    >>> default_backend(Path("minilm-onnx"))  # doctest: +SKIP
+    'onnx'
+    """
+    folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+    if not folder.has(MARKER):
+        return "torch"
+    _, specs = read_config(folder)
+    onnx_only = all(_kind(spec) is None and spec.str("onnx", None) for spec in specs.values())
+    return "onnx" if specs and onnx_only else "torch"
+
+
 def _build_tower(folder: ModelFolder, modality: str, spec: ConfigView, trust_remote_code: bool) -> Tower:
     kind = _kind(spec)
     if kind is None:
