@@ -86,7 +86,8 @@ def extract_heads(run: str | os.PathLike, *, heads: str | os.PathLike = HEADS_FI
                         f"frozen towers), found {sorted(tensors)}")
     heads = Path(heads)
     atomic_write(heads, lambda tmp: save_file(tensors, tmp, metadata={"recipe": "clip", "source": command}))
-    keep = ("metrics", "seconds_total", "seconds_features", "train_samples", "train_classes", "world_size")
+    keep = ("metrics", "seconds_total", "seconds_features", "train_samples", "train_classes", "world_size",
+            "wordings")
     out = {"name": MODEL_NAME, "command": command, **{k: results[k] for k in keep if k in results},
            "config": results["config"], "heads_sha256": _sha256(heads),
            "versions": {p: _version(p) for p in ("torch", "timm", *_PACKAGES)}, **({"note": note} if note else {})}
