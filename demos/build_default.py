@@ -113,6 +113,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"default image model: {folder} ({time.perf_counter() - t0:.1f} s)")
     if top1 is not None:
         print(f"zero-shot top-1 on the Fashion-MNIST test set (10,000 images, 10 classes): {top1:.2%}")
+    unseen = run.get("metrics", {}).get("zeroshot_unseen_wording_top1")
+    if unseen is not None:
+        print(f"zero-shot top-1 with a wording it never trained on (embedhub/training/wordings/"
+              f"fashion_mnist_heldout.json): {unseen:.2%}")
     print(f"made by: {run.get('command')}")
     if args.compare:
         print(json.dumps(compare(folder, args.compare, args.compare_images), indent=2))

@@ -59,10 +59,13 @@ def test_assembled_model_equals_the_recipes_saved_model(tmp_path):
 
     run = tmp_path / "run"
     assert main([f"output={run}", "train_limit=512", "eval_limit=64", "image_size=64", "epochs=1",
-                 "batch_size=128", "warmup_steps=2", "checkpoint_every=0", "seed=3"]) == 0
+                 "batch_size=128", "warmup_steps=2", "checkpoint_every=0", "seed=3", "wording=names"]) == 0
     heads, record = tmp_path / "heads.safetensors", tmp_path / "run.json"
     info = extract_heads(run, heads=heads, record=record, command="python -m training.clip (test run)")
     assert info["config"]["image_size"] == 64 and info["metrics"]["zeroshot_top1"] > 0.3
+    # the record keeps the zero-shot figure of the held-out wording and how it was measured
+    assert 0 < info["metrics"]["zeroshot_unseen_wording_top1"] <= 1
+    assert info["wordings"]["heldout"].endswith("fashion_mnist_heldout.json") and info["wordings"]["train"] is None
     folder = assemble(tmp_path / "assembled", heads=heads, record=record)
 
     images, labels, classes = fashion_mnist_test(64)
@@ -173,6 +176,8 @@ def test_build_default_command(default_home, capsys):
     assert main([]) == 0
     out = capsys.readouterr().out
     assert str(default_home[1]) in out and f"{shipped_run()['metrics']['zeroshot_top1']:.2%}" in out
+    assert f"never trained on (embedhub/training/wordings/fashion_mnist_heldout.json): " \
+        f"{shipped_run()['metrics']['zeroshot_unseen_wording_top1']:.2%}" in out
 
 
 def test_shipped_record_names_the_command_and_the_heads():
@@ -180,10 +185,15 @@ def test_shipped_record_names_the_command_and_the_heads():
     assert run["command"].startswith("python -m training.clip ")
     assert run["config"]["data"] == "fashion-mnist" and run["config"]["freeze_image"] is True
     assert run["train_samples"] == 60000
+    # both zero-shot figures: the project's class names, and the held-out wording it never trained on
+    assert {"zeroshot_top1", "zeroshot_unseen_wording_top1", "zeroshot_unseen_names_top1"} <= set(run["metrics"])
+    assert run["config"]["wording"] in ("auto", "varied") and run["wordings"]["train"] is not None
+    root = Path(__file__).resolve().parents[1]
+    assert (root / run["wordings"]["heldout"]).is_file() and (root / run["wordings"]["train"]).is_file()
     import hashlib
 
     assert hashlib.sha256(HEADS_FILE.read_bytes()).hexdigest() == run["heads_sha256"]
-    assert RUN_FILE.stat().st_size < 20_000 and HEADS_FILE.stat().st_size < 2_000_000
+    assert RUN_FILE.stat().st_size < 20_000 and HEADS_FILE.stat().st_size < 6_000_000
 
 
 # ------------------------------------------------------------------------------------- resolve_model

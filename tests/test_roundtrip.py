@@ -226,13 +226,16 @@ def test_card_results_map_every_recipe_figure():
 
     cfg = ClipConfig(holdout_classes=("bag", "sandal"))
     metrics = {"zeroshot_top1": 0.7, "zeroshot_heldout_top1": 0.4, "zeroshot_seen_top1": 0.8, "i2t_R@1": 0.6,
-               "t2i_R@5": 0.9, "linear_probe_top1": 0.85, "sts_test_spearman": 0.81, "sdk_min_cosine": 1.0}
+               "t2i_R@5": 0.9, "linear_probe_top1": 0.85, "sts_test_spearman": 0.81, "sdk_min_cosine": 1.0,
+               "zeroshot_unseen_wording_top1": 0.65}
     got = {(r.task_type, r.dataset_type, r.metric_type, r.metric_name): r.value for r in card_results(cfg, metrics)}
     fm = "zalando-datasets/fashion_mnist"
     assert got == {
         ("zero-shot-image-classification", fm, "accuracy", "zero-shot top-1"): 0.7,
         ("zero-shot-image-classification", fm, "accuracy", "zero-shot top-1, held-out classes"): 0.4,
         ("zero-shot-image-classification", fm, "accuracy", "zero-shot top-1, seen classes"): 0.8,
+        ("zero-shot-image-classification", fm, "accuracy", "zero-shot top-1, held-out wording (names and templates)"):
+            0.65,
         ("image-text-retrieval", fm, "recall@1", "image->text R@1"): 0.6,
         ("text-image-retrieval", fm, "recall@5", "text->image R@5"): 0.9,
         ("image-classification", fm, "accuracy", "linear probe top-1"): 0.85,

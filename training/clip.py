@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from embedhub.losses import ClipLoss, dcl_loss, siglip_loss
 from embedhub.utils import average_templates, epoch_generator
@@ -30,6 +31,14 @@ from .dist import gather, main_first, rank_world, shard
 from .evaluate import linear_probe, retrieval_recall, zero_shot_accuracy
 from .loop import Trainer, fit_and_finish, start_run
 from .model import DualEncoder, build_towers, images_to_array, prompt_settings, to_embedding_model
+from .wording import CaptionSampler, heldout_label_sets, load_wording, prompts_of
+
+#: how the held-out wording is scored (kept in the run record)
+HELDOUT_PROTOCOL = (
+    "zeroshot_unseen_wording_top1: training/wordings/fashion_mnist_heldout.json, never used in training; label set "
+    "j names each class by its j-th held-out name, the class embedding is the mean over the held-out templates "
+    "(prompt ensemble), top-1 on the full test set is averaged over the label sets. zeroshot_unseen_names_top1: "
+    "the same label sets in the model's own templates (as the demos prompt a label).")
 
 
 @torch.no_grad()
@@ -76,18 +85,48 @@ def text_features(model: DualEncoder, text_pre, texts: list[str]) -> torch.Tenso
     return extract(run, texts, 128, "text features")
 
 
+def unicl_loss(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, labels: torch.Tensor,
+               label_smoothing: float = 0.0) -> torch.Tensor:
+    """UniCL (Yang et al. 2022): symmetric InfoNCE in which every image-caption pair of the same class is a
+    positive; the target of a row is uniform over its positives (smoothed towards uniform over the batch).
+
+    >>> x = F.normalize(torch.eye(4), dim=1)
+    >>> float(unicl_loss(x, x, torch.tensor(1.0), torch.tensor([0, 1, 2, 3]))) > 0
+    True
+    """
+    logits = logit_scale * image @ text.T
+    same = (labels[:, None] == labels[None, :]).to(logits.dtype)
+    target = same / same.sum(1, keepdim=True)
+    if label_smoothing:
+        target = (1 - label_smoothing) * target + label_smoothing / target.shape[1]
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target)) / 2  # same is symmetric
+
+
 def make_loss(cfg: ClipConfig, model: DualEncoder):
+    """``loss(image, text, labels)`` for the config's loss (labels: the class of each pair, used by unicl)."""
     if cfg.loss == "siglip":
         model.logit_bias = torch.nn.Parameter(torch.tensor(-10.0))
         with torch.no_grad():
             model.logit_scale.fill_(np.log(10.0))
-        return lambda i, t: siglip_loss(i, t, model.logit_scale.exp(), model.logit_bias)
+        return lambda i, t, y=None: siglip_loss(i, t, model.logit_scale.exp(), model.logit_bias)
     if cfg.loss == "dcl":
-        return lambda i, t: dcl_loss(i, t, model.logit_scale.exp())
+        return lambda i, t, y=None: dcl_loss(i, t, model.logit_scale.exp())
+    smoothing = getattr(cfg, "label_smoothing", 0.0)
+    if cfg.loss == "unicl":
+        return lambda i, t, y: unicl_loss(i, t, model.logit_scale.exp(), y, smoothing)
+    if cfg.loss == "clip" and smoothing:
+        return lambda i, t, y=None: _smoothed_clip(i, t, model.logit_scale.exp(), smoothing)
     if cfg.loss == "clip":
         clip = ClipLoss()
-        return lambda i, t: clip(i, t, model.logit_scale.exp())
-    raise ValueError(f"loss must be clip, siglip or dcl, got {cfg.loss!r}")
+        return lambda i, t, y=None: clip(i, t, model.logit_scale.exp())
+    raise ValueError(f"loss must be clip, siglip, dcl or unicl, got {cfg.loss!r}")
+
+
+def _smoothed_clip(image: torch.Tensor, text: torch.Tensor, logit_scale: torch.Tensor, eps: float) -> torch.Tensor:
+    logits = logit_scale * image @ text.T
+    target = torch.arange(image.shape[0], device=image.device)
+    return (F.cross_entropy(logits, target, label_smoothing=eps)
+            + F.cross_entropy(logits.T, target, label_smoothing=eps)) / 2
 
 
 class LiTSetup:
@@ -124,6 +163,18 @@ class LiTSetup:
         if cfg.feature_cache:
             self.feats_train.images = self.feats_train.images[torch.from_numpy(rows)]
             self.feats_train.labels = self.train.labels
+        # captions with wording variety (clip recipe): every training caption's text features, sampled per example
+        self.sampler: CaptionSampler | None = None
+        if getattr(cfg, "wording", "names") in ("auto", "varied"):
+            self.sampler = CaptionSampler(load_wording("train"), self.classes)
+            self.train_text = text_features(self.model, self.text_pre, self.sampler.captions)
+        # the held-out wording (never trained on): label sets in the held-out templates and in the model's own
+        heldout = load_wording("heldout")
+        self.heldout_sets = heldout_label_sets(heldout, self.classes)
+        self.heldout_templates = (heldout.templates, tuple(cfg.templates))
+        self.heldout_text = text_features(self.model, self.text_pre, [
+            p for templates in self.heldout_templates for labels in self.heldout_sets for p in prompts_of(labels,
+                                                                                                         templates)])
         self.t_features = time.perf_counter() - self.t_start
         self.n_t = len(cfg.templates)
         self.steps = int(np.ceil(len(self.train) / cfg.batch_size))
@@ -132,17 +183,24 @@ class LiTSetup:
         """(sample indices, caption indices) per batch; the order depends only on (seed, epoch)."""
         g = epoch_generator(self.cfg.seed, epoch)
         order = torch.randperm(len(self.train), generator=g)
-        tmpl = torch.randint(self.n_t, (len(self.train),), generator=g)
         labels = torch.from_numpy(self.feats_train.labels)
+        if self.sampler is None:  # caption index = class * T + template (feats_train.captions)
+            caps = labels * self.n_t + torch.randint(self.n_t, (len(self.train),), generator=g)
+        else:  # an index into sampler.captions
+            caps = self.sampler.sample(labels, g)
         for s in range(0, len(order), self.cfg.batch_size):
             idx = order[s:s + self.cfg.batch_size]
-            yield idx, labels[idx] * self.n_t + tmpl[idx]
+            yield idx, caps[idx]
 
     def batches(self, epoch: int):
-        """This rank's slice of each global batch (all of it in a single process)."""
+        """This rank's slice of each global batch (all of it in a single process): image features, caption
+        features, and the classes of the whole global batch."""
+        text = self.feats_train.text if self.sampler is None else self.train_text
+        labels = torch.from_numpy(self.feats_train.labels)
         for idx, cap in self.batch_indices(epoch):
+            y = labels[idx]
             idx, cap = shard(idx), shard(cap)
-            yield self.feats_train.images[idx], self.feats_train.text[cap]
+            yield self.feats_train.images[idx], text[cap], y
 
     def evaluate(self, m: DualEncoder) -> dict[str, float]:
         cfg, classes, n_t = self.cfg, self.classes, self.n_t
@@ -163,6 +221,16 @@ class LiTSetup:
             cap_emb = txt_all[torch.arange(len(classes)) * n_t]
             res.update({key: v for key, v in retrieval_recall(img[:k], cap_emb, labels[:k], np.arange(len(classes)),
                                                               ks=(1, 5)).items() if key.startswith("i2t")})
+            # held-out wording: per label set, class embeddings from its prompts; top-1 averaged over the sets
+            held = m.encode_text(self.heldout_text, features=True)
+            start = 0
+            for name, templates in zip(("unseen_wording", "unseen_names"), self.heldout_templates):
+                accs = []
+                for _ in self.heldout_sets:
+                    n = len(classes) * len(templates)
+                    accs.append(zero_shot_accuracy(img, labels, average_templates(held[start:start + n], len(classes))))
+                    start += n
+                res[f"zeroshot_{name}_top1"] = float(np.mean(accs))
         return res
 
     def finish(self, metrics: dict[str, float]) -> dict[str, Any]:
@@ -191,6 +259,9 @@ class LiTSetup:
                    "seconds_features": round(self.t_features, 1), "world_size": rank_world()[1],
                    "train_samples": len(self.train),
                    "train_classes": [self.classes[c] for c in np.unique(self.feats_train.labels)],
+                   "wordings": {"train": "training/wordings/fashion_mnist_train.json" if self.sampler else None,
+                                "heldout": "training/wordings/fashion_mnist_heldout.json",
+                                "heldout_protocol": HELDOUT_PROTOCOL},
                    "config": to_dict(cfg), "model": str(out)}
         (Path(cfg.output) / "results.json").write_text(json.dumps(summary, indent=2))
         print(json.dumps(summary["metrics"], indent=2))
@@ -210,8 +281,10 @@ def run(cfg: ClipConfig) -> dict[str, Any]:
     loss_pair = make_loss(cfg, setup.model)
 
     def loss_fn(m: DualEncoder, batch) -> torch.Tensor:
-        img, txt = batch  # gathered over ranks with gradient: the loss of the whole global batch
-        return loss_pair(gather(m.encode_image(img, features=True)), gather(m.encode_text(txt, features=True)))
+        img, txt, labels = batch  # gathered over ranks with gradient: the loss of the whole global batch
+        if cfg.feature_dropout:
+            img = F.dropout(img, cfg.feature_dropout, training=m.training)
+        return loss_pair(gather(m.encode_image(img, features=True)), gather(m.encode_text(txt, features=True)), labels)
 
     return fit_and_finish(Trainer(cfg, setup.model, loss_fn, setup.batches, setup.steps, setup.evaluate),
                           setup.finish)

@@ -123,7 +123,13 @@ class TrainConfig:
 
 @dataclass
 class ClipConfig(TrainConfig):
-    loss: str = "clip"  # clip | siglip | dcl
+    loss: str = "clip"  # clip | siglip | dcl | unicl (LiT on Fashion-MNIST: every pair of one class is a positive)
+    # LiT on Fashion-MNIST: "varied" captions each image with one of its class's names (WordNet synonyms, plurals,
+    # longer names, training/wordings/fashion_mnist_train.json) in one of its templates, sampled per example;
+    # "names" with the class name in `templates`; "auto" = varied for LiT on Fashion-MNIST
+    wording: str = "auto"
+    label_smoothing: float = 0.0  # clip / unicl loss: cross-entropy label smoothing
+    feature_dropout: float = 0.0  # LiT: dropout on the frozen image features while training (feature augmentation)
 
 
 @dataclass
@@ -302,7 +308,11 @@ RULES: dict[str, Rule] = {
                     lambda v: all(k.strip() and len(t) <= 4096 for k, t in v.items())),
     "default_prompt_name": Rule("'' or the name of one of the prompts", lambda v: True),
     # clip
-    "loss": _choice("clip", "siglip", "dcl"),
+    "loss": _choice("clip", "siglip", "dcl", "unicl"),
+    "wording": _choice("auto", "varied", "names"),
+    "label_smoothing": Rule("a number in [0, 1) (cross-entropy label smoothing)", lambda v: 0 <= v < 1),
+    "feature_dropout": Rule("a number in [0, 1) (dropout probability on the frozen image features)",
+                            lambda v: 0 <= v < 1),
     # protoclip
     "episode_size": _int(1),
     "clusters": _int(2),
@@ -445,6 +455,16 @@ def _check_combinations(cfg: TrainConfig) -> None:
             raise ConfigValueError("holdout_classes", cfg.holdout_classes,
                                    f"at most {len(FASHION_CLASSES) - 2} of the classes {list(FASHION_CLASSES)}"
                                    + (f" (unknown: {unknown})" if unknown else ""))
+    if isinstance(cfg, ClipConfig) and not lit:
+        for key, value, off in (("wording", cfg.wording, ("auto", "names")),
+                                ("loss", cfg.loss, ("clip", "siglip", "dcl")),
+                                ("feature_dropout", cfg.feature_dropout, (0.0,))):
+            if value not in off:
+                raise ConfigValueError(key, value, f"one of {list(off)} unless the run is LiT-style on Fashion-MNIST "
+                                       "(data=fashion-mnist, no eval_data, frozen towers, no open_clip_model)")
+    if isinstance(cfg, ClipConfig) and cfg.label_smoothing and cfg.loss not in ("clip", "unicl"):
+        raise ConfigValueError("label_smoothing", cfg.label_smoothing, f"0 with loss={cfg.loss!r} (cross-entropy "
+                               "losses only: clip, unicl)")
     if cfg.data != "fashion-mnist" and not cfg.eval_data and cfg.eval_pairs < 1:
         raise ConfigValueError("eval_pairs", cfg.eval_pairs,
                                f"an integer >= 1: data={cfg.data!r} without eval_data holds out its first "
