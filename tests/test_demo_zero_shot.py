@@ -227,16 +227,19 @@ def test_uploads_over_the_size_limit_are_refused_by_the_server(server, client, b
 
 
 # ------------------------------------------------------------------------------ concurrency
-def test_50_concurrent_requests_give_the_sequential_results(client, lit, fashion):
+def test_50_concurrent_requests_give_the_sequential_results(server, lit, fashion):
     images, _, classes, paths = fashion
     batch = paths[N_ACCURACY:N_ACCURACY + N_CONCURRENT]
     labels = ", ".join(classes)
+    # 50 uploads at once queue behind each other on a loaded 2-core machine: gradio_client's own timeouts
+    # (5 s for an upload) are sized for an idle server, so this client waits up to 10 minutes per request
+    client = Client(server.local_url, verbose=False, httpx_kwargs={"timeout": httpx.Timeout(600.0)})
     sequential = [predict(client, p, labels) for p in batch]
 
     start = threading.Barrier(N_CONCURRENT)
 
     def one(path: str) -> dict[str, float]:
-        start.wait(timeout=60)
+        start.wait(timeout=600)
         return predict(client, path, labels)
 
     with ThreadPoolExecutor(N_CONCURRENT) as pool:

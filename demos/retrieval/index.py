@@ -318,7 +318,7 @@ def _encode_read(model: embedhub.EmbeddingModel, items: list[str | Path], ids: l
 
     parts = []
     starts = range(0, len(items), batch_size)
-    for start in tqdm(starts, desc="Embedding images", disable=not show_progress_bar, total=len(starts)):
+    for start in tqdm(starts, desc="embedding images", disable=not show_progress_bar, total=len(starts)):
         batch = [reader(i, x) if isinstance(x, Path) else x
                  for i, x in zip(ids[start:start + batch_size], items[start:start + batch_size])]
         try:
