@@ -16,6 +16,7 @@ and each is sent to the app's API with gradio_client. The right answers come fro
 
 from __future__ import annotations
 
+import codecs
 import os
 import socket
 import subprocess
@@ -52,8 +53,7 @@ class Demo:
         env = {k: v for k, v in os.environ.items() if k not in ("EMBEDHUB_MODEL", "EMBEDHUB_TEXT_MODEL")}
         env.update(EMBEDHUB_HOME=str(home), PYTHONUNBUFFERED="1")
         self.proc = subprocess.Popen([sys.executable, "-m", "embedhub", "demo", name, "--port", str(self.port)],
-                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                     errors="replace")
+                                     env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.chunks: list[str] = []
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -67,8 +67,10 @@ class Demo:
             time.sleep(0.5)
 
     def _read(self) -> None:
-        while chunk := self.proc.stdout.read(256):
-            self.chunks.append(chunk)
+        """Whatever the demo writes, as soon as it is written (progress bars end their lines with \\r)."""
+        fd, decoder = self.proc.stdout.fileno(), codecs.getincrementaldecoder("utf-8")("replace")
+        while chunk := os.read(fd, 65536):
+            self.chunks.append(decoder.decode(chunk))
 
     @property
     def output(self) -> str:
