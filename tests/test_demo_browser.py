@@ -25,7 +25,6 @@ if not Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz").is_fi
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "tests" / "artifacts"
-EXAMPLES = ROOT / "demos" / "assets" / "examples"
 
 
 def _screenshot(page, name: str, *, docs: bool = False) -> Path:
@@ -69,10 +68,13 @@ def retrieval_url():
 
 
 def test_zero_shot_page_classifies_an_uploaded_image(browser, zero_shot_url):
+    from embedhub.demos._common import example_images, example_label
+
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     page.goto(zero_shot_url, wait_until="domcontentloaded")
     page.get_by_role("button", name="Classify").wait_for(timeout=60_000)  # the app has rendered
-    page.locator("input[type=file]").first.set_input_files(str(EXAMPLES / "sneaker_0.png"))
+    sneaker = next(p for p in example_images() if example_label(p) == "sneaker")
+    page.locator("input[type=file]").first.set_input_files(str(sneaker))
     page.get_by_role("button", name="Classify").click()
     # the ranked labels: the top one is shown as the Label component's heading
     top = page.locator("[data-testid='label-output-value']").first
@@ -123,7 +125,7 @@ def test_zero_shot_first_example_shows_its_class(browser, zero_shot_url):
     first.wait_for(timeout=60_000)
     first.click()
     page.locator("[data-testid='image'] img, .image-container img").first.wait_for(timeout=60_000)
-    assert page.get_by_label("Labels (comma separated)").input_value() == labels
+    playwright.expect(page.get_by_label("Labels (comma separated)")).to_have_value(labels, timeout=30_000)
     page.get_by_role("button", name="Classify").click()
     top = page.locator("[data-testid='label-output-value']").first
     page.wait_for_function("(document.querySelector(\"[data-testid='label-output-value']\") || {}).innerText",
@@ -141,9 +143,9 @@ def test_retrieval_first_example_shows_images_of_its_class(browser, retrieval_ur
     page.goto(retrieval_url, wait_until="domcontentloaded")
     page.get_by_label("Query").first.wait_for(timeout=60_000)
     first = page.locator("button.gallery-item:visible").first  # the first tab's suggested queries
-    assert first.inner_text().strip() == query
+    playwright.expect(first).to_have_text(query, timeout=60_000)
     first.click()
-    assert page.get_by_label("Query").first.input_value() == query
+    playwright.expect(page.get_by_label("Query").first).to_have_value(query, timeout=30_000)
     page.get_by_role("button", name="Search").first.click()
     thumbs = page.locator("[data-testid='gallery'] img, .gallery img, button.thumbnail-item img")
     thumbs.first.wait_for(timeout=120_000)

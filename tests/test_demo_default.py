@@ -273,7 +273,9 @@ def test_read_image_refuses_bad_files_readably(tmp_path):
     cases["notes.png"] = "not an image"
     (tmp_path / "corrupt.png").write_bytes(good[:60] + b"\0" * 40 + good[100:])
     cases["corrupt.png"] = "corrupt or truncated"
-    (tmp_path / "truncated.jpg").write_bytes((_common.EXAMPLES / "chelsea.jpg").read_bytes()[:5000])
+    Image.open(example_images()[0]).convert("RGB").resize((512, 512)).save(tmp_path / "whole.jpg", quality=95)
+    jpeg = (tmp_path / "whole.jpg").read_bytes()
+    (tmp_path / "truncated.jpg").write_bytes(jpeg[: len(jpeg) // 2])
     cases["truncated.jpg"] = "corrupt or truncated|not an image"
     Image.new("L", (10_000, 10_000)).save(tmp_path / "huge.png")  # 100 megapixels, ~100 KB on disk
     cases["huge.png"] = r"10000x10000 = 100\.0 megapixels, over the 40 megapixel limit"

@@ -348,7 +348,7 @@ def build_app(model: str | None = None, backend: str = "torch", *, model_loading
             with gr.Column():
                 result = gr.Label(label="Labels ranked by probability")
         if shown:
-            gr.Examples(examples=shown, inputs=[image, labels], examples_per_page=24,
+            gr.Examples(examples=shown, inputs=[image, labels], examples_per_page=10,
                         label="Examples (Fashion-MNIST test images, with the ten class names as labels)")
         with gr.Accordion("Model", open=False):
             with gr.Row(visible=model_loading):
