@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="launch a Gradio demo (zero-shot, retrieval) in the browser",
                        description="Launch a demo on a local web server and print its URL. The model is --model, "
                        "else $EMBEDHUB_MODEL, else the offline default (the LiT model on Fashion-MNIST for images, "
-                       "all-MiniLM-L6-v2 for text).")
+                       "all-MiniLM-L6-v2 for text). With no demo named, list the demos.")
     p.add_argument("demo", nargs="?", choices=sorted(DEMOS), help="the demo to launch; none: list the demos")
     p.add_argument("--model", default=None, help="any name embedhub.load takes (alias, folder, Hub id[@revision])")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
