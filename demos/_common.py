@@ -14,6 +14,7 @@ import logging
 import os
 import re
 import stat
+import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -51,6 +52,7 @@ __all__ = [
     "load_model",
     "read_image",
     "resolve_model",
+    "say",
 ]
 
 #: the text model both demos run on when none is named
@@ -82,6 +84,15 @@ class DemoError(ValueError):
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))
+
+
+def say(message: str, demo: str = "demo") -> None:
+    """One line of what a demo is doing, on stderr at once (``embedhub demo: loading ...``), so a start that
+    takes a while shows its steps; progress bars (tqdm) go to stderr too.
+
+    >>> say("loading the image model lit-fashion-mnist (torch)", "zero-shot")  # doctest: +SKIP
+    """
+    print(f"embedhub {demo}: {message}", file=sys.stderr, flush=True)
 
 
 def resolve_model(arg: str | None, *, kind: Literal["image", "text"], readme: str | os.PathLike | None = None) -> str:
@@ -513,20 +524,21 @@ def fashion_mnist_test(n: int | None = None) -> tuple[list[Image.Image], np.ndar
 
 
 def example_images() -> list[Path]:
-    """The bundled example images (``demos/assets/examples``): 2 Fashion-MNIST test images per class
-    (``<class>_<i>.png``) and 4 scikit-image photographs (``chelsea.jpg``, ...), sorted by name.
+    """The bundled example images (``demos/assets/examples``): 2 Fashion-MNIST test images per class,
+    ``<class>_<row>.png`` (``row``: the image's row in the test split; see ``build_default.EXAMPLE_ROWS``),
+    sorted by name. The default model answers each of them right (``tests/test_demo_examples.py``).
 
     >>> [p.name for p in example_images()][:2]  # doctest: +SKIP
-    ['ankle-boot_0.png', 'ankle-boot_1.png']
+    ['ankle-boot_1536.png', 'ankle-boot_1657.png']
     """
     return sorted(p for p in EXAMPLES.glob("*") if p.suffix in (".png", ".jpg") and p.is_file())
 
 
 def example_label(path: str | os.PathLike) -> str | None:
-    """The Fashion-MNIST class of a bundled example (``ankle-boot_1.png`` -> ``'ankle boot'``); ``None`` for
-    the photographs.
+    """The Fashion-MNIST class of a bundled example or gallery image, from its name (``ankle-boot_1536.png``
+    -> ``'ankle boot'``); ``None`` for a name of no class.
 
-    >>> example_label("demos/assets/examples/ankle-boot_1.png"), example_label("chelsea.jpg")
+    >>> example_label("demos/assets/examples/ankle-boot_1536.png"), example_label("chelsea.jpg")
     ('ankle boot', None)
     """
     stem = Path(path).stem.rsplit("_", 1)[0]

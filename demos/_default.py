@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ._common import ASSETS, DemoError
+from ._common import ASSETS, DemoError, say
 
 __all__ = ["HEADS_FILE", "MODEL_NAME", "RUN_FILE", "assemble", "default_image_model", "embedhub_home",
            "extract_heads", "shipped_run"]
@@ -161,6 +161,8 @@ def default_image_model(home: str | os.PathLike | None = None, *, rebuild: bool 
     with _build_lock(models / f".{MODEL_NAME}.lock"):
         if not rebuild and _stamp_of(folder) == wanted:  # another process built it while this one waited
             return folder
+        say(f"assembling the default image model in {folder} from the shipped heads and the packaged towers "
+            "(once, a few seconds)")
         staging = Path(tempfile.mkdtemp(dir=models, prefix=f".{MODEL_NAME}.build-"))
         try:
             assemble(staging / MODEL_NAME, model_id=str(folder))

@@ -5,7 +5,8 @@
     python -m embedhub.demos.build_default --from-run /tmp/lit-default --command "python -m training.clip ..."
         # refresh demos/assets from a finished LiT recipe run (heads, logit scale and the run's record)
     python -m embedhub.demos.build_default --compare /tmp/lit-default/model   # embeddings vs the run's own model
-    python -m embedhub.demos.build_default --examples  # rewrite demos/assets/examples (needs scikit-image)
+    python -m embedhub.demos.build_default --examples  # rewrite demos/assets/examples from EXAMPLE_ROWS
+    python -m embedhub.demos.build_default --pick-examples  # the rows the default model answers with a margin
 """
 
 from __future__ import annotations
@@ -18,39 +19,82 @@ from pathlib import Path
 
 from ._common import EXAMPLES, FASHION_CLASSES, DemoError
 
-#: the scikit-image photographs bundled as examples
-PHOTOS = ("chelsea", "coffee", "rocket", "astronaut")
+#: the bundled example images: rows of the Fashion-MNIST test split (t10k), two per class, written as
+#: ``<class>_<row>.png``. Chosen by :func:`pick_examples` on the default model: rows from
+#: ``FIRST_EXAMPLE_ROW`` on (so none is also in the retrieval demo's gallery of the first 1,000), answered
+#: right by zero-shot with the class names at probability >= 0.95, and whose 20 nearest images among the
+#: first 1,000 are all of their class; the two most probable of each class.
+EXAMPLE_ROWS: dict[str, tuple[int, ...]] = {
+    "t-shirt": (2954, 2437), "trouser": (1880, 1815), "pullover": (1926, 1173), "dress": (2496, 1546),
+    "coat": (2989, 2590), "sandal": (1464, 1090), "shirt": (1708, 1048), "sneaker": (2392, 2657),
+    "bag": (2157, 1085), "ankle boot": (1657, 1536),
+}
+#: example rows are taken from here on (the retrieval demo's bundled gallery holds the rows before)
+FIRST_EXAMPLE_ROW = 1000
 
 
-def write_examples(folder: str | Path = EXAMPLES, *, per_class: int = 2, max_side: int = 512) -> list[Path]:
-    """Write the example images: the first ``per_class`` Fashion-MNIST test images of each class as PNG
-    (``<class>_<i>.png``, spaces as dashes) and scikit-image's photos as JPEG (quality 85, at most ``max_side``
-    pixels a side).
+def write_examples(folder: str | Path = EXAMPLES, rows: dict[str, tuple[int, ...]] | None = None) -> list[Path]:
+    """Write the example images: the Fashion-MNIST test images ``rows`` (default :data:`EXAMPLE_ROWS`) as
+    PNG files ``<class>_<row>.png`` (spaces as dashes), after removing the example images there before.
 
     >>> [p.name for p in write_examples("/tmp/examples")][:2]  # doctest: +SKIP
-    ['t-shirt_0.png', 't-shirt_1.png']
+    ['t-shirt_2954.png', 't-shirt_2437.png']
     """
-    import numpy as np
     from embedhub.training.data import fashion_mnist
     from PIL import Image
-    from skimage import data as skdata
 
+    rows = EXAMPLE_ROWS if rows is None else rows
+    unknown = sorted(set(rows) - set(FASHION_CLASSES))
+    if unknown:
+        raise DemoError(f"example rows name unknown classes {unknown}; the classes are {list(FASHION_CLASSES)}")
+    test = fashion_mnist("test")
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    test = fashion_mnist("test")
+    for old in list(folder.glob("*.png")) + list(folder.glob("*.jpg")):
+        old.unlink()
     out = []
-    for c, name in enumerate(FASHION_CLASSES):
-        for i, row in enumerate(np.nonzero(test.labels == c)[0][:per_class]):
-            path = folder / f"{name.replace(' ', '-')}_{i}.png"
+    for name, picked in rows.items():
+        for row in picked:
+            if not 0 <= row < len(test.labels) or FASHION_CLASSES[int(test.labels[row])] != name:
+                got = FASHION_CLASSES[int(test.labels[row])] if 0 <= row < len(test.labels) else "out of range"
+                raise DemoError(f"test row {row} is not a {name!r} image ({got})")
+            path = folder / f"{name.replace(' ', '-')}_{row}.png"
             Image.fromarray(test.images[row]).save(path, optimize=True)
             out.append(path)
-    for name in PHOTOS:
-        img = Image.fromarray(getattr(skdata, name)()).convert("RGB")
-        img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
-        path = folder / f"{name}.jpg"
-        img.save(path, quality=85, optimize=True)
-        out.append(path)
     return out
+
+
+def pick_examples(model: str | Path, *, per_class: int = 2, rows: int = 3000, min_prob: float = 0.95,
+                  neighbours: int = 20) -> dict[str, tuple[int, ...]]:
+    """The example rows :data:`EXAMPLE_ROWS` records, chosen again on ``model``: among the test rows
+    ``FIRST_EXAMPLE_ROW`` to ``rows``, those the model classifies right by zero-shot over the class names
+    with probability >= ``min_prob`` and whose ``neighbours`` nearest images among the first
+    ``FIRST_EXAMPLE_ROW`` rows are all of their class; the ``per_class`` most probable of each class.
+
+    >>> pick_examples(default_image_model())["coat"]  # doctest: +SKIP
+    (2989, 2590)
+    """
+    import numpy as np
+
+    import embedhub
+
+    from ._common import fashion_mnist_test
+
+    images, labels, classes = fashion_mnist_test(rows)
+    m = embedhub.load(model, device="cpu")
+    emb = m.encode_image(images, normalize=True, show_progress_bar=True)
+    prob = m.zero_shot(emb[FIRST_EXAMPLE_ROW:], classes)
+    gallery, gallery_labels = emb[:FIRST_EXAMPLE_ROW], labels[:FIRST_EXAMPLE_ROW]
+    picked: dict[str, tuple[int, ...]] = {}
+    for c, name in enumerate(classes):
+        scored = []
+        for row in np.nonzero(labels[FIRST_EXAMPLE_ROW:] == c)[0] + FIRST_EXAMPLE_ROW:
+            p = prob[row - FIRST_EXAMPLE_ROW]
+            near = np.argsort(-(gallery @ emb[row]))[:neighbours]
+            if p.argmax() == c and p[c] >= min_prob and (gallery_labels[near] == c).all():
+                scored.append((float(p[c]), int(row)))
+        picked[name] = tuple(row for _, row in sorted(scored, reverse=True)[:per_class])
+    return picked
 
 
 def compare(folder: str | Path, other: str | Path, n: int = 1000) -> dict[str, float]:
@@ -90,7 +134,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", default=None, metavar="MODEL",
                    help="then compare the default model with this model folder (e.g. RUN/model of the recipe)")
     p.add_argument("--compare-images", type=int, default=1000, help="with --compare: Fashion-MNIST test images")
-    p.add_argument("--examples", action="store_true", help="rewrite demos/assets/examples and exit")
+    p.add_argument("--examples", action="store_true",
+                   help="rewrite demos/assets/examples from EXAMPLE_ROWS and exit")
+    p.add_argument("--pick-examples", action="store_true",
+                   help="print the example rows chosen on the default model (to paste into EXAMPLE_ROWS) and exit")
     args = p.parse_args(argv)
     from ._default import default_image_model, extract_heads, shipped_run
 
@@ -98,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.examples:
             for path in write_examples():
                 print(path)
+            return 0
+        if args.pick_examples:
+            print(json.dumps(pick_examples(default_image_model(args.home))))
             return 0
         if args.from_run:
             if not args.command:

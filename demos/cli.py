@@ -1,4 +1,6 @@
-"""``embedhub demo zero-shot|retrieval`` (registered through ``embedhub.commands``): launch a demo locally."""
+"""``embedhub demo zero-shot|retrieval`` (registered through ``embedhub.commands``): launch a demo locally;
+``embedhub demo`` alone lists the demos.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +8,11 @@ import argparse
 import importlib
 
 DEMOS = {"zero-shot": "zero_shot", "retrieval": "retrieval"}
+#: what each demo does, one line (``embedhub demo`` lists them)
+DESCRIPTIONS = {
+    "zero-shot": "rank the labels you type for an uploaded image (CLIP-style zero-shot classification)",
+    "retrieval": "search a gallery of images by text or by image, and 3,000 sentences by meaning",
+}
 
 
 def _port(text: str) -> int:
@@ -22,8 +29,8 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="launch a Gradio demo (zero-shot, retrieval) in the browser",
                        description="Launch a demo on a local web server and print its URL. The model is --model, "
                        "else $EMBEDHUB_MODEL, else the offline default (the LiT model on Fashion-MNIST for images, "
-                       "all-MiniLM-L6-v2 for text).")
-    p.add_argument("demo", choices=sorted(DEMOS))
+                       "all-MiniLM-L6-v2 for text). With no demo named, list the demos.")
+    p.add_argument("demo", nargs="?", choices=sorted(DEMOS), help="the demo to launch; none: list the demos")
     p.add_argument("--model", default=None, help="any name embedhub.load takes (alias, folder, Hub id[@revision])")
     p.add_argument("--backend", choices=["torch", "onnx"], default="torch",
                    help="onnx needs a model folder with ONNX graphs (`embedhub export`)")
@@ -38,7 +45,21 @@ def register(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
     return p
 
 
+def list_demos() -> str:
+    """The demos, one line each: name and what it does.
+
+    >>> print(list_demos().splitlines()[0])
+    zero-shot  rank the labels you type for an uploaded image (CLIP-style zero-shot classification)
+    """
+    width = max(map(len, DEMOS))
+    return "\n".join(f"{name:<{width}}  {DESCRIPTIONS[name]}" for name in DEMOS)
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.demo is None:
+        print(list_demos())
+        print("\nlaunch one with: embedhub demo NAME [--model MODEL] [--port PORT]  (embedhub demo -h for all options)")
+        return 0
     from embedhub.utils import require
 
     require("gradio", "demo", "a Gradio demo")

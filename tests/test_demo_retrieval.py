@@ -380,6 +380,8 @@ def test_concurrent_queries_give_the_sequential_results(server, queries):
 
 
 def test_gallery_folder_through_the_app(server, tmp_path, queries):
+    from embedhub.demos._common import example_images
+
     folder = tmp_path / "my gallery"
     folder.mkdir()
     for name, path in queries.items():
@@ -393,14 +395,15 @@ def test_gallery_folder_through_the_app(server, tmp_path, queries):
         assert "reused its saved index" in server.predict(str(folder), api_name="/index_gallery")
     finally:
         status = server.predict("", api_name="/index_gallery")  # back to the bundled gallery
-    assert f"{N_GALLERY + 24:,} images" in status and "reused its saved index" in status
+    assert f"{N_GALLERY + len(example_images()):,} images" in status and "reused its saved index" in status
 
 
 def test_a_second_start_reuses_the_saved_indexes(server, index_dir):
+    from embedhub.demos._common import example_images
     from embedhub.demos.retrieval.app import Retrieval
 
     state = Retrieval(index_dir=index_dir, fashion=N_GALLERY)
     assert state.gallery.index.reused and state.text_index.reused
     assert state.gallery.index.fingerprint == state.image_model.fingerprint
     assert state.text_index.fingerprint == state.text_model.fingerprint
-    assert len(state.gallery.index) == N_GALLERY + 24 and len(state.text_index) == 3000
+    assert len(state.gallery.index) == N_GALLERY + len(example_images()) and len(state.text_index) == 3000

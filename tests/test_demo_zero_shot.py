@@ -37,6 +37,9 @@ pytestmark = pytest.mark.skipif(not FASHION_TEST.is_file(),
                                 reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
 N_ACCURACY = 200
 N_CONCURRENT = 50
+#: gradio_client's own timeouts (5 s for an upload) are sized for an idle server; tens of uploads at once
+#: queue behind each other on a loaded 2-core machine, so the test clients wait up to 10 minutes a request
+PATIENT = {"timeout": httpx.Timeout(600.0)}
 
 
 def free_port() -> int:
@@ -89,7 +92,7 @@ def server(lit_path):
 
 @pytest.fixture(scope="module")
 def client(server) -> Client:
-    return Client(server.local_url, verbose=False)
+    return Client(server.local_url, verbose=False, httpx_kwargs=PATIENT)
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +124,7 @@ def lit_onnx(tmp_path_factory, lit_path) -> Path:
 def test_accuracy_through_the_app_equals_the_sdk_zero_shot(client, lit, fashion):
     images, labels, classes, paths = fashion
     jobs = [client.submit(handle_file(p), ", ".join(classes), "", api_name="/classify") for p in paths[:N_ACCURACY]]
-    results = [{c["label"]: c["confidence"] for c in job.result(timeout=300)["confidences"]} for job in jobs]
+    results = [{c["label"]: c["confidence"] for c in job.result(timeout=600)["confidences"]} for job in jobs]
     app_probs = np.array([[r[c] for c in classes] for r in results])
 
     sdk_probs = lit.zero_shot(images[:N_ACCURACY], classes)    # the model's own templates, as the app's default
@@ -203,7 +206,8 @@ def test_100_labels_are_accepted(client, bad_files):
 
 
 def test_unknown_model_and_text_only_model_are_readable_errors(server, bad_files, minilm_path):
-    session = Client(server.local_url, verbose=False)  # its own session: a failed load keeps the session's model
+    # its own session: a failed load keeps the session's model
+    session = Client(server.local_url, verbose=False, httpx_kwargs=PATIENT)
     with pytest.raises(AppError, match="model 'no-such-model' not found"):
         session.predict("no-such-model", "torch", api_name="/load_model")
     with pytest.raises(AppError, match="embeds only text; zero-shot classification needs a model with a text and "
@@ -236,7 +240,7 @@ def test_50_concurrent_requests_give_the_sequential_results(client, lit, fashion
     start = threading.Barrier(N_CONCURRENT)
 
     def one(path: str) -> dict[str, float]:
-        start.wait(timeout=60)
+        start.wait(timeout=600)
         return predict(client, path, labels)
 
     with ThreadPoolExecutor(N_CONCURRENT) as pool:
@@ -275,7 +279,7 @@ def test_concurrent_encode_on_one_shared_model_equals_sequential(backend, lit_pa
 
 def test_onnx_backend_through_the_app(server, lit_path, lit_onnx, fashion):
     images, _, classes, paths = fashion
-    session = Client(server.local_url, verbose=False)
+    session = Client(server.local_url, verbose=False, httpx_kwargs=PATIENT)
     status, _ = session.predict(str(lit_onnx), "onnx", api_name="/load_model")
     assert "on **onnx**" in status
     on_onnx = [predict(session, p, ", ".join(classes)) for p in paths[:20]]
@@ -322,7 +326,8 @@ def test_python_app_py_serves_as_a_space_does(lit_path, bad_files):
             if "zero-shot demo running on" in line:
                 break
         assert f"zero-shot demo running on http://127.0.0.1:{port}/" in "".join(lines), "".join(lines)[-2000:]
-        got = predict(Client(f"http://127.0.0.1:{port}/", verbose=False), bad_files["good"], LABELS)
+        space = Client(f"http://127.0.0.1:{port}/", verbose=False, httpx_kwargs=PATIENT)
+        got = predict(space, bad_files["good"], LABELS)
         assert set(got) == {"t-shirt", "trouser", "sneaker"}
     finally:
         proc.terminate()

@@ -46,6 +46,7 @@ from embedhub.demos._common import (
     read_image,
     resolve_model,
     save_data_url,
+    say,
 )
 from embedhub.demos.retrieval.index import Hit, VectorIndex, cache_home, index_folder
 
@@ -72,6 +73,23 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".ti
 THUMB_PX = 256
 #: thumbnails kept on disk (an LRU by count; older ones are deleted)
 THUMB_CACHE = 2048
+#: the suggested text -> images queries (the first is the box's placeholder), each with the Fashion-MNIST
+#: class whose images it finds: on the default model and the bundled gallery, the first ``DEFAULT_K``
+#: results of each are all of that class (``tests/test_demo_examples.py``)
+IMAGE_QUERIES: dict[str, str] = {
+    "a handbag": "bag",
+    "an ankle boot": "ankle boot",
+    "a trouser": "trouser",
+    "a summer dress": "dress",
+    "a sneaker": "sneaker",
+    "a pullover": "pullover",
+}
+#: the suggested text -> texts queries (the first is the box's placeholder), each with the bundled
+#: sentence it finds first (a paraphrase of it)
+TEXT_QUERIES: dict[str, str] = {
+    "the piano sounded badly out of tune": "the piano was jarringly out of tune",
+    "the game was stopped by rain": "rain stopped play in the 4th inning",
+}
 
 
 # ------------------------------------------------------------------------------ collections
@@ -304,7 +322,7 @@ class Retrieval:
     mixes two galleries. Each model runs one forward at a time.
 
     >>> r = Retrieval()                                         # doctest: +SKIP
-    >>> r.images_by_text("a pair of trousers", 3)[0][0]         # doctest: +SKIP
+    >>> r.images_by_text("a trouser", 3)[0][0]                  # doctest: +SKIP
     'fashion-mnist/trouser_00002.png'
     """
 
@@ -316,22 +334,27 @@ class Retrieval:
         self.image_name = resolve_model(image_model, kind="image", readme=README)
         self.text_name = (text_model or os.environ.get("EMBEDHUB_TEXT_MODEL") or DEFAULT_TEXT_MODEL).strip()
         self.backend = backend
+        say(f"loading the image model {self.image_name} ({backend})", "retrieval")
         self.image_model = load_model(self.image_name, backend, check=lambda m: _check_modalities(
             self.image_name, m, ("image", "text"), "image search"))
+        say(f"loading the text model {self.text_name} (torch)", "retrieval")
         self.text_model = load_model(self.text_name, "torch", check=lambda m: _check_modalities(
             self.text_name, m, ("text",), "text search"))
         self._swap = threading.Lock()
         self.thumbnails = Thumbnails()
-        self.gallery = self.open_gallery(gallery)
+        self.gallery = self.open_gallery(gallery, progress=True)
         self.texts = read_texts()
         self.text_index = VectorIndex.open(index_folder(f"texts:{TEXTS.name}", self.root), self.text_model,
-                                           self.texts)
+                                           self.texts, show_progress_bar=True,
+                                           say=lambda m: say(f"text collection ({len(self.texts):,} sentences): {m}",
+                                                             "retrieval"))
 
     def open_gallery(self, folder: str | os.PathLike | None = None, *, progress: bool | None = None) -> Gallery:
         """Index ``folder`` (validated by :func:`gallery_files`; ``None``: the bundled gallery) with the image
         model (reusing its saved index when the model and files are unchanged) and make it the current one."""
         if folder is None:
             files = {f"examples/{p.name}": p for p in example_images()}
+            say(f"reading the gallery's {self.fashion:,} Fashion-MNIST test images", "retrieval")
             files.update({f"fashion-mnist/{p.name}": p for p in fashion_gallery(self.fashion, self.root)})
             roots = {i: p.parent for i, p in files.items()}
             name, key = f"bundled ({len(files):,} images)", f"gallery:bundled:{self.fashion}"
@@ -350,7 +373,8 @@ class Retrieval:
 
         try:  # no model lock: searches go on (on the current gallery) while a new one is embedded
             index = VectorIndex.open(index_folder(key, self.root), self.image_model, list(files.values()), ids=ids,
-                                     show_progress_bar=progress, reader=reader)
+                                     show_progress_bar=progress, reader=reader,
+                                     say=lambda m: say(f"gallery {name}: {m}", "retrieval"))
         except embedhub.InputError as exc:
             raise DemoError(f"gallery {name}: {exc}") from None
         gallery = Gallery(name, index, files, roots)
@@ -503,13 +527,14 @@ def build_app(model: str | None = None, text_model: str | None = None, backend: 
                     "[embedhub](https://pypi.org/project/embedhub/), exact faiss search.")
         with gr.Tab("Text → images"):
             with gr.Row():
-                t2i_query = gr.Textbox(label="Query", placeholder="a pair of trousers", scale=4,
+                t2i_query = gr.Textbox(label="Query", placeholder=next(iter(IMAGE_QUERIES)), scale=4,
                                        max_length=MAX_QUERY_CHARS)
                 t2i_k = gr.Slider(**k_slider, scale=1)
             t2i_button = gr.Button("Search", variant="primary")
             t2i_gallery = gr.Gallery(label=f"Nearest images (id · {image_score})", columns=5, height=420)
             t2i_table = gr.Dataframe(headers=table_headers, label="Scores", interactive=False)
-            gr.Examples([["a pair of trousers"], ["an ankle boot"], ["a handbag"], ["a cat"]], inputs=[t2i_query])
+            gr.Examples([[q] for q in IMAGE_QUERIES], inputs=[t2i_query],
+                        label="Examples (each finds images of one Fashion-MNIST class)")
         with gr.Tab("Image → images"):
             with gr.Row():
                 i2i_image = gr.Image(label="Query image", type="filepath", sources=["upload", "clipboard"],
@@ -520,17 +545,16 @@ def build_app(model: str | None = None, text_model: str | None = None, backend: 
             i2i_table = gr.Dataframe(headers=table_headers, label="Scores", interactive=False)
             if examples:
                 gr.Examples(examples=examples, inputs=[i2i_image], examples_per_page=24,
-                            label="Examples (Fashion-MNIST test images and photos)")
+                            label="Examples (Fashion-MNIST test images: the nearest images are of their class)")
         with gr.Tab("Text → texts"):
             with gr.Row():
-                t2t_query = gr.Textbox(label="Query", placeholder="the piano sounded badly out of tune", scale=4,
+                t2t_query = gr.Textbox(label="Query", placeholder=next(iter(TEXT_QUERIES)), scale=4,
                                        max_length=MAX_QUERY_CHARS)
                 t2t_k = gr.Slider(**k_slider, scale=1)
             t2t_button = gr.Button("Search", variant="primary")
             t2t_table = gr.Dataframe(headers=["rank", "sentence", "score"], label=f"Nearest sentences ({text_score})",
                                      interactive=False, wrap=True)
-            gr.Examples([["the piano sounded badly out of tune"], ["the game was stopped by rain"]],
-                        inputs=[t2t_query])
+            gr.Examples([[q] for q in TEXT_QUERIES], inputs=[t2t_query])
         with gr.Accordion("Collections and models", open=False):
             status = gr.Markdown(f"Gallery: **{state.gallery.name}**. Images: `{state.image_name}` "
                                  f"({backend}); texts: `{state.text_name}` over {len(state.texts):,} WordNet "
@@ -580,6 +604,7 @@ def launch(
     folder_input = local_only(host, share)
     demo = build_app(model, text_model, backend, gallery, index_dir=index_dir, folder_input=folder_input,
                      fashion=fashion)
+    say("starting the web server", "retrieval")
     demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD_BYTES,
                 prevent_thread_lock=True, quiet=True)
     print(f"retrieval demo running on {demo.local_url}" + (f" (public: {demo.share_url})" if demo.share_url else ""),

@@ -260,9 +260,11 @@ class VectorIndex:
         batch_size: int = 64,
         show_progress_bar: bool | None = None,
         reader: Reader | None = None,
+        say: Callable[[str], None] | None = None,
     ) -> VectorIndex:
         """The saved index of ``items`` in ``folder`` when it was made by ``model`` (same fingerprint) from
         the same items; otherwise a new one built and saved there (``rebuilt_because`` says why).
+        ``say(line)`` is told which of the two happens (before a build starts, as it may take a while).
 
         >>> VectorIndex.open(index_folder("texts:demo"), model, ["a cat", "a dog"]).reused  # doctest: +SKIP
         True
@@ -272,11 +274,16 @@ class VectorIndex:
         try:
             index = cls.load(folder, model, items_sha256=items_digest(items, ids))
         except StaleIndexError as exc:
+            if say is not None:
+                say(f"building the index of {len(items):,} items with {model.name} ({exc.reason.rstrip('.')}) "
+                    f"in {folder}")
             index = cls.build(folder, model, items, ids=ids, batch_size=batch_size,
                               show_progress_bar=show_progress_bar, reader=reader)
             index.rebuilt_because = exc.reason
             return index
         index.reused = True
+        if say is not None:
+            say(f"loaded the saved index of {len(items):,} items from {folder}")
         return index
 
     # ------------------------------------------------------------------ searching
@@ -311,7 +318,7 @@ def _encode_read(model: embedhub.EmbeddingModel, items: list[str | Path], ids: l
 
     parts = []
     starts = range(0, len(items), batch_size)
-    for start in tqdm(starts, desc="Embedding", disable=not show_progress_bar, total=len(starts)):
+    for start in tqdm(starts, desc="embedding images", disable=not show_progress_bar, total=len(starts)):
         batch = [reader(i, x) if isinstance(x, Path) else x
                  for i, x in zip(ids[start:start + batch_size], items[start:start + batch_size])]
         try:

@@ -31,11 +31,13 @@ from embedhub.demos._common import (
     DemoError,
     allow_model_loading,
     example_images,
+    example_label,
     load_model,
     model_lock,
     read_image,
     resolve_model,
     save_data_url,
+    say,
 )
 
 import embedhub
@@ -56,6 +58,8 @@ LABEL_CACHE_SIZE = 64
 #: requests the queue runs at once; the model itself runs one forward at a time (see ``_Classifier``)
 CONCURRENCY = 2
 DEFAULT_LABELS = ", ".join(FASHION_CLASSES)
+#: the label set each bundled example (a Fashion-MNIST test image) is shown with
+EXAMPLE_LABELS = DEFAULT_LABELS
 TEMPLATE_HELP = "one per line, each with one {} for the label"
 
 
@@ -117,6 +121,22 @@ def _check_template(template: str) -> None:
         raise DemoError(f"template {template!r} has {found}; it needs {expected}")
     if fields[0] != "" or "{}" not in template:
         raise DemoError(f"template {template!r} has the field {{{fields[0]}}}; it needs {expected}")
+
+
+def examples() -> list[tuple[str, str, str]]:
+    """The bundled examples as ``(image file, labels, right answer)``: each Fashion-MNIST test image with the
+    class names as labels (:data:`EXAMPLE_LABELS`) and its class (from its file name) as the answer the
+    default model gives (``tests/test_demo_examples.py`` checks it through the running app).
+
+    >>> examples()[0][1:]  # doctest: +SKIP
+    ('t-shirt, trouser, pullover, dress, coat, sandal, shirt, sneaker, bag, ankle boot', 'ankle boot')
+    """
+    out = []
+    for path in example_images():
+        answer = example_label(path)
+        if answer is not None and answer in parse_labels(EXAMPLE_LABELS):
+            out.append((str(path), EXAMPLE_LABELS, answer))
+    return out
 
 
 # ------------------------------------------------------------------------------ the model side
@@ -303,11 +323,14 @@ def build_app(model: str | None = None, backend: str = "torch", *, model_loading
     """
     model_loading = allow_model_loading("", allow=model_loading)  # no host here: off unless asked or set
     name = resolve_model(model, kind="image", readme=README)
+    say(f"loading the model {name} ({backend})", "zero-shot")
     loaded, used, warning = open_model(name, backend)
     if warning:
-        print(f"warning: {warning}")
-    CLASSIFIER.label_embeddings(name, used, parse_labels(DEFAULT_LABELS), None)
-    examples = [[str(p)] for p in example_images()]
+        say(f"warning: {warning}", "zero-shot")
+    labels_now = parse_labels(DEFAULT_LABELS)
+    say(f"embedding the {len(labels_now)} default labels with {len(loaded.templates)} templates", "zero-shot")
+    CLASSIFIER.label_embeddings(name, used, labels_now, None)
+    shown = [[path, labels_text] for path, labels_text, _ in examples()]
 
     with gr.Blocks(title="embedhub zero-shot", delete_cache=(900, 1800)) as demo:
         gr.Markdown("# Zero-shot image classification\nUpload or paste an image (or click an example), "
@@ -324,9 +347,9 @@ def build_app(model: str | None = None, backend: str = "torch", *, model_loading
                 button = gr.Button("Classify", variant="primary")
             with gr.Column():
                 result = gr.Label(label="Labels ranked by probability")
-        if examples:
-            gr.Examples(examples=examples, inputs=[image], label="Examples (Fashion-MNIST test images and photos)",
-                        examples_per_page=24)
+        if shown:
+            gr.Examples(examples=shown, inputs=[image, labels], examples_per_page=10,
+                        label="Examples (Fashion-MNIST test images, with the ten class names as labels)")
         with gr.Accordion("Model", open=False):
             with gr.Row(visible=model_loading):
                 model_box = gr.Textbox(label="Model (alias, folder or Hub id[@revision])", value=name, scale=4)
@@ -361,6 +384,7 @@ def launch(
     >>> launch(port=7860)   # doctest: +SKIP
     """
     demo = build_app(model, backend, model_loading=_allow(host, share, allow_model_loading))
+    say("starting the web server", "zero-shot")
     demo.launch(server_name=host, server_port=port, share=share, max_file_size=MAX_UPLOAD_BYTES,
                 prevent_thread_lock=True, quiet=True, footer_links=["api", "gradio"])
     print(f"zero-shot demo running on {demo.local_url}" + (f" (public: {demo.share_url})" if demo.share_url else ""),
