@@ -529,7 +529,7 @@ def example_images() -> list[Path]:
     sorted by name. The default model answers each of them right (``tests/test_demo_examples.py``).
 
     >>> [p.name for p in example_images()][:2]  # doctest: +SKIP
-    ['ankle-boot_1536.png', 'ankle-boot_1657.png']
+    ['ankle-boot_1068.png', 'ankle-boot_2448.png']
     """
     return sorted(p for p in EXAMPLES.glob("*") if p.suffix in (".png", ".jpg") and p.is_file())
 

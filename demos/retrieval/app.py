@@ -77,12 +77,14 @@ THUMB_CACHE = 2048
 #: class whose images it finds: on the default model and the bundled gallery, the first ``DEFAULT_K``
 #: results of each are all of that class (``tests/test_demo_examples.py``)
 IMAGE_QUERIES: dict[str, str] = {
+    "a pair of trousers": "trouser",
     "a handbag": "bag",
     "an ankle boot": "ankle boot",
-    "a trouser": "trouser",
-    "a summer dress": "dress",
-    "a sneaker": "sneaker",
-    "a pullover": "pullover",
+    "jeans": "trouser",
+    "a long dress": "dress",
+    "sandals": "sandal",
+    "a t-shirt": "t-shirt",
+    "running shoes": "sneaker",
 }
 #: the suggested text -> texts queries (the first is the box's placeholder), each with the bundled
 #: sentence it finds first (a paraphrase of it)
