@@ -324,3 +324,27 @@ def test_read_image_limits(tmp_path):
         read_image(np.zeros((100, 101, 3), np.uint8), max_pixels=10_000)
     assert MAX_PIXELS == 40_000_000 and _common.MAX_UPLOAD_BYTES == 20 * 1024 * 1024
     assert os.path.getsize(big) < _common.MAX_UPLOAD_BYTES
+
+
+@needs_fashion
+def test_pick_examples_returns_rows_that_meet_its_criteria(default_home):
+    """`build_default --pick-examples` on a small range: every row it returns is after the gallery rows, of
+    its class, classified right with the asked probability, and its nearest gallery images are of its class."""
+    from embedhub.demos.build_default import FIRST_EXAMPLE_ROW, pick_examples
+
+    import embedhub
+
+    _, folder = default_home
+    rows = FIRST_EXAMPLE_ROW + 150
+    picked = pick_examples(folder, per_class=1, rows=rows, min_prob=0.9, neighbours=5)
+    images, labels, classes = fashion_mnist_test(rows)
+    model = embedhub.load(folder, device="cpu")
+    found = [(name, r) for name, rs in picked.items() for r in rs]
+    assert set(picked) == set(classes) and len(found) >= 5  # most classes have a confident row among 150
+    gallery = model.encode_image(images[:FIRST_EXAMPLE_ROW], show_progress_bar=False)
+    for name, row in found:
+        assert FIRST_EXAMPLE_ROW <= row < rows and classes[labels[row]] == name
+        prob = model.zero_shot([images[row]], classes)[0]
+        assert prob.argmax() == classes.index(name) and prob[classes.index(name)] >= 0.9
+        near = np.argsort(-(gallery @ model.encode_image([images[row]], show_progress_bar=False)[0]))[:5]
+        assert (labels[near] == labels[row]).all()
