@@ -596,7 +596,7 @@ def cmd_data(args: argparse.Namespace) -> int:
     if args.print_only:
         print(folder)
         return 0
-    counts = {split: len(read_stsb(split, folder=folder)) for split in SPLITS}
+    counts = {split: len(read_stsb(split)) for split in SPLITS}  # the found copy: whole splits only
     print(folder)
     print("STS-B rows: " + ", ".join(f"{split} {n}" for split, n in counts.items()))
     return 0

@@ -173,7 +173,12 @@ def _read_csv(path: Path) -> list[tuple[str, str, float]]:
         raise DataFileError(f"{path}, row {line}: not UTF-8 text (byte {exc.start})", path=path, row=line) from exc
     rows = []
     reader = csv.reader(io.StringIO(text, newline=None), delimiter="\t", quoting=csv.QUOTE_NONE)
-    for number, row in enumerate(reader, 1):
+    try:
+        parsed = list(enumerate(reader, 1))
+    except csv.Error as exc:  # e.g. a field over the csv module's limit (131,072 characters)
+        line = reader.line_num
+        raise DataFileError(f"{path}, row {line}: not an STS-B row ({exc})", path=path, row=line) from exc
+    for number, row in parsed:
         if len(row) < 7:
             raise DataFileError(f"{path}, row {number}: expected at least 7 tab-separated fields (genre, file, "
                                 f"year, id, score, sentence1, sentence2), got {len(row)}", path=path, row=number)
@@ -203,6 +208,14 @@ def _read_parquet(path: Path) -> list[tuple[str, str, float]]:
             raise DataFileError(f"{path}: column {c} is {types[c]}, expected strings", path=path)
     if not (pa.types.is_floating(types["score"]) or pa.types.is_integer(types["score"])):
         raise DataFileError(f"{path}: column score is {types['score']}, expected numbers", path=path)
+    try:  # the decoded size, from the footer, before anything is decompressed
+        decoded = sum(rg.total_byte_size for rg in (pq.ParquetFile(path).metadata.row_group(i)
+                                                    for i in range(pq.ParquetFile(path).metadata.num_row_groups)))
+    except (pa.ArrowException, OSError) as exc:
+        raise DataFileError(f"{path}: not a readable parquet file ({exc})", path=path) from exc
+    if decoded > MAX_FILE_BYTES:
+        raise DataFileError(f"{path}: decodes to {decoded} bytes, more than the {MAX_FILE_BYTES} an STS-B split can "
+                            "be (the real files are under 1 MB)", path=path)
     try:
         table = pq.read_table(path, columns=list(_HUB_COLUMNS))
         table.validate(full=True)  # also checks that the strings are UTF-8
@@ -222,7 +235,8 @@ def read_stsb(split: str = "test", *, folder: str | os.PathLike[str] | None = No
     original csv files or the Hub copy's ``data/*.parquet``.
 
     A malformed file (missing, too few columns, a score that is not a number in range, not UTF-8, oversized) raises
-    :class:`~embedhub.DataFileError` naming the file and row.
+    :class:`~embedhub.DataFileError` naming the file and row; so does a split found by :func:`stsb_dir` that does
+    not hold all its rows (5749 / 1500 / 1379). An explicit ``folder`` may hold a subset.
 
     >>> len(read_stsb("dev"))  # doctest: +SKIP
     1500
@@ -230,10 +244,12 @@ def read_stsb(split: str = "test", *, folder: str | os.PathLike[str] | None = No
     split = _check_split(split)
     where = stsb_dir() if folder is None else Path(folder)
     csv_path, parquet_path = where / _csv_name(split), where / _parquet_name(split)
-    if csv_path.is_file():
-        return _read_csv(csv_path)
-    if parquet_path.is_file():
-        return _read_parquet(parquet_path)
+    if csv_path.is_file() or parquet_path.is_file():
+        path = csv_path if csv_path.is_file() else parquet_path
+        rows = _read_csv(path) if path == csv_path else _read_parquet(path)
+        if folder is None:  # STS-B as found: the whole split, never a cut copy
+            _check_rows(path, split, len(rows))
+        return rows
     raise DataNotFoundError(f"{csv_path}: STS-B's {split} split is not in {where} (neither {_csv_name(split)} nor "
                             f"{_parquet_name(split)}); {GET_IT}")
 
@@ -256,8 +272,19 @@ def _hub_reachable(timeout: float = CONNECT_TIMEOUT_S) -> None:
         raise _not_found(f"The Hub ({endpoint}) cannot be reached to download it: {exc}") from exc
 
 
+def _check_rows(path: Path, split: str, n: int) -> None:
+    if n != ROWS[split]:
+        raise DataFileError(f"{path}: {n} rows, where STS-B's {split} split has {ROWS[split]}: the file is cut or not "
+                            f"STS-B; {GET_IT}", path=path)
+
+
 def _validate(folder: Path) -> dict[str, int]:
-    return {split: len(read_stsb(split, folder=folder)) for split in SPLITS}
+    counts = {}
+    for split in SPLITS:
+        counts[split] = len(read_stsb(split, folder=folder))
+        _check_rows(folder / (_csv_name(split) if (folder / _csv_name(split)).is_file() else _parquet_name(split)),
+                    split, counts[split])
+    return counts
 
 
 def download_stsb() -> Path:

@@ -213,3 +213,37 @@ def test_the_hub_copy_without_pyarrow_names_the_extra(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "pyarrow", None)  # as when it is not installed: import raises ImportError
     with pytest.raises(embedhub.MissingDependencyError, match=r"pip install 'embedhub\[parquet\]'"):
         read_stsb("test", folder=tmp_path)
+
+
+def test_a_cut_copy_is_refused_where_stsb_is_found_and_by_the_command(csv_folder, tmp_path, monkeypatch, capsys):
+    """A copy cut at a line boundary (dev: 700 of 1500 rows) reads without any malformed row, so the row count is
+    what shows it: read_stsb of the found STS-B and `embedhub data stsb` refuse it; an explicit folder
+    may hold a subset (the recipes' tests use one)."""
+    from embedhub.cli import main
+
+    cut = tmp_path / "cut"
+    cut.mkdir()
+    for split in ("train", "test"):
+        (cut / f"sts-{split}.csv").write_bytes((csv_folder / f"sts-{split}.csv").read_bytes())
+    lines = (csv_folder / "sts-dev.csv").read_bytes().splitlines(keepends=True)
+    (cut / "sts-dev.csv").write_bytes(b"".join(lines[:700]))
+    assert len(read_stsb("dev", folder=cut)) == 700
+    monkeypatch.setenv("EMBEDHUB_STSB_DIR", str(cut))
+    with pytest.raises(DataFileError, match="700 rows, where STS-B's dev split has 1500"):
+        read_stsb("dev")
+    assert len(read_stsb("test")) == 1379
+    assert main(["data", "stsb"]) != 0
+    assert "700 rows, where STS-B's dev split has 1500" in capsys.readouterr().err
+
+
+def test_a_long_field_and_a_parquet_bomb_are_errors_naming_the_file(tmp_path):
+    (tmp_path / "sts-dev.csv").write_text("g\tf\t2012\t1\t3.0\t" + "a" * 200_000 + "\tb\n", encoding="utf-8")
+    with pytest.raises(DataFileError, match=r"sts-dev\.csv, row 1: not an STS-B row"):
+        read_stsb("dev", folder=tmp_path)
+    (tmp_path / "data").mkdir()
+    bomb = tmp_path / "data" / "test-00000-of-00001.parquet"  # a few KB on disk, 100 MB of text decoded
+    pq.write_table(pa.table({"sentence1": [str(i) + "a" * 10_000_000 for i in range(10)], "sentence2": ["b"] * 10,
+                             "score": pa.array([0.5] * 10, pa.float64())}), bomb, compression="zstd")
+    assert bomb.stat().st_size < 1_000_000
+    with pytest.raises(DataFileError, match="decodes to .* bytes, more than"):
+        read_stsb("test", folder=tmp_path)
