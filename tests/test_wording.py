@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -26,6 +27,7 @@ from embedhub.training.wording import (
 )
 
 TRAIN, HELDOUT = load_wording("train"), load_wording("heldout")
+FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
 
 
 def test_training_and_heldout_wordings_are_disjoint():
@@ -132,3 +134,46 @@ def test_unicl_loss_and_wording_options():
         ClipConfig(freeze_image=False, wording="varied")
     with pytest.raises(ConfigValueError, match="label_smoothing"):
         ClipConfig(loss="siglip", label_smoothing=0.1)
+
+
+def test_wording_files_that_are_not_json_files_are_refused(tmp_path):
+    import os
+
+    target = tmp_path / "fashion_mnist_heldout.json"
+    target.mkdir()
+    with pytest.raises(DataError, match="not a regular file"):
+        load_wording("heldout", tmp_path)
+    target.rmdir()
+    os.mkfifo(target)  # would block a plain read forever
+    with pytest.raises(DataError, match="not a regular file"):
+        load_wording("heldout", tmp_path)
+    target.unlink()
+    target.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(DataError, match="not valid JSON"):
+        load_wording("heldout", tmp_path)
+    target.write_text(" " * (2 << 20))
+    with pytest.raises(DataError, match="more than"):
+        load_wording("heldout", tmp_path)
+
+
+@pytest.mark.skipif(not FASHION.is_file(), reason="Fashion-MNIST missing: apt-get install dataset-fashion-mnist")
+def test_the_recipe_refuses_a_heldout_name_leaked_into_training(tmp_path, monkeypatch, capsys):
+    """The LiT recipe checks the two wordings before it trains: a held-out name added to the training wording
+    stops it with the name, where it would otherwise be trained on and inflate the held-out figure."""
+    import embedhub.training.clip as clip
+
+    train = json.loads((WORDINGS / "fashion_mnist_train.json").read_text())
+    heldout = json.loads((WORDINGS / "fashion_mnist_heldout.json").read_text())
+    train["names"]["coat"].append(heldout["names"]["coat"][0])
+    (tmp_path / "fashion_mnist_train.json").write_text(json.dumps(train))
+    (tmp_path / "fashion_mnist_heldout.json").write_text(json.dumps(heldout))
+    real = clip.load_wording
+    monkeypatch.setattr(clip, "load_wording", lambda which: real(which, tmp_path))
+    try:
+        rc = clip.main([f"output={tmp_path / 'run'}", "train_limit=300", "eval_limit=100", "image_size=32",
+                        "epochs=1", "batch_size=64", "warmup_steps=1", "checkpoint_every=0"])
+    except SystemExit as exc:
+        rc = exc.code
+    assert rc not in (0, None)
+    assert f"held-out names also in training (keys): ['{heldout['names']['coat'][0]}']" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "model").exists()

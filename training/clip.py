@@ -31,7 +31,7 @@ from .dist import gather, main_first, rank_world, shard
 from .evaluate import linear_probe, retrieval_recall, zero_shot_accuracy
 from .loop import Trainer, fit_and_finish, start_run
 from .model import DualEncoder, build_towers, images_to_array, prompt_settings, to_embedding_model
-from .wording import CaptionSampler, heldout_label_sets, load_wording, prompts_of
+from .wording import CaptionSampler, check_disjoint, heldout_label_sets, load_wording, prompts_of
 
 #: how the held-out wording is scored (kept in the run record)
 HELDOUT_PROTOCOL = (
@@ -165,11 +165,13 @@ class LiTSetup:
             self.feats_train.labels = self.train.labels
         # captions with wording variety (clip recipe): every training caption's text features, sampled per example
         self.sampler: CaptionSampler | None = None
-        if getattr(cfg, "wording", "names") in ("auto", "varied"):
-            self.sampler = CaptionSampler(load_wording("train"), self.classes)
-            self.train_text = text_features(self.model, self.text_pre, self.sampler.captions)
         # the held-out wording (never trained on): label sets in the held-out templates and in the model's own
         heldout = load_wording("heldout")
+        if getattr(cfg, "wording", "names") in ("auto", "varied"):
+            train_wording = load_wording("train")
+            check_disjoint(train_wording, heldout)  # a held-out name or template in training is refused
+            self.sampler = CaptionSampler(train_wording, self.classes)
+            self.train_text = text_features(self.model, self.text_pre, self.sampler.captions)
         self.heldout_sets = heldout_label_sets(heldout, self.classes)
         self.heldout_templates = (heldout.templates, tuple(cfg.templates))
         self.heldout_text = text_features(self.model, self.text_pre, [

@@ -268,6 +268,10 @@ def _hypernym(wn: WordNet, synset: Synset, banned: set[str]) -> str | None:
     return None
 
 
+#: the largest wording file read (the shipped ones are a few KB)
+MAX_WORDING_BYTES = 1 << 20
+
+
 def load_wording(which: str, folder: str | Path = WORDINGS, dataset: str = "fashion_mnist") -> Wording:
     """``which`` = ``"train"`` or ``"heldout"``: ``<folder>/<dataset>_<which>.json``, checked (every class of
     the dataset named, names non-empty text, each template with one ``{}``)."""
@@ -277,12 +281,16 @@ def load_wording(which: str, folder: str | Path = WORDINGS, dataset: str = "fash
     if which not in ("train", "heldout"):
         raise ValueError(f"which must be 'train' or 'heldout', got {which!r}")
     path = Path(folder) / f"{dataset}_{which}.json"
+    if not path.exists():
+        raise MissingDataError(f"wording file {path} not found")
+    if not path.is_file():  # a folder, a FIFO (which would block the read), a device
+        raise DataError(f"{path}: not a regular file")
+    if path.stat().st_size > MAX_WORDING_BYTES:
+        raise DataError(f"{path}: {path.stat().st_size} bytes, more than the {MAX_WORDING_BYTES} a wording file may be")
     try:
         obj = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise MissingDataError(f"wording file {path} not found") from None
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not valid JSON ({exc})") from None
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+        raise DataError(f"{path}: not valid JSON ({type(exc).__name__}: {str(exc)[:200]})") from None
     names, templates = obj.get("names") if isinstance(obj, dict) else None, obj.get("templates") if isinstance(
         obj, dict) else None
     if not isinstance(names, dict) or sorted(names) != sorted(FASHION_CLASSES):
