@@ -477,6 +477,41 @@ def _check_stored(args: argparse.Namespace, stored: StoredEmbeddings, model: Emb
         )
 
 
+#: corpus rows ``search --embeddings`` embeds again and compares with the stored ones
+SPOT_CHECK_ROWS = 8
+
+
+def _spot_check(args: argparse.Namespace, stored: StoredEmbeddings, model: EmbeddingModel, corpus: Corpus,
+                options: dict[str, Any]) -> None:
+    """Embed a few corpus rows again (the first, the last and evenly spaced ones between) and compare them with the
+    stored rows: a file of another corpus with the same row count (a ``.npy`` records no texts) or with rows out of
+    place is refused naming the first row that differs, where it would otherwise give wrong hits."""
+    import numpy as np
+
+    from ._job import encode_options
+
+    n = len(corpus.items)
+    rows = sorted({int(round(x)) for x in np.linspace(0, n - 1, min(SPOT_CHECK_ROWS, n))})
+    got = model.encode_document([corpus.items[i] for i in rows], batch_size=args.batch_size,
+                                show_progress_bar=False, **encode_options(options))
+    want = np.asarray(stored.embeddings[rows])
+    for k, i in enumerate(rows):
+        a, b = np.asarray(got[k]), want[k]
+        if a.dtype == np.uint8 or a.dtype == np.int8:  # packed bits (binary / ubinary): the share of equal bits
+            same = float((np.unpackbits(a.view(np.uint8)) == np.unpackbits(b.view(np.uint8))).mean())
+            ok = same >= 0.98
+        else:
+            a, b = a.astype(np.float64), b.astype(np.float64)
+            same = float(a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-12))
+            ok = same >= 0.999
+        if not ok:
+            raise UsageError(
+                f"--embeddings {args.embeddings} row {i} is not the embedding of item {i} of the corpus "
+                f"({corpus.origins[i]}: {corpus.labels[i]!r:.80}) that --model {args.model} makes (agreement "
+                f"{same:.4f}): the file was made from another corpus or its rows moved; re-run `embedhub encode` "
+                "with this corpus")
+
+
 def _prompt_key(model: EmbeddingModel, role: str | None) -> str:
     """What a fingerprint's prompt role puts before each text, comparable across roles: ``""`` (no prompt
     or an empty one), else ``prompt:<16 hex>`` of the text (a prompt name resolved through the model's prompts)."""
@@ -529,6 +564,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     docs_options = _options(args, role="document")
     if stored is not None:
         docs_options["normalize"] = stored.fingerprint.normalized
+        _spot_check(args, stored, model, corpus, docs_options)
     # queries: float vectors of the same width and normalisation (binary indexes quantise them, and rescore)
     query_options = dict(_options(args), normalize=docs_options["normalize"], precision="float32")
     start = time.perf_counter()

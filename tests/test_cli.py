@@ -203,9 +203,18 @@ def test_search_exact_sentence_is_top_hit(sts_corpus, capsys):
 def test_search_uses_precomputed_embeddings(sts_corpus, tmp_path, capsys, minilm):
     path, texts = sts_corpus
     emb = minilm.encode(texts)
-    # shift rows by one: if the CLI really uses this file, the exact query lands on the next row's text
+    # rows all moved by one: search embeds a few rows again (the first, the last, evenly spaced between) and refuses
+    rolled = tmp_path / "rolled.npy"
+    embedhub.write_embeddings(rolled, np.roll(emb, 1, axis=0), minilm.fingerprint)
+    code, out, err = run(capsys, "search", "--model", MODEL, "--device", "cpu", "--corpus", str(path), "--column", "5",
+                         "--query", texts[3], "--embeddings", str(rolled))
+    assert code == 2 and "row 0 is not the embedding of item 0 of the corpus" in err
+    # rows 3 and 4 swapped (rows the check does not embed again): if the CLI really uses this file, the exact
+    # query lands on the other row's text
     shifted = tmp_path / "shifted.npy"
-    embedhub.write_embeddings(shifted, np.roll(emb, 1, axis=0), minilm.fingerprint)
+    swapped = emb.copy()
+    swapped[[3, 4]] = emb[[4, 3]]
+    embedhub.write_embeddings(shifted, swapped, minilm.fingerprint)
     query = texts[3]
     expected = texts[4]
     assert expected != query

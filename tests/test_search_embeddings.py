@@ -76,6 +76,20 @@ def test_npy_embeddings_say_only_their_row_count_is_checked(corpus, tmp_path, ca
     assert f"--embeddings {emb} records no inputs, so only its row count is checked" in err
 
 
+def test_npy_of_another_corpus_with_as_many_rows_is_refused(corpus, tmp_path, capsys):
+    """A .npy records no texts: the rows search embeds again show that it holds another corpus's vectors."""
+    other = tmp_path / "other.txt"
+    lines = [t for t in WORDNET.read_text(encoding="utf-8").splitlines() if t.strip()]
+    n = len(corpus.read_text(encoding="utf-8").splitlines())
+    other.write_text("\n".join(lines[1000:1000 + n]) + "\n", encoding="utf-8")
+    emb = tmp_path / "other.npy"
+    assert run(capsys, "encode", "--model", "all-MiniLM-L6-v2", "--device", "cpu", "--input", str(other),
+               "--output", str(emb))[0] == 0
+    code, out, err = _search(capsys, "all-MiniLM-L6-v2", corpus, "--embeddings", str(emb))
+    assert code == 2 and out == ""
+    assert f"--embeddings {emb} row 0 is not the embedding of item 0 of the corpus" in err
+
+
 def test_embeddings_of_another_model_are_refused_by_fingerprint(corpus, tiny_st_dir, tmp_path, capsys):
     emb = tmp_path / "tiny.parquet"
     assert run(capsys, "encode", "--model", str(tiny_st_dir), "--device", "cpu", "--input", str(corpus),
