@@ -327,6 +327,11 @@ def export(
             f"{src.name}: its image tower takes Siglip2ImageProcessor's NaFlex patches (pixel_attention_mask and "
             "spatial_shapes: a patch grid of its own per image), which a traced ONNX graph would fix to one grid; "
             "its export is not supported (use backend='torch')")
+    if keep_torch and not can_save_torch(src):
+        raise ValueError(
+            f"keep_torch=True (--keep-torch): embedhub cannot write the torch towers of {src.name} (a {src.format} "
+            "model) in its own format, so its export holds only the ONNX graphs; export without keep_torch and "
+            f"load {src.name} itself for the torch backend")
     texts = list(gate_texts or GATE_TEXTS)
     images = list(gate_image_inputs or gate_images())
     calib = {"text": list(calibration_texts or CALIBRATION_TEXTS), "image": gate_images()[::2]}

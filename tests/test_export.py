@@ -38,6 +38,11 @@ def test_export_each_format(fixture, keep_torch, request, tmp_path, photos):
     from embedhub._backends import sha256_file
 
     source = request.getfixturevalue(fixture)
+    if keep_torch and fixture not in ("tiny_st_dir", "tiny_embedhub_dir"):  # an explicit request that cannot be met
+        with pytest.raises(ValueError, match="keep_torch=True .*cannot write the torch towers"):
+            export(source, tmp_path / "onnx", verbose=False, keep_torch=True)
+        assert not (tmp_path / "onnx").exists()
+        return
     out = export(source, tmp_path / "onnx", verbose=False, keep_torch=keep_torch)
     meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
     assert meta["gate"]["passed"] and meta["precision"] == "fp32" and meta["normalized_output"] is False
