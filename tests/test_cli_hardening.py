@@ -199,10 +199,17 @@ def _texts_file(tmp_path: Path) -> Path:
     return src
 
 
-def test_onnx_only_model_without_backend_names_the_option(onnx_only_dir, tmp_path, capsys):
+def test_onnx_only_model_on_the_torch_backend_names_the_option(onnx_only_dir, tmp_path, capsys):
+    """Without --backend an export that holds only its ONNX graphs runs on ONNX Runtime; --backend torch is an
+    error that says how to run it."""
     code, _, err = run(
         capsys, "encode", "--model", str(onnx_only_dir), "--device", "cpu", "--input", str(_texts_file(tmp_path)),
         "--output", str(tmp_path / "o.npy"),
+    )
+    assert code == 0 and "onnx backend" in err, err
+    code, _, err = run(
+        capsys, "encode", "--model", str(onnx_only_dir), "--device", "cpu", "--input", str(_texts_file(tmp_path)),
+        "--output", str(tmp_path / "t.npy"), "--backend", "torch",
     )
     assert code == 1 and "(on the command line: --backend onnx)" in err and "UnknownFormatError" in err
 

@@ -200,8 +200,9 @@ def test_export_without_its_torch_copy_has_a_stable_onnx_fingerprint(tiny_st_dir
     write_embeddings(tmp_path / "e.npy", emb, fp)
     again = embedhub.load(folder, backend="onnx", device="cpu").fingerprint
     assert read_embeddings(tmp_path / "e.npy", expect=again).embeddings.shape == (3, 32)
+    assert embedhub.load(folder, device="cpu").backend == "onnx"  # without backend=: its ONNX graphs
     with pytest.raises(embedhub.UnknownFormatError, match="--keep-torch") as err:
-        embedhub.load(folder, device="cpu")
+        embedhub.load(folder, backend="torch", device="cpu")
     source = json.loads((folder / "onnx" / "export_metadata.json").read_text())["source"]
     assert f"ONNX export of {source!r}" in str(err.value) and Path(source).name == tiny_st_dir.name
 
