@@ -209,8 +209,8 @@ def _read_parquet(path: Path) -> list[tuple[str, str, float]]:
     if not (pa.types.is_floating(types["score"]) or pa.types.is_integer(types["score"])):
         raise DataFileError(f"{path}: column score is {types['score']}, expected numbers", path=path)
     try:  # the decoded size, from the footer, before anything is decompressed
-        decoded = sum(rg.total_byte_size for rg in (pq.ParquetFile(path).metadata.row_group(i)
-                                                    for i in range(pq.ParquetFile(path).metadata.num_row_groups)))
+        meta = pq.read_metadata(path)
+        decoded = sum(meta.row_group(i).total_byte_size for i in range(meta.num_row_groups))
     except (pa.ArrowException, OSError) as exc:
         raise DataFileError(f"{path}: not a readable parquet file ({exc})", path=path) from exc
     if decoded > MAX_FILE_BYTES:
