@@ -8,75 +8,81 @@
 
 from __future__ import annotations
 
-from ._errors import (
-    ArgumentError,
-    ConfigError,
-    CorpusError,
-    DataFileError,
-    DataNotFoundError,
-    EmbeddingsFileError,
-    EmbedhubError,
-    FingerprintMismatchError,
-    InputError,
-    InputTypeError,
-    JobError,
-    MissingDependencyError,
-    ModalityError,
-    ModelNotCachedError,
-    ModelNotFoundError,
-    PoolError,
-    ProvenanceError,
-    PublishError,
-    UnknownFormatError,
-    WeightsError,
-)
-from ._registry import ModelEntry, list_models, model_entry, register_model
+from typing import TYPE_CHECKING
 
-TYPE_CHECKING = False
-if TYPE_CHECKING:
-    from ._job import EmbedJobResult, embed_corpus
-    from ._load import load
-    from ._model import EmbeddingModel
-    from ._pool import MultiProcessPool
-    from ._provenance import Fingerprint
-    from ._quantize import quantize_embeddings
-    from ._store import read_embeddings, write_embeddings
-
-
-def __getattr__(name: str):
-    # torch and transformers load on first use, so `import embedhub` and `embedhub --help` stay fast
-    if name == "load":
-        from ._load import load
-
-        return load
-    if name == "EmbeddingModel":
-        from ._model import EmbeddingModel
-
-        return EmbeddingModel
-    if name in ("embed_corpus", "EmbedJobResult"):
-        from . import _job
-
-        return getattr(_job, name)
-    if name == "MultiProcessPool":
-        from ._pool import MultiProcessPool
-
-        return MultiProcessPool
-    if name == "Fingerprint":
-        from ._provenance import Fingerprint
-
-        return Fingerprint
-    if name == "quantize_embeddings":
-        from ._quantize import quantize_embeddings
-
-        return quantize_embeddings
-    if name in ("read_embeddings", "write_embeddings"):
-        from . import _store
-
-        return getattr(_store, name)
-    raise AttributeError(f"module 'embedhub' has no attribute {name!r}")
+from embedhub._io.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
+if TYPE_CHECKING:
+    from embedhub.errors import (
+        ArgumentError,
+        ConfigError,
+        CorpusError,
+        DataFileError,
+        DataNotFoundError,
+        EmbeddingsFileError,
+        EmbedhubError,
+        FingerprintMismatchError,
+        InputError,
+        InputTypeError,
+        JobError,
+        MissingDependencyError,
+        ModalityError,
+        ModelNotCachedError,
+        ModelNotFoundError,
+        PoolError,
+        ProvenanceError,
+        PublishError,
+        UnknownFormatError,
+        WeightsError,
+    )
+    from embedhub.hub.aliases import ModelEntry, list_models, model_entry, register_model
+    from embedhub.jobs.local import EmbedJobResult, embed_corpus
+    from embedhub.loader import load
+    from embedhub.model import EmbeddingModel
+    from embedhub.modules.pool import MultiProcessPool
+    from embedhub.modules.quantize import quantize_embeddings
+    from embedhub.store.embeddings import read_embeddings, write_embeddings
+    from embedhub.store.fingerprint import Fingerprint
+
+#: public name -> the module that defines it (imported on first use)
+_EXPORTS = {
+    "ArgumentError": "embedhub.errors",
+    "ConfigError": "embedhub.errors",
+    "CorpusError": "embedhub.errors",
+    "DataFileError": "embedhub.errors",
+    "DataNotFoundError": "embedhub.errors",
+    "EmbeddingsFileError": "embedhub.errors",
+    "EmbedhubError": "embedhub.errors",
+    "FingerprintMismatchError": "embedhub.errors",
+    "InputError": "embedhub.errors",
+    "InputTypeError": "embedhub.errors",
+    "JobError": "embedhub.errors",
+    "MissingDependencyError": "embedhub.errors",
+    "ModalityError": "embedhub.errors",
+    "ModelNotCachedError": "embedhub.errors",
+    "ModelNotFoundError": "embedhub.errors",
+    "PoolError": "embedhub.errors",
+    "ProvenanceError": "embedhub.errors",
+    "PublishError": "embedhub.errors",
+    "UnknownFormatError": "embedhub.errors",
+    "WeightsError": "embedhub.errors",
+    "list_models": "embedhub.hub.aliases",
+    "model_entry": "embedhub.hub.aliases",
+    "ModelEntry": "embedhub.hub.aliases",
+    "register_model": "embedhub.hub.aliases",
+    "embed_corpus": "embedhub.jobs.local",
+    "EmbedJobResult": "embedhub.jobs.local",
+    "load": "embedhub.loader",
+    "EmbeddingModel": "embedhub.model",
+    "MultiProcessPool": "embedhub.modules.pool",
+    "quantize_embeddings": "embedhub.modules.quantize",
+    "read_embeddings": "embedhub.store.embeddings",
+    "write_embeddings": "embedhub.store.embeddings",
+    "Fingerprint": "embedhub.store.fingerprint",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
 __all__ = [
     "ArgumentError",
     "ConfigError",
@@ -94,8 +100,8 @@ __all__ = [
     "JobError",
     "MissingDependencyError",
     "ModalityError",
-    "ModelNotCachedError",
     "ModelEntry",
+    "ModelNotCachedError",
     "ModelNotFoundError",
     "MultiProcessPool",
     "PoolError",

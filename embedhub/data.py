@@ -25,7 +25,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from ._errors import ArgumentError, DataFileError, DataNotFoundError, require
+from embedhub.errors import ArgumentError, DataFileError, DataNotFoundError, require
 
 __all__ = ["ENV_VAR", "HUB_REPO", "SPLITS", "download_stsb", "read_stsb", "stsb_dir"]
 

@@ -7,18 +7,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from ._atomic import atomic_write, install_folder
-from ._backends import int8_dot_kernel, sha256_file
-from ._backends import model_tensors as onnx_tensors
-from ._batching import plan_batches
-from ._corpus import tar_keys
-from ._errors import require
-from ._inputs import load_image
-from ._preprocess import token_lengths
-from ._search import SearchIndex, hamming, similarity_scores
+from embedhub._io.atomic import atomic_write, install_folder
+from embedhub.errors import require
+from embedhub.jobs.corpus import tar_keys
+from embedhub.modules.backends import int8_dot_kernel, onnx_tensors, sha256_file
+from embedhub.modules.batching import plan_batches
+from embedhub.modules.inputs import load_image
+from embedhub.modules.preprocess import token_lengths
+from embedhub.modules.prompts import average_templates, template_prompts
+from embedhub.store.index import SearchIndex, hamming, similarity_scores
 
 __all__ = [
     "SearchIndex",
@@ -39,29 +38,6 @@ __all__ = [
     "template_prompts",
     "token_lengths",
 ]
-
-
-def template_prompts(labels: Sequence[str], templates: Sequence[str]) -> list[str]:
-    """Every label in every template, label-major: ``len(labels) * len(templates)`` prompts."""
-    return [t.format(label) for label in labels for t in templates]
-
-
-def average_templates(embeddings: Any, n_labels: int) -> Any:
-    """One embedding per label: the renormalised mean over its templates (CLIP's prompt ensemble).
-
-    ``embeddings`` holds the :func:`template_prompts` rows (label-major), as a torch tensor.
-
-    >>> import torch
-    >>> average_templates(torch.tensor([[1.0, 0.0], [0.0, 1.0], [2.0, 0.0], [2.0, 0.0]]), 2)
-    tensor([[0.7071, 0.7071],
-            [1.0000, 0.0000]])
-    """
-    import torch
-
-    if n_labels < 1 or embeddings.shape[0] % n_labels:
-        raise ValueError(f"{embeddings.shape[0]} prompt embeddings cannot be split evenly over {n_labels} labels")
-    mean = embeddings.reshape(n_labels, embeddings.shape[0] // n_labels, -1).mean(1)
-    return torch.nn.functional.normalize(mean, dim=-1)
 
 
 def epoch_generator(seed: int, epoch: int) -> Any:

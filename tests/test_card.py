@@ -1,4 +1,4 @@
-"""Model cards: written by ``embedhub._card`` with huggingface_hub's classes, read back by
+"""Model cards: written by ``embedhub.hub.card`` with huggingface_hub's classes, read back by
 ``huggingface_hub.ModelCard.load``; the usage snippet of each card is run as written.
 
 The snippet loads the model by its Hub repo id. The public Hub cannot be reached here, so the saved
@@ -23,7 +23,7 @@ import yaml
 from huggingface_hub import ModelCard
 
 import embedhub
-from embedhub._card import (
+from embedhub.hub.card import (
     MODALITY_TAGS,
     Result,
     card_results,

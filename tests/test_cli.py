@@ -347,7 +347,7 @@ def test_models_lists_aliases(capsys):
 
 
 def test_models_shows_pinned_revision(capsys, monkeypatch):
-    from embedhub import _registry
+    from embedhub.hub import aliases as _registry
 
     monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))  # the alias is gone after the test
     sha = "0123456789abcdef0123456789abcdef01234567"

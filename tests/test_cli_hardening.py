@@ -215,7 +215,7 @@ def test_onnx_only_model_on_the_torch_backend_names_the_option(onnx_only_dir, tm
 
 
 def test_encode_backend_onnx_with_threads(onnx_only_dir, tiny_st_dir, tmp_path, capsys, monkeypatch):
-    from embedhub import _load
+    from embedhub import loader as _load
 
     loaded = []
     real_load = _load.load

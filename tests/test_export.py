@@ -35,7 +35,7 @@ def minilm_int8(tmp_path_factory, minilm):
     ("tiny_st_dir", False), ("open_clip_dir", False), ("hf_clip_dir", False), ("tiny_embedhub_dir", False),
     ("tiny_st_dir", True), ("open_clip_dir", True)])
 def test_export_each_format(fixture, keep_torch, request, tmp_path, photos):
-    from embedhub._backends import sha256_file
+    from embedhub.modules.backends import sha256_file
 
     source = request.getfixturevalue(fixture)
     if keep_torch and fixture not in ("tiny_st_dir", "tiny_embedhub_dir"):  # an explicit request that cannot be met
@@ -103,7 +103,7 @@ def test_int8_keeps_stsb_spearman(minilm, minilm_fp32, minilm_int8, sts_test, mi
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from scipy.stats import spearmanr
 
-    from embedhub._backends import int8_dot_kernel
+    from embedhub.modules.backends import int8_dot_kernel
     from export._data import CALIBRATION_TEXTS
     from export._export import _feed
     from export._int8 import OPS, _candidates, _quantisable, _run
@@ -369,7 +369,7 @@ def test_int8_model_warns_on_a_cpu_unlike_its_gate(minilm_int8, tmp_path, monkey
     import shutil
     import warnings
 
-    import embedhub._backends as backends
+    import embedhub.modules.backends as backends
 
     meta = json.loads((minilm_int8 / "onnx" / "export_metadata.json").read_text())
     assert meta["cpu"]["int8_dot_kernel"] == backends.int8_dot_kernel()  # the CPU the gate ran on
@@ -377,7 +377,7 @@ def test_int8_model_warns_on_a_cpu_unlike_its_gate(minilm_int8, tmp_path, monkey
     shutil.copytree(minilm_int8, folder)
     meta["cpu"]["int8_dot_kernel"] = "vnni"
     (folder / "onnx" / "export_metadata.json").write_text(json.dumps(meta))
-    from embedhub._manifest import record
+    from embedhub._io.manifest import record
 
     record(folder)  # the folder as an export on that CPU would have recorded it
     monkeypatch.setattr(backends, "int8_dot_kernel", lambda: "no-vnni")

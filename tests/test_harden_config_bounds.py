@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 import embedhub
-from embedhub._errors import ConfigError, ProvenanceError, WeightsError
-from embedhub._provenance import Fingerprint
+from embedhub.errors import ConfigError, ProvenanceError, WeightsError
+from embedhub.store.fingerprint import Fingerprint
 
 DEEP = "[" * 200_000 + "]" * 200_000
 

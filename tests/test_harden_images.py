@@ -17,7 +17,7 @@ import pytest
 from PIL import Image
 
 import embedhub
-from embedhub._inputs import IMAGE_FORMATS, load_image
+from embedhub.modules.inputs import IMAGE_FORMATS, load_image
 
 EPS = (b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 8 8\n%%EndComments\n"
        b"newpath 0 0 moveto 8 8 lineto stroke\nshowpage\n%%EOF\n")
@@ -204,7 +204,7 @@ _CHILD = """
 import io, resource, sys, numpy as np
 from PIL import Image
 import embedhub
-from embedhub._inputs import load_image
+from embedhub.modules.inputs import load_image
 w, h = 7000, 7000
 arr = (np.arange(w, dtype=np.float32) / w)[None, :].repeat(h, 0) if sys.argv[1] == "F" else np.zeros((h, w), np.uint8)
 buf = io.BytesIO(); Image.fromarray(arr).save(buf, format="TIFF"); data = buf.getvalue(); del arr

@@ -20,7 +20,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import numpy_helper  # noqa: E402
 
-from embedhub._backends import sha256_file  # noqa: E402
+from embedhub.modules.backends import sha256_file  # noqa: E402
 from export import export  # noqa: E402
 
 TEXTS = ["a photo of a cat", "the quick brown fox", "x", "a dog on a sofa"]
@@ -41,7 +41,7 @@ def _poison(folder: Path, rel: str, pick) -> str:
     meta = json.loads(meta_path.read_text())
     meta["sha256"][rel] = sha256_file(path)
     meta_path.write_text(json.dumps(meta))
-    from embedhub._manifest import record
+    from embedhub._io.manifest import record
 
     record(folder)  # and the file record, as a hostile author would: only the finite check can catch it
     return target.name

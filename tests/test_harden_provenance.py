@@ -20,9 +20,9 @@ import pytest
 from conftest import RecordingHub, perturbed_copy
 
 import embedhub
-from embedhub._errors import ConfigError, FingerprintMismatchError
-from embedhub._publish import upload_files
+from embedhub.errors import ConfigError, FingerprintMismatchError
 from embedhub.formats import model_files
+from embedhub.hub.publish import upload_files
 
 TEXTS = ["a photo of a cat", "a rocket launch at night"]
 _TRANSFORMER_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json", "vocab.txt",
@@ -255,7 +255,7 @@ def test_a_hub_cache_layout_whose_blob_store_is_a_link_reads_nothing_outside(tmp
 
 def test_a_stored_fingerprint_nested_deep_is_a_provenance_error():
     from embedhub import Fingerprint
-    from embedhub._errors import ProvenanceError
+    from embedhub.errors import ProvenanceError
 
     with pytest.raises(ProvenanceError, match="emb.npy.fingerprint.json"):
         Fingerprint.from_json("[" * 200_000 + "]" * 200_000, path="emb.npy.fingerprint.json")
@@ -265,7 +265,7 @@ def test_a_tensor_in_two_shards_is_refused(tmp_path, tiny_st_dir):
     """Two shards holding one tensor: which value the model gets would depend on file order."""
     from safetensors.torch import load_file, save_file
 
-    from embedhub._errors import WeightsError
+    from embedhub.errors import WeightsError
 
     folder = shutil.copytree(tiny_st_dir, tmp_path / "m")
     tensors = load_file(str(folder / "model.safetensors"))

@@ -458,8 +458,8 @@ def test_staging_folder_is_beside_the_target_and_removed_after_success_and_failu
 
 
 def test_record_is_not_uploaded_and_not_a_model_file(tiny_st_dir, tmp_path):
-    from embedhub._publish import upload_files
     from embedhub.formats import model_files
+    from embedhub.hub.publish import upload_files
 
     folder = embedhub.load(tiny_st_dir, device="cpu").save_pretrained(tmp_path / "m")
     assert MANIFEST not in model_files(folder) and MANIFEST not in upload_files(folder)

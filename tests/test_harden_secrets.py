@@ -17,9 +17,9 @@ from pathlib import Path
 import pytest
 
 import embedhub
-from embedhub._errors import ModelNotFoundError, PublishError
-from embedhub._publish import push_folder
+from embedhub.errors import ModelNotFoundError, PublishError
 from embedhub.hub import resolve_token
+from embedhub.hub.publish import push_folder
 
 SECRET = "hf_SeCrEtVaLuE0123456789abcdef"
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import stsb_rows
 
 import embedhub
-from embedhub import _preprocess
+from embedhub.modules import preprocess as _preprocess
 
 FORTUNES = Path("/usr/share/games/fortunes")
 

@@ -18,8 +18,8 @@ import torch
 from PIL import Image
 
 import embedhub
-import embedhub._batching as batching
-import embedhub._inputs as inputs_mod
+import embedhub.modules.batching as batching
+import embedhub.modules.inputs as inputs_mod
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_16_bit_png_embeds_like_8_bit(request, model_name):
 
 
 def test_16_bit_pixels_are_scaled_not_clipped(tmp_path):
-    from embedhub._inputs import load_image
+    from embedhub.modules.inputs import load_image
 
     values = np.array([[0, 128, 129, 257, 32896, 65535]], dtype=np.uint16)
     path = tmp_path / "ramp.png"

@@ -22,8 +22,8 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper  # noqa: E402  (after the importorskips)
 
-from embedhub._backends import load_onnx_towers, sha256_file  # noqa: E402
-from embedhub._folder import ModelFolder  # noqa: E402
+from embedhub._io.folder import ModelFolder  # noqa: E402
+from embedhub.modules.backends import load_onnx_towers, sha256_file  # noqa: E402
 from export import _export, export  # noqa: E402
 
 TEXTS = ["a photo of a cat", "the quick brown fox jumps over the lazy dog", "x"]
@@ -41,7 +41,7 @@ def _meta(folder: Path) -> dict:
 def _write_meta(folder: Path, meta: dict) -> None:
     """Write the metadata, and record the folder's files anew, as a hostile author (or an older export,
     with no record) would leave them: only the checks that do not rely on the record can catch the edit."""
-    from embedhub._manifest import record
+    from embedhub._io.manifest import record
 
     (folder / "onnx" / "export_metadata.json").write_text(json.dumps(meta))
     record(folder)

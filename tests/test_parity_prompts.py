@@ -15,7 +15,7 @@ from st_peer import assert_close, build_st, peer
 
 import embedhub
 from embedhub import ConfigError, ModalityError
-from embedhub._manifest import record
+from embedhub._io.manifest import record
 
 pytest.importorskip("sentence_transformers")
 
@@ -130,14 +130,14 @@ def test_every_key_sentence_transformers_writes_is_handled(all_options):
     (and the ones it reads there): each must be honoured or refused by embedhub, never ignored."""
     from sentence_transformers import SentenceTransformer
 
-    from embedhub._formats import _st_config
+    from embedhub.formats import st_config
 
-    written = set(json.loads((all_options / _st_config.FILE).read_text()))
+    written = set(json.loads((all_options / st_config.FILE).read_text()))
     loaded = SentenceTransformer(str(all_options), device="cpu")
     produced = set(loaded._get_model_config())  # what a save of a loaded model writes
     read = {"requirements"}  # read by sentence-transformers' loader (check_version_requirements)
-    unhandled = (written | produced | read) - set(_st_config.HONOURED)
-    assert not unhandled, f"keys of {_st_config.FILE} neither honoured nor refused: {sorted(unhandled)}"
+    unhandled = (written | produced | read) - set(st_config.HONOURED)
+    assert not unhandled, f"keys of {st_config.FILE} neither honoured nor refused: {sorted(unhandled)}"
 
 
 def test_all_options_match_the_peer(all_options):
@@ -204,7 +204,7 @@ def test_null_settings_read_as_the_peer_reads_them(all_options, tmp_path):
 
 # ---------------------------------------------------------------------------- embedhub's own format
 def test_settings_survive_save_and_load_in_both_layouts(all_options, tmp_path):
-    from embedhub._card import read_card, write_card
+    from embedhub.hub.card import read_card, write_card
 
     ours = embedhub.load(all_options, device="cpu")
     saved = ours.save_pretrained(tmp_path / "saved")

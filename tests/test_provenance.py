@@ -19,8 +19,8 @@ import torch
 
 import embedhub
 from embedhub import EmbeddingsFileError, Fingerprint, ProvenanceError, read_embeddings, write_embeddings
-from embedhub._errors import FingerprintMismatchError
-from embedhub._store import PARQUET_KEY, sidecar_path
+from embedhub.errors import FingerprintMismatchError
+from embedhub.store.embeddings import PARQUET_KEY, sidecar_path
 
 TEXTS = ["A man is playing a guitar.", "A woman is slicing an onion.", "The stock market fell sharply."]
 SHA = "c" * 40

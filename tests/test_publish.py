@@ -19,10 +19,10 @@ import pytest
 import torch
 
 import embedhub
-from embedhub._card import Result, write_card
-from embedhub._errors import PublishError
-from embedhub._publish import PUSH_DEFAULT_MESSAGE, push_folder, upload_files
+from embedhub.errors import PublishError
 from embedhub.formats import model_files
+from embedhub.hub.card import Result, write_card
+from embedhub.hub.publish import PUSH_DEFAULT_MESSAGE, push_folder, upload_files
 
 TOKEN = "hf_test_token_not_real"
 

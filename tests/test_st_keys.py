@@ -17,7 +17,7 @@ from conftest import save_tiny_bert
 
 import embedhub
 from embedhub import ConfigError
-from embedhub._formats.sentence_transformers import MODULE_CLASSES, MODULE_KEYS, REFUSED_CLASSES, REFUSED_KEYS
+from embedhub.formats.sentence_transformers import MODULE_CLASSES, MODULE_KEYS, REFUSED_CLASSES, REFUSED_KEYS
 
 st = pytest.importorskip("sentence_transformers")
 
@@ -175,7 +175,7 @@ def written_keys(saved) -> dict[str, set[str]]:
 
 
 def test_the_save_with_every_kind_loads_with_the_peers_numbers(saved):
-    from embedhub._formats import sentence_transformers as fmt
+    from embedhub.formats import sentence_transformers as fmt
 
     texts = ["a rocket launch at night", "A CAT sleeps", "x " * 40]
     peer = st.SentenceTransformer(str(saved), device="cpu")
@@ -209,7 +209,7 @@ def test_an_unknown_key_in_any_module_config_is_refused_by_name(saved, tmp_path,
 def test_every_model2vec_config_key_is_supported_or_refused_by_name():
     """The keys model2vec's own config type declares (and its save writes) are each read or refused."""
     types = pytest.importorskip("model2vec.types")
-    from embedhub._formats import model2vec as fmt
+    from embedhub.formats import model2vec as fmt
 
     keys = set(types.StaticModelConfig.__annotations__)
     assert {"normalize", "max_length", "model_type"} <= keys

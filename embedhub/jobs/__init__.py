@@ -1,0 +1,29 @@
+"""Embedding jobs over corpora: the corpus reader (:mod:`.corpus`), the resumable sharded job on the local engine
+(:mod:`.local`) and on Ray Data (:mod:`.ray_engine`).
+
+>>> from embedhub.jobs import embed_corpus
+>>> embed_corpus("all-MiniLM-L6-v2", "corpus.txt", "out/")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from embedhub._io.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from embedhub.jobs.corpus import tar_keys
+    from embedhub.jobs.local import EmbedJobResult, embed_corpus
+
+#: public name -> the module that defines it (imported on first use)
+_EXPORTS = {
+    "tar_keys": "embedhub.jobs.corpus",
+    "embed_corpus": "embedhub.jobs.local",
+    "EmbedJobResult": "embedhub.jobs.local",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "EmbedJobResult",
+    "embed_corpus",
+    "tar_keys",
+]

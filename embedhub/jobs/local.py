@@ -1,0 +1,996 @@
+"""Batch embedding of large corpora (``embedhub embed``): sharded, resumable, local or on Ray Data.
+
+An output folder holds ``shards/part-NNNNN.parquet`` (``id``, ``embedding``; the model's fingerprint and
+the source rows in the schema metadata), ``manifest.json`` (the completed shards with their SHA-256,
+rewritten atomically after each), ``errors.jsonl`` (rows that could not be embedded) and, when asked,
+``index.faiss`` with ``index_ids.parquet`` (row ``i`` of the index is id ``i`` of that file).
+
+>>> import embedhub
+>>> result = embedhub.embed_corpus("all-MiniLM-L6-v2", "passages.parquet", "emb/")  # doctest: +SKIP
+>>> embedhub.read_embeddings("emb/").embeddings.shape                                 # doctest: +SKIP
+(1000000, 384)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import stat
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from embedhub._io.atomic import atomic_write
+from embedhub.errors import CorpusError, FingerprintMismatchError, JobError, ModalityError, require
+from embedhub.jobs.corpus import (
+    Chunk,
+    ChunkRows,
+    ItemReader,
+    Plan,
+    count,
+    decode_image,
+    expand_input,
+    plan_corpus,
+    read_chunk,
+)
+from embedhub.modules.batching import TEXT_WINDOW, check_positive_int
+from embedhub.modules.inputs import MAX_IMAGE_BYTES
+from embedhub.store.fingerprint import Fingerprint
+
+if TYPE_CHECKING:
+    from embedhub.model import EmbeddingModel
+    from embedhub.store.embeddings import StoredEmbeddings
+
+MANIFEST = "manifest.json"
+SHARDS = "shards"
+ERRORS = "errors.jsonl"
+INDEX = "index.faiss"
+INDEX_IDS = "index_ids.parquet"
+LOCK = ".lock"
+#: the job's own folder for its temporary files: every file is written there, then renamed into place, so a
+#: killed write leaves its temporary there and nothing the job deletes is ever outside it or the ledger
+STAGING = ".embedhub-tmp"
+#: the ledger of the files a job wrote into its folder
+LEDGER = ".embedhub-job"
+MANIFEST_VERSION = 1
+#: the parquet schema metadata key of a shard's source rows
+SHARD_KEY = "embedhub.shard"
+#: default rows per shard: text shards are small on disk; decoded images are large in memory
+DEFAULT_SHARD_ROWS = {"text": 10_000, "image": 1_000}
+#: images decoding ahead of the model, per worker process
+DECODE_AHEAD = 64
+#: bytes the decode pipeline may hold at once (image files read and not yet decoded, decoded pixels not yet
+#: encoded); a single larger image still passes alone
+DECODE_BYTES = 512 << 20
+
+
+@dataclass(frozen=True)
+class EmbedJobResult:
+    """What :func:`embed_corpus` did: ``rows`` embedded in ``shards`` (``resumed`` of them by an earlier
+    run), ``errors`` rows skipped (listed in ``errors_file``), ``seconds`` this run took."""
+
+    output: Path
+    fingerprint: Fingerprint
+    rows: int
+    shards: int
+    resumed: int
+    errors: int
+    seconds: float
+    errors_file: Path | None
+    index: Path | None
+
+
+def embed_corpus(
+    model: str | os.PathLike | EmbeddingModel,
+    input: str | os.PathLike,
+    output: str | os.PathLike,
+    *,
+    engine: Literal["local", "ray"] = "local",
+    address: str | None = None,
+    backend: str | None = None,
+    device: str = "auto",
+    revision: str | None = None,
+    dtype: str | None = None,
+    threads: int | None = None,
+    batch_size: int = 32,
+    max_tokens: int | None = None,
+    shard_rows: int | None = None,
+    text_column: str = "text",
+    id_column: str | None = None,
+    normalize: bool | None = None,
+    prompt_name: str | None = None,
+    prompt: str | None = None,
+    truncate_dim: int | None = None,
+    precision: str = "float32",
+    index: Literal["faiss"] | None = None,
+    on_error: Literal["skip", "fail"] = "skip",
+    restart: bool = False,
+    workers: int | None = None,
+    actors: int | None = None,
+    progress: bool = True,
+) -> EmbedJobResult:
+    """Embed a corpus into parquet shards under ``output``, resuming where an earlier run stopped.
+
+    ``input``: a parquet or JSONL file with ``text_column`` (ids from ``id_column``, else row numbers),
+    a folder tree of images (ids: relative paths), webdataset ``.tar`` shards (ids: sample keys), or a
+    glob of such files. Rows are cut into shards of ``shard_rows`` (default 10,000 texts or 1,000
+    images); each finished shard is recorded in the manifest, so a re-run skips it and never writes a
+    row twice. An ``output`` of another model (fingerprint), input or shard size is refused unless
+    ``restart=True``. Rows that cannot be embedded (a corrupt image, a null text) are skipped and listed
+    in ``errors.jsonl`` (``on_error="fail"`` stops at the first, naming it).
+
+    ``normalize``, ``prompt_name``, ``prompt``, ``truncate_dim`` and ``precision`` are ``encode``'s (the
+    vectors are those ``model.encode(texts, ...)`` returns, e.g. ``prompt_name="document"`` for a model with
+    document prompts, or ``precision="ubinary"`` for packed bits); the fingerprint records them, so a resumed
+    job with another truncation or precision is refused. ``index="faiss"`` builds a flat index with the model's
+    similarity (inner product, L2 or L1; Hamming distance for binary vectors).
+
+    ``engine="local"`` runs in this process (images decode in ``workers`` processes, a bounded number
+    ahead of the model); ``engine="ray"`` runs Ray Data: read tasks, then ``actors`` model replicas (one
+    GPU each when the cluster has GPUs), on ``ray.init(address)``. ``model`` is a name for ``load``
+    (``backend``, ``device``, ``revision``, ``dtype``, ``threads`` apply) or, locally, a loaded model.
+
+    >>> embed_corpus("all-MiniLM-L6-v2", "docs/*.jsonl", "emb", id_column="doc_id", index="faiss")  # doctest: +SKIP
+    EmbedJobResult(output=PosixPath('emb'), ..., rows=20000, shards=2, ...)
+    """
+    start = time.perf_counter()
+    if engine not in ("local", "ray"):
+        raise ValueError(f"engine must be 'local' or 'ray', got {engine!r}")
+    if index not in (None, "faiss"):
+        raise ValueError(f"index must be None or 'faiss', got {index!r}")
+    if on_error not in ("skip", "fail"):
+        raise ValueError(f"on_error must be 'skip' or 'fail', got {on_error!r}")
+    from embedhub.store.index import check_precision
+
+    precision = check_precision(precision)
+    if precision in ("int8", "uint8"):
+        raise ValueError(f"precision={precision!r} calibrates each dimension's range on the vectors of one encode "
+                         "call, so the shards of a job would hold codes of different scales; embed in float32 (or "
+                         "binary/ubinary) and quantise once with embedhub.quantize_embeddings(..., ranges=...)")
+    truncate_dim = check_positive_int("truncate_dim", truncate_dim, optional=True)
+    if normalize is not None and not isinstance(normalize, bool):
+        raise TypeError(f"normalize must be True, False or None, got {normalize!r}")
+    batch_size = check_positive_int("batch_size", batch_size)
+    max_tokens = check_positive_int("max_tokens", max_tokens, optional=True)
+    shard_rows = check_positive_int("shard_rows", shard_rows, optional=True)
+    workers = check_positive_int("workers", workers, optional=True)
+    actors = check_positive_int("actors", actors, optional=True)
+    if engine == "ray":
+        require("ray.data", "ray", "the ray engine")
+        if not isinstance(model, (str, os.PathLike)):
+            raise TypeError("engine='ray' loads the model in each actor: pass its name or folder, not a loaded model")
+    if index == "faiss":
+        require("faiss", "faiss", "building a faiss index")
+    out = Path(output)
+    from embedhub.store.embeddings import utf8_path_problem
+
+    problem = utf8_path_problem(out, "output folder")
+    if problem:
+        raise JobError(problem)
+    kind, _ = expand_input(input)
+    modality = "image" if kind in ("images", "tar") else "text"
+    shard_rows = shard_rows or DEFAULT_SHARD_ROWS[modality]
+    load_args = {"revision": revision, "backend": backend, "dtype": dtype, "threads": threads}
+    name: str | None = None
+    if isinstance(model, (str, os.PathLike)):
+        from embedhub.loader import load
+
+        name = os.fspath(model)
+        if Path(name).is_dir():  # actors may run elsewhere: a folder is named absolutely
+            name = str(Path(name).resolve())
+        loaded = load(name, device="cpu" if engine == "ray" else device, **load_args)
+    else:
+        loaded = model
+    if modality not in loaded.modalities:
+        raise ModalityError(f"{input} holds {modality}s, but {loaded.name} embeds only "
+                            f"{' and '.join(loaded.modalities)}")
+    from embedhub.store.embeddings import encode_fingerprint
+
+    options = {"normalize": normalize, "prompt_name": prompt_name, "prompt": prompt, "truncate_dim": truncate_dim,
+               "precision": precision}
+    fingerprint = encode_fingerprint(loaded, **options)
+    with _Job(out, fingerprint, restart=restart, similarity=similarity_of(loaded)) as job:
+        plan = plan_corpus(input, shard_rows=shard_rows, text_column=text_column, id_column=id_column)
+        settings = {"input": os.fspath(input), "shard_rows": shard_rows, "text_column": text_column,
+                    "id_column": id_column, "modality": plan.modality}
+        if fingerprint.role is not None:  # not part of the fingerprint's id, but one job's rows share one prompt
+            settings["prompt_role"] = fingerprint.role
+        job.start(plan, settings)
+        pending = job.pending()
+        resumed = len(plan.chunks) - len(pending)
+        if resumed:
+            _note(f"{out}: {resumed} of {len(plan.chunks)} shards done by an earlier run; {len(pending)} to go")
+        encode = dict(batch_size=batch_size, max_tokens=max_tokens, **encode_options(options))
+        reading = dict(text_column=text_column, id_column=id_column)
+        total = sum(c.rows for c in pending)
+        bar = _bar(total, plan.modality, progress)
+        try:
+            def done(chunk: Chunk, ids: list, emb: np.ndarray, errors: list) -> None:
+                if errors and on_error == "fail":
+                    row_id, reason = errors[0]
+                    raise CorpusError(f"{chunk.source}: row {row_id!r} cannot be embedded: {reason} "
+                                      f"({len(errors)} such rows in shard {chunk.index}; on_error='skip' lists them "
+                                      f"in {ERRORS} instead)", path=chunk.source, ids=[row_id])
+                job.complete(chunk, ids, emb, errors)
+                bar.update(len(errors))
+
+            if engine == "local":
+                if threads and loaded.backend == "torch":  # ONNX Runtime got its threads at load
+                    import torch
+
+                    torch.set_num_threads(threads)
+                run_local(loaded, pending, done, reading=reading, encode=encode, workers=workers, bar=bar)
+            else:
+                from embedhub.jobs.ray_engine import run_ray
+
+                del loaded
+                run_ray(name, load_args, device, fingerprint, pending, done, reading=reading, encode=encode,
+                        address=address, actors=actors, threads=threads, bar=bar)
+        finally:
+            bar.close()
+        return job.finish(index, resumed=resumed, seconds=time.perf_counter() - start)
+
+
+def similarity_of(model: Any) -> str:
+    """The similarity function ``model`` ranks with (``model.similarity_fn_name``; cosine for a model without one)."""
+    return str(getattr(model, "similarity_fn_name", None) or "cosine")
+
+
+def encode_options(options: dict[str, Any]) -> dict[str, Any]:
+    """``encode``'s keywords for ``options``, leaving out those at their defaults.
+
+    >>> encode_options({"normalize": None, "truncate_dim": 64, "precision": "float32"})
+    {'truncate_dim': 64}
+    """
+    defaults = {"normalize": None, "prompt_name": None, "prompt": None, "truncate_dim": None, "precision": "float32"}
+    return {k: v for k, v in options.items() if v != defaults.get(k, object())}
+
+
+def empty_rows(model: EmbeddingModel, encode: dict[str, Any], rows: int = 0) -> np.ndarray:
+    """``rows`` zero rows of the width and dtype ``model.encode(..., **encode)`` returns."""
+    from embedhub.store.index import stored_dtype, stored_width
+
+    dim = encode.get("truncate_dim") or getattr(model, "truncate_dim", None) or model.embed_dim
+    precision = encode.get("precision", "float32")
+    return np.zeros((rows, stored_width(dim, precision)), stored_dtype(precision))
+
+
+def _note(message: str) -> None:
+    print(f"embedhub: {message}", file=sys.stderr)
+
+
+def _bar(total: int, modality: str, progress: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=f"embedding {modality}s", unit="row", unit_scale=True, disable=not progress,
+                smoothing=0.1)
+
+
+# ---------------------------------------------------------------------------------------------- local engine
+def run_local(
+    model: EmbeddingModel,
+    pending: list[Chunk],
+    done: Callable[[Chunk, list, np.ndarray, list], None],
+    *,
+    reading: dict[str, Any],
+    encode: dict[str, Any],
+    bar: Any,
+    workers: int | None = None,
+) -> None:
+    """Embed ``pending`` chunks with ``model`` in this process, calling ``done(chunk, ids, emb, errors)``
+    per chunk. The next chunk is read (and its images decoded in ``workers`` processes) while this one
+    encodes; texts go through ``encode`` in the windows it would use itself, so results equal one call."""
+    images = bool(pending) and pending[0].kind in ("images", "tar")
+    pool = None
+    if images:
+        workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))
+        pool = _decode_pool(workers)
+    feed = _Feed(pending, reading, pool, ahead=DECODE_AHEAD * (workers or 1), decoding=2 * (workers or 1))
+    size = encode["batch_size"]
+    # texts: the windows encode uses itself (so the batches equal one call's); images: a few batches, encoded
+    # as they arrive from the workers while the next ones decode
+    window = size * 4 if images else max(1, -(-TEXT_WINDOW // size)) * size
+    try:
+        for chunk, rows, decoded in feed:
+            items = decoded() if decoded is not None else zip(rows.ids, rows.items)
+            ids, emb, errors = _encode_rows(model, rows, items, images=images, window=window, encode=encode, bar=bar)
+            done(chunk, ids, emb, errors)
+    finally:
+        feed.close()
+        if pool is not None:
+            pool.terminate()
+
+
+def _decode_pool(workers: int) -> Any:
+    """``workers`` spawned processes for :func:`decode_image`, all started here, before any work.
+
+    They are started without the preparation data that makes a spawned child re-run the parent's
+    ``__main__`` script: decoding needs only embedhub, so a script that calls :func:`embed_corpus` at
+    top level (no ``if __name__ == "__main__":`` guard) works, and is not run again in each worker.
+    """
+    import multiprocessing
+    import types
+
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__ / __spec__: nothing to re-import
+    try:
+        return multiprocessing.get_context("spawn").Pool(workers)
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _encode_rows(model: EmbeddingModel, rows: ChunkRows, items: Iterator[tuple[Any, Any]], *, images: bool,
+                 window: int, encode: dict[str, Any], bar: Any) -> tuple[list[Any], np.ndarray, list[tuple[Any, str]]]:
+    """One chunk's ids, vectors and errors from ``(id, item)`` pairs; ``window`` rows per ``encode`` call, as
+    the items arrive."""
+    errors = list(rows.errors)
+    ids: list[Any] = []
+    parts: list[np.ndarray] = []
+    batch: list[Any] = []
+
+    def flush() -> None:
+        parts.append(model.encode(batch, show_progress_bar=False, **encode))
+        bar.update(len(batch))
+        batch.clear()
+
+    for row_id, item in items:
+        if images and isinstance(item, str):  # an image that did not decode: the reason
+            errors.append((row_id, item))
+            continue
+        ids.append(row_id)
+        batch.append(item)
+        if len(batch) == window:
+            flush()
+    if batch:
+        flush()
+    emb = np.concatenate(parts) if parts else empty_rows(model, encode)
+    return ids, emb, errors
+
+
+class _InFlight:
+    """What the decode pipeline holds at once: at most ``items`` images submitted and not yet encoded, at most
+    ``decoding`` of them not yet decoded (each worker holds one), and at most ``limit`` bytes in all (file
+    bytes until an image decodes, then its pixels); one image always passes, however large."""
+
+    def __init__(self, items: int, decoding: int, limit: int):
+        self.items, self.decoding, self.limit = items, decoding, limit
+        self.count = self.pending = self.bytes = 0
+        self.cond = threading.Condition()
+
+    def take(self, size: int, stop: threading.Event) -> bool:
+        with self.cond:
+            while self.count and (self.count >= self.items or self.pending >= self.decoding
+                                  or self.bytes + size > self.limit):
+                if stop.is_set():
+                    return False
+                self.cond.wait(0.1)
+            self.count, self.pending, self.bytes = self.count + 1, self.pending + 1, self.bytes + size
+            return True
+
+    def decoded(self, before: int, after: int) -> None:
+        with self.cond:
+            self.pending -= 1
+            self.bytes += after - before
+            self.cond.notify_all()
+
+    def release(self, size: int) -> None:
+        with self.cond:
+            self.count -= 1
+            self.bytes -= size
+            self.cond.notify_all()
+
+
+class _Decoding:
+    """One image in the pool: its result and the bytes it is charged while in flight."""
+
+    def __init__(self, budget: _InFlight, size: int):
+        self.budget, self.size, self.ready = budget, size, threading.Event()
+        self.value: Any = None
+
+    def finish(self, value: Any) -> None:
+        after = value.nbytes if isinstance(value, np.ndarray) else 0
+        self.budget.decoded(self.size, after)
+        self.size, self.value = after, value
+        self.ready.set()
+
+    def fail(self, exc: BaseException) -> None:
+        self.finish(JobError(f"an image decode worker failed ({type(exc).__name__}: {exc})"))
+
+
+class _Feed:
+    """Chunks read one ahead in a thread; their images decode in ``pool`` within the bounds of :class:`_InFlight`."""
+
+    _END = object()
+
+    def __init__(self, chunks: list[Chunk], reading: dict[str, Any], pool: Any, ahead: int, decoding: int):
+        self.chunks, self.reading, self.pool = chunks, reading, pool
+        self.workers = list(getattr(pool, "_pool", []))  # the processes started with the pool
+        self.budget = _InFlight(ahead, decoding, DECODE_BYTES)
+        self.queue: queue.Queue = queue.Queue(maxsize=1)
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._produce, daemon=True, name="embedhub-read")
+        self.thread.start()
+
+    def _produce(self) -> None:
+        try:
+            for chunk in self.chunks:
+                rows = read_chunk(chunk, **self.reading)
+                futures: queue.Queue | None = queue.Queue() if self.pool is not None else None
+                self._put((chunk, rows, futures))
+                if futures is not None:
+                    with ItemReader(chunk) as reader:
+                        for row_id, item in zip(rows.ids, rows.items):
+                            size = min(ItemReader.size(item), MAX_IMAGE_BYTES + 1)
+                            if not self.budget.take(size, self.stop):
+                                return
+                            job = _Decoding(self.budget, size)
+                            data = reader(item)  # a tar member's bytes, read only now
+                            if isinstance(data, str):
+                                job.finish(data)
+                            else:
+                                self.pool.apply_async(decode_image, (data,), callback=job.finish,
+                                                      error_callback=job.fail)
+                            futures.put((row_id, job))
+                if self.stop.is_set():
+                    return
+            self._put(self._END)
+        except BaseException as exc:  # raised again in the consumer
+            self._put(exc)
+
+    def _put(self, value: Any) -> None:
+        while not self.stop.is_set():
+            try:
+                self.queue.put(value, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def __iter__(self) -> Iterator[tuple[Chunk, ChunkRows, Callable[[], Iterator[Any]] | None]]:
+        while True:
+            value = self.queue.get()
+            if value is self._END:
+                return
+            if isinstance(value, BaseException):
+                raise value
+            chunk, rows, futures = value
+            yield chunk, rows, (None if futures is None else self._results(futures, len(rows.items)))
+
+    def _results(self, futures: queue.Queue, n: int) -> Callable[[], Iterator[tuple[Any, Any]]]:
+        def results() -> Iterator[tuple[Any, Any]]:
+            for _ in range(n):
+                while True:
+                    try:
+                        row_id, job = futures.get(timeout=0.5)
+                        break
+                    except queue.Empty:
+                        if not self.thread.is_alive():  # the reader failed: its error is next in the queue
+                            value = self.queue.get()
+                            if isinstance(value, BaseException):
+                                raise value from None
+                            raise JobError("image reading stopped before the shard was read") from None
+                while not job.ready.wait(0.5):
+                    dead = [p for p in self.workers if p.exitcode is not None]
+                    if dead:  # its task is lost with it: the pool would wait for it forever
+                        raise JobError(f"an image decode worker died (exit code {dead[0].exitcode}; out of memory?) "
+                                       "while decoding the image of row " f"{row_id!r}; run the job again to resume")
+                value = job.value
+                self.budget.release(job.size)
+                if isinstance(value, BaseException):
+                    raise value
+                yield row_id, value
+
+        return results
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------- output folder
+#: every name a job writes into its folder (relative paths); the ledger may record only these
+_OWNED = re.compile(r"(manifest\.json|errors\.jsonl|index\.faiss|index_ids\.parquet|\.lock|shards|\.embedhub-tmp"
+                    r"|shards/part-\d{5,}\.parquet)")
+_LEDGER_HEADER = "embedhub embed folder 1"
+#: bounds on the bookkeeping files read back from a folder (they are untrusted like any input)
+MAX_LEDGER_BYTES = 16 << 20
+MAX_MANIFEST_BYTES = 64 << 20
+
+
+def _put(out: Path, rel: str, write: Callable[[str], None] | bytes | str) -> Path:
+    """Write ``out/rel`` atomically through the job's :data:`STAGING` folder (its temporaries are made there,
+    never beside the file, so no name in the folder is ever taken for one)."""
+    staged = atomic_write(out / STAGING / rel.replace("/", "-"), write)
+    os.replace(staged, out / rel)
+    return out / rel
+
+
+def _clear_staging(out: Path) -> None:
+    """Delete what a killed write left in the job's :data:`STAGING` folder (links themselves, never their targets)."""
+    if _kind(out / STAGING) == "folder":
+        for p in (out / STAGING).iterdir():
+            if _kind(p) in ("file", "link"):
+                p.unlink()
+
+
+def _kind(path: Path) -> str | None:
+    """``"file"``, ``"folder"``, ``"link"`` or ``"other"`` from ``lstat`` (links are never followed); None if absent."""
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    return ("file" if stat.S_ISREG(mode) else "folder" if stat.S_ISDIR(mode) else "link" if stat.S_ISLNK(mode)
+            else "other")
+
+
+def _read_bounded(path: Path, limit: int, what: str) -> str:
+    """A regular file's text, at most ``limit`` bytes (a link, a FIFO or a larger file is a :class:`JobError`)."""
+    kind = _kind(path)
+    if kind != "file":
+        raise JobError(f"{path}: expected a regular {what} file, found {'nothing' if kind is None else 'a ' + kind}")
+    try:
+        with open(path, "rb") as fh:
+            data = fh.read(limit + 1)
+        if len(data) > limit:
+            raise JobError(f"{path}: the {what} is over {limit} bytes; it was not written by embedhub")
+        return data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobError(f"{path}: cannot read the {what} ({type(exc).__name__}: {exc})") from None
+
+
+class _Ledger:
+    """``OUTPUT/.embedhub-job``: every file and folder the job has created there, recorded before it is
+    created. Only recorded names are ever deleted (``restart``), and a folder without a ledger is not a job's."""
+
+    def __init__(self, out: Path):
+        self.path = out / LEDGER
+        self.names: set[str] = set()
+
+    def load(self) -> None:
+        lines = _read_bounded(self.path, MAX_LEDGER_BYTES, "job ledger").splitlines()
+        if not lines or lines[0] != _LEDGER_HEADER:
+            raise JobError(f"{self.path}: not an embedhub job ledger (first line {_LEDGER_HEADER!r})")
+        for lineno, name in enumerate(lines[1:], start=2):
+            if not _OWNED.fullmatch(name):
+                raise JobError(f"{self.path} line {lineno}: {name!r:.80} is not a file embedhub writes; the "
+                               "ledger was edited, so embedhub cannot tell its files from yours")
+            self.names.add(name)
+
+    def create(self, names: set[str], *, new: bool = False) -> None:
+        """Write the ledger: ``new``, into an empty folder (created exclusively, nothing else made there);
+        otherwise replacing the ledger through the staging folder."""
+        self.names = set(names)
+        text = "".join(f"{n}\n" for n in [_LEDGER_HEADER, *sorted(self.names)])
+        if not new:
+            _put(self.path.parent, LEDGER, text)
+            return
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+    def record(self, *names: str) -> None:
+        """Record ``names`` (before they are created)."""
+        new = [n for n in names if n not in self.names]
+        if new:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write("".join(f"{n}\n" for n in new))
+                fh.flush()
+                os.fsync(fh.fileno())
+            self.names.update(new)
+
+
+class _Job:
+    """An output folder: its ledger, lock, manifest, shard files, errors file and index."""
+
+    def __init__(self, out: Path, fingerprint: Fingerprint, *, restart: bool, similarity: str = "cosine"):
+        self.out, self.fingerprint, self.restart = out, fingerprint, restart
+        #: the model's similarity function: the metric of the index
+        self.similarity = similarity
+        self.manifest: dict[str, Any] = {}
+        self.ledger = _Ledger(out)
+        self._lock: Any = None
+
+    # -- lock: one job per folder at a time (released by the OS if the process dies)
+    def __enter__(self) -> _Job:
+        import fcntl
+
+        if self.out.exists() and not self.out.is_dir():
+            raise JobError(f"output {self.out} is a file; expected a folder (new, empty, or of an earlier run)")
+        self._adopt()
+        self.ledger.record(LOCK, STAGING)
+        try:  # never through a link
+            fd = os.open(self.out / LOCK, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise JobError(f"output {self.out}: cannot open its lock file {LOCK} ({exc.strerror}; a link?)") from None
+        self._lock = os.fdopen(fd, "r+")
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock.close()
+            raise JobError(f"output {self.out} is in use by another running job") from None
+        try:
+            self._open_manifest()
+        except BaseException:
+            self._lock.close()
+            raise
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._lock is not None:
+            self._lock.close()
+
+    def _adopt(self) -> None:
+        """Never write among a user's files: the folder must be new, empty, or a job's holding only what the job
+        wrote (its ledger says which). A folder without a ledger is never a job's, whatever it holds (a copied
+        manifest does not make a user's files the job's to delete)."""
+        if not self.out.is_dir():
+            self.out.mkdir(parents=True, exist_ok=True)
+        names = sorted(p.name for p in self.out.iterdir())
+        if not names:  # empty: no entry at all
+            self.ledger.create({STAGING}, new=True)
+            return
+        if LEDGER not in names:
+            raise JobError(f"output {self.out} is not an embedhub embed folder (it holds "
+                           f"{', '.join(names[:5])}{' ...' if len(names) > 5 else ''}); give a new or empty folder "
+                           f"(a job's folder holds its {LEDGER} ledger)")
+        try:
+            self.ledger.load()
+        except JobError as exc:
+            raise JobError(f"output {self.out} is not usable: {exc}; give a new or empty folder") from None
+        self._check_foreign(names)
+
+    def _check_foreign(self, names: list[str]) -> None:
+        """A :class:`JobError` naming the files embedhub did not write here (nothing is touched)."""
+        owned = self.ledger.names
+        others = [n for n in names if n != LEDGER and n not in owned]
+        for folder in (SHARDS, STAGING):
+            kind = _kind(self.out / folder)
+            if kind not in (None, "folder"):
+                others.append(f"{folder} (a {kind}, not a folder embedhub made)")
+        if _kind(self.out / SHARDS) == "folder" and SHARDS in owned:
+            others += [f"{SHARDS}/{p.name}" for p in sorted((self.out / SHARDS).iterdir())
+                       if f"{SHARDS}/{p.name}" not in owned]
+        if others:
+            if not owned:
+                raise JobError(f"output {self.out} is not an embedhub embed folder (it holds "
+                               f"{', '.join(others[:5])}); give a new or empty folder")
+            raise JobError(f"output {self.out} holds {count(len(others), 'file')} embedhub did not write "
+                           f"({', '.join(others[:5])}{' ...' if len(others) > 5 else ''}); move them out, or give "
+                           "a new or empty folder")
+
+    def _open_manifest(self) -> None:
+        """An earlier run's manifest: refused if another model's (unless restarting, which clears the folder)."""
+        self._check_foreign(sorted(p.name for p in self.out.iterdir()))
+        manifest = self.out / MANIFEST
+        if self.restart:
+            self._clear()
+            return
+        if _kind(manifest) is None:
+            return
+        self.manifest = _read_manifest(manifest, entries=False)
+        try:
+            stored = Fingerprint.from_dict(self.manifest["fingerprint"], path=manifest)
+        except FingerprintMismatchError as exc:  # a malformed fingerprint record (ProvenanceError)
+            raise JobError(f"{exc}; pass restart=True (--restart) to start over (it deletes only the files the "
+                           "job wrote), or give another output folder") from None
+        try:
+            self.fingerprint.check(stored, what=str(self.out), expected="this job", found="folder")
+        except FingerprintMismatchError as exc:
+            raise type(exc)(f"{exc}. Pass restart=True (--restart) to delete its shards and start over, or give "
+                            "another output folder") from None
+
+    def _clear(self) -> None:
+        """Delete what the ledger records (links themselves, never what they point to), and stale temporaries."""
+        removed = 0
+        for rel in sorted(self.ledger.names - {LOCK, SHARDS, STAGING}, reverse=True):
+            if _kind(self.out / rel) in ("file", "link"):
+                (self.out / rel).unlink()
+                removed += 1
+        _clear_staging(self.out)
+        if SHARDS in self.ledger.names and _kind(self.out / SHARDS) == "folder":
+            try:
+                (self.out / SHARDS).rmdir()
+            except OSError:  # not empty: something appeared since the check; it stays
+                pass
+        self.ledger.create({n for n in self.ledger.names if _kind(self.out / n) is not None} | {LOCK, STAGING})
+        self.manifest = {}
+        if removed:
+            _note(f"{self.out}: restarted (earlier shards deleted)")
+
+    def start(self, plan: Plan, settings: dict[str, Any]) -> None:
+        """Check an earlier run's settings against this one's; drop shards whose files are missing or changed.
+        Every shard file the plan will write is recorded in the ledger first (a kill can leave any of them)."""
+        self.plan = plan
+        self.ledger.record(SHARDS, *(_shard_name(c) for c in plan.chunks))
+        if self.manifest:
+            before = self.manifest["settings"]
+            # the same files named another way (a relative path, another glob) are the same input
+            changed = [f"{k}: {before.get(k)!r} then, {v!r} now" for k, v in settings.items()
+                       if before.get(k) != v and k != "input"]
+            if not changed and self.manifest["digest"] != plan.digest:
+                changed = ["the input files changed (names, sizes or modification times) since that run"]
+                if before.get("input") != settings["input"]:
+                    changed.insert(0, f"input: {before.get('input')!r} then, {settings['input']!r} now")
+            if changed:
+                raise JobError(f"output {self.out} holds a job over another input or with other settings "
+                               f"({'; '.join(changed)}); pass restart=True (--restart) to start over, or give "
+                               "another output folder")
+            for key, value in (("shards_total", len(plan.chunks)), ("rows", plan.rows)):
+                if self.manifest[key] != value:
+                    _note(f"{self.out}: the manifest records {key} {self.manifest[key]}, the input has {value}; "
+                          "corrected")
+                    self.manifest[key] = value
+            chunks = {str(c.index): c for c in plan.chunks}
+            for key, entry in list(self.manifest["shards"].items()):
+                chunk = chunks.get(key)
+                problem = _entry_problem(key, entry, len(plan.chunks))
+                if problem:
+                    problem = f"its manifest entry is wrong: {problem}"
+                elif chunk is None:
+                    problem = "the input has no such shard"
+                elif {k: entry[k] for k in ("source", "start", "stop")} != chunk.describe():
+                    problem = "the manifest records other rows than the input's shard"
+                else:
+                    problem = _shard_problem(self.out / entry["file"], entry)
+                if problem:
+                    label = key if key.isascii() and key.isdigit() and len(key) < 20 else f"{key!r:.40}"
+                    _note(f"{self.out}: shard {label} will be redone: {problem}")
+                    del self.manifest["shards"][key]
+            self.manifest["complete"] = False
+        else:
+            self.manifest = {
+                "embedhub_embed_job": MANIFEST_VERSION,
+                "fingerprint": self.fingerprint.to_dict(),
+                "settings": settings,
+                "digest": plan.digest,
+                "rows": plan.rows,
+                "shards_total": len(plan.chunks),
+                "shards": {},
+                "complete": False,
+            }
+        _clear_staging(self.out)  # what a run killed mid-write left
+        self._save()
+
+    def pending(self) -> list[Chunk]:
+        return [c for c in self.plan.chunks if str(c.index) not in self.manifest["shards"]]
+
+    def complete(self, chunk: Chunk, ids: list, emb: np.ndarray, errors: list[tuple[Any, str]]) -> None:
+        """Write ``chunk``'s shard file, then record it in the manifest (in that order)."""
+        from embedhub.modules.backends import sha256_file
+        from embedhub.store.embeddings import write_embeddings
+
+        rel = _shard_name(chunk)
+        self.ledger.record(SHARDS, rel)
+        meta = dict(chunk.describe(), shard=chunk.index, errors=len(errors))
+        staged = self.out / STAGING / Path(rel).name
+        write_embeddings(staged, emb, self.fingerprint, ids=ids, metadata={SHARD_KEY: json.dumps(meta)})
+        (self.out / SHARDS).mkdir(exist_ok=True)
+        os.replace(staged, self.out / rel)
+        entry = dict(meta, file=rel, rows=len(emb), sha256=sha256_file(self.out / rel),
+                     error_rows=[[plain(i), r] for i, r in errors])
+        self.manifest["shards"][str(chunk.index)] = entry
+        self._save()
+
+    def finish(self, index: str | None, *, resumed: int, seconds: float) -> EmbedJobResult:
+        shards = [self.manifest["shards"][str(c.index)] for c in self.plan.chunks]
+        errors = [{"id": i, "reason": r, "shard": e["shard"], "source": e["source"]}
+                  for e in shards for i, r in e["error_rows"]]
+        errors_file = None
+        if errors:
+            self.ledger.record(ERRORS)
+            errors_file = _put(self.out, ERRORS, "".join(json.dumps(e) + "\n" for e in errors))
+            _note(f"{len(errors)} rows could not be embedded; listed in {errors_file}")
+        elif ERRORS in self.ledger.names and _kind(self.out / ERRORS) in ("file", "link"):
+            (self.out / ERRORS).unlink()
+        index_path = None
+        if index == "faiss":
+            index_path = self._build_index(shards)
+        self.manifest["complete"] = True
+        self._save()
+        rows = sum(e["rows"] for e in shards)
+        return EmbedJobResult(self.out, self.fingerprint, rows, len(shards), resumed, len(errors), seconds,
+                              errors_file, index_path)
+
+    def _build_index(self, shards: list[dict[str, Any]]) -> Path:
+        """A flat faiss index over every shard, in shard order, searching with the model's similarity (inner
+        product for dot and, over unit rows, cosine; L2 for euclidean; L1 for manhattan) or, for binary vectors,
+        by Hamming distance (:class:`embedhub.store.index.SearchIndex`)."""
+        from embedhub.store.embeddings import PARQUET_KEY, read_embeddings
+        from embedhub.store.index import SearchIndex
+
+        self.ledger.record(INDEX, INDEX_IDS)
+        precision = getattr(self.fingerprint, "precision", "float32")
+        idx = SearchIndex(self.fingerprint.dim, similarity=self.similarity, precision=precision, backend="faiss")
+        ids: list[Any] = []
+        for entry in shards:
+            stored = read_embeddings(self.out / entry["file"], expect=self.fingerprint)
+            idx.add(stored.embeddings)
+            ids.extend(id_list(stored))
+        path = self.out / INDEX
+        _put(self.out, INDEX, idx.save)
+        # the id of index row i, with the fingerprint of the vectors the index holds
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        kind = pa.string() if self.plan.id_kind == "str" else pa.int64()
+        table = pa.table({"id": pa.array(ids, type=kind)}, metadata={PARQUET_KEY: self.fingerprint.to_json().encode()})
+        _put(self.out, INDEX_IDS, lambda tmp: pq.write_table(table, tmp))
+        self.manifest["index"] = {"file": INDEX, "ids": INDEX_IDS, "rows": len(idx), "kind": idx.kind,
+                                  "similarity": self.similarity, "precision": precision}
+        return path
+
+    def _save(self) -> None:
+        self.ledger.record(MANIFEST)
+        _put(self.out, MANIFEST, json.dumps(self.manifest, indent=1) + "\n")
+
+
+def _shard_name(chunk: Chunk) -> str:
+    return f"{SHARDS}/part-{chunk.index:05d}.parquet"
+
+
+def plain(value: Any) -> Any:
+    """A numpy scalar as the Python value (for JSON); anything else as it is."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def id_list(stored: StoredEmbeddings) -> list[Any]:
+    """The ids of a stored shard as a list (an int64 array or a list of str in the file)."""
+    return stored.ids.tolist() if isinstance(stored.ids, np.ndarray) else list(stored.ids)
+
+
+def _read_manifest(path: Path, *, entries: bool = True) -> dict[str, Any]:
+    """A job manifest, bounded in size and checked in shape (a :class:`JobError` naming it otherwise); with
+    ``entries``, every shard entry too (a resuming job checks them itself, and redoes those that are wrong)."""
+    advice = ("pass restart=True (--restart) to start over (it deletes only the files the job wrote), or give "
+              "another output folder")
+    try:
+        manifest = json.loads(_read_bounded(path, MAX_MANIFEST_BYTES, "job manifest"))
+    except JobError as exc:
+        raise JobError(f"{exc}; {advice}") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise JobError(f"{path} is not a readable job manifest ({type(exc).__name__}: {str(exc)[:200]}); "
+                       f"{advice}") from None
+    keys = ("fingerprint", "settings", "digest", "shards", "shards_total")
+    if not isinstance(manifest, dict) or manifest.get("embedhub_embed_job") != MANIFEST_VERSION or any(
+        k not in manifest for k in keys
+    ):
+        raise JobError(f"{path} is not an embedhub embed manifest (version {MANIFEST_VERSION} with "
+                       f"{', '.join(keys)}); {advice}")
+    shards, total, rows = manifest["shards"], manifest["shards_total"], manifest.get("rows")
+    if not isinstance(shards, dict) or not _count(total) or not _count(rows) or not isinstance(
+        manifest["settings"], dict
+    ):
+        raise JobError(f"{path}: 'shards' must be an object, 'shards_total' and 'rows' integers >= 0 and 'settings' "
+                       f"an object; {advice}")
+    for key, entry in shards.items() if entries else ():
+        problem = _entry_problem(key, entry, total)
+        if problem:
+            raise JobError(f"{path}: shard {key!r:.40}: {problem}; found {json.dumps(entry)[:160]}; run the job "
+                           "again to redo that shard (or pass restart=True / --restart to start over)")
+    return manifest
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _entry_problem(key: str, entry: Any, total: int) -> str | None:
+    """Why manifest entry ``key`` is not one a job writes for shard ``key`` of ``total``, or ``None``."""
+    if not (isinstance(key, str) and key.isascii() and key.isdigit() and str(int(key)) == key and int(key) < total):
+        return f"the key must be a shard number below shards_total ({total})"
+    k = int(key)
+    if not isinstance(entry, dict):
+        return "the entry must be an object"
+    if entry.get("file") != f"{SHARDS}/part-{k:05d}.parquet":
+        return f"'file' must be {SHARDS}/part-{k:05d}.parquet (shard {k}'s file, inside the folder)"
+    if entry.get("shard") != k or isinstance(entry.get("shard"), bool):
+        return f"'shard' must be {k}"
+    if not isinstance(entry.get("sha256"), str) or not _count(entry.get("rows")) or not _count(entry.get("errors")):
+        return "'sha256' must be a string, 'rows' and 'errors' integers >= 0"
+    if not isinstance(entry.get("source"), str) or not _count(entry.get("start")) or not _count(entry.get("stop")):
+        return "'source' must be a string, 'start' and 'stop' integers >= 0"
+    errors = entry.get("error_rows")
+    if not isinstance(errors, list) or not all(
+        isinstance(e, list) and len(e) == 2 and isinstance(e[0], (str, int)) and not isinstance(e[0], bool)
+        and isinstance(e[1], str) for e in errors
+    ):
+        return "'error_rows' must be a list of [id, reason] pairs"
+    if len(errors) != entry["errors"] or entry["rows"] + len(errors) != entry["stop"] - entry["start"]:
+        return "'rows' and 'error_rows' must add up to the rows from 'start' to 'stop'"
+    return None
+
+
+#: the file of a shard, relative to the job folder: nothing else is read as one
+_SHARD_FILE = re.compile(r"shards/part-\d{5,}\.parquet")
+
+
+def _shard_problem(path: Path, entry: dict[str, Any]) -> str | None:
+    """Why the shard file at ``path`` is not the one the manifest ``entry`` recorded, or ``None``: its kind, its
+    SHA-256, and the shard number and row count recorded inside the parquet file itself."""
+    from embedhub.modules.backends import sha256_file
+
+    kind = _kind(path)
+    if kind is None:
+        return f"{path.name} is missing"
+    if kind != "file":
+        return f"{path.name} is a {kind}, not the regular file that was written"
+    if sha256_file(path) != entry.get("sha256"):
+        return f"{path.name} is not the file that was written (SHA-256 differs: cut short or changed)"
+    try:
+        import pyarrow.parquet as pq
+
+        meta = pq.read_metadata(path)
+        record = json.loads((meta.schema.to_arrow_schema().metadata or {})[SHARD_KEY.encode()])
+        shard, rows = record["shard"], meta.num_rows
+    except Exception as exc:  # not a shard embedhub wrote: any reason is the same answer
+        return f"{path.name} is not a shard embedhub wrote (no readable {SHARD_KEY!r} record: {type(exc).__name__})"
+    if shard != entry.get("shard"):
+        return f"{path.name} records itself as shard {shard!r:.40}, not shard {entry.get('shard')}"
+    if rows != entry.get("rows"):
+        return f"{path.name} holds {rows} rows, the manifest records {entry.get('rows')}"
+    return None
+
+
+def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbeddings:
+    """Every shard of a finished job, concatenated in shard order (see :func:`embedhub.read_embeddings`).
+
+    Each shard must be the regular file ``shards/part-NNNNN.parquet`` the manifest records, with the
+    SHA-256 recorded when it was written, and its row count; a :class:`JobError` names the first that is not.
+    """
+    from embedhub.store.embeddings import StoredEmbeddings, read_embeddings
+
+    manifest = _read_manifest(folder / MANIFEST)
+    fp = Fingerprint.from_dict(manifest["fingerprint"], path=folder / MANIFEST)
+    if expect is not None:
+        expect.check(fp, what=str(folder), expected="expected", found="folder")
+    done = manifest["shards"]
+    total = manifest["shards_total"]
+    if len(done) != total or any(str(k) not in done for k in range(total)):
+        raise JobError(f"{folder}: the job is unfinished ({len(done)} of {total} shards); run it "
+                       "again to finish")
+    counted = sum(e["rows"] + len(e["error_rows"]) for e in done.values())
+    if counted != manifest["rows"]:
+        raise JobError(f"{folder}: its {total} shards hold {counted} rows (embedded and failed), the manifest "
+                       f"records {manifest['rows']}; the manifest was edited: run the job again to redo what differs")
+    if total and _kind(folder / SHARDS) != "folder":
+        raise JobError(f"{folder}: {SHARDS} is a {_kind(folder / SHARDS) or 'missing'} entry, not the folder the "
+                       "job wrote; shards are read only inside the job folder")
+    parts = []
+    for k in range(total):
+        entry = done[str(k)]
+        problem = _shard_problem(folder / entry["file"], entry)
+        if problem:
+            raise JobError(f"{folder}: shard {k} ({entry['file']}): {problem}; run the job again to redo it")
+        part = read_embeddings(folder / entry["file"], expect=fp)
+        if len(part) != entry["rows"]:  # checked in the file's metadata; this is its content
+            raise JobError(f"{folder}: shard {k} ({entry['file']}) holds {len(part)} rows, the manifest "
+                           f"records {entry['rows']}; run the job again to redo it")
+        parts.append(part)
+    if parts:
+        emb = np.concatenate([p.embeddings for p in parts])
+    else:
+        from embedhub.store.embeddings import precision_of
+        from embedhub.store.index import stored_dtype, stored_width
+
+        emb = np.empty((0, stored_width(fp.dim, precision_of(fp))), stored_dtype(precision_of(fp)))
+    filled = [p for p in parts if len(p)]  # a shard whose rows all failed has no id type of its own
+    if filled and all(isinstance(p.ids, np.ndarray) for p in filled):
+        ids: Any = np.concatenate([p.ids for p in filled])
+    else:
+        ids = [v for p in parts for v in id_list(p)]
+    from embedhub.store.embeddings import repeated_id
+
+    repeat = repeated_id(ids)
+    if repeat is not None:
+        raise JobError(f"{folder}: id {repeat[2]!r:.80} is in two shards (rows {repeat[0]} and {repeat[1]} of the "
+                       "job); the shards are not one job's: pass restart=True (--restart) to embed again")
+    return StoredEmbeddings(folder, emb, ids, None, fp)

@@ -1,0 +1,147 @@
+"""Building blocks of embedhub models: towers, pooling, heads, preprocessing, and the registry of tower kinds.
+
+A tower maps a preprocessed batch (``input_ids``/``attention_mask`` or ``pixel_values``) to one
+embedding per row; normalisation is applied by the model, not the tower. Each tower kind owns its
+config entry in ``embedhub_config.json`` (:meth:`Tower.get_config`), the files it keeps beside the
+weights (:meth:`Tower.save_files`), how it is rebuilt (:meth:`Tower.from_config`) and what ONNX
+export needs to know (:meth:`Tower.onnx_hints`). A new kind is one class plus one registration:
+
+>>> @register_tower
+... class MeanEmbeddingTower(Tower):
+...     kind, modality, config_keys = "mean-embedding", "text", ("vocab_size", "dim")
+...     def __init__(self, vocab_size: int, dim: int):
+...         super().__init__()
+...         self.embedding = nn.Embedding(vocab_size, dim)
+...     def forward(self, input_ids, attention_mask):
+...         mask = attention_mask.unsqueeze(-1).float()
+...         return (self.embedding(input_ids) * mask).sum(1) / mask.sum(1).clamp(min=1)
+...     @property
+...     def output_dim(self) -> int:
+...         return self.embedding.embedding_dim
+...     def get_config(self) -> dict:
+...         return {"vocab_size": self.embedding.num_embeddings, "dim": self.embedding.embedding_dim}
+...     @classmethod
+...     def from_config(cls, config, folder, *, trust_remote_code=False):
+...         return cls(config.int("vocab_size", min=1), config.int("dim", min=1))
+>>> "mean-embedding" in tower_kinds()
+True
+>>> unregister_tower("mean-embedding")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from embedhub._io.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from embedhub._io.folder import ConfigView, ModelFolder
+    from embedhub.modules.backends import int8_dot_kernel, onnx_tensors
+    from embedhub.modules.batching import plan_batches
+    from embedhub.modules.inputs import load_image
+    from embedhub.modules.preprocess import (
+        HFTextPreprocessor,
+        ImageConfig,
+        ImagePreprocessor,
+        OpenCLIPTextPreprocessor,
+        TextPreprocessor,
+        load_preprocessor,
+        token_lengths,
+    )
+    from embedhub.modules.prompts import average_templates, template_prompts
+    from embedhub.modules.towers import (
+        ACTIVATIONS,
+        POOLING_MODES,
+        TIMM_KWARGS,
+        Dense,
+        Head,
+        HFCLIPTower,
+        Normalize,
+        OpenCLIPTower,
+        Pooling,
+        TimmImageTower,
+        Tower,
+        TransformersTextTower,
+        build_open_clip,
+        is_saveable,
+        open_clip_image_config,
+        register_tower,
+        tower_class,
+        tower_kinds,
+        unregister_tower,
+    )
+
+#: public name -> the module that defines it (imported on first use)
+_EXPORTS = {
+    "ConfigView": "embedhub._io.folder",
+    "ModelFolder": "embedhub._io.folder",
+    "int8_dot_kernel": "embedhub.modules.backends",
+    "onnx_tensors": "embedhub.modules.backends",
+    "plan_batches": "embedhub.modules.batching",
+    "load_image": "embedhub.modules.inputs",
+    "HFTextPreprocessor": "embedhub.modules.preprocess",
+    "ImageConfig": "embedhub.modules.preprocess",
+    "ImagePreprocessor": "embedhub.modules.preprocess",
+    "load_preprocessor": "embedhub.modules.preprocess",
+    "OpenCLIPTextPreprocessor": "embedhub.modules.preprocess",
+    "TextPreprocessor": "embedhub.modules.preprocess",
+    "token_lengths": "embedhub.modules.preprocess",
+    "average_templates": "embedhub.modules.prompts",
+    "template_prompts": "embedhub.modules.prompts",
+    "ACTIVATIONS": "embedhub.modules.towers",
+    "build_open_clip": "embedhub.modules.towers",
+    "Dense": "embedhub.modules.towers",
+    "Head": "embedhub.modules.towers",
+    "HFCLIPTower": "embedhub.modules.towers",
+    "is_saveable": "embedhub.modules.towers",
+    "Normalize": "embedhub.modules.towers",
+    "open_clip_image_config": "embedhub.modules.towers",
+    "OpenCLIPTower": "embedhub.modules.towers",
+    "Pooling": "embedhub.modules.towers",
+    "POOLING_MODES": "embedhub.modules.towers",
+    "register_tower": "embedhub.modules.towers",
+    "TIMM_KWARGS": "embedhub.modules.towers",
+    "TimmImageTower": "embedhub.modules.towers",
+    "Tower": "embedhub.modules.towers",
+    "tower_class": "embedhub.modules.towers",
+    "tower_kinds": "embedhub.modules.towers",
+    "TransformersTextTower": "embedhub.modules.towers",
+    "unregister_tower": "embedhub.modules.towers",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "ACTIVATIONS",
+    "ConfigView",
+    "Dense",
+    "HFCLIPTower",
+    "HFTextPreprocessor",
+    "Head",
+    "ImageConfig",
+    "ImagePreprocessor",
+    "ModelFolder",
+    "Normalize",
+    "OpenCLIPTextPreprocessor",
+    "OpenCLIPTower",
+    "POOLING_MODES",
+    "Pooling",
+    "TIMM_KWARGS",
+    "TextPreprocessor",
+    "TimmImageTower",
+    "Tower",
+    "TransformersTextTower",
+    "average_templates",
+    "build_open_clip",
+    "int8_dot_kernel",
+    "is_saveable",
+    "load_image",
+    "load_preprocessor",
+    "onnx_tensors",
+    "open_clip_image_config",
+    "plan_batches",
+    "register_tower",
+    "template_prompts",
+    "token_lengths",
+    "tower_class",
+    "tower_kinds",
+    "unregister_tower",
+]

@@ -1,0 +1,46 @@
+"""What embedhub keeps on disk: model fingerprints (:mod:`.fingerprint`), embedding files and their sidecars
+(:mod:`.embeddings`), the vector index that search uses (:mod:`.index`), and the atomic writes and file hashes
+they are built on.
+
+>>> from embedhub.store import atomic_write
+>>> atomic_write  # doctest: +ELLIPSIS
+<function atomic_write at ...>
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from embedhub._io.lazy import lazy_exports
+
+if TYPE_CHECKING:
+    from embedhub._io.atomic import atomic_write, install_folder
+    from embedhub.modules.backends import sha256_file
+    from embedhub.store.embeddings import read_embeddings, write_embeddings
+    from embedhub.store.fingerprint import Fingerprint
+    from embedhub.store.index import SearchIndex, hamming, similarity_scores
+
+#: public name -> the module that defines it (imported on first use)
+_EXPORTS = {
+    "atomic_write": "embedhub._io.atomic",
+    "install_folder": "embedhub._io.atomic",
+    "sha256_file": "embedhub.modules.backends",
+    "read_embeddings": "embedhub.store.embeddings",
+    "write_embeddings": "embedhub.store.embeddings",
+    "Fingerprint": "embedhub.store.fingerprint",
+    "hamming": "embedhub.store.index",
+    "SearchIndex": "embedhub.store.index",
+    "similarity_scores": "embedhub.store.index",
+}
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__all__ = [
+    "Fingerprint",
+    "SearchIndex",
+    "atomic_write",
+    "hamming",
+    "install_folder",
+    "read_embeddings",
+    "sha256_file",
+    "similarity_scores",
+    "write_embeddings",
+]
