@@ -11,8 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from embedhub._io.lazy import lazy_exports
-
-__version__ = "0.1.0"
+from embedhub._version import __version__ as __version__
 
 if TYPE_CHECKING:
     from embedhub.errors import (
@@ -43,8 +42,9 @@ if TYPE_CHECKING:
     from embedhub.model import EmbeddingModel
     from embedhub.modules.pool import MultiProcessPool
     from embedhub.modules.quantize import quantize_embeddings
-    from embedhub.store.embeddings import read_embeddings, write_embeddings
+    from embedhub.store.embeddings import write_embeddings
     from embedhub.store.fingerprint import Fingerprint
+    from embedhub.store.read import read_embeddings
 
 #: public name -> the module that defines it (imported on first use)
 _EXPORTS = {
@@ -78,7 +78,7 @@ _EXPORTS = {
     "EmbeddingModel": "embedhub.model",
     "MultiProcessPool": "embedhub.modules.pool",
     "quantize_embeddings": "embedhub.modules.quantize",
-    "read_embeddings": "embedhub.store.embeddings",
+    "read_embeddings": "embedhub.store.read",
     "write_embeddings": "embedhub.store.embeddings",
     "Fingerprint": "embedhub.store.fingerprint",
 }

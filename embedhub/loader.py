@@ -87,7 +87,8 @@ def load(
                                      or truncate_dim < 1):
         raise ArgumentError(f"truncate_dim must be None or a positive integer; got {truncate_dim!r}")
     dev, dt = _device(device), _dtype(dtype)
-    from embedhub.formats import LoadOptions, detect
+    from embedhub.formats.contract import LoadOptions
+    from embedhub.formats.registry import detect
 
     src = resolve(name, revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token)
     fmt = detect(src.folder)

@@ -697,7 +697,7 @@ class EmbeddingModel:
         >>> model.save_pretrained("my-model")  # doctest: +SKIP
         PosixPath('my-model')
         """
-        from embedhub.formats import can_save_torch, save_embedhub
+        from embedhub.formats.registry import can_save_torch, save_embedhub
 
         try:
             if can_save_torch(self):
@@ -713,9 +713,8 @@ class EmbeddingModel:
         import shutil
         import tempfile
 
-        from embedhub._io.atomic import switch_folder
-        from embedhub._io.manifest import COPIED_LEGACY, has_record, open_record, record
-        from embedhub.formats import detect
+        from embedhub._io.manifest import COPIED_LEGACY, has_record, open_record, record, switch_folder
+        from embedhub.formats.registry import detect
 
         if self.folder is None:
             kinds = ", ".join(type(getattr(r, "module", r)).__name__ for r in self._runners.values())
@@ -774,9 +773,8 @@ class EmbeddingModel:
         """
         import tempfile
 
-        from embedhub.hub import resolve_token
         from embedhub.hub.card import write_card
-        from embedhub.hub.publish import check_names, push_folder
+        from embedhub.hub.publish import check_names, push_folder, resolve_token
 
         check_names(repo_id, revision, create_pr, commit_message)
         token = resolve_token(token)  # before anything is written

@@ -120,7 +120,7 @@ def test_unknown_name_lists_close_aliases():
 
 def test_close_aliases_are_each_named_once_closest_first(monkeypatch):
     """A near miss of a mixed-case alias is both a close spelling and a substring match: named once."""
-    from embedhub import _registry
+    from embedhub.hub import aliases as _registry
 
     monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))  # the alias is gone after the test
     embedhub.register_model("My-Tiny-Encoder-v1", "org/my-tiny-encoder")

@@ -224,7 +224,7 @@ def test_null_text_in_jsonl_is_skipped_and_listed(tmp_path, tiny_st_dir):
 
 
 def test_over_long_jsonl_line_names_file_and_line(tmp_path, tiny_st_dir, monkeypatch):
-    from embedhub import _corpus
+    from embedhub.jobs import corpus as _corpus
 
     monkeypatch.setattr(_corpus, "MAX_JSONL_LINE", 1000)
     path = _jsonl(tmp_path / "long.jsonl", [{"id": "a", "text": "short"}, {"id": "b", "text": "y" * 5000}])

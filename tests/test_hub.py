@@ -103,7 +103,7 @@ def test_conflicting_revisions():
 
 
 def test_registry_is_extensible(open_clip_dir, monkeypatch):
-    from embedhub import _registry
+    from embedhub.hub import aliases as _registry
 
     # the alias lives only for this test: other tests list the built-in aliases
     monkeypatch.setattr(_registry, "_REGISTRY", dict(_registry._REGISTRY))
@@ -214,7 +214,7 @@ def test_hf_validation_error_from_snapshot_download_becomes_model_not_found(tmp_
     """Were embedhub's rules to lag behind huggingface_hub's, its HFValidationError still arrives typed."""
     from huggingface_hub.errors import HFValidationError
 
-    from embedhub import _hub
+    from embedhub.hub import download as _hub
 
     monkeypatch.setattr(_hub, "check_hub_name", lambda *a: None)
     with pytest.raises(embedhub.ModelNotFoundError, match=r"model 'a/b--c@v1' is not a valid Hub name: .*--") as err:

@@ -58,7 +58,7 @@ def _normal_permissions(tree: Path) -> None:
             os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
 
 
-def _moved_whole(staging: Path, folder: Path) -> bool:
+def moved_whole(staging: Path, folder: Path) -> bool:
     """Move ``staging`` into place by one rename when ``folder`` is missing or empty (``True``); ``False``
     when ``folder`` holds files. A ``folder`` that is a symlink or not a folder is refused."""
     _normal_permissions(staging)
@@ -84,7 +84,7 @@ def install_folder(staging: str | os.PathLike, folder: str | os.PathLike, *, las
     move when ``staging`` did not hold them.
     """
     staging, folder = Path(staging), Path(folder)
-    if _moved_whole(staging, folder):
+    if moved_whole(staging, folder):
         return folder
     files = sorted((p for p in staging.rglob("*") if p.is_file()), key=lambda p: p.name == last)
     for f in files:
@@ -103,7 +103,7 @@ def install_folder(staging: str | os.PathLike, folder: str | os.PathLike, *, las
     return folder
 
 
-def _link_in_path(folder: Path, rel: str) -> str | None:
+def link_in_path(folder: Path, rel: str) -> str | None:
     """The first part of ``folder / rel`` (below ``folder``) that is a symlink or, above the last part, not a
     folder; ``None`` when every part is a plain folder (or does not exist yet)."""
     p = folder
@@ -119,77 +119,3 @@ def _link_in_path(folder: Path, rel: str) -> str | None:
         if i < len(parts) - 1 and not stat.S_ISDIR(st.st_mode):
             return "/".join(parts[: i + 1])
     return None
-
-
-def switch_folder(staging: str | os.PathLike, folder: str | os.PathLike, *,
-                  legacy: Iterable[str] | None = None) -> Path:
-    """Move the complete model folder ``staging`` -- its files recorded by ``_manifest.record`` -- into place
-    as ``folder``, replacing only what embedhub wrote there before.
-
-    A missing or empty ``folder`` is replaced by one rename. Into a folder that holds files: the files of
-    ``staging`` move in one by one (each an atomic rename), then the files the folder's old record lists that
-    the new model does not have are deleted, then the new record replaces the old one, last. Until then the
-    record marks the folder as between two models, so the loader takes it only when it is exactly one of
-    them. A folder without a record (an older embedhub, another library) loses only the files named in
-    ``legacy`` (default ``_manifest.LEGACY_NAMES``: exact paths of model files) the new model does not
-    write. Files nobody recorded (``notes.txt``, ``eval/results.json``, a ``*.safetensors`` of yours) are
-    never touched. A symlink, or a non-folder, on the path of a file to write is refused before anything
-    changes; a listed path that has become a symlink or a folder is left (and named in a warning), never
-    followed.
-    """
-    import warnings
-
-    from embedhub._io.manifest import LEGACY_NAMES, MANIFEST, read, record
-    from embedhub.errors import ConfigError
-
-    staging, folder = Path(staging), Path(folder)
-    incoming = read(staging)
-    if incoming is None or incoming[1] is not None:
-        raise ValueError(f"{staging} has no complete record of its files ({MANIFEST})")
-    new = incoming[0]
-    if _moved_whole(staging, folder):
-        return folder
-    try:
-        found = read(folder)
-    except ConfigError:  # a damaged record: nothing in it can be trusted to name embedhub's files
-        found = None
-    if found is None:
-        before: dict = {}
-        old = {rel for rel in (LEGACY_NAMES if legacy is None else legacy) if os.path.lexists(folder / rel)}
-    else:
-        before = found[0]
-        old = set(found[0]) | set(found[1] or {})
-    for rel in sorted(new):
-        bad = _link_in_path(folder, rel)
-        target = folder / rel
-        if bad is None and os.path.lexists(target) and not stat.S_ISREG(os.lstat(target).st_mode):
-            bad = rel
-        if bad is not None:
-            kind = "regular file" if bad == rel else "folder"
-            raise FileExistsError(f"{folder / bad} is a symlink or is not a {kind}; embedhub will not write {rel} "
-                                  "through it (nothing was replaced: move it away and save "
-                                  "again)")
-    record(folder, before, pending=new)  # from here until the last rename the folder is between two models
-    for rel in sorted(new):
-        target = folder / rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / rel, target)
-    left = []
-    for rel in sorted(old - set(new)):
-        target = folder / rel
-        if _link_in_path(folder, rel) is not None or (os.path.lexists(target) and not target.is_file()):
-            left.append(rel)
-            continue
-        if not os.path.lexists(target):
-            continue
-        os.unlink(target)
-        parent = target.parent
-        while parent != folder and not parent.is_symlink() and parent.is_dir() and not any(parent.iterdir()):
-            parent.rmdir()
-            parent = parent.parent
-    os.replace(staging / MANIFEST, folder / MANIFEST)
-    shutil.rmtree(staging, ignore_errors=True)
-    if left:
-        warnings.warn(f"{folder}: {', '.join(left)} belonged to the model saved there before but are now symlinks "
-                      "or folders; embedhub left them as they are", stacklevel=3)
-    return folder

@@ -17,6 +17,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import stat
 import threading
 from collections.abc import Iterable
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from embedhub._io.atomic import atomic_write, link_in_path, moved_whole
 from embedhub.errors import ConfigError
 
 MANIFEST = ".embedhub_files.json"
@@ -119,8 +121,6 @@ def scan(folder: Path) -> Records:
 
 def record(folder: str | os.PathLike, files: Records | None = None, *, pending: Records | None = None) -> Path:
     """Write the record of ``folder`` (``files``: default, every file under it), by an atomic rename."""
-    from embedhub._io.atomic import atomic_write
-
     folder = Path(folder)
     data: dict[str, Any] = {"embedhub_files": VERSION, "files": scan(folder) if files is None else files}
     if pending is not None:
@@ -287,3 +287,74 @@ def has_record(folder: str | os.PathLike) -> bool:
         return read(folder) is not None
     except ConfigError:
         return False
+
+
+def switch_folder(staging: str | os.PathLike, folder: str | os.PathLike, *,
+                  legacy: Iterable[str] | None = None) -> Path:
+    """Move the complete model folder ``staging`` -- its files recorded by ``_manifest.record`` -- into place
+    as ``folder``, replacing only what embedhub wrote there before.
+
+    A missing or empty ``folder`` is replaced by one rename. Into a folder that holds files: the files of
+    ``staging`` move in one by one (each an atomic rename), then the files the folder's old record lists that
+    the new model does not have are deleted, then the new record replaces the old one, last. Until then the
+    record marks the folder as between two models, so the loader takes it only when it is exactly one of
+    them. A folder without a record (an older embedhub, another library) loses only the files named in
+    ``legacy`` (default ``_manifest.LEGACY_NAMES``: exact paths of model files) the new model does not
+    write. Files nobody recorded (``notes.txt``, ``eval/results.json``, a ``*.safetensors`` of yours) are
+    never touched. A symlink, or a non-folder, on the path of a file to write is refused before anything
+    changes; a listed path that has become a symlink or a folder is left (and named in a warning), never
+    followed.
+    """
+    import warnings
+
+    staging, folder = Path(staging), Path(folder)
+    incoming = read(staging)
+    if incoming is None or incoming[1] is not None:
+        raise ValueError(f"{staging} has no complete record of its files ({MANIFEST})")
+    new = incoming[0]
+    if moved_whole(staging, folder):
+        return folder
+    try:
+        found = read(folder)
+    except ConfigError:  # a damaged record: nothing in it can be trusted to name embedhub's files
+        found = None
+    if found is None:
+        before: dict = {}
+        old = {rel for rel in (LEGACY_NAMES if legacy is None else legacy) if os.path.lexists(folder / rel)}
+    else:
+        before = found[0]
+        old = set(found[0]) | set(found[1] or {})
+    for rel in sorted(new):
+        bad = link_in_path(folder, rel)
+        target = folder / rel
+        if bad is None and os.path.lexists(target) and not stat.S_ISREG(os.lstat(target).st_mode):
+            bad = rel
+        if bad is not None:
+            kind = "regular file" if bad == rel else "folder"
+            raise FileExistsError(f"{folder / bad} is a symlink or is not a {kind}; embedhub will not write {rel} "
+                                  "through it (nothing was replaced: move it away and save "
+                                  "again)")
+    record(folder, before, pending=new)  # from here until the last rename the folder is between two models
+    for rel in sorted(new):
+        target = folder / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staging / rel, target)
+    left = []
+    for rel in sorted(old - set(new)):
+        target = folder / rel
+        if link_in_path(folder, rel) is not None or (os.path.lexists(target) and not target.is_file()):
+            left.append(rel)
+            continue
+        if not os.path.lexists(target):
+            continue
+        os.unlink(target)
+        parent = target.parent
+        while parent != folder and not parent.is_symlink() and parent.is_dir() and not any(parent.iterdir()):
+            parent.rmdir()
+            parent = parent.parent
+    os.replace(staging / MANIFEST, folder / MANIFEST)
+    shutil.rmtree(staging, ignore_errors=True)
+    if left:
+        warnings.warn(f"{folder}: {', '.join(left)} belonged to the model saved there before but are now symlinks "
+                      "or folders; embedhub left them as they are", stacklevel=3)
+    return folder

@@ -413,7 +413,8 @@ def _read_stored(args: argparse.Namespace, corpus: Corpus) -> StoredEmbeddings:
     index is never searched with another model's queries.
     """
     from embedhub.errors import EmbeddingsFileError, JobError, ProvenanceError
-    from embedhub.store.embeddings import read_embeddings, sidecar_path
+    from embedhub.store.embeddings import sidecar_path
+    from embedhub.store.read import read_embeddings
 
     path = Path(args.embeddings)
     try:
@@ -740,7 +741,7 @@ def _add_reader_args(p: argparse.ArgumentParser) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``embedhub`` argument parser."""
-    from embedhub import __version__
+    from embedhub._version import __version__
 
     parser = argparse.ArgumentParser(
         prog="embedhub",

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 from embedhub._io.folder import ModelFolder, Record
 
@@ -166,3 +166,33 @@ def recorded_files(fmt: Format, folder: str | os.PathLike) -> list[str]:
             found = remember(fmt, mf, backend)
         files.update(found)
     return sorted(files)
+
+
+class ModelLike(Protocol):
+    """What the layers below :class:`embedhub.EmbeddingModel` read of a model (saving, fingerprints), so that
+    they describe it without importing it."""
+
+    towers: dict[str, Any]
+    preprocessors: dict[str, Any]
+    embed_dim: int
+    modalities: tuple[str, ...]
+    logit_scale: float | None
+    logit_bias: float | None
+    similarity_fn_name: str
+    prompts: dict[str, str]
+    default_prompt_name: str | None
+    truncate_dim: int | None
+    templates: Any
+    backend: str
+    config: dict[str, Any]
+    folder: Any
+    format: str | None
+    source_files: Any
+    default_normalize: bool
+
+    @property
+    def dtype(self) -> Any: ...
+
+    def safetensors(self) -> Any: ...
+
+    def save_pretrained(self, folder: Any, *args: Any, **kwargs: Any) -> Any: ...

@@ -29,18 +29,17 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from embedhub._io.atomic import switch_folder
 from embedhub._io.folder import ConfigView, ModelFolder
-from embedhub._io.manifest import EMBEDHUB_LEGACY, has_record, record
+from embedhub._io.manifest import EMBEDHUB_LEGACY, has_record, record, switch_folder
 from embedhub.errors import UnknownFormatError, WeightsError
 from embedhub.formats.contract import Format, LoadOptions, ModelParts
-from embedhub.modules import Tower, is_saveable, tower_class, tower_kinds
 from embedhub.modules.preprocess import load_preprocessor
 from embedhub.modules.similarity import SIMILARITY_FNS
+from embedhub.modules.towers import Tower, is_saveable, tower_class, tower_kinds
 from embedhub.modules.weights import check_config_fits, find_safetensors, header_shapes, load_strict, read_safetensors
 
 if TYPE_CHECKING:
-    from embedhub.model import EmbeddingModel
+    from embedhub.formats.contract import ModelLike
 
 NAME = "embedhub"
 MARKER = "embedhub_config.json"
@@ -293,12 +292,12 @@ _ST_ACTIVATIONS = {"Identity": "torch.nn.modules.linear.Identity",
                    **{n: f"torch.nn.modules.activation.{n}" for n in ("Tanh", "ReLU", "GELU", "Sigmoid", "SiLU")}}
 
 
-def sentence_transformers_layout(model: EmbeddingModel, specs: dict[str, Any]) -> bool:
+def sentence_transformers_layout(model: ModelLike, specs: dict[str, Any]) -> bool:
     """Whether ``model`` can also be written in sentence-transformers' layout: one transformers text tower
     with a ``tokenizer.json`` tokenizer, pooling modes in sentence-transformers' own order, dense layers
     with activations it knows."""
-    from embedhub.modules import POOLING_MODES, Dense, Normalize, TransformersTextTower
     from embedhub.modules.preprocess import HFTextPreprocessor
+    from embedhub.modules.towers import POOLING_MODES, Dense, Normalize, TransformersTextTower
 
     tower, pre = model.towers["text"] if "text" in model.towers else None, model.preprocessors.get("text")
     if model.modalities != ("text",) or type(tower) is not TransformersTextTower:
@@ -313,13 +312,13 @@ def sentence_transformers_layout(model: EmbeddingModel, specs: dict[str, Any]) -
     return normalize_last and all(isinstance(m, (Dense, Normalize)) for m in layers)
 
 
-def _write_sentence_transformers(model: EmbeddingModel, folder: Path) -> None:
+def _write_sentence_transformers(model: ModelLike, folder: Path) -> None:
     """``modules.json`` and the module configs that let sentence-transformers load the folder too: its
     Transformer module is the ``text/`` folder (config, weights and tokenizer embedhub wrote there)."""
     from safetensors.torch import save_model
 
-    from embedhub import __version__
-    from embedhub.modules import Dense, Normalize
+    from embedhub._version import __version__
+    from embedhub.modules.towers import Dense, Normalize
 
     tower, pre = model.towers["text"], model.preprocessors["text"]
     hidden = int(tower.backbone.config.hidden_size)
@@ -382,7 +381,7 @@ def tower_entry(tower: Any) -> dict[str, Any]:
     return {"kind": tower.kind, **tower.get_config()}
 
 
-def _checked_entry(model: EmbeddingModel, modality: str) -> dict[str, Any]:
+def _checked_entry(model: ModelLike, modality: str) -> dict[str, Any]:
     """The tower's config entry, checked as :func:`load` will check it, so a save never writes a folder that
     does not load."""
     tower = model.towers[modality] if modality in model.towers else None
@@ -404,13 +403,13 @@ def _checked_entry(model: EmbeddingModel, modality: str) -> dict[str, Any]:
     return entry
 
 
-def can_write_torch(model: EmbeddingModel) -> bool:
+def can_write_torch(model: ModelLike) -> bool:
     """Whether every tower of ``model`` is a torch tower this format can rebuild."""
     return all(is_saveable(model.towers[m]) if m in model.towers else False for m in model.modalities)
 
 
 def write(
-    model: EmbeddingModel,
+    model: ModelLike,
     folder: Path,
     *,
     torch_weights: bool = True,
@@ -418,7 +417,7 @@ def write(
     check: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write ``model`` into a staging folder beside ``folder`` (``mkdtemp``), record its files and switch it
-    into place (:func:`embedhub._io.atomic.switch_folder`: only files embedhub wrote there before are replaced).
+    into place (:func:`embedhub._io.manifest.switch_folder`: only files embedhub wrote there before are replaced).
 
     ``torch_weights=False`` writes config and preprocessing only; ``extra(tmp_folder, config)``
     may add files (ONNX graphs) and config entries before the config is written; ``check(tmp_folder)`` runs
@@ -464,7 +463,7 @@ def write(
     return folder
 
 
-def _model_settings(model: EmbeddingModel) -> dict[str, Any]:
+def _model_settings(model: ModelLike) -> dict[str, Any]:
     """The settings ``embedhub_config.json`` records beside the towers (only those that are not neutral, so
     folders of models without prompts stay as they were)."""
     out: dict[str, Any] = {}
@@ -493,7 +492,7 @@ def check_writable(folder: Path) -> None:
         )
 
 
-def save(model: EmbeddingModel, folder: Path) -> Path:
+def save(model: ModelLike, folder: Path) -> Path:
     """``model.save_pretrained``: torch weights in embedhub's format."""
     return write(model, folder)
 

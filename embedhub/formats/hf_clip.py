@@ -12,14 +12,16 @@ import torch
 from embedhub._io.folder import ModelFolder
 from embedhub.errors import UnknownFormatError
 from embedhub.formats.contract import Format, LoadOptions, ModelParts
-from embedhub.formats.hf import build_transformers, text_preprocessor, transformers_tokenizer
-from embedhub.modules import HFCLIPTower
+from embedhub.modules.hf import build_transformers
 from embedhub.modules.preprocess import (
     ImageConfig,
     ImagePreprocessor,
     NaFlexImagePreprocessor,
     TransformersTextPreprocessor,
+    text_preprocessor,
+    transformers_tokenizer,
 )
+from embedhub.modules.towers import HFCLIPTower
 
 NAME = "transformers-clip"
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt"]

@@ -17,7 +17,7 @@ from typing import Any
 from embedhub._io.folder import ModelFolder
 from embedhub.formats.contract import Format, LoadOptions, ModelParts
 from embedhub.formats.sentence_transformers import StaticEmbeddingTower, StaticTextPreprocessor, static_embedding
-from embedhub.modules import Head
+from embedhub.modules.towers import Head
 
 NAME = "model2vec"
 ALLOW_PATTERNS = ["config.json", "tokenizer.json", "model.safetensors"]

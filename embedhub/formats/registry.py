@@ -118,7 +118,7 @@ def _register_builtins() -> None:
 
     for module in (embedhub, sentence_transformers, open_clip, hf_clip, model2vec):
         register_format(module.FORMAT)
-    from embedhub.formats import delegated  # folders asking for code: claimed before the built-in loaders read them
+    from embedhub.formats import delegated
 
     register_format(delegated.FORMAT, before=sentence_transformers.FORMAT.name)
     # plain transformers encoders (mean pooling, as sentence-transformers' fallback): tried after all others

@@ -28,9 +28,9 @@ from torch import nn
 from embedhub._io.folder import ConfigView, ModelFolder
 from embedhub.errors import ConfigError, UnknownFormatError, WeightsError
 from embedhub.formats.contract import Format, LoadOptions, ModelParts
-from embedhub.formats.hf import build_transformers, text_preprocessor, usable_positions
-from embedhub.modules import POOLING_MODES, Head, Pooling, Tower, TransformersTextTower
-from embedhub.modules.preprocess import HFTextPreprocessor
+from embedhub.modules.hf import build_transformers, usable_positions
+from embedhub.modules.preprocess import HFTextPreprocessor, text_preprocessor
+from embedhub.modules.towers import POOLING_MODES, Head, Pooling, Tower, TransformersTextTower
 from embedhub.modules.weights import check_config_fits, find_safetensors, header_shapes, load_strict, read_safetensors
 
 NAME = "sentence-transformers"

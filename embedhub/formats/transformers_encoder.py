@@ -14,8 +14,9 @@ from pathlib import Path
 from embedhub._io.folder import ModelFolder
 from embedhub.errors import ConfigError, UnknownFormatError
 from embedhub.formats.contract import Format, LoadOptions, ModelParts
-from embedhub.formats.hf import _config_class, build_transformers, text_preprocessor, usable_positions
-from embedhub.modules import Head, Pooling, TransformersTextTower
+from embedhub.modules.hf import build_transformers, config_class, usable_positions
+from embedhub.modules.preprocess import text_preprocessor
+from embedhub.modules.towers import Head, Pooling, TransformersTextTower
 
 NAME = "transformers"
 ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
@@ -84,7 +85,7 @@ def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> Mode
             "last-token pooling, which embedhub does not rebuild without a modules.json (save it with "
             "sentence-transformers to give it one)", file=str(view.file), key="architectures",
         )
-    cls = _config_class(model_type)
+    cls = config_class(model_type)
     if cls is not None:
         _check_text_encoder(view, cls, what)
     if not (folder.has("tokenizer.json") or folder.has("tokenizer_config.json")):

@@ -13,7 +13,7 @@ from embedhub.hub.aliases import close_aliases, get_entry
 #: the Hub's limit on each of the namespace and the repo name
 MAX_NAME_PART = 96
 _NAME_CHARS = re.compile(r"[A-Za-z0-9_.\-]+")
-_COMMIT = re.compile(r"[0-9a-f]{40}")
+COMMIT = re.compile(r"[0-9a-f]{40}")
 #: characters Git refuses in branch and tag names (``git check-ref-format``), besides control characters
 _REF_FORBIDDEN = set(" ~^:?*[\\")
 #: files read to detect a repo's format before anything large is downloaded (fnmatch: ``*`` crosses folders)
@@ -219,7 +219,7 @@ def revision_problem(revision: str) -> str | None:
         return f"a revision is a str (branch, tag or commit), got {type(revision).__name__}"
     if not revision:
         return "the revision is empty"
-    if _COMMIT.fullmatch(revision):
+    if COMMIT.fullmatch(revision):
         return None
     bad = sorted({c for c in revision if c in _REF_FORBIDDEN or ord(c) < 32 or ord(c) == 127})
     if bad:

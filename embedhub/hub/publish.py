@@ -19,7 +19,7 @@ from typing import Any
 from embedhub.errors import PublishError
 from embedhub.hub.card import CARD_NAME, linked_images
 from embedhub.hub.download import (
-    _COMMIT,
+    COMMIT,
     clean_token,
     implicit_token,
     known_secrets,
@@ -56,7 +56,7 @@ def check_names(repo_id: Any, revision: Any, create_pr: bool, commit_message: An
     problem = revision_problem(revision)
     if problem:
         raise PublishError(f"cannot push to {repo_id!r} at revision {revision!r}: not a valid branch name: {problem}")
-    if _COMMIT.fullmatch(revision):
+    if COMMIT.fullmatch(revision):
         raise PublishError(f"cannot push to {repo_id!r} at revision {revision!r}: that is a commit hash; "
                            "a push goes to a branch (e.g. 'main' or 'v2')")
     if create_pr and revision != "main":
@@ -75,7 +75,7 @@ def upload_files(folder: str | os.PathLike) -> list[str]:
     """
     from embedhub._io.folder import shown
     from embedhub.errors import EmbedhubError, UnknownFormatError
-    from embedhub.formats import detect, model_files
+    from embedhub.formats.registry import detect, model_files
 
     path = Path(folder)
     if not path.exists():

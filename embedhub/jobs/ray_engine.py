@@ -16,8 +16,8 @@ import numpy as np
 
 from embedhub.errors import JobError
 from embedhub.jobs.corpus import Chunk, ItemReader, decode_image, read_chunk
-from embedhub.jobs.local import empty_rows, plain
 from embedhub.store.fingerprint import Fingerprint
+from embedhub.store.job_folder import empty_rows, plain
 
 #: rows per actor call: a few model batches, so the actor keeps its sorted-by-length batching
 ROWS_PER_CALL = 4

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from embedhub.modules.backends import int8_dot_kernel, onnx_tensors
     from embedhub.modules.batching import plan_batches
     from embedhub.modules.inputs import load_image
+    from embedhub.modules.open_clip import OpenCLIPTower, build_open_clip, open_clip_image_config
     from embedhub.modules.preprocess import (
         HFTextPreprocessor,
         ImageConfig,
@@ -57,14 +58,11 @@ if TYPE_CHECKING:
         Head,
         HFCLIPTower,
         Normalize,
-        OpenCLIPTower,
         Pooling,
         TimmImageTower,
         Tower,
         TransformersTextTower,
-        build_open_clip,
         is_saveable,
-        open_clip_image_config,
         register_tower,
         tower_class,
         tower_kinds,
@@ -79,6 +77,9 @@ _EXPORTS = {
     "onnx_tensors": "embedhub.modules.backends",
     "plan_batches": "embedhub.modules.batching",
     "load_image": "embedhub.modules.inputs",
+    "build_open_clip": "embedhub.modules.open_clip",
+    "open_clip_image_config": "embedhub.modules.open_clip",
+    "OpenCLIPTower": "embedhub.modules.open_clip",
     "HFTextPreprocessor": "embedhub.modules.preprocess",
     "ImageConfig": "embedhub.modules.preprocess",
     "ImagePreprocessor": "embedhub.modules.preprocess",
@@ -89,14 +90,11 @@ _EXPORTS = {
     "average_templates": "embedhub.modules.prompts",
     "template_prompts": "embedhub.modules.prompts",
     "ACTIVATIONS": "embedhub.modules.towers",
-    "build_open_clip": "embedhub.modules.towers",
     "Dense": "embedhub.modules.towers",
     "Head": "embedhub.modules.towers",
     "HFCLIPTower": "embedhub.modules.towers",
     "is_saveable": "embedhub.modules.towers",
     "Normalize": "embedhub.modules.towers",
-    "open_clip_image_config": "embedhub.modules.towers",
-    "OpenCLIPTower": "embedhub.modules.towers",
     "Pooling": "embedhub.modules.towers",
     "POOLING_MODES": "embedhub.modules.towers",
     "register_tower": "embedhub.modules.towers",

@@ -8,13 +8,16 @@ float32 ``(B, 3, H, W)``.
 from __future__ import annotations
 
 import re
+import shutil
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
 
-from embedhub.errors import InputError
+from embedhub._io.folder import ConfigView, ModelFolder
+from embedhub.errors import ConfigError, InputError, UnknownFormatError
 
 
 class TextPreprocessor(Protocol):
@@ -197,7 +200,7 @@ class HFTextPreprocessor:
 
 
 class TransformersTextPreprocessor:
-    """A transformers tokenizer class (built by :func:`embedhub.formats.hf.transformers_tokenizer`) with
+    """A transformers tokenizer class (built by :func:`embedhub.modules.hf.transformers_tokenizer`) with
     the padding its model's processor applies: ``pad_to`` (``"max_length"`` padding, as SigLIP's processors
     pad) or the batch's longest, on the tokenizer's ``padding_side`` with its own ``pad_token_id``; the
     attention mask is the tokenizer's when ``attention_mask`` is one of its ``model_input_names``, else all
@@ -351,8 +354,6 @@ class OpenCLIPTextPreprocessor:
                     "no tokenizer.json or vocabulary file; embedhub does not fetch another repository's files unless "
                     "you pass trust_remote_code=True")
             from open_clip.tokenizer import HFTokenizer
-
-            from embedhub.formats.hf import transformers_tokenizer
 
             tok = HFTokenizer.__new__(HFTokenizer)  # its __init__ would call AutoTokenizer on the name
             tok.tokenizer_mode = mode or ""
@@ -724,8 +725,6 @@ def load_preprocessor(folder: Path, cfg: dict[str, Any], *, file: Any = None):
                                   pad_to=v.int("pad_to", None, min=1, max=1 << 20),
                                   lowercase=v.bool("lowercase", False))
     if kind == "transformers":
-        from embedhub.formats.hf import transformers_tokenizer
-
         v.only({"kind", "max_length", "pad_to"})
         return TransformersTextPreprocessor(transformers_tokenizer(mf), max_length=v.int("max_length", min=1,
                                             max=1 << 20), pad_to=v.int("pad_to", None, min=1, max=1 << 20))
@@ -754,3 +753,178 @@ def _crop_or_pad(arr: np.ndarray, left: int, top: int, cw: int, ch: int) -> np.n
 
 def token_lengths(ids: list[list[int]]) -> np.ndarray:
     return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+
+
+# Tokenizers of folders in transformers' layout: from ``tokenizer.json`` through the ``tokenizers`` library (no
+# code), or from a sanitised copy of the vocabulary files.
+
+def _token_content(view: ConfigView, key: str) -> str | None:
+    tok = view.data.get(key)
+    if tok is None:
+        return None
+    if isinstance(tok, dict):
+        tok = tok.get("content")
+    if not isinstance(tok, str):
+        raise view.error(key, "a token string or {'content': str}", view.data.get(key))
+    return tok
+
+
+#: vocabulary files a slow tokenizer may read, copied to a clean folder before transformers sees them
+_VOCAB_FILES = ("vocab.txt", "vocab.json", "merges.txt", "spiece.model", "sentencepiece.bpe.model", "tokenizer.model",
+                "special_tokens_map.json", "added_tokens.json")
+_TOKENIZER_KEYS = {"do_lower_case", "model_max_length", "tokenizer_class", "unk_token", "sep_token", "pad_token",
+                   "cls_token", "mask_token", "bos_token", "eos_token", "strip_accents", "tokenize_chinese_chars",
+                   "add_prefix_space", "errors", "clean_up_tokenization_spaces", "do_basic_tokenize",
+                   "never_split", "extra_special_tokens", "additional_special_tokens", "add_bos_token",
+                   "add_eos_token", "legacy", "added_tokens_decoder", "keep_accents", "remove_space"}
+
+
+def _fast_tokenizer_from_vocab(folder: ModelFolder, view: ConfigView, *, trust_remote_code: bool):
+    """A fast tokenizer from vocabulary files, built by transformers from a sanitised copy of them."""
+    import json
+
+    from tokenizers import Tokenizer
+    from transformers import AutoTokenizer
+
+    if "auto_map" in view and not trust_remote_code:
+        raise ConfigError(
+            f"{view.file}: auto_map asks for a custom tokenizer class from the repo; embedhub never runs remote "
+            "code unless you pass trust_remote_code=True", file=str(view.file), key="auto_map",
+        )
+    cls_name = view.str("tokenizer_class", None)
+    if cls_name is not None:
+        import transformers
+
+        base = cls_name[:-4] if cls_name.endswith("Fast") else cls_name
+        if not (hasattr(transformers, base) or hasattr(transformers, base + "Fast")):
+            raise view.error("tokenizer_class", "a tokenizer class of the installed transformers", cls_name)
+    with tempfile.TemporaryDirectory(prefix="embedhub-tok-") as tmp:
+        for name in _VOCAB_FILES:
+            if folder.has(name):
+                shutil.copyfile(folder.file(name, what="tokenizer file"), Path(tmp) / name)
+        cfg = {k: v for k, v in view.data.items() if k in _TOKENIZER_KEYS}
+        Path(tmp, "tokenizer_config.json").write_text(json.dumps(cfg))
+        try:
+            hf = AutoTokenizer.from_pretrained(tmp, local_files_only=True, trust_remote_code=False)
+        except Exception as exc:
+            raise ConfigError(f"{folder.root}: cannot build the tokenizer from its vocabulary files: {exc}",
+                              file=str(view.file)) from exc
+        backend = getattr(hf, "backend_tokenizer", None)
+        if backend is None:
+            raise UnknownFormatError(f"{folder.root}: tokenizer has no fast (tokenizers) version")
+        return Tokenizer.from_str(backend.to_str())
+
+
+def _class_pad_id(folder: ModelFolder, *, trust_remote_code: bool) -> int | None:
+    """The pad id transformers gives the folder's tokenizer when no file names a pad token (its class's
+    default, e.g. CLIP's ``<|endoftext|>``); ``None`` when transformers cannot build it from the files."""
+    try:
+        return transformers_tokenizer(folder, trust_remote_code=trust_remote_code).pad_token_id
+    except (ConfigError, ImportError, ValueError, OSError):
+        return None
+
+
+def text_preprocessor(
+    folder: ModelFolder,
+    *,
+    max_length: int | None = None,
+    lowercase: bool = False,
+    fallback_max_length: int = 512,
+    trust_remote_code: bool = False,
+) -> HFTextPreprocessor:
+    """The fast tokenizer of a transformers folder, with its pad token and max length."""
+    from tokenizers import Tokenizer
+
+    if not isinstance(folder, ModelFolder):
+        folder = ModelFolder(folder)
+    view = folder.config("tokenizer_config.json") if folder.has("tokenizer_config.json") else ConfigView(
+        {}, folder / "tokenizer_config.json")
+    if folder.has("tokenizer.json"):
+        data = folder.read_bytes("tokenizer.json", what="tokenizer")
+        try:
+            tok = Tokenizer.from_str(data.decode("utf-8"))
+        except Exception as exc:
+            raise ConfigError(f"{folder / 'tokenizer.json'} is not a valid tokenizers file: {exc}",
+                              file=str(folder / "tokenizer.json")) from exc
+    elif view.data or any(folder.has(n) for n in ("vocab.txt", "vocab.json", "spiece.model")):
+        tok = _fast_tokenizer_from_vocab(folder, view, trust_remote_code=trust_remote_code)
+    else:
+        raise UnknownFormatError(f"{folder.root} has no tokenizer files (tokenizer.json or tokenizer_config.json)")
+    pad_token = _token_content(view, "pad_token")
+    if pad_token is None and folder.has("special_tokens_map.json"):
+        pad_token = _token_content(folder.config("special_tokens_map.json"), "pad_token")
+    pad_id = tok.token_to_id(pad_token) if pad_token else None
+    if pad_id is None:  # no pad token in the files: the tokenizer class's default, as transformers resolves it
+        pad_id = _class_pad_id(folder, trust_remote_code=trust_remote_code)
+    if max_length is None:
+        mml = view.data.get("model_max_length")
+        ok = isinstance(mml, (int, float)) and not isinstance(mml, bool) and 1 <= mml < 1_000_000
+        max_length = int(mml) if ok else fallback_max_length
+    return HFTextPreprocessor(tok, max_length=max_length, pad_id=pad_id, lowercase=lowercase)
+
+
+#: tokenizer_config.json keys that say nothing about how text becomes ids (where the files came from)
+_TOKENIZER_INERT = {"name_or_path", "special_tokens_map_file", "processor_class", "tokenizer_file", "backend",
+                    "is_local", "use_fast", "spaces_between_special_tokens", "clean_up_tokenization_spaces",
+                    "split_special_tokens_in_decode", "local_files_only", "cache_dir", "revision", "_commit_hash",
+                    "subfolder", "use_default_system_prompt", "chat_template"}
+#: keys forwarded to the transformers tokenizer class (each read by that class or its base)
+_TOKENIZER_FORWARDED = _TOKENIZER_KEYS | {"model_input_names", "padding_side", "truncation_side", "sp_model_kwargs",
+                                         "do_lower_case", "add_prefix_space", "vocab_file"}
+#: the files such a tokenizer reads (tokenizer.json included: transformers' class reads it beside the vocabulary)
+_HF_TOKENIZER_FILES = _VOCAB_FILES + ("tokenizer.json",)
+
+
+def transformers_tokenizer(folder: ModelFolder, *, trust_remote_code: bool = False) -> Any:
+    """The folder's tokenizer as transformers itself builds it (its own class, so its special and pad
+    tokens, ``model_input_names`` and padding side are the library's), from a copy of the folder's
+    tokenizer files holding only the config keys transformers reads; no code from the folder runs.
+
+    A ``tokenizer_config.json`` key that is neither read by transformers' tokenizer classes nor inert
+    (where the files came from) is a :class:`ConfigError` naming it; so is ``auto_map`` without
+    ``trust_remote_code``, a class transformers does not ship, or ``sp_model_kwargs`` (sentencepiece
+    sampling). Example: ``transformers_tokenizer(ModelFolder("siglip-folder"))("a cat")``.
+    """
+    import json
+
+    import transformers
+    from transformers import AutoTokenizer
+
+    view = folder.config("tokenizer_config.json") if folder.has("tokenizer_config.json") else ConfigView(
+        {}, folder / "tokenizer_config.json")
+    if "auto_map" in view and not trust_remote_code:
+        raise ConfigError(
+            f"{view.file}: auto_map asks for a custom tokenizer class from the repo; embedhub never runs remote "
+            "code unless you pass trust_remote_code=True", file=str(view.file), key="auto_map")
+    unknown = sorted(k for k in view.data if k not in _TOKENIZER_FORWARDED | _TOKENIZER_INERT | {"auto_map"})
+    if unknown:
+        raise ConfigError(f"{view.file}: key {unknown[0]!r} is not one embedhub reproduces for this tokenizer",
+                          file=str(view.file), key=unknown[0])
+    if view.data.get("sp_model_kwargs"):
+        raise view.error("sp_model_kwargs", "{} (sentencepiece sampling options change the ids)",
+                         view.data["sp_model_kwargs"])
+    cls_name = view.str("tokenizer_class", None)
+    if cls_name is not None:
+        base = cls_name[:-4] if cls_name.endswith("Fast") else cls_name
+        if not (hasattr(transformers, base) or hasattr(transformers, base + "Fast")):
+            raise view.error("tokenizer_class", "a tokenizer class of the installed transformers", cls_name)
+    view.str("padding_side", None, choices=["left", "right"])
+    view.str("truncation_side", None, choices=["left", "right"])
+    names = view.data.get("model_input_names")
+    if names is not None and (not isinstance(names, list) or "input_ids" not in names
+                              or not set(names) <= {"input_ids", "attention_mask", "token_type_ids"}):
+        raise view.error("model_input_names", "a list with input_ids and optionally attention_mask", names)
+    with tempfile.TemporaryDirectory(prefix="embedhub-tok-") as tmp:
+        for name in _HF_TOKENIZER_FILES:
+            if folder.has(name):
+                shutil.copyfile(folder.file(name, what="tokenizer file"), Path(tmp) / name)
+        cfg = {k: v for k, v in view.data.items() if k in _TOKENIZER_FORWARDED and k != "vocab_file"}
+        Path(tmp, "tokenizer_config.json").write_text(json.dumps(cfg))
+        try:
+            return AutoTokenizer.from_pretrained(tmp, local_files_only=True, trust_remote_code=False)
+        except ImportError as exc:
+            raise ImportError(f"{folder.root}: its tokenizer needs a package that is not installed ({exc}); "
+                              "pip install sentencepiece for sentencepiece vocabularies") from exc
+        except Exception as exc:
+            raise ConfigError(f"{folder.root}: cannot build the tokenizer from its files: {exc}",
+                              file=str(view.file)) from exc

@@ -12,44 +12,6 @@ from torch import nn
 
 from embedhub._io.folder import ConfigView, ModelFolder
 from embedhub.errors import ConfigError
-from embedhub.modules.preprocess import (
-    HFTextPreprocessor,
-    ImageConfig,
-    ImagePreprocessor,
-    OpenCLIPTextPreprocessor,
-    TextPreprocessor,
-    load_preprocessor,
-)
-
-__all__ = [
-    "ACTIVATIONS",
-    "POOLING_MODES",
-    "ConfigView",
-    "Dense",
-    "HFCLIPTower",
-    "HFTextPreprocessor",
-    "Head",
-    "ImageConfig",
-    "ImagePreprocessor",
-    "ModelFolder",
-    "Normalize",
-    "OpenCLIPTextPreprocessor",
-    "OpenCLIPTower",
-    "Pooling",
-    "TextPreprocessor",
-    "TimmImageTower",
-    "Tower",
-    "TIMM_KWARGS",
-    "TransformersTextTower",
-    "build_open_clip",
-    "is_saveable",
-    "load_preprocessor",
-    "open_clip_image_config",
-    "register_tower",
-    "tower_class",
-    "tower_kinds",
-    "unregister_tower",
-]
 
 PoolingMode = Literal["cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken"]
 POOLING_MODES: tuple[str, ...] = ("cls", "max", "mean", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
@@ -375,7 +337,7 @@ class TransformersTextTower(Tower):
     def from_config(cls, config: ConfigView, folder: ModelFolder, *, trust_remote_code: bool = False) -> Tower:
         from transformers import AutoModel
 
-        from embedhub.formats.hf import transformers_config
+        from embedhub.modules.hf import transformers_config
 
         bb = config.view("backbone", {})
         bb.only({"library"}, what="backbone key")
@@ -480,49 +442,3 @@ class HFCLIPTower(Tower):
     def onnx_hints(self) -> dict[str, Any]:
         cfg = self.clip.config.text_config if self.modality == "text" else self.clip.config.vision_config
         return {"optimizer": "clip", "num_heads": int(cfg.num_attention_heads), "hidden_size": int(cfg.hidden_size)}
-
-
-class OpenCLIPTower(Tower):
-    """One side of an open_clip model: ``encode_text`` or ``encode_image`` (unnormalised)."""
-
-    def __init__(self, clip: nn.Module, modality: Literal["text", "image"]):
-        super().__init__()
-        self.clip = clip
-        self.modality = modality
-
-    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
-        if self.modality == "text":
-            return self.clip.encode_text(batch["input_ids"])
-        return self.clip.encode_image(batch["pixel_values"])
-
-    @property
-    def output_dim(self) -> int:
-        proj = self.clip.text_projection if self.modality == "text" else getattr(self.clip.visual, "proj", None)
-        if isinstance(proj, nn.Linear):
-            return int(proj.out_features)
-        if proj is not None:
-            return int(proj.shape[-1])
-        return int(getattr(self.clip.visual, "output_dim", 0))
-
-    def onnx_hints(self) -> dict[str, Any]:
-        tr = self.clip.transformer if self.modality == "text" else getattr(self.clip.visual, "transformer", None)
-        blocks = getattr(tr, "resblocks", None)
-        if blocks:  # nn.MultiheadAttention in the residual blocks
-            attn = blocks[0].attn
-            return {"optimizer": "clip", "num_heads": int(attn.num_heads), "hidden_size": int(attn.embed_dim)}
-        return {"optimizer": "clip", "num_heads": 0, "hidden_size": 0}
-
-
-def build_open_clip(model_cfg: dict[str, Any], *, trust_remote_code: bool = False) -> nn.Module:
-    """An open_clip model (random weights) from an open_clip ``model_cfg``, validated field by field as
-    a loaded folder's is. Example: ``build_open_clip(open_clip.get_model_config("ViT-B-32"))``."""
-    from embedhub.formats.open_clip import build
-
-    return build(model_cfg, trust_remote_code=trust_remote_code)
-
-
-def open_clip_image_config(model_cfg: dict[str, Any], preprocess_cfg: dict[str, Any] | None = None) -> ImageConfig:
-    """The image preprocessing ``embedhub.load`` uses for an open_clip folder with this config."""
-    from embedhub.formats.open_clip import image_config
-
-    return image_config(model_cfg, preprocess_cfg or {})

@@ -16,16 +16,17 @@ from embedhub._io.lazy import lazy_exports
 if TYPE_CHECKING:
     from embedhub._io.atomic import atomic_write, install_folder
     from embedhub.modules.backends import sha256_file
-    from embedhub.store.embeddings import read_embeddings, write_embeddings
+    from embedhub.store.embeddings import write_embeddings
     from embedhub.store.fingerprint import Fingerprint
     from embedhub.store.index import SearchIndex, hamming, similarity_scores
+    from embedhub.store.read import read_embeddings
 
 #: public name -> the module that defines it (imported on first use)
 _EXPORTS = {
     "atomic_write": "embedhub._io.atomic",
     "install_folder": "embedhub._io.atomic",
     "sha256_file": "embedhub.modules.backends",
-    "read_embeddings": "embedhub.store.embeddings",
+    "read_embeddings": "embedhub.store.read",
     "write_embeddings": "embedhub.store.embeddings",
     "Fingerprint": "embedhub.store.fingerprint",
     "hamming": "embedhub.store.index",

@@ -349,30 +349,12 @@ def _sha256(path: Path) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- reading
-def read_embeddings(path: str | os.PathLike, *, expect: Fingerprint | None = None) -> StoredEmbeddings:
-    """Read embeddings written by :func:`write_embeddings` (or ``embedhub encode``), or every shard of a
-    finished ``embedhub embed`` folder in order.
-
-    With ``expect`` (usually ``model.fingerprint``, or ``.with_normalized(False)`` for raw vectors),
-    a file of another fingerprint raises :class:`FingerprintMismatchError` naming both ids and every
-    differing part, and a file without provenance raises :class:`ProvenanceError`. Without ``expect``
-    such a file is read with ``fingerprint=None``. Provenance that is present but malformed (a field
-    of the wrong type, an edited id, a sidecar describing another ``.npy``) is refused either way.
-
-    >>> stored = read_embeddings("emb.npy", expect=model.fingerprint)  # doctest: +SKIP
-    >>> stored.embeddings.dtype, stored.fingerprint.id                 # doctest: +SKIP
-    (dtype('float32'), 'eh1-3f9a0c2b7d4e5a61')
-    """
+def read_embeddings_file(path: str | os.PathLike, *, expect: Fingerprint | None = None) -> StoredEmbeddings:
+    """Read one ``.npy`` or ``.parquet`` file written by :func:`write_embeddings`, as
+    :func:`embedhub.read_embeddings` does (which also reads ``embedhub embed`` folders)."""
     path = Path(path)
     if expect is not None and not isinstance(expect, Fingerprint):
         raise TypeError(f"expect must be an embedhub.Fingerprint or None, got {type(expect).__name__}")
-    if path.is_dir():
-        from embedhub.jobs.local import MANIFEST, read_job
-
-        if not (path / MANIFEST).is_file():
-            raise EmbeddingsFileError(f"{path} is a folder without a {MANIFEST} (not an `embedhub embed` output)",
-                                      path=path)
-        return read_job(path, expect=expect)
     ext = _extension(path)
     stored = _read_npy(path) if ext == ".npy" else _read_parquet(path)
     fp = stored.fingerprint

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any
 from embedhub.errors import FingerprintMismatchError, ProvenanceError
 
 if TYPE_CHECKING:
-    from embedhub.model import EmbeddingModel
+    from embedhub.formats.contract import ModelLike
 
 #: the version of the fingerprint scheme, the prefix of every :attr:`Fingerprint.id`
 SCHEME = "eh1"
@@ -233,7 +233,7 @@ def _validate(parts: dict[str, Any], *, path: str | os.PathLike | None) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- models
-def fingerprint_of(model: EmbeddingModel) -> Fingerprint:
+def fingerprint_of(model: ModelLike) -> Fingerprint:
     """The fingerprint of ``model`` as loaded, for what ``encode`` returns by default: the model's own
     normalisation (``normalize=None``), its default truncation, float32, no prompt role.
 
@@ -295,7 +295,7 @@ def file_stats(folder: Path, files: Any) -> tuple[tuple[str, int, int, int, int]
     return tuple(out)
 
 
-def _changed_since_load(folder: Path, model: EmbeddingModel) -> str | None:
+def _changed_since_load(folder: Path, model: ModelLike) -> str | None:
     """The first file the model's load opened that is no longer as it was then (``None``: all unchanged,
     or the load recorded nothing)."""
     then = getattr(model, "source_stats", None)
@@ -311,11 +311,11 @@ def _changed_since_load(folder: Path, model: EmbeddingModel) -> str | None:
     return None
 
 
-def _model_files(folder: Path, model: EmbeddingModel) -> list[str] | None:
+def _model_files(folder: Path, model: ModelLike) -> list[str] | None:
     """The files the model's load opened, with those of the folder's other backends (an export's ONNX
     graphs for a torch load, its weights for an ONNX one), so both backends name the same source."""
     from embedhub.errors import EmbedhubError
-    from embedhub.formats import model_files
+    from embedhub.formats.registry import model_files
 
     files = getattr(model, "source_files", None)
     if files is None:
@@ -326,7 +326,7 @@ def _model_files(folder: Path, model: EmbeddingModel) -> list[str] | None:
         return sorted(files)
 
 
-def _dtype_name(model: EmbeddingModel) -> str:
+def _dtype_name(model: ModelLike) -> str:
     if model.backend == "onnx":
         meta = Path(model.folder) / EXPORT_METADATA if model.folder is not None else None
         try:
@@ -338,7 +338,7 @@ def _dtype_name(model: EmbeddingModel) -> str:
     return TORCH_DTYPES.get(name, name)
 
 
-def _pooling(model: EmbeddingModel) -> str | None:
+def _pooling(model: ModelLike) -> str | None:
     """The text tower's pooling modes joined by ``+``: from the tower, else from the model's config, else (an
     ONNX export written without its torch copy) from the export's metadata."""
     towers = getattr(model, "towers", None)
@@ -361,7 +361,7 @@ def _pooling(model: EmbeddingModel) -> str | None:
 _POOLING = re.compile(r"[a-z0-9_]+(\+[a-z0-9_]+)*")
 
 
-def _export_pooling(model: EmbeddingModel) -> str | None:
+def _export_pooling(model: ModelLike) -> str | None:
     """The text pooling an ONNX export recorded in its metadata (``"pooling"``): an export without its torch
     copy has no tower config to read it from. ``None`` when absent or not a pooling name."""
     meta = Path(model.folder) / EXPORT_METADATA if getattr(model, "folder", None) is not None else None
@@ -385,7 +385,7 @@ def folder_hash(folder: Path, files: Any = None) -> str:
     """
     folder = Path(folder)
     if files is None:
-        from embedhub.formats import model_files
+        from embedhub.formats.registry import model_files
 
         files = model_files(folder)
     rels = sorted(set(files))
@@ -423,7 +423,7 @@ def model_settings(model: Any) -> dict[str, Any]:
     return out
 
 
-def memory_hash(model: EmbeddingModel) -> str:
+def memory_hash(model: ModelLike) -> str:
     """16 hex of the SHA-256 over the torch state dict (names, dtypes, shapes, bytes) and the config."""
     import torch
 
