@@ -1,0 +1,233 @@
+"""The ``embedhub`` argument parser: one sub-parser per command, plus the commands of installed plugins."""
+
+from __future__ import annotations
+
+import argparse
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+
+    pass
+from embedhub.cli.commands import cmd_data, cmd_embed, cmd_encode, cmd_models, cmd_push, cmd_search
+from embedhub.cli.inputs import PRECISIONS, RESCORE_MULTIPLIER
+from embedhub.cli.plugins import add_plugins
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+    return value
+
+
+def _column(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be 0 or more (columns count from 0)")
+    return value
+
+
+_INPUT_HELP = (
+    "inputs: a .txt file (one text per line; empty lines are skipped), a .jsonl file (one JSON object per line; "
+    "the --field value is embedded, and --field image means the values are image paths relative to the "
+    "file's folder), a .tsv/.csv file (no header; --column N, 0-based; a .csv whose first line holds a tab "
+    "is read as tab separated) or a folder of images (jpg, jpeg, png, bmp, gif, webp, tif, tiff; sorted by name)"
+)
+
+
+_CORPUS_HELP = (
+    "corpus: a .txt file (one text per line; empty lines are skipped), a .jsonl file (the --field value of each "
+    "JSON object) or a .tsv/.csv file (no header; --column N, 0-based; a .csv whose first line holds a tab is "
+    "read as tab separated)"
+)
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="alias (see `embedhub models`), Hub repo id or local folder")
+    p.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ... (default: auto)")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="inputs per batch (default: 32)")
+    p.add_argument(
+        "--backend",
+        choices=("torch", "onnx", "auto"),
+        default=None,
+        help="torch, onnx (the graphs of a folder written by `embedhub export`) or auto (onnx when the folder "
+        "has graphs, else torch) (default: torch, or onnx for an export written without its torch copy)",
+    )
+    p.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="CPU threads: ONNX Runtime intra-op threads, or torch's for the torch backend (default: all cores)",
+    )
+
+
+def _add_encode_args(p: argparse.ArgumentParser, *, precisions: tuple[str, ...] = PRECISIONS,
+                     role: str | None = None) -> None:
+    """``--prompt-name``, ``--prompt``, ``--truncate-dim`` and ``--precision``: ``encode``'s options."""
+    whose = f"the {role}" if role else "every input"
+    default = " (default: its 'query' prompt, if any)" if role == "query" else " (default: the model's default prompt)"
+    p.add_argument("--prompt-name", default=None, help=f"prompt of the model's config for {whose}{default}")
+    p.add_argument("--prompt", default=None, help=f"prompt text put before {whose} (instead of --prompt-name)")
+    p.add_argument("--truncate-dim", type=_positive_int, default=None,
+                   help="keep the first N dimensions (Matryoshka models; default: the model's truncate_dim, else all)")
+    p.add_argument("--precision", choices=precisions, default="float32",
+                   help="output precision, as sentence-transformers' quantize_embeddings" + (
+                       "; binary and ubinary search a binary index (Hamming distance)" if role else "")
+                   + " (default: float32)")
+
+
+def _add_reader_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--field", default="text", help="JSON field to embed in .jsonl input (default: text)")
+    p.add_argument("--column", type=_column, default=0, help="0-based column of .tsv/.csv input (default: 0)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``embedhub`` argument parser."""
+    from embedhub._version import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="embedhub",
+        description="Embed text and images with embedhub models.",
+        epilog="Exit codes: 0 ok, 1 model/library error, 2 bad arguments or bad input.",
+    )
+    parser.add_argument("--version", action="version", version=f"embedhub {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    enc = sub.add_parser(
+        "encode",
+        help="embed a file or folder of inputs into .npy or .parquet",
+        description="Embed inputs and write them as .npy (float32 N x D) or .parquet (id, input, embedding).",
+        epilog=_INPUT_HELP,
+    )
+    _add_model_args(enc)
+    enc.add_argument("--input", required=True, help="input file or folder (see below)")
+    enc.add_argument("--output", required=True, help="output .npy or .parquet file (written atomically)")
+    _add_reader_args(enc)
+    enc.add_argument("--no-normalize", action="store_true",
+                     help="keep raw embeddings (default: what the model defines: L2-normalised for cosine models)")
+    _add_encode_args(enc)
+    enc.set_defaults(func=cmd_encode)
+
+    emb = sub.add_parser(
+        "embed",
+        help="embed a large corpus into resumable parquet shards (locally or on Ray)",
+        description="Embed a corpus into OUTPUT/shards/part-NNNNN.parquet (id, embedding; fingerprint in the "
+        "metadata) with a manifest of finished shards: run the same command again after an interruption and it "
+        "goes on where it stopped, never writing a row twice. Rows that cannot be embedded are skipped and listed "
+        "in OUTPUT/errors.jsonl.",
+        epilog="INPUT: a .parquet or .jsonl file with a text column (--text-column; ids from --id-column, else "
+        "row numbers), a folder tree of images (ids: relative paths), webdataset .tar shards (ids: sample keys), "
+        "or a quoted glob of such files.",
+    )
+    _add_model_args(emb)
+    emb.add_argument("--input", required=True, help="corpus file, folder or glob (see below)")
+    emb.add_argument("--output", required=True, help="output folder (new, empty, or of an earlier run to resume)")
+    emb.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local (this process) or ray (Ray Data; pip install 'embedhub[ray]') (default: local)")
+    emb.add_argument("--address", default=None,
+                     help="Ray cluster address, or 'auto' for the cluster `ray start` runs on this machine "
+                     "(default: RAY_ADDRESS, else a new Ray instance on this machine)")
+    emb.add_argument("--actors", type=_positive_int, default=None,
+                     help="Ray model replicas (default: one per GPU, else 1)")
+    emb.add_argument("--workers", type=_positive_int, default=None,
+                     help="local engine: image decoding processes (default: cores - 1, at most 8)")
+    emb.add_argument("--max-tokens", type=_positive_int, default=None,
+                     help="at most this many padded tokens per text batch (default: no limit)")
+    emb.add_argument("--shard-rows", type=_positive_int, default=None,
+                     help="rows per output shard (default: 10000 texts, 1000 images)")
+    emb.add_argument("--text-column", default="text", help="text column or JSON field (default: text)")
+    emb.add_argument("--id-column", default=None, help="id column or JSON field (default: row numbers)")
+    emb.add_argument("--index", choices=("faiss",), default=None, help="also build a faiss index (index.faiss)")
+    emb.add_argument("--on-error", choices=("skip", "fail"), default="skip",
+                     help="a row that cannot be embedded: skip it and list it in errors.jsonl, or stop (default: skip)")
+    emb.add_argument("--restart", action="store_true",
+                     help="delete the output folder's earlier shards (another model or input) and start over")
+    emb.add_argument("--no-normalize", action="store_true",
+                     help="keep raw embeddings (default: what the model defines: L2-normalised for cosine models)")
+    _add_encode_args(emb, precisions=("float32", "binary", "ubinary"))  # int8 ranges would differ per window
+    emb.set_defaults(func=cmd_embed)
+
+    sea = sub.add_parser(
+        "search",
+        help="find the corpus texts most similar to queries",
+        description="Embed a text corpus (or load its --embeddings) and print the --top-k most "
+        "similar texts for each --query with their scores: the model's similarity (cosine, dot, euclidean or "
+        "manhattan, from its config), or the Hamming distance of a binary index for --precision binary/ubinary "
+        "(optionally rescored with the float query). Queries get the model's query prompt, the corpus its "
+        "document prompt.",
+        epilog=_CORPUS_HELP,
+    )
+    _add_model_args(sea)
+    sea.add_argument("--corpus", required=True, help="text corpus: .txt, .jsonl, .tsv or .csv")
+    _add_reader_args(sea)
+    sea.add_argument("--query", action="append", required=True, help="query text; repeat for several")
+    sea.add_argument("--top-k", type=_positive_int, default=5, help="hits per query (default: 5)")
+    sea.add_argument(
+        "--embeddings",
+        default=None,
+        help="precomputed corpus embeddings, so the corpus is not embedded again on every search: a .parquet "
+        "(each row's text is checked against --corpus) or .npy file (its row count only) written by "
+        "`embedhub encode --model M --input CORPUS --output FILE` with the same corpus options (and the prompt "
+        "search puts before the corpus: --prompt-name document for a model with a document prompt); refused unless "
+        "its fingerprint (parquet metadata, or the .fingerprint.json beside a .npy) is --model's, normalisation aside",
+    )
+    _add_encode_args(sea, precisions=("float32", "binary", "ubinary"), role="query")
+    sea.add_argument("--document-prompt-name", default=None,
+                     help="prompt of the model's config for the corpus (default: its 'document' prompt, if any)")
+    sea.add_argument("--document-prompt", default=None, help="prompt text put before every corpus text")
+    sea.add_argument("--rescore-multiplier", type=_positive_int, default=None,
+                     help="binary precisions: rescore this many times --top-k candidates by Hamming distance with "
+                     f"the float query (default: {RESCORE_MULTIPLIER}; 1 keeps the Hamming ranking)")
+    sea.set_defaults(func=cmd_search)
+
+    mod = sub.add_parser(
+        "models",
+        help="list the registered model aliases",
+        description="List the registered aliases with the Hub repo and pinned revision each loads "
+        "('-': the repo's default branch).",
+    )
+    mod.set_defaults(func=cmd_models)
+
+    dat = sub.add_parser(
+        "data",
+        help="find or download the data the tests and recipes use (STS-B)",
+        description="Find STS-B ($EMBEDHUB_STSB_DIR, shared/data/stsbenchmark beside the checkout, or the Hugging "
+        "Face cache) or, when it is on none of them, download the dataset sentence-transformers/stsb from the Hub "
+        "into the Hugging Face cache (once); check its three splits and print the folder and their row counts.",
+        epilog="Exit codes: 0 found (or downloaded), 1 not found and not downloadable (offline), or a malformed file.",
+    )
+    dat.add_argument("dataset", choices=("stsb",), help="the dataset: stsb (the STS Benchmark)")
+    dat.add_argument("--print", dest="print_only", action="store_true",
+                     help="only print the folder it is found in (exit 1 when it is nowhere); never download")
+    dat.set_defaults(func=cmd_data)
+
+    push = sub.add_parser(
+        "push",
+        help="upload a saved model folder to the Hugging Face Hub",
+        description="Upload the files a model folder's format needs (plus its README.md model card and the "
+        "images it links) to a Hub repo in one commit, creating the repo when missing. The repo id, revision, "
+        "folder and token are checked before anything is sent. Prints the commit URL.",
+        epilog="Exit codes: 0 pushed, 2 bad arguments, not a model folder, no token or the Hub refused the push.",
+    )
+    push.add_argument("folder", metavar="DIR", help="model folder (e.g. written by save_pretrained or a recipe)")
+    push.add_argument("repo_id", metavar="REPO_ID", help="Hub repo id, 'namespace/name'")
+    push.add_argument("--private", action="store_true", help="create the repo as private (when it does not exist)")
+    push.add_argument("--revision", default=None, help="branch to push to (created when missing; default: main)")
+    push.add_argument("--commit-message", default=None, help="commit message (default: 'Upload embedhub model')")
+    push.add_argument(
+        "--token",
+        default=None,
+        help="Hub token with write access (default: HF_TOKEN or the saved login; a token on the command line "
+        "is visible to other users of this machine)",
+    )
+    push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
+    push.set_defaults(func=cmd_push)
+    add_plugins(sub)
+    return parser
