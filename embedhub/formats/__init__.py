@@ -32,56 +32,13 @@ from embedhub._io.lazy import lazy_exports
 if TYPE_CHECKING:
     from embedhub._io.folder import ConfigView, ModelFolder
     from embedhub.formats.contract import Format, LoadOptions, ModelParts
-    from embedhub.formats.registry import (
-        can_save_torch,
-        check_writable,
-        detect,
-        format_names,
-        get_format,
-        model_files,
-        register_format,
-        save_embedhub,
-        unregister_format,
-    )
+    from embedhub.formats.registry import can_save_torch, check_writable, detect, format_names, get_format
+    from embedhub.formats.registry import model_files, register_format, save_embedhub, unregister_format
     from embedhub.modules.weights import find_safetensors, load_strict, read_safetensors
 
-#: public name -> the module that defines it (imported on first use)
-_EXPORTS = {
-    "ConfigView": "embedhub._io.folder",
-    "ModelFolder": "embedhub._io.folder",
-    "Format": "embedhub.formats.contract",
-    "LoadOptions": "embedhub.formats.contract",
-    "ModelParts": "embedhub.formats.contract",
-    "can_save_torch": "embedhub.formats.registry",
-    "check_writable": "embedhub.formats.registry",
-    "detect": "embedhub.formats.registry",
-    "format_names": "embedhub.formats.registry",
-    "get_format": "embedhub.formats.registry",
-    "model_files": "embedhub.formats.registry",
-    "register_format": "embedhub.formats.registry",
-    "save_embedhub": "embedhub.formats.registry",
-    "unregister_format": "embedhub.formats.registry",
-    "find_safetensors": "embedhub.modules.weights",
-    "load_strict": "embedhub.modules.weights",
-    "read_safetensors": "embedhub.modules.weights",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__)
 __all__ = [
-    "ConfigView",
-    "Format",
-    "LoadOptions",
-    "ModelFolder",
-    "ModelParts",
-    "can_save_torch",
-    "check_writable",
-    "detect",
-    "find_safetensors",
-    "format_names",
-    "get_format",
-    "load_strict",
-    "model_files",
-    "read_safetensors",
-    "register_format",
-    "save_embedhub",
-    "unregister_format",
+    "ConfigView", "Format", "LoadOptions", "ModelFolder", "ModelParts", "can_save_torch", "check_writable",
+    "detect", "find_safetensors", "format_names", "get_format", "load_strict", "model_files", "read_safetensors",
+    "register_format", "save_embedhub", "unregister_format",
 ]

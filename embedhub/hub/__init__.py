@@ -15,50 +15,12 @@ from typing import TYPE_CHECKING
 from embedhub._io.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from embedhub.hub.card import (
-        Result,
-        card_results,
-        linked_images,
-        pipeline_tag_for,
-        read_card,
-        usage_snippet,
-        write_card,
-    )
-    from embedhub.hub.publish import (
-        PUSH_DEFAULT_MESSAGE,
-        check_names,
-        push_folder,
-        resolve_token,
-        upload_files,
-    )
+    from embedhub.hub.card import Result, card_results, linked_images, pipeline_tag_for, read_card, usage_snippet
+    from embedhub.hub.card import write_card
+    from embedhub.hub.publish import PUSH_DEFAULT_MESSAGE, check_names, push_folder, resolve_token, upload_files
 
-#: public name -> the module that defines it (imported on first use)
-_EXPORTS = {
-    "card_results": "embedhub.hub.card",
-    "linked_images": "embedhub.hub.card",
-    "pipeline_tag_for": "embedhub.hub.card",
-    "read_card": "embedhub.hub.card",
-    "Result": "embedhub.hub.card",
-    "usage_snippet": "embedhub.hub.card",
-    "write_card": "embedhub.hub.card",
-    "check_names": "embedhub.hub.publish",
-    "PUSH_DEFAULT_MESSAGE": "embedhub.hub.publish",
-    "push_folder": "embedhub.hub.publish",
-    "resolve_token": "embedhub.hub.publish",
-    "upload_files": "embedhub.hub.publish",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__)
 __all__ = [
-    "PUSH_DEFAULT_MESSAGE",
-    "Result",
-    "card_results",
-    "check_names",
-    "linked_images",
-    "pipeline_tag_for",
-    "push_folder",
-    "read_card",
-    "resolve_token",
-    "upload_files",
-    "usage_snippet",
-    "write_card",
+    "PUSH_DEFAULT_MESSAGE", "Result", "card_results", "check_names", "linked_images", "pipeline_tag_for",
+    "push_folder", "read_card", "resolve_token", "upload_files", "usage_snippet", "write_card",
 ]

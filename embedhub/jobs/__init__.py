@@ -15,15 +15,7 @@ if TYPE_CHECKING:
     from embedhub.jobs.corpus import tar_keys
     from embedhub.jobs.local import EmbedJobResult, embed_corpus
 
-#: public name -> the module that defines it (imported on first use)
-_EXPORTS = {
-    "tar_keys": "embedhub.jobs.corpus",
-    "embed_corpus": "embedhub.jobs.local",
-    "EmbedJobResult": "embedhub.jobs.local",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__)
 __all__ = [
-    "EmbedJobResult",
-    "embed_corpus",
-    "tar_keys",
+    "EmbedJobResult", "embed_corpus", "tar_keys",
 ]

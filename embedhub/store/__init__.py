@@ -21,27 +21,8 @@ if TYPE_CHECKING:
     from embedhub.store.index import SearchIndex, hamming, similarity_scores
     from embedhub.store.read import read_embeddings
 
-#: public name -> the module that defines it (imported on first use)
-_EXPORTS = {
-    "atomic_write": "embedhub._io.atomic",
-    "install_folder": "embedhub._io.atomic",
-    "sha256_file": "embedhub.modules.backends",
-    "read_embeddings": "embedhub.store.read",
-    "write_embeddings": "embedhub.store.embeddings",
-    "Fingerprint": "embedhub.store.fingerprint",
-    "hamming": "embedhub.store.index",
-    "SearchIndex": "embedhub.store.index",
-    "similarity_scores": "embedhub.store.index",
-}
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__)
 __all__ = [
-    "Fingerprint",
-    "SearchIndex",
-    "atomic_write",
-    "hamming",
-    "install_folder",
-    "read_embeddings",
-    "sha256_file",
-    "similarity_scores",
-    "write_embeddings",
+    "Fingerprint", "SearchIndex", "atomic_write", "hamming", "install_folder", "read_embeddings", "sha256_file",
+    "similarity_scores", "write_embeddings",
 ]
