@@ -129,7 +129,10 @@ def _known(name: str, mods: Mapping[str, Path]) -> str:
 
 def edges(module: str, path: Path, mods: Mapping[str, Path], rules: Rules) -> Iterator[Edge]:
     """Every import in ``path`` (module ``module``) as edges to resolved module names."""
-    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    try:
+        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    except (SyntaxError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not readable as Python source ({exc})") from None
     package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     script_dir = not (path.parent / "__init__.py").is_file()  # e.g. benchmarks/: siblings import by bare name
 
@@ -341,11 +344,14 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if not (args.root / RULES.library).is_dir():
         p.error(f"--root {args.root}: no {RULES.library}/ folder there")
-    found = check(args.root, RULES)
+    try:
+        found = check(args.root, RULES)
+        if args.dot is not None:
+            write_picture(args.root, RULES, args.dot)
+    except ValueError as exc:
+        p.error(str(exc))
     for v in found:
         print(v)
-    if args.dot is not None:
-        write_picture(args.root, RULES, args.dot)
     print(f"{len(found)} violation(s)", file=sys.stderr)
     return 1 if found else 0
 

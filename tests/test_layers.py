@@ -208,6 +208,15 @@ def test_the_cli_refuses_a_root_without_the_library(tmp_path, capsys):
     assert exc.value.code == 2 and "no embedhub/ folder" in capsys.readouterr().err
 
 
+def test_a_file_that_is_not_python_is_named(tmp_path, capsys):
+    root = plant(tmp_path, {**EMBEDHUB, "embedhub/errors.py": "def broken(:\n"})
+    with pytest.raises(ValueError, match=r"errors\.py: not readable as Python source"):
+        cl.check(root, cl.RULES)
+    with pytest.raises(SystemExit) as exc:
+        cl.main(["--root", str(root)])
+    assert exc.value.code == 2 and "errors.py: not readable as Python source" in capsys.readouterr().err
+
+
 def test_the_picture_as_dot_text(tmp_path):
     out = tmp_path / "layers.dot"
     assert cl.main(["--root", str(plant(tmp_path, EMBEDHUB)), "--dot", str(out)]) == 0
