@@ -14,7 +14,7 @@ Every ``import`` / ``from ... import`` in the tree counts: at module level, insi
 >>> from pathlib import Path
 >>> for v in check(Path("."), RULES):  # doctest: +SKIP
 ...     print(v)
-embedhub/errors.py:3: upward: embedhub.errors (layer 0) imports embedhub.model (layer 6)
+embedhub/errors.py:3: upward: imports embedhub.model (layer 6, a higher layer) from layer 0
 
 Command line (exit status 1 when anything is reported)::
 
