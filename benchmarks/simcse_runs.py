@@ -29,68 +29,14 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from harness import RECIPE_SOURCES, prepare, run_recipe
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
-STARTS = {"strong": "all-MiniLM-L6-v2"}
-SOURCES = "stsb,wordnet,fortunes"
-
-
-def build_weak_start(out: Path, layers: int = 2) -> Path:
-    """all-MiniLM-L6-v2 cut to its first ``layers`` transformer layers, saved as an embedhub folder."""
-    import embedhub
-
-    if (out / "embedhub_config.json").is_file():
-        return out
-    model = embedhub.load("all-MiniLM-L6-v2", device="cpu")
-    backbone = model.towers["text"].backbone
-    backbone.encoder.layer = backbone.encoder.layer[:layers]
-    backbone.config.num_hidden_layers = layers
-    return model.save_pretrained(out)
-
-
-def prepare(start: str, data: str | None, work: Path, sources: str = SOURCES) -> tuple[str, Path]:
-    """(the start model, the sentence file): built under ``work`` when not given."""
-    from training.corpora import write_corpus
-
-    if start == "weak":
-        start = str(build_weak_start(work / "minilm-l2"))
-    start = STARTS.get(start, start)
-    if data is None:
-        path = work / f"{sources.replace(',', '+')}.txt"
-        if not path.is_file():
-            write_corpus(sources.split(","), path)
-        return start, path
-    return start, Path(data)
-
-
-def run_recipe(recipe: str, start: str, data: Path, out: Path, *, seed: int, steps: int, lr: float,
-               eval_every: int, batch_size: int, threads: int, extra: list[str]) -> dict[str, Any]:
-    """One recipe run in its own process; its results.json and the dev curve from its log."""
-    cmd = [sys.executable, "-m", "training.simcse", *([recipe] if recipe == "esimcse" else []),
-           f"text_tower={start}", f"data={data}", f"output={out}", f"seed={seed}", f"max_steps={steps}",
-           f"lr={lr}", f"eval_every_steps={eval_every}", f"batch_size={batch_size}", f"threads={threads}", *extra]
-    t0 = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    if proc.returncode:
-        raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-    results = json.loads((out / "results.json").read_text())
-    log = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines() if x.strip()]
-    curve = [(r["step"], r["eval"]["sts_dev_spearman"]) for r in log if "eval" in r]
-    train_seconds = sum(r.get("epoch_seconds", 0.0) for r in log if "eval" in r)
-    m = results["metrics"]
-    return {"recipe": recipe, "seed": seed, "test": m["sts_test_spearman"], "start_test": m["sts_test_spearman_start"],
-            "best_dev": m["sts_dev_spearman_best"], "best_step": m["best_step"], "curve": curve,
-            "train_seconds": round(train_seconds, 1), "wall_seconds": round(time.perf_counter() - t0, 1),
-            "sentences_per_second": round(steps * batch_size / train_seconds, 1) if train_seconds else None,
-            "command": " ".join(cmd[1:])}
 
 
 def summarise(runs: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -127,7 +73,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--start", default="weak", help="weak | strong | a model folder or name")
     parser.add_argument("--data", help="a sentence file (default: built from --sources)")
-    parser.add_argument("--sources", default=SOURCES, help="training.corpora sources for the default sentence file")
+    parser.add_argument("--sources", default=RECIPE_SOURCES,
+                        help="training.corpora sources for the default sentence file")
     parser.add_argument("--recipes", nargs="+", default=["simcse", "esimcse"], choices=["simcse", "esimcse"])
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--steps", type=int, default=600)

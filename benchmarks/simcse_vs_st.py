@@ -33,10 +33,9 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+from harness import offline, prepare, run_recipe  # noqa: E402
 
-from simcse_runs import prepare, run_recipe  # noqa: E402
+offline()
 
 PEER = "sentence-transformers"
 

@@ -14,7 +14,6 @@ import logging
 import os
 import re
 import stat
-import sys
 import threading
 import weakref
 from collections import OrderedDict
@@ -24,6 +23,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 from embedhub.training.data import FASHION_CLASSES, FASHION_DIR
+
+from ._base import ASSETS, EXAMPLES, DemoError, say
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -61,9 +62,6 @@ DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"
 MAX_UPLOAD_BYTES = 20 * 1024 * 1024
 #: images with more pixels than this are refused before they are decoded (decompression-bomb guard)
 MAX_PIXELS = 40_000_000
-#: files shipped with the demos: the default model's heads and run record, the example images
-ASSETS = Path(__file__).resolve().parent / "assets"
-EXAMPLES = ASSETS / "examples"
 
 #: models :func:`load_model` keeps (an LRU by count; only models that loaded and passed the caller's check)
 MODEL_CACHE_SIZE = 3
@@ -72,27 +70,6 @@ _MODELS: OrderedDict[tuple[str, str], embedhub.EmbeddingModel] = OrderedDict()
 _CACHE_LOCK = threading.Lock()
 _LOAD_LOCK = threading.Lock()
 _FORWARD_LOCKS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-class DemoError(ValueError):
-    """A request the demo cannot serve (unknown model, unreadable or oversized image, ...): the message is
-    one readable line for the page, naming what was wrong.
-
-    >>> str(DemoError("model 'nope' not found: no such folder, alias or Hub repo"))
-    "model 'nope' not found: no such folder, alias or Hub repo"
-    """
-
-    def __init__(self, message: str):
-        super().__init__(" ".join(str(message).split()))
-
-
-def say(message: str, demo: str = "demo") -> None:
-    """One line of what a demo is doing, on stderr at once (``embedhub demo: loading ...``), so a start that
-    takes a while shows its steps; progress bars (tqdm) go to stderr too.
-
-    >>> say("loading the image model lit-fashion-mnist (torch)", "zero-shot")  # doctest: +SKIP
-    """
-    print(f"embedhub {demo}: {message}", file=sys.stderr, flush=True)
 
 
 def resolve_model(arg: str | None, *, kind: Literal["image", "text"], readme: str | os.PathLike | None = None) -> str:

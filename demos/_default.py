@@ -26,7 +26,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ._common import ASSETS, DemoError, say
+from ._base import ASSETS, DemoError, say
 
 __all__ = ["HEADS_FILE", "MODEL_NAME", "RUN_FILE", "assemble", "default_image_model", "embedhub_home",
            "extract_heads", "shipped_run"]
