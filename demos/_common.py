@@ -402,7 +402,7 @@ def read_image(path_or_image: Any, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pix
     ``path_or_image`` is a file path (what ``gr.Image(type="filepath")`` gives; prefer it, so Gradio never
     decodes an unchecked upload), bytes, a ``PIL.Image`` or a uint8 array. A file is read once, bounded
     (``max_bytes``; a symbolic link is refused), its first bytes must be one of :data:`IMAGE_FORMATS`, and
-    only then is it decoded, by ``embedhub.utils.load_image`` (which checks ``max_pixels`` from the header,
+    only then is it decoded, by ``embedhub.modules.load_image`` (which checks ``max_pixels`` from the header,
     before decoding). Missing files, oversized, non-image, corrupt and other-format files are a
     :class:`DemoError` naming the problem (and the file; ``name`` names bytes in messages).
 
@@ -410,7 +410,7 @@ def read_image(path_or_image: Any, *, max_bytes: int = MAX_UPLOAD_BYTES, max_pix
     (28, 28)
     """
     import embedhub
-    from embedhub.utils import load_image
+    from embedhub.modules import load_image
 
     if path_or_image is None:
         raise DemoError("no image: upload an image or pick an example")
@@ -487,7 +487,7 @@ def fashion_mnist_test(n: int | None = None) -> tuple[list[Image.Image], np.ndar
     """
     from embedhub.training.data import fashion_mnist
 
-    from embedhub.utils import load_image
+    from embedhub.modules import load_image
 
     if n is not None and n < 0:
         raise ValueError(f"n must be >= 0 or None, got {n}")

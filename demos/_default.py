@@ -68,7 +68,7 @@ def extract_heads(run: str | os.PathLike, *, heads: str | os.PathLike = HEADS_FI
     """
     from safetensors.torch import load_file, save_file
 
-    from embedhub.utils import atomic_write
+    from embedhub.store import atomic_write
 
     run = Path(run)
     results_file, state_file = run / "results.json", run / "checkpoint" / "state.safetensors"
@@ -172,7 +172,7 @@ def default_image_model(home: str | os.PathLike | None = None, *, rebuild: bool 
             if folder.exists() or folder.is_symlink():
                 old = Path(tempfile.mkdtemp(dir=models, prefix=f".{MODEL_NAME}.old-")) / MODEL_NAME
                 os.replace(folder, old)
-            from embedhub.utils import install_folder
+            from embedhub.store import install_folder
 
             install_folder(staging / MODEL_NAME, folder, last=STAMP)
             if old is not None:

@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         print(list_demos())
         print("\nlaunch one with: embedhub demo NAME [--model MODEL] [--port PORT]  (embedhub demo -h for all options)")
         return 0
-    from embedhub.utils import require
+    from embedhub.errors import require
 
     require("gradio", "demo", "a Gradio demo")
     app = importlib.import_module(f"{__package__}.{DEMOS[args.demo]}.app")

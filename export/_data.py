@@ -90,7 +90,7 @@ IMAGE_DIR = Path(__file__).with_name("gate_images")
 
 def gate_images() -> list:
     """The bundled photos, plus crops and a grayscale copy so several sizes and aspect ratios are seen."""
-    from embedhub.utils import load_image
+    from embedhub.modules import load_image
 
     photos = [load_image(p, i) for i, p in enumerate(sorted(IMAGE_DIR.glob("*.jpg")))]
     variants = list(photos)

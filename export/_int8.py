@@ -259,7 +259,7 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budg
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from embedhub import utils
+    import embedhub.modules as modules
 
     logging.getLogger().setLevel(logging.ERROR)  # the quantiser warns through the root logger on every call
     graph = onnx.load(str(src), load_external_data=False).graph
@@ -267,7 +267,7 @@ def quantize_int8(src: Path, dst: Path, feeds: list[dict[str, np.ndarray]], budg
     candidates = [n.name for n in _candidates(graph)]
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT}
     if weight_bits is None:
-        weight_bits = (8, 7) if utils.int8_dot_kernel() == "no-vnni" else (8,)
+        weight_bits = (8, 7) if modules.int8_dot_kernel() == "no-vnni" else (8,)
     if not weight_bits or set(weight_bits) - {7, 8}:
         raise ValueError(f"weight_bits must hold 8 and/or 7, got {weight_bits!r}")
 

@@ -34,6 +34,7 @@ from pathlib import Path
 #: layer of each library module path prefix: a module may import its own prefix's modules and lower layers
 LAYERS: dict[str, int] = {
     "embedhub.errors": 0,
+    "embedhub._version": 0,  # __version__, readable by every module
     "embedhub.data": 1,
     "embedhub._io": 2,
     "embedhub.modules": 3,

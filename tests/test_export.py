@@ -354,10 +354,10 @@ def test_smoothing_keeps_the_function_and_rescues_int8_from_an_outlier_channel(t
     with pytest.raises(ValueError, match="weight_bits must hold 8 and/or 7"):
         quantize_int8(fp32, seven, [{"x": x[:128]}], budget=1.0, work=tmp_path, weight_bits=(4,))
     # which widths are tried by default follows the CPU (the probe's answer is set here: the CPU is not ours to pick)
-    import embedhub.utils
+    import embedhub.modules
 
     for kernel, widths in (("no-vnni", ("8-bit", "7-bit")), ("vnni", ("8-bit",))):
-        monkeypatch.setattr(embedhub.utils, "int8_dot_kernel", lambda kernel=kernel: kernel)
+        monkeypatch.setattr(embedhub.modules, "int8_dot_kernel", lambda kernel=kernel: kernel)
         note = quantize_int8(fp32, seven, [{"x": x[:128]}], budget=1.0, work=tmp_path)
         assert {w for w in ("8-bit", "7-bit") if f"None/{w}" in note} == set(widths), note
 

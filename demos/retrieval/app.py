@@ -51,7 +51,7 @@ from embedhub.demos._common import (
 from embedhub.demos.retrieval.index import Hit, VectorIndex, cache_home, index_folder
 
 import embedhub
-from embedhub.utils import atomic_write, install_folder
+from embedhub.store import atomic_write, install_folder
 
 HERE = Path(__file__).resolve().parent
 README = HERE / "README.md"

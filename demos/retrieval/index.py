@@ -6,7 +6,7 @@ A folder holds three files, written together through a staging folder (``index.j
   item ids and inputs (text, or image path), with the model's fingerprint in the parquet metadata
   (``embedhub.write_embeddings``);
 - ``index.faiss``: a flat faiss index over those vectors that ranks by the model's similarity
-  (``embedhub.utils.SearchIndex``: inner product over unit rows for cosine, over raw vectors for dot,
+  (``embedhub.store.SearchIndex``: inner product over unit rows for cosine, over raw vectors for dot,
   L2 for euclidean, L1 for manhattan);
 - ``index.json``: the fingerprint, the similarity, the item count, ids and a digest of the items.
 
@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 
 import embedhub
-from embedhub.utils import SearchIndex, install_folder
+from embedhub.store import SearchIndex, install_folder
 
 EMBEDDINGS = "embeddings.parquet"
 FAISS_FILE = "index.faiss"
@@ -330,6 +330,6 @@ def _encode_read(model: embedhub.EmbeddingModel, items: list[str | Path], ids: l
 
 
 def _faiss() -> Any:
-    from embedhub.utils import require
+    from embedhub.errors import require
 
     return require("faiss", "demo", "the retrieval demo's vector index")

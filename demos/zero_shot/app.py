@@ -41,7 +41,7 @@ from embedhub.demos._common import (
 )
 
 import embedhub
-from embedhub.utils import average_templates, template_prompts
+from embedhub.modules import average_templates, template_prompts
 
 README = Path(__file__).with_name("README.md")
 BACKENDS = ("torch", "onnx")
