@@ -297,9 +297,33 @@ def package_edges(root: Path, rules: Rules) -> tuple[dict[str, int], set[tuple[s
     return boxes, {(a, b) for a, b in arrows if a != b}
 
 
+def reduced(arrows: set[tuple[str, str]]) -> set[tuple[str, str]]:
+    """``arrows`` without those another path implies (a -> c -> b makes a -> b redundant): the picture's arrows.
+
+    >>> sorted(reduced({("a", "b"), ("b", "c"), ("a", "c")}))
+    [('a', 'b'), ('b', 'c')]
+    """
+    succ: dict[str, set[str]] = {}
+    for a, b in arrows:
+        succ.setdefault(a, set()).add(b)
+
+    def reach(start: str) -> set[str]:
+        seen, todo = set(), list(succ.get(start, ()))
+        while todo:
+            n = todo.pop()
+            if n not in seen:
+                seen.add(n)
+                todo.extend(succ.get(n, ()))
+        return seen
+
+    return {(a, b) for a, b in arrows if not any(b in reach(c) for c in succ[a] - {b})}
+
+
 def write_picture(root: Path, rules: Rules, out: Path) -> None:
-    """The packages as boxes stacked by layer with arrows for their imports: ``.dot`` text, else an SVG."""
+    """The packages as boxes stacked by layer with an arrow where one imports another directly and no other path
+    implies it: ``.dot`` text, else an SVG."""
     boxes, arrows = package_edges(root, rules)
+    arrows = reduced(arrows)
     if out.suffix in (".dot", ".gv"):
         lines = ["digraph layers {", "  rankdir=BT; node [shape=box, fontsize=10];"]
         for row in sorted(set(boxes.values())):
