@@ -72,3 +72,26 @@ def test_help_and_import_stay_free_of_torch():
     assert "torch" not in after_import
     # and the first use of a name imports what it needs
     assert "torch" in _imported_after("import embedhub\nembedhub.EmbeddingModel")
+
+
+#: what the extension points exported before the library was split into layers: every name still imports
+#: from the same path (a user's `from embedhub.modules import OpenCLIPTower` keeps working)
+BEFORE_LAYERS = {
+    "embedhub.modules": "ACTIVATIONS ConfigView Dense HFCLIPTower HFTextPreprocessor Head ImageConfig ImagePreprocessor "
+                        "ModelFolder Normalize OpenCLIPTextPreprocessor OpenCLIPTower POOLING_MODES Pooling TIMM_KWARGS "
+                        "TextPreprocessor TimmImageTower Tower TransformersTextTower build_open_clip is_saveable "
+                        "load_preprocessor open_clip_image_config register_tower tower_class tower_kinds "
+                        "unregister_tower",
+    "embedhub.formats": "ConfigView Format LoadOptions ModelFolder ModelParts can_save_torch check_writable detect "
+                        "find_safetensors format_names get_format load_strict model_files read_safetensors "
+                        "register_format save_embedhub unregister_format",
+    "embedhub.hub": "PUSH_DEFAULT_MESSAGE Result card_results check_names linked_images pipeline_tag_for push_folder "
+                    "read_card resolve_token upload_files usage_snippet write_card",
+}
+
+
+@pytest.mark.parametrize("package", sorted(BEFORE_LAYERS))
+def test_names_users_hold_still_import_from_their_old_paths(package):
+    mod = importlib.import_module(package)
+    missing = [n for n in BEFORE_LAYERS[package].split() if n not in mod.__all__ or not hasattr(mod, n)]
+    assert not missing, f"{package} lost {missing}"
