@@ -109,8 +109,7 @@ def mean_embedding_kind():
 
 def test_new_tower_kind_trains_saves_loads_and_exports(mean_embedding_kind, minilm, tmp_path):
     from embedhub.export import export
-
-    from embedhub.losses import clip_loss
+    from embedhub.training.losses import clip_loss
 
     assert "mean-embedding" in tower_kinds() and tower_class("mean-embedding") is MeanEmbeddingTower
     pre = minilm.preprocessors["text"]  # a real tokenizer (all-MiniLM-L6-v2's)

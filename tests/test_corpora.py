@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from conftest import stsb_folder, stsb_rows
 
-from training.config import DataError, MissingDataError
 from training.corpora import FORTUNES, WORDNET, fortunes, main, stsb_sentences, unique, wordnet_examples, write_corpus
+from training.errors import DataError, MissingDataError
 
 
 def _need(path: Path, package: str) -> None:

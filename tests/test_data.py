@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from training.data import Sample, captioned_folder, expand_shards, webdataset, write_webdataset
+from training.data.images import Sample, captioned_folder, expand_shards, webdataset, write_webdataset
 
 
 def _digits(n: int):
@@ -49,7 +49,7 @@ def test_captioned_folder_csv_jsonl_and_bounds(tmp_path):
 def test_captions_naming_a_non_image_or_malformed_rows_fail_naming_the_line(tmp_path):
     from PIL import Image
 
-    from training.config import DataError, MissingDataError
+    from training.errors import DataError, MissingDataError
 
     Image.fromarray(_digits(1)[0][0]).save(tmp_path / "0.png")
     (tmp_path / "notes.txt").write_text("not an image\n")
@@ -74,7 +74,7 @@ def test_a_corrupt_shard_member_names_the_shard_and_the_sample(tmp_path):
     import io
     import tarfile
 
-    from training.config import DataError
+    from training.errors import DataError
 
     good = write_webdataset([Sample("00000", _digits(1)[0][0], "zero")], str(tmp_path / "s-{:03d}.tar"), 4)[0]
     with tarfile.open(tmp_path / "bad.tar", "w") as tar:

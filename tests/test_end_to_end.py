@@ -22,7 +22,7 @@ if not Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz").is_f
     pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)", allow_module_level=True)
 
 from training.config import FASHION_TEMPLATES  # noqa: E402
-from training.data import Sample, fashion_mnist, write_webdataset  # noqa: E402
+from training.data.images import Sample, fashion_mnist, write_webdataset  # noqa: E402
 from training.evaluate import retrieval_recall  # noqa: E402
 from training.model import images_to_array  # noqa: E402
 
@@ -64,7 +64,7 @@ def _common(pairs: Path, out: Path) -> list[str]:
 def _eval_pairs(data: Path):
     """The evaluation pairs a run on ``data`` holds out (its first 64)."""
     from training.config import ClipConfig
-    from training.pairs import open_pairs
+    from training.data.pairs import open_pairs
 
     return open_pairs(ClipConfig(data=str(data), eval_pairs=64))[1]
 
@@ -98,7 +98,7 @@ def test_from_scratch_open_clip_on_a_captions_file(pairs, tmp_path):
 
 def test_jsonl_and_webdataset_shards_give_the_same_pairs(pairs, tmp_path):
     from training.config import ClipConfig
-    from training.pairs import ShardPairs, open_pairs
+    from training.data.pairs import ShardPairs, open_pairs
 
     cfg_j = ClipConfig(data=str(pairs / "captions.jsonl"), eval_pairs=64)
     cfg_w = ClipConfig(data=f"wds:{pairs}/shards/train-{{000..002}}.tar", eval_pairs=64)
@@ -178,7 +178,7 @@ def test_torchrun_two_processes_reproduce_one_process(pairs, tmp_path):
     w2 = load_file(str(tmp_path / "two" / "model" / "open_clip_model.safetensors"))
     assert sorted(w1) == sorted(w2) and len(w1) > 20
     weight_diff = max(float(np.max(np.abs(w1[k] - w2[k]))) for k in w1)
-    from training.pairs import open_clip_towers
+    from training.model import open_clip_towers
 
     start = {k: v.numpy() for k, v in open_clip_towers(str(pairs / "tiny.json"), 0)[0].clip.state_dict().items()}
     moved = max(float(np.max(np.abs(w1[k] - start[k]))) for k in w1 if k in start)

@@ -108,8 +108,8 @@ def test_eps_is_named_and_lazy_eps_pil_image_is_refused(image_only, fake_gs, tmp
 
 
 def test_training_and_export_decoders_use_the_allow_list(fake_gs, tmp_path):
-    from training.config import DataError
-    from training.data import captioned_folder
+    from training.data.images import captioned_folder
+    from training.errors import DataError
 
     (tmp_path / "a.png").write_bytes(EPS)
     (tmp_path / "c.csv").write_text("image,caption\na.png,an eps\n")

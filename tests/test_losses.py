@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from embedhub.losses import (
+from embedhub.training.losses import (
     ClipLoss,
     back_translate,
     clip_loss,
@@ -209,3 +208,26 @@ def test_distributed_gather_matches_single_process():
     grad_t = torch.cat([out[0][2], out[1][2]])
     np.testing.assert_allclose(grad_i, ref_i.grad, atol=1e-6)
     np.testing.assert_allclose(grad_t, ref_t.grad, atol=1e-6)
+
+
+def test_the_old_path_embedhub_losses_warns_and_gives_the_same_objects():
+    """``embedhub.losses`` (the losses' place before they moved into the training package) still imports for one
+    release: it warns and its names are the very objects of ``embedhub.training.losses``."""
+    import importlib
+    import sys
+
+    import embedhub.training.losses as moved
+
+    sys.modules.pop("embedhub.losses", None)  # a fresh import, so that it warns here
+    with pytest.warns(DeprecationWarning, match=r"^embedhub\.losses moved to embedhub\.training\.losses; the old "
+                                                r"path goes away in the next release$"):
+        old = importlib.import_module("embedhub.losses")
+    assert old.__all__ == moved.__all__ and "ClipLoss" in old.__all__ and "simcse_loss" in old.__all__
+    for name in moved.__all__:
+        assert getattr(old, name) is getattr(moved, name), name
+    from embedhub.losses import ClipLoss, pmrl_loss
+
+    assert ClipLoss is moved.ClipLoss and pmrl_loss is moved.pmrl_loss
+    public = {n for n in vars(moved) if not n.startswith("_") and callable(getattr(moved, n))
+              and getattr(getattr(moved, n), "__module__", "") == moved.__name__}
+    assert public == set(moved.__all__)  # the shim names every loss the module defines

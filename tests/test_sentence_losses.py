@@ -15,9 +15,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import read_sts
+from embedhub.training.losses import EmbeddingQueue, SimCSELoss, momentum_update, simcse_loss, word_repetition
 from torch import nn
-
-from embedhub.losses import EmbeddingQueue, SimCSELoss, momentum_update, simcse_loss, word_repetition
 
 
 def _rand(*shape, seed=0, dtype=torch.float64):

@@ -264,8 +264,8 @@ def test_supervised_simcse_puts_anchors_positives_and_hard_negatives_through_one
     """With dropout off, the loss of a batch is simcse_loss of the anchors', positives' and negatives'
     embeddings computed apart (one forward of the concatenated token lists changes nothing but padding);
     batches are length-bucketed by the anchor and each epoch holds every row once."""
-    from embedhub.losses import simcse_loss
-    from training.config import load_config
+    from training.losses import simcse_loss
+    from training.recipe import load_config
     from training.simcse import SimCSESetup
 
     cfg = load_config(SimCSEConfig, overrides=[f"text_tower={tiny_st_dir}", f"data={triplets}", f"sts_dir={sts_dir}",
@@ -402,7 +402,7 @@ def test_torchrun_two_ranks_reproduce_one_process_and_esimcse_finishes(tiny_st_d
 
 
 def test_sentence_file_streams_every_sentence_once_skips_invalid_utf8_and_shuffles_by_seed_and_epoch(tmp_path):
-    from training.sentences import SentenceFile
+    from training.data.sentences import SentenceFile
 
     path = tmp_path / "s.txt"
     lines = [f"sentence number {i}." for i in range(50)]

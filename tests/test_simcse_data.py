@@ -14,8 +14,10 @@ from pathlib import Path
 import pytest
 from conftest import stsb_rows
 
-from training.config import ConfigValueError, DataError, ESimCSEConfig, SimCSEConfig, load_config
-from training.sentences import SentenceFile, data_mode
+from training.config import ESimCSEConfig, SimCSEConfig
+from training.data.sentences import SentenceFile, data_mode
+from training.errors import ConfigValueError, DataError
+from training.recipe import load_config
 
 pq = pytest.importorskip("pyarrow.parquet")
 pa = pytest.importorskip("pyarrow")

@@ -18,18 +18,11 @@ import torch
 
 open_clip = pytest.importorskip("open_clip")
 
-from embedhub.losses import ClipLoss  # noqa: E402
-from training.config import (  # noqa: E402
-    RECIPE_CONFIGS,
-    RULES,
-    ClipConfig,
-    ConfigValueError,
-    PmrlConfig,
-    ProtoClipConfig,
-    RecipeError,
-    load_config,
-)
+from training.config import RECIPE_CONFIGS, RULES, ClipConfig, PmrlConfig, ProtoClipConfig  # noqa: E402
+from training.errors import ConfigValueError, RecipeError  # noqa: E402
 from training.loop import Trainer, lr_factor, resolve_device  # noqa: E402
+from training.losses import ClipLoss  # noqa: E402
+from training.recipe import load_config  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = {"embed_dim": 32, "vision_cfg": {"image_size": 32, "layers": 2, "width": 32, "patch_size": 8, "head_width": 16},
@@ -218,7 +211,7 @@ sys.path.insert(0, sys.argv[3])
 from tests.test_training import TINY, _digits_batches
 from training.config import ClipConfig
 from training.loop import Trainer
-from embedhub.losses import ClipLoss
+from training.losses import ClipLoss
 torch.manual_seed(0)
 model = open_clip.CLIP(**TINY)
 data = _digits_batches(40, 32, seed=0)

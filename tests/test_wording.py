@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from embedhub.training.config import ClipConfig, ConfigValueError, DataError
-from embedhub.training.data import FASHION_CLASSES
-from embedhub.training.wording import (
+from embedhub.training.config import ClipConfig
+from embedhub.training.data.images import FASHION_CLASSES
+from embedhub.training.data.wording import (
     WORDINGS,
     WORDNET_DIR,
     CaptionSampler,
@@ -25,6 +25,7 @@ from embedhub.training.wording import (
     plural,
     template_key,
 )
+from embedhub.training.errors import ConfigValueError, DataError
 
 TRAIN, HELDOUT = load_wording("train"), load_wording("heldout")
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -117,8 +118,7 @@ def test_wording_files_are_checked(tmp_path):
 
 def test_unicl_loss_and_wording_options():
     from embedhub.training.clip import unicl_loss
-
-    from embedhub.losses import clip_loss
+    from embedhub.training.losses import clip_loss
 
     g = torch.Generator().manual_seed(0)
     i = torch.nn.functional.normalize(torch.randn(8, 16, generator=g), dim=1)

@@ -22,16 +22,18 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from embedhub.losses import ClipLoss, dcl_loss, siglip_loss
-from embedhub.utils import average_templates, epoch_generator
+from embedhub.utils import average_templates
 
-from .config import ClipConfig, recipe_main, to_dict
-from .data import LabelledImages, fashion_mnist
+from .config import ClipConfig, to_dict
+from .data.images import LabelledImages, fashion_mnist
+from .data.order import epoch_generator
+from .data.wording import CaptionSampler, check_disjoint, heldout_label_sets, load_wording, prompts_of
 from .dist import gather, main_first, rank_world, shard
 from .evaluate import linear_probe, retrieval_recall, zero_shot_accuracy
 from .loop import Trainer, fit_and_finish, start_run
+from .losses import ClipLoss, dcl_loss, siglip_loss
 from .model import DualEncoder, build_towers, images_to_array, prompt_settings, to_embedding_model
-from .wording import CaptionSampler, check_disjoint, heldout_label_sets, load_wording, prompts_of
+from .recipe import recipe_main
 
 #: how the held-out wording is scored (kept in the run record)
 HELDOUT_PROTOCOL = (

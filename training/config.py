@@ -1,32 +1,36 @@
-"""Recipe configs: one dataclass per recipe, loadable from YAML and overridable as ``key=value``.
+"""Recipe configs: one dataclass per recipe, and the rules every field follows (the ``RULES`` table and
+the combinations a recipe needs). Reading a config from YAML and ``key=value`` overrides, and the recipe
+command line, are :mod:`training.recipe`.
 
 Every field of every recipe config is checked when the config is built (``__post_init__`` ->
 :func:`validate`): its type, its range or choices, tuple lengths, and the combinations that a recipe
-would otherwise ignore or fail on much later. A bad value raises :class:`ConfigValueError` naming the
-key, the value and what is expected; the recipe commands report it and exit 2 before any work starts.
+would otherwise ignore or fail on much later (the data it names is checked by :mod:`training.data.checks`).
+A bad value raises :class:`~training.errors.ConfigValueError` naming the key, the value and what is expected;
+the recipe commands report it and exit 2 before any work starts.
 
->>> cfg = load_config(ClipConfig, yaml_path=None, overrides=["lr=1e-3", "epochs=2"])
+>>> cfg = ClipConfig(lr=1e-3, epochs=2)
 >>> cfg.lr, cfg.epochs
 (0.001, 2)
 >>> try:
-...     load_config(ClipConfig, overrides=["epochs=-1"])
+...     ClipConfig(epochs=-1)
 ... except ConfigValueError as exc:
 ...     print(exc)
-override 'epochs=-1': epochs=-1: expected an integer >= 1 (passes over the training data)
+epochs=-1: expected an integer >= 1 (passes over the training data)
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
-import string
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar, get_type_hints
+from typing import Any, ClassVar, get_type_hints
+
+from .data.checks import check_sentence_data, check_sts_dir, pair_data_problem
+from .data.images import FASHION_CLASSES
+from .errors import ConfigValueError
 
 FASHION_TEMPLATES = (
     "a photo of a {}.",
@@ -35,30 +39,6 @@ FASHION_TEMPLATES = (
     "a grayscale picture of a {}.",
     "a product photo of a {}.",
 )
-
-
-class RecipeError(ValueError):
-    """A recipe cannot run with what it was given (the config, its file, the data it names): the recipe
-    commands print the message and exit 2 (bad usage or bad input), without a traceback."""
-
-
-class ConfigValueError(RecipeError):
-    """A config value of the wrong type, out of range or not one of the choices; ``key``, ``value`` and
-    ``expected`` say which and why."""
-
-    def __init__(self, key: str, value: Any, expected: str, source: str | None = None):
-        self.key, self.value, self.expected, self.source = key, value, expected, source
-        where = f"{source}: " if source else ""
-        super().__init__(f"{where}{key}={value!r}: expected {expected}")
-
-
-class DataError(RecipeError):
-    """Training data that cannot be read as the config says: the message names the file and the line,
-    shard member or sample."""
-
-
-class MissingDataError(DataError, FileNotFoundError):
-    """A file the data names (an image of a captions file, a shard) does not exist."""
 
 
 @dataclass
@@ -153,7 +133,7 @@ class PmrlConfig(TrainConfig):
     output: str = "runs/pmrl"
     objective: str = "pmrl"  # pmrl | anchored (pairwise CLIP with the image as anchor, the baseline)
     audio_variants: int = 3  # spoken versions of each caption (espeak-ng voices / speeds), 1 to 9
-    inter: str = "modalities"  # modalities | reference (see embedhub.losses.pmrl_loss)
+    inter: str = "modalities"  # modalities | reference (see training.losses.pmrl_loss)
     tau_intra: float = 0.05
     tau_inter: float = 0.1
     lr: float = 1e-3
@@ -204,7 +184,6 @@ class ESimCSEConfig(SimCSEConfig):
 
 RECIPE_CONFIGS: dict[str, type[TrainConfig]] = {"clip": ClipConfig, "protoclip": ProtoClipConfig,
                                                 "pmrl": PmrlConfig, "simcse": SimCSEConfig, "esimcse": ESimCSEConfig}
-C = TypeVar("C", bound=TrainConfig)
 
 
 # ------------------------------------------------------------------------------------------ rules
@@ -235,13 +214,10 @@ def _text(what: str, empty: bool = False) -> Rule:
     return Rule(what, lambda v: empty or bool(v.strip()))
 
 
-def _one_placeholder(template: str) -> bool:
-    try:
-        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-        template.format("x")
-    except (ValueError, IndexError, KeyError):
-        return False
-    return fields == [""] or fields == ["0"]
+def _templates_ok(v: tuple[str, ...]) -> bool:
+    from .data.wording import one_placeholder  # torch is imported there: only when a config is checked
+
+    return len(v) > 0 and all(one_placeholder(t) for t in v)
 
 
 def _path_or_empty(v: str) -> bool:
@@ -271,7 +247,7 @@ RULES: dict[str, Rule] = {
     "eval_data": _text("'', a .csv/.jsonl captions file or wds:<shard pattern>", empty=True),
     "eval_pairs": _int(0),
     "templates": Rule("a non-empty list of caption templates, each with one '{}' for the class name",
-                      lambda v: len(v) > 0 and all(_one_placeholder(t) for t in v)),
+                      _templates_ok),
     "holdout_classes": Rule("distinct class names", lambda v: len(set(v)) == len(v) and all(c.strip() for c in v)),
     "train_limit": _int(0, what="0 = all"),
     "eval_limit": _int(0, what="0 = all"),
@@ -345,7 +321,12 @@ RULES: dict[str, Rule] = {
 }
 
 
-def _type_name(typ: Any) -> str:
+def type_name(typ: Any) -> str:
+    """A field type in words, for error messages.
+
+    >>> type_name(int), type_name(tuple[str, ...])
+    ('an integer', 'a list of strings')
+    """
     text = str(typ)
     if text.startswith("tuple[str"):
         return "a list of strings"
@@ -376,23 +357,6 @@ def _typed(value: Any, typ: Any) -> bool:
     raise TypeError(f"config field type {typ} has no type check")
 
 
-def _data_problem(key: str, spec: str) -> str | None:
-    """Why ``spec`` (data or eval_data) cannot be read, or None."""
-    from .data import expand_shards
-
-    if spec.startswith("wds:"):
-        if not spec[4:]:
-            return "wds:<shard pattern>, e.g. wds:shards/train-{000..015}.tar"
-        missing = [s for s in expand_shards(spec[4:]) if not Path(s).is_file()]
-        return f"existing webdataset shards (missing: {missing[:3]})" if missing else None
-    if key == "data" and spec == "fashion-mnist":
-        return None
-    path = Path(spec)
-    if path.suffix.lower() not in (".csv", ".jsonl"):
-        return ("fashion-mnist, " if key == "data" else "") + "a .csv/.jsonl captions file or wds:<shard pattern>"
-    return None if path.is_file() else f"an existing captions file ({path} not found)"
-
-
 def validate(cfg: TrainConfig) -> None:
     """Check every field of ``cfg`` (type, range, choices, tuple length) and the combinations its recipe
     needs; raise :class:`ConfigValueError` at the first problem. Converts ints given for float fields."""
@@ -405,7 +369,7 @@ def validate(cfg: TrainConfig) -> None:
         if isinstance(value, list) and str(typ).startswith("tuple"):
             value = tuple(value)
         if not _typed(value, typ):
-            raise ConfigValueError(f.name, value, f"{rule.expected} ({_type_name(typ)}, got {type(value).__name__})")
+            raise ConfigValueError(f.name, value, f"{rule.expected} ({type_name(typ)}, got {type(value).__name__})")
         if typ is float or str(typ) == "float":
             value = float(value)
         elif str(typ).startswith("tuple[float"):
@@ -417,8 +381,6 @@ def validate(cfg: TrainConfig) -> None:
 
 
 def _check_combinations(cfg: TrainConfig) -> None:
-    from .data import FASHION_CLASSES
-
     if cfg.default_prompt_name and cfg.prompts and cfg.default_prompt_name not in cfg.prompts:
         raise ConfigValueError("default_prompt_name", cfg.default_prompt_name,
                                f"'' or one of the prompts {sorted(cfg.prompts)}")
@@ -442,7 +404,7 @@ def _check_combinations(cfg: TrainConfig) -> None:
                                        "Fashion-MNIST); the clip recipe trains end to end on other data")
     for key in ("data", "eval_data"):
         spec = getattr(cfg, key)
-        problem = _data_problem(key, spec) if spec else None
+        problem = pair_data_problem(key, spec) if spec else None
         if problem:
             raise ConfigValueError(key, spec, problem)
     if cfg.holdout_classes:
@@ -483,41 +445,11 @@ def _check_combinations(cfg: TrainConfig) -> None:
 
 def _check_simcse(cfg: SimCSEConfig) -> None:
     """The sentence recipes' own combinations: their data is a sentence file, their loss contrasts within a batch."""
-    from .sentences import SUFFIXES, data_mode
-
-    path = Path(cfg.data)
-    if path.suffix.lower() not in SUFFIXES:
-        raise ConfigValueError("data", cfg.data, "a .txt file (one sentence a line), or a .jsonl/.csv/.parquet file "
-                               "with a text_column or anchor, positive[, negative] fields")
-    if not path.is_file():
-        raise ConfigValueError("data", cfg.data, f"an existing sentence file ({path} not found)")
-    if isinstance(cfg, ESimCSEConfig) and data_mode(path, cfg.text_column) == "supervised":
-        raise ConfigValueError("data", cfg.data, f"a file of sentences (a .txt, or a {cfg.text_column!r} "
-                               "field/column): ESimCSE is unsupervised and this file holds (anchor, positive) rows; "
-                               "train supervised SimCSE on it with the simcse recipe")
+    check_sentence_data(cfg.data, cfg.text_column, unsupervised_only=isinstance(cfg, ESimCSEConfig))
     if cfg.batch_size < 2:
         raise ConfigValueError("batch_size", cfg.batch_size, "an integer >= 2: the contrastive loss needs other "
                                "sentences of the batch as negatives")
-    _check_sts_dir(cfg.sts_dir)
-
-
-def _check_sts_dir(sts_dir: str) -> None:
-    """``sts_dir=''`` needs STS-B where embedhub.data finds it; a folder needs STS-B's dev and test splits (csv, or
-    the Hub copy's parquet files)."""
-    from embedhub import DataNotFoundError
-    from embedhub.data import stsb_dir
-
-    if not sts_dir.strip():
-        try:
-            stsb_dir()
-        except DataNotFoundError as exc:
-            raise ConfigValueError("sts_dir", sts_dir, f"STS-B to be found ({exc})") from exc
-        return
-    for split, name in (("validation", "sts-dev.csv"), ("test", "sts-test.csv")):
-        folder = Path(sts_dir)
-        if not (folder / name).is_file() and not (folder / "data" / f"{split}-00000-of-00001.parquet").is_file():
-            raise ConfigValueError("sts_dir", sts_dir, f"a folder holding STS-B's {name} (not found there; "
-                                   "sts_dir='' reads STS-B where `embedhub data stsb` puts it)")
+    check_sts_dir(cfg.sts_dir)
 
 
 def _check_open_clip_model(name: str) -> None:
@@ -526,155 +458,14 @@ def _check_open_clip_model(name: str) -> None:
         import open_clip  # noqa: F401
     except ImportError:
         return  # the recipe reports the missing extra
-    from .pairs import open_clip_config
+    from .model import open_clip_config  # the library and its towers: only for an open_clip run
 
     open_clip_config(name)
-
-
-# ------------------------------------------------------------------------------------------ loading
-def _convert(value: Any, typ: Any, *, text: bool) -> Any:
-    """A value from a ``key=value`` override (``text``) or a YAML file as the field type; what cannot be
-    converted is passed on unchanged, for :func:`validate` to report."""
-    name = str(typ)
-    if name.startswith("dict"):
-        return json.loads(value) if text else value  # an override is JSON: prompts={"query": "query: "}
-    if name.startswith("tuple"):
-        if text:
-            value = json.loads(value) if value.startswith("[") else [v for v in value.split(",") if v]
-        if not isinstance(value, list):
-            return value
-        return tuple(_convert(v, float, text=True) if "float" in name and isinstance(v, str) else v for v in value)
-    if not isinstance(value, str):
-        return value
-    if typ is bool or name == "bool":
-        low = value.strip().lower()
-        return True if low in ("1", "true", "yes", "on") else False if low in ("0", "false", "no", "off") else value
-    try:
-        if typ is int or name == "int":
-            return int(value)
-        if typ is float or name == "float":
-            return float(value)  # YAML 1.1 reads 1e-3 as a string
-    except ValueError:
-        return value
-    return value
-
-
-def _read_yaml(yaml_path: str | Path) -> dict[str, Any]:
-    import yaml
-
-    path = Path(yaml_path)
-    if not path.is_file():
-        raise RecipeError(f"--config {path}: file not found")
-    try:
-        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise RecipeError(f"--config {path}: not valid YAML: {exc}") from None
-    if loaded is None:
-        return {}
-    if not isinstance(loaded, dict) or not all(isinstance(k, str) for k in loaded):
-        raise RecipeError(f"--config {path}: expected a mapping of config keys to values, got "
-                          f"{type(loaded).__name__}")
-    return loaded
-
-
-def load_config(cls: type[C], yaml_path: str | Path | None = None, overrides: list[str] | None = None) -> C:
-    """Defaults, then the YAML file, then ``key=value`` overrides; unknown keys and bad values are
-    :class:`RecipeError` / :class:`ConfigValueError`, naming where the value came from."""
-    values: dict[str, Any] = {}
-    source: dict[str, str] = {}
-    hints = get_type_hints(cls)
-    names = sorted(f.name for f in dataclasses.fields(cls))
-    if yaml_path:
-        loaded = _read_yaml(yaml_path)
-        unknown = sorted(set(loaded) - set(names))
-        if unknown:
-            raise RecipeError(f"{yaml_path}: unknown config keys {unknown}; known: {names}")
-        for key, value in loaded.items():
-            values[key] = _convert(value, hints[key], text=False)
-            source[key] = str(yaml_path)
-    for item in overrides or []:
-        if "=" not in item:
-            raise RecipeError(f"override {item!r} must look like key=value (known keys: {names})")
-        key, value = item.split("=", 1)
-        key = key.lstrip("-").replace("-", "_")
-        if key not in names:
-            raise RecipeError(f"unknown config key {key!r}; known: {names}")
-        try:
-            values[key] = _convert(value, hints[key], text=True)
-        except ValueError as exc:  # a list override that is not valid JSON
-            raise ConfigValueError(key, value, f"{_type_name(hints[key])} ({exc})", f"override {item!r}") from None
-        source[key] = f"override {item!r}"
-    try:
-        return cls(**values)
-    except ConfigValueError as exc:
-        if exc.key in source:
-            raise ConfigValueError(exc.key, exc.value, exc.expected, source[exc.key]) from None
-        raise
-
-
-def usage(cls: type[TrainConfig], prog: str) -> str:
-    """The recipe command's help: its options and every config key with its default."""
-    lines = [f"usage: {prog} [--config FILE.yaml] [--resume] [key=value ...]", "",
-             f"{cls.__name__} keys (default; expected):"]
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        lines.append(f"  {f.name}={default!r}  ({RULES[f.name].expected})")
-    lines += ["", "Exit codes: 0 success, 1 training failed, 2 bad usage, config or data."]
-    return "\n".join(lines)
-
-
-def parse_args(cls: type[C], argv: list[str]) -> C:
-    """``[--config FILE] [--resume] [key=value ...]`` -> a validated config (:class:`RecipeError` otherwise)."""
-    argv = list(argv)
-    yaml_path = None
-    while "--config" in argv:
-        i = argv.index("--config")
-        if i + 1 >= len(argv) or "=" in argv[i + 1] or argv[i + 1].startswith("-"):
-            raise RecipeError("--config needs a YAML file: --config FILE.yaml")
-        if yaml_path is not None:
-            raise RecipeError("--config given twice")
-        yaml_path = argv[i + 1]
-        del argv[i: i + 2]
-    for i, arg in enumerate(argv):
-        if arg.startswith("--config="):
-            raise RecipeError(f"{arg!r}: write --config FILE.yaml")
-        if arg == "--resume":
-            argv[i] = "resume=true"
-    return load_config(cls, yaml_path, argv)
-
-
-def recipe_main(cls: type[C], run: Any, argv: list[str] | None = None, prog: str | None = None) -> int:
-    """A recipe's command line: ``[--config FILE] [--resume] [key=value ...]`` -> ``run(config)``.
-
-    Returns 0 on success, 2 for a bad option, config value or data (the message on stderr, no traceback)."""
-    argv = list(sys.argv[1:] if argv is None else argv)
-    prog = prog or f"python -m training.{next(k for k, v in RECIPE_CONFIGS.items() if v is cls)}"
-    if "-h" in argv or "--help" in argv:
-        print(usage(cls, prog))
-        return 0
-    from embedhub import PublishError
-
-    from .dist import destroy
-
-    try:
-        cfg = parse_args(cls, argv)
-        if cfg.push_to_hub:  # before anything is computed or written: a push needs a token
-            from embedhub.hub import resolve_token
-
-            resolve_token(None)
-        run(cfg)
-    except (RecipeError, PublishError) as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
-    finally:
-        destroy()  # leave torchrun's process group cleanly
-    return 0
 
 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(cfg).items()}
 
 
-__all__ = ["ClipConfig", "ConfigValueError", "DataError", "ESimCSEConfig", "MissingDataError", "PmrlConfig",
-           "ProtoClipConfig", "RECIPE_CONFIGS", "RULES", "RecipeError", "SimCSEConfig", "TrainConfig", "load_config",
-           "parse_args", "recipe_main", "to_dict", "validate"]
+__all__ = ["ClipConfig", "ESimCSEConfig", "FASHION_TEMPLATES", "PmrlConfig", "ProtoClipConfig", "RECIPE_CONFIGS",
+           "RULES", "Rule", "SimCSEConfig", "TrainConfig", "to_dict", "type_name", "validate"]

@@ -23,7 +23,7 @@ from pathlib import Path
 from embedhub import DataFileError, DataNotFoundError
 from embedhub.data import read_stsb
 
-from .config import DataError, MissingDataError
+from .errors import DataError, MissingDataError
 
 WORDNET = Path("/usr/share/wordnet")
 FORTUNES = Path("/usr/share/games/fortunes")

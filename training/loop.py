@@ -23,7 +23,8 @@ from torch import nn
 from embedhub.utils import atomic_write
 
 from . import dist
-from .config import ConfigValueError, TrainConfig, to_dict
+from .config import TrainConfig, to_dict
+from .errors import ConfigValueError
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:

@@ -1,9 +1,17 @@
 """A two-tower model for training: backbones (frozen or not), projection heads, a logit scale;
-and its export to an embedhub model folder that ``embedhub.load`` reads."""
+and its export to an embedhub model folder that ``embedhub.load`` reads. Also the other towers the
+end-to-end recipe trains: an open_clip CLIP from scratch, built from an open_clip model config
+(:func:`open_clip_config` is also the check of the ``open_clip_model`` config key).
+
+>>> head_spec("linear", 384, 256)
+[{'in_features': 384, 'out_features': 256, 'bias': False}]
+"""
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -12,6 +20,8 @@ from torch import nn
 import embedhub
 from embedhub import EmbeddingModel
 from embedhub.modules import Head, ImageConfig, ImagePreprocessor, TimmImageTower, TransformersTextTower
+
+from .errors import ConfigValueError
 
 
 def head_spec(kind: str, in_dim: int, out_dim: int) -> list[dict[str, Any]]:
@@ -133,3 +143,65 @@ def images_to_array(images: Any) -> list:
     from embedhub.utils import load_image
 
     return [load_image(img, i) for i, img in enumerate(images)]
+
+
+# ------------------------------------------------------------------------------ open_clip from scratch
+class OpenClipDual(nn.Module):
+    """An open_clip CLIP trained from scratch, with the recipe's encode_image/encode_text interface."""
+
+    def __init__(self, clip: nn.Module):
+        super().__init__()
+        self.clip = clip
+
+    @property
+    def logit_scale(self) -> nn.Parameter:
+        return self.clip.logit_scale
+
+    def encode_image(self, pixels: torch.Tensor, *, features: bool = False) -> torch.Tensor:
+        return nn.functional.normalize(self.clip.encode_image(pixels), dim=-1)
+
+    def encode_text(self, tokens: dict[str, torch.Tensor], *, features: bool = False) -> torch.Tensor:
+        return nn.functional.normalize(self.clip.encode_text(tokens["input_ids"]), dim=-1)
+
+
+def open_clip_config(name: str) -> dict[str, Any]:
+    """An open_clip model config by name (bundled with open_clip, no download) or from a JSON file."""
+    import open_clip
+
+    path = Path(name)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise ConfigValueError("open_clip_model", name, f"an existing JSON model config ({path} not found)")
+        try:
+            cfg = json.loads(path.read_text(encoding="utf-8"))
+            cfg = cfg.get("model_cfg", cfg)
+        except (ValueError, AttributeError) as exc:
+            raise ConfigValueError("open_clip_model", name,
+                                   f"a JSON object of an open_clip model config ({exc})") from None
+        if not isinstance(cfg, dict) or not {"embed_dim", "vision_cfg", "text_cfg"} <= set(cfg):
+            raise ConfigValueError("open_clip_model", name,
+                                   "a JSON model config with embed_dim, vision_cfg and text_cfg (as open_clip's own)")
+    else:
+        cfg = open_clip.get_model_config(name)
+        if cfg is None:
+            raise ConfigValueError("open_clip_model", name,
+                                   f"an open_clip model config name or .json file, e.g. {open_clip.list_models()[-4:]}")
+    if "hf_tokenizer_name" in cfg.get("text_cfg", {}) or "hf_model_name" in cfg.get("text_cfg", {}):
+        raise ConfigValueError("open_clip_model", name, "a config with a CLIP text tower (Hugging Face text towers "
+                               "need a download)")
+    return cfg
+
+
+def open_clip_towers(name: str, seed: int) -> tuple[OpenClipDual, Any, Any, dict[str, Any]]:
+    """(model, image preprocessor, tokeniser, model config) of a randomly initialised open_clip CLIP."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    from embedhub.modules import ImagePreprocessor, OpenCLIPTextPreprocessor, build_open_clip, open_clip_image_config
+
+    cfg = open_clip_config(name)
+    torch.manual_seed(seed)
+    clip = build_open_clip(cfg)
+    context = int(cfg["text_cfg"].get("context_length", 77))
+    text_pre = OpenCLIPTextPreprocessor(SimpleTokenizer(context_length=context), max_length=context)
+    image_pre = ImagePreprocessor(open_clip_image_config(cfg))  # what embedhub.load will use for the saved folder
+    return OpenClipDual(clip), image_pre, text_pre, cfg

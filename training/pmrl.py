@@ -17,15 +17,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedhub.losses import ClipLoss, pmrl_loss
 from embedhub.modules import Head
 
 from .audio import spoken_caption_features
 from .clip import LiTSetup
-from .config import PmrlConfig, recipe_main
+from .config import PmrlConfig
 from .dist import gather, main_first, shard
 from .loop import Trainer, fit_and_finish
+from .losses import ClipLoss, pmrl_loss
 from .model import head_spec
+from .recipe import recipe_main
 
 
 def run(cfg: PmrlConfig) -> dict[str, Any]:

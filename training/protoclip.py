@@ -19,13 +19,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from embedhub.losses import ClipLoss, back_translate, kmeans, prototype_loss
-from embedhub.utils import epoch_order
-
 from .clip import LiTSetup
-from .config import ProtoClipConfig, recipe_main
+from .config import ProtoClipConfig
+from .data.order import epoch_order
 from .dist import gather, shard
 from .loop import Trainer, fit_and_finish
+from .losses import ClipLoss, back_translate, kmeans, prototype_loss
+from .recipe import recipe_main
 
 
 class ProtoHead(nn.Sequential):

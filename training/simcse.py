@@ -7,7 +7,7 @@
     embedhub train esimcse data=sentences.txt              # word repetition + momentum-encoder queue
 
 Unsupervised SimCSE encodes each sentence twice in one forward with dropout on; the two views are each
-other's positives, the batch's other sentences the negatives (``embedhub.losses.SimCSELoss``). Supervised
+other's positives, the batch's other sentences the negatives (``training.losses.SimCSELoss``). Supervised
 SimCSE reads (anchor, positive[, hard negative]) rows: anchors, positives and negatives go through one
 forward of the concatenated token lists (dropout on), each anchor's positive is its target and every other
 positive and every hard negative of the batch a negative. ESimCSE (unsupervised only) takes as positive a
@@ -54,15 +54,17 @@ from torch import nn
 import embedhub
 from embedhub import DataFileError, DataNotFoundError, EmbeddingModel
 from embedhub.data import read_stsb
-from embedhub.losses import EmbeddingQueue, SimCSELoss, momentum_update, word_repetition
 from embedhub.modules import Pooling, TransformersTextTower
-from embedhub.utils import epoch_generator
 
-from .config import DataError, ESimCSEConfig, RecipeError, SimCSEConfig, recipe_main, to_dict
+from .config import ESimCSEConfig, SimCSEConfig, to_dict
+from .data.order import epoch_generator
+from .data.sentences import Row, SentenceFile
 from .dist import gather, rank_world
+from .errors import DataError, RecipeError
 from .loop import Trainer, fit_and_finish, plot_eval_curve, resolve_device, start_run
+from .losses import EmbeddingQueue, SimCSELoss, momentum_update, word_repetition
 from .model import prompt_settings
-from .sentences import Row, SentenceFile
+from .recipe import recipe_main
 
 
 def _anchor_length(row: Row) -> int:

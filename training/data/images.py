@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .config import DataError, MissingDataError
+from ..errors import DataError, MissingDataError
 
 FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
 FASHION_CLASSES = ("t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",

@@ -47,9 +47,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from embedhub.utils import epoch_generator
-
-from .config import DataError
+from ..errors import DataError
+from .order import epoch_generator
 
 #: what a file yields: a sentence (unsupervised) or an (anchor, positive[, negative]) tuple (supervised)
 Row = str | tuple[str, ...]
