@@ -77,8 +77,9 @@ def test_help_and_import_stay_free_of_torch():
 #: what the extension points exported before the library was split into layers: every name still imports
 #: from the same path (a user's `from embedhub.modules import OpenCLIPTower` keeps working)
 BEFORE_LAYERS = {
-    "embedhub.modules": "ACTIVATIONS ConfigView Dense HFCLIPTower HFTextPreprocessor Head ImageConfig ImagePreprocessor "
-                        "ModelFolder Normalize OpenCLIPTextPreprocessor OpenCLIPTower POOLING_MODES Pooling TIMM_KWARGS "
+    "embedhub.modules": "ACTIVATIONS ConfigView Dense HFCLIPTower HFTextPreprocessor Head ImageConfig "
+                        "ImagePreprocessor ModelFolder Normalize OpenCLIPTextPreprocessor OpenCLIPTower POOLING_MODES "
+                        "Pooling TIMM_KWARGS "
                         "TextPreprocessor TimmImageTower Tower TransformersTextTower build_open_clip is_saveable "
                         "load_preprocessor open_clip_image_config register_tower tower_class tower_kinds "
                         "unregister_tower",

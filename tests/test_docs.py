@@ -191,7 +191,7 @@ def test_docs_site_builds_strict(tmp_path):
     api = (site / "api" / "index.html").read_text(encoding="utf-8")
     for name in ("embedhub.load", "embedhub.EmbeddingModel.encode", "embedhub.data.read_stsb",
                  "embedhub.formats.register_format", "embedhub.modules.register_tower", "embedhub.hub.push_folder",
-                 "embedhub.utils.load_image"):
+                 "embedhub.modules.load_image", "embedhub.store.sha256_file"):
         assert f'id="{name}"' in api, f"{name} is missing from the API reference"
 
 

@@ -234,3 +234,12 @@ def test_the_picture_as_svg(tmp_path):
     assert svg.tag == "{http://www.w3.org/2000/svg}svg"
     labels = {t.text for t in svg.iter("{http://www.w3.org/2000/svg}text")}
     assert {"errors", "modules", "hub", "store", "training", "embedhub"} <= labels
+
+
+def test_the_project_keeps_its_layers():
+    """The real tree: embedhub in layers without circles or private imports, training/export/demos/benchmarks on
+    the public API, the library importing none of them (the embedhub.losses shim aside)."""
+    found = cl.check(ROOT, cl.RULES)
+    assert not found, "\n".join(str(v) for v in found)
+    mods, _ = cl.import_graph(ROOT, cl.RULES)
+    assert len([m for m in mods if m.startswith("embedhub.")]) > 40  # the tree was read, not an empty folder

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import embedhub
-from embedhub.utils import SearchIndex, hamming
+from embedhub.store import SearchIndex, hamming
 
 st = pytest.importorskip("sentence_transformers")
 faiss = pytest.importorskip("faiss")

@@ -37,7 +37,7 @@ import torch
 from scipy.io import wavfile
 from torch import nn
 
-from embedhub.utils import atomic_write
+from embedhub.store import atomic_write
 
 ESPEAK = "espeak-ng"
 APT_HINT = "espeak-ng is not installed (not on PATH): install the Debian package with `apt-get install espeak-ng`"

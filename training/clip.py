@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from embedhub.utils import average_templates
+from embedhub.modules import average_templates
 
 from .config import ClipConfig, to_dict
 from .data.images import LabelledImages, fashion_mnist

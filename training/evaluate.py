@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from embedhub.utils import average_templates, template_prompts
+from embedhub.modules import average_templates, template_prompts
 
 
 def class_embeddings(encode_text, classes: tuple[str, ...], templates: tuple[str, ...]) -> torch.Tensor:

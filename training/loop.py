@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedhub.utils import atomic_write
+from embedhub.store import atomic_write
 
 from . import dist
 from .config import TrainConfig, to_dict

@@ -140,7 +140,7 @@ def to_embedding_model(model: DualEncoder, image_pre: Any, text_pre: Any, *,
 
 def images_to_array(images: Any) -> list:
     """uint8 grayscale/RGB arrays (or PIL images) -> RGB PIL images, decoded as ``encode`` decodes them."""
-    from embedhub.utils import load_image
+    from embedhub.modules import load_image
 
     return [load_image(img, i) for i, img in enumerate(images)]
 

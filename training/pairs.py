@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from embedhub.utils import average_templates, template_prompts
+from embedhub.modules import average_templates, template_prompts
 
 from .config import to_dict
 from .data.pairs import LabelledPairs, open_pairs

@@ -90,7 +90,7 @@ def _decode(data: bytes | Path, where: str, Image=None) -> object:
     WebP, GIF, BMP or TIFF only, bounded in bytes and pixels); :class:`DataError` naming ``where`` (the line
     of a captions file, the shard and sample) for anything that is not a readable image of those formats."""
     from embedhub import InputError
-    from embedhub.utils import load_image
+    from embedhub.modules import load_image
 
     try:
         return load_image(data, 0)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from embedhub.utils import tar_keys
+from embedhub.jobs import tar_keys
 
 from ..errors import ConfigValueError, DataError, MissingDataError
 from .images import LabelledImages, Sample, captioned_folder, expand_shards, fashion_mnist, webdataset
