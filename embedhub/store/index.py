@@ -302,20 +302,21 @@ class VectorIndex:
 
         ``ids`` (str or int, unique in the index, one per row) are given with every add or never."""
         arr = self.prepare(vectors)
-        self._add_ids(ids, len(arr))
+        self._add_ids(ids, len(arr), len(self))
         self._cache = None
         if self.index is not None:
             self.index.add(arr)
         else:
             self._parts.append(arr)
 
-    def _add_ids(self, ids: Any, n: int) -> None:
+    def _add_ids(self, ids: Any, n: int, before: int) -> None:
+        """Record the ids of ``n`` rows added after ``before`` rows (checked: str or int, unique)."""
         if ids is None:
             if self.ids is not None and n:
-                raise ValueError(f"this index has ids for its {len(self)} rows; give ids for the {n} new ones too")
+                raise ValueError(f"this index has ids for its {before} rows; give ids for the {n} new ones too")
             return
-        if self.ids is None and len(self):
-            raise ValueError(f"this index holds {len(self)} rows without ids; ids must come with every add")
+        if self.ids is None and before:
+            raise ValueError(f"this index holds {before} rows without ids; ids must come with every add")
         if isinstance(ids, np.ndarray) and ids.ndim == 1 and np.issubdtype(ids.dtype, np.integer):
             kind: str | None = "int" if len(ids) else None
             ids = ids.tolist()
@@ -549,7 +550,7 @@ class VectorIndex:
                              "manifest.json names it under index.similarity)")
         out = cls.read_faiss(path / FAISS_FILE, fingerprint.dim, similarity=similarity,
                              precision=fingerprint.precision, fingerprint=fingerprint, rows=len(ids))
-        out._add_ids(np.asarray(ids, dtype=np.int64) if kind == "int" else ids, len(ids))
+        out._add_ids(np.asarray(ids, dtype=np.int64) if kind == "int" else ids, len(ids), 0)
         return out
 
 
