@@ -387,7 +387,7 @@ class VectorIndex:
         prepared = self.prepare(q.astype(np.float32) if self.precision != "float32" else q)
         if self.index is None:
             return self._numpy_search(prepared, k)
-        dist, rows = self.index.search(prepared, k)
+        dist, rows = self._faiss_top(prepared, k)
         if self.similarity == "euclidean":
             scores = -np.sqrt(np.maximum(dist, 0))
         elif self.similarity == "manhattan":
@@ -395,6 +395,20 @@ class VectorIndex:
         else:
             scores = dist
         return scores.astype(np.float32), rows.astype(np.int64)
+
+    def _faiss_top(self, x: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """faiss's ``k`` nearest with ties as the numpy backend ranks them, the lower row first (faiss orders equal
+        scores by its heap): rows tied with the ``k``-th are fetched too (doubling), then sorted by score and row."""
+        n = len(self)
+        wide = min(n, k + 1)
+        while True:
+            dist, rows = self.index.search(x, wide)
+            if wide >= n or not (dist[:, wide - 1] == dist[:, k - 1]).any():
+                break
+            wide = min(n, 2 * wide)
+        larger_better = not self.binary and self.similarity in ("cosine", "dot")
+        order = np.lexsort((rows, -dist if larger_better else dist), axis=-1)[:, :k]
+        return np.take_along_axis(dist, order, 1), np.take_along_axis(rows, order, 1)
 
     def hits(self, queries: Any, k: int, *, rescore_multiplier: int | None = None) -> list[list[tuple[Any, float]]]:
         """:meth:`search` as ``(id, score)`` pairs per query, best first (ids are row numbers without ``ids``)."""
@@ -425,7 +439,7 @@ class VectorIndex:
                 raise ValueError("rescoring needs float queries (encode them with precision='float32')")
         wide = int(min(len(self), k * multiplier)) if multiplier else k
         if self.index is not None:
-            dist, rows = self.index.search(codes, wide)
+            dist, rows = self._faiss_top(codes, wide)
             dist, rows = dist.astype(np.int32), rows.astype(np.int64)
         else:
             s, rows = _top(-hamming(codes, self.stored()).astype(np.float32), wide)
