@@ -318,27 +318,31 @@ class VectorIndex:
         if self.ids is None and before:
             raise ValueError(f"this index holds {before} rows without ids; ids must come with every add")
         if isinstance(ids, np.ndarray) and ids.ndim == 1 and np.issubdtype(ids.dtype, np.integer):
-            kind: str | None = "int" if len(ids) else None
-            ids = ids.tolist()
+            new, kind = ids.tolist(), "int"
         else:
-            ids, kind = list(ids), None
-        if len(ids) != n:
-            raise ValueError(f"{len(ids)} ids for {n} rows; give one id per row")
-        new = []
-        for i, x in enumerate(ids):
-            this = "str" if isinstance(x, str) else "int" if isinstance(x, (int, np.integer)) and not isinstance(
-                x, bool) else None
-            if this is None:
-                raise ValueError(f"ids[{i}] is a {type(x).__name__}; ids are str or int")
-            kind = kind or self._id_kind or this
-            if this != kind:
-                raise ValueError(f"ids[{i}] = {x!r:.80} is a {this} among {kind} ids; ids are all str or all int")
-            x = x if this == "str" else int(x)
-            if x in self._seen:
-                raise ValueError(f"ids[{i}] = {x!r:.80} is already in the index; ids must be unique")
-            self._seen.add(x)
-            new.append(x)
-        self._id_kind = kind or self._id_kind
+            new = list(ids)
+            kinds = [_id_kind(x) for x in new]
+            kind = kinds[0] if new else None
+            bad = next((i for i, t in enumerate(kinds) if t is None or t != kind), None)
+            if bad is not None:
+                raise ValueError(f"ids[{bad}] = {new[bad]!r:.80} ({type(new[bad]).__name__}); ids are all str or "
+                                 "all int")
+            new = [str(x) for x in new] if kind == "str" else [int(x) for x in new]
+        if len(new) != n:
+            raise ValueError(f"{len(new)} ids for {n} rows; give one id per row")
+        if not new:
+            return
+        if self._id_kind not in (None, kind):
+            raise ValueError(f"{kind} ids for an index of {self._id_kind} ids; ids are all str or all int")
+        fresh = set(new)
+        if len(fresh) != len(new) or not self._seen.isdisjoint(fresh):
+            seen = set(self._seen)
+            for i, x in enumerate(new):
+                if x in seen:
+                    raise ValueError(f"ids[{i}] = {x!r:.80} is already in the index; ids must be unique")
+                seen.add(x)
+        self._seen |= fresh
+        self._id_kind = kind
         if self.ids is None:
             self.ids = []
         self.ids.extend(new)
@@ -570,6 +574,13 @@ class VectorIndex:
 
 #: the name this class had before it held ids and a fingerprint
 SearchIndex = VectorIndex
+
+
+def _id_kind(value: Any) -> str | None:
+    """``"str"`` or ``"int"`` for a row id, None for anything else (a bool is not an int id)."""
+    if isinstance(value, str):
+        return "str"
+    return "int" if isinstance(value, (int, np.integer)) and not isinstance(value, bool) else None
 
 
 def _regular(path: Path, what: str, error: type[Exception]) -> None:
