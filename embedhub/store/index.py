@@ -62,7 +62,7 @@ _POPCOUNT = np.array([bin(i).count("1") for i in range(256)], dtype=np.uint8)
 #: the files of an index folder: the faiss index, and the ids of its rows (with fingerprint and similarity)
 FAISS_FILE = "index.faiss"
 IDS_FILE = "index_ids.parquet"
-#: the parquet metadata key of the index record (similarity, precision, kind, rows) in the ids file
+#: the parquet metadata key of the index record (similarity, precision, rows) in the ids file
 INDEX_KEY = b"embedhub.index"
 INDEX_VERSION = 1
 #: bytes a flat faiss file may hold beyond its rows (header and counts); larger files are refused unread
@@ -494,9 +494,9 @@ class VectorIndex:
         import pyarrow.parquet as pq
 
         ids = self.ids if self.ids is not None else list(range(len(self)))
-        kind = pa.int64() if (self._id_kind or ("int" if self.ids is None else "str")) == "int" else pa.string()
+        kind = pa.string() if self._id_kind == "str" else pa.int64()
         record = {"embedhub_index": INDEX_VERSION, "similarity": self.similarity, "precision": self.precision,
-                  "kind": self.kind if self.index is not None else "numpy", "rows": len(self)}
+                  "rows": len(self)}
         table = pa.table({"id": pa.array(ids, type=kind)}, metadata={
             PARQUET_KEY: self.fingerprint.to_json().encode(), INDEX_KEY: json.dumps(record).encode()})
         write(folder, ids_file, lambda tmp: pq.write_table(table, tmp))
