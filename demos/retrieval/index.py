@@ -6,8 +6,8 @@ A folder holds three files, written together through a staging folder (``index.j
   item ids and inputs (text, or image path), with the model's fingerprint in the parquet metadata
   (``embedhub.write_embeddings``);
 - ``index.faiss``: a flat faiss index over those vectors that ranks by the model's similarity
-  (``embedhub.store.SearchIndex``: inner product over unit rows for cosine, over raw vectors for dot,
-  L2 for euclidean, L1 for manhattan);
+  (``embedhub.store.VectorIndex``: inner product over unit rows for cosine, over raw vectors for dot,
+  L2 for euclidean, L1 for manhattan), read back with the fingerprint and ids of ``embeddings.parquet``;
 - ``index.json``: the fingerprint, the similarity, the item count, ids and a digest of the items.
 
 :meth:`VectorIndex.open` reuses a saved index only when its fingerprint equals ``model.fingerprint``,
@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 
 import embedhub
-from embedhub.store import SearchIndex, install_folder
+from embedhub.errors import require
+from embedhub.store import VectorIndex as FingerprintedIndex
+from embedhub.store import install_folder
 
 EMBEDDINGS = "embeddings.parquet"
 FAISS_FILE = "index.faiss"
@@ -125,7 +127,7 @@ class VectorIndex:
     [[('0', 0.71...)]]
     """
 
-    def __init__(self, folder: Path, fingerprint: Any, ids: list[str], inputs: list[str], index: SearchIndex):
+    def __init__(self, folder: Path, fingerprint: Any, ids: list[str], inputs: list[str], index: FingerprintedIndex):
         self.folder = Path(folder)
         self.fingerprint = fingerprint
         self.ids = ids
@@ -174,13 +176,13 @@ class VectorIndex:
         emb = np.ascontiguousarray(emb, dtype=np.float32).reshape(len(items), -1)
         fingerprint = model.fingerprint
         inputs = [str(x) for x in items]
-        index = SearchIndex(emb.shape[1], similarity=model.similarity_fn_name, backend="faiss")
-        index.add(emb)
+        index = FingerprintedIndex.build(emb, fingerprint, ids=ids, similarity=model.similarity_fn_name,
+                                         backend="faiss")
         folder.parent.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}.", suffix=".tmp"))
         try:
             embedhub.write_embeddings(staging / EMBEDDINGS, emb, fingerprint, ids=ids, inputs=inputs)
-            index.save(staging / FAISS_FILE)
+            index.save(staging, ids_file=None)  # ids and fingerprint: in EMBEDDINGS
             record = {
                 "embedhub_demo_index": INDEX_VERSION,
                 "fingerprint": fingerprint.to_dict(),
@@ -236,14 +238,10 @@ class VectorIndex:
             raise StaleIndexError(folder, f"{EMBEDDINGS} holds other items than {META} lists")
         emb = stored.embeddings
         try:
-            index = SearchIndex.load(folder / FAISS_FILE, emb.shape[1], similarity=model.similarity_fn_name)
+            index = FingerprintedIndex.load(folder, similarity=model.similarity_fn_name, expect=want,
+                                            ids_file=EMBEDDINGS)
         except ValueError as exc:
             raise StaleIndexError(folder, f"{FAISS_FILE}: {str(exc).splitlines()[0]}") from None
-        if len(index) != len(ids):
-            raise StaleIndexError(
-                folder, f"{FAISS_FILE} holds {len(index)} x {index.dim} vectors, {EMBEDDINGS} {emb.shape[0]} x "
-                f"{emb.shape[1]}"
-            )
         if not np.array_equal(index.stored(), index.prepare(emb)):
             raise StaleIndexError(folder, f"{FAISS_FILE} holds other vectors than {EMBEDDINGS}")
         inputs = stored.inputs if stored.inputs is not None else ids
@@ -297,8 +295,7 @@ class VectorIndex:
         q = q.reshape(1, -1) if q.ndim == 1 else q
         if q.ndim != 2 or q.shape[1] != self.index.dim:
             raise ValueError(f"query vectors of shape {np.shape(vectors)}; the index holds {self.index.dim}-d vectors")
-        scores, rows = self.index.search(q, int(min(k, len(self))))
-        return [[(self.ids[r], float(s)) for s, r in zip(srow, rrow) if r >= 0] for srow, rrow in zip(scores, rows)]
+        return self.index.hits(q, int(min(k, len(self))))
 
     def query(self, model: embedhub.EmbeddingModel, inputs: Any, k: int) -> list[list[Hit]]:
         """Embed ``inputs`` (texts ``str``, images ``Path``/``PIL.Image``) with ``model.encode_query`` (its query
@@ -330,6 +327,4 @@ def _encode_read(model: embedhub.EmbeddingModel, items: list[str | Path], ids: l
 
 
 def _faiss() -> Any:
-    from embedhub.errors import require
-
     return require("faiss", "demo", "the retrieval demo's vector index")

@@ -279,7 +279,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     rescoring of the ``--rescore-multiplier`` x ``--top-k`` nearest.
     """
     from embedhub.jobs.local import encode_options, similarity_of
-    from embedhub.store.index import SearchIndex
+    from embedhub.store.embeddings import encode_fingerprint
+    from embedhub.store.index import VectorIndex
 
     corpus = read_inputs(args.corpus, field_name=args.field, column=args.column)
     if not corpus.is_text:
@@ -315,8 +316,8 @@ def cmd_search(args: argparse.Namespace) -> int:
         rescore = None
     else:
         rescore = RESCORE_MULTIPLIER if args.rescore_multiplier is None else args.rescore_multiplier
-    index = SearchIndex(queries.shape[1], similarity=similarity, precision=precision)
-    index.add(docs)
+    index = VectorIndex.build(docs, stored.fingerprint if stored is not None else encode_fingerprint(
+        model, **docs_options), similarity=similarity)
     scores, rows = index.search(queries, args.top_k, rescore_multiplier=rescore)
     print(f"embedhub: {index.kind} index; scores: {_score_name(similarity, precision, rescore)}", file=sys.stderr)
     for qi, query in enumerate(args.query):

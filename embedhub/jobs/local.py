@@ -57,7 +57,6 @@ from embedhub.store.job_folder import (
     empty_rows,
     entry_kind,
     entry_problem,
-    id_list,
     plain,
     put,
     read_manifest,
@@ -704,30 +703,20 @@ class _Job:
     def _build_index(self, shards: list[dict[str, Any]]) -> Path:
         """A flat faiss index over every shard, in shard order, searching with the model's similarity (inner
         product for dot and, over unit rows, cosine; L2 for euclidean; L1 for manhattan) or, for binary vectors,
-        by Hamming distance (:class:`embedhub.store.index.SearchIndex`)."""
-        from embedhub.store.embeddings import PARQUET_KEY, read_embeddings_file
-        from embedhub.store.index import SearchIndex
+        by Hamming distance, saved as :data:`INDEX` and :data:`INDEX_IDS` (:class:`embedhub.store.VectorIndex`)."""
+        from embedhub.store.embeddings import read_embeddings_file
+        from embedhub.store.index import VectorIndex
 
         self.ledger.record(INDEX, INDEX_IDS)
-        precision = getattr(self.fingerprint, "precision", "float32")
-        idx = SearchIndex(self.fingerprint.dim, similarity=self.similarity, precision=precision, backend="faiss")
-        ids: list[Any] = []
+        idx = VectorIndex(self.fingerprint.dim, similarity=self.similarity, precision=self.fingerprint.precision,
+                          backend="faiss", fingerprint=self.fingerprint)
         for entry in shards:
             stored = read_embeddings_file(self.out / entry["file"], expect=self.fingerprint)
-            idx.add(stored.embeddings)
-            ids.extend(id_list(stored))
-        path = self.out / INDEX
-        put(self.out, INDEX, idx.save)
-        # the id of index row i, with the fingerprint of the vectors the index holds
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        kind = pa.string() if self.plan.id_kind == "str" else pa.int64()
-        table = pa.table({"id": pa.array(ids, type=kind)}, metadata={PARQUET_KEY: self.fingerprint.to_json().encode()})
-        put(self.out, INDEX_IDS, lambda tmp: pq.write_table(table, tmp))
+            idx.add(stored.embeddings, ids=stored.ids)
+        idx.save(self.out, ids_file=INDEX_IDS, put=put)  # the id of index row i, with the vectors' fingerprint
         self.manifest["index"] = {"file": INDEX, "ids": INDEX_IDS, "rows": len(idx), "kind": idx.kind,
-                                  "similarity": self.similarity, "precision": precision}
-        return path
+                                  "similarity": self.similarity, "precision": self.fingerprint.precision}
+        return self.out / INDEX
 
     def _save(self) -> None:
         self.ledger.record(MANIFEST)

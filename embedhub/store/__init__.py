@@ -18,11 +18,11 @@ if TYPE_CHECKING:
     from embedhub.modules.backends import sha256_file
     from embedhub.store.embeddings import write_embeddings
     from embedhub.store.fingerprint import Fingerprint
-    from embedhub.store.index import SearchIndex, hamming, similarity_scores
+    from embedhub.store.index import SearchIndex, VectorIndex, hamming, similarity_scores
     from embedhub.store.read import read_embeddings
 
 __getattr__, __dir__ = lazy_exports(__name__)
 __all__ = [
     "Fingerprint", "SearchIndex", "atomic_write", "hamming", "install_folder", "read_embeddings", "sha256_file",
-    "similarity_scores", "write_embeddings",
+    "similarity_scores", "VectorIndex", "write_embeddings",
 ]

@@ -27,15 +27,13 @@ from typing import TYPE_CHECKING, Any
 
 from embedhub._io.atomic import atomic_write
 from embedhub.errors import ArgumentError, EmbeddingsFileError, ProvenanceError, require
-from embedhub.store.fingerprint import Fingerprint
+from embedhub.store.fingerprint import PARQUET_KEY, Fingerprint
 from embedhub.store.index import check_precision, stored_dtype, stored_width
 
 if TYPE_CHECKING:
     import numpy as np
 
 EXTENSIONS = (".npy", ".parquet")
-#: the parquet schema metadata key holding the fingerprint JSON
-PARQUET_KEY = b"embedhub.fingerprint"
 #: what ends the name of the JSON file beside a ``.npy`` file
 SIDECAR_SUFFIX = ".fingerprint.json"
 SIDECAR_VERSION = 1

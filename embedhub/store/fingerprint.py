@@ -38,6 +38,8 @@ EXPORT_METADATA = "onnx/export_metadata.json"
 _SOURCE = re.compile(r"hub:[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+|(folder|memory):[0-9a-f]{16}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _CHUNK = 1 << 20
+#: the parquet schema metadata key holding the fingerprint JSON (embedding files, index id files)
+PARQUET_KEY = b"embedhub.fingerprint"
 
 
 @dataclass(frozen=True)

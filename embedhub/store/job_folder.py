@@ -21,6 +21,7 @@ from embedhub.store.fingerprint import Fingerprint
 if TYPE_CHECKING:
     from embedhub.formats.contract import ModelLike
     from embedhub.store.embeddings import StoredEmbeddings
+    from embedhub.store.index import VectorIndex
 
 MANIFEST = "manifest.json"
 SHARDS = "shards"
@@ -293,6 +294,24 @@ def read_job(folder: Path, *, expect: Fingerprint | None = None) -> StoredEmbedd
         raise JobError(f"{folder}: id {repeat[2]!r:.80} is in two shards (rows {repeat[0]} and {repeat[1]} of the "
                        "job); the shards are not one job's: pass restart=True (--restart) to embed again")
     return StoredEmbeddings(folder, emb, ids, None, fp)
+
+
+def read_job_index(folder: Path, *, expect: Fingerprint | None = None) -> VectorIndex:
+    """The index ``embed --index faiss`` saved in the job folder (:data:`INDEX`, :data:`INDEX_IDS`), with the
+    similarity its manifest records for id files written before the index record was; ``expect`` is checked
+    against the fingerprint of the index before its vectors are read.
+
+    >>> read_job_index(Path("emb"), expect=model.fingerprint).hits(model.encode(["a query"]), k=3)  # doctest: +SKIP
+    """
+    from embedhub.store.index import VectorIndex
+
+    manifest = read_manifest(folder / MANIFEST, entries=False)
+    record = manifest.get("index")
+    if not isinstance(record, dict) or record.get("file") != INDEX or record.get("ids") != INDEX_IDS:
+        raise JobError(f"{folder}: the job built no index (run it again with index='faiss' / --index faiss)")
+    similarity = record.get("similarity")
+    return VectorIndex.load(folder, similarity=similarity if isinstance(similarity, str) else None, expect=expect,
+                            ids_file=INDEX_IDS)
 
 
 def empty_rows(model: ModelLike, encode: dict[str, Any], rows: int = 0) -> np.ndarray:
