@@ -283,7 +283,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
     corpus = read_inputs(args, args.corpus)
     if not corpus.is_text:
-        raise UsageError(f"{args.corpus}: search needs a text corpus (.txt, .jsonl, .tsv, .csv, .parquet), not images")
+        raise UsageError(f"{args.corpus}: search needs a text corpus (.txt, .jsonl, .tsv, .csv, .parquet), not "
+                         f"images ({corpus.summary()})")
     for i, query in enumerate(args.query, start=1):
         which = f"--query {i} of {len(args.query)}" if len(args.query) > 1 else "--query"
         if not query.strip():

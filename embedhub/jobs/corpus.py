@@ -804,7 +804,7 @@ def _rows(chunk: Chunk, *, text_column: str = "text", id_column: str | None = No
         if problem is None:
             yield row_id, item, None, where, origin
         else:
-            yield row_id, item, problem, _problem_message(where, what, problem, chunk.kind), origin
+            yield row_id, item, problem, _problem_message(where, what, problem), origin
 
 
 def value_problem(value: Any) -> str | None:
@@ -819,12 +819,10 @@ def value_problem(value: Any) -> str | None:
     return problem
 
 
-def _problem_message(where: str, what: str, problem: str, kind: str) -> str:
+def _problem_message(where: str, what: str, problem: str) -> str:
     """``where``: ``what`` (the field or column) and why the row cannot be embedded."""
     if problem.startswith("image file"):
         return f"{where}: {problem}"
-    if problem == "text is empty" and kind == "table":
-        return f"{where}: {what} is empty"
     if problem.startswith("text is"):
         return f"{where}: {what} must be a non-empty string ({problem})"
     return f"{where}: {what} is not valid text: {problem}"
