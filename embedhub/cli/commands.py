@@ -89,7 +89,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
         from embedhub.errors import require
 
         require("pyarrow", "parquet", "writing .parquet output")
-    corpus = read_inputs(args.input, field_name=args.field, column=args.column)
+    corpus = read_inputs(args, args.input)
     print(f"embedhub: {corpus.summary()}", file=sys.stderr)
     model = _load_model(args)
     from embedhub.store.embeddings import sidecar_path, write_embeddings
@@ -125,7 +125,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
         result = embed_corpus(
             args.model, args.input, args.output, engine=args.engine, address=args.address, backend=args.backend,
             device=args.device, revision=args.revision, threads=args.threads, batch_size=args.batch_size,
-            max_tokens=args.max_tokens, shard_rows=args.shard_rows, text_column=args.text_column,
+            max_tokens=args.max_tokens, shard_rows=args.shard_rows, text_column=args.field, column=args.column,
             id_column=args.id_column, index=args.index, on_error=args.on_error, **_options(args),
             restart=args.restart, workers=args.workers, actors=args.actors,
         )
@@ -282,9 +282,10 @@ def cmd_search(args: argparse.Namespace) -> int:
     from embedhub.store.embeddings import encode_fingerprint
     from embedhub.store.index import VectorIndex
 
-    corpus = read_inputs(args.corpus, field_name=args.field, column=args.column)
+    corpus = read_inputs(args, args.corpus)
     if not corpus.is_text:
-        raise UsageError(f"{args.corpus}: search needs a text corpus (.txt, .jsonl, .tsv, .csv), not images")
+        raise UsageError(f"{args.corpus}: search needs a text corpus (.txt, .jsonl, .tsv, .csv, .parquet), not "
+                         f"images ({corpus.summary()})")
     for i, query in enumerate(args.query, start=1):
         which = f"--query {i} of {len(args.query)}" if len(args.query) > 1 else "--query"
         if not query.strip():

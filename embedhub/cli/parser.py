@@ -34,17 +34,12 @@ def _column(text: str) -> int:
 
 
 _INPUT_HELP = (
-    "inputs: a .txt file (one text per line; empty lines are skipped), a .jsonl file (one JSON object per line; "
-    "the --field value is embedded, and --field image means the values are image paths relative to the "
-    "file's folder), a .tsv/.csv file (no header; --column N, 0-based; a .csv whose first line holds a tab "
-    "is read as tab separated) or a folder of images (jpg, jpeg, png, bmp, gif, webp, tif, tiff; sorted by name)"
-)
-
-
-_CORPUS_HELP = (
-    "corpus: a .txt file (one text per line; empty lines are skipped), a .jsonl file (the --field value of each "
-    "JSON object) or a .tsv/.csv file (no header; --column N, 0-based; a .csv whose first line holds a tab is "
-    "read as tab separated)"
+    "inputs (the same for encode, search and embed): a .txt file (one text per line; empty lines are skipped), a "
+    ".jsonl file (one JSON object per line; the --field value is embedded), a .tsv/.csv file (no header; --column "
+    "N, 0-based; a .csv whose first line holds a tab is read as tab separated), a .parquet file (its --field "
+    "column), a folder tree of images (jpg, jpeg, png, bmp, gif, webp, tif, tiff; sorted by path), webdataset "
+    ".tar shards (<key>.<jpg|png|...> members), or a quoted glob of files of one kind; --field image means the "
+    ".jsonl/.parquet values are image paths relative to the file's folder"
 )
 
 
@@ -84,7 +79,9 @@ def _add_encode_args(p: argparse.ArgumentParser, *, precisions: tuple[str, ...] 
 
 
 def _add_reader_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--field", default="text", help="JSON field to embed in .jsonl input (default: text)")
+    """The corpus options, the same for every command that reads a corpus."""
+    p.add_argument("--field", "--text-column", dest="field", default="text",
+                   help="JSON field of .jsonl input, column of .parquet input (default: text)")
     p.add_argument("--column", type=_column, default=0, help="0-based column of .tsv/.csv input (default: 0)")
 
 
@@ -104,10 +101,10 @@ def build_parser() -> argparse.ArgumentParser:
         "encode",
         help="embed a file or folder of inputs into .npy or .parquet",
         description="Embed inputs and write them as .npy (float32 N x D) or .parquet (id, input, embedding).",
-        epilog=_INPUT_HELP,
+        epilog=_INPUT_HELP + ".",
     )
     _add_model_args(enc)
-    enc.add_argument("--input", required=True, help="input file or folder (see below)")
+    enc.add_argument("--input", required=True, help="input file, folder or glob (see below)")
     enc.add_argument("--output", required=True, help="output .npy or .parquet file (written atomically)")
     _add_reader_args(enc)
     enc.add_argument("--no-normalize", action="store_true",
@@ -122,9 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
         "metadata) with a manifest of finished shards: run the same command again after an interruption and it "
         "goes on where it stopped, never writing a row twice. Rows that cannot be embedded are skipped and listed "
         "in OUTPUT/errors.jsonl.",
-        epilog="INPUT: a .parquet or .jsonl file with a text column (--text-column; ids from --id-column, else "
-        "row numbers), a folder tree of images (ids: relative paths), webdataset .tar shards (ids: sample keys), "
-        "or a quoted glob of such files.",
+        epilog=_INPUT_HELP + "; ids: the --id-column of .jsonl/.parquet input, else row numbers (a folder's "
+        "images: their relative paths, tar shards: their sample keys).",
     )
     _add_model_args(emb)
     emb.add_argument("--input", required=True, help="corpus file, folder or glob (see below)")
@@ -142,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
                      help="at most this many padded tokens per text batch (default: no limit)")
     emb.add_argument("--shard-rows", type=_positive_int, default=None,
                      help="rows per output shard (default: 10000 texts, 1000 images)")
-    emb.add_argument("--text-column", default="text", help="text column or JSON field (default: text)")
+    _add_reader_args(emb)
     emb.add_argument("--id-column", default=None, help="id column or JSON field (default: row numbers)")
     emb.add_argument("--index", choices=("faiss",), default=None, help="also build a faiss index (index.faiss)")
     emb.add_argument("--on-error", choices=("skip", "fail"), default="skip",
@@ -162,10 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
         "manhattan, from its config), or the Hamming distance of a binary index for --precision binary/ubinary "
         "(optionally rescored with the float query). Queries get the model's query prompt, the corpus its "
         "document prompt.",
-        epilog=_CORPUS_HELP,
+        epilog=_INPUT_HELP + " (search: text corpora only).",
     )
     _add_model_args(sea)
-    sea.add_argument("--corpus", required=True, help="text corpus: .txt, .jsonl, .tsv or .csv")
+    sea.add_argument("--corpus", required=True, help="text corpus file, folder or glob (see below)")
     _add_reader_args(sea)
     sea.add_argument("--query", action="append", required=True, help="query text; repeat for several")
     sea.add_argument("--top-k", type=_positive_int, default=5, help="hits per query (default: 5)")

@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 from embedhub._io.lazy import lazy_exports
 
 if TYPE_CHECKING:
-    from embedhub.jobs.corpus import tar_keys
+    from embedhub.jobs.corpus import Corpus, read_corpus, tar_keys
     from embedhub.jobs.local import EmbedJobResult, embed_corpus
 
 __getattr__, __dir__ = lazy_exports(__name__)
 __all__ = [
-    "EmbedJobResult", "embed_corpus", "tar_keys",
+    "Corpus", "EmbedJobResult", "embed_corpus", "read_corpus", "tar_keys",
 ]

@@ -35,6 +35,7 @@ from embedhub.jobs.corpus import (
     count,
     decode_image,
     expand_input,
+    modality_of,
     plan_corpus,
     read_chunk,
 )
@@ -108,6 +109,7 @@ def embed_corpus(
     shard_rows: int | None = None,
     text_column: str = "text",
     id_column: str | None = None,
+    column: int = 0,
     normalize: bool | None = None,
     prompt_name: str | None = None,
     prompt: str | None = None,
@@ -122,9 +124,11 @@ def embed_corpus(
 ) -> EmbedJobResult:
     """Embed a corpus into parquet shards under ``output``, resuming where an earlier run stopped.
 
-    ``input``: a parquet or JSONL file with ``text_column`` (ids from ``id_column``, else row numbers),
-    a folder tree of images (ids: relative paths), webdataset ``.tar`` shards (ids: sample keys), or a
-    glob of such files. Rows are cut into shards of ``shard_rows`` (default 10,000 texts or 1,000
+    ``input``: any input :func:`embedhub.jobs.corpus.read_corpus` reads (``embedhub encode`` takes the same): a
+    ``.txt`` file, a ``.jsonl`` or ``.parquet`` file with ``text_column`` (``"image"``: image paths), a
+    ``.tsv``/``.csv`` file (its ``column``, 0-based), a folder tree of images (ids: relative paths), webdataset
+    ``.tar`` shards (ids: sample keys), or a glob of such files; ids from ``id_column`` (``.jsonl``/``.parquet``),
+    else row numbers. Rows are cut into shards of ``shard_rows`` (default 10,000 texts or 1,000
     images); each finished shard is recorded in the manifest, so a re-run skips it and never writes a
     row twice. An ``output`` of another model (fingerprint), input or shard size is refused unless
     ``restart=True``. Rows that cannot be embedded (a corrupt image, a null text) are skipped and listed
@@ -179,7 +183,7 @@ def embed_corpus(
     if problem:
         raise JobError(problem)
     kind, _ = expand_input(input)
-    modality = "image" if kind in ("images", "tar") else "text"
+    modality = modality_of(kind, text_column)
     shard_rows = shard_rows or DEFAULT_SHARD_ROWS[modality]
     load_args = {"revision": revision, "backend": backend, "dtype": dtype, "threads": threads}
     name: str | None = None
@@ -201,9 +205,11 @@ def embed_corpus(
                "precision": precision}
     fingerprint = encode_fingerprint(loaded, **options)
     with _Job(out, fingerprint, restart=restart, similarity=similarity_of(loaded)) as job:
-        plan = plan_corpus(input, shard_rows=shard_rows, text_column=text_column, id_column=id_column)
+        plan = plan_corpus(input, shard_rows=shard_rows, text_column=text_column, id_column=id_column, column=column)
         settings = {"input": os.fspath(input), "shard_rows": shard_rows, "text_column": text_column,
                     "id_column": id_column, "modality": plan.modality}
+        if kind == "table":  # which column of a .tsv/.csv file
+            settings["column"] = column
         if fingerprint.role is not None:  # not part of the fingerprint's id, but one job's rows share one prompt
             settings["prompt_role"] = fingerprint.role
         job.start(plan, settings)
@@ -212,7 +218,7 @@ def embed_corpus(
         if resumed:
             _note(f"{out}: {resumed} of {len(plan.chunks)} shards done by an earlier run; {len(pending)} to go")
         encode = dict(batch_size=batch_size, max_tokens=max_tokens, **encode_options(options))
-        reading = dict(text_column=text_column, id_column=id_column)
+        reading = dict(text_column=text_column, id_column=id_column, column=column)
         total = sum(c.rows for c in pending)
         bar = _bar(total, plan.modality, progress)
         try:
@@ -282,7 +288,7 @@ def run_local(
     """Embed ``pending`` chunks with ``model`` in this process, calling ``done(chunk, ids, emb, errors)``
     per chunk. The next chunk is read (and its images decoded in ``workers`` processes) while this one
     encodes; texts go through ``encode`` in the windows it would use itself, so results equal one call."""
-    images = bool(pending) and pending[0].kind in ("images", "tar")
+    images = bool(pending) and pending[0].modality == "image"
     pool = None
     if images:
         workers = workers or max(1, min(8, (os.cpu_count() or 2) - 1))

@@ -25,15 +25,16 @@ ROWS_PER_CALL = 4
 
 def _chunk_row(chunk: Chunk) -> dict[str, Any]:
     return {"index": chunk.index, "kind": chunk.kind, "source": chunk.source, "start": chunk.start,
-            "stop": chunk.stop, "first_id": chunk.first_id, "offset": chunk.offset, "paths": list(chunk.paths)}
+            "stop": chunk.stop, "first_id": chunk.first_id, "offset": chunk.offset, "paths": list(chunk.paths),
+            "line": chunk.line, "modality": chunk.modality}
 
 
 def _read_rows(row: dict[str, Any], *, reading: dict[str, Any]) -> list[dict[str, Any]]:
     """One chunk -> one row per item: ``shard``, ``pos``, ``id``, ``text`` or ``image``, ``error`` ("" if none)."""
     chunk = Chunk(int(row["index"]), row["kind"], row["source"], int(row["start"]), int(row["stop"]),
-                  int(row["first_id"]), int(row["offset"]), tuple(row["paths"]))
+                  int(row["first_id"]), int(row["offset"]), tuple(row["paths"]), int(row["line"]), row["modality"])
     rows = read_chunk(chunk, **reading)
-    image = chunk.kind in ("images", "tar")
+    image = chunk.modality == "image"
     column, blank = ("image", np.zeros((1, 1, 3), np.uint8)) if image else ("text", "")
     # rows that failed to read first, then the items in order: the order the local engine lists errors in
     out = [{"shard": chunk.index, "id": row_id, column: blank, "error": reason} for row_id, reason in rows.errors]
