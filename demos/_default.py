@@ -16,7 +16,6 @@ the full model folder is assembled on first use, in seconds, with the recipe's o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -221,10 +220,15 @@ def _build_lock(path: Path) -> Iterator[None]:
 
 
 def _sha256(path: str | os.PathLike) -> str:
+    from embedhub.errors import EmbedhubError
+    from embedhub.store import sha256_file
+
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError as exc:
         raise DemoError(f"{path} cannot be read ({exc.strerror}): reinstall embedhub's demos") from None
+    except EmbedhubError as exc:  # not a regular file
+        raise DemoError(f"{path} cannot be read ({exc}): reinstall embedhub's demos") from None
 
 
 def _version(dist: str) -> str | None:

@@ -34,7 +34,8 @@ from torch import nn
 import embedhub
 from embedhub import EmbeddingModel
 from embedhub.formats import can_save_torch, check_writable, save_embedhub
-from embedhub.utils import int8_dot_kernel, onnx_tensors, plan_batches, sha256_file, token_lengths
+from embedhub.store import sha256_file
+from embedhub.utils import int8_dot_kernel, onnx_tensors, plan_batches, token_lengths
 
 from ._data import CALIBRATION_TEXTS, GATE_TEXTS, gate_images
 from ._int8 import ALPHAS, Protect, quantize_int8

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from embedhub._io.folder import ConfigView, ModelFolder
+from embedhub._io.hashing import sha256_file
 from embedhub.errors import ConfigError, WeightsError, require
 
 Backend = Literal["torch", "onnx", "auto"]
@@ -161,22 +162,6 @@ _GRAPH_INPUTS: dict[str, dict[str, tuple[int, int]]] = {
     "text": {"input_ids": (_INT64, 2), "attention_mask": (_INT64, 2)},
     "image": {"pixel_values": (_FLOAT, 4)},
 }
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    """The SHA-256 (hex) of a regular file, read in 1 MiB chunks.
-
-    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "x"; _ = p.write_bytes(b"abc")
-    >>> sha256_file(p)[:16]
-    'ba7816bf8f01cfea'
-    """
-    from embedhub._io.manifest import sha256
-    from embedhub.errors import ConfigError
-
-    try:
-        return sha256(path)  # the one file hasher of saves and exports (hashed once per unchanged file)
-    except ConfigError:
-        raise WeightsError(f"{path} is not a regular file") from None
 
 
 def read_export_metadata(folder: ModelFolder) -> ConfigView | None:

@@ -21,6 +21,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from embedhub._io.hashing import sha256_file
 from embedhub.errors import FingerprintMismatchError, ProvenanceError
 
 if TYPE_CHECKING:
@@ -37,7 +38,6 @@ ONNX_PRECISIONS = ("fp32", "fp16", "int8")
 EXPORT_METADATA = "onnx/export_metadata.json"
 _SOURCE = re.compile(r"hub:[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+|(folder|memory):[0-9a-f]{16}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_CHUNK = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -394,17 +394,9 @@ def folder_hash(folder: Path, files: Any = None) -> str:
         digest = hashlib.sha256()
         for rel in rels:
             name = rel.encode("utf-8", "surrogateescape")
-            digest.update(name + b"\0" + _file_sha256(folder / rel).encode() + b"\n")
+            digest.update(name + b"\0" + sha256_file(folder / rel).encode() + b"\n")
         _FOLDER_HASHES[key] = digest.hexdigest()[:16]
     return _FOLDER_HASHES[key]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_settings(model: Any) -> dict[str, Any]:
