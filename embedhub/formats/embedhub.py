@@ -141,12 +141,13 @@ def _onnx_only(folder: ModelFolder, modality: str) -> UnknownFormatError:
     UnknownFormatError("minilm-onnx is an ONNX export of 'all-MiniLM-L6-v2' written without its torch copy ...")
     """
     from embedhub.errors import EmbedhubError
-    from embedhub.modules.backends import EXPORT_METADATA
+    from embedhub.modules.backends import read_export_metadata
 
     source = None
     try:
-        if folder.has(EXPORT_METADATA):
-            source = folder.config(EXPORT_METADATA, what="ONNX export metadata").str("source", None)
+        meta = read_export_metadata(folder)
+        if meta is not None:
+            source = meta.str("source", None)
     except (EmbedhubError, OSError):  # an unreadable record: the message goes without the model's name
         source = None
     if source is None:

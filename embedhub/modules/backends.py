@@ -76,7 +76,7 @@ def check_int8_cpu(meta: ConfigView | str | os.PathLike | None, where: str | os.
     not carry over to saturating AVX2 kernels."""
     if isinstance(meta, (str, os.PathLike)):
         where = where or meta
-        meta = read_export_metadata(ModelFolder(meta))
+        meta = read_export_metadata(meta)
     if meta is None or meta.raw("precision", None) != "int8":
         return
     cpu, gate = meta.raw("cpu", {}), meta.raw("gate", {})
@@ -164,8 +164,17 @@ _GRAPH_INPUTS: dict[str, dict[str, tuple[int, int]]] = {
 }
 
 
-def read_export_metadata(folder: ModelFolder) -> ConfigView | None:
-    """``onnx/export_metadata.json`` as a checked view, or ``None`` when the folder has none."""
+def read_export_metadata(folder: ModelFolder | str | os.PathLike) -> ConfigView | None:
+    """An export's ``onnx/export_metadata.json`` (``folder``: the model folder) as a checked view (a bounded
+    UTF-8 JSON object, finite numbers), or ``None`` when the folder has none; a malformed record is a
+    :class:`ConfigError`. The one reader of the record: the ONNX loader, fingerprints and ``embedhub export``
+    use it.
+
+    >>> read_export_metadata("minilm-onnx").str("precision")  # doctest: +SKIP
+    'fp32'
+    """
+    if not isinstance(folder, ModelFolder):
+        folder = ModelFolder(folder)
     return folder.config(EXPORT_METADATA, what="ONNX export metadata") if folder.has(EXPORT_METADATA) else None
 
 
