@@ -43,13 +43,6 @@ def _family(c: dict[str, Any]) -> bool:
         or any(a.startswith(_FAMILY_ARCHS) for a in archs)
 
 
-def matches(folder: Path) -> bool:
-    if not (folder / "config.json").is_file():
-        return False
-    c = ModelFolder(folder).read_json("config.json")
-    return isinstance(c, dict) and _family(c)
-
-
 def architecture(folder: ModelFolder) -> tuple[str, str]:
     """``(model_type, transformers class)`` of a CLIP-family folder embedhub loads; an
     :class:`UnknownFormatError` naming the architecture found otherwise (a vision- or text-only
@@ -246,33 +239,6 @@ def _siglip_text(folder: ModelFolder, model: Any, model_type: str, *,
     return TransformersTextPreprocessor(tok, max_length=length, pad_to=length)
 
 
-def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> ModelParts:
-    folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
-    model_type, cls = architecture(folder)
-    model = build_transformers(folder, cls, what=cls, trust_remote_code=trust_remote_code, expect=model_type)
-    if model_type == "clip":
-        text = text_preprocessor(folder, fallback_max_length=int(model.config.text_config.max_position_embeddings),
-                                 trust_remote_code=trust_remote_code)
-        text.max_length = min(text.max_length, int(model.config.text_config.max_position_embeddings))
-        text.tokenizer.enable_truncation(max_length=text.max_length)
-        towers = {"text": HFCLIPTower(model, "text"), "image": HFCLIPTower(model, "image")}
-        embed_dim, bias = int(model.config.projection_dim), None
-    else:
-        text = _siglip_text(folder, model, model_type, trust_remote_code=trust_remote_code)
-        towers = {"text": HFSiglipTower(model, "text"), "image": HFSiglipTower(model, "image")}
-        embed_dim, bias = towers["text"].output_dim, float(model.logit_bias.item())
-        if towers["image"].output_dim != embed_dim:
-            raise UnknownFormatError(f"{folder / 'config.json'}: the text tower gives {embed_dim} dimensions and "
-                                     f"the image tower {towers['image'].output_dim}; they must embed into one space")
-    return ModelParts(
-        towers=towers,
-        preprocessors={"text": text, "image": image_preprocessor(folder, model_type, model)},
-        embed_dim=embed_dim,
-        logit_scale=float(model.logit_scale.exp().item()),
-        logit_bias=bias,
-    )
-
-
 class HFCLIPFormat(Format):
     """transformers CLIP-family folders (``config.json`` of a ``CLIPModel``, ``SiglipModel`` or ``Siglip2Model``)."""
 
@@ -281,10 +247,40 @@ class HFCLIPFormat(Format):
     allow_patterns = tuple(ALLOW_PATTERNS)
 
     def matches(self, folder: Path) -> bool:
-        return matches(folder)
+        """A ``config.json`` of the CLIP family (``clip``, ``siglip``, ``siglip2``)."""
+        if not (folder / "config.json").is_file():
+            return False
+        c = ModelFolder(folder).read_json("config.json")
+        return isinstance(c, dict) and _family(c)
 
-    def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
-        return load(folder, trust_remote_code=options.trust_remote_code)
+    def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
+        """The text and image towers of a transformers CLIP or SigLIP model, with its processors' settings."""
+        trust_remote_code = (options or LoadOptions()).trust_remote_code
+        folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+        model_type, cls = architecture(folder)
+        model = build_transformers(folder, cls, what=cls, trust_remote_code=trust_remote_code, expect=model_type)
+        if model_type == "clip":
+            text = text_preprocessor(folder, fallback_max_length=int(model.config.text_config.max_position_embeddings),
+                                     trust_remote_code=trust_remote_code)
+            text.max_length = min(text.max_length, int(model.config.text_config.max_position_embeddings))
+            text.tokenizer.enable_truncation(max_length=text.max_length)
+            towers = {"text": HFCLIPTower(model, "text"), "image": HFCLIPTower(model, "image")}
+            embed_dim, bias = int(model.config.projection_dim), None
+        else:
+            text = _siglip_text(folder, model, model_type, trust_remote_code=trust_remote_code)
+            towers = {"text": HFSiglipTower(model, "text"), "image": HFSiglipTower(model, "image")}
+            embed_dim, bias = towers["text"].output_dim, float(model.logit_bias.item())
+            if towers["image"].output_dim != embed_dim:
+                raise UnknownFormatError(
+                    f"{folder / 'config.json'}: the text tower gives {embed_dim} dimensions and "
+                    f"the image tower {towers['image'].output_dim}; they must embed into one space")
+        return ModelParts(
+            towers=towers,
+            preprocessors={"text": text, "image": image_preprocessor(folder, model_type, model)},
+            embed_dim=embed_dim,
+            logit_scale=float(model.logit_scale.exp().item()),
+            logit_bias=bias,
+        )
 
 
 FORMAT = HFCLIPFormat()
