@@ -197,16 +197,12 @@ class HFSiglipTower(HFCLIPTower):
     torch.Size([2, 768])
     """
 
-    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
-        if self.modality == "text":
-            out = self.clip.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        elif "spatial_shapes" in batch:
-            out = self.clip.get_image_features(pixel_values=batch["pixel_values"],
-                                               pixel_attention_mask=batch["pixel_attention_mask"],
-                                               spatial_shapes=batch["spatial_shapes"])
-        else:
-            out = self.clip.get_image_features(pixel_values=batch["pixel_values"])
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
+    def image_features(self, batch: dict[str, torch.Tensor]) -> Any:
+        if "spatial_shapes" in batch:  # NaFlex (Siglip2): patches of each image's own shape
+            return self.clip.get_image_features(pixel_values=batch["pixel_values"],
+                                                pixel_attention_mask=batch["pixel_attention_mask"],
+                                                spatial_shapes=batch["spatial_shapes"])
+        return super().image_features(batch)
 
     @property
     def output_dim(self) -> int:

@@ -44,13 +44,13 @@ if TYPE_CHECKING:
     from embedhub.modules.preprocess import OpenCLIPTextPreprocessor, TextPreprocessor, load_preprocessor
     from embedhub.modules.preprocess import token_lengths
     from embedhub.modules.prompts import average_templates, template_prompts
-    from embedhub.modules.towers import ACTIVATIONS, POOLING_MODES, TIMM_KWARGS, Dense, Head, HFCLIPTower, Normalize
-    from embedhub.modules.towers import Pooling, TimmImageTower, Tower, TransformersTextTower, is_saveable
+    from embedhub.modules.towers import ACTIVATIONS, POOLING_MODES, TIMM_KWARGS, CLIPTower, Dense, Head, HFCLIPTower
+    from embedhub.modules.towers import Normalize, Pooling, TimmImageTower, Tower, TransformersTextTower, is_saveable
     from embedhub.modules.towers import register_tower, tower_class, tower_kinds, unregister_tower
 
 __getattr__, __dir__ = lazy_exports(__name__)
 __all__ = [
-    "ACTIVATIONS", "ConfigView", "Dense", "EXPORT_METADATA", "HFCLIPTower", "HFTextPreprocessor", "Head",
+    "ACTIVATIONS", "CLIPTower", "ConfigView", "Dense", "EXPORT_METADATA", "HFCLIPTower", "HFTextPreprocessor", "Head",
     "ImageConfig", "ImagePreprocessor", "ModelFolder", "Normalize", "OpenCLIPTextPreprocessor", "OpenCLIPTower",
     "POOLING_MODES", "Pooling", "TIMM_KWARGS", "TextPreprocessor", "TimmImageTower", "Tower", "TransformersTextTower",
     "average_templates", "build_open_clip", "int8_dot_kernel", "is_saveable", "load_image", "load_preprocessor",
