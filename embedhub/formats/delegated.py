@@ -361,12 +361,9 @@ def _routes(model: Any) -> dict[str, Any]:
     return {"routes": routes, "default_route": default}
 
 
-class RemoteCodeFormat(Format):
+class RemoteCodeFormat(Format, name=NAME, allow_patterns=("*", "*/*", "*/*/*", "*/*/*/*")):
     """Folders whose configs ask for code (custom module classes, ``auto_map``): loaded by their own library
     with ``trust_remote_code=True``, refused by name without it."""
-
-    name = NAME
-    allow_patterns = ("*", "*/*", "*/*/*", "*/*/*/*")
 
     def matches(self, folder: Path) -> bool:
         """A ``modules.json`` or ``config.json`` that asks for code (embedhub and open_clip folders never do)."""
@@ -382,8 +379,7 @@ class RemoteCodeFormat(Format):
 
     def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
         """Refuse (no ``trust_remote_code``) or load through sentence-transformers (``trust_remote_code=True``)."""
-        options = options or LoadOptions()
-        folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+        folder, options = self.opened(folder, options)
         requests = code_requests(folder)
         if not options.trust_remote_code:
             raise refusal(folder.root, requests or [("modules.json", "type", "a module class")])

@@ -425,12 +425,9 @@ def save(model: ModelLike, folder: Path) -> Path:
     return write(model, folder)
 
 
-class EmbedhubFormat(Format):
+class EmbedhubFormat(Format, name=NAME, marker=MARKER, allow_patterns=ALLOW_PATTERNS):
     """embedhub's own format (``embedhub_config.json``): torch weights, ONNX graphs or both."""
 
-    name = NAME
-    marker = MARKER
-    allow_patterns = tuple(ALLOW_PATTERNS)
     supports_onnx = True
 
     def record_backends(self, folder: ModelFolder) -> tuple[str, ...]:
@@ -444,10 +441,9 @@ class EmbedhubFormat(Format):
 
     def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
         """The towers (torch kinds, or ONNX graphs with ``backend="onnx"``) and preprocessors of an embedhub folder."""
-        options = options or LoadOptions()
+        folder, options = self.opened(folder, options)
         trust_remote_code, backend, device, threads = (options.trust_remote_code, options.backend, options.device,
                                                        options.threads)
-        folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
         cfg, specs = read_config(folder)
         embed_dim = cfg.int("embed_dim")
         for spec in specs.values():

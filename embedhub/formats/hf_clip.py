@@ -235,24 +235,18 @@ def _siglip_text(folder: ModelFolder, model: Any, model_type: str, *,
     return TransformersTextPreprocessor(tok, max_length=length, pad_to=length)
 
 
-class HFCLIPFormat(Format):
+class HFCLIPFormat(Format, name=NAME, marker="config.json", allow_patterns=ALLOW_PATTERNS):
     """transformers CLIP-family folders (``config.json`` of a ``CLIPModel``, ``SiglipModel`` or ``Siglip2Model``)."""
-
-    name = NAME
-    marker = "config.json"
-    allow_patterns = tuple(ALLOW_PATTERNS)
 
     def matches(self, folder: Path) -> bool:
         """A ``config.json`` of the CLIP family (``clip``, ``siglip``, ``siglip2``)."""
-        if not (folder / "config.json").is_file():
-            return False
-        c = ModelFolder(folder).read_json("config.json")
-        return isinstance(c, dict) and _family(c)
+        config = self.marker_json(folder, errors=True)
+        return isinstance(config, dict) and _family(config)
 
     def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
         """The text and image towers of a transformers CLIP or SigLIP model, with its processors' settings."""
-        trust_remote_code = (options or LoadOptions()).trust_remote_code
-        folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+        folder, options = self.opened(folder, options)
+        trust_remote_code = options.trust_remote_code
         model_type, cls = architecture(folder)
         model = build_transformers(folder, cls, what=cls, trust_remote_code=trust_remote_code, expect=model_type)
         if model_type == "clip":

@@ -90,21 +90,12 @@ class Model2VecPreprocessor(StaticTextPreprocessor):
         return {**super().config(), "drop_unknown": self.unk_id is not None}
 
 
-class Model2VecFormat(Format):
+class Model2VecFormat(Format, name=NAME, marker="config.json", allow_patterns=ALLOW_PATTERNS):
     """model2vec static-embedding folders without a ``modules.json``."""
-
-    name = NAME
-    marker = "config.json"
-    allow_patterns = tuple(ALLOW_PATTERNS)
 
     def matches(self, folder: Path) -> bool:
         """A ``config.json`` whose ``model_type`` is ``model2vec``."""
-        if not (folder / "config.json").is_file():
-            return False
-        try:
-            config = ModelFolder(folder).read_json("config.json")
-        except Exception:
-            return False
+        config = self.marker_json(folder)
         return isinstance(config, dict) and config.get("model_type") == "model2vec"
 
     def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:

@@ -22,17 +22,13 @@ MARKER = "open_clip_config.json"
 ALLOW_PATTERNS = ["*.json", "open_clip_model.safetensors", "*.txt", "*.model"]
 
 
-class OpenCLIPFormat(Format):
+class OpenCLIPFormat(Format, name=NAME, marker=MARKER, allow_patterns=ALLOW_PATTERNS):
     """open_clip folders (``open_clip_config.json``)."""
-
-    name = NAME
-    marker = MARKER
-    allow_patterns = tuple(ALLOW_PATTERNS)
 
     def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
         """The text and image towers of an open_clip model, its preprocessing and its logit scale and bias."""
-        trust_remote_code = (options or LoadOptions()).trust_remote_code
-        folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+        folder, options = self.opened(folder, options)
+        trust_remote_code = options.trust_remote_code
         cfg = folder.config(MARKER)
         model_view = cfg.view("model_cfg")
         hf_text = text_config(folder, model_view.data)

@@ -766,17 +766,13 @@ def _router(mod: _Module, rest: list[_Module], *, trust_remote_code: bool):
 # ------------------------------------------------------------------------------------------ load
 
 
-class SentenceTransformersFormat(Format):
+class SentenceTransformersFormat(Format, name=NAME, marker=MARKER, allow_patterns=ALLOW_PATTERNS):
     """sentence-transformers folders (``modules.json``)."""
-
-    name = NAME
-    marker = MARKER
-    allow_patterns = tuple(ALLOW_PATTERNS)
 
     def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
         """Build the towers and preprocessors of a sentence-transformers folder (strictly)."""
-        trust_remote_code = (options or LoadOptions()).trust_remote_code
-        folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+        folder, options = self.opened(folder, options)
+        trust_remote_code = options.trust_remote_code
         mods = _entries(folder, trust_remote_code=trust_remote_code)
         for mod in mods[1:]:
             if mod.kind == "Router":

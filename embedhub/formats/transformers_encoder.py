@@ -59,27 +59,18 @@ def _check_text_encoder(view, cls, what: str) -> None:
         )
 
 
-class TransformersEncoderFormat(Format):
+class TransformersEncoderFormat(Format, name=NAME, marker="config.json", allow_patterns=ALLOW_PATTERNS):
     """Plain transformers encoder folders: mean pooling, as sentence-transformers' fallback."""
-
-    name = NAME
-    marker = "config.json"
-    allow_patterns = tuple(ALLOW_PATTERNS)
 
     def matches(self, folder: Path) -> bool:
         """A folder with a ``config.json`` object (the formats tried before this one did not claim it)."""
-        if not (folder / "config.json").is_file():
-            return False
-        try:
-            return isinstance(ModelFolder(folder).read_json("config.json"), dict)
-        except Exception:
-            return False
+        return isinstance(self.marker_json(folder), dict)
 
     def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
         """A mean-pooled transformers text encoder, as sentence-transformers builds one for a folder without
         ``modules.json``."""
-        trust_remote_code = (options or LoadOptions()).trust_remote_code
-        folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+        folder, options = self.opened(folder, options)
+        trust_remote_code = options.trust_remote_code
         view = folder.config("config.json")
         what = _architecture(view)
         model_type = view.str("model_type", None)
