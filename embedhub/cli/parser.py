@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -13,24 +14,27 @@ from embedhub.cli.inputs import PRECISIONS, RESCORE_MULTIPLIER
 from embedhub.cli.plugins import add_plugins
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def _int_from(low: int, bound: str) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``low`` (``bound`` says so in the error).
+
+    >>> _int_from(1, "at least 1")("3")
+    3
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be {bound}")
+        return value
+
+    return parse
 
 
-def _column(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more (columns count from 0)")
-    return value
+_positive_int = _int_from(1, "at least 1")
+_column = _int_from(0, "0 or more (columns count from 0)")
 
 
 _INPUT_HELP = (
@@ -70,7 +74,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_encode_args(p: argparse.ArgumentParser, *, precisions: tuple[str, ...] = PRECISIONS,
                      role: str | None = None) -> None:
-    """``--prompt-name``, ``--prompt``, ``--truncate-dim`` and ``--precision``: ``encode``'s options."""
+    """``--no-normalize`` (without a search ``role``), ``--prompt-name``, ``--prompt``, ``--truncate-dim`` and
+    ``--precision``: ``encode``'s options."""
+    if role is None:
+        p.add_argument("--no-normalize", action="store_true",
+                       help="keep raw embeddings (default: what the model defines: L2-normalised for cosine models)")
     whose = f"the {role}" if role else "every input"
     default = " (default: its 'query' prompt, if any)" if role == "query" else " (default: the model's default prompt)"
     p.add_argument("--prompt-name", default=None, help=f"prompt of the model's config for {whose}{default}")
@@ -110,8 +118,6 @@ def build_parser() -> argparse.ArgumentParser:
     enc.add_argument("--input", required=True, help="input file or folder (see below)")
     enc.add_argument("--output", required=True, help="output .npy or .parquet file (written atomically)")
     _add_reader_args(enc)
-    enc.add_argument("--no-normalize", action="store_true",
-                     help="keep raw embeddings (default: what the model defines: L2-normalised for cosine models)")
     _add_encode_args(enc)
     enc.set_defaults(func=cmd_encode)
 
@@ -134,14 +140,11 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--address", default=None,
                      help="Ray cluster address, or 'auto' for the cluster `ray start` runs on this machine "
                      "(default: RAY_ADDRESS, else a new Ray instance on this machine)")
-    emb.add_argument("--actors", type=_positive_int, default=None,
-                     help="Ray model replicas (default: one per GPU, else 1)")
-    emb.add_argument("--workers", type=_positive_int, default=None,
-                     help="local engine: image decoding processes (default: cores - 1, at most 8)")
-    emb.add_argument("--max-tokens", type=_positive_int, default=None,
-                     help="at most this many padded tokens per text batch (default: no limit)")
-    emb.add_argument("--shard-rows", type=_positive_int, default=None,
-                     help="rows per output shard (default: 10000 texts, 1000 images)")
+    for flag, text in (("--actors", "Ray model replicas (default: one per GPU, else 1)"),
+                       ("--workers", "local engine: image decoding processes (default: cores - 1, at most 8)"),
+                       ("--max-tokens", "at most this many padded tokens per text batch (default: no limit)"),
+                       ("--shard-rows", "rows per output shard (default: 10000 texts, 1000 images)")):
+        emb.add_argument(flag, type=_positive_int, default=None, help=text)
     emb.add_argument("--text-column", default="text", help="text column or JSON field (default: text)")
     emb.add_argument("--id-column", default=None, help="id column or JSON field (default: row numbers)")
     emb.add_argument("--index", choices=("faiss",), default=None, help="also build a faiss index (index.faiss)")
@@ -149,8 +152,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a row that cannot be embedded: skip it and list it in errors.jsonl, or stop (default: skip)")
     emb.add_argument("--restart", action="store_true",
                      help="delete the output folder's earlier shards (another model or input) and start over")
-    emb.add_argument("--no-normalize", action="store_true",
-                     help="keep raw embeddings (default: what the model defines: L2-normalised for cosine models)")
     _add_encode_args(emb, precisions=("float32", "binary", "ubinary"))  # int8 ranges would differ per window
     emb.set_defaults(func=cmd_embed)
 
