@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
 
@@ -96,6 +96,20 @@ def _add_reader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--column", type=_column, default=0, help="0-based column of .tsv/.csv input (default: 0)")
 
 
+def _command(sub: Any, name: str, func: Callable[[argparse.Namespace], int], **texts: str) -> argparse.ArgumentParser:
+    """The sub-parser of the command ``name`` (``texts``: its help, description and epilog), which runs ``func``."""
+    p = sub.add_parser(name, **texts)
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_io_args(p: argparse.ArgumentParser, inputs: str, output: str) -> None:
+    """The model's options (:func:`_add_model_args`), then ``--input`` and ``--output`` (their help texts)."""
+    _add_model_args(p)
+    p.add_argument("--input", required=True, help=inputs)
+    p.add_argument("--output", required=True, help=output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``embedhub`` argument parser."""
     from embedhub._version import __version__
@@ -108,21 +122,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"embedhub {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    enc = sub.add_parser(
-        "encode",
+    enc = _command(
+        sub, "encode", cmd_encode,
         help="embed a file or folder of inputs into .npy or .parquet",
         description="Embed inputs and write them as .npy (float32 N x D) or .parquet (id, input, embedding).",
         epilog=_INPUT_HELP,
     )
-    _add_model_args(enc)
-    enc.add_argument("--input", required=True, help="input file or folder (see below)")
-    enc.add_argument("--output", required=True, help="output .npy or .parquet file (written atomically)")
+    _add_io_args(enc, "input file or folder (see below)", "output .npy or .parquet file (written atomically)")
     _add_reader_args(enc)
     _add_encode_args(enc)
-    enc.set_defaults(func=cmd_encode)
 
-    emb = sub.add_parser(
-        "embed",
+    emb = _command(
+        sub, "embed", cmd_embed,
         help="embed a large corpus into resumable parquet shards (locally or on Ray)",
         description="Embed a corpus into OUTPUT/shards/part-NNNNN.parquet (id, embedding; fingerprint in the "
         "metadata) with a manifest of finished shards: run the same command again after an interruption and it "
@@ -132,9 +143,8 @@ def build_parser() -> argparse.ArgumentParser:
         "row numbers), a folder tree of images (ids: relative paths), webdataset .tar shards (ids: sample keys), "
         "or a quoted glob of such files.",
     )
-    _add_model_args(emb)
-    emb.add_argument("--input", required=True, help="corpus file, folder or glob (see below)")
-    emb.add_argument("--output", required=True, help="output folder (new, empty, or of an earlier run to resume)")
+    _add_io_args(emb, "corpus file, folder or glob (see below)",
+                 "output folder (new, empty, or of an earlier run to resume)")
     emb.add_argument("--engine", choices=("local", "ray"), default="local",
                      help="local (this process) or ray (Ray Data; pip install 'embedhub[ray]') (default: local)")
     emb.add_argument("--address", default=None,
@@ -153,10 +163,9 @@ def build_parser() -> argparse.ArgumentParser:
     emb.add_argument("--restart", action="store_true",
                      help="delete the output folder's earlier shards (another model or input) and start over")
     _add_encode_args(emb, precisions=("float32", "binary", "ubinary"))  # int8 ranges would differ per window
-    emb.set_defaults(func=cmd_embed)
 
-    sea = sub.add_parser(
-        "search",
+    sea = _command(
+        sub, "search", cmd_search,
         help="find the corpus texts most similar to queries",
         description="Embed a text corpus (or load its --embeddings) and print the --top-k most "
         "similar texts for each --query with their scores: the model's similarity (cosine, dot, euclidean or "
@@ -186,18 +195,16 @@ def build_parser() -> argparse.ArgumentParser:
     sea.add_argument("--rescore-multiplier", type=_positive_int, default=None,
                      help="binary precisions: rescore this many times --top-k candidates by Hamming distance with "
                      f"the float query (default: {RESCORE_MULTIPLIER}; 1 keeps the Hamming ranking)")
-    sea.set_defaults(func=cmd_search)
 
-    mod = sub.add_parser(
-        "models",
+    _command(
+        sub, "models", cmd_models,
         help="list the registered model aliases",
         description="List the registered aliases with the Hub repo and pinned revision each loads "
         "('-': the repo's default branch).",
     )
-    mod.set_defaults(func=cmd_models)
 
-    dat = sub.add_parser(
-        "data",
+    dat = _command(
+        sub, "data", cmd_data,
         help="find or download the data the tests and recipes use (STS-B)",
         description="Find STS-B ($EMBEDHUB_STSB_DIR, shared/data/stsbenchmark beside the checkout, or the Hugging "
         "Face cache) or, when it is on none of them, download the dataset sentence-transformers/stsb from the Hub "
@@ -207,10 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     dat.add_argument("dataset", choices=("stsb",), help="the dataset: stsb (the STS Benchmark)")
     dat.add_argument("--print", dest="print_only", action="store_true",
                      help="only print the folder it is found in (exit 1 when it is nowhere); never download")
-    dat.set_defaults(func=cmd_data)
 
-    push = sub.add_parser(
-        "push",
+    push = _command(
+        sub, "push", cmd_push,
         help="upload a saved model folder to the Hugging Face Hub",
         description="Upload the files a model folder's format needs (plus its README.md model card and the "
         "images it links) to a Hub repo in one commit, creating the repo when missing. The repo id, revision, "
@@ -229,6 +235,5 @@ def build_parser() -> argparse.ArgumentParser:
         "is visible to other users of this machine)",
     )
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
-    push.set_defaults(func=cmd_push)
     add_plugins(sub)
     return parser
