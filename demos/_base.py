@@ -10,10 +10,11 @@ True
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
-__all__ = ["ASSETS", "EXAMPLES", "DemoError", "say"]
+__all__ = ["ASSETS", "EXAMPLES", "DemoError", "embedhub_home", "say"]
 
 #: files shipped with the demos: the default model's heads and run record, the example images
 ASSETS = Path(__file__).resolve().parent / "assets"
@@ -39,3 +40,12 @@ def say(message: str, demo: str = "demo") -> None:
     >>> say("loading the image model lit-fashion-mnist (torch)", "zero-shot")  # doctest: +SKIP
     """
     print(f"embedhub {demo}: {message}", file=sys.stderr, flush=True)
+
+
+def embedhub_home() -> Path:
+    """Where the demos keep what they build: ``$EMBEDHUB_HOME``, else ``~/.cache/embedhub``.
+
+    >>> embedhub_home().name in ("embedhub", os.path.basename(os.environ.get("EMBEDHUB_HOME", "")))
+    True
+    """
+    return Path(os.environ.get("EMBEDHUB_HOME") or Path.home() / ".cache" / "embedhub").expanduser()

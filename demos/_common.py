@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from embedhub.training.data import FASHION_CLASSES, FASHION_DIR
 
-from ._base import ASSETS, EXAMPLES, DemoError, say
+from ._base import ASSETS, EXAMPLES, DemoError, embedhub_home, say
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -48,6 +48,7 @@ __all__ = [
     "model_cache",
     "read_file",
     "example_images",
+    "embedhub_home",
     "example_label",
     "fashion_mnist_test",
     "load_model",

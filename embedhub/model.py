@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import inspect
 import json
 import os
 import string
@@ -355,21 +356,9 @@ class EmbeddingModel:
         >>> model.encode(["what is up?"], prompt_name="query", precision="ubinary").dtype  # doctest: +SKIP
         dtype('uint8')
         """
-        return self._encode(
-            inputs,
-            None,
-            prompt_name=prompt_name,
-            prompt=prompt,
-            task=task,
-            batch_size=batch_size,
-            normalize=normalize,
-            truncate_dim=truncate_dim,
-            precision=precision,
-            show_progress_bar=show_progress_bar,
-            convert_to=convert_to,
-            max_tokens=max_tokens,
-            max_image_pixels=max_image_pixels,
-        )
+        options = dict(locals())
+        del options["self"], options["inputs"]
+        return self._encode(inputs, None, **options)
 
     @pooled
     def encode_text(self, texts: str | Sequence[str], **kwargs: Any) -> np.ndarray | torch.Tensor:
@@ -391,13 +380,7 @@ class EmbeddingModel:
         >>> model.encode_query(["how do plants grow?"]).shape  # doctest: +SKIP
         (1, 384)
         """
-        implicit = prompt_name is None and prompt is None
-        if implicit and "query" in self.prompts:
-            prompt_name = "query"
-        kwargs.setdefault("task", "query")
-        if any(k in kwargs for k in ("pool", "device", "chunk_size")):  # several processes: through encode
-            return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
-        return self._encode(inputs, None, prompt_name=prompt_name, prompt=prompt, _role_prompt=implicit, **kwargs)
+        return self._encode_role(inputs, "query", ("query",), prompt_name, prompt, kwargs)
 
     def encode_document(
         self, inputs: Any, *, prompt_name: str | None = None, prompt: str | None = None, **kwargs: Any
@@ -409,32 +392,27 @@ class EmbeddingModel:
         >>> model.encode_document(["Plants grow from seeds."]).shape  # doctest: +SKIP
         (1, 384)
         """
+        return self._encode_role(inputs, "document", DOCUMENT_PROMPT_NAMES, prompt_name, prompt, kwargs)
+
+    def _encode_role(self, inputs: Any, task: str, names: Sequence[str], prompt_name: str | None, prompt: str | None,
+                     kwargs: dict[str, Any]) -> np.ndarray | torch.Tensor:
+        """:meth:`encode` for one side of a search (``task``): the first prompt of ``names`` the model has when
+        neither ``prompt`` nor ``prompt_name`` is given, and ``task`` unless ``kwargs`` names another."""
         implicit = prompt_name is None and prompt is None
         if implicit:
-            prompt_name = next((n for n in DOCUMENT_PROMPT_NAMES if n in self.prompts), None)
-        kwargs.setdefault("task", "document")
+            prompt_name = next((n for n in names if n in self.prompts), None)
+        kwargs.setdefault("task", task)
         if any(k in kwargs for k in ("pool", "device", "chunk_size")):  # several processes: through encode
             return self.encode(inputs, prompt_name=prompt_name, prompt=prompt, **kwargs)
         return self._encode(inputs, None, prompt_name=prompt_name, prompt=prompt, _role_prompt=implicit, **kwargs)
 
-    def _encode(
-        self,
-        inputs: Any,
-        only: str | None,
-        *,
-        prompt_name: str | None = None,
-        prompt: str | None = None,
-        task: str | None = None,
-        batch_size: int = 32,
-        normalize: bool | None = None,
-        truncate_dim: int | None = None,
-        precision: str = "float32",
-        show_progress_bar: bool | None = None,
-        convert_to: Literal["numpy", "torch"] = "numpy",
-        max_tokens: int | None = None,
-        max_image_pixels: int = MAX_IMAGE_PIXELS,
-        _role_prompt: bool = False,
-    ) -> np.ndarray | torch.Tensor:
+    def _encode(self, inputs: Any, only: str | None, *, _role_prompt: bool = False,
+                **options: Any) -> np.ndarray | torch.Tensor:
+        # the keywords of encode and their defaults: one list, encode's signature
+        given = _encode_signature().bind(self, inputs, **options)
+        given.apply_defaults()
+        (prompt_name, prompt, task, batch_size, normalize, truncate_dim, precision, show_progress_bar, convert_to,
+         max_tokens, max_image_pixels) = (given.arguments[k] for k in list(given.arguments)[2:])
         # every argument is checked once, before any input is read or any work starts
         batch_size, max_tokens = check_batching(batch_size, max_tokens)
         max_image_pixels = check_positive_int("max_image_pixels", max_image_pixels)
@@ -806,6 +784,13 @@ class EmbeddingModel:
     def stop_multi_process_pool(pool: Any) -> None:
         """Stop the workers of a pool from :meth:`start_multi_process_pool` (a stopped pool stays stopped)."""
         pool.stop()
+
+
+@functools.cache
+def _encode_signature() -> inspect.Signature:
+    """:meth:`EmbeddingModel.encode`'s own signature (without the keywords :func:`pooled` adds): the one list of
+    its options and their defaults, which ``encode_text``, ``encode_image`` and the search roles take too."""
+    return inspect.signature(inspect.unwrap(EmbeddingModel.encode))
 
 
 def _string_list(name: str, value: Any, what: str, *, example: str) -> list[str]:

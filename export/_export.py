@@ -34,7 +34,7 @@ from torch import nn
 import embedhub
 from embedhub import EmbeddingModel
 from embedhub.formats import can_save_torch, check_writable, save_embedhub
-from embedhub.modules import int8_dot_kernel, onnx_tensors, plan_batches, token_lengths
+from embedhub.modules import EXPORT_METADATA, int8_dot_kernel, onnx_tensors, plan_batches, token_lengths
 from embedhub.store import sha256_file
 
 from ._data import CALIBRATION_TEXTS, GATE_TEXTS, gate_images
@@ -246,7 +246,7 @@ def _write_graph(src: Path, dst: Path) -> None:
 
 def _hashes(folder: Path) -> dict[str, str]:
     """SHA-256 of every graph and external-data file under ``onnx/`` and of every safetensors weights file."""
-    files = [p for p in sorted((folder / "onnx").iterdir()) if p.is_file() and p.name != "export_metadata.json"]
+    files = [p for p in sorted((folder / "onnx").iterdir()) if p.is_file() and p != folder / EXPORT_METADATA]
     files += sorted(p for p in folder.rglob("*.safetensors") if p.is_file())
     return {p.relative_to(folder).as_posix(): sha256_file(p) for p in files}
 
@@ -407,7 +407,7 @@ def export(
                 "versions": {"embedhub": embedhub.__version__, "torch": torch.__version__,
                              "onnx": onnx.__version__, "onnxruntime": ort.__version__},
             }
-            meta_path = staging / "onnx" / "export_metadata.json"
+            meta_path = staging / EXPORT_METADATA
             meta_path.write_text(json.dumps(meta, indent=2) + "\n")  # the gate loads the folder as users will
             counts = {"text": f"{len(texts)} texts", "image": f"{len(images)} images"}
             say(f"[export] parity gate ({precision}): {', '.join(counts[m] for m in src.modalities)}, "

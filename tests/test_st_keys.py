@@ -175,7 +175,7 @@ def written_keys(saved) -> dict[str, set[str]]:
 
 
 def test_the_save_with_every_kind_loads_with_the_peers_numbers(saved):
-    from embedhub.formats import sentence_transformers as fmt
+    from embedhub.formats.sentence_transformers import FORMAT as fmt
 
     texts = ["a rocket launch at night", "A CAT sleeps", "x " * 40]
     peer = st.SentenceTransformer(str(saved), device="cpu")

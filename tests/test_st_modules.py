@@ -405,7 +405,7 @@ def _route_model(parts, task: str) -> EmbeddingModel:
 
 
 def test_router_routes_match_encode_query_and_document(st_router):
-    from embedhub.formats import sentence_transformers as fmt
+    from embedhub.formats.sentence_transformers import FORMAT as fmt
 
     parts = fmt.load(st_router)
     peer = _peer(st_router)
@@ -437,7 +437,7 @@ def test_router_export_is_refused_by_name(st_router, tmp_path):
 
 
 def test_router_default_route_and_mappings(st_router, tmp_path):
-    from embedhub.formats import sentence_transformers as fmt
+    from embedhub.formats.sentence_transformers import FORMAT as fmt
 
     folder = _copy(st_router, tmp_path / "m")
     cfg = folder / json.loads((folder / "modules.json").read_text())[0]["path"] / "router_config.json"

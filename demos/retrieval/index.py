@@ -40,6 +40,8 @@ from embedhub.errors import require
 from embedhub.store import VectorIndex as FingerprintedIndex
 from embedhub.store import install_folder
 
+from .._common import embedhub_home as cache_home
+
 EMBEDDINGS = "embeddings.parquet"
 FAISS_FILE = "index.faiss"
 META = "index.json"
@@ -58,12 +60,6 @@ class StaleIndexError(ValueError):
         super().__init__(f"index {folder}: {reason}")
         self.folder = folder
         self.reason = reason
-
-
-def cache_home() -> Path:
-    """``$EMBEDHUB_HOME``, else ``~/.cache/embedhub``: where the demos keep what they build."""
-    home = os.environ.get("EMBEDHUB_HOME")
-    return Path(home).expanduser() if home else Path.home() / ".cache" / "embedhub"
 
 
 def index_folder(key: str, root: str | os.PathLike | None = None) -> Path:

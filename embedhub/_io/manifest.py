@@ -13,19 +13,18 @@ out, as the Hub has its own hashes).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 import shutil
 import stat
-import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from embedhub._io.atomic import atomic_write, link_in_path, moved_whole
+from embedhub._io.hashing import sha256_file
 from embedhub.errors import ConfigError
 
 MANIFEST = ".embedhub_files.json"
@@ -33,11 +32,6 @@ VERSION = 1
 #: a record larger than this is refused (a million files would still fit)
 MAX_MANIFEST_BYTES = 64 * 1024 * 1024
 _SHA = re.compile(r"[0-9a-f]{64}")
-_CHUNK = 1 << 20
-#: (path, device, inode, size, mtime_ns, ctime_ns) -> SHA-256: each file is hashed once per process while it is
-#: unchanged (a rewrite, even of the same size, changes its ctime)
-_HASHES: dict[tuple, str] = {}
-_LOCK = threading.Lock()
 
 #: files a folder without a record (written by an older embedhub, or by another library) may hold that a
 #: save of one of embedhub's formats would write: a re-save into such a folder removes only these (by exact
@@ -78,31 +72,6 @@ def safe_rel(rel: Any) -> bool:
     return all(p not in ("", ".", "..") for p in parts) and ":" not in parts[0]
 
 
-def sha256(path: str | os.PathLike) -> str:
-    """The SHA-256 of the regular file at ``path`` (hashed once per process while it is unchanged)."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise ConfigError(f"{path} is not a regular file", file=str(path))
-        key = (os.fspath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
-        with _LOCK:
-            known = _HASHES.get(key)
-        if known is not None:
-            return known
-        digest = hashlib.sha256()
-        with os.fdopen(fd, "rb", closefd=False) as fh:
-            while chunk := fh.read(_CHUNK):
-                digest.update(chunk)
-    finally:
-        os.close(fd)
-    with _LOCK:
-        if len(_HASHES) > 4096:
-            _HASHES.clear()
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
-
-
 def scan(folder: Path) -> Records:
     """Size and SHA-256 of every regular file under ``folder`` (a staging folder embedhub filled), the record
     itself left out; a symlink there is an error (embedhub never writes one)."""
@@ -115,7 +84,7 @@ def scan(folder: Path) -> Records:
             continue
         if not safe_rel(rel):
             raise ValueError(f"{rel!r} cannot be recorded: not a plain relative path")
-        out[rel] = {"size": p.stat().st_size, "sha256": sha256(p)}
+        out[rel] = {"size": p.stat().st_size, "sha256": sha256_file(p)}
     return out
 
 
@@ -199,7 +168,7 @@ def _mismatch(root: Path, roots: tuple[Path, ...], records: Records) -> str | No
         if st.st_size != rec["size"]:
             return f"{rel} has {st.st_size} bytes where {rec['size']} were written"
     for rel, rec in sorted(records.items()):  # sizes first: a cheap answer for most differences
-        got = sha256(root / rel)
+        got = sha256_file(root / rel)
         if got != rec["sha256"]:
             return f"{rel} has SHA-256 {got[:16]}... where {rec['sha256'][:16]}... was written"
     return None

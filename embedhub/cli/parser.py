@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
 
@@ -13,24 +14,27 @@ from embedhub.cli.inputs import PRECISIONS, RESCORE_MULTIPLIER
 from embedhub.cli.plugins import add_plugins
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
-    return value
+def _int_from(low: int, bound: str) -> Callable[[str], int]:
+    """An argparse ``type``: an integer of at least ``low`` (``bound`` says so in the error).
+
+    >>> _int_from(1, "at least 1")("3")
+    3
+    """
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"{value} must be {bound}")
+        return value
+
+    return parse
 
 
-def _column(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more (columns count from 0)")
-    return value
+_positive_int = _int_from(1, "at least 1")
+_column = _int_from(0, "0 or more (columns count from 0)")
 
 
 _INPUT_HELP = (
@@ -65,7 +69,11 @@ def _add_model_args(p: argparse.ArgumentParser) -> None:
 
 def _add_encode_args(p: argparse.ArgumentParser, *, precisions: tuple[str, ...] = PRECISIONS,
                      role: str | None = None) -> None:
-    """``--prompt-name``, ``--prompt``, ``--truncate-dim`` and ``--precision``: ``encode``'s options."""
+    """``--no-normalize`` (without a search ``role``), ``--prompt-name``, ``--prompt``, ``--truncate-dim`` and
+    ``--precision``: ``encode``'s options."""
+    if role is None:
+        p.add_argument("--no-normalize", action="store_true",
+                       help="keep raw embeddings (default: what the model defines: L2-normalised for cosine models)")
     whose = f"the {role}" if role else "every input"
     default = " (default: its 'query' prompt, if any)" if role == "query" else " (default: the model's default prompt)"
     p.add_argument("--prompt-name", default=None, help=f"prompt of the model's config for {whose}{default}")
@@ -85,6 +93,20 @@ def _add_reader_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--column", type=_column, default=0, help="0-based column of .tsv/.csv input (default: 0)")
 
 
+def _command(sub: Any, name: str, func: Callable[[argparse.Namespace], int], **texts: str) -> argparse.ArgumentParser:
+    """The sub-parser of the command ``name`` (``texts``: its help, description and epilog), which runs ``func``."""
+    p = sub.add_parser(name, **texts)
+    p.set_defaults(func=func)
+    return p
+
+
+def _add_io_args(p: argparse.ArgumentParser, inputs: str, output: str) -> None:
+    """The model's options (:func:`_add_model_args`), then ``--input`` and ``--output`` (their help texts)."""
+    _add_model_args(p)
+    p.add_argument("--input", required=True, help=inputs)
+    p.add_argument("--output", required=True, help=output)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``embedhub`` argument parser."""
     from embedhub._version import __version__
@@ -97,23 +119,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"embedhub {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    enc = sub.add_parser(
-        "encode",
+    enc = _command(
+        sub, "encode", cmd_encode,
         help="embed a file or folder of inputs into .npy or .parquet",
         description="Embed inputs and write them as .npy (float32 N x D) or .parquet (id, input, embedding).",
         epilog=_INPUT_HELP + ".",
     )
-    _add_model_args(enc)
-    enc.add_argument("--input", required=True, help="input file, folder or glob (see below)")
-    enc.add_argument("--output", required=True, help="output .npy or .parquet file (written atomically)")
+    _add_io_args(enc, "input file, folder or glob (see below)", "output .npy or .parquet file (written atomically)")
     _add_reader_args(enc)
-    enc.add_argument("--no-normalize", action="store_true",
-                     help="keep raw embeddings (default: what the model defines: L2-normalised for cosine models)")
     _add_encode_args(enc)
-    enc.set_defaults(func=cmd_encode)
 
-    emb = sub.add_parser(
-        "embed",
+    emb = _command(
+        sub, "embed", cmd_embed,
         help="embed a large corpus into resumable parquet shards (locally or on Ray)",
         description="Embed a corpus into OUTPUT/shards/part-NNNNN.parquet (id, embedding; fingerprint in the "
         "metadata) with a manifest of finished shards: run the same command again after an interruption and it "
@@ -122,22 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
         epilog=_INPUT_HELP + "; ids: the --id-column of .jsonl/.parquet input, else row numbers (a folder's "
         "images: their relative paths, tar shards: their sample keys).",
     )
-    _add_model_args(emb)
-    emb.add_argument("--input", required=True, help="corpus file, folder or glob (see below)")
-    emb.add_argument("--output", required=True, help="output folder (new, empty, or of an earlier run to resume)")
+    _add_io_args(emb, "corpus file, folder or glob (see below)",
+                 "output folder (new, empty, or of an earlier run to resume)")
     emb.add_argument("--engine", choices=("local", "ray"), default="local",
                      help="local (this process) or ray (Ray Data; pip install 'embedhub[ray]') (default: local)")
     emb.add_argument("--address", default=None,
                      help="Ray cluster address, or 'auto' for the cluster `ray start` runs on this machine "
                      "(default: RAY_ADDRESS, else a new Ray instance on this machine)")
-    emb.add_argument("--actors", type=_positive_int, default=None,
-                     help="Ray model replicas (default: one per GPU, else 1)")
-    emb.add_argument("--workers", type=_positive_int, default=None,
-                     help="local engine: image decoding processes (default: cores - 1, at most 8)")
-    emb.add_argument("--max-tokens", type=_positive_int, default=None,
-                     help="at most this many padded tokens per text batch (default: no limit)")
-    emb.add_argument("--shard-rows", type=_positive_int, default=None,
-                     help="rows per output shard (default: 10000 texts, 1000 images)")
+    for flag, text in (("--actors", "Ray model replicas (default: one per GPU, else 1)"),
+                       ("--workers", "local engine: image decoding processes (default: cores - 1, at most 8)"),
+                       ("--max-tokens", "at most this many padded tokens per text batch (default: no limit)"),
+                       ("--shard-rows", "rows per output shard (default: 10000 texts, 1000 images)")):
+        emb.add_argument(flag, type=_positive_int, default=None, help=text)
     _add_reader_args(emb)
     emb.add_argument("--id-column", default=None, help="id column or JSON field (default: row numbers)")
     emb.add_argument("--index", choices=("faiss",), default=None, help="also build a faiss index (index.faiss)")
@@ -145,13 +158,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="a row that cannot be embedded: skip it and list it in errors.jsonl, or stop (default: skip)")
     emb.add_argument("--restart", action="store_true",
                      help="delete the output folder's earlier shards (another model or input) and start over")
-    emb.add_argument("--no-normalize", action="store_true",
-                     help="keep raw embeddings (default: what the model defines: L2-normalised for cosine models)")
     _add_encode_args(emb, precisions=("float32", "binary", "ubinary"))  # int8 ranges would differ per window
-    emb.set_defaults(func=cmd_embed)
 
-    sea = sub.add_parser(
-        "search",
+    sea = _command(
+        sub, "search", cmd_search,
         help="find the corpus texts most similar to queries",
         description="Embed a text corpus (or load its --embeddings) and print the --top-k most "
         "similar texts for each --query with their scores: the model's similarity (cosine, dot, euclidean or "
@@ -181,18 +191,16 @@ def build_parser() -> argparse.ArgumentParser:
     sea.add_argument("--rescore-multiplier", type=_positive_int, default=None,
                      help="binary precisions: rescore this many times --top-k candidates by Hamming distance with "
                      f"the float query (default: {RESCORE_MULTIPLIER}; 1 keeps the Hamming ranking)")
-    sea.set_defaults(func=cmd_search)
 
-    mod = sub.add_parser(
-        "models",
+    _command(
+        sub, "models", cmd_models,
         help="list the registered model aliases",
         description="List the registered aliases with the Hub repo and pinned revision each loads "
         "('-': the repo's default branch).",
     )
-    mod.set_defaults(func=cmd_models)
 
-    dat = sub.add_parser(
-        "data",
+    dat = _command(
+        sub, "data", cmd_data,
         help="find or download the data the tests and recipes use (STS-B)",
         description="Find STS-B ($EMBEDHUB_STSB_DIR, shared/data/stsbenchmark beside the checkout, or the Hugging "
         "Face cache) or, when it is on none of them, download the dataset sentence-transformers/stsb from the Hub "
@@ -202,10 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     dat.add_argument("dataset", choices=("stsb",), help="the dataset: stsb (the STS Benchmark)")
     dat.add_argument("--print", dest="print_only", action="store_true",
                      help="only print the folder it is found in (exit 1 when it is nowhere); never download")
-    dat.set_defaults(func=cmd_data)
 
-    push = sub.add_parser(
-        "push",
+    push = _command(
+        sub, "push", cmd_push,
         help="upload a saved model folder to the Hugging Face Hub",
         description="Upload the files a model folder's format needs (plus its README.md model card and the "
         "images it links) to a Hub repo in one commit, creating the repo when missing. The repo id, revision, "
@@ -224,6 +231,5 @@ def build_parser() -> argparse.ArgumentParser:
         "is visible to other users of this machine)",
     )
     push.add_argument("--create-pr", action="store_true", help="open a pull request instead of committing to main")
-    push.set_defaults(func=cmd_push)
     add_plugins(sub)
     return parser

@@ -71,9 +71,44 @@ class Format:
     #: whether :meth:`load` can run the model on ONNX Runtime (``backend="onnx"``)
     supports_onnx: ClassVar[bool] = False
 
+    def __init_subclass__(cls, *, name: str | None = None, marker: str | None = None,
+                          allow_patterns: Sequence[str] | None = None, **kwargs: Any) -> None:
+        """Class keywords set :attr:`name`, :attr:`marker` and :attr:`allow_patterns`:
+        ``class MyFormat(Format, name="mine", marker="my_config.json", allow_patterns=["*.json"])``."""
+        super().__init_subclass__(**kwargs)
+        if name is not None:
+            cls.name = name
+        if marker is not None:
+            cls.marker = marker
+        if allow_patterns is not None:
+            cls.allow_patterns = tuple(allow_patterns)
+
     def matches(self, folder: Path) -> bool:
         """Whether ``folder`` is in this format (a cheap check of marker files; no weights are read)."""
         return bool(self.marker) and (Path(folder) / self.marker).is_file()
+
+    def marker_json(self, folder: Path, *, errors: bool = False) -> Any:
+        """The JSON of the :attr:`marker` file in ``folder`` (read through :class:`ModelFolder`, checked), for
+        a :meth:`matches` that looks inside it; ``None`` when there is none, or (unless ``errors``) when it
+        cannot be read."""
+        if not (Path(folder) / self.marker).is_file():
+            return None
+        try:
+            return ModelFolder(folder).read_json(self.marker)
+        except Exception:
+            if errors:
+                raise
+            return None
+
+    @staticmethod
+    def opened(folder: Path | ModelFolder, options: LoadOptions | None) -> tuple[ModelFolder, LoadOptions]:
+        """``folder`` as a :class:`ModelFolder` and ``options`` (the defaults when ``None``): what :meth:`load`
+        works on, so that it may also be called with a path alone.
+
+        >>> Format.opened(Path("."), None)[1]
+        LoadOptions(trust_remote_code=False, backend='torch', device=None, threads=None)
+        """
+        return (folder if isinstance(folder, ModelFolder) else ModelFolder(folder)), options or LoadOptions()
 
     def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
         """Build the model's parts from ``folder`` (every file read through ``folder``, so it stays inside)."""

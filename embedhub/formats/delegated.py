@@ -344,43 +344,6 @@ def _library_settings(model: Any, root: Path) -> dict[str, Any]:
     return out
 
 
-def load(folder: ModelFolder, options: LoadOptions) -> ModelParts:
-    """Refuse (no ``trust_remote_code``) or load through sentence-transformers (``trust_remote_code=True``)."""
-    requests = code_requests(folder)
-    if not options.trust_remote_code:
-        raise refusal(folder.root, requests or [("modules.json", "type", "a module class")])
-    _code_files(folder, requests)
-    _module_files(folder)
-    files = source_files(folder)
-    from sentence_transformers import SentenceTransformer
-
-    device = str(options.device) if options.device is not None else "cpu"
-    try:
-        model = SentenceTransformer(str(folder.root), trust_remote_code=True, device=device, local_files_only=True)
-    except Exception as exc:
-        raise WeightsError(f"sentence-transformers could not load {shown(folder.root)} with its custom code "
-                           f"(trust_remote_code=True): {type(exc).__name__}: {exc}") from exc
-    model.eval()
-    dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
-    dim = dim_of()
-    probe = model.preprocess(["a"])
-    constants = {k: v for k, v in probe.items() if not isinstance(v, torch.Tensor)}
-    tower, pre = DelegatedTextTower(model, constants), DelegatedTextPreprocessor(model, constants)
-    if not isinstance(dim, int) or dim < 1:
-        with torch.inference_mode():
-            dim = int(tower(**{k: torch.from_numpy(v) for k, v in pre.collate(pre.tokenize(["a"])).items()}).shape[-1])
-    modules = [type(m).__module__ + "." + type(m).__name__ for m in model]
-    spec = {
-        "embed_dim": dim,
-        "towers": {"text": {"delegated": {"library": "sentence-transformers", "modules": modules,
-                                          "files": len(files)},
-                            "pooling": tower.pooling.modes if tower.pooling else None,
-                            "preprocess": pre.config()}},
-    }
-    return ModelParts(towers={"text": tower}, preprocessors={"text": pre}, embed_dim=dim, config=spec,
-                      **_routes(model), **_library_settings(model, folder.root))
-
-
 def _routes(model: Any) -> dict[str, Any]:
     """For a model holding a sentence-transformers Router: one tower and preprocessor per task, each passing
     its task to the library (``encode_query`` / ``encode_document`` / ``encode(task=)`` route as the peer)."""
@@ -398,14 +361,12 @@ def _routes(model: Any) -> dict[str, Any]:
     return {"routes": routes, "default_route": default}
 
 
-class RemoteCodeFormat(Format):
+class RemoteCodeFormat(Format, name=NAME, allow_patterns=("*", "*/*", "*/*/*", "*/*/*/*")):
     """Folders whose configs ask for code (custom module classes, ``auto_map``): loaded by their own library
     with ``trust_remote_code=True``, refused by name without it."""
 
-    name = NAME
-    allow_patterns = ("*", "*/*", "*/*/*", "*/*/*/*")
-
     def matches(self, folder: Path) -> bool:
+        """A ``modules.json`` or ``config.json`` that asks for code (embedhub and open_clip folders never do)."""
         folder = Path(folder)
         if not ((folder / "modules.json").is_file() or (folder / "config.json").is_file()):
             return False
@@ -416,8 +377,43 @@ class RemoteCodeFormat(Format):
         except (ConfigError, OSError):
             return False
 
-    def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
-        return load(folder, options)
+    def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
+        """Refuse (no ``trust_remote_code``) or load through sentence-transformers (``trust_remote_code=True``)."""
+        folder, options = self.opened(folder, options)
+        requests = code_requests(folder)
+        if not options.trust_remote_code:
+            raise refusal(folder.root, requests or [("modules.json", "type", "a module class")])
+        _code_files(folder, requests)
+        _module_files(folder)
+        files = source_files(folder)
+        from sentence_transformers import SentenceTransformer
+
+        device = str(options.device) if options.device is not None else "cpu"
+        try:
+            model = SentenceTransformer(str(folder.root), trust_remote_code=True, device=device, local_files_only=True)
+        except Exception as exc:
+            raise WeightsError(f"sentence-transformers could not load {shown(folder.root)} with its custom code "
+                               f"(trust_remote_code=True): {type(exc).__name__}: {exc}") from exc
+        model.eval()
+        dim_of = getattr(model, "get_embedding_dimension", None) or model.get_sentence_embedding_dimension
+        dim = dim_of()
+        probe = model.preprocess(["a"])
+        constants = {k: v for k, v in probe.items() if not isinstance(v, torch.Tensor)}
+        tower, pre = DelegatedTextTower(model, constants), DelegatedTextPreprocessor(model, constants)
+        if not isinstance(dim, int) or dim < 1:
+            with torch.inference_mode():
+                batch = pre.collate(pre.tokenize(["a"]))
+                dim = int(tower(**{k: torch.from_numpy(v) for k, v in batch.items()}).shape[-1])
+        modules = [type(m).__module__ + "." + type(m).__name__ for m in model]
+        spec = {
+            "embed_dim": dim,
+            "towers": {"text": {"delegated": {"library": "sentence-transformers", "modules": modules,
+                                              "files": len(files)},
+                                "pooling": tower.pooling.modes if tower.pooling else None,
+                                "preprocess": pre.config()}},
+        }
+        return ModelParts(towers={"text": tower}, preprocessors={"text": pre}, embed_dim=dim, config=spec,
+                          **_routes(model), **_library_settings(model, folder.root))
 
     def files(self, folder: str | os.PathLike) -> list[str]:
         """Every file of the folder (what the library may open), without loading it."""

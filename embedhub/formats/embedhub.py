@@ -50,10 +50,6 @@ ALLOW_PATTERNS = ["*.json", "*/*.json", "*.safetensors", "*/*.safetensors", "*.t
 _FORMAT_KEYS = {"kind", "preprocess", "onnx"}
 
 
-def matches(folder: Path) -> bool:
-    return (folder / MARKER).is_file()
-
-
 def read_config(folder: ModelFolder) -> tuple[ConfigView, dict[str, ConfigView]]:
     """The validated top level of ``embedhub_config.json`` and its tower entries."""
     cfg = folder.config(MARKER)
@@ -141,12 +137,13 @@ def _onnx_only(folder: ModelFolder, modality: str) -> UnknownFormatError:
     UnknownFormatError("minilm-onnx is an ONNX export of 'all-MiniLM-L6-v2' written without its torch copy ...")
     """
     from embedhub.errors import EmbedhubError
-    from embedhub.modules.backends import EXPORT_METADATA
+    from embedhub.modules.backends import read_export_metadata
 
     source = None
     try:
-        if folder.has(EXPORT_METADATA):
-            source = folder.config(EXPORT_METADATA, what="ONNX export metadata").str("source", None)
+        meta = read_export_metadata(folder)
+        if meta is not None:
+            source = meta.str("source", None)
     except (EmbedhubError, OSError):  # an unreadable record: the message goes without the model's name
         source = None
     if source is None:
@@ -157,75 +154,6 @@ def _onnx_only(folder: ModelFolder, modality: str) -> UnknownFormatError:
         f"only its ONNX graph): use backend='onnx', load {name!r} itself for the torch backend, or export again "
         "with `embedhub export ... --keep-torch` (keep_torch=True in Python) to keep the torch weights in the folder"
     )
-
-
-def load(
-    folder: Path | ModelFolder,
-    *,
-    trust_remote_code: bool = False,
-    backend: str = "torch",
-    device: Any = None,
-    threads: int | None = None,
-) -> ModelParts:
-    folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
-    cfg, specs = read_config(folder)
-    embed_dim = cfg.int("embed_dim")
-    for spec in specs.values():
-        kind = _kind(spec)
-        # a registered kind's keys are known; a tower of another kind can still run from its ONNX graph
-        own = set(tower_class(kind).config_keys) if kind in tower_kinds() else set(spec.keys()) if kind else set()
-        spec.only(_FORMAT_KEYS | own, what="tower key")
-    if backend == "auto":
-        backend = "onnx" if all(spec.str("onnx", None) for spec in specs.values()) else "torch"
-    pre = {m: load_preprocessor(folder.sub(m) if folder.has_dir(m) else folder, spec.view("preprocess"),
-                                file=folder / MARKER) for m, spec in specs.items()}
-    towers: dict[str, Any] = {}
-    if backend == "onnx":
-        from embedhub.modules.backends import load_onnx_towers
-
-        missing = [m for m, spec in specs.items() if not spec.str("onnx", None)]
-        if missing:
-            raise UnknownFormatError(
-                f"{folder.root} has no ONNX graph for its {' and '.join(missing)} tower; write one with "
-                f"`embedhub export {folder.root} --output DIR`, or load with backend='torch'"
-            )
-        graphs = {m: spec.str("onnx") for m, spec in specs.items()}
-        towers = load_onnx_towers(folder, graphs, embed_dim=embed_dim, device=device, threads=threads)
-    else:
-        for m, spec in specs.items():  # an ONNX-only tower says so before any weights file is looked for
-            if _kind(spec) is None:
-                raise _onnx_only(folder, m)
-        _check_fits(folder, specs)
-        for m, spec in specs.items():
-            tower = _build_tower(folder, m, spec, trust_remote_code)
-            width = tower.output_dim
-            if width != embed_dim:
-                raise cfg.error("embed_dim", f"{width} (what the {m} tower outputs)", embed_dim)
-            towers[m] = tower
-        files = {"model.safetensors": find_safetensors(folder)}
-        for m, tower in towers.items():  # weights a tower keeps in its own sub-folder (absent in older folders)
-            for name in tower.weight_files().values():
-                rel = f"{m}/{name}"
-                if folder.has(rel):
-                    files[rel] = [folder.file(rel, what="weights file")]
-        if all(spec.str("onnx", None) for spec in specs.values()):  # an export: its weights' hashes are recorded
-            from embedhub.modules.backends import check_sha256, read_export_metadata, recorded_sha256
-
-            hashes = recorded_sha256(read_export_metadata(folder))
-            for rel, paths in files.items():
-                if hashes is not None and rel in hashes:
-                    check_sha256(folder, rel, paths[0], hashes)
-        load_strict(nn.ModuleDict(towers), _read_weights(towers, files), what="embedhub model")
-        text_pre = pre.get("text")
-        positions = getattr(getattr(towers.get("text"), "backbone", None), "config", None)
-        positions = getattr(positions, "max_position_embeddings", None)
-        if text_pre is not None and positions and text_pre.max_length > int(positions):
-            raise specs["text"].view("preprocess").error(
-                "max_length", f"at most {positions} (the text backbone's max_position_embeddings)",
-                text_pre.max_length)
-    return ModelParts(towers=towers, preprocessors=pre, embed_dim=embed_dim, logit_scale=cfg.data.get("logit_scale"),
-                      templates=cfg.data.get("templates"), config=cfg.data, logit_bias=cfg.data.get("logit_bias"),
-                      normalized=_ends_normalized(specs), **_settings(cfg))
 
 
 def _check_fits(folder: ModelFolder, specs: dict[str, ConfigView]) -> None:
@@ -497,12 +425,9 @@ def save(model: ModelLike, folder: Path) -> Path:
     return write(model, folder)
 
 
-class EmbedhubFormat(Format):
+class EmbedhubFormat(Format, name=NAME, marker=MARKER, allow_patterns=ALLOW_PATTERNS):
     """embedhub's own format (``embedhub_config.json``): torch weights, ONNX graphs or both."""
 
-    name = NAME
-    marker = MARKER
-    allow_patterns = tuple(ALLOW_PATTERNS)
     supports_onnx = True
 
     def record_backends(self, folder: ModelFolder) -> tuple[str, ...]:
@@ -514,9 +439,70 @@ class EmbedhubFormat(Format):
         out = tuple(b for b, ok in (("torch", all(_kind(s) for s in specs.values())), ("onnx", onnx)) if ok)
         return out or ("torch",)
 
-    def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
-        return load(folder, trust_remote_code=options.trust_remote_code, backend=options.backend,
-                    device=options.device, threads=options.threads)
+    def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
+        """The towers (torch kinds, or ONNX graphs with ``backend="onnx"``) and preprocessors of an embedhub folder."""
+        folder, options = self.opened(folder, options)
+        trust_remote_code, backend, device, threads = (options.trust_remote_code, options.backend, options.device,
+                                                       options.threads)
+        cfg, specs = read_config(folder)
+        embed_dim = cfg.int("embed_dim")
+        for spec in specs.values():
+            kind = _kind(spec)
+            # a registered kind's keys are known; a tower of another kind can still run from its ONNX graph
+            own = set(tower_class(kind).config_keys) if kind in tower_kinds() else set(spec.keys()) if kind else set()
+            spec.only(_FORMAT_KEYS | own, what="tower key")
+        if backend == "auto":
+            backend = "onnx" if all(spec.str("onnx", None) for spec in specs.values()) else "torch"
+        pre = {m: load_preprocessor(folder.sub(m) if folder.has_dir(m) else folder, spec.view("preprocess"),
+                                    file=folder / MARKER) for m, spec in specs.items()}
+        towers: dict[str, Any] = {}
+        if backend == "onnx":
+            from embedhub.modules.backends import load_onnx_towers
+
+            missing = [m for m, spec in specs.items() if not spec.str("onnx", None)]
+            if missing:
+                raise UnknownFormatError(
+                    f"{folder.root} has no ONNX graph for its {' and '.join(missing)} tower; write one with "
+                    f"`embedhub export {folder.root} --output DIR`, or load with backend='torch'"
+                )
+            graphs = {m: spec.str("onnx") for m, spec in specs.items()}
+            towers = load_onnx_towers(folder, graphs, embed_dim=embed_dim, device=device, threads=threads)
+        else:
+            for m, spec in specs.items():  # an ONNX-only tower says so before any weights file is looked for
+                if _kind(spec) is None:
+                    raise _onnx_only(folder, m)
+            _check_fits(folder, specs)
+            for m, spec in specs.items():
+                tower = _build_tower(folder, m, spec, trust_remote_code)
+                width = tower.output_dim
+                if width != embed_dim:
+                    raise cfg.error("embed_dim", f"{width} (what the {m} tower outputs)", embed_dim)
+                towers[m] = tower
+            files = {"model.safetensors": find_safetensors(folder)}
+            for m, tower in towers.items():  # weights a tower keeps in its own sub-folder (absent in older folders)
+                for name in tower.weight_files().values():
+                    rel = f"{m}/{name}"
+                    if folder.has(rel):
+                        files[rel] = [folder.file(rel, what="weights file")]
+            if all(spec.str("onnx", None) for spec in specs.values()):  # an export: its weights' hashes are recorded
+                from embedhub.modules.backends import check_sha256, read_export_metadata, recorded_sha256
+
+                hashes = recorded_sha256(read_export_metadata(folder))
+                for rel, paths in files.items():
+                    if hashes is not None and rel in hashes:
+                        check_sha256(folder, rel, paths[0], hashes)
+            load_strict(nn.ModuleDict(towers), _read_weights(towers, files), what="embedhub model")
+            text_pre = pre.get("text")
+            positions = getattr(getattr(towers.get("text"), "backbone", None), "config", None)
+            positions = getattr(positions, "max_position_embeddings", None)
+            if text_pre is not None and positions and text_pre.max_length > int(positions):
+                raise specs["text"].view("preprocess").error(
+                    "max_length", f"at most {positions} (the text backbone's max_position_embeddings)",
+                    text_pre.max_length)
+        return ModelParts(towers=towers, preprocessors=pre, embed_dim=embed_dim,
+                          logit_scale=cfg.data.get("logit_scale"),
+                          templates=cfg.data.get("templates"), config=cfg.data, logit_bias=cfg.data.get("logit_bias"),
+                          normalized=_ends_normalized(specs), **_settings(cfg))
 
 
 FORMAT = EmbedhubFormat()

@@ -43,13 +43,6 @@ def _family(c: dict[str, Any]) -> bool:
         or any(a.startswith(_FAMILY_ARCHS) for a in archs)
 
 
-def matches(folder: Path) -> bool:
-    if not (folder / "config.json").is_file():
-        return False
-    c = ModelFolder(folder).read_json("config.json")
-    return isinstance(c, dict) and _family(c)
-
-
 def architecture(folder: ModelFolder) -> tuple[str, str]:
     """``(model_type, transformers class)`` of a CLIP-family folder embedhub loads; an
     :class:`UnknownFormatError` naming the architecture found otherwise (a vision- or text-only
@@ -204,16 +197,12 @@ class HFSiglipTower(HFCLIPTower):
     torch.Size([2, 768])
     """
 
-    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
-        if self.modality == "text":
-            out = self.clip.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        elif "spatial_shapes" in batch:
-            out = self.clip.get_image_features(pixel_values=batch["pixel_values"],
-                                               pixel_attention_mask=batch["pixel_attention_mask"],
-                                               spatial_shapes=batch["spatial_shapes"])
-        else:
-            out = self.clip.get_image_features(pixel_values=batch["pixel_values"])
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
+    def image_features(self, batch: dict[str, torch.Tensor]) -> Any:
+        if "spatial_shapes" in batch:  # NaFlex (Siglip2): patches of each image's own shape
+            return self.clip.get_image_features(pixel_values=batch["pixel_values"],
+                                                pixel_attention_mask=batch["pixel_attention_mask"],
+                                                spatial_shapes=batch["spatial_shapes"])
+        return super().image_features(batch)
 
     @property
     def output_dim(self) -> int:
@@ -246,45 +235,42 @@ def _siglip_text(folder: ModelFolder, model: Any, model_type: str, *,
     return TransformersTextPreprocessor(tok, max_length=length, pad_to=length)
 
 
-def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> ModelParts:
-    folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
-    model_type, cls = architecture(folder)
-    model = build_transformers(folder, cls, what=cls, trust_remote_code=trust_remote_code, expect=model_type)
-    if model_type == "clip":
-        text = text_preprocessor(folder, fallback_max_length=int(model.config.text_config.max_position_embeddings),
-                                 trust_remote_code=trust_remote_code)
-        text.max_length = min(text.max_length, int(model.config.text_config.max_position_embeddings))
-        text.tokenizer.enable_truncation(max_length=text.max_length)
-        towers = {"text": HFCLIPTower(model, "text"), "image": HFCLIPTower(model, "image")}
-        embed_dim, bias = int(model.config.projection_dim), None
-    else:
-        text = _siglip_text(folder, model, model_type, trust_remote_code=trust_remote_code)
-        towers = {"text": HFSiglipTower(model, "text"), "image": HFSiglipTower(model, "image")}
-        embed_dim, bias = towers["text"].output_dim, float(model.logit_bias.item())
-        if towers["image"].output_dim != embed_dim:
-            raise UnknownFormatError(f"{folder / 'config.json'}: the text tower gives {embed_dim} dimensions and "
-                                     f"the image tower {towers['image'].output_dim}; they must embed into one space")
-    return ModelParts(
-        towers=towers,
-        preprocessors={"text": text, "image": image_preprocessor(folder, model_type, model)},
-        embed_dim=embed_dim,
-        logit_scale=float(model.logit_scale.exp().item()),
-        logit_bias=bias,
-    )
-
-
-class HFCLIPFormat(Format):
+class HFCLIPFormat(Format, name=NAME, marker="config.json", allow_patterns=ALLOW_PATTERNS):
     """transformers CLIP-family folders (``config.json`` of a ``CLIPModel``, ``SiglipModel`` or ``Siglip2Model``)."""
 
-    name = NAME
-    marker = "config.json"
-    allow_patterns = tuple(ALLOW_PATTERNS)
-
     def matches(self, folder: Path) -> bool:
-        return matches(folder)
+        """A ``config.json`` of the CLIP family (``clip``, ``siglip``, ``siglip2``)."""
+        config = self.marker_json(folder, errors=True)
+        return isinstance(config, dict) and _family(config)
 
-    def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
-        return load(folder, trust_remote_code=options.trust_remote_code)
+    def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
+        """The text and image towers of a transformers CLIP or SigLIP model, with its processors' settings."""
+        folder, options = self.opened(folder, options)
+        trust_remote_code = options.trust_remote_code
+        model_type, cls = architecture(folder)
+        model = build_transformers(folder, cls, what=cls, trust_remote_code=trust_remote_code, expect=model_type)
+        if model_type == "clip":
+            text = text_preprocessor(folder, fallback_max_length=int(model.config.text_config.max_position_embeddings),
+                                     trust_remote_code=trust_remote_code)
+            text.max_length = min(text.max_length, int(model.config.text_config.max_position_embeddings))
+            text.tokenizer.enable_truncation(max_length=text.max_length)
+            towers = {"text": HFCLIPTower(model, "text"), "image": HFCLIPTower(model, "image")}
+            embed_dim, bias = int(model.config.projection_dim), None
+        else:
+            text = _siglip_text(folder, model, model_type, trust_remote_code=trust_remote_code)
+            towers = {"text": HFSiglipTower(model, "text"), "image": HFSiglipTower(model, "image")}
+            embed_dim, bias = towers["text"].output_dim, float(model.logit_bias.item())
+            if towers["image"].output_dim != embed_dim:
+                raise UnknownFormatError(
+                    f"{folder / 'config.json'}: the text tower gives {embed_dim} dimensions and "
+                    f"the image tower {towers['image'].output_dim}; they must embed into one space")
+        return ModelParts(
+            towers=towers,
+            preprocessors={"text": text, "image": image_preprocessor(folder, model_type, model)},
+            embed_dim=embed_dim,
+            logit_scale=float(model.logit_scale.exp().item()),
+            logit_bias=bias,
+        )
 
 
 FORMAT = HFCLIPFormat()

@@ -47,16 +47,6 @@ REFUSED_KEYS: dict[str, str] = {
 }
 
 
-def matches(folder: Path) -> bool:
-    if not (folder / "config.json").is_file():
-        return False
-    try:
-        config = ModelFolder(folder).read_json("config.json")
-    except Exception:
-        return False
-    return isinstance(config, dict) and config.get("model_type") == "model2vec"
-
-
 def _unk_id(tokenizer: Any) -> int | None:
     """The unknown token's id, found as model2vec finds it."""
     model = tokenizer.model
@@ -100,41 +90,36 @@ class Model2VecPreprocessor(StaticTextPreprocessor):
         return {**super().config(), "drop_unknown": self.unk_id is not None}
 
 
-def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> ModelParts:
-    """A model2vec static model: per-token vectors, their mean, normalised as its config says."""
-    folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
-    cfg = folder.config("config.json")
-    cfg.only(set(CONFIG_KEYS) | set(REFUSED_KEYS), what="model2vec config key")
-    for key, why in REFUSED_KEYS.items():
-        if key in cfg:
-            raise cfg.error(key, f"nothing ({why})", cfg.data[key])
-    cfg.str("model_type", choices=["model2vec"])
-    weights, static = static_embedding(folder, what="model2vec model", integer_ok=True)
-    unlimited = "max_length" in cfg.data and cfg.data["max_length"] is None
-    max_length = None if unlimited else cfg.int("max_length", DEFAULT_MAX_LENGTH, min=1)
-    for key in ("embedding_dtype", "tokenizer_name"):
-        cfg.str(key, None)
-    cfg.int("vocabulary_quantization", None, min=1)
-    if "hidden_dim" in cfg and cfg.int("hidden_dim", min=1) != weights.shape[1]:
-        raise cfg.error("hidden_dim", f"{weights.shape[1]} (the width of the stored vectors)", cfg.data["hidden_dim"])
-    head = Head(normalize=cfg.bool("normalize", False))
-    tower = StaticEmbeddingTower(weights, head)
-    pre = Model2VecPreprocessor(static.tokenizer, max_length=max_length)
-    return ModelParts(towers={"text": tower}, preprocessors={"text": pre}, embed_dim=int(weights.shape[1]))
-
-
-class Model2VecFormat(Format):
+class Model2VecFormat(Format, name=NAME, marker="config.json", allow_patterns=ALLOW_PATTERNS):
     """model2vec static-embedding folders without a ``modules.json``."""
 
-    name = NAME
-    marker = "config.json"
-    allow_patterns = tuple(ALLOW_PATTERNS)
-
     def matches(self, folder: Path) -> bool:
-        return matches(folder)
+        """A ``config.json`` whose ``model_type`` is ``model2vec``."""
+        config = self.marker_json(folder)
+        return isinstance(config, dict) and config.get("model_type") == "model2vec"
 
-    def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
-        return load(folder, trust_remote_code=options.trust_remote_code)
+    def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
+        """A model2vec static model: per-token vectors, their mean, normalised as its config says."""
+        folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
+        cfg = folder.config("config.json")
+        cfg.only(set(CONFIG_KEYS) | set(REFUSED_KEYS), what="model2vec config key")
+        for key, why in REFUSED_KEYS.items():
+            if key in cfg:
+                raise cfg.error(key, f"nothing ({why})", cfg.data[key])
+        cfg.str("model_type", choices=["model2vec"])
+        weights, static = static_embedding(folder, what="model2vec model", integer_ok=True)
+        unlimited = "max_length" in cfg.data and cfg.data["max_length"] is None
+        max_length = None if unlimited else cfg.int("max_length", DEFAULT_MAX_LENGTH, min=1)
+        for key in ("embedding_dtype", "tokenizer_name"):
+            cfg.str(key, None)
+        cfg.int("vocabulary_quantization", None, min=1)
+        if "hidden_dim" in cfg and cfg.int("hidden_dim", min=1) != weights.shape[1]:
+            raise cfg.error("hidden_dim", f"{weights.shape[1]} (the width of the stored vectors)",
+                            cfg.data["hidden_dim"])
+        head = Head(normalize=cfg.bool("normalize", False))
+        tower = StaticEmbeddingTower(weights, head)
+        pre = Model2VecPreprocessor(static.tokenizer, max_length=max_length)
+        return ModelParts(towers={"text": tower}, preprocessors={"text": pre}, embed_dim=int(weights.shape[1]))
 
 
 FORMAT = Model2VecFormat()

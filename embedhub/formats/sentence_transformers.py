@@ -177,10 +177,6 @@ _TRANSFORMER_CONFIGS = ("sentence_bert_config.json", "sentence_roberta_config.js
 _SENTENCE = "sentence_embedding"
 
 
-def matches(folder: Path) -> bool:
-    return (folder / MARKER).is_file()
-
-
 @dataclass
 class _Module:
     """One module of a pipeline: its kind, folder, and where it is declared (for messages)."""
@@ -586,7 +582,7 @@ def _pipeline(mods: list[_Module], *, trust_remote_code: bool) -> _Pipeline:
         if settings.clip:
             from embedhub.formats import hf_clip
 
-            clip_parts = hf_clip.load(first.folder, trust_remote_code=trust_remote_code)
+            clip_parts = hf_clip.FORMAT.load(first.folder, LoadOptions(trust_remote_code=trust_remote_code))
             text = clip_parts.preprocessors["text"]
             positions = int(clip_parts.towers["text"].clip.config.text_config.max_position_embeddings)
             if settings.max_length is not None:
@@ -768,41 +764,36 @@ def _router(mod: _Module, rest: list[_Module], *, trust_remote_code: bool):
 
 
 # ------------------------------------------------------------------------------------------ load
-def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> ModelParts:
-    """Build the towers and preprocessors of a sentence-transformers folder (strictly)."""
-    folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
-    mods = _entries(folder, trust_remote_code=trust_remote_code)
-    for mod in mods[1:]:
-        if mod.kind == "Router":
-            raise ConfigError(f"{mod.file}: {mod.where} is a Router; embedhub loads a Router as the first module",
-                              file=str(mod.file), key=mod.where)
-    from embedhub.formats import st_config
-
-    if mods[0].kind == "Router":
-        routes, default_task, pipelines = _router(mods[0], mods[1:], trust_remote_code=trust_remote_code)
-        towers = {m: tp[0] for m, tp in routes[default_task].items()}
-        pre = {m: tp[1] for m, tp in routes[default_task].items()}
-        width = next(iter(pipelines.values())).width
-        settings = st_config.read(folder, width=width)  # config_sentence_transformers.json
-        return ModelParts(towers=towers, preprocessors=pre, embed_dim=width, routes=routes,
-                          default_route=default_task, normalized=all(p.normalized for p in pipelines.values()),
-                          **st_config.parts_kwargs(settings))
-    pipe = _pipeline(mods, trust_remote_code=trust_remote_code)
-    settings = st_config.read(folder, width=pipe.width)  # config_sentence_transformers.json
-    return ModelParts(towers=pipe.towers, preprocessors=pipe.preprocessors, embed_dim=pipe.width,
-                      logit_scale=pipe.logit_scale, config=pipe.spec, normalized=pipe.normalized,
-                      **st_config.parts_kwargs(settings))
 
 
-class SentenceTransformersFormat(Format):
+class SentenceTransformersFormat(Format, name=NAME, marker=MARKER, allow_patterns=ALLOW_PATTERNS):
     """sentence-transformers folders (``modules.json``)."""
 
-    name = NAME
-    marker = MARKER
-    allow_patterns = tuple(ALLOW_PATTERNS)
+    def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
+        """Build the towers and preprocessors of a sentence-transformers folder (strictly)."""
+        folder, options = self.opened(folder, options)
+        trust_remote_code = options.trust_remote_code
+        mods = _entries(folder, trust_remote_code=trust_remote_code)
+        for mod in mods[1:]:
+            if mod.kind == "Router":
+                raise ConfigError(f"{mod.file}: {mod.where} is a Router; embedhub loads a Router as the first module",
+                                  file=str(mod.file), key=mod.where)
+        from embedhub.formats import st_config
 
-    def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
-        return load(folder, trust_remote_code=options.trust_remote_code)
+        if mods[0].kind == "Router":
+            routes, default_task, pipelines = _router(mods[0], mods[1:], trust_remote_code=trust_remote_code)
+            towers = {m: tp[0] for m, tp in routes[default_task].items()}
+            pre = {m: tp[1] for m, tp in routes[default_task].items()}
+            width = next(iter(pipelines.values())).width
+            settings = st_config.read(folder, width=width)  # config_sentence_transformers.json
+            return ModelParts(towers=towers, preprocessors=pre, embed_dim=width, routes=routes,
+                              default_route=default_task, normalized=all(p.normalized for p in pipelines.values()),
+                              **st_config.parts_kwargs(settings))
+        pipe = _pipeline(mods, trust_remote_code=trust_remote_code)
+        settings = st_config.read(folder, width=pipe.width)  # config_sentence_transformers.json
+        return ModelParts(towers=pipe.towers, preprocessors=pipe.preprocessors, embed_dim=pipe.width,
+                          logit_scale=pipe.logit_scale, config=pipe.spec, normalized=pipe.normalized,
+                          **st_config.parts_kwargs(settings))
 
 
 FORMAT = SentenceTransformersFormat()

@@ -23,16 +23,6 @@ ALLOW_PATTERNS = ["*.json", "*.safetensors", "*.txt", "*.model"]
 logger = logging.getLogger(__name__)
 
 
-def matches(folder: Path) -> bool:
-    """A folder with a ``config.json`` object (the formats tried before this one did not claim it)."""
-    if not (folder / "config.json").is_file():
-        return False
-    try:
-        return isinstance(ModelFolder(folder).read_json("config.json"), dict)
-    except Exception:
-        return False
-
-
 def _architecture(view) -> str:
     archs = view.data.get("architectures")
     arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
@@ -69,63 +59,58 @@ def _check_text_encoder(view, cls, what: str) -> None:
         )
 
 
-def load(folder: Path | ModelFolder, *, trust_remote_code: bool = False) -> ModelParts:
-    """A mean-pooled transformers text encoder, as sentence-transformers builds one for a folder without
-    ``modules.json``."""
-    folder = folder if isinstance(folder, ModelFolder) else ModelFolder(folder)
-    view = folder.config("config.json")
-    what = _architecture(view)
-    model_type = view.str("model_type", None)
-    if model_type is None:
-        raise view.error("model_type", "the model_type of a transformers architecture")
-    archs = view.data.get("architectures") or []
-    if any(isinstance(a, str) and a.endswith("ForCausalLM") for a in archs) and view.data.get("is_causal", True):
-        raise ConfigError(
-            f"{view.file}: {what} is a causal language model; sentence-transformers embeds such a folder with "
-            "last-token pooling, which embedhub does not rebuild without a modules.json (save it with "
-            "sentence-transformers to give it one)", file=str(view.file), key="architectures",
-        )
-    cls = config_class(model_type)
-    if cls is not None:
-        _check_text_encoder(view, cls, what)
-    if not (folder.has("tokenizer.json") or folder.has("tokenizer_config.json")):
-        raise UnknownFormatError(f"{folder.root}: {what} has no tokenizer (tokenizer.json or tokenizer_config.json)")
-    backbone = build_transformers(folder, "AutoModel", what=f"transformers encoder {what}",
-                                  trust_remote_code=trust_remote_code)
-    hidden = getattr(backbone.config, "hidden_size", None)
-    if not isinstance(hidden, int):
-        raise ConfigError(f"{view.file}: {what} has no hidden_size; not a text encoder embedhub can mean-pool",
-                          file=str(view.file), key="hidden_size")
-    positions = usable_positions(backbone.config)
-    text = text_preprocessor(folder, fallback_max_length=positions, trust_remote_code=trust_remote_code)
-    text.max_length = min(text.max_length, positions)
-    text.tokenizer.enable_truncation(max_length=text.max_length)
-    logger.warning(
-        "%s has no modules.json: loading it as sentence-transformers does, as a transformers encoder (%s) with "
-        "mean pooling over its last hidden state", folder.root, what,
-    )
-    pooling, head = Pooling(["mean"]), Head()
-    spec = {
-        "embed_dim": hidden,
-        "towers": {"text": {"backbone": {"library": "transformers"}, "pooling": ["mean"], "head": head.spec(),
-                            "preprocess": text.config()}},
-    }
-    return ModelParts(towers={"text": TransformersTextTower(backbone, pooling, head)}, preprocessors={"text": text},
-                      embed_dim=hidden, config=spec)
-
-
-class TransformersEncoderFormat(Format):
+class TransformersEncoderFormat(Format, name=NAME, marker="config.json", allow_patterns=ALLOW_PATTERNS):
     """Plain transformers encoder folders: mean pooling, as sentence-transformers' fallback."""
 
-    name = NAME
-    marker = "config.json"
-    allow_patterns = tuple(ALLOW_PATTERNS)
-
     def matches(self, folder: Path) -> bool:
-        return matches(folder)
+        """A folder with a ``config.json`` object (the formats tried before this one did not claim it)."""
+        return isinstance(self.marker_json(folder), dict)
 
-    def load(self, folder: ModelFolder, options: LoadOptions) -> ModelParts:
-        return load(folder, trust_remote_code=options.trust_remote_code)
+    def load(self, folder: Path | ModelFolder, options: LoadOptions | None = None) -> ModelParts:
+        """A mean-pooled transformers text encoder, as sentence-transformers builds one for a folder without
+        ``modules.json``."""
+        folder, options = self.opened(folder, options)
+        trust_remote_code = options.trust_remote_code
+        view = folder.config("config.json")
+        what = _architecture(view)
+        model_type = view.str("model_type", None)
+        if model_type is None:
+            raise view.error("model_type", "the model_type of a transformers architecture")
+        archs = view.data.get("architectures") or []
+        if any(isinstance(a, str) and a.endswith("ForCausalLM") for a in archs) and view.data.get("is_causal", True):
+            raise ConfigError(
+                f"{view.file}: {what} is a causal language model; sentence-transformers embeds such a folder with "
+                "last-token pooling, which embedhub does not rebuild without a modules.json (save it with "
+                "sentence-transformers to give it one)", file=str(view.file), key="architectures",
+            )
+        cls = config_class(model_type)
+        if cls is not None:
+            _check_text_encoder(view, cls, what)
+        if not (folder.has("tokenizer.json") or folder.has("tokenizer_config.json")):
+            raise UnknownFormatError(
+                f"{folder.root}: {what} has no tokenizer (tokenizer.json or tokenizer_config.json)")
+        backbone = build_transformers(folder, "AutoModel", what=f"transformers encoder {what}",
+                                      trust_remote_code=trust_remote_code)
+        hidden = getattr(backbone.config, "hidden_size", None)
+        if not isinstance(hidden, int):
+            raise ConfigError(f"{view.file}: {what} has no hidden_size; not a text encoder embedhub can mean-pool",
+                              file=str(view.file), key="hidden_size")
+        positions = usable_positions(backbone.config)
+        text = text_preprocessor(folder, fallback_max_length=positions, trust_remote_code=trust_remote_code)
+        text.max_length = min(text.max_length, positions)
+        text.tokenizer.enable_truncation(max_length=text.max_length)
+        logger.warning(
+            "%s has no modules.json: loading it as sentence-transformers does, as a transformers encoder (%s) with "
+            "mean pooling over its last hidden state", folder.root, what,
+        )
+        pooling, head = Pooling(["mean"]), Head()
+        spec = {
+            "embed_dim": hidden,
+            "towers": {"text": {"backbone": {"library": "transformers"}, "pooling": ["mean"], "head": head.spec(),
+                                "preprocess": text.config()}},
+        }
+        return ModelParts(towers={"text": TransformersTextTower(backbone, pooling, head)}, preprocessors={"text": text},
+                          embed_dim=hidden, config=spec)
 
 
 FORMAT = TransformersEncoderFormat()

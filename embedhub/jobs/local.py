@@ -671,7 +671,7 @@ class _Job:
 
     def complete(self, chunk: Chunk, ids: list, emb: np.ndarray, errors: list[tuple[Any, str]]) -> None:
         """Write ``chunk``'s shard file, then record it in the manifest (in that order)."""
-        from embedhub.modules.backends import sha256_file
+        from embedhub._io.hashing import sha256_file
         from embedhub.store.embeddings import write_embeddings
 
         rel = shard_name(chunk)

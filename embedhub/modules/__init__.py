@@ -36,7 +36,7 @@ from embedhub._io.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from embedhub._io.folder import ConfigView, ModelFolder
-    from embedhub.modules.backends import int8_dot_kernel, onnx_tensors
+    from embedhub.modules.backends import EXPORT_METADATA, int8_dot_kernel, onnx_tensors, read_export_metadata
     from embedhub.modules.batching import plan_batches
     from embedhub.modules.inputs import load_image
     from embedhub.modules.open_clip import OpenCLIPTower, build_open_clip, open_clip_image_config
@@ -44,16 +44,16 @@ if TYPE_CHECKING:
     from embedhub.modules.preprocess import OpenCLIPTextPreprocessor, TextPreprocessor, load_preprocessor
     from embedhub.modules.preprocess import token_lengths
     from embedhub.modules.prompts import average_templates, template_prompts
-    from embedhub.modules.towers import ACTIVATIONS, POOLING_MODES, TIMM_KWARGS, Dense, Head, HFCLIPTower, Normalize
-    from embedhub.modules.towers import Pooling, TimmImageTower, Tower, TransformersTextTower, is_saveable
+    from embedhub.modules.towers import ACTIVATIONS, POOLING_MODES, TIMM_KWARGS, CLIPTower, Dense, Head, HFCLIPTower
+    from embedhub.modules.towers import Normalize, Pooling, TimmImageTower, Tower, TransformersTextTower, is_saveable
     from embedhub.modules.towers import register_tower, tower_class, tower_kinds, unregister_tower
 
 __getattr__, __dir__ = lazy_exports(__name__)
 __all__ = [
-    "ACTIVATIONS", "ConfigView", "Dense", "HFCLIPTower", "HFTextPreprocessor", "Head", "ImageConfig",
-    "ImagePreprocessor", "ModelFolder", "Normalize", "OpenCLIPTextPreprocessor", "OpenCLIPTower", "POOLING_MODES",
-    "Pooling", "TIMM_KWARGS", "TextPreprocessor", "TimmImageTower", "Tower", "TransformersTextTower",
+    "ACTIVATIONS", "CLIPTower", "ConfigView", "Dense", "EXPORT_METADATA", "HFCLIPTower", "HFTextPreprocessor", "Head",
+    "ImageConfig", "ImagePreprocessor", "ModelFolder", "Normalize", "OpenCLIPTextPreprocessor", "OpenCLIPTower",
+    "POOLING_MODES", "Pooling", "TIMM_KWARGS", "TextPreprocessor", "TimmImageTower", "Tower", "TransformersTextTower",
     "average_templates", "build_open_clip", "int8_dot_kernel", "is_saveable", "load_image", "load_preprocessor",
-    "onnx_tensors", "open_clip_image_config", "plan_batches", "register_tower", "template_prompts", "token_lengths",
-    "tower_class", "tower_kinds", "unregister_tower",
+    "onnx_tensors", "open_clip_image_config", "plan_batches", "read_export_metadata", "register_tower",
+    "template_prompts", "token_lengths", "tower_class", "tower_kinds", "unregister_tower",
 ]

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 
 from embedhub._io.folder import ConfigView, ModelFolder
+from embedhub._io.hashing import sha256_file
 from embedhub.errors import ConfigError, WeightsError, require
 
 Backend = Literal["torch", "onnx", "auto"]
@@ -75,7 +76,7 @@ def check_int8_cpu(meta: ConfigView | str | os.PathLike | None, where: str | os.
     not carry over to saturating AVX2 kernels."""
     if isinstance(meta, (str, os.PathLike)):
         where = where or meta
-        meta = read_export_metadata(ModelFolder(meta))
+        meta = read_export_metadata(meta)
     if meta is None or meta.raw("precision", None) != "int8":
         return
     cpu, gate = meta.raw("cpu", {}), meta.raw("gate", {})
@@ -163,24 +164,17 @@ _GRAPH_INPUTS: dict[str, dict[str, tuple[int, int]]] = {
 }
 
 
-def sha256_file(path: str | os.PathLike) -> str:
-    """The SHA-256 (hex) of a regular file, read in 1 MiB chunks.
+def read_export_metadata(folder: ModelFolder | str | os.PathLike) -> ConfigView | None:
+    """An export's ``onnx/export_metadata.json`` (``folder``: the model folder) as a checked view (a bounded
+    UTF-8 JSON object, finite numbers), or ``None`` when the folder has none; a malformed record is a
+    :class:`ConfigError`. The one reader of the record: the ONNX loader, fingerprints and ``embedhub export``
+    use it.
 
-    >>> import tempfile; p = Path(tempfile.mkdtemp()) / "x"; _ = p.write_bytes(b"abc")
-    >>> sha256_file(p)[:16]
-    'ba7816bf8f01cfea'
+    >>> read_export_metadata("minilm-onnx").str("precision")  # doctest: +SKIP
+    'fp32'
     """
-    from embedhub._io.manifest import sha256
-    from embedhub.errors import ConfigError
-
-    try:
-        return sha256(path)  # the one file hasher of saves and exports (hashed once per unchanged file)
-    except ConfigError:
-        raise WeightsError(f"{path} is not a regular file") from None
-
-
-def read_export_metadata(folder: ModelFolder) -> ConfigView | None:
-    """``onnx/export_metadata.json`` as a checked view, or ``None`` when the folder has none."""
+    if not isinstance(folder, ModelFolder):
+        folder = ModelFolder(folder)
     return folder.config(EXPORT_METADATA, what="ONNX export metadata") if folder.has(EXPORT_METADATA) else None
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -13,7 +13,7 @@ from torch import nn
 from embedhub._io.folder import ConfigView, ModelFolder
 from embedhub.errors import ConfigError, UnknownFormatError, require
 from embedhub.modules.preprocess import ImageConfig
-from embedhub.modules.towers import Tower
+from embedhub.modules.towers import CLIPTower
 
 _INTERP = {"bicubic", "bilinear", "nearest"}
 
@@ -188,17 +188,13 @@ def open_clip_image_config(model_cfg: dict[str, Any], preprocess_cfg: dict[str, 
     )
 
 
-class OpenCLIPTower(Tower):
+class OpenCLIPTower(CLIPTower):
     """One side of an open_clip model: ``encode_text`` or ``encode_image`` (unnormalised)."""
 
-    def __init__(self, clip: nn.Module, modality: Literal["text", "image"]):
-        super().__init__()
-        self.clip = clip
-        self.modality = modality
+    def text_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.clip.encode_text(batch["input_ids"])
 
-    def forward(self, **batch: torch.Tensor) -> torch.Tensor:
-        if self.modality == "text":
-            return self.clip.encode_text(batch["input_ids"])
+    def image_features(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.clip.encode_image(batch["pixel_values"])
 
     @property
@@ -210,10 +206,10 @@ class OpenCLIPTower(Tower):
             return int(proj.shape[-1])
         return int(getattr(self.clip.visual, "output_dim", 0))
 
-    def onnx_hints(self) -> dict[str, Any]:
+    def attention_shape(self) -> tuple[int, int]:
         tr = self.clip.transformer if self.modality == "text" else getattr(self.clip.visual, "transformer", None)
         blocks = getattr(tr, "resblocks", None)
         if blocks:  # nn.MultiheadAttention in the residual blocks
             attn = blocks[0].attn
-            return {"optimizer": "clip", "num_heads": int(attn.num_heads), "hidden_size": int(attn.embed_dim)}
-        return {"optimizer": "clip", "num_heads": 0, "hidden_size": 0}
+            return int(attn.num_heads), int(attn.embed_dim)
+        return 0, 0

@@ -420,8 +420,14 @@ class TimmImageTower(Tower):
         return cls(backbone, head, architecture=arch, kwargs=checked)
 
 
-class HFCLIPTower(Tower):
-    """One side of a transformers ``CLIPModel``: ``get_text_features`` or ``get_image_features``."""
+class CLIPTower(Tower):
+    """One side (``modality``) of a two-tower CLIP model ``clip``: a subclass says how each side computes its
+    features (:meth:`text_features`, :meth:`image_features`: a tensor, or an output with ``pooler_output``) and
+    the attention shape the ONNX optimizer needs (:meth:`attention_shape`).
+
+    >>> HFCLIPTower(clip_model, "image")(pixel_values=pixels).shape  # doctest: +SKIP
+    torch.Size([2, 512])
+    """
 
     def __init__(self, clip: nn.Module, modality: Literal["text", "image"]):
         super().__init__()
@@ -429,16 +435,39 @@ class HFCLIPTower(Tower):
         self.modality = modality
 
     def forward(self, **batch: torch.Tensor) -> torch.Tensor:
-        if self.modality == "text":
-            out = self.clip.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
-        else:
-            out = self.clip.get_image_features(pixel_values=batch["pixel_values"])
+        out = self.text_features(batch) if self.modality == "text" else self.image_features(batch)
         return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+    def text_features(self, batch: dict[str, torch.Tensor]) -> Any:
+        """The text side's features of ``batch`` (``input_ids``, ``attention_mask``)."""
+        raise NotImplementedError
+
+    def image_features(self, batch: dict[str, torch.Tensor]) -> Any:
+        """The image side's features of ``batch`` (``pixel_values``)."""
+        raise NotImplementedError
+
+    def attention_shape(self) -> tuple[int, int]:
+        """``(num_heads, hidden_size)`` of this side's attention (zeros when it has none the optimizer knows)."""
+        raise NotImplementedError
+
+    def onnx_hints(self) -> dict[str, Any]:
+        heads, hidden = self.attention_shape()
+        return {"optimizer": "clip", "num_heads": heads, "hidden_size": hidden}
+
+
+class HFCLIPTower(CLIPTower):
+    """One side of a transformers ``CLIPModel``: ``get_text_features`` or ``get_image_features``."""
+
+    def text_features(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.clip.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+
+    def image_features(self, batch: dict[str, torch.Tensor]) -> Any:
+        return self.clip.get_image_features(pixel_values=batch["pixel_values"])
 
     @property
     def output_dim(self) -> int:
         return int(self.clip.config.projection_dim)
 
-    def onnx_hints(self) -> dict[str, Any]:
+    def attention_shape(self) -> tuple[int, int]:
         cfg = self.clip.config.text_config if self.modality == "text" else self.clip.config.vision_config
-        return {"optimizer": "clip", "num_heads": int(cfg.num_attention_heads), "hidden_size": int(cfg.hidden_size)}
+        return int(cfg.num_attention_heads), int(cfg.hidden_size)

@@ -15,7 +15,7 @@ from embedhub._io.lazy import lazy_exports
 
 if TYPE_CHECKING:
     from embedhub._io.atomic import atomic_write, install_folder
-    from embedhub.modules.backends import sha256_file
+    from embedhub._io.hashing import sha256_file
     from embedhub.store.embeddings import write_embeddings
     from embedhub.store.fingerprint import Fingerprint
     from embedhub.store.index import SearchIndex, VectorIndex, hamming, similarity_scores

@@ -17,7 +17,6 @@ model it will compare against never gets vectors it cannot check.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -26,6 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from embedhub._io.atomic import atomic_write
+from embedhub._io.hashing import sha256_file
 from embedhub.errors import ArgumentError, EmbeddingsFileError, ProvenanceError, require
 from embedhub.store.fingerprint import PARQUET_KEY, Fingerprint
 from embedhub.store.index import check_precision, stored_dtype, stored_width
@@ -37,7 +37,6 @@ EXTENSIONS = (".npy", ".parquet")
 #: what ends the name of the JSON file beside a ``.npy`` file
 SIDECAR_SUFFIX = ".fingerprint.json"
 SIDECAR_VERSION = 1
-_CHUNK = 1 << 20
 #: bounds on what a reader allocates before it has checked a file: a .npy header, a sidecar
 _NPY_HEADER_MAX = 10_000
 _SIDECAR_MAX = 1 << 20
@@ -305,7 +304,7 @@ def _write_npy(path: Path, emb: np.ndarray, fingerprint: Fingerprint) -> None:
             np.save(fh, emb, allow_pickle=False)
             fh.flush()
             os.fsync(fh.fileno())
-        digest.append(_sha256(Path(tmp)))
+        digest.append(sha256_file(tmp))
 
     atomic_write(path, write)
     record = {
@@ -336,14 +335,6 @@ def _write_parquet(
     # float vectors barely compress: the embedding column is stored plain (half the write time), the rest snappy
     compression = {name: "none" if name == "embedding" else "snappy" for name in columns}
     atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression=compression))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with _open_regular(path, "embeddings file") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -485,7 +476,7 @@ def _read_sidecar(side: Path, npy: Path, shape: tuple[int, ...]) -> Fingerprint:
     sha = record.get("sha256")
     if not isinstance(sha, str):
         raise ProvenanceError(f"{side}: 'sha256' must be a hex string, found {sha!r:.80}", path=side, field="sha256")
-    found = _sha256(npy)
+    found = sha256_file(npy)
     if found != sha.lower():
         raise ProvenanceError(
             f"{side} records SHA-256 {sha} but {npy.name} has {found}: the .npy was replaced or changed after "

@@ -21,7 +21,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from embedhub.errors import FingerprintMismatchError, ProvenanceError
+from embedhub._io.hashing import sha256_file
+from embedhub.errors import EmbedhubError, FingerprintMismatchError, ProvenanceError
 
 if TYPE_CHECKING:
     from embedhub.formats.contract import ModelLike
@@ -34,10 +35,8 @@ BACKENDS = ("torch", "onnx")
 TORCH_DTYPES = {"float32": "fp32", "float16": "fp16", "bfloat16": "bf16"}
 #: the precisions an ONNX export records in ``onnx/export_metadata.json``
 ONNX_PRECISIONS = ("fp32", "fp16", "int8")
-EXPORT_METADATA = "onnx/export_metadata.json"
 _SOURCE = re.compile(r"hub:[A-Za-z0-9_.\-]+/[A-Za-z0-9_.\-]+|(folder|memory):[0-9a-f]{16}")
 _COMMIT = re.compile(r"[0-9a-f]{40}")
-_CHUNK = 1 << 20
 #: the parquet schema metadata key holding the fingerprint JSON (embedding files, index id files)
 PARQUET_KEY = b"embedhub.fingerprint"
 
@@ -266,8 +265,6 @@ def fingerprint_of(model: ModelLike) -> Fingerprint:
                 f"weights cannot be hashed in memory; load the folder again to fingerprint what it holds now"
             ) from exc
     elif folder is not None and Path(folder).is_dir():
-        from embedhub.errors import EmbedhubError
-
         try:
             source = f"folder:{folder_hash(Path(folder), _model_files(Path(folder), model))}"
         except (EmbedhubError, OSError):  # no longer a model folder (changed since the load)
@@ -316,7 +313,6 @@ def _changed_since_load(folder: Path, model: ModelLike) -> str | None:
 def _model_files(folder: Path, model: ModelLike) -> list[str] | None:
     """The files the model's load opened, with those of the folder's other backends (an export's ONNX
     graphs for a torch load, its weights for an ONNX one), so both backends name the same source."""
-    from embedhub.errors import EmbedhubError
     from embedhub.formats.registry import model_files
 
     files = getattr(model, "source_files", None)
@@ -330,11 +326,7 @@ def _model_files(folder: Path, model: ModelLike) -> list[str] | None:
 
 def _dtype_name(model: ModelLike) -> str:
     if model.backend == "onnx":
-        meta = Path(model.folder) / EXPORT_METADATA if model.folder is not None else None
-        try:
-            precision = json.loads(meta.read_text(encoding="utf-8")).get("precision") if meta else None
-        except (OSError, ValueError, AttributeError):
-            precision = None
+        precision = _export_record(model, "precision")
         return precision if precision in ONNX_PRECISIONS else "unknown"
     name = str(model.dtype).removeprefix("torch.")
     return TORCH_DTYPES.get(name, name)
@@ -366,12 +358,23 @@ _POOLING = re.compile(r"[a-z0-9_]+(\+[a-z0-9_]+)*")
 def _export_pooling(model: ModelLike) -> str | None:
     """The text pooling an ONNX export recorded in its metadata (``"pooling"``): an export without its torch
     copy has no tower config to read it from. ``None`` when absent or not a pooling name."""
-    meta = Path(model.folder) / EXPORT_METADATA if getattr(model, "folder", None) is not None else None
-    try:
-        value = json.loads(meta.read_text(encoding="utf-8")).get("pooling") if meta else None
-    except (OSError, ValueError, AttributeError):
-        return None
+    value = _export_record(model, "pooling")
     return value if isinstance(value, str) and len(value) <= 256 and _POOLING.fullmatch(value) else None
+
+
+def _export_record(model: ModelLike, key: str) -> Any:
+    """The value of ``key`` in the ONNX export record of the model's folder; ``None`` when the model has no
+    folder, the folder no record, or the record is unreadable or malformed."""
+    folder = getattr(model, "folder", None)
+    if folder is None:
+        return None
+    from embedhub.modules.backends import read_export_metadata
+
+    try:
+        meta = read_export_metadata(folder)
+    except (EmbedhubError, OSError):
+        return None
+    return meta.raw(key, None) if meta is not None else None
 
 
 _FOLDER_HASHES: dict[tuple[str, tuple[tuple[str, int, int, int, int], ...]], str] = {}
@@ -396,17 +399,9 @@ def folder_hash(folder: Path, files: Any = None) -> str:
         digest = hashlib.sha256()
         for rel in rels:
             name = rel.encode("utf-8", "surrogateescape")
-            digest.update(name + b"\0" + _file_sha256(folder / rel).encode() + b"\n")
+            digest.update(name + b"\0" + sha256_file(folder / rel).encode() + b"\n")
         _FOLDER_HASHES[key] = digest.hexdigest()[:16]
     return _FOLDER_HASHES[key]
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def model_settings(model: Any) -> dict[str, Any]:

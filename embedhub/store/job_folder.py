@@ -216,7 +216,7 @@ _SHARD_FILE = re.compile(r"shards/part-\d{5,}\.parquet")
 def shard_problem(path: Path, entry: dict[str, Any]) -> str | None:
     """Why the shard file at ``path`` is not the one the manifest ``entry`` recorded, or ``None``: its kind, its
     SHA-256, and the shard number and row count recorded inside the parquet file itself."""
-    from embedhub.modules.backends import sha256_file
+    from embedhub._io.hashing import sha256_file
 
     kind = entry_kind(path)
     if kind is None:
