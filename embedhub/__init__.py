@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     from embedhub.errors import ModelNotFoundError, PoolError, ProvenanceError, PublishError, UnknownFormatError
     from embedhub.errors import WeightsError
     from embedhub.hub.aliases import ModelEntry, list_models, model_entry, register_model
-    from embedhub.jobs.local import EmbedJobResult, embed_corpus
+    from embedhub.jobs.embed import EmbedJobResult, embed_corpus
     from embedhub.loader import load
     from embedhub.model import EmbeddingModel
     from embedhub.modules.pool import MultiProcessPool

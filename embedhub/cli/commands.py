@@ -60,7 +60,7 @@ def _encode(model: EmbeddingModel, corpus: Corpus, *, batch_size: int, options: 
     """Encode with a progress bar (``role="document"``: ``encode_document``); an item error is raised again
     naming where item i came from."""
     from embedhub.errors import ItemError
-    from embedhub.jobs.local import encode_options
+    from embedhub.jobs.embed import encode_options
 
     encode = model.encode_document if role == "document" else model.encode
     try:
@@ -119,7 +119,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_embed(args: argparse.Namespace) -> int:
     """``embedhub embed``: a corpus -> parquet shards + manifest (+ faiss index), resumable."""
     from embedhub.errors import CorpusError, JobError
-    from embedhub.jobs.local import embed_corpus
+    from embedhub.jobs.embed import embed_corpus
 
     try:
         result = embed_corpus(
@@ -223,7 +223,7 @@ def _spot_check(args: argparse.Namespace, stored: StoredEmbeddings, model: Embed
     place is refused naming the first row that differs, where it would otherwise give wrong hits."""
     import numpy as np
 
-    from embedhub.jobs.local import encode_options
+    from embedhub.jobs.embed import encode_options
 
     n = len(corpus.items)
     rows = sorted({int(round(x)) for x in np.linspace(0, n - 1, min(SPOT_CHECK_ROWS, n))})
@@ -278,7 +278,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     or, with ``--precision binary``/``ubinary``, the Hamming distance of a binary index with optional float
     rescoring of the ``--rescore-multiplier`` x ``--top-k`` nearest.
     """
-    from embedhub.jobs.local import encode_options, similarity_of
+    from embedhub.jobs.embed import encode_options, similarity_of
     from embedhub.store.embeddings import encode_fingerprint
     from embedhub.store.index import VectorIndex
 
