@@ -35,7 +35,7 @@ from pathlib import Path
 LAYERS: dict[str, int] = {
     "embedhub.errors": 0,
     "embedhub._version": 0,  # __version__, readable by every module
-    "embedhub.data": 1,
+    "embedhub.data": 8,  # the datasets (STS-B): for the CLI and the packages on top; imports only errors
     "embedhub._io": 2,
     "embedhub.modules": 3,
     "embedhub.formats": 4,

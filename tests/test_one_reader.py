@@ -268,3 +268,50 @@ def test_the_same_input_errors_in_every_command(tmp_path, capsys, tiny_st_dir):
                      ["embed", "--input", str(spec), "--output", str(tmp_path / "job")]):
             code, _, err = _run(capsys, *argv, "--model", str(tiny_st_dir))
             assert code == 2 and message in err, (argv, err)
+
+
+@pytest.mark.parametrize("ending", [b"\r", b"\r\n", b"\n", b"mixed"])
+@pytest.mark.parametrize("kind", ["txt", "csv", "jsonl"])
+def test_every_line_ending_splits_rows_the_same(kind, ending, tmp_path):
+    """Lines end in LF, CRLF or a lone CR (old Mac files), as a text-mode read splits them: a file with CR
+    endings is never read as one merged row, in memory (encode, search) or in streamed chunks (embed)."""
+    from embedhub.jobs import read_corpus
+    from embedhub.jobs.corpus import plan_corpus, read_chunk
+
+    texts = [f"row {i} text" for i in range(7)]
+    lines = [t.encode() if kind == "txt" else f"{i},{t}".encode() if kind == "csv" else
+             json.dumps({"text": t}).encode() for i, t in enumerate(texts)]
+    ends = [b"\r", b"\r\n", b"\n"] * 3 if ending == b"mixed" else [ending] * 7
+    path = tmp_path / f"corpus.{kind}"
+    path.write_bytes(b"".join(line + end for line, end in zip(lines, ends)))
+    column = {"column": 1} if kind == "csv" else {}
+    assert read_corpus(path, **column).items == texts
+    plan = plan_corpus(path, shard_rows=3, **column)
+    streamed = [item for chunk in plan.chunks for item in read_chunk(chunk, **column).items]
+    assert streamed == texts
+
+
+def test_a_long_file_of_cr_lines_is_read_past_the_line_bound(tmp_path, monkeypatch):
+    """A file whose lines end in lone CRs has no LF to stop a bounded read: it is read on after the last CR."""
+    from embedhub.jobs import corpus
+
+    monkeypatch.setattr(corpus, "MAX_JSONL_LINE", 64)
+    texts = [f"line number {i:03d}" for i in range(40)]  # 40 x 16 bytes, far over the 64-byte bound
+    path = tmp_path / "cr.txt"
+    path.write_bytes(b"\r".join(t.encode() for t in texts))
+    assert corpus.read_corpus(path).items == texts
+    (tmp_path / "one.txt").write_bytes(b"x" * 100)
+    with pytest.raises(embedhub.CorpusError, match="longer than 64 bytes"):
+        corpus.read_corpus(tmp_path / "one.txt")
+
+
+def test_a_fifo_is_refused_as_not_a_regular_file(tmp_path, capsys, tiny_st_dir):
+    import os
+
+    fifo = tmp_path / "corpus.txt"
+    os.mkfifo(fifo)
+    for argv in (["encode", "--input", str(fifo), "--output", str(tmp_path / "e.npy")],
+                 ["search", "--corpus", str(fifo), "--query", "x"],
+                 ["embed", "--input", str(fifo), "--output", str(tmp_path / "job")]):
+        assert main([argv[0], "--model", str(tiny_st_dir), *argv[1:]]) == 2
+        assert "not a regular file (a FIFO" in capsys.readouterr().err

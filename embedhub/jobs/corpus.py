@@ -84,7 +84,8 @@ def _utf8_name(name: str, where: str, path: Any) -> str:
 
 
 def _jsonl_lines(fh: Any, path: Any, first_line: int = 1) -> Iterator[tuple[int, int, bytes]]:
-    """``(line number, byte offset, line)`` of an open file, each line read with a bound: a line over
+    """``(line number, byte offset, line)`` of an open binary file, lines ending in ``\\n``, ``\\r\\n`` or a lone
+    ``\\r`` (Python's universal newlines, as a text-mode read splits them), each read with a bound: a line over
     :data:`MAX_JSONL_LINE` bytes is a :class:`CorpusError` naming the file and line, before it is held whole."""
     lineno, pos = first_line, fh.tell()
     while True:
@@ -92,10 +93,20 @@ def _jsonl_lines(fh: Any, path: Any, first_line: int = 1) -> Iterator[tuple[int,
         if not raw:
             return
         if len(raw) > MAX_JSONL_LINE and not raw.endswith(b"\n"):
-            raise CorpusError(f"{path} line {lineno}: longer than {MAX_JSONL_LINE} bytes (a JSONL record is "
-                              "read whole to be parsed); split the record or shorten its text", path=path)
-        yield lineno, pos, raw
-        lineno, pos = lineno + 1, pos + len(raw)
+            last = raw.rfind(b"\r", 0, MAX_JSONL_LINE)
+            if last == -1:
+                raise CorpusError(f"{path} line {lineno}: longer than {MAX_JSONL_LINE} bytes (each line is read "
+                                  "whole); split the line or shorten its text", path=path)
+            raw = raw[:last + 1]  # lines ending in CR: take those read, read on after the last
+            fh.seek(pos + len(raw))
+        start = 0
+        while (cr := raw.find(b"\r", start)) != -1 and raw[cr + 1:cr + 2] != b"\n":  # a lone CR ends a line
+            yield lineno, pos + start, raw[start:cr + 1]
+            lineno, start = lineno + 1, cr + 1
+        if start < len(raw):
+            yield lineno, pos + start, raw[start:]
+            lineno += 1
+        pos += len(raw)
 
 
 @dataclass(frozen=True)
@@ -218,6 +229,9 @@ def expand_input(spec: str | os.PathLike, *, absolute: bool = True) -> tuple[str
     kinds = set()
     for f in files:
         kind = FILE_KINDS.get(f.suffix.lower())
+        if kind is not None and f.exists() and not f.is_file() and not f.is_dir():
+            raise CorpusError(f"input {f}: not a regular file (a FIFO, socket or device); embedhub reads a corpus "
+                              "from regular files only, so that it can be planned, bounded and resumed", path=f)
         if kind is None or not f.is_file():
             found = "a folder" if f.is_dir() else repr(f.suffix or "(none)")
             raise CorpusError(
