@@ -145,6 +145,28 @@ def test_index_folder_refuses_another_models_vectors(tmp_path, model_dirs, sente
     assert len(read_job_index(tmp_path / "job", expect=cos.fingerprint)) == 20
     with pytest.raises(embedhub.FingerprintMismatchError, match=dot.fingerprint.id):
         read_job_index(tmp_path / "job", expect=dot.fingerprint)
+    # the manifest records the index files' SHA-256: ids reordered, vectors swapped or another fingerprint written
+    # into the ids file are refused, naming the file
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    for name, tamper in (("index_ids.parquet", "ids"), ("index.faiss", "vectors"), ("index_ids.parquet", "fp")):
+        job = tmp_path / f"job-{tamper}"
+        shutil.copytree(tmp_path / "job", job)
+        if tamper == "vectors":
+            other = VectorIndex.build(cos.encode_document(sentences[20:40]), cos.fingerprint, similarity="cosine")
+            other.write_faiss(job / "index.faiss")
+        else:
+            table = pq.read_table(job / name)
+            meta = dict(table.schema.metadata)
+            if tamper == "ids":
+                table = table.take(list(range(19, -1, -1)))
+            else:
+                meta[b"embedhub.fingerprint"] = json.dumps(dot.fingerprint.to_dict()).encode()
+            pq.write_table(table.replace_schema_metadata(meta), job / name)
+        with pytest.raises(embedhub.JobError, match=f"{name} is not the file the job wrote"):
+            read_job_index(job, expect=cos.fingerprint)
     # a faiss file larger than its ids need is refused before faiss reads it
     with open(folder / "index.faiss", "ab") as fh:
         fh.write(b"\0" * 8192)

@@ -291,6 +291,7 @@ class Job:
         """A flat faiss index over every shard, in shard order, searching with the model's similarity (inner
         product for dot and, over unit rows, cosine; L2 for euclidean; L1 for manhattan) or, for binary vectors,
         by Hamming distance, saved as :data:`INDEX` and :data:`INDEX_IDS` (:class:`embedhub.store.VectorIndex`)."""
+        from embedhub._io.hashing import sha256_file
         from embedhub.store.embeddings import read_embeddings_file
         from embedhub.store.index import VectorIndex
 
@@ -302,7 +303,8 @@ class Job:
             idx.add(stored.embeddings, ids=stored.ids)
         idx.save(self.out, ids_file=INDEX_IDS, put=put)  # the id of index row i, with the vectors' fingerprint
         self.manifest["index"] = {"file": INDEX, "ids": INDEX_IDS, "rows": len(idx), "kind": idx.kind,
-                                  "similarity": self.similarity, "precision": self.fingerprint.precision}
+                                  "similarity": self.similarity, "precision": self.fingerprint.precision,
+                                  "sha256": {name: sha256_file(self.out / name) for name in (INDEX, INDEX_IDS)}}
         return self.out / INDEX
 
     def _save(self) -> None:

@@ -309,9 +309,23 @@ def read_job_index(folder: Path, *, expect: Fingerprint | None = None) -> Vector
     record = manifest.get("index")
     if not isinstance(record, dict) or record.get("file") != INDEX or record.get("ids") != INDEX_IDS:
         raise JobError(f"{folder}: the job built no index (run it again with index='faiss' / --index faiss)")
+    fingerprint = Fingerprint.from_dict(manifest["fingerprint"], path=folder / MANIFEST)
+    if expect is not None:
+        expect.check(fingerprint, what=str(folder), expected="expected", found="folder")
+    digests = record.get("sha256")  # recorded since the index record holds them; older folders have none
+    if digests is not None:
+        from embedhub._io.hashing import sha256_file
+
+        for name in (INDEX, INDEX_IDS):
+            path = folder / name
+            if (not isinstance(digests, dict) or path.is_symlink() or not path.is_file()
+                    or sha256_file(path) != digests.get(name)):
+                raise JobError(f"{path} is not the file the job wrote (its SHA-256 is not the one {MANIFEST} "
+                               "records): run the job again with --restart and --index faiss")
     similarity = record.get("similarity")
-    return VectorIndex.load(folder, similarity=similarity if isinstance(similarity, str) else None, expect=expect,
-                            ids_file=INDEX_IDS)
+    # the index's own fingerprint must be the job's: vectors of another model are refused before they are read
+    return VectorIndex.load(folder, similarity=similarity if isinstance(similarity, str) else None,
+                            expect=fingerprint, ids_file=INDEX_IDS)
 
 
 def empty_rows(model: ModelLike, encode: dict[str, Any], rows: int = 0) -> np.ndarray:
