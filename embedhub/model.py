@@ -412,7 +412,9 @@ class EmbeddingModel:
         given = _encode_signature().bind(self, inputs, **options)
         given.apply_defaults()
         (prompt_name, prompt, task, batch_size, normalize, truncate_dim, precision, show_progress_bar, convert_to,
-         max_tokens, max_image_pixels) = (given.arguments[k] for k in list(given.arguments)[2:])
+         max_tokens, max_image_pixels) = (given.arguments[k] for k in (
+            "prompt_name", "prompt", "task", "batch_size", "normalize", "truncate_dim", "precision",
+            "show_progress_bar", "convert_to", "max_tokens", "max_image_pixels"))  # by name: order-proof
         # every argument is checked once, before any input is read or any work starts
         batch_size, max_tokens = check_batching(batch_size, max_tokens)
         max_image_pixels = check_positive_int("max_image_pixels", max_image_pixels)

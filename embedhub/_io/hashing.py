@@ -49,8 +49,9 @@ def sha256_file(path: str | os.PathLike) -> str:
                 digest.update(chunk)
     finally:
         os.close(fd)
+    hexdigest = digest.hexdigest()
     with _LOCK:
         if len(_HASHES) > _MAX_CACHED:
             _HASHES.clear()
-        _HASHES[key] = digest.hexdigest()
-    return _HASHES[key]
+        _HASHES[key] = hexdigest
+    return hexdigest  # not read back from the cache, which another thread may have just emptied
