@@ -147,7 +147,7 @@ def recipe_main(cls: type[C], run: Any, argv: list[str] | None = None, prog: str
         return 0
     from embedhub import PublishError
 
-    from .dist import destroy
+    from .dist import barrier, destroy
 
     try:
         cfg = parse_args(cls, argv)
@@ -156,6 +156,7 @@ def recipe_main(cls: type[C], run: Any, argv: list[str] | None = None, prog: str
 
             resolve_token(None)
         run(cfg)
+        barrier()  # every rank has finished (rank 0 evaluates and saves last) before the group goes away
     except (RecipeError, PublishError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
