@@ -523,3 +523,32 @@ def test_a_model_that_fails_to_load_is_reported_by_health(tmp_path):
         err = assert_openai_error(post(url, {"model": "bad", "input": "a"}), 503, "unavailable")
         assert err["code"] == "engine_failed"
         assert json.loads(httpx.get(f"{url}/v1/models", timeout=5).text)["data"][0]["state"] == "failed"
+
+
+def test_ray_serve_two_replicas_give_the_single_process_vectors(minilm_path, minilm):
+    """``--engine ray --replicas 2`` on a local Ray instance: the openai client gets encode's vectors, both
+    replicas answer, and SIGTERM ends the command and its Ray instance."""
+    pytest.importorskip("ray.serve", reason="pip install 'embedhub[serve-ray]'")
+    openai = pytest.importorskip("openai", reason="pip install openai")
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = sentences(24, seed=11, lengths=(2, 8, 30))
+    with server_process("--engine", "ray", "--replicas", "2", "--model", f"minilm={minilm_path}",
+                        env={"RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0"}) as (url, proc):
+        wait_healthy(url, proc, timeout=240)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=2, timeout=120)
+
+        def one(i: int) -> np.ndarray:
+            r = client.embeddings.create(model="minilm", input=texts[i % 24: i % 24 + 3], encoding_format="float")
+            return np.array([d.embedding for d in r.data])
+
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(one, range(48)))
+        for i, g in enumerate(got):
+            np.testing.assert_allclose(g, minilm.encode(texts[i % 24: i % 24 + 3]), atol=1e-6)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0
+        log = proc.stdout.read() + proc.stderr.read()
+    answering = {line.split("pid=")[1].split(")")[0] for line in log.splitlines()
+                 if "ServeReplica:embedhub" in line and "POST /v1/embeddings 200" in line}
+    assert len(answering) == 2, f"replicas that answered: {answering}"

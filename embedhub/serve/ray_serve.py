@@ -57,8 +57,11 @@ def serve_on_ray(models: Mapping[str, Any], *, host: str = "127.0.0.1", port: in
         signal.signal(sig, lambda *_: stop.set())
     print(f"embedhub serve: {replicas} replica(s) on Ray Serve at http://{host}:{port}", flush=True)
     stop.wait()
-    serve.shutdown()
-    ray.shutdown()
+    if address is not None:  # a cluster that outlives this command: remove this application from it
+        done = threading.Thread(target=serve.delete, args=("embedhub",), daemon=True)
+        done.start()
+        done.join(60)
+    ray.shutdown()  # a local instance started above ends with it
 
 
 __all__ = ["ray_app", "serve_on_ray"]
