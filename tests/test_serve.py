@@ -552,3 +552,35 @@ def test_ray_serve_two_replicas_give_the_single_process_vectors(minilm_path, min
     answering = {line.split("pid=")[1].split(")")[0] for line in log.splitlines()
                  if "ServeReplica:embedhub" in line and "POST /v1/embeddings 200" in line}
     assert len(answering) == 2, f"replicas that answered: {answering}"
+
+
+def test_queue_refuses_beyond_max_wait_seconds_of_measured_work(minilm):
+    """Once full batches have been timed, a queue holding more than ``max_wait`` seconds of model work refuses
+    new requests (Retry-After: the whole seconds it holds); it takes them again once drained."""
+    from embedhub.serve import Engine, Overloaded
+
+    engine = Engine(minilm, max_wait=0.05, max_batch_size=32, name="m").start()
+    stages = minilm.stages()
+
+    async def main():
+        assert engine.queued_seconds == 0.0
+        await engine.embed(stages, stages.prepare(sentences(64, seed=2, lengths=(8,))))  # two full batches timed
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(engine.call(gate.wait))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.ensure_future(engine.embed(stages, stages.prepare(sentences(300, seed=3, lengths=(40,)))))
+        await asyncio.sleep(0.1)
+        assert engine.queued == 300 and engine.queued_seconds > 0.05
+        with pytest.raises(Overloaded, match="s of work") as refused:
+            await engine.embed(stages, stages.prepare(["one more"]))
+        assert refused.value.retry_after >= 1
+        gate.set()
+        assert (await waiting).shape == (300, 384)
+        await blocker
+        assert engine.queued == 0 and engine.queued_seconds == pytest.approx(0.0, abs=1e-9)
+        assert (await engine.embed(stages, stages.prepare(["one more"]))).shape == (1, 384)
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.stop()

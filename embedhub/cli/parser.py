@@ -34,6 +34,21 @@ def _int_from(low: int, bound: str) -> Callable[[str], int]:
 
 
 _positive_int = _int_from(1, "at least 1")
+
+
+def _positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number above 0.
+
+    >>> _positive_float("0.5")
+    0.5
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+    return value
 _column = _int_from(0, "0 or more (columns count from 0)")
 
 
@@ -228,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
             ("--max-image-bytes", 10 << 20, "bytes per image"),
             ("--max-image-pixels", 40_000_000, "pixels per decoded image")):
         srv.add_argument(flag, type=_positive_int, default=default, help=f"{text} (default: {default})")
+    srv.add_argument("--max-queue-wait", type=_positive_float, default=0.5,
+                     help="seconds of model work that may wait per model (estimated from the measured rate); beyond, "
+                     "requests get 429, so accepted requests keep a bounded latency under overload (default: 0.5)")
     srv.add_argument("--allow-image-urls", action="store_true",
                      help="also fetch http(s) image URLs (bounded by --max-image-bytes, 10 s); off by default: a "
                      "server that fetches URLs can be made to reach hosts only it can reach")

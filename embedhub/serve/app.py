@@ -331,6 +331,7 @@ def create_app(
     max_batch_tokens: int = 16384,
     max_batch_size: int = 256,
     max_queue: int = 4096,
+    max_queue_wait: float | None = 0.5,
     workers_tokenize: int = 2,
     load_options: Mapping[str, Any] | None = None,
 ) -> Any:
@@ -339,8 +340,9 @@ def create_app(
     background thread when the app starts (``/health`` answers 503 until they have).
 
     ``api_key``: requests must send ``Authorization: Bearer <key>`` (``/health`` and ``/metrics`` too when
-    ``auth_all``); ``max_batch_tokens`` / ``max_batch_size``: one model batch; ``max_queue``: items waiting per
-    model before requests are refused with 429; ``workers_tokenize``: threads tokenising and decoding requests.
+    ``auth_all``); ``max_batch_tokens`` / ``max_batch_size``: one model batch; ``max_queue`` (items) and
+    ``max_queue_wait`` (seconds of model time, measured): what may wait per model before requests are refused
+    with 429; ``workers_tokenize``: threads tokenising and decoding requests.
 
     >>> app = create_app({"minilm": embedhub.load("all-MiniLM-L6-v2")})   # doctest: +SKIP
     """
@@ -357,7 +359,7 @@ def create_app(
             raise ArgumentError(f"served model names must be non-empty strings, got {name!r}")
     state = ServeState(dict(models), api_key=api_key, auth_all=auth_all, limits=limits or Limits(),
                        engine_options={"max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
-                                       "max_queue": max_queue},
+                                       "max_queue": max_queue, "max_wait": max_queue_wait},
                        load_options=dict(load_options or {}), workers_tokenize=workers_tokenize)
 
     from contextlib import asynccontextmanager
@@ -481,7 +483,8 @@ def create_app(
             n = len(texts) if texts is not None else len(ids or [])
             _admit(engine, n)
             fn = (lambda: stages.prepare(texts)) if texts is not None else (lambda: stages.prepare_token_ids(ids))
-            prepared = await _prepare(loop, state.pool, fn)
+            small = texts is not None and len(texts) <= 8 and sum(map(len, texts)) <= _INLINE_CHARS
+            prepared = await _prepare(loop, None if small else state.pool, fn)
             tokens = sum(len(x) for x in prepared)
         rows = await _run(request, engine, stages, prepared)
         vectors = stages.finish(rows, truncate_dim=dims, normalize=True if dims is not None else None)
@@ -584,10 +587,16 @@ def _admit(engine: Engine, n: int) -> None:
                        code="engine_failed") from None
 
 
-async def _prepare(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, fn: Any) -> list[Any]:
-    """Tokenise or decode on a worker thread; the model's input errors become 422s naming the item."""
+#: a request of at most 8 texts and this many characters is tokenised on the event loop (tens of microseconds,
+#: less than the hand-over to a worker thread); larger ones on the tokenising threads
+_INLINE_CHARS = 2000
+
+
+async def _prepare(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor | None, fn: Any) -> list[Any]:
+    """Tokenise or decode on a worker thread (inline when ``pool`` is None); the model's input errors become
+    422s naming the item."""
     try:
-        return await loop.run_in_executor(pool, fn)
+        return fn() if pool is None else await loop.run_in_executor(pool, fn)
     except APIError:
         raise
     except (ItemError, EmbedhubError) as exc:
