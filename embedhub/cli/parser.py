@@ -243,9 +243,12 @@ def build_parser() -> argparse.ArgumentParser:
             ("--max-image-bytes", 10 << 20, "bytes per image"),
             ("--max-image-pixels", 40_000_000, "pixels per decoded image")):
         srv.add_argument(flag, type=_positive_int, default=default, help=f"{text} (default: {default})")
-    srv.add_argument("--max-queue-wait", type=_positive_float, default=0.5,
+    srv.add_argument("--max-queue-wait", type=_positive_float, default=2.0,
                      help="seconds of model work that may wait per model (estimated from the measured rate); beyond, "
-                     "requests get 429, so accepted requests keep a bounded latency under overload (default: 0.5)")
+                     "requests get 429, so accepted requests keep a bounded latency under overload: set it to your "
+                     "latency budget (default: 2)")
+    srv.add_argument("--graceful-timeout", type=_positive_float, default=30.0,
+                     help="seconds SIGTERM waits for the requests in flight before cutting them off (default: 30)")
     srv.add_argument("--allow-image-urls", action="store_true",
                      help="also fetch http(s) image URLs (bounded by --max-image-bytes, 10 s); off by default: a "
                      "server that fetches URLs can be made to reach hosts only it can reach")

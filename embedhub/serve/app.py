@@ -331,7 +331,7 @@ def create_app(
     max_batch_tokens: int = 16384,
     max_batch_size: int = 256,
     max_queue: int = 4096,
-    max_queue_wait: float | None = 0.5,
+    max_queue_wait: float | None = 2.0,
     workers_tokenize: int = 2,
     load_options: Mapping[str, Any] | None = None,
 ) -> Any:

@@ -91,7 +91,7 @@ class Engine:
     """
 
     def __init__(self, model: Any, *, max_batch_tokens: int = 16384, max_batch_size: int = 256,
-                 max_queue: int = 4096, max_wait: float | None = 0.5, window: int | None = None,
+                 max_queue: int = 4096, max_wait: float | None = 2.0, window: int | None = None,
                  observe: Callable[..., None] | None = None, name: str = "model"):
         self.model = model
         self.name = name
