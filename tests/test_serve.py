@@ -181,6 +181,11 @@ def test_token_id_inputs_equal_the_text(client, minilm):
     np.testing.assert_allclose(np.array([d.embedding for d in r.data]), minilm.encode(texts), atol=1e-6)
     r = client.embeddings.create(model="minilm", input=ids[0], encoding_format="float")  # one token list
     np.testing.assert_allclose(r.data[0].embedding, minilm.encode(texts[0]), atol=1e-6)
+    long = " ".join(["music"] * 3000)  # one input of 3000 token ids (more than 2048): truncated like the text
+    r = client.embeddings.create(model="minilm", input=tok.encode(long, add_special_tokens=False).ids,
+                                 encoding_format="float")
+    assert len(r.data) == 1
+    np.testing.assert_allclose(r.data[0].embedding, minilm.encode(long), atol=1e-6)
 
 
 def test_images_two_models_zero_shot_models_and_fingerprint(client, server, clip_model, minilm, photos):
@@ -258,7 +263,8 @@ def bomb_png() -> bytes:
     "mixed list", "2049 items", "float token id", "token id out of vocabulary", "unknown model", "model number",
     "dimensions 0", "dimensions above width", "dimensions string", "bad encoding_format", "bad input_type",
     "unknown prompt_name", "bad base64", "not an image", "decompression bomb", "image url off", "image as text list",
-    "too long text", "body over limit", "10 MB string", "deep nesting", "bad modality",
+    "too long text", "body over limit", "10 MB string", "deep nesting", "bad modality", "float list", "null list",
+    "object list", "NaN list", "zero-shot too many texts",
 ])
 def test_bad_requests_get_openai_errors_and_the_server_answers(server, case, minilm):
     big = "x" * (10 << 20)
@@ -296,9 +302,18 @@ def test_bad_requests_get_openai_errors_and_the_server_answers(server, case, min
         "deep nesting": (400, b'{"model": "minilm", "input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
                          "not valid JSON"),
         "bad modality": (400, {"model": "minilm", "modality": "audio", "input": "a"}, "'modality'"),
+        "float list": (400, {"model": "minilm", "input": [1.5]}, "input[0]"),
+        "null list": (400, {"model": "minilm", "input": ["a", None]}, "input[1]"),
+        "object list": (400, {"model": "minilm", "input": [{}]}, "input[0]"),
+        "NaN list": (400, b'{"model": "minilm", "input": [NaN]}', "input[0]"),
+        "zero-shot too many texts": (400, {"model": "clip", "input": [data_uri(bomb_png())], "labels": ["a"] * 30,
+                                           "templates": ["{}"] * 100}, "3000 texts"),
     }
     status, body, words = bodies[case]
-    resp = post(server, None, raw=body) if isinstance(body, bytes) else post(server, body)
+    if case == "zero-shot too many texts":
+        resp = httpx.post(f"{server}/v1/zero-shot", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    else:
+        resp = post(server, None, raw=body) if isinstance(body, bytes) else post(server, body)
     assert_openai_error(resp, status, words)
     ok = post(server, {"model": "minilm", "input": "still here", "encoding_format": "float"})
     assert ok.status_code == 200
@@ -308,6 +323,14 @@ def test_bad_requests_get_openai_errors_and_the_server_answers(server, case, min
 def test_api_key_checked_and_health_metrics_open(server):
     for key in (None, "sk-test-012345678", KEY + "x", "wrong", KEY.upper()):
         resp = post(server, {"model": "minilm", "input": "a"}, key=key)
+        assert_openai_error(resp, 401, "API key")
+    for header in (f"bearer {KEY}", f"BEARER  {KEY}"):  # the scheme is case-insensitive (RFC 7235)
+        resp = httpx.post(f"{server}/v1/embeddings", json={"model": "minilm", "input": "a"}, timeout=30,
+                          headers={"Authorization": header})
+        assert resp.status_code == 200, resp.text
+    for header in (f"Basic {KEY}", KEY, f"Bearer{KEY}"):
+        resp = httpx.post(f"{server}/v1/embeddings", json={"model": "minilm", "input": "a"}, timeout=30,
+                          headers={"Authorization": header})
         assert_openai_error(resp, 401, "API key")
     resp = httpx.get(f"{server}/v1/models", timeout=10)
     assert_openai_error(resp, 401, "API key")
@@ -505,6 +528,9 @@ def test_serve_cli_parses_models_and_refuses_bad_flags(tmp_path):
     run = subprocess.run([sys.executable, "-m", "embedhub", "serve", "--model", "x", "--replicas", "2"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert run.returncode == 2 and "--engine ray" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "embedhub", "serve", "--model", "x", "--port", "99999"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "99999 is not a port" in run.stderr
     run = subprocess.run([sys.executable, "-m", "embedhub", "serve", "--model", "x", "--auth-all"],
                          cwd=ROOT, capture_output=True, text=True, timeout=60,
                          env={**os.environ, "EMBEDHUB_API_KEY": ""})
@@ -586,3 +612,98 @@ def test_queue_refuses_beyond_max_wait_seconds_of_measured_work(minilm):
         asyncio.run(main())
     finally:
         engine.stop()
+
+
+def test_a_failing_batch_fails_every_request_of_its_window(minilm):
+    """The model thread fails in the second batch of a window: all four requests get EngineFailed (none hangs),
+    and the engine refuses new work, saying why."""
+    from embedhub.serve import Engine, EngineFailed
+
+    engine = Engine(minilm, max_batch_size=2, name="m")
+    stages = minilm.stages()
+    calls: list[int] = []
+    real_run = stages.run
+
+    def second_fails(items):
+        calls.append(len(items))
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory")
+        return real_run(items)
+
+    stages.run = second_fails
+    gate = threading.Event()
+
+    async def main():
+        engine.start()
+        blocker = asyncio.ensure_future(engine.call(gate.wait))  # the four requests queue up as one window
+        await asyncio.sleep(0.1)
+        jobs = [asyncio.ensure_future(engine.embed(stages, stages.prepare([f"text {i}"]))) for i in range(4)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        await blocker
+        return await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 30)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        engine.stop(5)
+    kinds = [type(r).__name__ for r in results]
+    assert kinds.count("EngineFailed") >= 2 and set(kinds) <= {"Tensor", "EngineFailed"}, kinds
+    assert all(isinstance(r, EngineFailed) for r in results[-2:])  # the window's later batch failed too
+    assert engine.failure == "RuntimeError: CUDA out of memory" and not engine.healthy
+    with pytest.raises(EngineFailed, match="out of memory"):
+        engine.check_admission(1)
+
+
+def test_cancelled_requests_stop_counting_against_the_queue_at_once(minilm):
+    from embedhub.serve import Engine
+
+    engine = Engine(minilm, max_queue=100, name="m").start()
+    stages = minilm.stages()
+    gate = threading.Event()
+
+    async def main():
+        blocker = asyncio.ensure_future(engine.call(gate.wait))
+        await asyncio.sleep(0.1)
+        gone = asyncio.ensure_future(engine.embed(stages, stages.prepare(["x"] * 90)))
+        await asyncio.sleep(0.05)
+        assert engine.queued == 90
+        gone.cancel()
+        await asyncio.sleep(0.05)
+        assert engine.queued == 0 and engine.queued_seconds == 0.0  # before the model thread reaches them
+        kept = asyncio.ensure_future(engine.embed(stages, stages.prepare(["y"] * 60)))  # fits: 60 <= 100
+        await asyncio.sleep(0.05)
+        assert engine.queued == 60
+        gate.set()
+        await blocker
+        return await kept
+
+    try:
+        assert asyncio.run(main()).shape == (60, 384)
+    finally:
+        engine.stop(5)
+    assert engine.queued == 0
+
+
+def test_stalled_bodies_get_408_and_image_urls_reach_public_hosts_only(minilm, clip_model):
+    from embedhub.serve import Limits, create_app
+    from embedhub.serve.app import APIError, _public_host
+
+    for url in ("http://127.0.0.1/x.png", "http://localhost:1/x.png", "http://10.1.2.3/x.png",
+                "http://169.254.169.254/latest/meta-data", "http://[::1]/x.png", "http://0.0.0.0/x.png",
+                "file:///etc/passwd"):
+        with pytest.raises(APIError) as refused:
+            _public_host(url, 3)
+        assert refused.value.status == 400 and "input[3]" in refused.value.message
+    limits = Limits(body_timeout=1.0, allow_image_urls=True)
+    with running(create_app({"m": minilm, "clip": clip_model}, limits=limits)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:  # promises 1000 bytes, sends 10
+            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"model\": ")
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in answer
+        resp = httpx.post(f"{url}/v1/embeddings", timeout=30, json={
+            "model": "clip", "modality": "image", "input": [f"{url}/health"]})  # the server itself
+        assert_openai_error(resp, 400, "not a public address")
+        assert post(url, {"model": "m", "input": "still here"}, key=None).status_code == 200

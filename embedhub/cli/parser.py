@@ -52,6 +52,18 @@ def _positive_float(text: str) -> float:
 _column = _int_from(0, "0 or more (columns count from 0)")
 
 
+def _port(text: str) -> int:
+    """An argparse ``type``: a TCP port, 0 to 65535.
+
+    >>> _port("8080")
+    8080
+    """
+    value = _int_from(0, "0 or more")(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535)")
+    return value
+
+
 _INPUT_HELP = (
     "inputs (the same for encode, search and embed): a .txt file (one text per line; empty lines are skipped), a "
     ".jsonl file (one JSON object per line; the --field value is embedded), a .tsv/.csv file (no header; --column "
@@ -228,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--threads", type=_positive_int, default=None,
                      help="CPU threads of the model (torch intra-op, or ONNX Runtime) (default: all cores)")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    srv.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    srv.add_argument("--port", type=_port, default=8080, help="port, 0-65535 (0: any free port) (default: 8080)")
+    srv.add_argument("--max-connections", type=_positive_int, default=1024,
+                     help="connections and requests served at once; beyond, new ones get 503 (default: 1024)")
     srv.add_argument("--api-key", default=None,
                      help="require 'Authorization: Bearer KEY' (default: $EMBEDHUB_API_KEY; none: open)")
     srv.add_argument("--auth-all", action="store_true", help="/health and /metrics need the key too")

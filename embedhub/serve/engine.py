@@ -50,6 +50,8 @@ class _Job:
     rows: list[torch.Tensor | None] = field(default_factory=list)
     remaining: int = 0
     cancelled: bool = False
+    queued: int = 0  # its items still in the engine's queue
+    queued_seconds: float = 0.0
 
     def deliver(self, index: int, row: torch.Tensor) -> bool:
         """Store one row (model thread); True when it was the last."""
@@ -181,14 +183,19 @@ class Engine:
         with self._cond:
             self.check_admission(len(items))
             self._queue.extend(items)
-            self._queued += len(items)
-            self._queued_seconds += sum(it.seconds for it in items)
+            job.queued, job.queued_seconds = len(items), sum(it.seconds for it in items)
+            self._queued += job.queued
+            self._queued_seconds += job.queued_seconds
             self._in_flight += 1
             self._cond.notify()
         try:
             return await job.future
         except asyncio.CancelledError:
-            job.cancelled = True
+            with self._cond:  # its waiting items stop counting at once (they are dropped when reached)
+                job.cancelled = True
+                self._queued -= job.queued
+                self._queued_seconds -= job.queued_seconds
+                job.queued, job.queued_seconds = 0, 0.0
             raise
         finally:
             with self._cond:
@@ -231,13 +238,14 @@ class Engine:
                 if isinstance(item, _Call):
                     break
                 self._queue.popleft()
-                if item.job.cancelled:
-                    self._queued -= 1
-                    self._queued_seconds -= item.seconds
-                elif item.job.stages.key == key:
+                if item.job.cancelled:  # counted off when it was cancelled
+                    continue
+                if item.job.stages.key == key:
                     taken.append(item)
                     self._queued -= 1
                     self._queued_seconds -= item.seconds
+                    item.job.queued -= 1
+                    item.job.queued_seconds -= item.seconds
                 else:
                     others.append(item)
             self._queue.extendleft(reversed(others))
@@ -279,10 +287,10 @@ class Engine:
             start = time.perf_counter()
             try:
                 emb = stages.run([it.value for it in batch])
-            except BaseException as exc:
-                for job in {it.job for it in batch}:
-                    job.loop.call_soon_threadsafe(_settle, job.future, None, EngineFailed(
-                        f"{type(exc).__name__}: {exc}"))
+            except BaseException as exc:  # every request of the window fails, not only this batch's
+                error = EngineFailed(f"{type(exc).__name__}: {exc}")
+                for job in {it.job for it in items}:
+                    _settle_threadsafe(job.loop, job.future, error)
                 raise
             seconds = time.perf_counter() - start
             jobs = {it.job for it in batch}
@@ -306,10 +314,15 @@ class Engine:
         futures = {id(w.job.future if isinstance(w, _Item) else w.future):
                    (w.job.loop, w.job.future) if isinstance(w, _Item) else (w.loop, w.future) for w in waiting}
         for loop, future in futures.values():
-            try:
-                loop.call_soon_threadsafe(_settle, future, None, error)
-            except RuntimeError:  # its event loop has closed: nobody waits for it
-                pass
+            _settle_threadsafe(loop, future, error)
+
+
+def _settle_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future, error: BaseException) -> None:
+    """Fail ``future`` from the model thread (nothing to do when its event loop has closed)."""
+    try:
+        loop.call_soon_threadsafe(_settle, future, None, error)
+    except RuntimeError:
+        pass
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
