@@ -264,9 +264,9 @@ def bomb_png() -> bytes:
     "dimensions 0", "dimensions above width", "dimensions string", "bad encoding_format", "bad input_type",
     "unknown prompt_name", "bad base64", "not an image", "decompression bomb", "image url off", "image as text list",
     "too long text", "body over limit", "10 MB string", "deep nesting", "bad modality", "float list", "null list",
-    "object list", "NaN list", "zero-shot too many texts",
+    "object list", "NaN list", "zero-shot too many texts", "image on a text model",
 ])
-def test_bad_requests_get_openai_errors_and_the_server_answers(server, case, minilm):
+def test_bad_requests_get_openai_errors_and_the_server_answers(server, case, minilm, minilm_path, open_clip_dir):
     big = "x" * (10 << 20)
     bodies = {
         "malformed json": (400, b'{"model": "minilm", "input": ', "not valid JSON"),
@@ -306,6 +306,8 @@ def test_bad_requests_get_openai_errors_and_the_server_answers(server, case, min
         "null list": (400, {"model": "minilm", "input": ["a", None]}, "input[1]"),
         "object list": (400, {"model": "minilm", "input": [{}]}, "input[0]"),
         "NaN list": (400, b'{"model": "minilm", "input": [NaN]}', "input[0]"),
+        "image on a text model": (400, {"model": "minilm", "modality": "image", "input": data_uri(bomb_png())},
+                                  "minilm has no image tower"),
         "zero-shot too many texts": (400, {"model": "clip", "input": [data_uri(bomb_png())], "labels": ["a"] * 30,
                                            "templates": ["{}"] * 100}, "3000 texts"),
     }
@@ -315,6 +317,7 @@ def test_bad_requests_get_openai_errors_and_the_server_answers(server, case, min
     else:
         resp = post(server, None, raw=body) if isinstance(body, bytes) else post(server, body)
     assert_openai_error(resp, status, words)
+    assert str(minilm_path) not in resp.text and str(open_clip_dir) not in resp.text  # served names, no paths
     ok = post(server, {"model": "minilm", "input": "still here", "encoding_format": "float"})
     assert ok.status_code == 200
     np.testing.assert_allclose(ok.json()["data"][0]["embedding"], minilm.encode("still here"), atol=1e-6)
@@ -548,7 +551,8 @@ def test_a_model_that_fails_to_load_is_reported_by_health(tmp_path):
             time.sleep(0.2)
         assert health.status_code == 503 and "bad" in health.json()["models"]
         assert health.json()["models"]["bad"]["reason"].startswith(f"loading {tmp_path}")
-        err = assert_openai_error(post(url, {"model": "bad", "input": "a"}), 503, "unavailable")
+        err = assert_openai_error(post(url, {"model": "bad", "input": "a"}), 503, "failed to load")
+        assert str(tmp_path) not in err["message"]  # no path of the server's machine in an answer
         assert err["code"] == "engine_failed"
         assert json.loads(httpx.get(f"{url}/v1/models", timeout=5).text)["data"][0]["state"] == "failed"
 

@@ -183,8 +183,9 @@ class ServeState:
             raise APIError(503, f"The model {name!r} is still loading; retry shortly", type="server_error",
                            code="model_loading", headers={"Retry-After": "5"})
         if state == "failed":
-            raise APIError(503, f"The model {name!r} is unavailable: {reason}", type="server_error",
-                           code="engine_failed")
+            why = "failed to load (the server's log and /health say why)" if served.engine is None else \
+                f"is unavailable: {reason}"
+            raise APIError(503, f"The model {name!r} {why}", type="server_error", code="engine_failed")
         return served
 
 
@@ -384,9 +385,9 @@ async def image_bytes(uris: list[str], limits: Limits, pool: ThreadPoolExecutor)
     return blobs, urls
 
 
-def _item_error(exc: Exception) -> APIError:
+def _item_error(exc: Exception, served: Any = None) -> APIError:
     """An input the model cannot take (422), named as the model named it."""
-    message = str(exc).replace("inputs[", "input[")
+    message = _public(str(exc), served).replace("inputs[", "input[")
     return APIError(422, message, param="input", code="invalid_input")
 
 
@@ -533,9 +534,10 @@ def create_app(
         try:
             stages = served.stages(modality, role, prompt_name)
         except ModalityError as exc:
-            raise APIError(400, f"{served.name}: {exc}", param="modality") from None
+            raise APIError(400, _public(str(exc), served), param="modality") from None
         except ArgumentError as exc:
-            raise APIError(400, str(exc), param="prompt_name" if prompt_name else "input_type") from None
+            param = "prompt_name" if prompt_name else "input_type"
+            raise APIError(400, _public(str(exc), served), param=param) from None
         engine = served.engine
         assert engine is not None
         raw_input = data.get("input")
@@ -546,7 +548,7 @@ def create_app(
             _admit(engine, len(uris))
             blobs, from_urls = await image_bytes(uris, limits, state.url_pool)
             prepared = await _prepare(loop, state.pool, lambda: stages.prepare(
-                blobs, max_image_pixels=limits.max_image_pixels), from_urls)
+                blobs, max_image_pixels=limits.max_image_pixels), from_urls, served)
             tokens = 0
         else:
             texts, ids = parse_text_input(raw_input, limits)
@@ -554,7 +556,7 @@ def create_app(
             _admit(engine, n)
             fn = (lambda: stages.prepare(texts)) if texts is not None else (lambda: stages.prepare_token_ids(ids))
             small = texts is not None and len(texts) <= 8 and sum(map(len, texts)) <= _INLINE_CHARS
-            prepared = await _prepare(loop, None if small else state.pool, fn)
+            prepared = await _prepare(loop, None if small else state.pool, fn, served=served)
             tokens = sum(len(x) for x in prepared)
         rows = await _run(request, engine, stages, prepared)
         metrics.items.labels(served.name, modality).inc(len(prepared))
@@ -604,14 +606,14 @@ def create_app(
         loop = asyncio.get_running_loop()
         blobs, from_urls = await image_bytes(uris, limits, state.url_pool)
         images = await _prepare(loop, state.pool, lambda: served.stages("image", None, None).prepare(
-            blobs, max_image_pixels=limits.max_image_pixels), from_urls)
+            blobs, max_image_pixels=limits.max_image_pixels), from_urls, served)
         try:
             probs = await engine.call(lambda: model.zero_shot(images, labels, templates))
         except EngineFailed as exc:
             raise APIError(503, f"{served.name}'s engine failed: {exc}", type="server_error",
                            code="engine_failed") from None
         except (EmbedhubError, ValueError, TypeError) as exc:
-            raise APIError(400, str(exc), param="templates" if templates else "labels") from None
+            raise APIError(400, _public(str(exc), served), param="templates" if templates else "labels") from None
         probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
         return {"object": "list", "model": served.name, "labels": labels,
                 "data": [{"object": "zero_shot", "index": i, "probabilities": p.tolist()} for i, p in
@@ -674,7 +676,7 @@ _INLINE_CHARS = 2000
 
 
 async def _prepare(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor | None, fn: Any,
-                   from_urls: set[int] = frozenset()) -> list[Any]:
+                   from_urls: set[int] = frozenset(), served: Any = None) -> list[Any]:
     """Tokenise or decode on a worker thread (inline when ``pool`` is None); the model's input errors become
     422s naming the item (for an image fetched from a URL, without quoting what the URL returned)."""
     try:
@@ -687,7 +689,7 @@ async def _prepare(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor | N
             raise APIError(422, f"input[{index}]: what the URL returned is not an image this server decodes (PNG, "
                            "JPEG, WebP, GIF, BMP or TIFF within the pixel limit)", param="input",
                            code="invalid_input") from None
-        raise _item_error(exc) from None
+        raise _item_error(exc, served) from None
 
 
 async def _run(request: Any, engine: Engine, stages: Any, prepared: list[Any]) -> Any:
@@ -718,6 +720,16 @@ async def _disconnected(request: Any) -> None:
         message = await request.receive()
         if message.get("type") == "http.disconnect":
             return
+
+
+def _public(message: str, served: Any) -> str:
+    """``message`` with the model's own name (often a folder path of this machine) replaced by its served name."""
+    if served is None:
+        return message
+    for private in {str(getattr(served.model, "name", "")), os.fspath(served.source)
+                    if isinstance(served.source, (str, os.PathLike)) else ""} - {""}:
+        message = message.replace(private, served.name)
+    return message
 
 
 def _b64(vector: np.ndarray) -> str:
