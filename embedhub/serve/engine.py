@@ -110,7 +110,7 @@ class Engine:
         self._observe = observe or (lambda event, **values: None)
         self._queue: deque[_Item | _Call] = deque()
         self._cond = threading.Condition()
-        self._queued = 0  # items (not calls) waiting
+        self._queued = 0  # items (not calls) admitted and not yet run: in the queue or in the model thread's window
         self._in_flight = 0  # jobs submitted and not yet answered
         self._stopping = False
         self._thread: threading.Thread | None = None
@@ -133,7 +133,7 @@ class Engine:
 
     @property
     def queued(self) -> int:
-        """Items waiting for a batch."""
+        """Items waiting for their batch: in the queue, or taken into the model thread's window and not yet run."""
         return self._queued
 
     @property
@@ -241,11 +241,7 @@ class Engine:
                 if item.job.cancelled:  # counted off when it was cancelled
                     continue
                 if item.job.stages.key == key:
-                    taken.append(item)
-                    self._queued -= 1
-                    self._queued_seconds -= item.seconds
-                    item.job.queued -= 1
-                    item.job.queued_seconds -= item.seconds
+                    taken.append(item)  # still counted as waiting until its batch has run
                 else:
                     others.append(item)
             self._queue.extendleft(reversed(others))
@@ -281,13 +277,31 @@ class Engine:
         lengths = np.fromiter((it.cost for it in items), dtype=np.int64, count=len(items))
         budget = self.max_batch_tokens if stages.modality == "text" else None
         for rows in plan_batches(lengths, self.max_batch_size, budget):
-            batch = [items[r] for r in rows if not items[r].job.cancelled]
-            if not batch:
-                continue
+            self._run_batch(stages, [items[r] for r in rows], items)
+
+    def _ran(self, items: list[_Item]) -> None:
+        """Count ``items`` off the waiting work (those of cancelled requests were counted off when cancelled)."""
+        with self._cond:
+            for it in items:
+                if not it.job.cancelled:
+                    self._queued -= 1
+                    self._queued_seconds -= it.seconds
+                    it.job.queued -= 1
+                    it.job.queued_seconds -= it.seconds
+
+    def _run_batch(self, stages: Any, rows: list[_Item], items: list[_Item]) -> None:
+        """One batch of the window ``items`` through the model (its items of cancelled requests left out); the
+        batch leaves the waiting work before its rows are handed over; every request of the window fails if
+        the model does."""
+        batch = [it for it in rows if not it.job.cancelled]
+        if not batch:
+            self._ran(rows)
+        else:
             start = time.perf_counter()
             try:
                 emb = stages.run([it.value for it in batch])
             except BaseException as exc:  # every request of the window fails, not only this batch's
+                self._ran(rows)
                 error = EngineFailed(f"{type(exc).__name__}: {exc}")
                 for job in {it.job for it in items}:
                     _settle_threadsafe(job.loop, job.future, error)
@@ -301,6 +315,7 @@ class Engine:
                 self._rate[stages.modality] = rate if old is None else 0.7 * old + 0.3 * rate
             self._observe("batch", rows=len(batch), padded_tokens=len(batch) * max(it.cost for it in batch),
                           requests=len(jobs), seconds=seconds)
+            self._ran(rows)
             for it, row in zip(batch, emb):
                 if it.job.deliver(it.index, row):
                     it.job.loop.call_soon_threadsafe(_settle, it.job.future, torch.stack(it.job.rows), None)
