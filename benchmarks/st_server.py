@@ -11,15 +11,16 @@ Run (``benchmarks/serve_load.py`` starts it the same way)::
     python benchmarks/st_server.py --model <folder> --name all-MiniLM-L6-v2 --port 8091 --threads 2
     curl -s localhost:8091/v1/embeddings -H 'content-type: application/json' \\
         -d '{"model": "all-MiniLM-L6-v2", "input": "A man is playing a flute."}'
-"""
 
-from __future__ import annotations
+The module does not use ``from __future__ import annotations``: FastAPI reads the route's annotations at run time,
+and the request model is local to :func:`create_app`.
+"""
 
 import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 MAX_ITEMS = 2048  # OpenAI's limit on inputs per request
 MAX_CHARS = 100_000  # per text: far above what a 256-token model reads
@@ -36,7 +37,6 @@ def create_app(folder: Path, name: str, threads: int) -> Any:
     from fastapi.responses import JSONResponse
     from pydantic import BaseModel, ConfigDict, Field, StringConstraints
     from sentence_transformers import SentenceTransformer
-    from typing_extensions import Annotated, Literal
 
     torch.set_num_threads(threads)
     model = SentenceTransformer(str(folder), device="cpu", local_files_only=True)
