@@ -482,6 +482,47 @@ class EmbeddingModel:
         final = torch.from_numpy(result) if convert_to == "torch" else result
         return final[0] if single else final
 
+    def stages(self, modality: str = "text", *, task: str | None = None, prompt_name: str | None = None,
+               prompt: str | None = None, role: str | None = None) -> EncodeStages:
+        """:meth:`encode`'s steps apart, for a server batching the inputs of many calls together:
+        ``prepare`` (tokenise texts or decode images: any thread), ``run`` (one batch on the model: one thread
+        at a time) and ``finish`` (truncate, normalise). ``role`` ("query" or "document") picks the prompt
+        and task as :meth:`encode_query` / :meth:`encode_document` do; the other keywords are :meth:`encode`'s.
+        ``finish(run(prepare(x)))`` equals ``encode(x)`` row for row.
+
+        >>> st = model.stages("text")  # doctest: +SKIP
+        >>> st.finish(st.run(st.prepare(["a cat"])))[0].shape  # doctest: +SKIP
+        (384,)
+        """
+        if modality not in ("text", "image"):
+            raise ArgumentError(f"modality must be 'text' or 'image', got {modality!r}")
+        implicit = False
+        if role is not None:
+            names = {"query": ("query",), "document": DOCUMENT_PROMPT_NAMES}.get(role)
+            if names is None:
+                raise ArgumentError(f"role must be 'query' or 'document', got {role!r}")
+            implicit = prompt_name is None and prompt is None
+            if implicit:
+                prompt_name = next((n for n in names if n in self.prompts), None)
+            task = role if task is None and self._routes is not None and role in self._routes else task
+        if modality == "image" and not implicit and (prompt is not None or prompt_name is not None):
+            raise ModalityError("a prompt was given for images: prompts are prepended to texts only")
+        text_prompt = self._resolve_prompt(prompt, prompt_name) or None if modality == "text" else None
+        runners, preprocessors = self._route(task)
+        if modality not in runners:
+            have = " and ".join(m for m in ("text", "image") if m in runners)
+            raise ModalityError(f"{self.name} has no {modality} tower; it embeds only {have}")
+        extra: dict[str, np.ndarray] = {}
+        if text_prompt:
+            self._check_prompt_exclusion(runners["text"])
+            if self._excludes_prompt(runners["text"]):
+                extra["prompt_length"] = np.asarray(self._prompt_length(preprocessors["text"], text_prompt),
+                                                    dtype=np.int64)
+        stages = EncodeStages(self, modality, runners[modality], preprocessors[modality], text_prompt, extra,
+                              task if self._routes is not None else None)
+        stages.prompt_name, stages.explicit_prompt = prompt_name, prompt
+        return stages
+
     def _check_unnormalized_output(self, modalities: Sequence[str], runners: Mapping[str, Any] | None = None) -> None:
         """``normalize=False`` cannot be honoured by an ONNX graph that L2-normalises inside."""
         runners = self._runners if runners is None else runners
@@ -786,6 +827,134 @@ class EmbeddingModel:
     def stop_multi_process_pool(pool: Any) -> None:
         """Stop the workers of a pool from :meth:`start_multi_process_pool` (a stopped pool stays stopped)."""
         pool.stop()
+
+
+class EncodeStages:
+    """:meth:`EmbeddingModel.encode` for one modality, prompt and route, in three steps (see
+    :meth:`EmbeddingModel.stages`). ``key`` is equal for two stages whose prepared items may share a batch."""
+
+    def __init__(self, model: EmbeddingModel, modality: str, run: Any, pre: Any, prompt: str | None,
+                 extra: dict[str, np.ndarray], route: str | None):
+        self.model, self.modality, self._run, self._pre = model, modality, run, pre
+        self.prompt, self._extra = prompt, extra
+        self.key = (modality, route, int(extra["prompt_length"]) if extra else None)
+        #: the prompt arguments the stages were made with (for :meth:`fingerprint`)
+        self.prompt_name: str | None = None
+        self.explicit_prompt: str | None = None
+
+    def fingerprint(self, *, truncate_dim: int | None = None, normalize: bool | None = None) -> Any:
+        """The fingerprint of the vectors :meth:`finish` returns with these arguments."""
+        return self.model.fingerprint_for(prompt_name=self.prompt_name, prompt=self.explicit_prompt,
+                                          truncate_dim=truncate_dim, normalize=normalize)
+
+    def prepare(self, items: Sequence[Any], *, max_image_pixels: int = MAX_IMAGE_PIXELS) -> list[Any]:
+        """Token ids of texts (prompt, special tokens, truncation: as ``encode``), or decoded RGB images;
+        an :class:`InputError` names ``inputs[i]``."""
+        items = list(items)
+        if self.modality == "image":
+            return [load_image(x, i, max_pixels=max_image_pixels) for i, x in enumerate(items)]
+        for i, x in enumerate(items):
+            if modality_of(x, i) != "text":
+                raise ModalityError(f"inputs[{i}] is not a text", index=i)
+        return self._pre.tokenize([self.prompt + t for t in items] if self.prompt else items)
+
+    def prepare_token_ids(self, ids: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Token ids of the model's own tokenizer (without special tokens) as ``prepare`` gives a text's:
+        special tokens added, truncated at :attr:`EmbeddingModel.max_seq_length`. Every id is checked against
+        the vocabulary; a model with a prompt is refused (the prompt's tokens could join the text's)."""
+        if self.modality != "text":
+            raise ModalityError("token ids are text; this is an image route")
+        if self.prompt:
+            raise ArgumentError(f"{self.model.name} puts the prompt {self.prompt!r} before every text; send the "
+                                "text itself rather than token ids")
+        size = self.vocab_size
+        if size is None:
+            raise ArgumentError(f"{self.model.name}'s tokenizer does not tell its vocabulary size; send text")
+        prefix, suffix = self._special_tokens()
+        keep = max(0, int(self._pre.max_length) - len(prefix) - len(suffix))
+        out: list[list[int]] = []
+        for i, row in enumerate(ids):
+            for j, t in enumerate(row):
+                if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= int(t) < size:
+                    raise InputError(f"inputs[{i}][{j}] = {t!r} is not a token id of {self.model.name}'s "
+                                     f"tokenizer (0 <= id < {size})", index=i)
+            if not row:
+                raise InputError(f"inputs[{i}] is an empty list of token ids", index=i)
+            out.append([*prefix, *(int(t) for t in row[:keep]), *suffix])
+        return out
+
+    def _special_tokens(self) -> tuple[list[int], list[int]]:
+        """The ids the tokenizer puts before and after a text's own tokens (found on a probe text)."""
+        probe = "hello world"
+        full = self._pre.tokenize([probe])[0]
+        tok = getattr(self._pre, "tokenizer", None)
+        bare: list[int] | None = None
+        if tok is not None and hasattr(tok, "get_vocab_size"):  # tokenizers.Tokenizer
+            bare = list(tok.encode(probe, add_special_tokens=False).ids)
+        elif tok is not None and callable(tok):
+            try:
+                bare = list(tok(probe, add_special_tokens=False)["input_ids"])
+            except (TypeError, KeyError):
+                bare = None
+        if getattr(self._pre, "lowercase", False) and tok is not None and hasattr(tok, "get_vocab_size"):
+            bare = list(tok.encode(probe.lower(), add_special_tokens=False).ids)
+        for k in range(len(full) - len(bare or []) + 1) if bare else ():
+            if full[k:k + len(bare)] == bare:
+                return full[:k], full[k + len(bare):]
+        raise ArgumentError(f"{self.model.name}'s tokenizer does not show which special tokens it adds; send text")
+
+    @property
+    def vocab_size(self) -> int | None:
+        """The number of token ids of the text tokenizer (``None`` when it does not say)."""
+        tok = getattr(self._pre, "tokenizer", None)
+        if tok is None:
+            return None
+        if hasattr(tok, "get_vocab_size"):
+            return int(tok.get_vocab_size(with_added_tokens=True))
+        try:
+            return int(len(tok))
+        except TypeError:
+            size = getattr(tok, "vocab_size", None)
+            return int(size) if isinstance(size, int) else None
+
+    def cost(self, item: Any) -> int:
+        """What an item costs in a batch: its tokens (texts), 1 (images)."""
+        return len(item) if self.modality == "text" else 1
+
+    def run(self, items: list[Any]) -> torch.Tensor:
+        """The raw ``(len(items), embed_dim)`` embeddings of prepared items: one batch through the tower."""
+        if self.modality == "text":
+            batch = self._pre.collate(items)
+            emb = self._run({**batch, **self._extra} if self._extra else batch)
+        else:
+            rows = np.arange(len(items))
+            batch = self._pre(items, indices=rows) if isinstance(self._pre, ImagePreprocessor) else self._pre(items)
+            emb = self._run(batch)
+        if emb.ndim != 2 or emb.shape[0] != len(items) or emb.shape[1] != self.model.embed_dim:
+            raise RuntimeError(f"{self.modality} tower returned shape {tuple(emb.shape)} for a batch of "
+                               f"{len(items)}; expected ({len(items)}, {self.model.embed_dim})")
+        finite = torch.isfinite(emb).all(dim=-1)
+        if not bool(finite.all()):
+            self.model._non_finite(np.arange(len(items)), finite, self.modality)
+        return emb.detach().float().cpu()
+
+    def finish(self, emb: torch.Tensor, *, truncate_dim: int | None = None,
+               normalize: bool | None = None) -> np.ndarray:
+        """Rows of :meth:`run` as ``encode(..., truncate_dim=, normalize=)`` returns them (float32)."""
+        model = self.model
+        dim = check_truncate_dim(truncate_dim, model.embed_dim)
+        dim = dim if dim is not None else (model.truncate_dim or model.embed_dim)
+        norm: bool | str = model.default_normalize() if normalize is None else bool(normalize)
+        if not norm:
+            model._check_unnormalized_output([self.modality], {self.modality: self._run})
+        elif normalize is None and model.normalized and dim < model.embed_dim:
+            norm = "full"
+        if norm == "full":
+            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+        emb = emb[:, :dim]
+        if norm is True:
+            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+        return emb.numpy().astype(np.float32, copy=False)
 
 
 @functools.cache

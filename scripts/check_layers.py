@@ -44,10 +44,11 @@ LAYERS: dict[str, int] = {
     "embedhub.model": 6,
     "embedhub.loader": 7,
     "embedhub.jobs": 8,
-    "embedhub.cli": 9,
-    "embedhub.__main__": 10,  # python -m embedhub: above the cli it runs
-    "embedhub.losses": 10,  # the deprecated shim over embedhub.training.losses
-    "embedhub": 11,  # the package's own __init__ (matched exactly): the lazy name -> module table
+    "embedhub.serve": 9,  # the HTTP server: on top of the model, the loader and the modules
+    "embedhub.cli": 10,
+    "embedhub.__main__": 11,  # python -m embedhub: above the cli it runs
+    "embedhub.losses": 11,  # the deprecated shim over embedhub.training.losses
+    "embedhub": 12,  # the package's own __init__ (matched exactly): the lazy name -> module table
 }
 #: the only library modules consumer packages may import
 PUBLIC = ("embedhub", "embedhub.errors", "embedhub.data", "embedhub.modules", "embedhub.formats", "embedhub.hub",

@@ -400,3 +400,31 @@ def cmd_push(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- parser
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """``embedhub serve``: the OpenAI-compatible server until SIGTERM / Ctrl-C."""
+    from embedhub.errors import ArgumentError
+    from embedhub.serve.app import Limits
+    from embedhub.serve.run import parse_model_args, serve
+
+    try:
+        models = parse_model_args(args.model)
+    except ArgumentError as exc:
+        raise UsageError(str(exc)) from None
+    api_key = args.api_key if args.api_key is not None else os.environ.get("EMBEDHUB_API_KEY") or None
+    if args.auth_all and not api_key:
+        raise UsageError("--auth-all needs an API key (--api-key or $EMBEDHUB_API_KEY)")
+    if args.engine == "local" and (args.replicas != 1 or args.address):
+        raise UsageError("--replicas and --address are options of --engine ray")
+    limits = Limits(max_body_bytes=args.max_body_bytes, max_items=args.max_client_batch,
+                    max_text_chars=args.max_text_chars, max_image_bytes=args.max_image_bytes,
+                    max_image_pixels=args.max_image_pixels, allow_image_urls=args.allow_image_urls)
+    load_options: dict[str, Any] = {"revision": args.revision, "device": args.device}
+    if args.backend is not None:
+        load_options["backend"] = args.backend
+    serve(models, host=args.host, port=args.port, engine=args.engine, replicas=args.replicas, address=args.address,
+          threads=args.threads, api_key=api_key, auth_all=args.auth_all, limits=limits,
+          max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
+          workers_tokenize=args.workers_tokenize, load_options=load_options)
+    return 0

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
 
     pass
-from embedhub.cli.commands import cmd_data, cmd_embed, cmd_encode, cmd_models, cmd_push, cmd_search
+from embedhub.cli.commands import cmd_data, cmd_embed, cmd_encode, cmd_models, cmd_push, cmd_search, cmd_serve
 from embedhub.cli.inputs import PRECISIONS, RESCORE_MULTIPLIER
 from embedhub.cli.plugins import add_plugins
 
@@ -191,6 +191,50 @@ def build_parser() -> argparse.ArgumentParser:
     sea.add_argument("--rescore-multiplier", type=_positive_int, default=None,
                      help="binary precisions: rescore this many times --top-k candidates by Hamming distance with "
                      f"the float query (default: {RESCORE_MULTIPLIER}; 1 keeps the Hamming ranking)")
+
+    srv = _command(
+        sub, "serve", cmd_serve,
+        help="serve models over HTTP with OpenAI's embeddings API (texts and images)",
+        description="An OpenAI-compatible embedding server: POST /v1/embeddings (texts, token ids of the model's own "
+        "tokenizer, images as data URIs with \"modality\": \"image\"), POST /v1/zero-shot, GET /v1/models, "
+        "/health and /metrics (Prometheus). The inputs of concurrent requests share model batches; a full queue "
+        "answers 429 at once. SIGTERM stops taking connections, answers the requests in flight, then exits. "
+        "Needs pip install 'embedhub[serve]' (and 'embedhub[ray]' for --engine ray).",
+        epilog="Examples: embedhub serve --model all-MiniLM-L6-v2; embedhub serve --model minilm=./my-folder "
+        "--model clip=./clip-folder --port 8080 --api-key $KEY",
+    )
+    srv.add_argument("--model", action="append", required=True,
+                     help="model to serve: NAME (alias, Hub repo id or folder; served under that name) or "
+                     "SERVED=NAME; repeat to serve several")
+    srv.add_argument("--revision", default=None, help="Hub revision (branch, tag or commit)")
+    srv.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, mps, ... (default: auto)")
+    srv.add_argument("--backend", choices=("torch", "onnx", "auto"), default=None,
+                     help="torch, onnx or auto, as for encode (default: torch)")
+    srv.add_argument("--threads", type=_positive_int, default=None,
+                     help="CPU threads of the model (torch intra-op, or ONNX Runtime) (default: all cores)")
+    srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
+    srv.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    srv.add_argument("--api-key", default=None,
+                     help="require 'Authorization: Bearer KEY' (default: $EMBEDHUB_API_KEY; none: open)")
+    srv.add_argument("--auth-all", action="store_true", help="/health and /metrics need the key too")
+    for flag, default, text in (
+            ("--max-batch-tokens", 16384, "padded tokens per model batch"),
+            ("--max-batch-size", 256, "inputs per model batch"),
+            ("--max-queue", 4096, "inputs waiting per model; beyond, requests get 429"),
+            ("--max-client-batch", 2048, "inputs per request"),
+            ("--workers-tokenize", 2, "threads tokenising texts and decoding images"),
+            ("--max-body-bytes", 8 << 20, "bytes per request body"),
+            ("--max-text-chars", 200_000, "characters per text"),
+            ("--max-image-bytes", 10 << 20, "bytes per image"),
+            ("--max-image-pixels", 40_000_000, "pixels per decoded image")):
+        srv.add_argument(flag, type=_positive_int, default=default, help=f"{text} (default: {default})")
+    srv.add_argument("--allow-image-urls", action="store_true",
+                     help="also fetch http(s) image URLs (bounded by --max-image-bytes, 10 s); off by default: a "
+                     "server that fetches URLs can be made to reach hosts only it can reach")
+    srv.add_argument("--engine", choices=("local", "ray"), default="local",
+                     help="local (this process, uvicorn) or ray (Ray Serve replicas) (default: local)")
+    srv.add_argument("--replicas", type=_positive_int, default=1, help="--engine ray: copies of the server")
+    srv.add_argument("--address", default=None, help="--engine ray: Ray cluster address (default: a local instance)")
 
     _command(
         sub, "models", cmd_models,

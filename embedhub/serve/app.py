@@ -1,0 +1,632 @@
+"""The OpenAI-compatible embedding server: ``POST /v1/embeddings`` (texts, token ids, images),
+``POST /v1/zero-shot``, ``GET /v1/models``, ``GET /health``, ``GET /metrics``.
+
+FastAPI (on Starlette) because Ray Serve's ingress takes a FastAPI app as it is, and ``/docs`` comes with it;
+request bodies are read and checked here (bounded size, typed checks naming the field) so that every error
+has OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``.
+
+>>> app = create_app({"minilm": "all-MiniLM-L6-v2"})       # doctest: +SKIP
+>>> import uvicorn; uvicorn.run(app, port=8080)             # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+import logging
+import os
+import re
+import secrets
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from embedhub.errors import ArgumentError, EmbedhubError, ItemError, ModalityError, require
+from embedhub.serve.engine import Engine, EngineFailed, Overloaded
+from embedhub.serve.metrics import Metrics
+
+Request = require("starlette.requests", "serve", "embedhub serve").Request  # resolves the routes' annotations
+
+log = logging.getLogger("embedhub.serve")
+
+#: the fingerprint id of the vectors of a response
+FINGERPRINT_HEADER = "X-Embedhub-Fingerprint"
+_DATA_URI = re.compile(r"^data:(image/[A-Za-z0-9.+-]+)?(;[A-Za-z0-9=.+-]+)*;base64,", re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may hold. ``max_body_bytes``: the JSON body; ``max_items``: inputs per request
+    (OpenAI's 2048); ``max_text_chars``: characters per text; ``max_image_bytes`` and ``max_image_pixels``:
+    per image (decoded); ``url_timeout``: seconds to fetch an image URL (with ``allow_image_urls``)."""
+
+    max_body_bytes: int = 8 << 20
+    max_items: int = 2048
+    max_text_chars: int = 200_000
+    max_image_bytes: int = 10 << 20
+    max_image_pixels: int = 40_000_000
+    url_timeout: float = 10.0
+    allow_image_urls: bool = False
+
+
+class APIError(Exception):
+    """An error answered in OpenAI's shape."""
+
+    def __init__(self, status: int, message: str, *, type: str = "invalid_request_error", param: str | None = None,
+                 code: str | None = None, headers: dict[str, str] | None = None):
+        super().__init__(message)
+        self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
+        self.headers = headers or {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+class _Served:
+    """One served model: its name, engine and (once loaded) model; stages cached per request options."""
+
+    def __init__(self, name: str, source: Any, engine_options: dict[str, Any], metrics: Metrics):
+        self.name, self.source = name, source
+        self.model: Any = None if isinstance(source, (str, os.PathLike)) else source
+        self.engine: Engine | None = None
+        self.state = "loading" if self.model is None else "ready"
+        self.reason: str | None = None
+        self._engine_options, self._metrics = engine_options, metrics
+        self._stages: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+        if self.model is not None:
+            self._start_engine()
+
+    def _start_engine(self) -> None:
+        self.engine = Engine(self.model, name=self.name, observe=self._metrics.observer(self.name),
+                             **self._engine_options).start()
+
+    def load(self, load_options: dict[str, Any]) -> None:
+        """Load the model (a name or folder) and start its engine; a failure is kept as the reason."""
+        if self.model is not None:
+            return
+        try:
+            from embedhub.loader import load
+
+            self.model = load(self.source, **load_options)
+            self._start_engine()
+            self.state = "ready"
+        except Exception as exc:  # reported by /health and to every request for this model
+            self.state, self.reason = "failed", f"loading {self.source}: {type(exc).__name__}: {exc}"
+            log.error("embedhub serve: %s", self.reason)
+
+    def health(self) -> tuple[str, str | None]:
+        if self.state != "ready":
+            return self.state, self.reason
+        assert self.engine is not None
+        if not self.engine.healthy:
+            return "failed", self.engine.failure or "the model thread stopped"
+        return "ready", None
+
+    def stages(self, modality: str, role: str | None, prompt_name: str | None) -> Any:
+        key = (modality, role, prompt_name)
+        with self._lock:
+            if key not in self._stages:
+                self._stages[key] = self.model.stages(modality, role=role, prompt_name=prompt_name)
+            return self._stages[key]
+
+
+class ServeState:
+    """Everything a server app holds: the models, the tokenising threads, the limits, the metrics."""
+
+    def __init__(self, models: Mapping[str, Any], *, api_key: str | None, auth_all: bool, limits: Limits,
+                 engine_options: dict[str, Any], load_options: dict[str, Any], workers_tokenize: int):
+        self.metrics = Metrics()
+        self.limits = limits
+        self.api_key = api_key.encode() if api_key else None
+        self.auth_all = auth_all
+        self.load_options = load_options
+        self.models = {name: _Served(name, src, engine_options, self.metrics) for name, src in models.items()}
+        self.pool = ThreadPoolExecutor(max_workers=workers_tokenize, thread_name_prefix="embedhub-tokenize")
+        self._loader: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+        self.draining = False
+
+    def start(self) -> None:
+        """Load the models named by strings in a background thread (``/health`` says 503 meanwhile)."""
+        with self._start_lock:
+            if self._loader is None:
+                self._loader = threading.Thread(target=self._load_all, name="embedhub-load", daemon=True)
+                self._loader.start()
+
+    def _load_all(self) -> None:
+        for served in self.models.values():
+            served.load(self.load_options)
+
+    def stop(self) -> None:
+        """Finish queued work and stop the engines (after the HTTP server stopped taking requests)."""
+        self.draining = True
+        for served in self.models.values():
+            if served.engine is not None:
+                served.engine.stop()
+        self.pool.shutdown(wait=False)
+
+    def check_key(self, authorization: str | None) -> None:
+        """401 unless the request carries ``Authorization: Bearer <key>`` (compared in constant time)."""
+        if self.api_key is None:
+            return
+        given = (authorization or "").encode("utf-8", "replace")
+        expected = b"Bearer " + self.api_key
+        if not secrets.compare_digest(given, expected):
+            raise APIError(401, "Incorrect or missing API key: send the header 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+
+    def served(self, name: Any) -> _Served:
+        if not isinstance(name, str):
+            raise APIError(400, f"'model' must be a string naming a served model: one of {sorted(self.models)}",
+                           param="model")
+        served = self.models.get(name)
+        if served is None:
+            raise APIError(404, f"The model {name!r} does not exist on this server; it serves {sorted(self.models)}",
+                           param="model", code="model_not_found")
+        state, reason = served.health()
+        if state == "loading":
+            raise APIError(503, f"The model {name!r} is still loading; retry shortly", type="server_error",
+                           code="model_loading", headers={"Retry-After": "5"})
+        if state == "failed":
+            raise APIError(503, f"The model {name!r} is unavailable: {reason}", type="server_error",
+                           code="engine_failed")
+        return served
+
+
+# -------------------------------------------------------------------- request parsing
+async def read_json(request: Any, limit: int) -> dict[str, Any]:
+    """The request's JSON object, read up to ``limit`` bytes (413 beyond; 400 when not a JSON object)."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise APIError(400, "Content-Length is not a number")
+        if int(declared) > limit:
+            raise APIError(413, f"The request body has {int(declared)} bytes; this server takes at most {limit}",
+                           code="request_too_large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise APIError(413, f"The request body is over {limit} bytes, the most this server takes",
+                           code="request_too_large")
+    try:
+        data = json.loads(bytes(body))
+    except (ValueError, RecursionError) as exc:
+        raise APIError(400, f"The body is not valid JSON: {str(exc)[:200]}") from None
+    if not isinstance(data, dict):
+        raise APIError(400, f"The body must be a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _field(data: dict[str, Any], name: str, kinds: tuple[type, ...], what: str, default: Any = None) -> Any:
+    value = data.get(name, default)
+    if value is None:
+        return default
+    if isinstance(value, bool) and bool not in kinds or not isinstance(value, kinds):
+        raise APIError(400, f"'{name}' must be {what}, got {json.dumps(value)[:100]}", param=name)
+    return value
+
+
+def parse_text_input(value: Any, limits: Limits) -> tuple[list[str] | None, list[list[int]] | None]:
+    """``input`` of an embeddings request as texts, or as token-id lists; 400 naming the item otherwise."""
+    what = "a string, a list of strings, a list of token ids or a list of token-id lists"
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        shown = "an empty list" if value == [] else json.dumps(value)[:100] if value is not None else "missing"
+        raise APIError(400, f"'input' must be {what}; got {shown}", param="input")
+    if len(value) > limits.max_items:
+        raise APIError(400, f"'input' has {len(value)} items; at most {limits.max_items} per request",
+                       param="input", code="too_many_inputs")
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in value):
+        return None, [value]
+    if all(isinstance(x, str) for x in value):
+        for i, x in enumerate(value):
+            if not x:
+                raise APIError(400, f"input[{i}] is an empty string; every input must hold text", param="input")
+            if len(x) > limits.max_text_chars:
+                raise APIError(400, f"input[{i}] has {len(x)} characters; this server takes at most "
+                               f"{limits.max_text_chars} per text", param="input", code="input_too_long")
+        return value, None
+    if all(isinstance(x, list) for x in value):
+        for i, row in enumerate(value):
+            if not row:
+                raise APIError(400, f"input[{i}] is an empty list of token ids", param="input")
+            for j, t in enumerate(row):
+                if isinstance(t, bool) or not isinstance(t, int):
+                    raise APIError(400, f"input[{i}][{j}] must be a token id (an integer), got "
+                                   f"{json.dumps(t)[:60]}", param="input")
+            if len(row) > limits.max_text_chars:
+                raise APIError(400, f"input[{i}] has {len(row)} token ids; at most {limits.max_text_chars}",
+                               param="input", code="input_too_long")
+        return None, value
+    bad = next(i for i, x in enumerate(value) if not isinstance(x, type(value[0])) or isinstance(x, bool))
+    raise APIError(400, f"'input' must be {what}; input[{bad}] is {json.dumps(value[bad])[:60]}, unlike input[0]",
+                   param="input")
+
+
+def parse_image_input(value: Any, limits: Limits) -> list[str]:
+    """``input`` of an image request: data URIs (or http(s) URLs when allowed), one or a list."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(x, str) for x in value):
+        raise APIError(400, "'input' of an image request must be a data URI ('data:image/png;base64,...') or a "
+                       "list of them", param="input")
+    if len(value) > limits.max_items:
+        raise APIError(400, f"'input' has {len(value)} items; at most {limits.max_items} per request",
+                       param="input", code="too_many_inputs")
+    return value
+
+
+def decode_image(item: str, index: int, limits: Limits) -> bytes:
+    """The bytes of a data URI (or, when allowed, of an http(s) URL), bounded by ``max_image_bytes``."""
+    m = _DATA_URI.match(item[:200])
+    if m is not None:
+        payload = item[m.end():]
+        if len(payload) > (limits.max_image_bytes * 4) // 3 + 4:
+            raise APIError(413, f"input[{index}] is over {limits.max_image_bytes} bytes, the most per image",
+                           param="input", code="image_too_large")
+        try:
+            return base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise APIError(400, f"input[{index}] is not valid base64 after its 'data:...;base64,' prefix",
+                           param="input") from None
+    if item.startswith(("http://", "https://")):
+        if not limits.allow_image_urls:
+            raise APIError(400, f"input[{index}] is a URL; this server fetches no URLs (start it with "
+                           "--allow-image-urls to allow them); send the image as a data URI", param="input",
+                           code="image_urls_off")
+        return _fetch(item, index, limits)
+    raise APIError(400, f"input[{index}] must be a data URI ('data:image/png;base64,...')"
+                   + (" or an http(s) URL" if limits.allow_image_urls else ""), param="input")
+
+
+def _fetch(url: str, index: int, limits: Limits) -> bytes:
+    """GET an image URL: at most ``max_image_bytes`` within ``url_timeout`` seconds, 3 redirects."""
+    import httpx
+
+    deadline = time.monotonic() + limits.url_timeout
+    try:
+        with httpx.Client(timeout=limits.url_timeout, follow_redirects=True, max_redirects=3) as client:
+            with client.stream("GET", url) as resp:
+                if resp.status_code != 200:
+                    raise APIError(400, f"input[{index}]: fetching the URL gave HTTP {resp.status_code}",
+                                   param="input")
+                data = bytearray()
+                for chunk in resp.iter_bytes():
+                    data += chunk
+                    if len(data) > limits.max_image_bytes:
+                        raise APIError(413, f"input[{index}]: the image at the URL is over "
+                                       f"{limits.max_image_bytes} bytes", param="input", code="image_too_large")
+                    if time.monotonic() > deadline:
+                        raise APIError(400, f"input[{index}]: fetching the URL took over {limits.url_timeout} s",
+                                       param="input")
+                return bytes(data)
+    except httpx.HTTPError as exc:
+        raise APIError(400, f"input[{index}]: the URL could not be fetched ({type(exc).__name__})",
+                       param="input") from None
+
+
+def _item_error(exc: Exception) -> APIError:
+    """An input the model cannot take (422), named as the model named it."""
+    message = str(exc).replace("inputs[", "input[")
+    return APIError(422, message, param="input", code="invalid_input")
+
+
+# -------------------------------------------------------------------- the app
+def create_app(
+    models: Mapping[str, Any] | Sequence[Any],
+    *,
+    api_key: str | None = None,
+    auth_all: bool = False,
+    limits: Limits | None = None,
+    max_batch_tokens: int = 16384,
+    max_batch_size: int = 256,
+    max_queue: int = 4096,
+    workers_tokenize: int = 2,
+    load_options: Mapping[str, Any] | None = None,
+) -> Any:
+    """An ASGI (FastAPI) app serving ``models``: a dict served name -> model name, folder or loaded
+    :class:`~embedhub.EmbeddingModel` (a list serves each under its own name). Models given by name load in a
+    background thread when the app starts (``/health`` answers 503 until they have).
+
+    ``api_key``: requests must send ``Authorization: Bearer <key>`` (``/health`` and ``/metrics`` too when
+    ``auth_all``); ``max_batch_tokens`` / ``max_batch_size``: one model batch; ``max_queue``: items waiting per
+    model before requests are refused with 429; ``workers_tokenize``: threads tokenising and decoding requests.
+
+    >>> app = create_app({"minilm": embedhub.load("all-MiniLM-L6-v2")})   # doctest: +SKIP
+    """
+    fastapi = require("fastapi", "serve", "embedhub serve")
+    from fastapi.responses import JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    if not isinstance(models, Mapping):
+        models = {_served_name(m): m for m in models}
+    if not models:
+        raise ArgumentError("create_app needs at least one model to serve")
+    for name in models:
+        if not isinstance(name, str) or not name:
+            raise ArgumentError(f"served model names must be non-empty strings, got {name!r}")
+    state = ServeState(dict(models), api_key=api_key, auth_all=auth_all, limits=limits or Limits(),
+                       engine_options={"max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
+                                       "max_queue": max_queue},
+                       load_options=dict(load_options or {}), workers_tokenize=workers_tokenize)
+
+    from contextlib import asynccontextmanager
+
+    @asynccontextmanager
+    async def lifespan(app: Any):
+        state.start()
+        yield
+        await asyncio.get_running_loop().run_in_executor(None, state.stop)
+
+    app = fastapi.FastAPI(title="embedhub", lifespan=lifespan)
+    app.state.embedhub = state
+    metrics = state.metrics
+
+    def error_response(err: APIError) -> Any:
+        return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+    @app.exception_handler(APIError)
+    async def _api_error(request: Any, exc: APIError) -> Any:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Any, exc: Any) -> Any:
+        return error_response(APIError(exc.status_code, str(exc.detail), code="not_found"
+                                       if exc.status_code == 404 else None))
+
+    @app.exception_handler(Exception)
+    async def _server_error(request: Any, exc: Exception) -> Any:
+        log.exception("embedhub serve: unexpected error")
+        return error_response(APIError(500, f"The server failed: {type(exc).__name__}", type="server_error"))
+
+    app.add_middleware(_Observe, state=state)
+
+    @app.get("/health")
+    async def health(request: Request) -> Any:
+        if state.auth_all:
+            state.check_key(request.headers.get("authorization"))
+        report = {}
+        for name, served in state.models.items():
+            st, reason = served.health()
+            report[name] = {"state": st, **({"reason": reason} if reason else {})}
+            if served.engine is not None:
+                metrics.healthy.labels(name).set(1.0 if st == "ready" else 0.0)
+        ok = all(v["state"] == "ready" for v in report.values()) and not state.draining
+        status = "ok" if ok else "draining" if state.draining else (
+            "loading" if any(v["state"] == "loading" for v in report.values()) else "failed")
+        return JSONResponse({"status": status, "models": report}, status_code=200 if ok else 503)
+
+    @app.get("/metrics")
+    async def prometheus(request: Request) -> Any:
+        if state.auth_all:
+            state.check_key(request.headers.get("authorization"))
+        for name, served in state.models.items():
+            if served.engine is not None:
+                metrics.queue.labels(name).set(served.engine.queued)
+                metrics.in_flight.labels(name).set(served.engine.in_flight)
+                metrics.healthy.labels(name).set(1.0 if served.engine.healthy else 0.0)
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    @app.get("/v1/models")
+    async def list_models(request: Request) -> Any:
+        state.check_key(request.headers.get("authorization"))
+        data = []
+        for name, served in state.models.items():
+            entry: dict[str, Any] = {"id": name, "object": "model", "created": 0, "owned_by": "embedhub",
+                                     "state": served.health()[0]}
+            if served.model is not None:
+                m = served.model
+                entry.update(modalities=list(m.modalities), dimensions=int(m.truncate_dim or m.embed_dim),
+                             max_input_tokens=m.max_seq_length, fingerprint=m.fingerprint.id,
+                             prompts=sorted(k for k, v in m.prompts.items() if v))
+            data.append(entry)
+        return {"object": "list", "data": data}
+
+    @app.post("/v1/embeddings")
+    async def embeddings(request: Request) -> Any:
+        state.check_key(request.headers.get("authorization"))
+        data = await read_json(request, state.limits.max_body_bytes)
+        served = state.served(data.get("model"))
+        modality = _field(data, "modality", (str,), "'text' or 'image'", "text")
+        if modality not in ("text", "image"):
+            raise APIError(400, f"'modality' must be 'text' or 'image', got {modality!r}", param="modality")
+        fmt = _field(data, "encoding_format", (str,), "'float' or 'base64'", "float")
+        if fmt not in ("float", "base64"):
+            raise APIError(400, f"'encoding_format' must be 'float' or 'base64', got {fmt!r}",
+                           param="encoding_format")
+        _field(data, "user", (str,), "a string")
+        model = served.model
+        width = int(model.truncate_dim or model.embed_dim)
+        dims = _field(data, "dimensions", (int,), "a positive integer")
+        if dims is not None and not 1 <= dims <= model.embed_dim:
+            raise APIError(400, f"'dimensions' must be between 1 and {model.embed_dim} for {served.name}, got "
+                           f"{dims}", param="dimensions")
+        role = _field(data, "input_type", (str,), "'query' or 'document'")
+        if role is not None and role not in ("query", "document"):
+            raise APIError(400, f"'input_type' must be 'query' or 'document', got {role!r}", param="input_type")
+        prompt_name = _field(data, "prompt_name", (str,), "a string naming one of the model's prompts")
+        try:
+            stages = served.stages(modality, role, prompt_name)
+        except ModalityError as exc:
+            raise APIError(400, f"{served.name}: {exc}", param="modality") from None
+        except ArgumentError as exc:
+            raise APIError(400, str(exc), param="prompt_name" if prompt_name else "input_type") from None
+        engine = served.engine
+        assert engine is not None
+        raw_input = data.get("input")
+        limits = state.limits
+        loop = asyncio.get_running_loop()
+        if modality == "image":
+            uris = parse_image_input(raw_input, limits)
+            _admit(engine, len(uris))
+
+            def prepare_images() -> list[Any]:
+                blobs = [decode_image(u, i, limits) for i, u in enumerate(uris)]
+                return stages.prepare(blobs, max_image_pixels=limits.max_image_pixels)
+
+            prepared = await _prepare(loop, state.pool, prepare_images)
+            tokens = 0
+        else:
+            texts, ids = parse_text_input(raw_input, limits)
+            n = len(texts) if texts is not None else len(ids or [])
+            _admit(engine, n)
+            fn = (lambda: stages.prepare(texts)) if texts is not None else (lambda: stages.prepare_token_ids(ids))
+            prepared = await _prepare(loop, state.pool, fn)
+            tokens = sum(len(x) for x in prepared)
+        rows = await _run(request, engine, stages, prepared)
+        vectors = stages.finish(rows, truncate_dim=dims, normalize=True if dims is not None else None)
+        metrics.items.labels(served.name, modality).inc(len(prepared))
+        fingerprint = stages.fingerprint(truncate_dim=dims, normalize=True if dims is not None else None).id
+        out = [{"object": "embedding", "index": i,
+                "embedding": _b64(v) if fmt == "base64" else v.tolist()} for i, v in enumerate(vectors)]
+        body = {"object": "list", "data": out, "model": served.name,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        del width
+        return JSONResponse(body, headers={FINGERPRINT_HEADER: fingerprint})
+
+    @app.post("/v1/zero-shot")
+    async def zero_shot(request: Request) -> Any:
+        state.check_key(request.headers.get("authorization"))
+        data = await read_json(request, state.limits.max_body_bytes)
+        served = state.served(data.get("model"))
+        model = served.model
+        if not {"text", "image"} <= set(model.modalities):
+            raise APIError(400, f"{served.name} embeds only {' and '.join(model.modalities)}; zero-shot needs a "
+                           "text and an image tower", param="model")
+        uris = parse_image_input(data.get("input", data.get("image")), state.limits)
+        labels = data.get("labels")
+        if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels) \
+                or len(labels) > state.limits.max_items:
+            raise APIError(400, f"'labels' must be a list of 1 to {state.limits.max_items} non-empty strings",
+                           param="labels")
+        templates = data.get("templates")
+        if templates is not None and (not isinstance(templates, list) or not templates
+                                      or not all(isinstance(x, str) for x in templates) or len(templates) > 100):
+            raise APIError(400, "'templates' must be a list of 1 to 100 strings, each with one '{}'",
+                           param="templates")
+        engine = served.engine
+        assert engine is not None
+        limits = state.limits
+        _admit(engine, len(uris))
+        loop = asyncio.get_running_loop()
+        images = await _prepare(loop, state.pool, lambda: served.stages("image", None, None).prepare(
+            [decode_image(u, i, limits) for i, u in enumerate(uris)], max_image_pixels=limits.max_image_pixels))
+        try:
+            probs = await engine.call(lambda: model.zero_shot(images, labels, templates))
+        except EngineFailed as exc:
+            raise APIError(503, f"{served.name}'s engine failed: {exc}", type="server_error",
+                           code="engine_failed") from None
+        except (EmbedhubError, ValueError, TypeError) as exc:
+            raise APIError(400, str(exc), param="templates" if templates else "labels") from None
+        probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
+        return {"object": "list", "model": served.name, "labels": labels,
+                "data": [{"object": "zero_shot", "index": i, "probabilities": p.tolist()} for i, p in
+                         enumerate(probs)]}
+
+    return app
+
+
+_ROUTES = ("/v1/embeddings", "/v1/zero-shot", "/v1/models", "/health", "/metrics")
+
+
+class _Observe:
+    """ASGI middleware: starts the models' loading on the first request and counts every answer by route
+    and status with its latency."""
+
+    def __init__(self, app: Any, state: ServeState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        self.state.start()
+        start, status = time.perf_counter(), [500]
+
+        async def send_status(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        finally:
+            route = scope.get("path") if scope.get("path") in _ROUTES else "other"
+            self.state.metrics.requests.labels(route, str(status[0])).inc()
+            self.state.metrics.latency.labels(route).observe(time.perf_counter() - start)
+
+
+def _served_name(model: Any) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return os.fspath(model)
+    return str(getattr(model, "name", "model"))
+
+
+def _admit(engine: Engine, n: int) -> None:
+    """Refuse at once, before any tokenising, what the engine would not take."""
+    try:
+        engine.check_admission(n)
+    except Overloaded as exc:
+        raise APIError(429, str(exc), type="rate_limit_error", code="queue_full",
+                       headers={"Retry-After": str(exc.retry_after)}) from None
+    except EngineFailed as exc:
+        raise APIError(503, f"{engine.name} is unavailable: {exc}", type="server_error",
+                       code="engine_failed") from None
+
+
+async def _prepare(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, fn: Any) -> list[Any]:
+    """Tokenise or decode on a worker thread; the model's input errors become 422s naming the item."""
+    try:
+        return await loop.run_in_executor(pool, fn)
+    except APIError:
+        raise
+    except (ItemError, EmbedhubError) as exc:
+        raise _item_error(exc) from None
+
+
+async def _run(request: Any, engine: Engine, stages: Any, prepared: list[Any]) -> Any:
+    """The engine's rows for ``prepared``; a client that disconnects cancels its queued items."""
+    task = asyncio.ensure_future(engine.embed(stages, prepared))
+    watcher = asyncio.ensure_future(_disconnected(request))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if task not in done:
+            task.cancel()
+            raise APIError(499, "The client closed the request", code="client_closed")
+        return task.result()
+    except Overloaded as exc:
+        raise APIError(429, str(exc), type="rate_limit_error", code="queue_full",
+                       headers={"Retry-After": str(exc.retry_after)}) from None
+    except EngineFailed as exc:
+        raise APIError(503, f"{engine.name}'s engine failed: {exc}", type="server_error",
+                       code="engine_failed") from None
+    finally:
+        watcher.cancel()
+        if not task.done():
+            task.cancel()
+
+
+async def _disconnected(request: Any) -> None:
+    """Returns when the client has gone (the ASGI ``http.disconnect`` message)."""
+    while True:
+        message = await request.receive()
+        if message.get("type") == "http.disconnect":
+            return
+
+
+def _b64(vector: np.ndarray) -> str:
+    """OpenAI's ``encoding_format: base64``: the little-endian float32 bytes."""
+    return base64.b64encode(np.ascontiguousarray(vector, dtype="<f4").tobytes()).decode("ascii")
+
+
+__all__ = ["FINGERPRINT_HEADER", "APIError", "Limits", "ServeState", "create_app"]

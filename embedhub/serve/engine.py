@@ -1,0 +1,293 @@
+"""The batching engine of one served model: the items of every waiting request, batched by a padded-token
+budget, run on one model thread, each request handed its rows in order.
+
+Requests come from an asyncio server; the engine's queue is bounded (a full queue refuses a request at once
+rather than letting latency grow without bound), a cancelled request's queued items are dropped, and a
+failure of the model thread is kept and reported (:attr:`Engine.failure`) rather than hidden.
+
+>>> engine = Engine(model, max_batch_tokens=8192)          # doctest: +SKIP
+>>> rows = await engine.embed(stages, stages.prepare(["a cat", "a dog"]))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from embedhub.modules.batching import check_positive_int, plan_batches
+
+
+class Overloaded(Exception):
+    """The engine's queue is full: retry after :attr:`retry_after` seconds."""
+
+    def __init__(self, message: str, retry_after: int = 1):
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class EngineFailed(Exception):
+    """The model thread failed (or stopped); the engine takes no more work."""
+
+
+@dataclass(eq=False)
+class _Job:
+    """One request's items: rows arrive from the model thread, the future resolves when all have."""
+
+    stages: Any
+    n: int
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    rows: list[torch.Tensor | None] = field(default_factory=list)
+    remaining: int = 0
+    cancelled: bool = False
+
+    def deliver(self, index: int, row: torch.Tensor) -> bool:
+        """Store one row (model thread); True when it was the last."""
+        self.rows[index] = row
+        self.remaining -= 1
+        return self.remaining == 0
+
+
+@dataclass(eq=False)
+class _Item:
+    job: _Job
+    index: int
+    value: Any
+    cost: int
+
+
+@dataclass(eq=False)
+class _Call:
+    """A function to run on the model thread between batches (zero-shot, which runs the model itself)."""
+
+    fn: Callable[[], Any]
+    loop: asyncio.AbstractEventLoop
+    future: asyncio.Future
+    cancelled: bool = False
+
+
+class Engine:
+    """Batches the items of all waiting requests of one model on one model thread.
+
+    ``max_batch_tokens``: padded tokens per text batch (rows x longest row); ``max_batch_size``: rows per batch;
+    ``max_queue``: items waiting at most (a request that would go beyond is refused with :class:`Overloaded`,
+    unless the queue is empty: one request larger than the queue still runs alone); ``window``: the items
+    sorted by length together before batches are cut (default: 4 batches' rows). ``observe(event, **values)``
+    receives ``"batch"`` events (rows, padded_tokens, requests, seconds) for metrics.
+    """
+
+    def __init__(self, model: Any, *, max_batch_tokens: int = 16384, max_batch_size: int = 256,
+                 max_queue: int = 4096, window: int | None = None,
+                 observe: Callable[..., None] | None = None, name: str = "model"):
+        self.model = model
+        self.name = name
+        self.max_batch_tokens = check_positive_int("max_batch_tokens", max_batch_tokens)
+        self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
+        self.max_queue = check_positive_int("max_queue", max_queue)
+        self.window = check_positive_int("window", window or 4 * self.max_batch_size)
+        self._observe = observe or (lambda event, **values: None)
+        self._queue: deque[_Item | _Call] = deque()
+        self._cond = threading.Condition()
+        self._queued = 0  # items (not calls) waiting
+        self._in_flight = 0  # jobs submitted and not yet answered
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        #: why the engine stopped working (``None`` while it works)
+        self.failure: str | None = None
+
+    # ---------------------------------------------------------------- state
+    def start(self) -> Engine:
+        """Start the model thread (idempotent)."""
+        with self._cond:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name=f"embedhub-engine-{self.name}", daemon=True)
+                self._thread.start()
+        return self
+
+    @property
+    def healthy(self) -> bool:
+        """True while the model thread runs and has not failed."""
+        return self.failure is None and self._thread is not None and self._thread.is_alive()
+
+    @property
+    def queued(self) -> int:
+        """Items waiting for a batch."""
+        return self._queued
+
+    @property
+    def in_flight(self) -> int:
+        """Requests submitted and not yet answered."""
+        return self._in_flight
+
+    def stop(self, timeout: float | None = 30.0) -> None:
+        """Finish the queued work, then stop the model thread."""
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def check_admission(self, n: int) -> None:
+        """Raise :class:`EngineFailed` or :class:`Overloaded` when ``n`` more items would not be taken."""
+        if self.failure is not None:
+            raise EngineFailed(self.failure)
+        if self._stopping:
+            raise EngineFailed("the server is shutting down")
+        if self._queued and self._queued + n > self.max_queue:
+            raise Overloaded(f"{self.name}: {self._queued} items are waiting and the queue holds {self.max_queue}; "
+                             "retry later", retry_after=1)
+
+    # ---------------------------------------------------------------- requests
+    async def embed(self, stages: Any, prepared: list[Any]) -> torch.Tensor:
+        """The raw ``(len(prepared), embed_dim)`` rows of prepared items (``stages.prepare``'s output), in order.
+
+        Cancelling the awaiting task drops the request's items that are still queued."""
+        loop = asyncio.get_running_loop()
+        job = _Job(stages, len(prepared), loop, loop.create_future(), [None] * len(prepared), len(prepared))
+        if not prepared:
+            return torch.empty(0, self.model.embed_dim)
+        items = [_Item(job, i, x, int(stages.cost(x))) for i, x in enumerate(prepared)]
+        with self._cond:
+            self.check_admission(len(items))
+            self._queue.extend(items)
+            self._queued += len(items)
+            self._in_flight += 1
+            self._cond.notify()
+        try:
+            return await job.future
+        except asyncio.CancelledError:
+            job.cancelled = True
+            raise
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """Run ``fn()`` on the model thread (between batches) and return its result."""
+        loop = asyncio.get_running_loop()
+        call = _Call(fn, loop, loop.create_future())
+        with self._cond:
+            self.check_admission(1)
+            self._queue.append(call)
+            self._in_flight += 1
+            self._cond.notify()
+        try:
+            return await call.future
+        except asyncio.CancelledError:
+            call.cancelled = True
+            raise
+        finally:
+            with self._cond:
+                self._in_flight -= 1
+
+    # ---------------------------------------------------------------- the model thread
+    def _take(self) -> list[_Item] | _Call | None:
+        """The next window: queued items of the first item's batch key, in order (others keep their place);
+        or the call at the front; ``None`` when stopping with nothing left."""
+        with self._cond:
+            while not self._queue and not self._stopping:
+                self._cond.wait()
+            if not self._queue:
+                return None
+            first = self._queue[0]
+            if isinstance(first, _Call):
+                self._queue.popleft()
+                return first
+            key, taken, others = first.job.stages.key, [], []
+            while self._queue and len(taken) < self.window:
+                item = self._queue[0]
+                if isinstance(item, _Call):
+                    break
+                self._queue.popleft()
+                if item.job.cancelled:
+                    self._queued -= 1
+                elif item.job.stages.key == key:
+                    taken.append(item)
+                    self._queued -= 1
+                else:
+                    others.append(item)
+            self._queue.extendleft(reversed(others))
+            return taken
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                work = self._take()
+                if work is None:
+                    return
+                if isinstance(work, _Call):
+                    self._run_call(work)
+                else:
+                    self._run_window(work)
+        except BaseException as exc:  # the model failed: keep why, fail every waiting request
+            self._fail(f"{type(exc).__name__}: {exc}")
+
+    def _run_call(self, call: _Call) -> None:
+        if call.cancelled:
+            return
+        try:
+            result = call.fn()
+        except Exception as exc:  # the call's own error (bad labels, ...) goes to its request
+            call.loop.call_soon_threadsafe(_settle, call.future, None, exc)
+            return
+        call.loop.call_soon_threadsafe(_settle, call.future, result, None)
+
+    def _run_window(self, items: list[_Item]) -> None:
+        if not items:
+            return
+        stages = items[0].job.stages
+        lengths = np.fromiter((it.cost for it in items), dtype=np.int64, count=len(items))
+        budget = self.max_batch_tokens if stages.modality == "text" else None
+        for rows in plan_batches(lengths, self.max_batch_size, budget):
+            batch = [items[r] for r in rows if not items[r].job.cancelled]
+            if not batch:
+                continue
+            start = time.perf_counter()
+            try:
+                emb = stages.run([it.value for it in batch])
+            except BaseException as exc:
+                for job in {it.job for it in batch}:
+                    job.loop.call_soon_threadsafe(_settle, job.future, None, EngineFailed(
+                        f"{type(exc).__name__}: {exc}"))
+                raise
+            jobs = {it.job for it in batch}
+            self._observe("batch", rows=len(batch), padded_tokens=len(batch) * max(it.cost for it in batch),
+                          requests=len(jobs), seconds=time.perf_counter() - start)
+            for it, row in zip(batch, emb):
+                if it.job.deliver(it.index, row):
+                    it.job.loop.call_soon_threadsafe(_settle, it.job.future, torch.stack(it.job.rows), None)
+
+    def _fail(self, reason: str) -> None:
+        with self._cond:
+            self.failure = reason
+            waiting, self._queue = list(self._queue), deque()
+            self._queued = 0
+        error = EngineFailed(reason)
+        futures = {id(w.job.future if isinstance(w, _Item) else w.future):
+                   (w.job.loop, w.job.future) if isinstance(w, _Item) else (w.loop, w.future) for w in waiting}
+        for loop, future in futures.values():
+            try:
+                loop.call_soon_threadsafe(_settle, future, None, error)
+            except RuntimeError:  # its event loop has closed: nobody waits for it
+                pass
+
+
+def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:
+    """Resolve ``future`` on its loop, unless its request has gone (cancelled)."""
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(result)
+
+
+__all__ = ["Engine", "EngineFailed", "Overloaded"]
