@@ -885,8 +885,10 @@ def plot(r: dict[str, Any], path: Path) -> None:
             label = f"{LABELS[name]}, {kind}"
             ax_t.plot(xs, thr, style, marker="o", color=colors[name], label=label)
             ax_p.plot(xs, p99, style, marker="o", color=colors[name], label=label)
+    ticks = sorted({int(k.split("/")[1]) for k in r["summary"]})
     for ax, title in ((ax_t, "throughput (sentences/s)"), (ax_p, "p99 latency (ms)")):
         ax.set_xscale("log", base=2)
+        ax.set_xticks(ticks, [str(t) for t in ticks])
         ax.set_xlabel("concurrent clients")
         ax.set_title(title)
         ax.grid(alpha=0.3)
