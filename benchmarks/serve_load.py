@@ -89,6 +89,7 @@ LABELS = {"embedhub": "embedhub serve", "infinity": "infinity-emb", "st": "FastA
 DEFAULT_INFINITY_VENV = Path(os.environ.get("INFINITY_VENV", "/work/venvs/infinity"))
 COSINE_MIN = 0.9999
 HERE = Path(__file__).resolve().parent
+NOT_SENT = "not sent (connection cap)"
 
 
 # ---------------------------------------------------------------------------- texts
@@ -459,7 +460,7 @@ class RawClient:
         conn = self.idle.pop() if self.idle else None
         if conn is None:
             if self.open >= self.max_connections:
-                self.statuses["not sent (connection cap)"] += 1
+                self.statuses[NOT_SENT] += 1
                 return
             self.open += 1
             self.peak_open = max(self.peak_open, self.open)
@@ -526,16 +527,16 @@ class RssSampler(threading.Thread):
     def __init__(self, pid: int, every: float = 0.2) -> None:
         super().__init__(daemon=True)
         self.pid, self.every, self.peak, self.samples = pid, every, 0.0, 0
-        self._stop = threading.Event()
+        self._done = threading.Event()
 
     def run(self) -> None:
-        while not self._stop.is_set():
+        while not self._done.is_set():
             self.peak = max(self.peak, tree_rss_mib(self.pid))
             self.samples += 1
-            self._stop.wait(self.every)
+            self._done.wait(self.every)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._done.set()
         self.join()
 
 
@@ -578,7 +579,8 @@ def overload(server: Server, texts: dict[str, Any], check: tuple[list[str], np.n
     p50_ok, p99_ok = percentiles(client.lat_ok)
     p50_429, p99_429 = percentiles(client.lat_429)
     statuses = dict(client.statuses)
-    bad = {k: v for k, v in statuses.items() if k not in ("200", "429")}
+    capped = statuses.get(NOT_SENT, 0)  # the generator's limit, not the server's answer
+    bad = {k: v for k, v in statuses.items() if k not in ("200", "429", NOT_SENT)}
     ok = statuses.get("200", 0)
     result = {
         "server": server.name, "texts": kind, "per_request": args.per_request, "single": single,
@@ -598,7 +600,7 @@ def overload(server: Server, texts: dict[str, Any], check: tuple[list[str], np.n
         "RSS peak <= before + 300 MB": rss["peak"] - rss["before"] <= 300e6 / 2**20,
         "answers normally after": (set(after["errors"]) == set() and after["ok"] > 0
                                    and after_check.get("min", 0.0) > COSINE_MIN),
-        f"generator reached {args.overload_factor:g}x": gen["achieved_rate"] >= 0.95 * rate,
+        f"generator sent {args.overload_factor:g}x on schedule": gen["achieved_rate"] >= 0.95 * rate and not capped,
     }  # fmt: skip
     return result
 
@@ -956,7 +958,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "can send 10x of)")  # fmt: skip
     p.add_argument("--overload-factor", type=float, default=10.0, help="x the sustainable request rate (10)")
     p.add_argument("--overload-seconds", type=float, default=30.0, help="seconds of overload (30)")
-    p.add_argument("--overload-connections", type=int, default=1000, help="connections the generator may open (1000)")
+    p.add_argument("--overload-connections", type=int, default=4096,
+                   help="connections the generator may open (4096)")
     p.add_argument("--plot", type=Path, default=None, help="write a chart of throughput and p99 (PNG)")
     add_data_option(p)
     args = harness.parse_with_json(p, argv, "duration", "reps", "per_request", "threads", "n_short", "n_long",

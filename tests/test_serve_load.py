@@ -92,5 +92,5 @@ def test_open_loop_refuses_beyond_its_connection_cap(server):
     client = serve_load.RawClient(server.port, server.path, max_connections=2, timeout=2.0)
     serve_load.run_async(serve_load.open_loop(client, _bodies(["slow"]), rate=40.0, seconds=0.25))
     assert client.statuses["200"] == 2
-    assert client.statuses["not sent (connection cap)"] == 8
+    assert client.statuses[serve_load.NOT_SENT] == 8
     assert client.peak_open == 2
