@@ -90,6 +90,7 @@ DEFAULT_INFINITY_VENV = Path(os.environ.get("INFINITY_VENV", "/work/venvs/infini
 COSINE_MIN = 0.9999
 HERE = Path(__file__).resolve().parent
 NOT_SENT = "not sent (connection cap)"
+IDLE_S = 2.0  # the open-loop generator reuses a keep-alive connection idle at most this long (uvicorn closes at 5 s)
 
 
 # ---------------------------------------------------------------------------- texts
@@ -423,13 +424,14 @@ def direct_p50(model: Any, texts: list[str], seconds: float, max_calls: int = 50
 
 # ---------------------------------------------------------------------------- open-loop overload
 class RawClient:
-    """A lean HTTP/1.1 client for the open-loop generator: keep-alive connections reused from an idle list, new ones
-    opened up to ``max_connections``; each request bounded by ``timeout`` seconds (connecting included)."""
+    """A lean HTTP/1.1 client for the open-loop generator: keep-alive connections reused from an idle list (when idle
+    under ``IDLE_S``), new ones opened up to ``max_connections``; each request bounded by ``timeout`` seconds
+    (connecting included)."""
 
     def __init__(self, port: int, path: str, max_connections: int, timeout: float) -> None:
         self.port, self.max_connections, self.timeout = port, max_connections, timeout
         self.head = f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
-        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter]] = []
+        self.idle: list[tuple[tuple[asyncio.StreamReader, asyncio.StreamWriter], float]] = []  # (conn, idle since)
         self.open = 0
         self.peak_open = 0
         self.statuses: Counter[str] = Counter()
@@ -457,7 +459,12 @@ class RawClient:
         return status, headers.get("connection", "").lower() != "close", conn
 
     async def send(self, body: bytes) -> None:
-        conn = self.idle.pop() if self.idle else None
+        conn = None
+        while self.idle and conn is None:  # a connection idle past IDLE_S may be closing on the server's side
+            conn, since = self.idle.pop()
+            if time.monotonic() - since > IDLE_S:
+                self._drop(conn)
+                conn = None
         if conn is None:
             if self.open >= self.max_connections:
                 self.statuses[NOT_SENT] += 1
@@ -480,7 +487,7 @@ class RawClient:
         self.statuses[status] += 1
         (self.lat_ok if status == "200" else self.lat_429 if status == "429" else []).append(dt)
         if keep:
-            self.idle.append(conn)
+            self.idle.append((conn, time.monotonic()))
         else:
             self._drop(conn)
 
@@ -490,7 +497,7 @@ class RawClient:
             conn[1].close()
 
     def close(self) -> None:
-        for _, writer in self.idle:
+        for (_, writer), _since in self.idle:
             writer.close()
         self.idle.clear()
 
