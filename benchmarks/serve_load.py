@@ -17,9 +17,12 @@ connection each) sending ``--per-request`` texts per request for ``--duration`` 
 Per server and setting: sentences/s (of 200 answers), p50 and p99 latency in ms (200 answers, client side,
 connection included), the other answers by status, the CPU the client (this process), the server and everything
 else took (in cores), the server's RSS. The ratios embedhub / infinity and embedhub / st-server are the medians of
-the per-repetition ratios. The direct baseline: ``embedhub.load(folder).encode(text)`` in this process, one short
-text per call, measured right before embedhub serve's 1-client short setting; the table shows embedhub serve's
-1-client p50 minus that p50 (the HTTP, JSON and scheduling cost of one request).
+the per-repetition ratios. Every figure is also given over the quiet repetitions only (other processes took at most
+0.2 cores meanwhile; on a shared machine the others are what decides the figures). The direct baseline:
+``embedhub.load(folder).encode(text)`` in this process, one short text per call, measured right before embedhub
+serve's 1-client short setting; the report gives embedhub serve's 1-client p50 minus that p50 per repetition (the
+HTTP, JSON and scheduling cost of one request), and the p50 of ``GET /health`` on the same kind of client (the HTTP
+round trip alone, no model work).
 
 **Overload** (``--overload``): against one server (``--overload-server``, default embedhub): its sustainable rate
 (closed loop, 64 clients, ``--overload-texts``), its p99 there and at 1 client; then an open-loop generator sends
@@ -423,6 +426,24 @@ def direct_p50(model: Any, texts: list[str], seconds: float, max_calls: int = 50
     return {"calls": len(lat), "p50_ms": p50, "p99_ms": p99}
 
 
+def health_p50(server: Server, calls: int = 200) -> float:
+    """p50 in ms of ``GET /health`` on one keep-alive connection (``httpx.AsyncClient``, as the load): the HTTP round
+    trip with no model work, the floor under any request's latency."""
+    import httpx
+
+    async def go() -> list[float]:
+        lat = []
+        async with httpx.AsyncClient(trust_env=False, timeout=10.0) as c:
+            for i in range(calls + 10):
+                t = time.perf_counter()
+                (await c.get(server.base + server.health_path)).raise_for_status()
+                if i >= 10:
+                    lat.append(time.perf_counter() - t)
+        return lat
+
+    return percentiles(run_async(go()))[0]
+
+
 def direct_watched(model: Any, texts: list[str], seconds: float) -> dict[str, float]:
     """:func:`direct_p50`, with the CPU other processes took meanwhile (``others``, cores)."""
     with harness.CpuWatch() as watch:
@@ -733,7 +754,8 @@ def closed_loop_matrix(servers: dict[str, Server], texts: dict[str, Any], kinds:
                 for clients in args.clients:
                     for name in rotated:
                         if name == "embedhub" and clients == 1 and kind == "short" and direct_model is not None:
-                            direct.append(direct_watched(direct_model, texts["short"], min(args.duration, 5.0)))
+                            direct.append({**direct_watched(direct_model, texts["short"], min(args.duration, 5.0)),
+                                           "health_p50_ms": health_p50(servers[name])})
                         bar.set_postfix_str(f"rep {rep + 1} {kind} {clients} clients {name}")
                         out = measure(servers[name], bodies[kind], clients, args)
                         runs.append({"server": name, "texts": kind, "clients": clients, "rep": rep, **out})
@@ -806,6 +828,7 @@ def summarise(runs: list[dict[str, Any]], direct: list[dict[str, float]], kinds:
         out["serve_minus_direct_p50_ms_per_rep"] = [g for g, _ in gaps]
         out["quiet_serve_minus_direct_p50_ms"] = med([g for g, q in gaps if q])
         out["quiet_gap_reps"] = sum(q for _, q in gaps)
+        out["health_p50_ms"] = med([d["health_p50_ms"] for d in direct if "health_p50_ms" in d])
         gap = out["quiet_serve_minus_direct_p50_ms"]
         if gap == gap:
             goals["1 client: embedhub serve p50 - direct encode p50 <= 2 ms (quiet reps)"] = gap <= 2.0
@@ -883,7 +906,8 @@ def report(r: dict[str, Any]) -> None:
             print(f"\ndirect embedhub.load(folder).encode(text), one short text: p50 {r['direct_p50_ms']:.2f} ms; "
                   f"embedhub serve at 1 client minus direct, per rep: {per_rep} ms; median "
                   f"{r['serve_minus_direct_p50_ms']:+.2f} ms; over the {r['quiet_gap_reps']} quiet reps "
-                  f"{r['quiet_serve_minus_direct_p50_ms']:+.2f} ms")  # fmt: skip
+                  f"{r['quiet_serve_minus_direct_p50_ms']:+.2f} ms; GET /health round trip (no model) p50 "
+                  f"{r.get('health_p50_ms', float('nan')):.2f} ms")  # fmt: skip
         for goal, met in r["goals"].items():
             print(f"goal {'MET' if met else 'NOT MET'}: {goal}")
     if "overload" in r:
@@ -915,7 +939,8 @@ def report(r: dict[str, Any]) -> None:
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
-    """Throughput and p99 against the client count, a line per server (solid short texts, dashed long)."""
+    """Throughput and p99 against the client count, a line per server (solid short texts, dashed long): medians
+    over the quiet repetitions of a setting, over all where none was quiet."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -929,8 +954,9 @@ def plot(r: dict[str, Any], path: Path) -> None:
             continue
         xs = [int(k.split("/")[1]) for k in keys]
         for name in r["summary"][keys[0]]:
-            thr = [r["summary"][k][name]["sentences_per_s"] for k in keys]
-            p99 = [r["summary"][k][name]["p99_ms"] for k in keys]
+            cells = [r["summary"][k][name] for k in keys]  # the quiet repetitions' medians where there are any
+            thr = [c["quiet_sentences_per_s"] if c.get("quiet_reps") else c["sentences_per_s"] for c in cells]
+            p99 = [c["quiet_p99_ms"] if c.get("quiet_reps") else c["p99_ms"] for c in cells]
             label = f"{LABELS[name]}, {kind}"
             ax_t.plot(xs, thr, style, marker="o", color=colors[name], label=label)
             ax_p.plot(xs, p99, style, marker="o", color=colors[name], label=label)
