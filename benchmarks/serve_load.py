@@ -596,13 +596,14 @@ def overload(server: Server, texts: dict[str, Any], check: tuple[list[str], np.n
     client = RawClient(server.port, server.path, args.overload_connections, args.request_timeout)
     sampler = RssSampler(pid)
     sampler.start()
-    wall0, own0, srv0 = time.perf_counter(), time.process_time(), tree_cpu_s(pid)
+    wall0, own0, srv0, busy0 = time.perf_counter(), time.process_time(), tree_cpu_s(pid), machine_busy_s()
     try:
         gen = run_async(open_loop(client, bodies, rate, args.overload_seconds))
     finally:
         sampler.stop()
     wall = time.perf_counter() - wall0
-    cpu = {"client": (time.process_time() - own0) / wall, "server": (tree_cpu_s(pid) - srv0) / wall}
+    own, srv = time.process_time() - own0, tree_cpu_s(pid) - srv0
+    cpu = {"client": own / wall, "server": srv / wall, "others": max(machine_busy_s() - busy0 - own - srv, 0.0) / wall}
     alive_during = server.proc.poll() is None
     time.sleep(3.0)
     rss_after = tree_rss_mib(pid)
@@ -929,7 +930,9 @@ def report(r: dict[str, Any]) -> None:
               f"{o['p99_429_ms']:.1f} ms")  # fmt: skip
         print(f"  server RSS: before {rss['before']:.0f} MiB, peak {rss['peak']:.0f} MiB "
               f"({rss['peak'] - rss['before']:+.0f}), after {rss['after']:.0f} MiB; CPU during: client "
-              f"{o['cpu_cores']['client']:.2f}, server {o['cpu_cores']['server']:.2f} cores")  # fmt: skip
+              f"{o['cpu_cores']['client']:.2f}, server {o['cpu_cores']['server']:.2f}, other processes "
+              f"{o['cpu_cores']['others']:.2f} cores (during 1 client / 64 clients: "
+              f"{o['single']['cpu_cores']['others']:.2f} / {o['sustained']['cpu_cores']['others']:.2f})")  # fmt: skip
         af, ac = o["after"], o["after_check"]
         print(f"  after: 1 client {af['ok']} x 200, errors {_errors(af['errors'])}, p50 {af['p50_ms']:.1f} ms; "
               f"vectors {ac}")  # fmt: skip
