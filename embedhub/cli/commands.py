@@ -424,7 +424,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.backend is not None:
         load_options["backend"] = args.backend
     serve(models, host=args.host, port=args.port, engine=args.engine, replicas=args.replicas, address=args.address,
-          threads=args.threads, api_key=api_key, auth_all=args.auth_all, limits=limits,
+          threads=args.threads, graceful_seconds=args.graceful_timeout, api_key=api_key, auth_all=args.auth_all,
+          limits=limits, max_connections=args.max_connections,
           max_batch_tokens=args.max_batch_tokens, max_batch_size=args.max_batch_size, max_queue=args.max_queue,
+          max_queue_wait=args.max_queue_wait,
           workers_tokenize=args.workers_tokenize, load_options=load_options)
     return 0

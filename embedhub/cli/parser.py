@@ -34,7 +34,34 @@ def _int_from(low: int, bound: str) -> Callable[[str], int]:
 
 
 _positive_int = _int_from(1, "at least 1")
+
+
+def _positive_float(text: str) -> float:
+    """An argparse ``type``: a finite number above 0.
+
+    >>> _positive_float("0.5")
+    0.5
+    """
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number above 0")
+    return value
 _column = _int_from(0, "0 or more (columns count from 0)")
+
+
+def _port(text: str) -> int:
+    """An argparse ``type``: a TCP port, 0 to 65535.
+
+    >>> _port("8080")
+    8080
+    """
+    value = _int_from(0, "0 or more")(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0 to 65535)")
+    return value
 
 
 _INPUT_HELP = (
@@ -213,7 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     srv.add_argument("--threads", type=_positive_int, default=None,
                      help="CPU threads of the model (torch intra-op, or ONNX Runtime) (default: all cores)")
     srv.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    srv.add_argument("--port", type=int, default=8080, help="port (default: 8080)")
+    srv.add_argument("--port", type=_port, default=8080, help="port, 0-65535 (0: any free port) (default: 8080)")
+    srv.add_argument("--max-connections", type=_positive_int, default=1024,
+                     help="connections and requests served at once; beyond, new ones get 503 (default: 1024)")
     srv.add_argument("--api-key", default=None,
                      help="require 'Authorization: Bearer KEY' (default: $EMBEDHUB_API_KEY; none: open)")
     srv.add_argument("--auth-all", action="store_true", help="/health and /metrics need the key too")
@@ -228,6 +257,12 @@ def build_parser() -> argparse.ArgumentParser:
             ("--max-image-bytes", 10 << 20, "bytes per image"),
             ("--max-image-pixels", 40_000_000, "pixels per decoded image")):
         srv.add_argument(flag, type=_positive_int, default=default, help=f"{text} (default: {default})")
+    srv.add_argument("--max-queue-wait", type=_positive_float, default=2.0,
+                     help="seconds of model work that may wait per model (estimated from the measured rate); beyond, "
+                     "requests get 429, so accepted requests keep a bounded latency under overload: set it to your "
+                     "latency budget (default: 2)")
+    srv.add_argument("--graceful-timeout", type=_positive_float, default=30.0,
+                     help="seconds SIGTERM waits for the requests in flight before cutting them off (default: 30)")
     srv.add_argument("--allow-image-urls", action="store_true",
                      help="also fetch http(s) image URLs (bounded by --max-image-bytes, 10 s); off by default: a "
                      "server that fetches URLs can be made to reach hosts only it can reach")

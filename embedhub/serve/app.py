@@ -36,6 +36,8 @@ Request = require("starlette.requests", "serve", "embedhub serve").Request  # re
 
 log = logging.getLogger("embedhub.serve")
 
+#: bodies (and responses) larger than this are parsed (and written) on a worker thread, off the event loop
+_OFFLOAD_BYTES = 256 << 10
 #: the fingerprint id of the vectors of a response
 FINGERPRINT_HEADER = "X-Embedhub-Fingerprint"
 _DATA_URI = re.compile(r"^data:(image/[A-Za-z0-9.+-]+)?(;[A-Za-z0-9=.+-]+)*;base64,", re.IGNORECASE)
@@ -45,7 +47,8 @@ _DATA_URI = re.compile(r"^data:(image/[A-Za-z0-9.+-]+)?(;[A-Za-z0-9=.+-]+)*;base
 class Limits:
     """What one request may hold. ``max_body_bytes``: the JSON body; ``max_items``: inputs per request
     (OpenAI's 2048); ``max_text_chars``: characters per text; ``max_image_bytes`` and ``max_image_pixels``:
-    per image (decoded); ``url_timeout``: seconds to fetch an image URL (with ``allow_image_urls``)."""
+    per image (decoded); ``url_timeout``: seconds to fetch a request's image URLs (with ``allow_image_urls``);
+    ``body_timeout``: seconds to receive a request body (408 beyond)."""
 
     max_body_bytes: int = 8 << 20
     max_items: int = 2048
@@ -54,6 +57,7 @@ class Limits:
     max_image_pixels: int = 40_000_000
     url_timeout: float = 10.0
     allow_image_urls: bool = False
+    body_timeout: float = 30.0
 
 
 class APIError(Exception):
@@ -130,6 +134,8 @@ class ServeState:
         self.load_options = load_options
         self.models = {name: _Served(name, src, engine_options, self.metrics) for name, src in models.items()}
         self.pool = ThreadPoolExecutor(max_workers=workers_tokenize, thread_name_prefix="embedhub-tokenize")
+        #: image URLs are fetched on threads of their own, so a slow host cannot hold up tokenising
+        self.url_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="embedhub-fetch")
         self._loader: threading.Thread | None = None
         self._start_lock = threading.Lock()
         self.draining = False
@@ -152,14 +158,15 @@ class ServeState:
             if served.engine is not None:
                 served.engine.stop()
         self.pool.shutdown(wait=False)
+        self.url_pool.shutdown(wait=False)
 
     def check_key(self, authorization: str | None) -> None:
         """401 unless the request carries ``Authorization: Bearer <key>`` (compared in constant time)."""
         if self.api_key is None:
             return
-        given = (authorization or "").encode("utf-8", "replace")
-        expected = b"Bearer " + self.api_key
-        if not secrets.compare_digest(given, expected):
+        scheme, _, token = (authorization or "").strip().partition(" ")
+        given = token.strip().encode("utf-8", "replace") if scheme.lower() == "bearer" else b""
+        if not secrets.compare_digest(given, self.api_key):
             raise APIError(401, "Incorrect or missing API key: send the header 'Authorization: Bearer <key>'",
                            code="invalid_api_key")
 
@@ -176,14 +183,16 @@ class ServeState:
             raise APIError(503, f"The model {name!r} is still loading; retry shortly", type="server_error",
                            code="model_loading", headers={"Retry-After": "5"})
         if state == "failed":
-            raise APIError(503, f"The model {name!r} is unavailable: {reason}", type="server_error",
-                           code="engine_failed")
+            why = "failed to load (the server's log and /health say why)" if served.engine is None else \
+                f"is unavailable: {reason}"
+            raise APIError(503, f"The model {name!r} {why}", type="server_error", code="engine_failed")
         return served
 
 
 # -------------------------------------------------------------------- request parsing
-async def read_json(request: Any, limit: int) -> dict[str, Any]:
-    """The request's JSON object, read up to ``limit`` bytes (413 beyond; 400 when not a JSON object)."""
+async def read_json(request: Any, limit: int, timeout: float = 30.0) -> dict[str, Any]:
+    """The request's JSON object, read up to ``limit`` bytes within ``timeout`` seconds (413 / 408 beyond; 400
+    when not a JSON object). A large body is parsed off the event loop."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -192,13 +201,23 @@ async def read_json(request: Any, limit: int) -> dict[str, Any]:
             raise APIError(413, f"The request body has {int(declared)} bytes; this server takes at most {limit}",
                            code="request_too_large")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > limit:
-            raise APIError(413, f"The request body is over {limit} bytes, the most this server takes",
-                           code="request_too_large")
+
+    async def receive() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > limit:
+                raise APIError(413, f"The request body is over {limit} bytes, the most this server takes",
+                               code="request_too_large")
+
     try:
-        data = json.loads(bytes(body))
+        await asyncio.wait_for(receive(), timeout)
+    except asyncio.TimeoutError:
+        raise APIError(408, f"The request body did not arrive within {timeout:g} s", code="request_timeout") from None
+    try:
+        if len(body) > _OFFLOAD_BYTES:
+            data = await asyncio.get_running_loop().run_in_executor(None, json.loads, bytes(body))
+        else:
+            data = json.loads(bytes(body))
     except (ValueError, RecursionError) as exc:
         raise APIError(400, f"The body is not valid JSON: {str(exc)[:200]}") from None
     if not isinstance(data, dict):
@@ -223,11 +242,11 @@ def parse_text_input(value: Any, limits: Limits) -> tuple[list[str] | None, list
     if not isinstance(value, list) or not value:
         shown = "an empty list" if value == [] else json.dumps(value)[:100] if value is not None else "missing"
         raise APIError(400, f"'input' must be {what}; got {shown}", param="input")
-    if len(value) > limits.max_items:
+    if all(isinstance(x, int) and not isinstance(x, bool) for x in value):  # one input as token ids
+        value = [value]
+    elif len(value) > limits.max_items:
         raise APIError(400, f"'input' has {len(value)} items; at most {limits.max_items} per request",
                        param="input", code="too_many_inputs")
-    if all(isinstance(x, int) and not isinstance(x, bool) for x in value):
-        return None, [value]
     if all(isinstance(x, str) for x in value):
         for i, x in enumerate(value):
             if not x:
@@ -240,17 +259,17 @@ def parse_text_input(value: Any, limits: Limits) -> tuple[list[str] | None, list
         for i, row in enumerate(value):
             if not row:
                 raise APIError(400, f"input[{i}] is an empty list of token ids", param="input")
+            if len(row) > limits.max_text_chars:
+                raise APIError(400, f"input[{i}] has {len(row)} token ids; at most {limits.max_text_chars}",
+                               param="input", code="input_too_long")
             for j, t in enumerate(row):
                 if isinstance(t, bool) or not isinstance(t, int):
                     raise APIError(400, f"input[{i}][{j}] must be a token id (an integer), got "
                                    f"{json.dumps(t)[:60]}", param="input")
-            if len(row) > limits.max_text_chars:
-                raise APIError(400, f"input[{i}] has {len(row)} token ids; at most {limits.max_text_chars}",
-                               param="input", code="input_too_long")
         return None, value
-    bad = next(i for i, x in enumerate(value) if not isinstance(x, type(value[0])) or isinstance(x, bool))
-    raise APIError(400, f"'input' must be {what}; input[{bad}] is {json.dumps(value[bad])[:60]}, unlike input[0]",
-                   param="input")
+    kind = str if isinstance(value[0], str) else list
+    bad = next((i for i, x in enumerate(value) if not isinstance(x, kind)), 0)
+    raise APIError(400, f"'input' must be {what}; input[{bad}] is {json.dumps(value[bad])[:60]}", param="input")
 
 
 def parse_image_input(value: Any, limits: Limits) -> list[str]:
@@ -271,6 +290,10 @@ def decode_image(item: str, index: int, limits: Limits) -> bytes:
     m = _DATA_URI.match(item[:200])
     if m is not None:
         payload = item[m.end():]
+        if len(payload) > (limits.max_image_bytes * 4) // 3 * 1.05 + 4:  # line breaks of wrapped base64 allowed
+            raise APIError(413, f"input[{index}] is over {limits.max_image_bytes} bytes, the most per image",
+                           param="input", code="image_too_large")
+        payload = "".join(payload.split())
         if len(payload) > (limits.max_image_bytes * 4) // 3 + 4:
             raise APIError(413, f"input[{index}] is over {limits.max_image_bytes} bytes, the most per image",
                            param="input", code="image_too_large")
@@ -279,45 +302,92 @@ def decode_image(item: str, index: int, limits: Limits) -> bytes:
         except (binascii.Error, ValueError):
             raise APIError(400, f"input[{index}] is not valid base64 after its 'data:...;base64,' prefix",
                            param="input") from None
-    if item.startswith(("http://", "https://")):
-        if not limits.allow_image_urls:
-            raise APIError(400, f"input[{index}] is a URL; this server fetches no URLs (start it with "
-                           "--allow-image-urls to allow them); send the image as a data URI", param="input",
-                           code="image_urls_off")
-        return _fetch(item, index, limits)
     raise APIError(400, f"input[{index}] must be a data URI ('data:image/png;base64,...')"
                    + (" or an http(s) URL" if limits.allow_image_urls else ""), param="input")
 
 
-def _fetch(url: str, index: int, limits: Limits) -> bytes:
-    """GET an image URL: at most ``max_image_bytes`` within ``url_timeout`` seconds, 3 redirects."""
+def _public_host(url: str, index: int) -> None:
+    """Refuse a URL whose host resolves to a loopback, private, link-local or otherwise non-public address."""
+    import ipaddress
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise APIError(400, f"input[{index}]: only http(s) URLs with a host are fetched", param="input")
+    try:
+        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+                                   proto=socket.IPPROTO_TCP)
+    except (OSError, UnicodeError):
+        raise APIError(400, f"input[{index}]: the URL's host does not resolve", param="input") from None
+    for info in infos:
+        address = ipaddress.ip_address(info[4][0].split("%")[0])
+        if not address.is_global or address.is_multicast:
+            raise APIError(400, f"input[{index}]: the URL's host is not a public address; this server fetches "
+                           "public URLs only", param="input", code="image_url_refused")
+
+
+def _fetch(url: str, index: int, limits: Limits, deadline: float) -> bytes:
+    """GET an image URL of a public host: at most ``max_image_bytes`` before ``deadline`` (``time.monotonic``),
+    following at most 3 redirects, each checked as the first URL."""
     import httpx
 
-    deadline = time.monotonic() + limits.url_timeout
     try:
-        with httpx.Client(timeout=limits.url_timeout, follow_redirects=True, max_redirects=3) as client:
-            with client.stream("GET", url) as resp:
-                if resp.status_code != 200:
-                    raise APIError(400, f"input[{index}]: fetching the URL gave HTTP {resp.status_code}",
-                                   param="input")
-                data = bytearray()
-                for chunk in resp.iter_bytes():
-                    data += chunk
-                    if len(data) > limits.max_image_bytes:
-                        raise APIError(413, f"input[{index}]: the image at the URL is over "
-                                       f"{limits.max_image_bytes} bytes", param="input", code="image_too_large")
-                    if time.monotonic() > deadline:
-                        raise APIError(400, f"input[{index}]: fetching the URL took over {limits.url_timeout} s",
+        with httpx.Client(timeout=limits.url_timeout, follow_redirects=False) as client:
+            for _ in range(4):
+                _public_host(url, index)
+                with client.stream("GET", url) as resp:
+                    if resp.is_redirect and "location" in resp.headers:
+                        url = str(resp.url.join(resp.headers["location"]))
+                        continue
+                    if resp.status_code != 200:
+                        raise APIError(400, f"input[{index}]: fetching the URL gave HTTP {resp.status_code}",
                                        param="input")
-                return bytes(data)
+                    data = bytearray()
+                    for chunk in resp.iter_bytes():
+                        data += chunk
+                        if len(data) > limits.max_image_bytes:
+                            raise APIError(413, f"input[{index}]: the image at the URL is over "
+                                           f"{limits.max_image_bytes} bytes", param="input", code="image_too_large")
+                        if time.monotonic() > deadline:
+                            raise APIError(400, f"input[{index}]: fetching the URL took over "
+                                           f"{limits.url_timeout:g} s", param="input")
+                    return bytes(data)
+            raise APIError(400, f"input[{index}]: the URL redirects more than 3 times", param="input")
     except httpx.HTTPError as exc:
         raise APIError(400, f"input[{index}]: the URL could not be fetched ({type(exc).__name__})",
                        param="input") from None
 
 
-def _item_error(exc: Exception) -> APIError:
+async def image_bytes(uris: list[str], limits: Limits, pool: ThreadPoolExecutor) -> tuple[list[bytes], set[int]]:
+    """The bytes of each image of a request (data URIs decoded; URLs fetched on ``pool``, the threads kept for
+    URLs, all within ``url_timeout`` seconds) and the indices that came from URLs."""
+    loop = asyncio.get_running_loop()
+    urls = {i for i, u in enumerate(uris) if u.startswith(("http://", "https://"))}
+    if urls and not limits.allow_image_urls:
+        i = min(urls)
+        raise APIError(400, f"input[{i}] is a URL; this server fetches no URLs (start it with --allow-image-urls "
+                       "to allow them); send the image as a data URI", param="input", code="image_urls_off")
+    blobs: list[Any] = [None] * len(uris)
+    for i, u in enumerate(uris):
+        if i not in urls:
+            blobs[i] = decode_image(u, i, limits)
+    if urls:
+        deadline = time.monotonic() + limits.url_timeout
+        fetches = [loop.run_in_executor(pool, _fetch, uris[i], i, limits, deadline) for i in sorted(urls)]
+        try:
+            fetched = await asyncio.wait_for(asyncio.gather(*fetches), limits.url_timeout + 1)
+        except asyncio.TimeoutError:
+            raise APIError(400, f"fetching the request's image URLs took over {limits.url_timeout:g} s",
+                           param="input") from None
+        for i, blob in zip(sorted(urls), fetched):
+            blobs[i] = blob
+    return blobs, urls
+
+
+def _item_error(exc: Exception, served: Any = None) -> APIError:
     """An input the model cannot take (422), named as the model named it."""
-    message = str(exc).replace("inputs[", "input[")
+    message = _public(str(exc), served).replace("inputs[", "input[")
     return APIError(422, message, param="input", code="invalid_input")
 
 
@@ -331,6 +401,7 @@ def create_app(
     max_batch_tokens: int = 16384,
     max_batch_size: int = 256,
     max_queue: int = 4096,
+    max_queue_wait: float | None = 2.0,
     workers_tokenize: int = 2,
     load_options: Mapping[str, Any] | None = None,
 ) -> Any:
@@ -339,8 +410,9 @@ def create_app(
     background thread when the app starts (``/health`` answers 503 until they have).
 
     ``api_key``: requests must send ``Authorization: Bearer <key>`` (``/health`` and ``/metrics`` too when
-    ``auth_all``); ``max_batch_tokens`` / ``max_batch_size``: one model batch; ``max_queue``: items waiting per
-    model before requests are refused with 429; ``workers_tokenize``: threads tokenising and decoding requests.
+    ``auth_all``); ``max_batch_tokens`` / ``max_batch_size``: one model batch; ``max_queue`` (items) and
+    ``max_queue_wait`` (seconds of model time, measured): what may wait per model before requests are refused
+    with 429; ``workers_tokenize``: threads tokenising and decoding requests.
 
     >>> app = create_app({"minilm": embedhub.load("all-MiniLM-L6-v2")})   # doctest: +SKIP
     """
@@ -348,6 +420,10 @@ def create_app(
     from fastapi.responses import JSONResponse, Response
     from starlette.exceptions import HTTPException as StarletteHTTPException
 
+    if api_key is not None and (not isinstance(api_key, str) or not api_key.isascii() or not api_key.isprintable()
+                                or " " in api_key or not api_key):
+        raise ArgumentError("api_key must be a non-empty string of printable ASCII without spaces (it travels in an "
+                            "HTTP header)")
     if not isinstance(models, Mapping):
         models = {_served_name(m): m for m in models}
     if not models:
@@ -357,7 +433,7 @@ def create_app(
             raise ArgumentError(f"served model names must be non-empty strings, got {name!r}")
     state = ServeState(dict(models), api_key=api_key, auth_all=auth_all, limits=limits or Limits(),
                        engine_options={"max_batch_tokens": max_batch_tokens, "max_batch_size": max_batch_size,
-                                       "max_queue": max_queue},
+                                       "max_queue": max_queue, "max_wait": max_queue_wait},
                        load_options=dict(load_options or {}), workers_tokenize=workers_tokenize)
 
     from contextlib import asynccontextmanager
@@ -435,7 +511,7 @@ def create_app(
     @app.post("/v1/embeddings")
     async def embeddings(request: Request) -> Any:
         state.check_key(request.headers.get("authorization"))
-        data = await read_json(request, state.limits.max_body_bytes)
+        data = await read_json(request, state.limits.max_body_bytes, state.limits.body_timeout)
         served = state.served(data.get("model"))
         modality = _field(data, "modality", (str,), "'text' or 'image'", "text")
         if modality not in ("text", "image"):
@@ -458,9 +534,10 @@ def create_app(
         try:
             stages = served.stages(modality, role, prompt_name)
         except ModalityError as exc:
-            raise APIError(400, f"{served.name}: {exc}", param="modality") from None
+            raise APIError(400, _public(str(exc), served), param="modality") from None
         except ArgumentError as exc:
-            raise APIError(400, str(exc), param="prompt_name" if prompt_name else "input_type") from None
+            param = "prompt_name" if prompt_name else "input_type"
+            raise APIError(400, _public(str(exc), served), param=param) from None
         engine = served.engine
         assert engine is not None
         raw_input = data.get("input")
@@ -469,35 +546,39 @@ def create_app(
         if modality == "image":
             uris = parse_image_input(raw_input, limits)
             _admit(engine, len(uris))
-
-            def prepare_images() -> list[Any]:
-                blobs = [decode_image(u, i, limits) for i, u in enumerate(uris)]
-                return stages.prepare(blobs, max_image_pixels=limits.max_image_pixels)
-
-            prepared = await _prepare(loop, state.pool, prepare_images)
+            blobs, from_urls = await image_bytes(uris, limits, state.url_pool)
+            prepared = await _prepare(loop, state.pool, lambda: stages.prepare(
+                blobs, max_image_pixels=limits.max_image_pixels), from_urls, served)
             tokens = 0
         else:
             texts, ids = parse_text_input(raw_input, limits)
             n = len(texts) if texts is not None else len(ids or [])
             _admit(engine, n)
             fn = (lambda: stages.prepare(texts)) if texts is not None else (lambda: stages.prepare_token_ids(ids))
-            prepared = await _prepare(loop, state.pool, fn)
+            small = texts is not None and len(texts) <= 8 and sum(map(len, texts)) <= _INLINE_CHARS
+            prepared = await _prepare(loop, None if small else state.pool, fn, served=served)
             tokens = sum(len(x) for x in prepared)
         rows = await _run(request, engine, stages, prepared)
-        vectors = stages.finish(rows, truncate_dim=dims, normalize=True if dims is not None else None)
         metrics.items.labels(served.name, modality).inc(len(prepared))
         fingerprint = stages.fingerprint(truncate_dim=dims, normalize=True if dims is not None else None).id
-        out = [{"object": "embedding", "index": i,
-                "embedding": _b64(v) if fmt == "base64" else v.tolist()} for i, v in enumerate(vectors)]
-        body = {"object": "list", "data": out, "model": served.name,
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+        def write() -> bytes:
+            vectors = stages.finish(rows, truncate_dim=dims, normalize=True if dims is not None else None)
+            out = [{"object": "embedding", "index": i,
+                    "embedding": _b64(v) if fmt == "base64" else v.tolist()} for i, v in enumerate(vectors)]
+            body = {"object": "list", "data": out, "model": served.name,
+                    "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+            return json.dumps(body, separators=(",", ":")).encode()
+
+        big = rows.shape[0] * rows.shape[1] * (4 if fmt == "base64" else 20) > _OFFLOAD_BYTES
+        content = await loop.run_in_executor(None, write) if big else write()
         del width
-        return JSONResponse(body, headers={FINGERPRINT_HEADER: fingerprint})
+        return Response(content, media_type="application/json", headers={FINGERPRINT_HEADER: fingerprint})
 
     @app.post("/v1/zero-shot")
     async def zero_shot(request: Request) -> Any:
         state.check_key(request.headers.get("authorization"))
-        data = await read_json(request, state.limits.max_body_bytes)
+        data = await read_json(request, state.limits.max_body_bytes, state.limits.body_timeout)
         served = state.served(data.get("model"))
         model = served.model
         if not {"text", "image"} <= set(model.modalities):
@@ -514,20 +595,25 @@ def create_app(
                                       or not all(isinstance(x, str) for x in templates) or len(templates) > 100):
             raise APIError(400, "'templates' must be a list of 1 to 100 strings, each with one '{}'",
                            param="templates")
+        texts = len(labels) * len(templates if templates is not None else model.templates)
+        if texts > state.limits.max_items:
+            raise APIError(400, f"labels x templates is {texts} texts; at most {state.limits.max_items} per request",
+                           param="labels", code="too_many_inputs")
         engine = served.engine
         assert engine is not None
         limits = state.limits
-        _admit(engine, len(uris))
+        _admit(engine, len(uris) + texts)
         loop = asyncio.get_running_loop()
+        blobs, from_urls = await image_bytes(uris, limits, state.url_pool)
         images = await _prepare(loop, state.pool, lambda: served.stages("image", None, None).prepare(
-            [decode_image(u, i, limits) for i, u in enumerate(uris)], max_image_pixels=limits.max_image_pixels))
+            blobs, max_image_pixels=limits.max_image_pixels), from_urls, served)
         try:
             probs = await engine.call(lambda: model.zero_shot(images, labels, templates))
         except EngineFailed as exc:
             raise APIError(503, f"{served.name}'s engine failed: {exc}", type="server_error",
                            code="engine_failed") from None
         except (EmbedhubError, ValueError, TypeError) as exc:
-            raise APIError(400, str(exc), param="templates" if templates else "labels") from None
+            raise APIError(400, _public(str(exc), served), param="templates" if templates else "labels") from None
         probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
         return {"object": "list", "model": served.name, "labels": labels,
                 "data": [{"object": "zero_shot", "index": i, "probabilities": p.tolist()} for i, p in
@@ -584,14 +670,26 @@ def _admit(engine: Engine, n: int) -> None:
                        code="engine_failed") from None
 
 
-async def _prepare(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor, fn: Any) -> list[Any]:
-    """Tokenise or decode on a worker thread; the model's input errors become 422s naming the item."""
+#: a request of at most 8 texts and this many characters is tokenised on the event loop (tens of microseconds,
+#: less than the hand-over to a worker thread); larger ones on the tokenising threads
+_INLINE_CHARS = 2000
+
+
+async def _prepare(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor | None, fn: Any,
+                   from_urls: set[int] = frozenset(), served: Any = None) -> list[Any]:
+    """Tokenise or decode on a worker thread (inline when ``pool`` is None); the model's input errors become
+    422s naming the item (for an image fetched from a URL, without quoting what the URL returned)."""
     try:
-        return await loop.run_in_executor(pool, fn)
+        return fn() if pool is None else await loop.run_in_executor(pool, fn)
     except APIError:
         raise
     except (ItemError, EmbedhubError) as exc:
-        raise _item_error(exc) from None
+        index = getattr(exc, "index", None)
+        if index in from_urls:
+            raise APIError(422, f"input[{index}]: what the URL returned is not an image this server decodes (PNG, "
+                           "JPEG, WebP, GIF, BMP or TIFF within the pixel limit)", param="input",
+                           code="invalid_input") from None
+        raise _item_error(exc, served) from None
 
 
 async def _run(request: Any, engine: Engine, stages: Any, prepared: list[Any]) -> Any:
@@ -622,6 +720,16 @@ async def _disconnected(request: Any) -> None:
         message = await request.receive()
         if message.get("type") == "http.disconnect":
             return
+
+
+def _public(message: str, served: Any) -> str:
+    """``message`` with the model's own name (often a folder path of this machine) replaced by its served name."""
+    if served is None:
+        return message
+    for private in {str(getattr(served.model, "name", "")), os.fspath(served.source)
+                    if isinstance(served.source, (str, os.PathLike)) else ""} - {""}:
+        message = message.replace(private, served.name)
+    return message
 
 
 def _b64(vector: np.ndarray) -> str:

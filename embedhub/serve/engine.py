@@ -12,6 +12,7 @@ failure of the model thread is kept and reported (:attr:`Engine.failure`) rather
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections import deque
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from embedhub.errors import ArgumentError
 from embedhub.modules.batching import check_positive_int, plan_batches
 
 
@@ -48,6 +50,8 @@ class _Job:
     rows: list[torch.Tensor | None] = field(default_factory=list)
     remaining: int = 0
     cancelled: bool = False
+    queued: int = 0  # its items still in the engine's queue
+    queued_seconds: float = 0.0
 
     def deliver(self, index: int, row: torch.Tensor) -> bool:
         """Store one row (model thread); True when it was the last."""
@@ -62,6 +66,7 @@ class _Item:
     index: int
     value: Any
     cost: int
+    seconds: float = 0.0  # the model time it is expected to take (cost / the measured rate), 0 before a measure
 
 
 @dataclass(eq=False)
@@ -78,14 +83,17 @@ class Engine:
     """Batches the items of all waiting requests of one model on one model thread.
 
     ``max_batch_tokens``: padded tokens per text batch (rows x longest row); ``max_batch_size``: rows per batch;
-    ``max_queue``: items waiting at most (a request that would go beyond is refused with :class:`Overloaded`,
-    unless the queue is empty: one request larger than the queue still runs alone); ``window``: the items
-    sorted by length together before batches are cut (default: 4 batches' rows). ``observe(event, **values)``
-    receives ``"batch"`` events (rows, padded_tokens, requests, seconds) for metrics.
+    ``max_queue``: items waiting at most; ``max_wait``: seconds of model time the waiting items may take at most,
+    estimated from the rate (tokens or images per second) measured on the full batches (16 rows or more) run
+    so far; before the first, only ``max_queue`` applies. A request that
+    would go beyond either is refused with :class:`Overloaded`, unless the queue is empty (one request larger
+    than the queue still runs alone); so the latency of an accepted request stays bounded under overload.
+    ``window``: the items sorted by length together before batches are cut (default: 4 batches' rows).
+    ``observe(event, **values)`` receives ``"batch"`` events (rows, padded_tokens, requests, seconds).
     """
 
     def __init__(self, model: Any, *, max_batch_tokens: int = 16384, max_batch_size: int = 256,
-                 max_queue: int = 4096, window: int | None = None,
+                 max_queue: int = 4096, max_wait: float | None = 2.0, window: int | None = None,
                  observe: Callable[..., None] | None = None, name: str = "model"):
         self.model = model
         self.name = name
@@ -93,6 +101,12 @@ class Engine:
         self.max_batch_size = check_positive_int("max_batch_size", max_batch_size)
         self.max_queue = check_positive_int("max_queue", max_queue)
         self.window = check_positive_int("window", window or 4 * self.max_batch_size)
+        if max_wait is not None and (isinstance(max_wait, bool) or not isinstance(max_wait, (int, float))
+                                     or not 0 < max_wait < float("inf")):
+            raise ArgumentError(f"max_wait must be a positive number of seconds or None, got {max_wait!r}")
+        self.max_wait = None if max_wait is None else float(max_wait)
+        self._rate: dict[str, float] = {}  # modality -> cost per second of model time (moving average)
+        self._queued_seconds = 0.0
         self._observe = observe or (lambda event, **values: None)
         self._queue: deque[_Item | _Call] = deque()
         self._cond = threading.Condition()
@@ -123,6 +137,11 @@ class Engine:
         return self._queued
 
     @property
+    def queued_seconds(self) -> float:
+        """Model time the waiting items are expected to take (0 until a batch has been measured)."""
+        return max(0.0, self._queued_seconds)
+
+    @property
     def in_flight(self) -> int:
         """Requests submitted and not yet answered."""
         return self._in_flight
@@ -144,6 +163,10 @@ class Engine:
         if self._queued and self._queued + n > self.max_queue:
             raise Overloaded(f"{self.name}: {self._queued} items are waiting and the queue holds {self.max_queue}; "
                              "retry later", retry_after=1)
+        wait = self.queued_seconds
+        if self._queued and self.max_wait is not None and wait > self.max_wait:
+            raise Overloaded(f"{self.name}: the queue holds {wait:.2f} s of work, over the {self.max_wait:g} s "
+                             "a request may wait; retry later", retry_after=max(1, math.ceil(wait)))
 
     # ---------------------------------------------------------------- requests
     async def embed(self, stages: Any, prepared: list[Any]) -> torch.Tensor:
@@ -154,17 +177,25 @@ class Engine:
         job = _Job(stages, len(prepared), loop, loop.create_future(), [None] * len(prepared), len(prepared))
         if not prepared:
             return torch.empty(0, self.model.embed_dim)
-        items = [_Item(job, i, x, int(stages.cost(x))) for i, x in enumerate(prepared)]
+        rate = self._rate.get(stages.modality)
+        items = [_Item(job, i, x, c, c / rate if rate else 0.0)
+                 for i, (x, c) in enumerate(zip(prepared, (int(stages.cost(x)) for x in prepared)))]
         with self._cond:
             self.check_admission(len(items))
             self._queue.extend(items)
-            self._queued += len(items)
+            job.queued, job.queued_seconds = len(items), sum(it.seconds for it in items)
+            self._queued += job.queued
+            self._queued_seconds += job.queued_seconds
             self._in_flight += 1
             self._cond.notify()
         try:
             return await job.future
         except asyncio.CancelledError:
-            job.cancelled = True
+            with self._cond:  # its waiting items stop counting at once (they are dropped when reached)
+                job.cancelled = True
+                self._queued -= job.queued
+                self._queued_seconds -= job.queued_seconds
+                job.queued, job.queued_seconds = 0, 0.0
             raise
         finally:
             with self._cond:
@@ -207,11 +238,14 @@ class Engine:
                 if isinstance(item, _Call):
                     break
                 self._queue.popleft()
-                if item.job.cancelled:
-                    self._queued -= 1
-                elif item.job.stages.key == key:
+                if item.job.cancelled:  # counted off when it was cancelled
+                    continue
+                if item.job.stages.key == key:
                     taken.append(item)
                     self._queued -= 1
+                    self._queued_seconds -= item.seconds
+                    item.job.queued -= 1
+                    item.job.queued_seconds -= item.seconds
                 else:
                     others.append(item)
             self._queue.extendleft(reversed(others))
@@ -253,14 +287,20 @@ class Engine:
             start = time.perf_counter()
             try:
                 emb = stages.run([it.value for it in batch])
-            except BaseException as exc:
-                for job in {it.job for it in batch}:
-                    job.loop.call_soon_threadsafe(_settle, job.future, None, EngineFailed(
-                        f"{type(exc).__name__}: {exc}"))
+            except BaseException as exc:  # every request of the window fails, not only this batch's
+                error = EngineFailed(f"{type(exc).__name__}: {exc}")
+                for job in {it.job for it in items}:
+                    _settle_threadsafe(job.loop, job.future, error)
                 raise
+            seconds = time.perf_counter() - start
             jobs = {it.job for it in batch}
+            cost = sum(it.cost for it in batch)
+            if len(batch) >= min(16, self.max_batch_size):  # the rate of full batches, as a long queue runs them
+                rate = cost / max(seconds, 1e-6)
+                old = self._rate.get(stages.modality)
+                self._rate[stages.modality] = rate if old is None else 0.7 * old + 0.3 * rate
             self._observe("batch", rows=len(batch), padded_tokens=len(batch) * max(it.cost for it in batch),
-                          requests=len(jobs), seconds=time.perf_counter() - start)
+                          requests=len(jobs), seconds=seconds)
             for it, row in zip(batch, emb):
                 if it.job.deliver(it.index, row):
                     it.job.loop.call_soon_threadsafe(_settle, it.job.future, torch.stack(it.job.rows), None)
@@ -269,15 +309,20 @@ class Engine:
         with self._cond:
             self.failure = reason
             waiting, self._queue = list(self._queue), deque()
-            self._queued = 0
+            self._queued, self._queued_seconds = 0, 0.0
         error = EngineFailed(reason)
         futures = {id(w.job.future if isinstance(w, _Item) else w.future):
                    (w.job.loop, w.job.future) if isinstance(w, _Item) else (w.loop, w.future) for w in waiting}
         for loop, future in futures.values():
-            try:
-                loop.call_soon_threadsafe(_settle, future, None, error)
-            except RuntimeError:  # its event loop has closed: nobody waits for it
-                pass
+            _settle_threadsafe(loop, future, error)
+
+
+def _settle_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future, error: BaseException) -> None:
+    """Fail ``future`` from the model thread (nothing to do when its event loop has closed)."""
+    try:
+        loop.call_soon_threadsafe(_settle, future, None, error)
+    except RuntimeError:
+        pass
 
 
 def _settle(future: asyncio.Future, result: Any, error: BaseException | None) -> None:

@@ -20,7 +20,7 @@ def ray_app(models: Mapping[str, Any], *, replicas: int = 1, num_cpus: float | N
             **app_options: Any) -> Any:
     """A bound Ray Serve application of :func:`create_app` (``replicas`` copies, each loading the models
     itself: ``models`` maps served names to model names or folders every replica can reach)."""
-    require("ray.serve", "ray", "embedhub serve --engine ray")
+    require("ray.serve", "serve-ray", "embedhub serve --engine ray")
     from ray import serve
 
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 1:
@@ -46,7 +46,7 @@ def serve_on_ray(models: Mapping[str, Any], *, host: str = "127.0.0.1", port: in
                  address: str | None = None, **app_options: Any) -> None:
     """Start Ray Serve (``address``: a Ray cluster, else a new local instance), deploy :func:`ray_app` at ``/``
     and block until SIGTERM or Ctrl-C, then shut the deployment down."""
-    ray = require("ray", "ray", "embedhub serve --engine ray")
+    ray = require("ray", "serve-ray", "embedhub serve --engine ray")
     from ray import serve
 
     ray.init(address=address, ignore_reinit_error=True, include_dashboard=False)
@@ -57,8 +57,11 @@ def serve_on_ray(models: Mapping[str, Any], *, host: str = "127.0.0.1", port: in
         signal.signal(sig, lambda *_: stop.set())
     print(f"embedhub serve: {replicas} replica(s) on Ray Serve at http://{host}:{port}", flush=True)
     stop.wait()
-    serve.shutdown()
-    ray.shutdown()
+    if address is not None:  # a cluster that outlives this command: remove this application from it
+        done = threading.Thread(target=serve.delete, args=("embedhub",), daemon=True)
+        done.start()
+        done.join(60)
+    ray.shutdown()  # a local instance started above ends with it
 
 
 __all__ = ["ray_app", "serve_on_ray"]

@@ -37,10 +37,11 @@ def parse_model_args(values: list[str]) -> dict[str, str]:
 
 def serve(models: Mapping[str, Any], *, host: str = "127.0.0.1", port: int = 8080, engine: str = "local",
           replicas: int = 1, address: str | None = None, threads: int | None = None, log_level: str = "info",
-          graceful_seconds: float = 30.0, **app_options: Any) -> None:
+          graceful_seconds: float = 30.0, max_connections: int | None = 1024, **app_options: Any) -> None:
     """Serve ``models`` until SIGTERM / Ctrl-C: a SIGTERM stops taking connections, answers the requests in
     flight (up to ``graceful_seconds``), then exits. ``engine="ray"`` runs ``replicas`` copies on Ray Serve
-    (``address``: a Ray cluster; default a local instance). ``app_options`` are :func:`create_app`'s."""
+    (``address``: a Ray cluster; default a local instance). ``max_connections``: connections and requests
+    served at once (uvicorn answers 503 beyond). ``app_options`` are :func:`create_app`'s."""
     if threads is not None:
         import torch
 
@@ -56,7 +57,7 @@ def serve(models: Mapping[str, Any], *, host: str = "127.0.0.1", port: int = 808
     uvicorn = require("uvicorn", "serve", "embedhub serve")
     app = create_app(models, **app_options)
     uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=graceful_seconds,
-                access_log=False)
+                access_log=False, limit_concurrency=max_connections)
 
 
 __all__ = ["Limits", "parse_model_args", "serve"]

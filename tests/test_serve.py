@@ -1,0 +1,713 @@
+"""``embedhub serve`` through real HTTP: the official ``openai`` client against a running server (a
+subprocess, as users start it), concurrency, bad input and faults, SIGTERM, and the engine's cancellation.
+
+Every vector is compared with ``embedhub.load(...).encode(...)`` of the same model in this process."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import io
+import json
+import os
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("fastapi", reason="pip install 'embedhub[serve]'")
+pytest.importorskip("uvicorn", reason="pip install 'embedhub[serve]'")
+pytest.importorskip("prometheus_client", reason="pip install 'embedhub[serve]'")
+httpx = pytest.importorskip("httpx", reason="pip install 'embedhub[serve]'")
+
+KEY = "sk-test-0123456789"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_healthy(url: str, proc: subprocess.Popen | None = None, timeout: float = 180.0, **headers: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"server exited with {proc.returncode}: {proc.stderr.read()[-3000:]}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/health", timeout=2, headers=headers).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise AssertionError(f"{url} not healthy after {timeout} s")
+
+
+@contextlib.contextmanager
+def server_process(*args: str, env: dict[str, str] | None = None):
+    """``embedhub serve ARGS`` as a subprocess on a free port; yields (base url, process)."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "embedhub", "serve", "--port", str(port), "--threads", "1", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", **(env or {})}
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(30)
+
+
+@contextlib.contextmanager
+def running(app):
+    """``app`` under a real uvicorn server in a thread of this process (for tests that reach into it)."""
+    import uvicorn
+
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while not server.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    try:
+        wait_healthy(url)
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(30)
+
+
+def png_bytes(image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def data_uri(blob: bytes, kind: str = "png") -> str:
+    return f"data:image/{kind};base64," + base64.b64encode(blob).decode()
+
+
+def sentences(n: int, seed: int = 0, lengths: tuple[int, ...] = (1, 3, 8, 20, 60, 150)) -> list[str]:
+    """``n`` texts of mixed lengths (``lengths`` words) built from a fixed vocabulary."""
+    rng = np.random.default_rng(seed)
+    words = ("the a man woman dog cat plays guitar runs quickly over bridge river city night music photo of small "
+             "large red green blue eats food table sits under tree sky stars reads book writes letter").split()
+    return [" ".join(rng.choice(words, size=k)) + "." for k in rng.choice(lengths, size=n)]
+
+
+@pytest.fixture(scope="module")
+def clip_model(open_clip_dir):
+    import embedhub
+
+    return embedhub.load(open_clip_dir, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(minilm_path, open_clip_dir):
+    """One server process: all-MiniLM-L6-v2 as 'minilm' and a tiny open_clip model as 'clip', with an API key."""
+    # --max-queue-wait 60: these tests check answers under concurrency on a shared 2-core machine, not shedding
+    with server_process("--model", f"minilm={minilm_path}", "--model", f"clip={open_clip_dir}",
+                        "--max-body-bytes", str(4 << 20), "--max-text-chars", "100000", "--max-queue-wait", "60",
+                        env={"EMBEDHUB_API_KEY": KEY}) as (url, proc):
+        wait_healthy(url, proc)
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    openai = pytest.importorskip("openai", reason="pip install openai")
+    return openai.OpenAI(base_url=f"{server}/v1", api_key=KEY, max_retries=0, timeout=120)
+
+
+def post(url: str, body, *, key: str | None = KEY, raw: bytes | None = None, **kw):
+    headers = {"Authorization": f"Bearer {key}"} if key is not None else {}
+    if raw is not None:
+        return httpx.post(f"{url}/v1/embeddings", content=raw, headers=headers, timeout=60, **kw)
+    return httpx.post(f"{url}/v1/embeddings", json=body, headers=headers, timeout=60, **kw)
+
+
+def assert_openai_error(resp, status: int, *words: str) -> dict:
+    assert resp.status_code == status, resp.text
+    err = resp.json()["error"]
+    assert set(err) == {"message", "type", "param", "code"}
+    for w in words:
+        assert w in err["message"], err["message"]
+    return err
+
+
+# ---------------------------------------------------------------------------- the openai client
+def test_openai_client_float_base64_dimensions_and_2048_inputs(client, minilm):
+    texts = sentences(24, lengths=(1, 3, 8, 20, 60))
+    # the client's default asks for base64 and decodes it; float is asked explicitly
+    for fmt in (None, "float", "base64"):
+        kw = {} if fmt is None else {"encoding_format": fmt}
+        r = client.embeddings.create(model="minilm", input=texts, **kw)
+        if fmt == "base64":  # asked explicitly, the client hands the string over: little-endian float32
+            got = np.stack([np.frombuffer(base64.b64decode(d.embedding), dtype="<f4") for d in r.data])
+        else:
+            got = np.array([d.embedding for d in r.data], dtype=np.float32)
+        assert [d.index for d in r.data] == list(range(len(texts)))
+        np.testing.assert_allclose(got, minilm.encode(texts), atol=1e-6)
+    assert r.model == "minilm" and r.usage.prompt_tokens == sum(len(x) for x in minilm.stages().prepare(texts))
+    one = client.embeddings.create(model="minilm", input="A man is playing a guitar.")
+    np.testing.assert_allclose(one.data[0].embedding, minilm.encode("A man is playing a guitar."), atol=1e-6)
+    r = client.embeddings.create(model="minilm", input=texts[:5], dimensions=64)
+    got = np.array([d.embedding for d in r.data])
+    assert got.shape == (5, 64)
+    np.testing.assert_allclose(got, minilm.encode(texts[:5], truncate_dim=64, normalize=True), atol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-6)  # renormalised after truncation
+    many = sentences(2048, seed=1, lengths=(1, 2, 4, 8))
+    r = client.embeddings.create(model="minilm", input=many)  # base64 on the wire, decoded by the client
+    assert len(r.data) == 2048
+    np.testing.assert_allclose(np.array([d.embedding for d in r.data]), minilm.encode(many), atol=1e-6)
+
+
+def test_token_id_inputs_equal_the_text(client, minilm):
+    texts = ["A man is playing a guitar.", "hello world", " ".join(["word"] * 400)]  # the last is truncated
+    tok = minilm.stages()._pre.tokenizer
+    ids = [tok.encode(t, add_special_tokens=False).ids for t in texts]
+    r = client.embeddings.create(model="minilm", input=ids, encoding_format="float")
+    np.testing.assert_allclose(np.array([d.embedding for d in r.data]), minilm.encode(texts), atol=1e-6)
+    r = client.embeddings.create(model="minilm", input=ids[0], encoding_format="float")  # one token list
+    np.testing.assert_allclose(r.data[0].embedding, minilm.encode(texts[0]), atol=1e-6)
+    long = " ".join(["music"] * 3000)  # one input of 3000 token ids (more than 2048): truncated like the text
+    r = client.embeddings.create(model="minilm", input=tok.encode(long, add_special_tokens=False).ids,
+                                 encoding_format="float")
+    assert len(r.data) == 1
+    np.testing.assert_allclose(r.data[0].embedding, minilm.encode(long), atol=1e-6)
+
+
+def test_images_two_models_zero_shot_models_and_fingerprint(client, server, clip_model, minilm, photos):
+    blobs = [png_bytes(p.resize((48, 40))) for p in photos[:3]]
+    r = client.embeddings.create(model="clip", input=[data_uri(b) for b in blobs], encoding_format="float",
+                                 extra_body={"modality": "image"})
+    np.testing.assert_allclose(np.array([d.embedding for d in r.data]), clip_model.encode_image(blobs), atol=1e-6)
+    # the same route serves the other model's texts, each model by its name
+    r = client.embeddings.create(model="clip", input=["a photo of a cat"], encoding_format="float")
+    np.testing.assert_allclose(r.data[0].embedding, clip_model.encode_text(["a photo of a cat"])[0], atol=1e-6)
+    raw = client.embeddings.with_raw_response.create(model="minilm", input="hi")
+    assert raw.headers["x-embedhub-fingerprint"] == minilm.fingerprint.id
+    raw = client.embeddings.with_raw_response.create(model="minilm", input="hi", dimensions=32)
+    assert raw.headers["x-embedhub-fingerprint"] == minilm.fingerprint_for(truncate_dim=32, normalize=True).id
+    assert raw.headers["x-embedhub-fingerprint"] != minilm.fingerprint.id
+    listed = {m.id: m for m in client.models.list().data}
+    assert set(listed) == {"minilm", "clip"}
+    assert listed["minilm"].model_extra["fingerprint"] == minilm.fingerprint.id
+    labels = ["cat", "rocket", "coffee"]
+    resp = httpx.post(f"{server}/v1/zero-shot", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                      json={"model": "clip", "input": [data_uri(b) for b in blobs], "labels": labels})
+    assert resp.status_code == 200, resp.text
+    got = np.array([d["probabilities"] for d in resp.json()["data"]])
+    np.testing.assert_allclose(got, clip_model.zero_shot(blobs, labels), atol=1e-6)
+    resp = httpx.post(f"{server}/v1/zero-shot", headers={"Authorization": f"Bearer {KEY}"}, timeout=60,
+                      json={"model": "minilm", "input": [data_uri(blobs[0])], "labels": labels})
+    assert_openai_error(resp, 400, "zero-shot needs a text and an image tower")
+
+
+# ---------------------------------------------------------------------------- batching across requests
+def test_32_concurrent_clients_get_their_own_rows_and_batches_mix(server, minilm):
+    rng = np.random.default_rng(3)
+    pool = sentences(300, seed=4, lengths=(1, 3, 8, 20, 40))
+    rows = dict(zip(pool, minilm.encode(pool)))  # one text's vector is the same in any batch (to 1e-6)
+    requests = [[pool[j] for j in rng.choice(300, size=int(rng.integers(1, 5)))] for _ in range(400)]
+    answers: list = [None] * len(requests)
+
+    async def worker(k: int, http) -> None:
+        for i in range(k, len(requests), 32):
+            resp = await http.post("/v1/embeddings", json={"model": "minilm", "input": requests[i]})
+            assert resp.status_code == 200, resp.text
+            answers[i] = np.array([d["embedding"] for d in resp.json()["data"]], dtype=np.float32)
+
+    async def main() -> None:
+        async with httpx.AsyncClient(base_url=server, timeout=120, headers={"Authorization": f"Bearer {KEY}"},
+                                     limits=httpx.Limits(max_connections=64)) as http:
+            await asyncio.gather(*(worker(k, http) for k in range(32)))
+
+    asyncio.run(main())
+    for texts, got in zip(requests, answers):
+        np.testing.assert_allclose(got, np.stack([rows[t] for t in texts]), atol=1e-5)
+    metrics = httpx.get(f"{server}/metrics", timeout=10).text
+    mixed = next(float(line.split()[-1]) for line in metrics.splitlines()
+                 if line.startswith('embedhub_batches_mixed_total{model="minilm"}'))
+    assert mixed > 0, "no batch held the items of two requests"
+    assert 'embedhub_batch_padded_tokens_bucket{le="+Inf",model="minilm"}' in metrics
+    assert 'embedhub_requests_total{route="/v1/embeddings",status="200"}' in metrics
+
+
+# ---------------------------------------------------------------------------- bad input and faults
+def bomb_png() -> bytes:
+    """A 1x1 PNG whose header claims 100000 x 100000 pixels (a decompression bomb's header)."""
+    from PIL import Image
+
+    blob = bytearray(png_bytes(Image.new("RGB", (1, 1))))
+    ihdr = blob.index(b"IHDR")
+    blob[ihdr + 4: ihdr + 12] = struct.pack(">II", 100_000, 100_000)
+    crc = zlib.crc32(bytes(blob[ihdr: ihdr + 17]))
+    blob[ihdr + 17: ihdr + 21] = struct.pack(">I", crc)
+    return bytes(blob)
+
+
+@pytest.mark.parametrize("case", [
+    "malformed json", "not an object", "input missing", "input number", "empty string", "empty list",
+    "mixed list", "2049 items", "float token id", "token id out of vocabulary", "unknown model", "model number",
+    "dimensions 0", "dimensions above width", "dimensions string", "bad encoding_format", "bad input_type",
+    "unknown prompt_name", "bad base64", "not an image", "decompression bomb", "image url off", "image as text list",
+    "too long text", "body over limit", "10 MB string", "deep nesting", "bad modality", "float list", "null list",
+    "object list", "NaN list", "zero-shot too many texts", "image on a text model",
+])
+def test_bad_requests_get_openai_errors_and_the_server_answers(server, case, minilm, minilm_path, open_clip_dir):
+    big = "x" * (10 << 20)
+    bodies = {
+        "malformed json": (400, b'{"model": "minilm", "input": ', "not valid JSON"),
+        "not an object": (400, b'["minilm"]', "JSON object"),
+        "input missing": (400, {"model": "minilm"}, "'input' must be"),
+        "input number": (400, {"model": "minilm", "input": 3.5}, "'input' must be"),
+        "empty string": (400, {"model": "minilm", "input": ["ok", ""]}, "input[1] is an empty string"),
+        "empty list": (400, {"model": "minilm", "input": []}, "empty list"),
+        "mixed list": (400, {"model": "minilm", "input": ["a", 3]}, "input[1]"),
+        "2049 items": (400, {"model": "minilm", "input": ["a"] * 2049}, "2049 items; at most 2048"),
+        "float token id": (400, {"model": "minilm", "input": [[101, 2.5]]}, "input[0][1]"),
+        "token id out of vocabulary": (422, {"model": "minilm", "input": [[7592, 30522]]}, "input[0][1] = 30522"),
+        "unknown model": (404, {"model": "gpt-4", "input": "a"}, "'gpt-4' does not exist"),
+        "model number": (400, {"model": 7, "input": "a"}, "'model' must be a string"),
+        "dimensions 0": (400, {"model": "minilm", "input": "a", "dimensions": 0}, "between 1 and 384"),
+        "dimensions above width": (400, {"model": "minilm", "input": "a", "dimensions": 385}, "between 1 and 384"),
+        "dimensions string": (400, {"model": "minilm", "input": "a", "dimensions": "64"}, "'dimensions' must be"),
+        "bad encoding_format": (400, {"model": "minilm", "input": "a", "encoding_format": "int8"}, "'float' or"),
+        "bad input_type": (400, {"model": "minilm", "input": "a", "input_type": "passage"}, "'query' or"),
+        "unknown prompt_name": (400, {"model": "minilm", "input": "a", "prompt_name": "nope"}, "'nope'"),
+        "bad base64": (400, {"model": "clip", "modality": "image", "input": "data:image/png;base64,@@@"},
+                       "not valid base64"),
+        "not an image": (422, {"model": "clip", "modality": "image", "input": data_uri(b"hello, not a png")},
+                         "input[0]"),
+        "decompression bomb": (422, {"model": "clip", "modality": "image", "input": [data_uri(bomb_png())]},
+                               "input[0]"),
+        "image url off": (400, {"model": "clip", "modality": "image", "input": "http://169.254.169.254/x.png"},
+                          "--allow-image-urls"),
+        "image as text list": (400, {"model": "clip", "modality": "image", "input": [[1, 2]]}, "data URI"),
+        "too long text": (400, {"model": "minilm", "input": "y" * 100_001}, "100001 characters"),
+        "body over limit": (413, {"model": "minilm", "input": ["z" * 90_000] * 50}, "bytes"),
+        "10 MB string": (413, {"model": "minilm", "input": big}, "bytes"),
+        "deep nesting": (400, b'{"model": "minilm", "input": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+                         "not valid JSON"),
+        "bad modality": (400, {"model": "minilm", "modality": "audio", "input": "a"}, "'modality'"),
+        "float list": (400, {"model": "minilm", "input": [1.5]}, "input[0]"),
+        "null list": (400, {"model": "minilm", "input": ["a", None]}, "input[1]"),
+        "object list": (400, {"model": "minilm", "input": [{}]}, "input[0]"),
+        "NaN list": (400, b'{"model": "minilm", "input": [NaN]}', "input[0]"),
+        "image on a text model": (400, {"model": "minilm", "modality": "image", "input": data_uri(bomb_png())},
+                                  "minilm has no image tower"),
+        "zero-shot too many texts": (400, {"model": "clip", "input": [data_uri(bomb_png())], "labels": ["a"] * 30,
+                                           "templates": ["{}"] * 100}, "3000 texts"),
+    }
+    status, body, words = bodies[case]
+    if case == "zero-shot too many texts":
+        resp = httpx.post(f"{server}/v1/zero-shot", json=body, headers={"Authorization": f"Bearer {KEY}"}, timeout=60)
+    else:
+        resp = post(server, None, raw=body) if isinstance(body, bytes) else post(server, body)
+    assert_openai_error(resp, status, words)
+    assert str(minilm_path) not in resp.text and str(open_clip_dir) not in resp.text  # served names, no paths
+    ok = post(server, {"model": "minilm", "input": "still here", "encoding_format": "float"})
+    assert ok.status_code == 200
+    np.testing.assert_allclose(ok.json()["data"][0]["embedding"], minilm.encode("still here"), atol=1e-6)
+
+
+def test_api_key_checked_and_health_metrics_open(server):
+    for key in (None, "sk-test-012345678", KEY + "x", "wrong", KEY.upper()):
+        resp = post(server, {"model": "minilm", "input": "a"}, key=key)
+        assert_openai_error(resp, 401, "API key")
+    for header in (f"bearer {KEY}", f"BEARER  {KEY}"):  # the scheme is case-insensitive (RFC 7235)
+        resp = httpx.post(f"{server}/v1/embeddings", json={"model": "minilm", "input": "a"}, timeout=30,
+                          headers={"Authorization": header})
+        assert resp.status_code == 200, resp.text
+    for header in (f"Basic {KEY}", KEY, f"Bearer{KEY}"):
+        resp = httpx.post(f"{server}/v1/embeddings", json={"model": "minilm", "input": "a"}, timeout=30,
+                          headers={"Authorization": header})
+        assert_openai_error(resp, 401, "API key")
+    resp = httpx.get(f"{server}/v1/models", timeout=10)
+    assert_openai_error(resp, 401, "API key")
+    assert httpx.get(f"{server}/health", timeout=10).status_code == 200
+    assert httpx.get(f"{server}/metrics", timeout=10).status_code == 200
+    assert_openai_error(httpx.get(f"{server}/v2/nothing", timeout=10), 404)
+
+
+def test_auth_all_closes_health_and_metrics(minilm):
+    from embedhub.serve import create_app
+
+    app = create_app({"m": minilm}, api_key="k1", auth_all=True)
+    import uvicorn
+
+    port = free_port()
+    srv = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    t = threading.Thread(target=srv.run, daemon=True)
+    t.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_healthy(url, Authorization="Bearer k1")
+        for path in ("/health", "/metrics"):
+            assert_openai_error(httpx.get(url + path, timeout=10), 401, "API key")
+            assert httpx.get(url + path, timeout=10, headers={"Authorization": "Bearer k1"}).status_code == 200
+    finally:
+        srv.should_exit = True
+        t.join(30)
+
+
+def test_engine_failure_turns_health_503_and_says_why(minilm_path):
+    import embedhub
+    from embedhub.serve import create_app
+
+    model = embedhub.load(minilm_path, device="cpu")
+    healthy = embedhub.load(minilm_path, device="cpu")
+    with running(create_app({"broken": model, "fine": healthy})) as url:
+        assert post(url, {"model": "broken", "input": "ok"}, key=None).status_code == 200
+
+        def out_of_memory(batch):  # a fault injected into the model thread: the tower runs out of memory
+            raise RuntimeError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+        served = _STATES[-1].models["broken"]
+        for st in served._stages.values():  # the stages the server made for the first request
+            st._run = out_of_memory
+        err = assert_openai_error(post(url, {"model": "broken", "input": "boom"}, key=None), 503, "out of memory")
+        assert err["type"] == "server_error"
+        health = httpx.get(f"{url}/health", timeout=10)
+        assert health.status_code == 503
+        assert "out of memory" in health.json()["models"]["broken"]["reason"]
+        assert health.json()["models"]["fine"]["state"] == "ready"
+        assert_openai_error(post(url, {"model": "broken", "input": "again"}, key=None), 503, "out of memory")
+        assert post(url, {"model": "fine", "input": "still served"}, key=None).status_code == 200
+
+
+_STATES: list = []
+
+
+@pytest.fixture(autouse=True)
+def _track_states(monkeypatch):
+    """Keep every ServeState made by create_app in this module (to reach a running app's engines)."""
+    from embedhub.serve import app as app_module
+
+    original = app_module.ServeState.__init__
+
+    def init(self, *a, **kw):
+        original(self, *a, **kw)
+        _STATES.append(self)
+
+    monkeypatch.setattr(app_module.ServeState, "__init__", init)
+    yield
+    _STATES.clear()
+
+
+def test_full_queue_answers_429_with_retry_after_then_recovers(minilm):
+    from embedhub.serve import create_app
+
+    gate = threading.Event()
+    with running(create_app({"m": minilm}, max_queue=8)) as url:
+        engine = _STATES[-1].models["m"].engine
+
+        async def scenario():
+            async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+                blocker = asyncio.ensure_future(engine_call(engine, gate.wait))
+                await asyncio.sleep(0.2)
+                first = asyncio.ensure_future(http.post("/v1/embeddings", json={"model": "m", "input": ["a"] * 6}))
+                while engine.queued < 6:
+                    await asyncio.sleep(0.02)
+                refused = await http.post("/v1/embeddings", json={"model": "m", "input": ["b"] * 3})
+                gate.set()
+                done = await first
+                await blocker
+                return refused, done
+
+        refused, done = asyncio.run(scenario())
+        err = assert_openai_error(refused, 429, "queue")
+        assert err["type"] == "rate_limit_error" and refused.headers["retry-after"] == "1"
+        assert done.status_code == 200
+        assert post(url, {"model": "m", "input": ["b"] * 3}, key=None).status_code == 200
+
+
+async def engine_call(engine, fn):
+    """``fn`` run on the engine's model thread from another event loop (a thread of its own)."""
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(None, lambda: asyncio.run(engine.call(fn)))
+
+
+def test_client_disconnect_cancels_its_queued_items(minilm):
+    from embedhub.serve import create_app
+
+    gate = threading.Event()
+    with running(create_app({"m": minilm})) as url:
+        engine = _STATES[-1].models["m"].engine
+        stages = _STATES[-1].models["m"].stages("text", None, None)
+        ran: list[int] = []
+        original = stages.run
+        stages.run = lambda items: (ran.append(len(items)), original(items))[1]
+        blocker = threading.Thread(target=lambda: asyncio.run(engine.call(gate.wait)))
+        blocker.start()
+        time.sleep(0.2)
+        with pytest.raises(httpx.ReadTimeout):  # the client gives up while its items wait
+            httpx.post(f"{url}/v1/embeddings", json={"model": "m", "input": sentences(50)}, timeout=1.0)
+        deadline = time.monotonic() + 10
+        while engine.in_flight and time.monotonic() < deadline:
+            time.sleep(0.05)
+        gate.set()
+        blocker.join(10)
+        assert post(url, {"model": "m", "input": "after"}, key=None).status_code == 200
+        assert sum(ran) == 1, f"the disconnected request's items ran: batches of {ran}"
+        assert engine.queued == 0 and engine.in_flight == 0
+
+
+def test_sigterm_with_50_requests_in_flight_answers_them_all(minilm_path, minilm):
+    texts = [" ".join(["music"] * 120)] * 4  # 4 long texts per request: 50 requests keep one thread busy for seconds
+    with server_process("--model", f"m={minilm_path}", "--max-queue-wait", "600") as (url, proc):
+        wait_healthy(url, proc)
+        results: list = []
+
+        async def main():
+            async with httpx.AsyncClient(base_url=url, timeout=300,
+                                         limits=httpx.Limits(max_connections=60)) as http:
+                tasks = [asyncio.ensure_future(http.post("/v1/embeddings", json={"model": "m", "input": texts}))
+                         for _ in range(50)]
+                held, deadline = 0.0, time.monotonic() + 60
+                while held < 50 and time.monotonic() < deadline:  # until the server holds all 50
+                    await asyncio.sleep(0.05)
+                    metrics = (await http.get("/metrics")).text
+                    line = next(x for x in metrics.splitlines() if x.startswith('embedhub_in_flight_requests{'))
+                    held = float(line.split()[-1])
+                assert held == 50
+                proc.send_signal(signal.SIGTERM)
+                results.extend(await asyncio.gather(*tasks, return_exceptions=True))
+
+        asyncio.run(main())
+        assert proc.wait(120) in (0, -signal.SIGTERM)  # uvicorn re-raises the SIGTERM once it has drained
+        statuses = [getattr(r, "status_code", r) for r in results]
+        assert statuses == [200] * 50, (statuses, proc.stderr.read()[-3000:])
+        want = minilm.encode(texts)
+        for r in results:
+            np.testing.assert_allclose(np.array([d["embedding"] for d in r.json()["data"]]), want, atol=1e-5)
+        with pytest.raises(httpx.ConnectError):
+            httpx.get(f"{url}/health", timeout=5)
+
+
+# ---------------------------------------------------------------------------- the model's stages
+def test_stages_equal_encode_and_check_token_ids(minilm, clip_model, photos):
+    from embedhub.errors import ArgumentError, InputError
+
+    texts = sentences(30, seed=5)
+    st = minilm.stages("text")
+    np.testing.assert_allclose(st.finish(st.run(st.prepare(texts))), minilm.encode(texts), atol=1e-6)
+    np.testing.assert_allclose(st.finish(st.run(st.prepare(texts)), truncate_dim=16),
+                               minilm.encode(texts, truncate_dim=16), atol=1e-6)
+    with pytest.raises(InputError, match=r"inputs\[1\]\[0\] = -1"):
+        st.prepare_token_ids([[5], [-1]])
+    with pytest.raises(InputError, match=r"inputs\[0\] is an empty list"):
+        st.prepare_token_ids([[]])
+    blobs = [png_bytes(p.resize((40, 40))) for p in photos[:2]]
+    im = clip_model.stages("image")
+    np.testing.assert_allclose(im.finish(im.run(im.prepare(blobs))), clip_model.encode_image(blobs), atol=1e-6)
+    with pytest.raises(ArgumentError, match="prompt"):
+        minilm.stages("text", prompt="query: ").prepare_token_ids([[5]])
+
+
+def test_serve_cli_parses_models_and_refuses_bad_flags(tmp_path):
+    from embedhub.serve.run import parse_model_args
+
+    assert parse_model_args(["a", "b=/x"]) == {"a": "a", "b": "/x"}
+    folder = tmp_path / "odd=name"
+    folder.mkdir()
+    assert parse_model_args([str(folder)]) == {str(folder): str(folder)}  # an existing path is a path
+    from embedhub.errors import ArgumentError
+
+    with pytest.raises(ArgumentError, match="twice"):
+        parse_model_args(["a=x", "a=y"])
+    run = subprocess.run([sys.executable, "-m", "embedhub", "serve", "--model", "x", "--replicas", "2"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "--engine ray" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "embedhub", "serve", "--model", "x", "--port", "99999"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert run.returncode == 2 and "99999 is not a port" in run.stderr
+    run = subprocess.run([sys.executable, "-m", "embedhub", "serve", "--model", "x", "--auth-all"],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, "EMBEDHUB_API_KEY": ""})
+    assert run.returncode == 2 and "API key" in run.stderr
+
+
+def test_a_model_that_fails_to_load_is_reported_by_health(tmp_path):
+    with server_process("--model", f"bad={tmp_path}") as (url, proc):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                health = httpx.get(f"{url}/health", timeout=2)
+                if health.json()["status"] == "failed":
+                    break
+            time.sleep(0.2)
+        assert health.status_code == 503 and "bad" in health.json()["models"]
+        assert health.json()["models"]["bad"]["reason"].startswith(f"loading {tmp_path}")
+        err = assert_openai_error(post(url, {"model": "bad", "input": "a"}), 503, "failed to load")
+        assert str(tmp_path) not in err["message"]  # no path of the server's machine in an answer
+        assert err["code"] == "engine_failed"
+        assert json.loads(httpx.get(f"{url}/v1/models", timeout=5).text)["data"][0]["state"] == "failed"
+
+
+def test_ray_serve_two_replicas_give_the_single_process_vectors(minilm_path, minilm):
+    """``--engine ray --replicas 2`` on a local Ray instance: the openai client gets encode's vectors, both
+    replicas answer, and SIGTERM ends the command and its Ray instance."""
+    pytest.importorskip("ray.serve", reason="pip install 'embedhub[serve-ray]'")
+    openai = pytest.importorskip("openai", reason="pip install openai")
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = sentences(24, seed=11, lengths=(2, 8, 30))
+    with server_process("--engine", "ray", "--replicas", "2", "--model", f"minilm={minilm_path}",
+                        env={"RAY_DEDUP_LOGS": "0", "RAY_USAGE_STATS_ENABLED": "0"}) as (url, proc):
+        wait_healthy(url, proc, timeout=240)
+        client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=2, timeout=120)
+
+        def one(i: int) -> np.ndarray:
+            r = client.embeddings.create(model="minilm", input=texts[i % 24: i % 24 + 3], encoding_format="float")
+            return np.array([d.embedding for d in r.data])
+
+        with ThreadPoolExecutor(8) as pool:
+            got = list(pool.map(one, range(48)))
+        for i, g in enumerate(got):
+            np.testing.assert_allclose(g, minilm.encode(texts[i % 24: i % 24 + 3]), atol=1e-6)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(120) == 0
+        log = proc.stdout.read() + proc.stderr.read()
+    answering = {line.split("pid=")[1].split(")")[0] for line in log.splitlines()
+                 if "ServeReplica:embedhub" in line and "POST /v1/embeddings 200" in line}
+    assert len(answering) == 2, f"replicas that answered: {answering}"
+
+
+def test_queue_refuses_beyond_max_wait_seconds_of_measured_work(minilm):
+    """Once full batches have been timed, a queue holding more than ``max_wait`` seconds of model work refuses
+    new requests (Retry-After: the whole seconds it holds); it takes them again once drained."""
+    from embedhub.serve import Engine, Overloaded
+
+    engine = Engine(minilm, max_wait=0.05, max_batch_size=32, name="m").start()
+    stages = minilm.stages()
+
+    async def main():
+        assert engine.queued_seconds == 0.0
+        await engine.embed(stages, stages.prepare(sentences(64, seed=2, lengths=(8,))))  # two full batches timed
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(engine.call(gate.wait))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.ensure_future(engine.embed(stages, stages.prepare(sentences(300, seed=3, lengths=(40,)))))
+        await asyncio.sleep(0.1)
+        assert engine.queued == 300 and engine.queued_seconds > 0.05
+        with pytest.raises(Overloaded, match="s of work") as refused:
+            await engine.embed(stages, stages.prepare(["one more"]))
+        assert refused.value.retry_after >= 1
+        gate.set()
+        assert (await waiting).shape == (300, 384)
+        await blocker
+        assert engine.queued == 0 and engine.queued_seconds == pytest.approx(0.0, abs=1e-9)
+        assert (await engine.embed(stages, stages.prepare(["one more"]))).shape == (1, 384)
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.stop()
+
+
+def test_a_failing_batch_fails_every_request_of_its_window(minilm):
+    """The model thread fails in the second batch of a window: all four requests get EngineFailed (none hangs),
+    and the engine refuses new work, saying why."""
+    from embedhub.serve import Engine, EngineFailed
+
+    engine = Engine(minilm, max_batch_size=2, name="m")
+    stages = minilm.stages()
+    calls: list[int] = []
+    real_run = stages.run
+
+    def second_fails(items):
+        calls.append(len(items))
+        if len(calls) == 2:
+            raise RuntimeError("CUDA out of memory")
+        return real_run(items)
+
+    stages.run = second_fails
+    gate = threading.Event()
+
+    async def main():
+        engine.start()
+        blocker = asyncio.ensure_future(engine.call(gate.wait))  # the four requests queue up as one window
+        await asyncio.sleep(0.1)
+        jobs = [asyncio.ensure_future(engine.embed(stages, stages.prepare([f"text {i}"]))) for i in range(4)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        await blocker
+        return await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 30)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        engine.stop(5)
+    kinds = [type(r).__name__ for r in results]
+    assert kinds.count("EngineFailed") >= 2 and set(kinds) <= {"Tensor", "EngineFailed"}, kinds
+    assert all(isinstance(r, EngineFailed) for r in results[-2:])  # the window's later batch failed too
+    assert engine.failure == "RuntimeError: CUDA out of memory" and not engine.healthy
+    with pytest.raises(EngineFailed, match="out of memory"):
+        engine.check_admission(1)
+
+
+def test_cancelled_requests_stop_counting_against_the_queue_at_once(minilm):
+    from embedhub.serve import Engine
+
+    engine = Engine(minilm, max_queue=100, name="m").start()
+    stages = minilm.stages()
+    gate = threading.Event()
+
+    async def main():
+        blocker = asyncio.ensure_future(engine.call(gate.wait))
+        await asyncio.sleep(0.1)
+        gone = asyncio.ensure_future(engine.embed(stages, stages.prepare(["x"] * 90)))
+        await asyncio.sleep(0.05)
+        assert engine.queued == 90
+        gone.cancel()
+        await asyncio.sleep(0.05)
+        assert engine.queued == 0 and engine.queued_seconds == 0.0  # before the model thread reaches them
+        kept = asyncio.ensure_future(engine.embed(stages, stages.prepare(["y"] * 60)))  # fits: 60 <= 100
+        await asyncio.sleep(0.05)
+        assert engine.queued == 60
+        gate.set()
+        await blocker
+        return await kept
+
+    try:
+        assert asyncio.run(main()).shape == (60, 384)
+    finally:
+        engine.stop(5)
+    assert engine.queued == 0
+
+
+def test_stalled_bodies_get_408_and_image_urls_reach_public_hosts_only(minilm, clip_model):
+    from embedhub.serve import Limits, create_app
+    from embedhub.serve.app import APIError, _public_host
+
+    for url in ("http://127.0.0.1/x.png", "http://localhost:1/x.png", "http://10.1.2.3/x.png",
+                "http://169.254.169.254/latest/meta-data", "http://[::1]/x.png", "http://0.0.0.0/x.png",
+                "file:///etc/passwd"):
+        with pytest.raises(APIError) as refused:
+            _public_host(url, 3)
+        assert refused.value.status == 400 and "input[3]" in refused.value.message
+    limits = Limits(body_timeout=1.0, allow_image_urls=True)
+    with running(create_app({"m": minilm, "clip": clip_model}, limits=limits)) as url:
+        host, port = url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=10) as sock:  # promises 1000 bytes, sends 10
+            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 1000\r\n\r\n{\"model\": ")
+            answer = sock.recv(4096).decode()
+        assert answer.startswith("HTTP/1.1 408") and "did not arrive within 1 s" in answer
+        resp = httpx.post(f"{url}/v1/embeddings", timeout=30, json={
+            "model": "clip", "modality": "image", "input": [f"{url}/health"]})  # the server itself
+        assert_openai_error(resp, 400, "not a public address")
+        assert post(url, {"model": "m", "input": "still here"}, key=None).status_code == 200
