@@ -94,6 +94,7 @@ COSINE_MIN = 0.9999
 HERE = Path(__file__).resolve().parent
 NOT_SENT = "not sent (connection cap)"
 CONTENDED = 0.2  # cores other processes took during a setting, above which its figures are not trustworthy
+MAX_RETRY_AFTER = 5.0  # seconds a closed-loop client waits after a 429 at most
 IDLE_S = 2.0  # the open-loop generator reuses a keep-alive connection idle at most this long (uvicorn closes at 5 s)
 
 
@@ -313,10 +314,20 @@ def percentiles(lat_s: list[float]) -> tuple[float, float]:
     return float(p50), float(p99)
 
 
+def _retry_after(value: str | None) -> float:
+    """A 429's ``Retry-After`` in seconds (a number; 1 when missing or not a number), at most ``MAX_RETRY_AFTER``."""
+    try:
+        seconds = float(value) if value is not None else 1.0
+    except ValueError:
+        seconds = 1.0
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
 async def closed_loop(url: str, bodies: list[bytes], clients: int, duration: float, per_request: int,
                       timeout: float, max_requests: int) -> dict[str, Any]:  # fmt: skip
     """``clients`` closed-loop clients, each with its own connection, sending the next body of ``bodies`` (a shared
-    counter) until ``duration`` seconds have passed or ``max_requests`` were sent; their outcomes."""
+    counter) until ``duration`` seconds have passed or ``max_requests`` were sent; their outcomes. A client that gets
+    a 429 waits its ``Retry-After`` (at most ``MAX_RETRY_AFTER`` s) before its next request."""
     import httpx
 
     counter = itertools.count()
@@ -336,10 +347,13 @@ async def closed_loop(url: str, bodies: list[bytes], clients: int, duration: flo
                 if i >= max_requests:
                     return
                 start_t = time.perf_counter()
+                retry_after = 0.0
                 try:
                     r = await c.post(url, content=bodies[i % len(bodies)], headers=headers)
                     await r.aread()
                     status = str(r.status_code)
+                    if r.status_code == 429:
+                        retry_after = _retry_after(r.headers.get("retry-after"))
                 except httpx.TimeoutException:
                     status = "timeout"
                 except httpx.HTTPError as exc:
@@ -349,6 +363,8 @@ async def closed_loop(url: str, bodies: list[bytes], clients: int, duration: flo
                 statuses[status] += 1
                 if status == "200":
                     lat.append(end_t - start_t)
+                if retry_after > 0:  # as the openai client does: wait before the next request
+                    await asyncio.sleep(min(retry_after, max(deadline - time.perf_counter(), 0.0)))
 
     await asyncio.gather(*(client() for _ in range(clients)))
     elapsed = last_done - t0

@@ -29,7 +29,7 @@ def _app(slow_s: float):
     async def embeddings(request: Request) -> JSONResponse:
         text = (await request.json())["input"]
         if text == "busy":
-            return JSONResponse({"error": {"message": "full"}}, status_code=429, headers={"retry-after": "1"})
+            return JSONResponse({"error": {"message": "full"}}, status_code=429, headers={"retry-after": "0"})
         if text == "slow":
             await asyncio.sleep(slow_s)
         row = {"object": "embedding", "embedding": [0.6, 0.8], "index": 0}
@@ -66,6 +66,13 @@ def test_request_bodies_group_texts_in_order():
     bodies = serve_load.request_bodies(["a", "b", "c"], 2)
     assert [json.loads(b)["input"] for b in bodies] == [["a", "b"], ["c", "a"]]
     assert json.loads(serve_load.request_bodies(["a"], 1)[0])["input"] == "a"
+
+
+def test_retry_after_is_read_and_bounded():
+    assert serve_load._retry_after("2") == 2.0
+    assert serve_load._retry_after(None) == serve_load._retry_after("soon") == 1.0
+    assert serve_load._retry_after("3600") == serve_load.MAX_RETRY_AFTER
+    assert serve_load._retry_after("-1") == 0.0
 
 
 def test_closed_loop_counts_200_and_429(server):
