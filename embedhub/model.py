@@ -954,7 +954,7 @@ class EncodeStages:
         emb = emb[:, :dim]
         if norm is True:
             emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-        return emb.numpy().astype(np.float32, copy=False)
+        return np.ascontiguousarray(emb.numpy(), dtype=np.float32)
 
 
 @functools.cache

@@ -84,6 +84,7 @@ class _Served:
         self.reason: str | None = None
         self._engine_options, self._metrics = engine_options, metrics
         self._stages: dict[tuple, Any] = {}
+        self._fingerprints: dict[tuple, str] = {}
         self._lock = threading.Lock()
         if self.model is not None:
             self._start_engine()
@@ -113,6 +114,15 @@ class _Served:
         if not self.engine.healthy:
             return "failed", self.engine.failure or "the model thread stopped"
         return "ready", None
+
+    def fingerprint_id(self, stages: Any, dims: int | None) -> str:
+        """The fingerprint id of ``stages``' vectors at ``dims`` (renormalised) or the model's width (cached)."""
+        key = (id(stages), dims)
+        found = self._fingerprints.get(key)
+        if found is None:
+            found = stages.fingerprint(truncate_dim=dims, normalize=True if dims is not None else None).id
+            self._fingerprints[key] = found
+        return found
 
     def stages(self, modality: str, role: str | None, prompt_name: str | None) -> Any:
         key = (modality, role, prompt_name)
@@ -210,8 +220,9 @@ async def read_json(request: Any, limit: int, timeout: float = 30.0) -> dict[str
                                code="request_too_large")
 
     try:
-        await asyncio.wait_for(receive(), timeout)
-    except asyncio.TimeoutError:
+        async with asyncio.timeout(timeout):
+            await receive()
+    except TimeoutError:
         raise APIError(408, f"The request body did not arrive within {timeout:g} s", code="request_timeout") from None
     try:
         if len(body) > _OFFLOAD_BYTES:
@@ -560,15 +571,15 @@ def create_app(
             tokens = sum(len(x) for x in prepared)
         rows = await _run(request, engine, stages, prepared)
         metrics.items.labels(served.name, modality).inc(len(prepared))
-        fingerprint = stages.fingerprint(truncate_dim=dims, normalize=True if dims is not None else None).id
+        fingerprint = served.fingerprint_id(stages, dims)
 
         def write() -> bytes:
             vectors = stages.finish(rows, truncate_dim=dims, normalize=True if dims is not None else None)
             out = [{"object": "embedding", "index": i,
-                    "embedding": _b64(v) if fmt == "base64" else v.tolist()} for i, v in enumerate(vectors)]
+                    "embedding": _b64(v) if fmt == "base64" else v} for i, v in enumerate(vectors)]
             body = {"object": "list", "data": out, "model": served.name,
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
-            return json.dumps(body, separators=(",", ":")).encode()
+            return _dumps(body)
 
         big = rows.shape[0] * rows.shape[1] * (4 if fmt == "base64" else 20) > _OFFLOAD_BYTES
         content = await loop.run_in_executor(None, write) if big else write()
@@ -745,6 +756,19 @@ def _public(message: str, served: Any) -> str:
                     if isinstance(served.source, (str, os.PathLike)) else ""} - {""}:
         message = message.replace(private, served.name)
     return message
+
+
+def _dumps(body: dict[str, Any]) -> bytes:
+    """JSON of a response whose embeddings are float32 numpy rows (orjson when installed: float32 values written
+    in their shortest exact form; else the json module, as float64)."""
+    try:
+        import orjson
+    except ImportError:
+        for row in body["data"]:
+            if isinstance(row["embedding"], np.ndarray):
+                row["embedding"] = row["embedding"].tolist()
+        return json.dumps(body, separators=(",", ":")).encode()
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def _b64(vector: np.ndarray) -> str:
