@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -619,10 +620,8 @@ def create_app(
         images = await _prepare(loop, state.pool, lambda: served.stages("image", None, None).prepare(
             blobs, max_image_pixels=limits.max_image_pixels), from_urls, served)
         try:
-            probs = await engine.call(lambda: model.zero_shot(images, labels, templates))
-        except EngineFailed as exc:
-            raise APIError(503, f"{served.name}'s engine failed: {exc}", type="server_error",
-                           code="engine_failed") from None
+            with _engine_errors(engine):
+                probs = await engine.call(lambda: model.zero_shot(images, labels, templates))
         except (EmbedhubError, ValueError, TypeError) as exc:
             raise APIError(400, _public(str(exc), served), param="templates" if templates else "labels") from None
         probs = np.atleast_2d(np.asarray(probs, dtype=np.float64))
@@ -669,16 +668,23 @@ def _served_name(model: Any) -> str:
     return str(getattr(model, "name", "model"))
 
 
-def _admit(engine: Engine, n: int) -> None:
-    """Refuse at once, before any tokenising, what the engine would not take."""
+@contextlib.contextmanager
+def _engine_errors(engine: Engine) -> Iterator[None]:
+    """The engine's refusals as answers: a full queue 429 (with ``Retry-After``), a failed engine 503."""
     try:
-        engine.check_admission(n)
+        yield
     except Overloaded as exc:
         raise APIError(429, str(exc), type="rate_limit_error", code="queue_full",
                        headers={"Retry-After": str(exc.retry_after)}) from None
     except EngineFailed as exc:
-        raise APIError(503, f"{engine.name} is unavailable: {exc}", type="server_error",
+        raise APIError(503, f"{engine.name}'s engine failed: {exc}", type="server_error",
                        code="engine_failed") from None
+
+
+def _admit(engine: Engine, n: int) -> None:
+    """Refuse at once, before any tokenising, what the engine would not take."""
+    with _engine_errors(engine):
+        engine.check_admission(n)
 
 
 #: a request of at most 8 texts and this many characters is tokenised on the event loop (tens of microseconds,
@@ -712,14 +718,8 @@ async def _run(request: Any, engine: Engine, stages: Any, prepared: list[Any]) -
     """The engine's rows for ``prepared``; a client that disconnects cancels its queued items (requests of more
     than :data:`_UNWATCHED_ITEMS` inputs)."""
     if len(prepared) <= _UNWATCHED_ITEMS:
-        try:
+        with _engine_errors(engine):
             return await engine.embed(stages, prepared)
-        except Overloaded as exc:
-            raise APIError(429, str(exc), type="rate_limit_error", code="queue_full",
-                           headers={"Retry-After": str(exc.retry_after)}) from None
-        except EngineFailed as exc:
-            raise APIError(503, f"{engine.name}'s engine failed: {exc}", type="server_error",
-                           code="engine_failed") from None
     task = asyncio.ensure_future(engine.embed(stages, prepared))
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
@@ -727,13 +727,8 @@ async def _run(request: Any, engine: Engine, stages: Any, prepared: list[Any]) -
         if task not in done:
             task.cancel()
             raise APIError(499, "The client closed the request", code="client_closed")
-        return task.result()
-    except Overloaded as exc:
-        raise APIError(429, str(exc), type="rate_limit_error", code="queue_full",
-                       headers={"Retry-After": str(exc.retry_after)}) from None
-    except EngineFailed as exc:
-        raise APIError(503, f"{engine.name}'s engine failed: {exc}", type="server_error",
-                       code="engine_failed") from None
+        with _engine_errors(engine):
+            return task.result()
     finally:
         watcher.cancel()
         if not task.done():
