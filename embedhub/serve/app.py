@@ -534,7 +534,6 @@ def create_app(
                            param="encoding_format")
         _field(data, "user", (str,), "a string")
         model = served.model
-        width = int(model.truncate_dim or model.embed_dim)
         dims = _field(data, "dimensions", (int,), "a positive integer")
         if dims is not None and not 1 <= dims <= model.embed_dim:
             raise APIError(400, f"'dimensions' must be between 1 and {model.embed_dim} for {served.name}, got "
@@ -584,7 +583,6 @@ def create_app(
 
         big = rows.shape[0] * rows.shape[1] * (4 if fmt == "base64" else 20) > _OFFLOAD_BYTES
         content = await loop.run_in_executor(None, write) if big else write()
-        del width
         return Response(content, media_type="application/json", headers={FINGERPRINT_HEADER: fingerprint})
 
     @app.post("/v1/zero-shot")
