@@ -161,7 +161,7 @@ def test_wheel_metadata_has_spdx_license_and_the_profiles(built):
     assert "License-Expression: Apache-2.0" in meta
     extras = set(re.findall(r"^Provides-Extra: (\S+)$", meta, re.M))
     assert {"demo", "train", "dev", "docs"} <= extras
-    assert "serve" not in extras  # not built yet: no extra that installs nothing useful
+    assert {"serve", "serve-ray"} <= extras  # embedhub serve, and its Ray Serve replicas
 
 
 def test_dev_profile_includes_demo_train_and_docs():
