@@ -89,14 +89,11 @@ class Engine:
     would go beyond either is refused with :class:`Overloaded`, unless the queue is empty (one request larger
     than the queue still runs alone); so the latency of an accepted request stays bounded under overload.
     ``window``: the items sorted by length together before batches are cut (default: 4 batches' rows).
-    ``batch_wait``: when the last batch held several requests (the engine is under load), the model thread waits
-    up to this many seconds for a full batch before taking a window (a lone client never waits).
     ``observe(event, **values)`` receives ``"batch"`` events (rows, padded_tokens, requests, seconds).
     """
 
     def __init__(self, model: Any, *, max_batch_tokens: int = 16384, max_batch_size: int = 256,
                  max_queue: int = 4096, max_wait: float | None = 2.0, window: int | None = None,
-                 batch_wait: float = 0.002,
                  observe: Callable[..., None] | None = None, name: str = "model"):
         self.model = model
         self.name = name
@@ -108,8 +105,6 @@ class Engine:
                                      or not 0 < max_wait < float("inf")):
             raise ArgumentError(f"max_wait must be a positive number of seconds or None, got {max_wait!r}")
         self.max_wait = None if max_wait is None else float(max_wait)
-        self.batch_wait = float(batch_wait)
-        self._last_requests = 0  # requests whose items shared the last batch
         self._rate: dict[str, float] = {}  # modality -> cost per second of model time (moving average)
         self._queued_seconds = 0.0
         self._observe = observe or (lambda event, **values: None)
@@ -233,13 +228,6 @@ class Engine:
                 self._cond.wait()
             if not self._queue:
                 return None
-            if self._last_requests > 1 and self.batch_wait:  # under load: let the arriving requests join the batch
-                deadline = time.monotonic() + self.batch_wait
-                while len(self._queue) < self.max_batch_size and not self._stopping:
-                    left = deadline - time.monotonic()
-                    if left <= 0:
-                        break
-                    self._cond.wait(left)
             first = self._queue[0]
             if isinstance(first, _Call):
                 self._queue.popleft()
@@ -320,7 +308,6 @@ class Engine:
                 raise
             seconds = time.perf_counter() - start
             jobs = {it.job for it in batch}
-            self._last_requests = len(jobs)
             cost = sum(it.cost for it in batch)
             if len(batch) >= min(16, self.max_batch_size):  # the rate of full batches, as a long queue runs them
                 rate = cost / max(seconds, 1e-6)
