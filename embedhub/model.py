@@ -279,8 +279,7 @@ class EmbeddingModel:
         from dataclasses import replace
 
         precision = check_precision(precision)
-        dim = check_truncate_dim(truncate_dim, self.embed_dim)
-        dim = dim if dim is not None else (self.truncate_dim or self.embed_dim)
+        dim = self._width(truncate_dim)
         if normalize is not None and not isinstance(normalize, bool):
             raise ArgumentError(f"normalize must be None, True or False; got {normalize!r}")
         text = self._resolve_prompt(prompt, prompt_name)  # checks the name
@@ -423,8 +422,7 @@ class EmbeddingModel:
         if normalize is not None and not isinstance(normalize, (bool, np.bool_)):
             raise ArgumentError(f"normalize must be None (the model's own), True or False; got {normalize!r}")
         precision = check_precision(precision)
-        dim = check_truncate_dim(truncate_dim, self.embed_dim)
-        dim = dim if dim is not None else (self.truncate_dim or self.embed_dim)
+        dim = self._width(truncate_dim)
         explicit_prompt = not _role_prompt and (prompt is not None or prompt_name is not None)
         text_prompt = self._resolve_prompt(prompt, prompt_name) or None
         runners, preprocessors = self._route(task)
@@ -449,11 +447,7 @@ class EmbeddingModel:
                              "call and needs at least 2 inputs; encode more at once, or encode in float32 and use "
                              "embedhub.quantize_embeddings(..., ranges=...) with ranges from a representative set")
         used = [m for m in modalities if m in kinds]
-        norm: bool | str = self.default_normalize() if normalize is None else bool(normalize)
-        if not norm:
-            self._check_unnormalized_output(used, runners)
-        elif normalize is None and self.normalized and dim < self.embed_dim:
-            norm = "full"  # the model's Normalize acts on the full width; truncation keeps those values (the peer's)
+        norm = self._norm_mode(normalize, dim, used, runners)
         if text_prompt and "text" in used:
             self._check_prompt_exclusion(runners["text"])
         out = np.empty((len(items), dim), dtype=np.float32)
@@ -523,6 +517,22 @@ class EmbeddingModel:
         stages.prompt_name, stages.explicit_prompt = prompt_name, prompt
         return stages
 
+    def _width(self, truncate_dim: Any) -> int:
+        """The width vectors come out at: ``truncate_dim`` (checked), else the model's own, else ``embed_dim``."""
+        dim = check_truncate_dim(truncate_dim, self.embed_dim)
+        return dim if dim is not None else (self.truncate_dim or self.embed_dim)
+
+    def _norm_mode(self, normalize: bool | None, dim: int, modalities: Sequence[str],
+                   runners: Mapping[str, Any]) -> bool | str:
+        """What ``normalize`` means at width ``dim``: True, False (checked possible for ``runners``), or
+        ``"full"``: the model's Normalize acts on the full width and truncation keeps those values (the peer's)."""
+        norm: bool | str = self.default_normalize() if normalize is None else bool(normalize)
+        if not norm:
+            self._check_unnormalized_output(modalities, runners)
+        elif normalize is None and self.normalized and dim < self.embed_dim:
+            norm = "full"
+        return norm
+
     def _check_unnormalized_output(self, modalities: Sequence[str], runners: Mapping[str, Any] | None = None) -> None:
         """``normalize=False`` cannot be honoured by an ONNX graph that L2-normalises inside."""
         runners = self._runners if runners is None else runners
@@ -558,6 +568,11 @@ class EmbeddingModel:
         """One batch's embeddings into their rows of ``out``: truncated to ``out``'s width, then normalised
         when asked (``"full"``: normalised at the full width, then truncated, as a model ending in a Normalize
         module gives them)."""
+        self._check_batch(emb, rows, modality)
+        out[rows] = _shape_rows(emb, out.shape[1], normalize).cpu().numpy()
+
+    def _check_batch(self, emb: torch.Tensor, rows: np.ndarray, modality: str) -> None:
+        """A tower's output for the inputs ``rows``: shape ``(len(rows), embed_dim)`` and finite, or an error."""
         if emb.ndim != 2 or emb.shape[0] != len(rows) or emb.shape[1] != self.embed_dim:
             raise RuntimeError(
                 f"{modality} tower returned shape {tuple(emb.shape)} for a batch of {len(rows)}; "
@@ -566,13 +581,6 @@ class EmbeddingModel:
         finite = torch.isfinite(emb).all(dim=-1)
         if not bool(finite.all()):  # one reduction per batch; the rows are looked up only on failure
             self._non_finite(rows, finite, modality)
-        if normalize == "full":
-            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-        if out.shape[1] != emb.shape[1]:
-            emb = emb[:, : out.shape[1]]
-        if normalize is True:
-            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-        out[rows] = emb.cpu().numpy()
 
     def _non_finite(self, rows: np.ndarray, finite: torch.Tensor, modality: str) -> None:
         """A :class:`WeightsError` naming the inputs whose embeddings hold NaN or Inf, and the model."""
@@ -930,31 +938,26 @@ class EncodeStages:
             rows = np.arange(len(items))
             batch = self._pre(items, indices=rows) if isinstance(self._pre, ImagePreprocessor) else self._pre(items)
             emb = self._run(batch)
-        if emb.ndim != 2 or emb.shape[0] != len(items) or emb.shape[1] != self.model.embed_dim:
-            raise RuntimeError(f"{self.modality} tower returned shape {tuple(emb.shape)} for a batch of "
-                               f"{len(items)}; expected ({len(items)}, {self.model.embed_dim})")
-        finite = torch.isfinite(emb).all(dim=-1)
-        if not bool(finite.all()):
-            self.model._non_finite(np.arange(len(items)), finite, self.modality)
+        self.model._check_batch(emb, np.arange(len(items)), self.modality)
         return emb.detach().float().cpu()
 
     def finish(self, emb: torch.Tensor, *, truncate_dim: int | None = None,
                normalize: bool | None = None) -> np.ndarray:
         """Rows of :meth:`run` as ``encode(..., truncate_dim=, normalize=)`` returns them (float32)."""
-        model = self.model
-        dim = check_truncate_dim(truncate_dim, model.embed_dim)
-        dim = dim if dim is not None else (model.truncate_dim or model.embed_dim)
-        norm: bool | str = model.default_normalize() if normalize is None else bool(normalize)
-        if not norm:
-            model._check_unnormalized_output([self.modality], {self.modality: self._run})
-        elif normalize is None and model.normalized and dim < model.embed_dim:
-            norm = "full"
-        if norm == "full":
-            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+        dim = self.model._width(truncate_dim)
+        norm = self.model._norm_mode(normalize, dim, [self.modality], {self.modality: self._run})
+        return np.ascontiguousarray(_shape_rows(emb, dim, norm).numpy(), dtype=np.float32)
+
+
+def _shape_rows(emb: torch.Tensor, dim: int, normalize: bool | str) -> torch.Tensor:
+    """Rows truncated to ``dim`` and normalised as ``normalize`` says (``"full"``: at the full width, before)."""
+    if normalize == "full":
+        emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+    if emb.shape[1] != dim:
         emb = emb[:, :dim]
-        if norm is True:
-            emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
-        return np.ascontiguousarray(emb.numpy(), dtype=np.float32)
+    if normalize is True:
+        emb = torch.nn.functional.normalize(emb, p=2, dim=-1)
+    return emb
 
 
 @functools.cache
