@@ -153,6 +153,8 @@ class ServeState:
 
     def start(self) -> None:
         """Load the models named by strings in a background thread (``/health`` says 503 meanwhile)."""
+        if self._loader is not None:  # every request calls this: no lock once started
+            return
         with self._start_lock:
             if self._loader is None:
                 self._loader = threading.Thread(target=self._load_all, name="embedhub-load", daemon=True)
@@ -299,7 +301,8 @@ def parse_image_input(value: Any, limits: Limits) -> list[str]:
 
 
 def decode_image(item: str, index: int, limits: Limits) -> bytes:
-    """The bytes of a data URI (or, when allowed, of an http(s) URL), bounded by ``max_image_bytes``."""
+    """The bytes of a data URI (base64, whitespace allowed), bounded by ``max_image_bytes``; URLs are fetched by
+    :func:`image_bytes`."""
     m = _DATA_URI.match(item[:200])
     if m is not None:
         payload = item[m.end():]

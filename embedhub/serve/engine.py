@@ -326,10 +326,9 @@ class Engine:
             waiting, self._queue = list(self._queue), deque()
             self._queued, self._queued_seconds = 0, 0.0
         error = EngineFailed(reason)
-        futures = {id(w.job.future if isinstance(w, _Item) else w.future):
-                   (w.job.loop, w.job.future) if isinstance(w, _Item) else (w.loop, w.future) for w in waiting}
-        for loop, future in futures.values():
-            _settle_threadsafe(loop, future, error)
+        owners = {w.job if isinstance(w, _Item) else w for w in waiting}  # jobs and calls: each answered once
+        for owner in owners:
+            _settle_threadsafe(owner.loop, owner.future, error)
 
 
 def _settle_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future, error: BaseException) -> None:
