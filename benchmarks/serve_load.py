@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import json
 import os
@@ -60,7 +61,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -324,40 +325,29 @@ def _retry_after(value: str | None) -> float:
 
 
 async def closed_loop(url: str, bodies: list[bytes], clients: int, duration: float, per_request: int,
-                      timeout: float, max_requests: int) -> dict[str, Any]:  # fmt: skip
+                      timeout: float, max_requests: int, library: str = "aiohttp") -> dict[str, Any]:  # fmt: skip
     """``clients`` closed-loop clients, each with its own connection, sending the next body of ``bodies`` (a shared
     counter) until ``duration`` seconds have passed or ``max_requests`` were sent; their outcomes. A client that gets
-    a 429 waits its ``Retry-After`` (at most ``MAX_RETRY_AFTER`` s) before its next request."""
-    import httpx
-
+    a 429 waits its ``Retry-After`` (at most ``MAX_RETRY_AFTER`` s) before its next request. ``library``: the HTTP
+    client, ``aiohttp`` (default) or ``httpx``."""
     counter = itertools.count()
     lat: list[float] = []
     statuses: Counter[str] = Counter()
     headers = {"content-type": "application/json"}
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
     t0 = time.perf_counter()
     deadline = t0 + duration
     last_done = t0
+    post = _aiohttp_poster if library == "aiohttp" else _httpx_poster
 
     async def client() -> None:
         nonlocal last_done
-        async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as c:
+        async with post(timeout) as send:
             while time.perf_counter() < deadline:
                 i = next(counter)
                 if i >= max_requests:
                     return
                 start_t = time.perf_counter()
-                retry_after = 0.0
-                try:
-                    r = await c.post(url, content=bodies[i % len(bodies)], headers=headers)
-                    await r.aread()
-                    status = str(r.status_code)
-                    if r.status_code == 429:
-                        retry_after = _retry_after(r.headers.get("retry-after"))
-                except httpx.TimeoutException:
-                    status = "timeout"
-                except httpx.HTTPError as exc:
-                    status = type(exc).__name__
+                status, retry_after = await send(url, bodies[i % len(bodies)], headers)
                 end_t = time.perf_counter()
                 last_done = max(last_done, end_t)
                 statuses[status] += 1
@@ -375,13 +365,57 @@ async def closed_loop(url: str, bodies: list[bytes], clients: int, duration: flo
             "errors": {k: v for k, v in statuses.items() if k != "200"}}  # fmt: skip
 
 
+@contextlib.asynccontextmanager
+async def _aiohttp_poster(timeout: float) -> AsyncIterator[Callable[..., Awaitable[tuple[str, float]]]]:
+    """A ``send(url, body, headers) -> (status, retry_after)`` on one aiohttp connection."""
+    import aiohttp
+
+    connector = aiohttp.TCPConnector(limit=1)
+    async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as c:
+
+        async def send(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, float]:
+            try:
+                async with c.post(url, data=body, headers=headers) as r:
+                    await r.read()
+                    retry = _retry_after(r.headers.get("retry-after")) if r.status == 429 else 0.0
+                    return str(r.status), retry
+            except asyncio.TimeoutError:
+                return "timeout", 0.0
+            except aiohttp.ClientError as exc:
+                return type(exc).__name__, 0.0
+
+        yield send
+
+
+@contextlib.asynccontextmanager
+async def _httpx_poster(timeout: float) -> AsyncIterator[Callable[..., Awaitable[tuple[str, float]]]]:
+    """As :func:`_aiohttp_poster`, on one ``httpx.AsyncClient`` connection."""
+    import httpx
+
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as c:
+
+        async def send(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, float]:
+            try:
+                r = await c.post(url, content=body, headers=headers)
+                await r.aread()
+            except httpx.TimeoutException:
+                return "timeout", 0.0
+            except httpx.HTTPError as exc:
+                return type(exc).__name__, 0.0
+            retry = _retry_after(r.headers.get("retry-after")) if r.status_code == 429 else 0.0
+            return str(r.status_code), retry
+
+        yield send
+
+
 def measure(server: Server, bodies: list[bytes], clients: int, args: argparse.Namespace,
             duration: float | None = None) -> dict[str, Any]:  # fmt: skip
     """One closed-loop setting against ``server``, with the CPU the client, the server and the rest used meanwhile."""
     pid = server.proc.pid
     wall0, own0, srv0, busy0 = time.perf_counter(), time.process_time(), tree_cpu_s(pid), machine_busy_s()
     out = run_async(closed_loop(server.url, bodies, clients, duration or args.duration, args.per_request,
-                                args.request_timeout, args.max_requests))  # fmt: skip
+                                args.request_timeout, args.max_requests, args.client))  # fmt: skip
     wall = time.perf_counter() - wall0
     own, srv, busy = time.process_time() - own0, tree_cpu_s(pid) - srv0, machine_busy_s() - busy0
     out["cpu_cores"] = {"client": own / wall, "server": srv / wall, "others": max(busy - own - srv, 0.0) / wall}
@@ -442,13 +476,26 @@ def direct_p50(model: Any, texts: list[str], seconds: float, max_calls: int = 50
     return {"calls": len(lat), "p50_ms": p50, "p99_ms": p99}
 
 
-def health_p50(server: Server, calls: int = 200) -> float:
-    """p50 in ms of ``GET /health`` on one keep-alive connection (``httpx.AsyncClient``, as the load): the HTTP round
-    trip with no model work, the floor under any request's latency."""
-    import httpx
+def health_p50(server: Server, calls: int = 200, library: str = "aiohttp") -> float:
+    """p50 in ms of ``GET /health`` on one keep-alive connection of the load's HTTP client (``library``): the HTTP
+    round trip with no model work, the floor under any request's latency."""
 
     async def go() -> list[float]:
         lat = []
+        if library == "aiohttp":
+            import aiohttp
+
+            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as c:
+                for i in range(calls + 10):
+                    t = time.perf_counter()
+                    async with c.get(server.base + server.health_path) as r:
+                        await r.read()
+                        r.raise_for_status()
+                    if i >= 10:
+                        lat.append(time.perf_counter() - t)
+            return lat
+        import httpx
+
         async with httpx.AsyncClient(trust_env=False, timeout=10.0) as c:
             for i in range(calls + 10):
                 t = time.perf_counter()
@@ -690,7 +737,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "machine": machine({"threads": args.threads}, LOAD_AT_START, uptime_at_start=uptime_line(),
                            cpu=_cpu_name(), cpu_capability=torch.backends.cpu.get_cpu_capability()),  # fmt: skip
         "versions": {"python": platform.python_version(), **package_versions(
-            ("embedhub", "torch", "sentence-transformers", "transformers", "httpx", "uvicorn", "fastapi"), "?"),
+            ("embedhub", "torch", "sentence-transformers", "transformers", "aiohttp", "httpx", "uvicorn", "fastapi"),
+            "?"),
             "infinity-emb": _infinity_version(args.infinity_venv)},  # fmt: skip
         "args": args_record(args), "model": str(folder),
         "texts": {k: texts[f"{k}_tokens"] for k in ("short", "long")},
@@ -772,7 +820,7 @@ def closed_loop_matrix(servers: dict[str, Server], texts: dict[str, Any], kinds:
                     for name in rotated:
                         if name == "embedhub" and clients == 1 and kind == "short" and direct_model is not None:
                             direct.append({**direct_watched(direct_model, texts["short"], min(args.duration, 5.0)),
-                                           "health_p50_ms": health_p50(servers[name])})
+                                           "health_p50_ms": health_p50(servers[name], library=args.client)})
                         bar.set_postfix_str(f"rep {rep + 1} {kind} {clients} clients {name}")
                         out = measure(servers[name], bodies[kind], clients, args)
                         runs.append({"server": name, "texts": kind, "clients": clients, "rep": rep, **out})
@@ -1033,6 +1081,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-long", type=int, default=256, help="long texts (256)")
     p.add_argument("--long-tokens", type=int, default=200, help="tokens per long text, at least (200)")
     p.add_argument("--check", type=int, default=64, help="short texts in each server's vector check (64; long: /4)")
+    p.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp",
+                   help="the closed-loop clients' HTTP library (aiohttp; httpx's AsyncClient takes ~20x its CPU per "
+                        "request, which on 2 cores is taken from the servers)")
     p.add_argument("--request-timeout", type=float, default=30.0, help="client timeout per request, s (30)")
     p.add_argument("--max-requests", type=int, default=200_000, help="bound on the requests of one setting")
     p.add_argument("--start-timeout", type=float, default=240.0, help="seconds a server has to get healthy (240)")

@@ -618,6 +618,46 @@ def test_queue_refuses_beyond_max_wait_seconds_of_measured_work(minilm):
         engine.stop()
 
 
+def test_engine_finishes_each_request_of_a_batch_with_its_own_width(minilm):
+    """One batch holds requests at the model's defaults (finished for the whole batch on the model thread) and at
+    truncated widths: each request's rows equal encode's with its own settings; a width above the model's fails
+    that request before it queues, and the engine keeps working."""
+    from embedhub.errors import EmbedhubError
+    from embedhub.serve import Engine
+
+    engine = Engine(minilm, name="m")
+    stages = minilm.stages()
+    texts = [sentences(3, seed=i) for i in range(6)]
+    dims = [None, 16, None, 64, 384, None]
+    gate = threading.Event()
+
+    async def main():
+        engine.start()
+        blocker = asyncio.ensure_future(engine.call(gate.wait))  # the six requests queue up as one window
+        await asyncio.sleep(0.1)
+        jobs = [asyncio.ensure_future(engine.embed(stages, stages.prepare(t), truncate_dim=d,
+                                                   normalize=None if d is None else True))
+                for t, d in zip(texts, dims)]
+        with pytest.raises(EmbedhubError, match="385"):
+            await engine.embed(stages, stages.prepare(["too wide"]), truncate_dim=385)
+        await asyncio.sleep(0.1)
+        gate.set()
+        await blocker
+        return await asyncio.wait_for(asyncio.gather(*jobs), 30)
+
+    batches: list[int] = []
+    engine._observe = lambda event, **v: batches.append(v["requests"])
+    try:
+        results = asyncio.run(main())
+    finally:
+        engine.stop(5)
+    assert batches == [6] and engine.failure is None  # one batch mixed all six
+    for t, d, got in zip(texts, dims, results):
+        want = minilm.encode(t) if d is None else minilm.encode(t, truncate_dim=d, normalize=True)
+        assert got.dtype == np.float32 and got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
 def test_a_failing_batch_fails_every_request_of_its_window(minilm):
     """The model thread fails in the second batch of a window: all four requests get EngineFailed (none hangs),
     and the engine refuses new work, saying why."""
@@ -652,7 +692,7 @@ def test_a_failing_batch_fails_every_request_of_its_window(minilm):
     finally:
         engine.stop(5)
     kinds = [type(r).__name__ for r in results]
-    assert kinds.count("EngineFailed") >= 2 and set(kinds) <= {"Tensor", "EngineFailed"}, kinds
+    assert kinds.count("EngineFailed") >= 2 and set(kinds) <= {"ndarray", "EngineFailed"}, kinds
     assert all(isinstance(r, EngineFailed) for r in results[-2:])  # the window's later batch failed too
     assert engine.failure == "RuntimeError: CUDA out of memory" and not engine.healthy
     with pytest.raises(EngineFailed, match="out of memory"):

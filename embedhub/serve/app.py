@@ -573,19 +573,18 @@ def create_app(
             small = texts is not None and len(texts) <= 8 and sum(map(len, texts)) <= _INLINE_CHARS
             prepared = await _prepare(loop, None if small else state.pool, fn, served=served)
             tokens = sum(len(x) for x in prepared)
-        rows = await _run(request, engine, stages, prepared)
+        vectors = await _run(request, engine, stages, prepared, dims)
         metrics.items.labels(served.name, modality).inc(len(prepared))
         fingerprint = served.fingerprint_id(stages, dims)
 
         def write() -> bytes:
-            vectors = stages.finish(rows, truncate_dim=dims, normalize=True if dims is not None else None)
             out = [{"object": "embedding", "index": i,
                     "embedding": _b64(v) if fmt == "base64" else v} for i, v in enumerate(vectors)]
             body = {"object": "list", "data": out, "model": served.name,
                     "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
             return _dumps(body)
 
-        big = rows.shape[0] * rows.shape[1] * (4 if fmt == "base64" else 20) > _OFFLOAD_BYTES
+        big = vectors.shape[0] * vectors.shape[1] * (4 if fmt == "base64" else 20) > _OFFLOAD_BYTES
         content = await loop.run_in_executor(None, write) if big else write()
         return Response(content, media_type="application/json", headers={FINGERPRINT_HEADER: fingerprint})
 
@@ -716,13 +715,14 @@ async def _prepare(loop: asyncio.AbstractEventLoop, pool: ThreadPoolExecutor | N
 _UNWATCHED_ITEMS = 4
 
 
-async def _run(request: Any, engine: Engine, stages: Any, prepared: list[Any]) -> Any:
-    """The engine's rows for ``prepared``; a client that disconnects cancels its queued items (requests of more
-    than :data:`_UNWATCHED_ITEMS` inputs)."""
+async def _run(request: Any, engine: Engine, stages: Any, prepared: list[Any], dims: int | None = None) -> Any:
+    """The engine's vectors for ``prepared`` (``dims``: truncated to that width and renormalised); a client that
+    disconnects cancels its queued items (requests of more than :data:`_UNWATCHED_ITEMS` inputs)."""
+    finish = {} if dims is None else {"truncate_dim": dims, "normalize": True}
     if len(prepared) <= _UNWATCHED_ITEMS:
         with _engine_errors(engine):
-            return await engine.embed(stages, prepared)
-    task = asyncio.ensure_future(engine.embed(stages, prepared))
+            return await engine.embed(stages, prepared, **finish)
+    task = asyncio.ensure_future(engine.embed(stages, prepared, **finish))
     watcher = asyncio.ensure_future(_disconnected(request))
     try:
         done, _ = await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)

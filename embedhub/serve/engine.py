@@ -6,7 +6,7 @@ rather than letting latency grow without bound), a cancelled request's queued it
 failure of the model thread is kept and reported (:attr:`Engine.failure`) rather than hidden.
 
 >>> engine = Engine(model, max_batch_tokens=8192)          # doctest: +SKIP
->>> rows = await engine.embed(stages, stages.prepare(["a cat", "a dog"]))  # doctest: +SKIP
+>>> vectors = await engine.embed(stages, stages.prepare(["a cat", "a dog"]))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -41,19 +41,22 @@ class EngineFailed(Exception):
 
 @dataclass(eq=False)
 class _Job:
-    """One request's items: rows arrive from the model thread, the future resolves when all have."""
+    """One request's items: rows arrive from the model thread, the future resolves when all have. ``finish``:
+    the ``truncate_dim`` and ``normalize`` its rows are finished with (empty: the model's defaults, which the
+    model thread applies to a whole batch at once)."""
 
     stages: Any
     n: int
     loop: asyncio.AbstractEventLoop
     future: asyncio.Future
-    rows: list[torch.Tensor | None] = field(default_factory=list)
+    rows: list[Any] = field(default_factory=list)
     remaining: int = 0
     cancelled: bool = False
     queued: int = 0  # its items still in the engine's queue
     queued_seconds: float = 0.0
+    finish: dict[str, Any] = field(default_factory=dict)
 
-    def deliver(self, index: int, row: torch.Tensor) -> bool:
+    def deliver(self, index: int, row: Any) -> bool:
         """Store one row (model thread); True when it was the last."""
         self.rows[index] = row
         self.remaining -= 1
@@ -169,14 +172,21 @@ class Engine:
                              "a request may wait; retry later", retry_after=max(1, math.ceil(wait)))
 
     # ---------------------------------------------------------------- requests
-    async def embed(self, stages: Any, prepared: list[Any]) -> torch.Tensor:
-        """The raw ``(len(prepared), embed_dim)`` rows of prepared items (``stages.prepare``'s output), in order.
+    async def embed(self, stages: Any, prepared: list[Any], *, truncate_dim: int | None = None,
+                    normalize: bool | None = None) -> np.ndarray:
+        """The embeddings of prepared items (``stages.prepare``'s output), in order, as
+        ``encode(..., truncate_dim=, normalize=)`` returns them: ``stages.finish(stages.run(prepared), ...)``.
+        The model thread finishes the rows (a whole batch at once for the model's defaults).
 
         Cancelling the awaiting task drops the request's items that are still queued."""
+        finish = {k: v for k, v in (("truncate_dim", truncate_dim), ("normalize", normalize)) if v is not None}
+        if finish or not prepared:  # a bad width or mode fails here, in the request, not in the model thread
+            empty = stages.finish(torch.empty(0, self.model.embed_dim), **finish)
+            if not prepared:
+                return empty
         loop = asyncio.get_running_loop()
-        job = _Job(stages, len(prepared), loop, loop.create_future(), [None] * len(prepared), len(prepared))
-        if not prepared:
-            return torch.empty(0, self.model.embed_dim)
+        job = _Job(stages, len(prepared), loop, loop.create_future(), [None] * len(prepared), len(prepared),
+                   finish=finish)
         rate = self._rate.get(stages.modality)
         items = [_Item(job, i, x, c, c / rate if rate else 0.0)
                  for i, (x, c) in enumerate(zip(prepared, (int(stages.cost(x)) for x in prepared)))]
@@ -316,9 +326,17 @@ class Engine:
             self._observe("batch", rows=len(batch), padded_tokens=len(batch) * max(it.cost for it in batch),
                           requests=len(jobs), seconds=seconds)
             self._ran(rows)
-            for it, row in zip(batch, emb):
-                if it.job.deliver(it.index, row):
-                    it.job.loop.call_soon_threadsafe(_settle, it.job.future, torch.stack(it.job.rows), None)
+            finished = stages.finish(emb) if any(not it.job.finish for it in batch) else None
+            for i, it in enumerate(batch):
+                job = it.job
+                if job.deliver(it.index, emb[i] if job.finish else finished[i]):
+                    try:
+                        out = (stages.finish(torch.stack(job.rows), **job.finish) if job.finish
+                               else np.stack(job.rows))
+                    except Exception as exc:  # this request's own finishing error, not the model's
+                        job.loop.call_soon_threadsafe(_settle, job.future, None, exc)
+                        continue
+                    job.loop.call_soon_threadsafe(_settle, job.future, out, None)
 
     def _fail(self, reason: str) -> None:
         with self._cond:
