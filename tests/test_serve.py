@@ -363,6 +363,45 @@ def test_auth_all_closes_health_and_metrics(minilm):
         t.join(30)
 
 
+def test_embeddings_answer_alike_on_the_fast_path_and_through_fastapi(minilm, monkeypatch):
+    """``POST /v1/embeddings`` skips FastAPI's layers: its answers (vectors, errors, headers, metrics) equal those of
+    FastAPI's own route for it, at the root and under a mount point (``root_path``)."""
+    from embedhub.serve import app as app_module
+    from embedhub.serve import create_app
+
+    bodies = [{"model": "m", "input": ["a dog runs.", "two cats"]},
+              {"model": "m", "input": "a dog", "encoding_format": "base64", "dimensions": 32},
+              b"{not json", {"model": "nope", "input": "x"}, {"model": "m", "input": "x", "dimensions": 0},
+              {"model": "m", "input": ""}, {"model": "m", "input": [[1, 2, 10**9]]}]
+
+    async def answers(root: str) -> tuple[list, str]:
+        app = create_app({"m": minilm}, api_key="k")
+        transport = httpx.ASGITransport(app=app, root_path=root)
+        out = []
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+            for key in ("k", "wrong"):
+                for body in bodies:
+                    kw = {"content": body} if isinstance(body, bytes) else {"json": body}
+                    r = await c.post(f"{root}/v1/embeddings", headers={"Authorization": f"Bearer {key}"}, **kw)
+                    out.append((r.status_code, r.json(), r.headers.get("x-embedhub-fingerprint"),
+                                r.headers.get("content-type")))
+            metrics = (await c.get(f"{root}/metrics")).text
+        app.state.embedhub.stop()
+        counts = sorted(line for line in metrics.splitlines() if line.startswith("embedhub_requests_total{"))
+        return out, counts
+
+    fast, mounted = asyncio.run(answers("")), asyncio.run(answers("/api"))
+    monkeypatch.setattr(app_module._HotPath, "__call__",  # every request through FastAPI's route
+                        lambda self, scope, receive, send: self.app(scope, receive, send))
+    routed = asyncio.run(answers(""))
+    assert fast == routed == mounted
+    statuses = [a[0] for a in fast[0]]
+    assert statuses == [200, 200, 400, 404, 400, 400, 422] + [401] * 7, statuses
+    assert 'embedhub_requests_total{route="/v1/embeddings",status="200"} 2.0' in fast[1]
+    vectors = [d["embedding"] for d in fast[0][0][1]["data"]]
+    np.testing.assert_allclose(vectors, minilm.encode(["a dog runs.", "two cats"]), atol=1e-6)
+
+
 def test_engine_failure_turns_health_503_and_says_why(minilm_path):
     import embedhub
     from embedhub.serve import create_app
