@@ -87,7 +87,8 @@ def test_the_tokenizer_never_sees_the_whole_long_text(minilm, monkeypatch):
 
     tok = pre.tokenizer
     pre._settled(["x"])  # its own untruncated copy of the tokenizer, made before the spy is in place
-    monkeypatch.setattr(pre, "tokenizer", type("T", (), {"encode_batch": staticmethod(spy)})())
+    spy_one = staticmethod(lambda text, *a, **k: spy([text], *a, **k)[0])  # few texts go one by one
+    monkeypatch.setattr(pre, "tokenizer", type("T", (), {"encode_batch": staticmethod(spy), "encode": spy_one})())
     text = "word " * 400_000  # 2 MB
     ids = pre.tokenize([text, "short"])
     monkeypatch.setattr(pre, "tokenizer", tok)

@@ -247,7 +247,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="require 'Authorization: Bearer KEY' (default: $EMBEDHUB_API_KEY; none: open)")
     srv.add_argument("--auth-all", action="store_true", help="/health and /metrics need the key too")
     for flag, default, text in (
-            ("--max-batch-tokens", 16384, "padded tokens per model batch"),
             ("--max-batch-size", 256, "inputs per model batch"),
             ("--max-queue", 4096, "inputs waiting per model; beyond, requests get 429"),
             ("--max-client-batch", 2048, "inputs per request"),
@@ -257,6 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("--max-image-bytes", 10 << 20, "bytes per image"),
             ("--max-image-pixels", 40_000_000, "pixels per decoded image")):
         srv.add_argument(flag, type=_positive_int, default=default, help=f"{text} (default: {default})")
+    srv.add_argument("--max-batch-tokens", type=_positive_int, default=None,
+                     help="padded tokens per model batch (default: 4096 on a CPU, 16384 on an accelerator)")
     srv.add_argument("--max-queue-wait", type=_positive_float, default=2.0,
                      help="seconds of model work that may wait per model (estimated from the measured rate); beyond, "
                      "requests get 429, so accepted requests keep a bounded latency under overload: set it to your "

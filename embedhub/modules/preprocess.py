@@ -165,7 +165,14 @@ class HFTextPreprocessor:
         texts = bound_texts(texts, self.max_length, self._settled)
         if self.lowercase:
             texts = [t.lower() for t in texts]
-        return [e.ids for group in char_groups(texts) for e in self.tokenizer.encode_batch(group)]
+        return [e.ids for group in char_groups(texts) for e in self._encode(group)]
+
+    def _encode(self, texts: list[str]) -> list[Any]:
+        """``encode_batch``, but a few texts on this thread: the batch call hands them to the tokenizer's thread
+        pool, whose threads wait for a core while a model runs on all of them (a server's single requests)."""
+        if len(texts) <= 4:
+            return [self.tokenizer.encode(t) for t in texts]
+        return self.tokenizer.encode_batch(texts)
 
     def _settled(self, prefixes: list[str]) -> list[bool]:
         if getattr(self, "_counter", None) is None:

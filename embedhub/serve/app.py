@@ -414,7 +414,7 @@ def create_app(
     api_key: str | None = None,
     auth_all: bool = False,
     limits: Limits | None = None,
-    max_batch_tokens: int = 16384,
+    max_batch_tokens: int | None = None,
     max_batch_size: int = 256,
     max_queue: int = 4096,
     max_queue_wait: float | None = 2.0,
@@ -426,7 +426,8 @@ def create_app(
     background thread when the app starts (``/health`` answers 503 until they have).
 
     ``api_key``: requests must send ``Authorization: Bearer <key>`` (``/health`` and ``/metrics`` too when
-    ``auth_all``); ``max_batch_tokens`` / ``max_batch_size``: one model batch; ``max_queue`` (items) and
+    ``auth_all``); ``max_batch_tokens`` / ``max_batch_size``: one model batch (tokens: default 4096 on a CPU, 16384
+    on an accelerator); ``max_queue`` (items) and
     ``max_queue_wait`` (seconds of model time, measured): what may wait per model before requests are refused
     with 429; ``workers_tokenize``: threads tokenising and decoding requests.
 
