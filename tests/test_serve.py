@@ -738,6 +738,42 @@ def test_a_failing_batch_fails_every_request_of_its_window(minilm):
         engine.check_admission(1)
 
 
+def test_a_failure_finishing_rows_on_the_model_thread_answers_every_request(minilm):
+    """The model thread fails after the tower ran, while finishing a batch's rows: every request of the window
+    gets EngineFailed once (none waits forever), and the engine says why."""
+    from embedhub.serve import Engine, EngineFailed
+
+    engine = Engine(minilm, max_batch_size=2, name="m")
+    stages = minilm.stages()  # stages of its own: the patch below stays on them
+    real_finish = stages.finish
+
+    def fails_on_the_model_thread(emb, **kw):
+        if emb.shape[0] and threading.current_thread().name.startswith("embedhub-engine"):
+            raise MemoryError("out of memory while finishing")
+        return real_finish(emb, **kw)
+
+    stages.finish = fails_on_the_model_thread
+    gate = threading.Event()
+
+    async def main():
+        engine.start()
+        blocker = asyncio.ensure_future(engine.call(gate.wait))  # the requests queue up as one window
+        await asyncio.sleep(0.1)
+        jobs = [asyncio.ensure_future(engine.embed(stages, stages.prepare([f"text {i}"] * (1 + i % 2)),
+                                                   **({"truncate_dim": 8} if i == 3 else {}))) for i in range(4)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        await blocker
+        return await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 30)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        engine.stop(5)
+    assert all(isinstance(r, EngineFailed) for r in results), results
+    assert not engine.healthy and "out of memory while finishing" in engine.failure
+
+
 def test_cancelled_requests_stop_counting_against_the_queue_at_once(minilm):
     from embedhub.serve import Engine
 
