@@ -402,6 +402,43 @@ def test_embeddings_answer_alike_on_the_fast_path_and_through_fastapi(minilm, mo
     np.testing.assert_allclose(vectors, minilm.encode(["a dog runs.", "two cats"]), atol=1e-6)
 
 
+def test_embeddings_keep_middleware_and_handlers_added_to_the_app_and_metrics_name_routes_under_root_slash(minilm):
+    """Middleware (CORS) and error handlers added to the app after ``create_app`` apply to ``POST /v1/embeddings``
+    as to every route; under a root path of ``/`` the metrics still name the routes (as Starlette's router reads
+    the path), not 'other'."""
+    from fastapi.responses import JSONResponse
+    from starlette.middleware.cors import CORSMiddleware
+
+    from embedhub.serve import create_app
+    from embedhub.serve.app import APIError
+
+    async def own_error(request, exc):
+        return JSONResponse({"own": exc.status}, status_code=exc.status)
+
+    async def main():
+        app = create_app({"m": minilm})
+        app.add_middleware(CORSMiddleware, allow_origins=["https://example.org"])
+        app.add_exception_handler(APIError, own_error)
+        slash = create_app({"m": minilm})
+        out = []
+        for a, root in ((app, ""), (slash, "/")):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=a, root_path=root),
+                                         base_url="http://test") as c:
+                headers = {"Origin": "https://example.org"}
+                out.append(await c.post("/v1/embeddings", json={"model": "m", "input": "a dog"}, headers=headers))
+                out.append(await c.post("/v1/embeddings", json={"model": "nope", "input": "a dog"}))
+                out.append(await c.get("/metrics"))
+            a.state.embedhub.stop()
+        return out
+
+    ok, own, _, slash_ok, _, metrics = asyncio.run(main())
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://example.org"
+    assert own.status_code == 404 and own.json() == {"own": 404}
+    assert slash_ok.status_code == 200
+    assert 'embedhub_requests_total{route="/v1/embeddings",status="200"} 1.0' in metrics.text
+    assert 'embedhub_requests_total{route="/v1/embeddings",status="404"} 1.0' in metrics.text
+
+
 def test_engine_failure_turns_health_503_and_says_why(minilm_path):
     import embedhub
     from embedhub.serve import create_app

@@ -495,7 +495,17 @@ def create_app(
 
     build_stack = app.build_middleware_stack
     hot = _Observe(hot_embeddings, state=state)
-    app.build_middleware_stack = lambda: _HotPath(build_stack(), hot)
+    own: dict[str, Any] = {}  # the app's own middleware and error handlers, recorded once it is built
+
+    def build_middleware_stack() -> Any:
+        """FastAPI's stack, with the fast path in front unless middleware or error handlers were added to the
+        app after :func:`create_app` (they apply to every route, so the fast path would skip them)."""
+        stack = build_stack()
+        if app.user_middleware == own.get("middleware") and app.exception_handlers == own.get("handlers"):
+            return _HotPath(stack, hot)
+        return stack
+
+    app.build_middleware_stack = build_middleware_stack
 
     app.add_middleware(_Observe, state=state)
 
@@ -646,6 +656,7 @@ def create_app(
                 "data": [{"object": "zero_shot", "index": i, "probabilities": p.tolist()} for i, p in
                          enumerate(probs)]}
 
+    own.update(middleware=list(app.user_middleware), handlers=dict(app.exception_handlers))
     return app
 
 
@@ -668,9 +679,14 @@ class _HotPath:
 
 
 def _route_path(scope: dict[str, Any]) -> str:
-    """The request's path below the app's mount point (``root_path``), as Starlette's router matches it."""
+    """The request's path below the app's mount point (``root_path``), as Starlette's router matches it: the
+    root is cut only where a ``/`` follows it (a root of ``/`` leaves ``/v1/embeddings`` as it is)."""
     path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+    if not root or not path.startswith(root):
+        return path
+    if path == root:
+        return ""
+    return path[len(root):] if path[len(root)] == "/" else path
 
 
 class _Observe:
