@@ -402,6 +402,39 @@ def test_embeddings_answer_alike_on_the_fast_path_and_through_fastapi(minilm, mo
     np.testing.assert_allclose(vectors, minilm.encode(["a dog runs.", "two cats"]), atol=1e-6)
 
 
+def test_a_client_gone_before_its_body_arrived_is_counted_499_not_a_server_failure(minilm, caplog):
+    """A client that disconnects mid-body is answered (and counted) 499, as one gone while its items wait, not
+    as a 500 with the server's error logged."""
+    from embedhub.serve import create_app
+
+    async def main():
+        app = create_app({"m": minilm})
+        messages = [{"type": "http.request", "body": b'{"model": "m", "in', "more_body": True},
+                    {"type": "http.disconnect"}]
+        sent: list[dict] = []
+
+        async def receive():
+            return messages.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/embeddings", "raw_path": b"/v1/embeddings", "query_string": b"",
+                 "root_path": "", "headers": [(b"content-length", b"40")], "client": ("127.0.0.1", 1),
+                 "server": ("test", 80)}
+        await app(scope, receive, send)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            metrics = (await c.get("/metrics")).text
+        app.state.embedhub.stop()
+        return sent[0]["status"], metrics
+
+    with caplog.at_level("ERROR", logger="embedhub.serve"):
+        status, metrics = asyncio.run(main())
+    assert status == 499 and 'embedhub_requests_total{route="/v1/embeddings",status="499"} 1.0' in metrics
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
 def test_embeddings_keep_middleware_and_handlers_added_to_the_app_and_metrics_name_routes_under_root_slash(minilm):
     """Middleware (CORS) and error handlers added to the app after ``create_app`` apply to ``POST /v1/embeddings``
     as to every route; under a root path of ``/`` the metrics still name the routes (as Starlette's router reads

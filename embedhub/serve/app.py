@@ -33,7 +33,8 @@ from embedhub.errors import ArgumentError, EmbedhubError, ItemError, ModalityErr
 from embedhub.serve.engine import Engine, EngineFailed, Overloaded
 from embedhub.serve.metrics import Metrics
 
-Request = require("starlette.requests", "serve", "embedhub serve").Request  # resolves the routes' annotations
+_requests = require("starlette.requests", "serve", "embedhub serve")
+Request = _requests.Request  # resolves the routes' annotations
 
 log = logging.getLogger("embedhub.serve")
 
@@ -228,6 +229,8 @@ async def read_json(request: Any, limit: int, timeout: float = 30.0) -> dict[str
     except TimeoutError:
         raise APIError(408, f"The request body did not arrive within {timeout:g} s", code="request_timeout",
                        headers={"Connection": "close"}) from None
+    except _requests.ClientDisconnect:  # gone before its body arrived: not a failure of the server
+        raise APIError(499, "The client closed the request", code="client_closed") from None
     try:
         if len(body) > _OFFLOAD_BYTES:
             data = await asyncio.get_running_loop().run_in_executor(None, _loads, bytes(body))
