@@ -47,6 +47,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import itertools
 import json
 import os
@@ -96,6 +97,9 @@ HERE = Path(__file__).resolve().parent
 NOT_SENT = "not sent (connection cap)"
 CONTENDED = 0.2  # cores other processes took during a setting, above which its figures are not trustworthy
 MAX_RETRY_AFTER = 5.0  # seconds a closed-loop client waits after a 429 at most
+#: seconds a closed-loop client keeps an idle connection: under uvicorn's keep-alive timeout (5 s), so a client
+#: back from a Retry-After wait opens a new connection rather than racing the server closing its old one
+CLIENT_KEEPALIVE_S = 4.0
 IDLE_S = 2.0  # the open-loop generator reuses a keep-alive connection idle at most this long (uvicorn closes at 5 s)
 
 
@@ -321,6 +325,8 @@ def _retry_after(value: str | None) -> float:
         seconds = float(value) if value is not None else 1.0
     except ValueError:
         seconds = 1.0
+    if seconds != seconds:  # "nan" parses as a float but is not a number of seconds
+        seconds = 1.0
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
@@ -370,7 +376,7 @@ async def _aiohttp_poster(timeout: float) -> AsyncIterator[Callable[..., Awaitab
     """A ``send(url, body, headers) -> (status, retry_after)`` on one aiohttp connection."""
     import aiohttp
 
-    connector = aiohttp.TCPConnector(limit=1)
+    connector = aiohttp.TCPConnector(limit=1, keepalive_timeout=CLIENT_KEEPALIVE_S)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as c:
 
         async def send(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, float]:
@@ -392,7 +398,7 @@ async def _httpx_poster(timeout: float) -> AsyncIterator[Callable[..., Awaitable
     """As :func:`_aiohttp_poster`, on one ``httpx.AsyncClient`` connection."""
     import httpx
 
-    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1)
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=CLIENT_KEEPALIVE_S)
     async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as c:
 
         async def send(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, float]:
@@ -1108,6 +1114,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = harness.parse_with_json(p, argv, "duration", "reps", "per_request", "threads", "n_short", "n_long",
                                    "check", "request_timeout", "max_requests", "overload_seconds",
                                    "overload_connections", "infinity_batch_size", "long_tokens")  # fmt: skip
+    if args.client == "aiohttp" and importlib.util.find_spec("aiohttp") is None:
+        p.error("--client aiohttp (the default) needs aiohttp: pip install aiohttp, or pass --client httpx")
     if args.warmup < 0 or args.overload_factor <= 0:
         p.error("--warmup must be >= 0 and --overload-factor > 0")
     if args.long_tokens > harness.MAX_TOKENS:

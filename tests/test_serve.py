@@ -402,6 +402,76 @@ def test_embeddings_answer_alike_on_the_fast_path_and_through_fastapi(minilm, mo
     np.testing.assert_allclose(vectors, minilm.encode(["a dog runs.", "two cats"]), atol=1e-6)
 
 
+def test_a_client_gone_before_its_body_arrived_is_counted_499_not_a_server_failure(minilm, caplog):
+    """A client that disconnects mid-body is answered (and counted) 499, as one gone while its items wait, not
+    as a 500 with the server's error logged."""
+    from embedhub.serve import create_app
+
+    async def main():
+        app = create_app({"m": minilm})
+        messages = [{"type": "http.request", "body": b'{"model": "m", "in', "more_body": True},
+                    {"type": "http.disconnect"}]
+        sent: list[dict] = []
+
+        async def receive():
+            return messages.pop(0)
+
+        async def send(message):
+            sent.append(message)
+
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+                 "scheme": "http", "path": "/v1/embeddings", "raw_path": b"/v1/embeddings", "query_string": b"",
+                 "root_path": "", "headers": [(b"content-length", b"40")], "client": ("127.0.0.1", 1),
+                 "server": ("test", 80)}
+        await app(scope, receive, send)
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as c:
+            metrics = (await c.get("/metrics")).text
+        app.state.embedhub.stop()
+        return sent[0]["status"], metrics
+
+    with caplog.at_level("ERROR", logger="embedhub.serve"):
+        status, metrics = asyncio.run(main())
+    assert status == 499 and 'embedhub_requests_total{route="/v1/embeddings",status="499"} 1.0' in metrics
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
+
+
+def test_embeddings_keep_middleware_and_handlers_added_to_the_app_and_metrics_name_routes_under_root_slash(minilm):
+    """Middleware (CORS) and error handlers added to the app after ``create_app`` apply to ``POST /v1/embeddings``
+    as to every route; under a root path of ``/`` the metrics still name the routes (as Starlette's router reads
+    the path), not 'other'."""
+    from fastapi.responses import JSONResponse
+    from starlette.middleware.cors import CORSMiddleware
+
+    from embedhub.serve import create_app
+    from embedhub.serve.app import APIError
+
+    async def own_error(request, exc):
+        return JSONResponse({"own": exc.status}, status_code=exc.status)
+
+    async def main():
+        app = create_app({"m": minilm})
+        app.add_middleware(CORSMiddleware, allow_origins=["https://example.org"])
+        app.add_exception_handler(APIError, own_error)
+        slash = create_app({"m": minilm})
+        out = []
+        for a, root in ((app, ""), (slash, "/")):
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=a, root_path=root),
+                                         base_url="http://test") as c:
+                headers = {"Origin": "https://example.org"}
+                out.append(await c.post("/v1/embeddings", json={"model": "m", "input": "a dog"}, headers=headers))
+                out.append(await c.post("/v1/embeddings", json={"model": "nope", "input": "a dog"}))
+                out.append(await c.get("/metrics"))
+            a.state.embedhub.stop()
+        return out
+
+    ok, own, _, slash_ok, _, metrics = asyncio.run(main())
+    assert ok.status_code == 200 and ok.headers["access-control-allow-origin"] == "https://example.org"
+    assert own.status_code == 404 and own.json() == {"own": 404}
+    assert slash_ok.status_code == 200
+    assert 'embedhub_requests_total{route="/v1/embeddings",status="200"} 1.0' in metrics.text
+    assert 'embedhub_requests_total{route="/v1/embeddings",status="404"} 1.0' in metrics.text
+
+
 def test_engine_failure_turns_health_503_and_says_why(minilm_path):
     import embedhub
     from embedhub.serve import create_app
@@ -736,6 +806,42 @@ def test_a_failing_batch_fails_every_request_of_its_window(minilm):
     assert engine.failure == "RuntimeError: CUDA out of memory" and not engine.healthy
     with pytest.raises(EngineFailed, match="out of memory"):
         engine.check_admission(1)
+
+
+def test_a_failure_finishing_rows_on_the_model_thread_answers_every_request(minilm):
+    """The model thread fails after the tower ran, while finishing a batch's rows: every request of the window
+    gets EngineFailed once (none waits forever), and the engine says why."""
+    from embedhub.serve import Engine, EngineFailed
+
+    engine = Engine(minilm, max_batch_size=2, name="m")
+    stages = minilm.stages()  # stages of its own: the patch below stays on them
+    real_finish = stages.finish
+
+    def fails_on_the_model_thread(emb, **kw):
+        if emb.shape[0] and threading.current_thread().name.startswith("embedhub-engine"):
+            raise MemoryError("out of memory while finishing")
+        return real_finish(emb, **kw)
+
+    stages.finish = fails_on_the_model_thread
+    gate = threading.Event()
+
+    async def main():
+        engine.start()
+        blocker = asyncio.ensure_future(engine.call(gate.wait))  # the requests queue up as one window
+        await asyncio.sleep(0.1)
+        jobs = [asyncio.ensure_future(engine.embed(stages, stages.prepare([f"text {i}"] * (1 + i % 2)),
+                                                   **({"truncate_dim": 8} if i == 3 else {}))) for i in range(4)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        await blocker
+        return await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 30)
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        engine.stop(5)
+    assert all(isinstance(r, EngineFailed) for r in results), results
+    assert not engine.healthy and "out of memory while finishing" in engine.failure
 
 
 def test_cancelled_requests_stop_counting_against_the_queue_at_once(minilm):

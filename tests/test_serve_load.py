@@ -73,6 +73,43 @@ def test_retry_after_is_read_and_bounded():
     assert serve_load._retry_after(None) == serve_load._retry_after("soon") == 1.0
     assert serve_load._retry_after("3600") == serve_load.MAX_RETRY_AFTER
     assert serve_load._retry_after("-1") == 0.0
+    assert serve_load._retry_after("nan") == 1.0  # parses as a float, but is not a number of seconds
+
+
+def test_the_default_client_library_is_checked_when_the_arguments_are_read(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "aiohttp", None)  # not installed
+    with pytest.raises(SystemExit):
+        serve_load.parse_args(["--client", "aiohttp"])
+    assert "aiohttp" in capsys.readouterr().err
+    assert serve_load.parse_args(["--client", "httpx"]).client == "httpx"
+
+
+@pytest.mark.parametrize("library", ["aiohttp", "httpx"])
+def test_a_client_back_from_retry_after_does_not_race_the_server_closing_its_idle_connection(library, monkeypatch):
+    """The server closes idle connections after 1 s and asks clients to retry after 1 s: a client keeps an idle
+    connection for less than that (here 0.5 s), so it reconnects; every answer is a 429, no connection error."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = uvicorn.Config(_app(slow_s=0.0), host="127.0.0.1", port=port, log_level="error", lifespan="off",
+                            timeout_keep_alive=1)
+    srv = uvicorn.Server(config)
+    thread = threading.Thread(target=srv.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not srv.started and time.monotonic() < deadline:
+        time.sleep(0.02)
+    monkeypatch.setattr(serve_load, "CLIENT_KEEPALIVE_S", 0.5)
+    monkeypatch.setattr(serve_load, "_retry_after", lambda value: 1.0)
+    try:
+        url = serve_load.Server("test", [], {}, port).url
+        out = serve_load.run_async(serve_load.closed_loop(url, _bodies(["busy"]), clients=8, duration=3.5,
+                                                          per_request=1, timeout=5.0, max_requests=1000,
+                                                          library=library))
+    finally:
+        srv.should_exit = True
+        thread.join(10)
+    assert out["errors"] == {"429": out["requests"]} and out["requests"] >= 16, out["errors"]
 
 
 def test_closed_loop_counts_200_and_429(server):

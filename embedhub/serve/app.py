@@ -33,7 +33,8 @@ from embedhub.errors import ArgumentError, EmbedhubError, ItemError, ModalityErr
 from embedhub.serve.engine import Engine, EngineFailed, Overloaded
 from embedhub.serve.metrics import Metrics
 
-Request = require("starlette.requests", "serve", "embedhub serve").Request  # resolves the routes' annotations
+_requests = require("starlette.requests", "serve", "embedhub serve")
+Request = _requests.Request  # resolves the routes' annotations
 
 log = logging.getLogger("embedhub.serve")
 
@@ -228,6 +229,8 @@ async def read_json(request: Any, limit: int, timeout: float = 30.0) -> dict[str
     except TimeoutError:
         raise APIError(408, f"The request body did not arrive within {timeout:g} s", code="request_timeout",
                        headers={"Connection": "close"}) from None
+    except _requests.ClientDisconnect:  # gone before its body arrived: not a failure of the server
+        raise APIError(499, "The client closed the request", code="client_closed") from None
     try:
         if len(body) > _OFFLOAD_BYTES:
             data = await asyncio.get_running_loop().run_in_executor(None, _loads, bytes(body))
@@ -496,7 +499,17 @@ def create_app(
 
     build_stack = app.build_middleware_stack
     hot = _Observe(hot_embeddings, state=state)
-    app.build_middleware_stack = lambda: _HotPath(build_stack(), hot)
+    own: dict[str, Any] = {}  # the app's own middleware and error handlers, recorded once it is built
+
+    def build_middleware_stack() -> Any:
+        """FastAPI's stack, with the fast path in front unless middleware or error handlers were added to the
+        app after :func:`create_app` (they apply to every route, so the fast path would skip them)."""
+        stack = build_stack()
+        if app.user_middleware == own.get("middleware") and app.exception_handlers == own.get("handlers"):
+            return _HotPath(stack, hot)
+        return stack
+
+    app.build_middleware_stack = build_middleware_stack
 
     app.add_middleware(_Observe, state=state)
 
@@ -647,6 +660,7 @@ def create_app(
                 "data": [{"object": "zero_shot", "index": i, "probabilities": p.tolist()} for i, p in
                          enumerate(probs)]}
 
+    own.update(middleware=list(app.user_middleware), handlers=dict(app.exception_handlers))
     return app
 
 
@@ -669,9 +683,14 @@ class _HotPath:
 
 
 def _route_path(scope: dict[str, Any]) -> str:
-    """The request's path below the app's mount point (``root_path``), as Starlette's router matches it."""
+    """The request's path below the app's mount point (``root_path``), as Starlette's router matches it: the
+    root is cut only where a ``/`` follows it (a root of ``/`` leaves ``/v1/embeddings`` as it is)."""
     path, root = scope["path"], scope.get("root_path", "")
-    return path[len(root):] if root and path.startswith(root) else path
+    if not root or not path.startswith(root):
+        return path
+    if path == root:
+        return ""
+    return path[len(root):] if path[len(root)] == "/" else path
 
 
 class _Observe:

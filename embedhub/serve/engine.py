@@ -296,8 +296,14 @@ class Engine:
         stages = items[0].job.stages
         lengths = np.fromiter((it.cost for it in items), dtype=np.int64, count=len(items))
         budget = self.max_batch_tokens if stages.modality == "text" else None
-        for rows in plan_batches(lengths, self.max_batch_size, budget):
-            self._run_batch(stages, [items[r] for r in rows], items)
+        try:
+            for rows in plan_batches(lengths, self.max_batch_size, budget):
+                self._run_batch(stages, [items[r] for r in rows])
+        except BaseException as exc:  # every request of the window fails (once), not only the failing batch's
+            error = EngineFailed(f"{type(exc).__name__}: {exc}")
+            for job in {it.job for it in items}:
+                _settle_threadsafe(job.loop, job.future, error)
+            raise
 
     def _ran(self, items: list[_Item]) -> None:
         """Count ``items`` off the waiting work (those of cancelled requests were counted off when cancelled)."""
@@ -309,10 +315,10 @@ class Engine:
                     it.job.queued -= 1
                     it.job.queued_seconds -= it.seconds
 
-    def _run_batch(self, stages: Any, rows: list[_Item], items: list[_Item]) -> None:
-        """One batch of the window ``items`` through the model (its items of cancelled requests left out); the
-        batch leaves the waiting work before its rows are handed over; every request of the window fails if
-        the model does."""
+    def _run_batch(self, stages: Any, rows: list[_Item]) -> None:
+        """One batch of a window through the model (its items of cancelled requests left out); the batch leaves
+        the waiting work before its rows are handed over. A failure (of the model or of finishing the rows)
+        propagates to :meth:`_run_window`, which fails every request of the window."""
         batch = [it for it in rows if not it.job.cancelled]
         if not batch:
             self._ran(rows)
@@ -320,11 +326,8 @@ class Engine:
             start = time.perf_counter()
             try:
                 emb = stages.run([it.value for it in batch])
-            except BaseException as exc:  # every request of the window fails, not only this batch's
+            except BaseException:
                 self._ran(rows)
-                error = EngineFailed(f"{type(exc).__name__}: {exc}")
-                for job in {it.job for it in items}:
-                    _settle_threadsafe(job.loop, job.future, error)
                 raise
             seconds = time.perf_counter() - start
             jobs = {it.job for it in batch}
