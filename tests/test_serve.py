@@ -767,6 +767,44 @@ def test_engine_finishes_each_request_of_a_batch_with_its_own_width(minilm):
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
+def test_the_oldest_waiting_item_is_in_the_next_batch(minilm):
+    """A window is sorted by length (longest first), yet the batch that runs next is the one holding the oldest
+    item: a short text queued before six long ones is answered first, not after the whole window."""
+    from embedhub.serve import Engine
+
+    engine = Engine(minilm, max_batch_size=2, name="m")
+    stages = minilm.stages()
+    gate = threading.Event()
+    done: list[int] = []
+
+    async def main():
+        engine.start()
+        blocker = asyncio.ensure_future(engine.call(gate.wait))  # all seven requests wait in one window
+        await asyncio.sleep(0.1)
+
+        async def one(i: int, text: str):
+            out = await engine.embed(stages, stages.prepare([text]))
+            done.append(i)
+            return out
+
+        texts = ["a dog."] + [" ".join(["the long sentence goes on"] * (10 + i)) for i in range(6)]
+        jobs = [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
+        await asyncio.sleep(0.1)
+        gate.set()
+        await blocker
+        results = await asyncio.wait_for(asyncio.gather(*jobs), 30)
+        return texts, results
+
+    try:
+        texts, results = asyncio.run(main())
+    finally:
+        engine.stop(5)
+    assert done[0] == 0, done  # sorted longest first, "a dog." would have run last
+    for text, got in zip(texts, results):
+        np.testing.assert_allclose(got, minilm.encode([text]), atol=1e-6)
+    assert engine.queued == 0
+
+
 def test_a_failing_batch_fails_every_request_of_its_window(minilm):
     """The model thread fails in the second batch of a window: all four requests get EngineFailed (none hangs),
     and the engine refuses new work, saying why."""

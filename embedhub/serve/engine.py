@@ -240,9 +240,11 @@ class Engine:
                 self._in_flight -= 1
 
     # ---------------------------------------------------------------- the model thread
-    def _take(self) -> list[_Item] | _Call | None:
-        """The next window: queued items of the first item's batch key, in order (others keep their place);
-        or the call at the front; ``None`` when stopping with nothing left."""
+    def _take(self) -> tuple[list[_Item], list[_Item]] | _Call | None:
+        """The next window: up to ``window`` queued items of the first item's batch key, in order, with every
+        item taken off the queue meanwhile (in order: the window's and those of other keys, which
+        :meth:`_run_window` puts back with what it does not run); or the call at the front; ``None`` when
+        stopping with nothing left."""
         with self._cond:
             while not self._queue and not self._stopping:
                 self._cond.wait()
@@ -252,7 +254,7 @@ class Engine:
             if isinstance(first, _Call):
                 self._queue.popleft()
                 return first
-            key, taken, others = first.job.stages.key, [], []
+            key, taken, popped = first.job.stages.key, [], []
             while self._queue and len(taken) < self.window:
                 item = self._queue[0]
                 if isinstance(item, _Call):
@@ -260,12 +262,10 @@ class Engine:
                 self._queue.popleft()
                 if item.job.cancelled:  # counted off when it was cancelled
                     continue
+                popped.append(item)
                 if item.job.stages.key == key:
                     taken.append(item)  # still counted as waiting until its batch has run
-                else:
-                    others.append(item)
-            self._queue.extendleft(reversed(others))
-            return taken
+            return taken, popped
 
     def _loop(self) -> None:
         try:
@@ -276,7 +276,7 @@ class Engine:
                 if isinstance(work, _Call):
                     self._run_call(work)
                 else:
-                    self._run_window(work)
+                    self._run_window(*work)
         except BaseException as exc:  # the model failed: keep why, fail every waiting request
             self._fail(f"{type(exc).__name__}: {exc}")
 
@@ -290,20 +290,35 @@ class Engine:
             return
         call.loop.call_soon_threadsafe(_settle, call.future, result, None)
 
-    def _run_window(self, items: list[_Item]) -> None:
+    def _run_window(self, items: list[_Item], popped: list[_Item]) -> None:
+        """Sort the window by length, cut it into batches and run the one that holds its oldest item; the rest
+        goes back to the front of the queue in its order. So the items of similar length share batches, and
+        the oldest waiting item is always in the next batch: an item waits for those queued before it, never
+        for a whole window sorted ahead of it (the latency of a full queue stays that of its length)."""
         if not items:
+            self._put_back(popped, ())
             return
         stages = items[0].job.stages
         lengths = np.fromiter((it.cost for it in items), dtype=np.int64, count=len(items))
         budget = self.max_batch_tokens if stages.modality == "text" else None
+        batch = next(rows for rows in plan_batches(lengths, self.max_batch_size, budget) if 0 in rows)
+        chosen = [items[r] for r in batch]
+        self._put_back(popped, chosen)
         try:
-            for rows in plan_batches(lengths, self.max_batch_size, budget):
-                self._run_batch(stages, [items[r] for r in rows])
-        except BaseException as exc:  # every request of the window fails (once), not only the failing batch's
+            self._run_batch(stages, chosen)
+        except BaseException as exc:  # its requests fail (once); the engine's failure answers those still queued
             error = EngineFailed(f"{type(exc).__name__}: {exc}")
-            for job in {it.job for it in items}:
+            for job in {it.job for it in chosen}:
                 _settle_threadsafe(job.loop, job.future, error)
             raise
+
+    def _put_back(self, popped: list[_Item], chosen: Any) -> None:
+        """Return the items taken off the queue that do not run now to its front, in their order."""
+        running = {id(it) for it in chosen}
+        back = [it for it in popped if id(it) not in running and not it.job.cancelled]
+        if back:
+            with self._cond:
+                self._queue.extendleft(reversed(back))
 
     def _ran(self, items: list[_Item]) -> None:
         """Count ``items`` off the waiting work (those of cancelled requests were counted off when cancelled)."""
