@@ -799,10 +799,32 @@ def test_the_oldest_waiting_item_is_in_the_next_batch(minilm):
         texts, results = asyncio.run(main())
     finally:
         engine.stop(5)
-    assert done[0] == 0, done  # sorted longest first, "a dog." would have run last
+    assert 0 in done[:2], done  # in the first batch (of 2 rows); sorted longest first, it would have run last
     for text, got in zip(texts, results):
         np.testing.assert_allclose(got, minilm.encode([text]), atol=1e-6)
     assert engine.queued == 0
+
+
+def test_oldest_batch_is_a_full_run_of_similar_lengths_that_holds_the_oldest_item():
+    """Random windows: the batch holds item 0, keeps the row and padded-token bounds, is a run of the rows sorted
+    by length, and no such run that holds item 0 is larger."""
+    from embedhub.serve.engine import oldest_batch
+
+    rng = np.random.default_rng(0)
+    for _ in range(300):
+        n, size = int(rng.integers(1, 60)), int(rng.integers(1, 20))
+        lengths = rng.integers(1, 300, size=n)
+        budget = None if rng.random() < 0.3 else int(rng.integers(1, 3000))
+        got = oldest_batch(lengths, size, budget).tolist()
+        order = np.argsort(-lengths, kind="stable").tolist()
+        start = order.index(got[0])
+        assert order[start:start + len(got)] == got and 0 in got
+        assert len(got) <= size and (budget is None or len(got) == 1 or len(got) * lengths[got].max() <= budget)
+        for s in range(n):  # every run that holds item 0 within the bounds is no larger
+            for k in range(len(got) + 1, min(size, n - s) + 1):
+                run = order[s:s + k]
+                fits = budget is None or k * lengths[run].max() <= budget
+                assert not (0 in run and fits), (lengths.tolist(), size, budget, got, run)
 
 
 def test_a_failing_batch_fails_every_request_of_its_window(minilm):
