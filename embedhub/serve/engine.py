@@ -332,7 +332,8 @@ class Engine:
     def _run_batch(self, stages: Any, rows: list[_Item]) -> None:
         """One batch of a window through the model (its items of cancelled requests left out); the batch leaves
         the waiting work before its rows are handed over. A failure (of the model or of finishing the rows)
-        propagates to :meth:`_run_window`, which fails every request of the window."""
+        propagates to :meth:`_run_window`, which fails every request of the batch (and the engine's failure those
+        still queued)."""
         batch = [it for it in rows if not it.job.cancelled]
         if not batch:
             self._ran(rows)
