@@ -27,7 +27,7 @@ from embedhub.errors import ArgumentError
 from embedhub.modules.batching import check_positive_int
 
 #: padded tokens per text batch on a CPU: a batch that outgrows the caches runs fewer texts per second
-#: (all-MiniLM-L6-v2, 2 cores, 206-token texts: 32 texts/s at 16 per batch, 27 at 64)
+#: (all-MiniLM-L6-v2, 2 cores, 206-token texts: 32.0 texts/s at 16 per batch, 26.3 at 64; benchmarks/model_rate.py)
 CPU_BATCH_TOKENS = 4096
 #: padded tokens per text batch on an accelerator
 GPU_BATCH_TOKENS = 16384
