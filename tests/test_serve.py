@@ -727,6 +727,27 @@ def test_queue_refuses_beyond_max_wait_seconds_of_measured_work(minilm):
         engine.stop()
 
 
+def in_one_window(engine, submit, *, return_exceptions: bool = False) -> list:
+    """Start ``engine``, hold its model thread on a call while ``await submit()`` queues requests (the futures it
+    returns), so they wait as one window; then let it run and return their results in order."""
+    gate = threading.Event()
+
+    async def main():
+        engine.start()
+        blocker = asyncio.ensure_future(engine.call(gate.wait))
+        await asyncio.sleep(0.1)
+        jobs = await submit()
+        await asyncio.sleep(0.1)
+        gate.set()
+        await blocker
+        return await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=return_exceptions), 30)
+
+    try:
+        return asyncio.run(main())
+    finally:
+        engine.stop(5)
+
+
 def test_engine_finishes_each_request_of_a_batch_with_its_own_width(minilm):
     """One batch holds requests at the model's defaults (finished for the whole batch on the model thread) and at
     truncated widths: each request's rows equal encode's with its own settings; a width above the model's fails
@@ -738,28 +759,18 @@ def test_engine_finishes_each_request_of_a_batch_with_its_own_width(minilm):
     stages = minilm.stages()
     texts = [sentences(3, seed=i) for i in range(6)]
     dims = [None, 16, None, 64, 384, None]
-    gate = threading.Event()
 
-    async def main():
-        engine.start()
-        blocker = asyncio.ensure_future(engine.call(gate.wait))  # the six requests queue up as one window
-        await asyncio.sleep(0.1)
+    async def submit():
         jobs = [asyncio.ensure_future(engine.embed(stages, stages.prepare(t), truncate_dim=d,
                                                    normalize=None if d is None else True))
                 for t, d in zip(texts, dims)]
         with pytest.raises(EmbedhubError, match="385"):
             await engine.embed(stages, stages.prepare(["too wide"]), truncate_dim=385)
-        await asyncio.sleep(0.1)
-        gate.set()
-        await blocker
-        return await asyncio.wait_for(asyncio.gather(*jobs), 30)
+        return jobs
 
     batches: list[int] = []
     engine._observe = lambda event, **v: batches.append(v["requests"])
-    try:
-        results = asyncio.run(main())
-    finally:
-        engine.stop(5)
+    results = in_one_window(engine, submit)
     assert batches == [6] and engine.failure is None  # one batch mixed all six
     for t, d, got in zip(texts, dims, results):
         want = minilm.encode(t) if d is None else minilm.encode(t, truncate_dim=d, normalize=True)
@@ -774,31 +785,18 @@ def test_the_oldest_waiting_item_is_in_the_next_batch(minilm):
 
     engine = Engine(minilm, max_batch_size=2, name="m")
     stages = minilm.stages()
-    gate = threading.Event()
+    texts = ["a dog."] + [" ".join(["the long sentence goes on"] * (10 + i)) for i in range(6)]
     done: list[int] = []
 
-    async def main():
-        engine.start()
-        blocker = asyncio.ensure_future(engine.call(gate.wait))  # all seven requests wait in one window
-        await asyncio.sleep(0.1)
+    async def one(i: int, text: str):
+        out = await engine.embed(stages, stages.prepare([text]))
+        done.append(i)
+        return out
 
-        async def one(i: int, text: str):
-            out = await engine.embed(stages, stages.prepare([text]))
-            done.append(i)
-            return out
+    async def submit():
+        return [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
 
-        texts = ["a dog."] + [" ".join(["the long sentence goes on"] * (10 + i)) for i in range(6)]
-        jobs = [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
-        await asyncio.sleep(0.1)
-        gate.set()
-        await blocker
-        results = await asyncio.wait_for(asyncio.gather(*jobs), 30)
-        return texts, results
-
-    try:
-        texts, results = asyncio.run(main())
-    finally:
-        engine.stop(5)
+    results = in_one_window(engine, submit)
     assert 0 in done[:2], done  # in the first batch (of 2 rows); sorted longest first, it would have run last
     for text, got in zip(texts, results):
         np.testing.assert_allclose(got, minilm.encode([text]), atol=1e-6)
@@ -844,22 +842,11 @@ def test_a_failing_batch_fails_every_request_of_its_window(minilm):
         return real_run(items)
 
     stages.run = second_fails
-    gate = threading.Event()
 
-    async def main():
-        engine.start()
-        blocker = asyncio.ensure_future(engine.call(gate.wait))  # the four requests queue up as one window
-        await asyncio.sleep(0.1)
-        jobs = [asyncio.ensure_future(engine.embed(stages, stages.prepare([f"text {i}"]))) for i in range(4)]
-        await asyncio.sleep(0.1)
-        gate.set()
-        await blocker
-        return await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 30)
+    async def submit():
+        return [asyncio.ensure_future(engine.embed(stages, stages.prepare([f"text {i}"]))) for i in range(4)]
 
-    try:
-        results = asyncio.run(main())
-    finally:
-        engine.stop(5)
+    results = in_one_window(engine, submit, return_exceptions=True)
     kinds = [type(r).__name__ for r in results]
     assert kinds.count("EngineFailed") >= 2 and set(kinds) <= {"ndarray", "EngineFailed"}, kinds
     assert all(isinstance(r, EngineFailed) for r in results[-2:])  # the window's later batch failed too
@@ -883,23 +870,12 @@ def test_a_failure_finishing_rows_on_the_model_thread_answers_every_request(mini
         return real_finish(emb, **kw)
 
     stages.finish = fails_on_the_model_thread
-    gate = threading.Event()
 
-    async def main():
-        engine.start()
-        blocker = asyncio.ensure_future(engine.call(gate.wait))  # the requests queue up as one window
-        await asyncio.sleep(0.1)
-        jobs = [asyncio.ensure_future(engine.embed(stages, stages.prepare([f"text {i}"] * (1 + i % 2)),
+    async def submit():
+        return [asyncio.ensure_future(engine.embed(stages, stages.prepare([f"text {i}"] * (1 + i % 2)),
                                                    **({"truncate_dim": 8} if i == 3 else {}))) for i in range(4)]
-        await asyncio.sleep(0.1)
-        gate.set()
-        await blocker
-        return await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 30)
 
-    try:
-        results = asyncio.run(main())
-    finally:
-        engine.stop(5)
+    results = in_one_window(engine, submit, return_exceptions=True)
     assert all(isinstance(r, EngineFailed) for r in results), results
     assert not engine.healthy and "out of memory while finishing" in engine.failure
 
