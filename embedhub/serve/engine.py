@@ -293,8 +293,8 @@ class Engine:
     def _run_window(self, items: list[_Item], popped: list[_Item]) -> None:
         """Sort the window by length, cut it into batches and run the one that holds its oldest item; the rest
         goes back to the front of the queue in its order. So the items of similar length share batches, and
-        the oldest waiting item is always in the next batch: an item waits for those queued before it, never
-        for a whole window sorted ahead of it (the latency of a full queue stays that of its length)."""
+        the oldest waiting item is always in the next batch (with newer items of its length, when the window
+        has them): no item waits while a whole sorted window runs ahead of it."""
         if not items:
             self._put_back(popped, ())
             return
