@@ -806,7 +806,7 @@ def test_the_oldest_waiting_item_is_in_the_next_batch(minilm):
 def test_oldest_batch_is_a_full_run_of_similar_lengths_that_holds_the_oldest_item():
     """Random windows: the batch holds item 0, keeps the row and padded-token bounds, is a run of the rows sorted
     by length, and no such run that holds item 0 is larger."""
-    from embedhub.serve.engine import oldest_batch
+    from embedhub.modules.batching import oldest_batch
 
     rng = np.random.default_rng(0)
     for _ in range(300):

@@ -64,10 +64,33 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = 
     start = 0
     n = len(order)
     while start < n:
-        stop = min(start + batch_size, n)
-        if max_tokens is not None:
-            longest = max(int(lengths[order[start]]), 1)  # rows are sorted: the first is the longest
-            stop = min(stop, start + max(1, max_tokens // longest))
+        stop = min(start + _rows(lengths[order[start]], batch_size, max_tokens), n)  # sorted: the first is longest
         batches.append(order[start:stop])
         start = stop
     return batches
+
+
+def oldest_batch(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> np.ndarray:
+    """Indices of the fullest batch that holds item 0 (the oldest) among rows of similar length: a run of the
+    rows sorted as :func:`plan_batches` sorts them, within the same bounds.
+
+    >>> oldest_batch(np.array([5, 9, 1, 5, 7]), 2).tolist()   # by length: 9 7 5 5 1; item 0 is the first 5
+    [4, 0]
+    """
+    batch_size, max_tokens = check_batching(batch_size, max_tokens)
+    order = np.argsort(-np.asarray(lengths), kind="stable")
+    n, p = len(order), int(np.flatnonzero(order == 0)[0])
+    best, best_size = p, 0
+    for start in range(max(0, p - batch_size + 1), p + 1):  # the runs [start, start + rows) that reach p
+        size = min(_rows(lengths[order[start]], batch_size, max_tokens), n - start)
+        if start + size > p and size > best_size:
+            best, best_size = start, size
+    return order[best:best + best_size]
+
+
+def _rows(longest: Any, batch_size: int, max_tokens: int | None) -> int:
+    """Rows a batch whose longest row is ``longest`` tokens may hold: ``batch_size``, fewer when ``max_tokens``
+    padded tokens would be exceeded (always at least one)."""
+    if max_tokens is None:
+        return batch_size
+    return min(batch_size, max(1, max_tokens // max(int(longest), 1)))

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from embedhub.errors import ArgumentError
-from embedhub.modules.batching import check_positive_int
+from embedhub.modules.batching import check_positive_int, oldest_batch
 
 #: padded tokens per text batch on a CPU: a batch that outgrows the caches runs fewer texts per second
 #: (all-MiniLM-L6-v2, 2 cores, 206-token texts: 32.0 texts/s at 16 per batch, 26.3 at 64; benchmarks/model_rate.py)
@@ -375,26 +375,6 @@ class Engine:
         owners = {w.job if isinstance(w, _Item) else w for w in waiting}  # jobs and calls: each answered once
         for owner in owners:
             _settle_threadsafe(owner.loop, owner.future, error)
-
-
-def oldest_batch(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> np.ndarray:
-    """Indices of the fullest batch that holds item 0 (the oldest) among rows of similar length: a run of the
-    rows sorted by length, longest first, of at most ``batch_size`` rows and ``max_tokens`` padded tokens.
-
-    >>> oldest_batch(np.array([5, 9, 1, 5, 7]), 2).tolist()   # by length: 9 7 5 5 1; item 0 is the first 5
-    [4, 0]
-    """
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    n, p = len(order), int(np.flatnonzero(order == 0)[0])
-    best, best_size = p, 0
-    for start in range(max(0, p - batch_size + 1), p + 1):  # the runs [start, start + rows) that reach p
-        rows = batch_size
-        if max_tokens is not None:
-            rows = min(rows, max(1, max_tokens // max(int(lengths[order[start]]), 1)))
-        size = min(rows, n - start)
-        if start + size > p and size > best_size:
-            best, best_size = start, size
-    return order[best:best + best_size]
 
 
 def _settle_threadsafe(loop: asyncio.AbstractEventLoop, future: asyncio.Future, error: BaseException) -> None:
