@@ -343,11 +343,11 @@ async def closed_loop(url: str, bodies: list[bytes], clients: int, duration: flo
     t0 = time.perf_counter()
     deadline = t0 + duration
     last_done = t0
-    post = _aiohttp_poster if library == "aiohttp" else _httpx_poster
+    new_client = _CLIENTS[library]
 
     async def client() -> None:
         nonlocal last_done
-        async with post(timeout) as send:
+        async with new_client(timeout) as send:
             while time.perf_counter() < deadline:
                 i = next(counter)
                 if i >= max_requests:
@@ -372,16 +372,17 @@ async def closed_loop(url: str, bodies: list[bytes], clients: int, duration: flo
 
 
 @contextlib.asynccontextmanager
-async def _aiohttp_poster(timeout: float) -> AsyncIterator[Callable[..., Awaitable[tuple[str, float]]]]:
-    """A ``send(url, body, headers) -> (status, retry_after)`` on one aiohttp connection."""
+async def _aiohttp_client(timeout: float) -> AsyncIterator[Callable[..., Awaitable[tuple[str, float]]]]:
+    """A ``send(url, body, headers, method="POST") -> (status, retry_after)`` on one aiohttp connection."""
     import aiohttp
 
     connector = aiohttp.TCPConnector(limit=1, keepalive_timeout=CLIENT_KEEPALIVE_S)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout)) as c:
 
-        async def send(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, float]:
+        async def send(url: str, body: bytes | None, headers: dict[str, str],
+                       method: str = "POST") -> tuple[str, float]:
             try:
-                async with c.post(url, data=body, headers=headers) as r:
+                async with c.request(method, url, data=body, headers=headers) as r:
                     await r.read()
                     retry = _retry_after(r.headers.get("retry-after")) if r.status == 429 else 0.0
                     return str(r.status), retry
@@ -394,16 +395,17 @@ async def _aiohttp_poster(timeout: float) -> AsyncIterator[Callable[..., Awaitab
 
 
 @contextlib.asynccontextmanager
-async def _httpx_poster(timeout: float) -> AsyncIterator[Callable[..., Awaitable[tuple[str, float]]]]:
-    """As :func:`_aiohttp_poster`, on one ``httpx.AsyncClient`` connection."""
+async def _httpx_client(timeout: float) -> AsyncIterator[Callable[..., Awaitable[tuple[str, float]]]]:
+    """As :func:`_aiohttp_client`, on one ``httpx.AsyncClient`` connection."""
     import httpx
 
     limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=CLIENT_KEEPALIVE_S)
     async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as c:
 
-        async def send(url: str, body: bytes, headers: dict[str, str]) -> tuple[str, float]:
+        async def send(url: str, body: bytes | None, headers: dict[str, str],
+                       method: str = "POST") -> tuple[str, float]:
             try:
-                r = await c.post(url, content=body, headers=headers)
+                r = await c.request(method, url, content=body, headers=headers)
                 await r.aread()
             except httpx.TimeoutException:
                 return "timeout", 0.0
@@ -413,6 +415,10 @@ async def _httpx_poster(timeout: float) -> AsyncIterator[Callable[..., Awaitable
             return str(r.status_code), retry
 
         yield send
+
+
+#: the closed-loop clients' HTTP libraries (``--client``)
+_CLIENTS = {"aiohttp": _aiohttp_client, "httpx": _httpx_client}
 
 
 def measure(server: Server, bodies: list[bytes], clients: int, args: argparse.Namespace,
@@ -488,24 +494,12 @@ def health_p50(server: Server, calls: int = 200, library: str = "aiohttp") -> fl
 
     async def go() -> list[float]:
         lat = []
-        if library == "aiohttp":
-            import aiohttp
-
-            async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=1)) as c:
-                for i in range(calls + 10):
-                    t = time.perf_counter()
-                    async with c.get(server.base + server.health_path) as r:
-                        await r.read()
-                        r.raise_for_status()
-                    if i >= 10:
-                        lat.append(time.perf_counter() - t)
-            return lat
-        import httpx
-
-        async with httpx.AsyncClient(trust_env=False, timeout=10.0) as c:
+        async with _CLIENTS[library](10.0) as send:
             for i in range(calls + 10):
                 t = time.perf_counter()
-                (await c.get(server.base + server.health_path)).raise_for_status()
+                status, _ = await send(server.base + server.health_path, None, {}, "GET")
+                if status != "200":
+                    raise RuntimeError(f"{server.name}: GET {server.health_path} answered {status}")
                 if i >= 10:
                     lat.append(time.perf_counter() - t)
         return lat
@@ -1087,9 +1081,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--n-long", type=int, default=256, help="long texts (256)")
     p.add_argument("--long-tokens", type=int, default=200, help="tokens per long text, at least (200)")
     p.add_argument("--check", type=int, default=64, help="short texts in each server's vector check (64; long: /4)")
-    p.add_argument("--client", choices=("aiohttp", "httpx"), default="aiohttp",
-                   help="the closed-loop clients' HTTP library (aiohttp; httpx's AsyncClient takes ~20x its CPU per "
-                        "request, which on 2 cores is taken from the servers)")
+    p.add_argument("--client", choices=tuple(_CLIENTS), default="aiohttp",
+                   help="the closed-loop clients' HTTP library (aiohttp; httpx's AsyncClient took 0.3 of 2 cores at 64 "
+                        "clients where aiohttp took 0.05, CPU the servers then lack)")
     p.add_argument("--request-timeout", type=float, default=30.0, help="client timeout per request, s (30)")
     p.add_argument("--max-requests", type=int, default=200_000, help="bound on the requests of one setting")
     p.add_argument("--start-timeout", type=float, default=240.0, help="seconds a server has to get healthy (240)")
