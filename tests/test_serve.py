@@ -778,15 +778,19 @@ def test_engine_finishes_each_request_of_a_batch_with_its_own_width(minilm):
         np.testing.assert_allclose(got, want, atol=1e-6)
 
 
-def test_the_oldest_waiting_item_is_in_the_next_batch(minilm):
-    """A window is sorted by length (longest first), yet the batch that runs next is the one holding the oldest
-    item: a short text queued before six long ones is answered first, not after the whole window."""
+def test_requests_are_answered_in_the_order_they_came(minilm):
+    """Requests of one text each, alternating short and long, batches of 2 rows: the batches are the requests
+    in arrival order. Cutting the window by length instead would put the two short texts (the oldest and a
+    newer one) in the first batch, ahead of an older long text."""
     from embedhub.serve import Engine
 
     engine = Engine(minilm, max_batch_size=2, name="m")
     stages = minilm.stages()
-    texts = ["a dog."] + [" ".join(["the long sentence goes on"] * (10 + i)) for i in range(6)]
+    texts = ["a dog.", " ".join(["the long sentence goes on"] * 12), " ".join(["another long one"] * 14),
+             "a cat.", " ".join(["and a third long sentence"] * 11), "a bird."]
     done: list[int] = []
+    batches: list[int] = []
+    engine._observe = lambda event, **v: batches.append(v["rows"])
 
     async def one(i: int, text: str):
         out = await engine.embed(stages, stages.prepare([text]))
@@ -797,32 +801,55 @@ def test_the_oldest_waiting_item_is_in_the_next_batch(minilm):
         return [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
 
     results = in_one_window(engine, submit)
-    assert 0 in done[:2], done  # in the first batch (of 2 rows); sorted longest first, it would have run last
+    assert batches == [2, 2, 2] and [set(done[k:k + 2]) for k in (0, 2, 4)] == [{0, 1}, {2, 3}, {4, 5}], done
     for text, got in zip(texts, results):
         np.testing.assert_allclose(got, minilm.encode([text]), atol=1e-6)
     assert engine.queued == 0
 
 
-def test_oldest_batch_is_a_full_run_of_similar_lengths_that_holds_the_oldest_item():
-    """Random windows: the batch holds item 0, keeps the row and padded-token bounds, is a run of the rows sorted
-    by length, and no such run that holds item 0 is larger."""
-    from embedhub.modules.batching import oldest_batch
+def test_a_large_request_is_cut_into_batches_of_similar_lengths(minilm):
+    """One request of 24 texts of mixed lengths, batches of 8 rows: the engine runs the batches `encode` plans
+    (longest first, the same padded tokens), and the rows come back in the request's order."""
+    from embedhub.modules.batching import plan_batches
+    from embedhub.serve import Engine
+
+    engine = Engine(minilm, max_batch_size=8, name="m")
+    stages = minilm.stages()
+    rng = np.random.default_rng(3)
+    texts = [" ".join(["word"] * int(n)) for n in rng.integers(1, 60, size=24)]
+    padded: list[int] = []
+    engine._observe = lambda event, **v: padded.append(v["padded_tokens"])
+
+    async def submit():
+        return [asyncio.ensure_future(engine.embed(stages, stages.prepare(texts)))]
+
+    (got,) = in_one_window(engine, submit)
+    lengths = np.array([int(stages.cost(x)) for x in stages.prepare(texts)])
+    want = [len(b) * int(lengths[b].max()) for b in plan_batches(lengths, 8, engine.max_batch_tokens)]
+    assert padded == want, (padded, want)
+    np.testing.assert_allclose(got, minilm.encode(texts), atol=1e-6)
+
+
+def test_first_come_batch_takes_requests_in_order_within_the_bounds():
+    """Random windows: the batch is the longest prefix of the items ordered by request (oldest first), then by
+    length (longest first), that keeps the row and padded-token bounds (at least one item)."""
+    from embedhub.modules.batching import first_come_batch
 
     rng = np.random.default_rng(0)
-    for _ in range(300):
+    for _ in range(500):
         n, size = int(rng.integers(1, 60)), int(rng.integers(1, 20))
         lengths = rng.integers(1, 300, size=n)
+        requests = np.sort(rng.integers(0, int(rng.integers(1, n + 1)), size=n))
         budget = None if rng.random() < 0.3 else int(rng.integers(1, 3000))
-        got = oldest_batch(lengths, size, budget).tolist()
-        order = np.argsort(-lengths, kind="stable").tolist()
-        start = order.index(got[0])
-        assert order[start:start + len(got)] == got and 0 in got
-        assert len(got) <= size and (budget is None or len(got) == 1 or len(got) * lengths[got].max() <= budget)
-        for s in range(n):  # every run that holds item 0 within the bounds is no larger
-            for k in range(len(got) + 1, min(size, n - s) + 1):
-                run = order[s:s + k]
-                fits = budget is None or k * lengths[run].max() <= budget
-                assert not (0 in run and fits), (lengths.tolist(), size, budget, got, run)
+        got = first_come_batch(lengths, requests, size, budget).tolist()
+        order = sorted(range(n), key=lambda i: (requests[i], -lengths[i], i))
+
+        def fits(rows: list[int], size=size, budget=budget, lengths=lengths) -> bool:
+            return len(rows) <= size and (budget is None or len(rows) * lengths[rows].max() <= budget)
+
+        assert got == order[:len(got)] and len(got) >= 1, (lengths.tolist(), requests.tolist(), size, budget)
+        assert len(got) == 1 or fits(got)
+        assert len(got) == n or not fits(order[:len(got) + 1])
 
 
 def test_a_failing_batch_fails_every_request_of_its_window(minilm):

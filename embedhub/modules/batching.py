@@ -70,22 +70,27 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = 
     return batches
 
 
-def oldest_batch(lengths: np.ndarray, batch_size: int, max_tokens: int | None = None) -> np.ndarray:
-    """Indices of the fullest batch that holds item 0 (the oldest) among rows of similar length: a run of the
-    rows sorted as :func:`plan_batches` sorts them, within the same bounds.
+def first_come_batch(lengths: np.ndarray, requests: np.ndarray, batch_size: int,
+                     max_tokens: int | None = None) -> np.ndarray:
+    """Indices of the next batch when requests are served in the order they came: the items of the oldest
+    request (``requests[i]``: the arrival rank of item ``i``'s request, smaller is older), longest first, then
+    those of the next requests in turn, each request's longest first, while the batch keeps within the bounds of
+    :func:`plan_batches`. It stops at the first item that does not fit, so no request is passed over; a
+    request larger than a batch runs in batches of its own, cut from its items sorted by length.
 
-    >>> oldest_batch(np.array([5, 9, 1, 5, 7]), 2).tolist()   # by length: 9 7 5 5 1; item 0 is the first 5
-    [4, 0]
+    >>> first_come_batch(np.array([5, 9, 1, 5, 7]), np.array([0, 0, 1, 2, 2]), 3).tolist()
+    [1, 0, 2]
     """
     batch_size, max_tokens = check_batching(batch_size, max_tokens)
-    order = np.argsort(-np.asarray(lengths), kind="stable")
-    n, p = len(order), int(np.flatnonzero(order == 0)[0])
-    best, best_size = p, 0
-    for start in range(max(0, p - batch_size + 1), p + 1):  # the runs [start, start + rows) that reach p
-        size = min(_rows(lengths[order[start]], batch_size, max_tokens), n - start)
-        if start + size > p and size > best_size:
-            best, best_size = start, size
-    return order[best:best + best_size]
+    lengths = np.asarray(lengths)
+    order = np.lexsort((-lengths, np.asarray(requests)))  # by request, then longest first (stable)
+    longest, taken = 0, 0
+    for i in order:
+        longest = max(longest, int(lengths[i]))
+        if taken and taken + 1 > _rows(longest, batch_size, max_tokens):
+            break
+        taken += 1
+    return order[:taken]
 
 
 def _rows(longest: Any, batch_size: int, max_tokens: int | None) -> int:

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from embedhub.errors import ArgumentError
-from embedhub.modules.batching import check_positive_int, oldest_batch
+from embedhub.modules.batching import check_positive_int, first_come_batch
 
 #: padded tokens per text batch on a CPU: a batch that outgrows the caches runs fewer texts per second
 #: (all-MiniLM-L6-v2, 2 cores, 206-token texts: 32.0 texts/s at 16 per batch, 26.3 at 64; benchmarks/model_rate.py)
@@ -98,7 +98,8 @@ class Engine:
     so far; before the first, only ``max_queue`` applies. A request that
     would go beyond either is refused with :class:`Overloaded`, unless the queue is empty (one request larger
     than the queue still runs alone); so the latency of an accepted request stays bounded under overload.
-    ``window``: the items sorted by length together before batches are cut (default: 4 batches' rows).
+    ``window``: queued items taken at a time to cut the next batch from (default: 4 batches' rows); requests
+    are answered in the order they came, and a request larger than a batch is cut by length, a window at a time.
     ``observe(event, **values)`` receives ``"batch"`` events (rows, padded_tokens, requests, seconds).
     """
 
@@ -291,17 +292,21 @@ class Engine:
         call.loop.call_soon_threadsafe(_settle, call.future, result, None)
 
     def _run_window(self, items: list[_Item], popped: list[_Item]) -> None:
-        """Sort the window by length, cut it into batches and run the one that holds its oldest item; the rest
-        goes back to the front of the queue in its order. So the items of similar length share batches, and
-        the oldest waiting item is always in the next batch (with newer items of its length, when the window
-        has them): no item waits while a whole sorted window runs ahead of it."""
+        """Run the next batch of the window: the oldest request's items (longest first), then the next requests'
+        in the order they came, within the batch bounds (:func:`~embedhub.modules.batching.first_come_batch`);
+        the rest goes back to the front of the queue in its order. So requests are answered in the order they
+        came (no request waits while newer ones run ahead of it), and a large request is cut into batches of
+        similar lengths."""
         if not items:
             self._put_back(popped, ())
             return
         stages = items[0].job.stages
         lengths = np.fromiter((it.cost for it in items), dtype=np.int64, count=len(items))
+        rank: dict[int, int] = {}
+        requests = np.fromiter((rank.setdefault(id(it.job), len(rank)) for it in items), dtype=np.int64,
+                               count=len(items))
         budget = self.max_batch_tokens if stages.modality == "text" else None
-        chosen = [items[r] for r in oldest_batch(lengths, self.max_batch_size, budget)]
+        chosen = [items[r] for r in first_come_batch(lengths, requests, self.max_batch_size, budget)]
         self._put_back(popped, chosen)
         try:
             self._run_batch(stages, chosen)
