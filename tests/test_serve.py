@@ -937,6 +937,125 @@ def test_cancelled_requests_stop_counting_against_the_queue_at_once(minilm):
     assert engine.queued == 0
 
 
+def tls_for(name: str, folder: Path) -> tuple[Path, Path, Path]:
+    """A certificate authority and a server certificate for ``name`` signed by it, written to ``folder``:
+    (CA certificate, server certificate, server key), PEM."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "embedhub test CA")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+          .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+          .sign(ca_key, hashes.SHA256()))
+    leaf = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+            .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    paths = folder / "ca.pem", folder / "server.pem", folder / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(leaf.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return paths
+
+
+@contextlib.contextmanager
+def image_host(blob: bytes, tls: tuple[Path, Path] | None = None):
+    """A real HTTP(S) server on 127.0.0.1 that answers every GET with ``blob`` (a PNG) and records the Host
+    headers (and TLS server names) it was sent; ``tls``: (certificate, key). Yields (port, hosts, server names)."""
+    import ssl
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    hosts: list[str] = []
+    names: list[str | None] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            hosts.append(self.headers.get("Host", ""))
+            self.send_response(200)
+            self.send_header("Content-Type", "image/png")
+            self.send_header("Content-Length", str(len(blob)))
+            self.end_headers()
+            self.wfile.write(blob)
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    if tls is not None:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(*tls)
+        ctx.sni_callback = lambda sock, name, context: names.append(name)
+        httpd.socket = ctx.wrap_socket(httpd.socket, server_side=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield httpd.server_address[1], hosts, names
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+@pytest.mark.parametrize("scheme", ["http", "https"])
+def test_an_image_url_is_fetched_from_the_address_that_was_checked(scheme, clip_model, photos, monkeypatch, tmp_path):
+    """DNS rebinding: a name that resolves to an allowed address for the check and to another one afterwards.
+    The server connects to the address it checked, sending the name as Host (and, over TLS, as the server name
+    the certificate is verified against), so the image arrives and equals ``encode_image``; the name is resolved
+    once. The hosting (a real HTTP(S) server on 127.0.0.1, its certificate from a test CA) and the DNS answers
+    are this machine's (no network here): ``_fetchable`` lets 127.0.0.1 alone pass as public, and later answers
+    for the name point at 127.0.0.2, where nothing listens."""
+    import embedhub.serve.app as serve_app
+    from embedhub.serve import Limits, create_app
+
+    blob = png_bytes(photos[0].resize((48, 40)))
+    tls = None
+    if scheme == "https":
+        ca, cert, key = tls_for("images.test", tmp_path)
+        tls = (cert, key)
+        monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the test CA is the only one trusted
+    real_getaddrinfo = socket.getaddrinfo
+    asked: list[str] = []
+
+    def rebinding(host, *args, **kwargs):
+        if host != "images.test":
+            return real_getaddrinfo(host, *args, **kwargs)
+        asked.append(host)
+        address = "127.0.0.1" if len(asked) == 1 else "127.0.0.2"
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, args[0] if args else 80))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    monkeypatch.setattr(serve_app, "_fetchable", lambda address: str(address) == "127.0.0.1")
+    with image_host(blob, tls) as (port, hosts, names), \
+            running(create_app({"clip": clip_model}, limits=Limits(allow_image_urls=True))) as url:
+        image_url = f"{scheme}://images.test:{port}/cat.png"
+        resp = httpx.post(f"{url}/v1/embeddings", timeout=30, json={
+            "model": "clip", "modality": "image", "input": [image_url], "encoding_format": "float"})
+        assert resp.status_code == 200, resp.text
+        np.testing.assert_allclose(resp.json()["data"][0]["embedding"], clip_model.encode_image([blob])[0],
+                                   atol=1e-6)
+        assert asked == ["images.test"] and hosts == [f"images.test:{port}"]
+        assert names == (["images.test"] if tls else [])
+        # an address that is not allowed is refused at the check, before any connection
+        resp = httpx.post(f"{url}/v1/embeddings", timeout=30, json={
+            "model": "clip", "modality": "image", "input": [image_url]})
+        assert_openai_error(resp, 400, "not a public address")
+        assert hosts == [f"images.test:{port}"]
+
+
 def test_stalled_bodies_get_408_and_image_urls_reach_public_hosts_only(minilm, clip_model):
     from embedhub.serve import Limits, create_app
     from embedhub.serve.app import APIError, _public_host

@@ -325,8 +325,9 @@ def decode_image(item: str, index: int, limits: Limits) -> bytes:
                    + (" or an http(s) URL" if limits.allow_image_urls else ""), param="input")
 
 
-def _public_host(url: str, index: int) -> None:
-    """Refuse a URL whose host resolves to a loopback, private, link-local or otherwise non-public address."""
+def _public_host(url: str, index: int) -> str:
+    """The address to fetch ``url`` from: its host resolved once, refused when any address it resolves to is
+    loopback, private, link-local or otherwise not public."""
     import ipaddress
     import socket
     from urllib.parse import urlsplit
@@ -340,10 +341,15 @@ def _public_host(url: str, index: int) -> None:
     except (OSError, UnicodeError):
         raise APIError(400, f"input[{index}]: the URL's host does not resolve", param="input") from None
     for info in infos:
-        address = ipaddress.ip_address(info[4][0].split("%")[0])
-        if not address.is_global or address.is_multicast:
+        if not _fetchable(ipaddress.ip_address(info[4][0].split("%")[0])):
             raise APIError(400, f"input[{index}]: the URL's host is not a public address; this server fetches "
                            "public URLs only", param="input", code="image_url_refused")
+    return infos[0][4][0].split("%")[0]
+
+
+def _fetchable(address: Any) -> bool:
+    """Whether an image URL may be fetched from ``address`` (an ``ipaddress`` address): public, not multicast."""
+    return address.is_global and not address.is_multicast
 
 
 def _fetch(url: str, index: int, limits: Limits, deadline: float) -> bytes:
@@ -354,10 +360,15 @@ def _fetch(url: str, index: int, limits: Limits, deadline: float) -> bytes:
     try:
         with httpx.Client(timeout=limits.url_timeout, follow_redirects=False) as client:
             for _ in range(4):
-                _public_host(url, index)
-                with client.stream("GET", url) as resp:
+                # connect to the address just checked, not to the name again: a name that resolves to a public
+                # address for the check and to a private one for the connection (DNS rebinding) reaches nothing
+                target = httpx.URL(url)
+                pinned = target.copy_with(host=_public_host(url, index))
+                sni = {"sni_hostname": target.host} if target.scheme == "https" else {}
+                with client.stream("GET", pinned, headers={"Host": target.netloc.decode("ascii")},
+                                   extensions=sni) as resp:
                     if resp.is_redirect and "location" in resp.headers:
-                        url = str(resp.url.join(resp.headers["location"]))
+                        url = str(target.join(resp.headers["location"]))
                         continue
                     if resp.status_code != 200:
                         raise APIError(400, f"input[{index}]: fetching the URL gave HTTP {resp.status_code}",
@@ -373,7 +384,7 @@ def _fetch(url: str, index: int, limits: Limits, deadline: float) -> bytes:
                                            f"{limits.url_timeout:g} s", param="input")
                     return bytes(data)
             raise APIError(400, f"input[{index}]: the URL redirects more than 3 times", param="input")
-    except httpx.HTTPError as exc:
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise APIError(400, f"input[{index}]: the URL could not be fetched ({type(exc).__name__})",
                        param="input") from None
 
