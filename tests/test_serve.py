@@ -1056,6 +1056,90 @@ def test_an_image_url_is_fetched_from_the_address_that_was_checked(scheme, clip_
         assert hosts == [f"images.test:{port}"]
 
 
+@pytest.mark.parametrize("address, fetchable", [
+    ("8.8.8.8", True), ("2001:4860:4860::8888", True), ("64:ff9b::808:808", True), ("2002:808:808::1", True),
+    ("::ffff:10.0.0.1", False), ("64:ff9b::a00:1", False), ("64:ff9b::a9fe:a9fe", False),
+    ("64:ff9b:1::808:808", False), ("2002:a00:1::1", False), ("2002:a9fe:a9fe::", False), ("::10.0.0.1", False),
+    ("2001:0:4136:e378:8000:63bf:f5ff:fffe", False), ("fec0::1", False)])
+def test_an_ipv6_address_that_carries_a_private_ipv4_one_is_not_fetched(address, fetchable):
+    """A NAT64 (64:ff9b::/96), 6to4, Teredo, mapped or IPv4-compatible address reaches the IPv4 address it carries
+    through a translating network: it is fetchable only when that address is; the NAT64 local-use prefix and
+    site-local addresses never are."""
+    import ipaddress
+
+    from embedhub.serve.app import _fetchable
+
+    assert _fetchable(ipaddress.ip_address(address)) is fetchable
+
+
+def test_malformed_image_url_ports_and_uppercase_schemes_get_a_400(clip_model, monkeypatch):
+    """A port Python's URL parser rejects ('+80', out of range) is a 400 naming the input, not a 500; a name
+    whose answer is a NAT64 address of a private host is refused before any connection; 'HTTPS://' is a URL
+    (schemes are case-insensitive), checked like any other. DNS answers are this machine's (no network here)."""
+    from embedhub.serve import Limits, create_app
+
+    real_getaddrinfo = socket.getaddrinfo
+    answers = {"private.test": "10.0.0.7", "nat64.test": "64:ff9b::a00:7"}
+
+    def resolve(host, *args, **kwargs):
+        if host not in answers:
+            return real_getaddrinfo(host, *args, **kwargs)
+        family = socket.AF_INET6 if ":" in answers[host] else socket.AF_INET
+        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (answers[host], 80))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    with running(create_app({"clip": clip_model}, limits=Limits(allow_image_urls=True))) as url:
+        def refused(image_url: str, *words: str) -> None:
+            resp = httpx.post(f"{url}/v1/embeddings", timeout=30, json={
+                "model": "clip", "modality": "image", "input": ["data:image/png;base64,AAAA", image_url]})
+            err = assert_openai_error(resp, 400, "input[1]", *words)
+            assert err["param"] == "input"
+
+        refused("http://private.test:+80/x.png", "port is malformed")
+        refused("http://private.test:99999/x.png", "port is malformed")
+        refused("http://nat64.test/x.png", "not a public address")
+        refused("HTTPS://private.test/x.png", "not a public address")
+
+
+def test_an_image_url_redirect_chain_stops_at_the_fetch_deadline(monkeypatch):
+    """Each hop of a redirect chain gets what is left of ``url_timeout``, not a fresh timeout: hops that each
+    answer slowly end the fetch at its deadline (a 400) instead of holding the fetching thread for every hop.
+    The host is a real local server standing in for a public one (``_fetchable`` lets 127.0.0.1 pass)."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import embedhub.serve.app as serve_app
+    from embedhub.serve import Limits
+    from embedhub.serve.app import APIError, _fetch
+
+    seen: list[str] = []
+
+    class SlowRedirect(BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 (http.server's name)
+            seen.append(self.path)
+            time.sleep(0.6)
+            self.send_response(302)
+            self.send_header("Location", f"/hop{len(seen)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), SlowRedirect)
+    httpd.daemon_threads = True
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    monkeypatch.setattr(serve_app, "_fetchable", lambda address: str(address) == "127.0.0.1")
+    limits = Limits(allow_image_urls=True, url_timeout=1.0)
+    try:
+        with pytest.raises(APIError) as failed:
+            _fetch(f"http://127.0.0.1:{httpd.server_address[1]}/x.png", 2, limits, time.monotonic() + 1.0)
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert failed.value.status == 400 and "input[2]" in failed.value.message
+    assert len(seen) <= 2, seen  # 0.6 s a hop: the second hop runs out of the 1 s; without the deadline, 4 hops
+
+
 def test_stalled_bodies_get_408_and_image_urls_reach_public_hosts_only(minilm, clip_model):
     from embedhub.serve import Limits, create_app
     from embedhub.serve.app import APIError, _public_host

@@ -332,11 +332,15 @@ def _public_host(url: str, index: int) -> str:
     import socket
     from urllib.parse import urlsplit
 
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:  # a bracketed host that is no IPv6 address, a port that is no number in 0-65535
+        raise APIError(400, f"input[{index}]: the URL's host or port is malformed", param="input") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise APIError(400, f"input[{index}]: only http(s) URLs with a host are fetched", param="input")
     try:
-        infos = socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80),
+        infos = socket.getaddrinfo(parts.hostname, port or (443 if parts.scheme == "https" else 80),
                                    proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError):
         raise APIError(400, f"input[{index}]: the URL's host does not resolve", param="input") from None
@@ -348,8 +352,33 @@ def _public_host(url: str, index: int) -> str:
 
 
 def _fetchable(address: Any) -> bool:
-    """Whether an image URL may be fetched from ``address`` (an ``ipaddress`` address): public, not multicast."""
-    return address.is_global and not address.is_multicast
+    """Whether an image URL may be fetched from ``address`` (an ``ipaddress`` address): public, not multicast
+    nor IPv6 site-local (fec0::/10), and so is every IPv4 address an IPv6 one carries (mapped, NAT64, 6to4,
+    Teredo, IPv4-compatible), which a translating network would connect to.
+
+    >>> import ipaddress
+    >>> [_fetchable(ipaddress.ip_address(a)) for a in ("8.8.8.8", "64:ff9b::808:808", "64:ff9b::a00:1")]
+    [True, True, False]
+    """
+    if not address.is_global or address.is_multicast or getattr(address, "is_site_local", False):
+        return False
+    return all(inner.is_global and not inner.is_multicast for inner in _carried_ipv4(address))
+
+
+def _carried_ipv4(address: Any) -> list[Any]:
+    """The IPv4 addresses an IPv6 ``address`` carries (none for an IPv4 one); the NAT64 local-use prefix
+    (64:ff9b:1::/48, where the IPv4 address may sit anywhere) counts as carrying 0.0.0.0, never fetchable."""
+    import ipaddress
+
+    if address.version != 6:
+        return []
+    carried = [address.ipv4_mapped, address.sixtofour, *(address.teredo or ())]
+    value = int(address)
+    if address in ipaddress.ip_network("64:ff9b::/96") or value >> 32 == 0:  # NAT64 well-known, IPv4-compatible
+        carried.append(ipaddress.IPv4Address(value & 0xFFFFFFFF))
+    if address in ipaddress.ip_network("64:ff9b:1::/48"):
+        carried.append(ipaddress.IPv4Address(0))
+    return [a for a in carried if a is not None]
 
 
 def _fetch(url: str, index: int, limits: Limits, deadline: float) -> bytes:
@@ -360,13 +389,17 @@ def _fetch(url: str, index: int, limits: Limits, deadline: float) -> bytes:
     try:
         with httpx.Client(timeout=limits.url_timeout, follow_redirects=False) as client:
             for _ in range(4):
+                left = deadline - time.monotonic()  # each hop within what is left of the request's time
+                if left <= 0:
+                    raise APIError(400, f"input[{index}]: fetching the URL took over {limits.url_timeout:g} s",
+                                   param="input")
                 # connect to the address just checked, not to the name again: a name that resolves to a public
                 # address for the check and to a private one for the connection (DNS rebinding) reaches nothing
                 target = httpx.URL(url)
                 pinned = target.copy_with(host=_public_host(url, index))
                 sni = {"sni_hostname": target.host} if target.scheme == "https" else {}
                 with client.stream("GET", pinned, headers={"Host": target.netloc.decode("ascii")},
-                                   extensions=sni) as resp:
+                                   extensions=sni, timeout=min(limits.url_timeout, left)) as resp:
                     if resp.is_redirect and "location" in resp.headers:
                         url = str(target.join(resp.headers["location"]))
                         continue
@@ -393,7 +426,7 @@ async def image_bytes(uris: list[str], limits: Limits, pool: ThreadPoolExecutor)
     """The bytes of each image of a request (data URIs decoded; URLs fetched on ``pool``, the threads kept for
     URLs, all within ``url_timeout`` seconds) and the indices that came from URLs."""
     loop = asyncio.get_running_loop()
-    urls = {i for i, u in enumerate(uris) if u.startswith(("http://", "https://"))}
+    urls = {i for i, u in enumerate(uris) if u[:8].lower().startswith(("http://", "https://"))}  # any case
     if urls and not limits.allow_image_urls:
         i = min(urls)
         raise APIError(400, f"input[{i}] is a URL; this server fetches no URLs (start it with --allow-image-urls "
