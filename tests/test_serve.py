@@ -1140,6 +1140,33 @@ def test_an_image_url_redirect_chain_stops_at_the_fetch_deadline(monkeypatch):
     assert len(seen) <= 2, seen  # 0.6 s a hop: the second hop runs out of the 1 s; without the deadline, 4 hops
 
 
+def test_an_image_url_is_fetched_from_the_next_checked_address_when_one_refuses(photos, monkeypatch):
+    """A name with two public addresses whose first takes no connections (a dead node of a round-robin name): the
+    fetch tries the next checked address, as a client resolving the name itself would, without resolving again.
+    The hosting and DNS answers are this machine's (no network here): ``_fetchable`` lets 127.0.0.1 and 127.0.0.3
+    pass as public; nothing listens on 127.0.0.3."""
+    import embedhub.serve.app as serve_app
+    from embedhub.serve import Limits
+    from embedhub.serve.app import _fetch
+
+    blob = png_bytes(photos[0].resize((24, 20)))
+    real_getaddrinfo = socket.getaddrinfo
+    asked: list[str] = []
+
+    def two_addresses(host, *args, **kwargs):
+        if host != "images.test":
+            return real_getaddrinfo(host, *args, **kwargs)
+        asked.append(host)
+        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, args[0]))
+                for address in ("127.0.0.3", "127.0.0.1")]
+
+    monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+    monkeypatch.setattr(serve_app, "_fetchable", lambda address: str(address) in ("127.0.0.1", "127.0.0.3"))
+    with image_host(blob) as (port, hosts, _):
+        got = _fetch(f"http://images.test:{port}/cat.png", 0, Limits(allow_image_urls=True), time.monotonic() + 10)
+    assert got == blob and asked == ["images.test"] and hosts == [f"images.test:{port}"]
+
+
 def test_stalled_bodies_get_408_and_image_urls_reach_public_hosts_only(minilm, clip_model):
     from embedhub.serve import Limits, create_app
     from embedhub.serve.app import APIError, _public_host

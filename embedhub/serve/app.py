@@ -325,9 +325,9 @@ def decode_image(item: str, index: int, limits: Limits) -> bytes:
                    + (" or an http(s) URL" if limits.allow_image_urls else ""), param="input")
 
 
-def _public_host(url: str, index: int) -> str:
-    """The address to fetch ``url`` from: its host resolved once, refused when any address it resolves to is
-    loopback, private, link-local or otherwise not public."""
+def _public_host(url: str, index: int) -> list[str]:
+    """The addresses to fetch ``url`` from, in the resolver's order: its host resolved once, refused when any
+    address it resolves to is loopback, private, link-local or otherwise not public."""
     import ipaddress
     import socket
     from urllib.parse import urlsplit
@@ -348,7 +348,7 @@ def _public_host(url: str, index: int) -> str:
         if not _fetchable(ipaddress.ip_address(info[4][0].split("%")[0])):
             raise APIError(400, f"input[{index}]: the URL's host is not a public address; this server fetches "
                            "public URLs only", param="input", code="image_url_refused")
-    return infos[0][4][0].split("%")[0]
+    return list(dict.fromkeys(info[4][0].split("%")[0] for info in infos))
 
 
 def _fetchable(address: Any) -> bool:
@@ -393,13 +393,11 @@ def _fetch(url: str, index: int, limits: Limits, deadline: float) -> bytes:
                 if left <= 0:
                     raise APIError(400, f"input[{index}]: fetching the URL took over {limits.url_timeout:g} s",
                                    param="input")
-                # connect to the address just checked, not to the name again: a name that resolves to a public
+                # connect to the addresses just checked, not to the name again: a name that resolves to a public
                 # address for the check and to a private one for the connection (DNS rebinding) reaches nothing
                 target = httpx.URL(url)
-                pinned = target.copy_with(host=_public_host(url, index))
-                sni = {"sni_hostname": target.host} if target.scheme == "https" else {}
-                with client.stream("GET", pinned, headers={"Host": target.netloc.decode("ascii")},
-                                   extensions=sni, timeout=min(limits.url_timeout, left)) as resp:
+                resp = _connect(client, target, _public_host(url, index), limits.url_timeout, deadline)
+                with contextlib.closing(resp):
                     if resp.is_redirect and "location" in resp.headers:
                         url = str(target.join(resp.headers["location"]))
                         continue
@@ -420,6 +418,28 @@ def _fetch(url: str, index: int, limits: Limits, deadline: float) -> bytes:
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         raise APIError(400, f"input[{index}]: the URL could not be fetched ({type(exc).__name__})",
                        param="input") from None
+
+
+def _connect(client: Any, target: Any, addresses: list[str], timeout: float, deadline: float) -> Any:
+    """The streamed response to GET ``target`` (an ``httpx.URL``) from the first of ``addresses`` that takes the
+    connection (as a client resolving the name itself would try them), each try within ``timeout`` seconds and
+    before ``deadline``; sent with the URL's name as ``Host`` and, over TLS, as the server name the certificate
+    is verified against."""
+    import httpx
+
+    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    for k, address in enumerate(addresses):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise httpx.ConnectTimeout("the fetch's time ran out")
+        request = client.build_request("GET", target.copy_with(host=address), extensions=extensions,
+                                       headers={"Host": target.netloc.decode("ascii")}, timeout=min(timeout, left))
+        try:
+            return client.send(request, stream=True)
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            if k == len(addresses) - 1:
+                raise
+    raise httpx.ConnectError("no address")  # the resolver gave none (getaddrinfo raises instead)
 
 
 async def image_bytes(uris: list[str], limits: Limits, pool: ThreadPoolExecutor) -> tuple[list[bytes], set[int]]:
