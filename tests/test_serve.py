@@ -1167,6 +1167,44 @@ def test_an_image_url_is_fetched_from_the_next_checked_address_when_one_refuses(
     assert got == blob and asked == ["images.test"] and hosts == [f"images.test:{port}"]
 
 
+def test_an_image_host_dripping_its_headers_is_cut_off_at_the_fetch_deadline(monkeypatch):
+    """A host that sends its response headers a byte at a time keeps every read within its timeout; the fetch's
+    deadline shuts the connection down, so the fetching thread is free again at ``url_timeout`` (a 400 saying so)
+    rather than when the host has finished. A real local server stands in for a public host (``_fetchable``)."""
+    import embedhub.serve.app as serve_app
+    from embedhub.serve import Limits
+    from embedhub.serve.app import APIError, _fetch
+
+    head = b"HTTP/1.1 200 OK\r\nContent-Type: image/png\r\nX-Padding: " + b"x" * 60 + b"\r\n\r\n"
+    sent: list[int] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+
+    def drip():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(4096)
+            try:
+                for i in range(len(head)):
+                    conn.sendall(head[i:i + 1])
+                    sent.append(i)
+                    time.sleep(0.05)
+            except OSError:  # the client shut the connection down
+                pass
+
+    thread = threading.Thread(target=drip, daemon=True)
+    thread.start()
+    monkeypatch.setattr(serve_app, "_fetchable", lambda address: str(address) == "127.0.0.1")
+    limits = Limits(allow_image_urls=True, url_timeout=1.0)
+    try:
+        with pytest.raises(APIError) as failed:
+            _fetch(f"http://127.0.0.1:{listener.getsockname()[1]}/x.png", 1, limits, time.monotonic() + 1.0)
+        thread.join(30)
+    finally:
+        listener.close()
+    assert failed.value.status == 400 and "input[1]" in failed.value.message and "took over" in failed.value.message
+    assert len(sent) < len(head)  # cut off before the host had sent its headers (about 5 s of them)
+
+
 def test_stalled_bodies_get_408_and_image_urls_reach_public_hosts_only(minilm, clip_model):
     from embedhub.serve import Limits, create_app
     from embedhub.serve.app import APIError, _public_host

@@ -387,7 +387,7 @@ def _fetch(url: str, index: int, limits: Limits, deadline: float) -> bytes:
     import httpx
 
     try:
-        with httpx.Client(timeout=limits.url_timeout, follow_redirects=False) as client:
+        with httpx.Client(timeout=limits.url_timeout, follow_redirects=False) as client, _Deadline(deadline) as cut:
             for _ in range(4):
                 left = deadline - time.monotonic()  # each hop within what is left of the request's time
                 if left <= 0:
@@ -396,7 +396,7 @@ def _fetch(url: str, index: int, limits: Limits, deadline: float) -> bytes:
                 # connect to the addresses just checked, not to the name again: a name that resolves to a public
                 # address for the check and to a private one for the connection (DNS rebinding) reaches nothing
                 target = httpx.URL(url)
-                resp = _connect(client, target, _public_host(url, index), limits.url_timeout, deadline)
+                resp = _connect(client, target, _public_host(url, index), limits.url_timeout, deadline, cut.trace)
                 with contextlib.closing(resp):
                     if resp.is_redirect and "location" in resp.headers:
                         url = str(target.join(resp.headers["location"]))
@@ -416,18 +416,79 @@ def _fetch(url: str, index: int, limits: Limits, deadline: float) -> bytes:
                     return bytes(data)
             raise APIError(400, f"input[{index}]: the URL redirects more than 3 times", param="input")
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        if time.monotonic() >= deadline:  # the deadline shut the connection down
+            raise APIError(400, f"input[{index}]: fetching the URL took over {limits.url_timeout:g} s",
+                           param="input") from None
         raise APIError(400, f"input[{index}]: the URL could not be fetched ({type(exc).__name__})",
                        param="input") from None
 
 
-def _connect(client: Any, target: Any, addresses: list[str], timeout: float, deadline: float) -> Any:
+class _Deadline:
+    """Shuts a fetch's connections down at ``deadline`` (``time.monotonic``), so that no read outlasts it, not even
+    one of a host that sends its headers or TLS handshake a byte at a time (each read in time); pass
+    :meth:`trace` as the requests' ``trace`` extension.
+
+    >>> with _Deadline(time.monotonic() + 5) as cut:
+    ...     callable(cut.trace)
+    True
+    """
+
+    def __init__(self, deadline: float):
+        self.deadline = deadline
+        self._sockets: list[Any] = []
+        self._lock = threading.Lock()
+        self._timer: threading.Timer | None = None
+        self._expired = False
+
+    def trace(self, event: str, info: dict[str, Any]) -> None:
+        """httpcore's trace callback: keeps a handle on each connection's socket as it connects."""
+        if event == "connection.connect_tcp.complete" and info.get("return_value") is not None:
+            sock = info["return_value"].get_extra_info("socket")
+            if sock is not None:
+                with self._lock:
+                    self._sockets.append(sock.dup())
+                    if self._expired:
+                        self._shut(self._sockets[-1])
+
+    @staticmethod
+    def _shut(sock: Any) -> None:
+        import socket
+
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def _expire(self) -> None:
+        with self._lock:
+            self._expired = True
+            for sock in self._sockets:
+                self._shut(sock)
+
+    def __enter__(self) -> _Deadline:
+        self._timer = threading.Timer(max(0.0, self.deadline - time.monotonic()), self._expire)
+        self._timer.daemon = True
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._lock:
+            for sock in self._sockets:
+                sock.close()
+            self._sockets.clear()
+
+
+def _connect(client: Any, target: Any, addresses: list[str], timeout: float, deadline: float,
+             trace: Any = None) -> Any:
     """The streamed response to GET ``target`` (an ``httpx.URL``) from the first of ``addresses`` that takes the
     connection (as a client resolving the name itself would try them), each try within ``timeout`` seconds and
     before ``deadline``; sent with the URL's name as ``Host`` and, over TLS, as the server name the certificate
-    is verified against."""
+    is verified against; ``trace``: httpcore's trace callback."""
     import httpx
 
-    extensions = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    extensions: dict[str, Any] = {"sni_hostname": target.host} if target.scheme == "https" else {}
+    if trace is not None:
+        extensions["trace"] = trace
     for k, address in enumerate(addresses):
         left = deadline - time.monotonic()
         if left <= 0:
