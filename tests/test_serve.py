@@ -757,7 +757,7 @@ def test_engine_finishes_each_request_of_a_batch_with_its_own_width(minilm):
 
     engine = Engine(minilm, name="m")
     stages = minilm.stages()
-    texts = [sentences(3, seed=i) for i in range(6)]
+    texts = [sentences(3, seed=i, lengths=(8, 12, 20)) for i in range(6)]  # of similar lengths: one batch
     dims = [None, 16, None, 64, 384, None]
 
     async def submit():
@@ -779,15 +779,17 @@ def test_engine_finishes_each_request_of_a_batch_with_its_own_width(minilm):
 
 
 def test_requests_are_answered_in_the_order_they_came(minilm):
-    """Requests of one text each, alternating short and long, batches of 2 rows: the batches are the requests
-    in arrival order. Cutting the window by length instead would put the two short texts (the oldest and a
-    newer one) in the first batch, ahead of an older long text."""
+    """Requests of one text each, alternating shorter and longer (of similar lengths: within 32 tokens), batches
+    of 2 rows: the batches are the requests in arrival order. Cutting the window by length instead would put
+    the two shortest texts (the oldest and a newer one) in the first batch, ahead of an older longer text."""
     from embedhub.serve import Engine
 
     engine = Engine(minilm, max_batch_size=2, name="m")
     stages = minilm.stages()
-    texts = ["a dog.", " ".join(["the long sentence goes on"] * 12), " ".join(["another long one"] * 14),
-             "a cat.", " ".join(["and a third long sentence"] * 11), "a bird."]
+    texts = ["a dog.", " ".join(["the long sentence goes on"] * 5), " ".join(["another long one"] * 7),
+             "a cat.", " ".join(["and a third long sentence"] * 4), "a bird."]
+    lengths = [stages.cost(x) for x in stages.prepare(texts)]
+    assert max(lengths) - min(lengths) <= 32 and max(lengths) > 2 * min(lengths), lengths
     done: list[int] = []
     batches: list[int] = []
     engine._observe = lambda event, **v: batches.append(v["rows"])
@@ -805,6 +807,37 @@ def test_requests_are_answered_in_the_order_they_came(minilm):
     for text, got in zip(texts, results):
         np.testing.assert_allclose(got, minilm.encode([text]), atol=1e-6)
     assert engine.queued == 0
+
+
+def test_short_texts_are_not_padded_to_the_length_of_long_ones(minilm):
+    """Requests of one text each, alternating short (a few tokens) and long (over 60), batches of 4 rows: the
+    oldest request's batch takes the newer short texts and leaves the long ones for the next batch, so no short
+    text is padded to a long one's length; each group keeps the order the requests came in."""
+    from embedhub.serve import Engine
+
+    engine = Engine(minilm, max_batch_size=4, name="m")
+    stages = minilm.stages()
+    texts = ["a dog.", " ".join(["the long sentence goes on"] * 12), "a cat.",
+             " ".join(["another long one"] * 20), "a bird.", " ".join(["and a third long sentence"] * 13)]
+    lengths = [stages.cost(x) for x in stages.prepare(texts)]
+    assert min(lengths[1::2]) - max(lengths[::2]) > 32, lengths
+    done: list[int] = []
+    padded: list[int] = []
+    engine._observe = lambda event, **v: padded.append(v["padded_tokens"])
+
+    async def one(i: int, text: str):
+        out = await engine.embed(stages, stages.prepare([text]))
+        done.append(i)
+        return out
+
+    async def submit():
+        return [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
+
+    results = in_one_window(engine, submit)
+    assert set(done[:3]) == {0, 2, 4} and set(done[3:]) == {1, 3, 5}, done
+    assert padded == [3 * max(lengths[::2]), 3 * max(lengths[1::2])], (padded, lengths)
+    for text, got in zip(texts, results):
+        np.testing.assert_allclose(got, minilm.encode([text]), atol=1e-6)
 
 
 def test_a_large_request_is_cut_into_batches_of_similar_lengths(minilm):
@@ -830,26 +863,42 @@ def test_a_large_request_is_cut_into_batches_of_similar_lengths(minilm):
     np.testing.assert_allclose(got, minilm.encode(texts), atol=1e-6)
 
 
-def test_first_come_batch_takes_requests_in_order_within_the_bounds():
-    """Random windows: the batch is the longest prefix of the items ordered by request (oldest first), then by
-    length (longest first), that keeps the row and padded-token bounds (at least one item)."""
-    from embedhub.modules.batching import first_come_batch
+def test_first_come_batch_serves_the_oldest_request_then_similar_lengths_in_order():
+    """Random windows: the batch keeps the row and padded-token bounds; it starts with the oldest request's items,
+    longest first, cut as ``plan_batches`` cuts them; each later item, in the order of the requests, joined
+    without padding any row much (no longer than the batch's longest and similar to it, or longer and the
+    shortest row similar to it); and no item left out could join the batch."""
+    from embedhub.modules.batching import first_come_batch, plan_batches, similar
 
     rng = np.random.default_rng(0)
     for _ in range(500):
         n, size = int(rng.integers(1, 60)), int(rng.integers(1, 20))
-        lengths = rng.integers(1, 300, size=n)
+        lengths = rng.integers(1, 300, size=n) if rng.random() < 0.7 else rng.choice([8, 12, 200, 230], size=n)
         requests = np.sort(rng.integers(0, int(rng.integers(1, n + 1)), size=n))
         budget = None if rng.random() < 0.3 else int(rng.integers(1, 3000))
         got = first_come_batch(lengths, requests, size, budget).tolist()
-        order = sorted(range(n), key=lambda i: (requests[i], -lengths[i], i))
+        case = (lengths.tolist(), requests.tolist(), size, budget, got)
 
         def fits(rows: list[int], size=size, budget=budget, lengths=lengths) -> bool:
             return len(rows) <= size and (budget is None or len(rows) * lengths[rows].max() <= budget)
 
-        assert got == order[:len(got)] and len(got) >= 1, (lengths.tolist(), requests.tolist(), size, budget)
-        assert len(got) == 1 or fits(got)
-        assert len(got) == n or not fits(order[:len(got) + 1])
+        def joins(i: int, rows: list[int], lengths=lengths) -> bool:
+            m, lo, hi = int(lengths[i]), int(lengths[rows].min()), int(lengths[rows].max())
+            return similar(hi, m) if m <= hi else similar(m, lo)
+
+        assert len(got) >= 1 and (len(got) == 1 or fits(got)), case
+        oldest = np.flatnonzero(requests == requests.min())
+        first = oldest[plan_batches(lengths[oldest], size, budget)[0]].tolist()
+        assert got[:len(first)] == first, case
+        later = got[len(first):]
+        if len(first) < len(oldest):  # the oldest request fills the batch
+            assert not later, case
+            continue
+        assert [requests[i] for i in later] == sorted(requests[i] for i in later), case
+        for k, i in enumerate(later):
+            assert joins(i, got[:len(first) + k]), (case, i)
+        for i in sorted(set(range(n)) - set(got)):
+            assert not (fits([*got, i]) and joins(i, got)), (case, i)
 
 
 def test_a_failing_batch_fails_every_request_of_its_window(minilm):

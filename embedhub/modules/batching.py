@@ -70,27 +70,57 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = 
     return batches
 
 
+#: a row of ``n`` tokens in a batch padded to ``top`` is padded little when ``top`` is at most twice ``n``, or at most
+#: this many tokens more (so short texts always share a batch: their padding costs little); see
+#: :func:`first_come_batch`
+SIMILAR_TOKENS = 32
+
+
+def similar(top: int, n: int) -> bool:
+    """Whether a row of ``n`` tokens padded to ``top`` is padded little (:data:`SIMILAR_TOKENS`).
+
+    >>> similar(60, 30), similar(40, 9), similar(200, 12)
+    (True, True, False)
+    """
+    return top <= 2 * n or top - n <= SIMILAR_TOKENS
+
+
 def first_come_batch(lengths: np.ndarray, requests: np.ndarray, batch_size: int,
                      max_tokens: int | None = None) -> np.ndarray:
-    """Indices of the next batch when requests are served in the order they came: the items of the oldest
-    request (``requests[i]``: the arrival rank of item ``i``'s request, smaller is older), longest first, then
-    those of the next requests in turn, each request's longest first, while the batch keeps within the bounds of
-    :func:`plan_batches`. It stops at the first item that does not fit, so no request is passed over; a
-    request larger than a batch runs in batches of its own, cut from its items sorted by length.
+    """Indices of the next batch when requests are served in the order they came: the items of the oldest request
+    (``requests[i]``: the arrival rank of item ``i``'s request, smaller is older), longest first and cut as
+    :func:`plan_batches` cuts them; then the items of the next requests in turn, each request's longest first,
+    that keep the batch within the bounds of :func:`plan_batches` and pad no row much because they joined
+    (:func:`similar`: an item no longer than the batch's longest is :func:`similar` to it; a longer one keeps
+    the shortest row :func:`similar`). So no request waits while a newer one of a similar length runs ahead of
+    it, and a short text is not padded to a long one's length.
 
     >>> first_come_batch(np.array([5, 9, 1, 5, 7]), np.array([0, 0, 1, 2, 2]), 3).tolist()
     [1, 0, 2]
+    >>> first_come_batch(np.array([200, 10, 180, 12]), np.array([0, 1, 2, 3]), 8).tolist()   # 10, 12 wait
+    [0, 2]
+    >>> first_come_batch(np.array([150, 3, 90, 300]), np.array([0, 0, 1, 2]), 8).tolist()   # 300 would pad 3
+    [0, 1, 2]
     """
     batch_size, max_tokens = check_batching(batch_size, max_tokens)
-    lengths = np.asarray(lengths)
-    order = np.lexsort((-lengths, np.asarray(requests)))  # by request, then longest first (stable)
-    longest, taken = 0, 0
+    lengths, requests = np.asarray(lengths), np.asarray(requests)
+    order = np.lexsort((-lengths, requests))  # by request, then longest first (stable)
+    oldest = requests[order[0]]
+    chosen: list[int] = []
+    lo = hi = int(lengths[order[0]])
     for i in order:
-        longest = max(longest, int(lengths[i]))
-        if taken and taken + 1 > _rows(longest, batch_size, max_tokens):
+        n = int(lengths[i])
+        fits = len(chosen) < _rows(max(hi, n), batch_size, max_tokens)
+        if requests[i] == oldest:
+            if chosen and not fits:
+                break  # the rest of the oldest request runs in batches of its own
+        elif not fits or not (similar(hi, n) if n <= hi else similar(n, lo)):
+            continue
+        chosen.append(i)
+        lo, hi = min(lo, n), max(hi, n)
+        if len(chosen) == batch_size:
             break
-        taken += 1
-    return order[:taken]
+    return np.asarray(chosen, dtype=order.dtype)
 
 
 def _rows(longest: Any, batch_size: int, max_tokens: int | None) -> int:

@@ -99,7 +99,8 @@ class Engine:
     would go beyond either is refused with :class:`Overloaded`, unless the queue is empty (one request larger
     than the queue still runs alone); so the latency of an accepted request stays bounded under overload.
     ``window``: queued items taken at a time to cut the next batch from (default: 4 batches' rows); requests
-    are answered in the order they came, and a request larger than a batch is cut by length, a window at a time.
+    are answered in the order they came (short texts apart from long ones), and a request larger than a batch is
+    cut by length, a window at a time.
     ``observe(event, **values)`` receives ``"batch"`` events (rows, padded_tokens, requests, seconds).
     """
 
@@ -293,10 +294,10 @@ class Engine:
 
     def _run_window(self, items: list[_Item], popped: list[_Item]) -> None:
         """Run the next batch of the window: the oldest request's items (longest first), then the next requests'
-        in the order they came, within the batch bounds (:func:`~embedhub.modules.batching.first_come_batch`);
-        the rest goes back to the front of the queue in its order. So requests are answered in the order they
-        came (no request waits while newer ones run ahead of it), and a large request is cut into batches of
-        similar lengths."""
+        of similar lengths in the order they came, within the batch bounds
+        (:func:`~embedhub.modules.batching.first_come_batch`); the rest goes back to the front of the queue in
+        its order. So no request waits while newer ones of a similar length run ahead of it, a short text is not
+        padded to a long one's length, and a large request is cut into batches of similar lengths."""
         if not items:
             self._put_back(popped, ())
             return
