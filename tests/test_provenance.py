@@ -290,6 +290,21 @@ def test_parquet_round_trip_with_metadata(tiny, tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["emb.parquet"]  # no temporary file left
 
 
+def test_a_process_that_read_parquet_embeddings_exits_cleanly(minilm_path, tmp_path):
+    """Reading a parquet file of embeddings, then exiting: status 0 in each of 12 processes (pyarrow 26 reading a
+    Python file object with its I/O thread pre-buffering aborted about half of such processes at exit: "terminate
+    called without an active exception")."""
+    import subprocess
+    import sys
+
+    model = embedhub.load(minilm_path, device="cpu")
+    out = write_embeddings(tmp_path / "emb.parquet", model.encode(TEXTS[:2]), model.fingerprint)
+    code = f"import embedhub; assert len(embedhub.read_embeddings({str(out)!r})) == 2"
+    statuses = [subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=120).returncode for _ in range(12)]  # one after the other: aborts more often
+    assert statuses == [0] * 12, statuses
+
+
 def test_other_fingerprint_is_refused_naming_both(tiny, other_st_dir, tmp_path):
     model, emb = tiny
     other = embedhub.load(other_st_dir, device="cpu").fingerprint

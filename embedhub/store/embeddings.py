@@ -497,7 +497,8 @@ def _read_parquet(path: Path) -> StoredEmbeddings:
 
     try:
         with _open_regular(path, "embeddings file") as fh:
-            table = pq.read_table(fh)
+            # not pre-buffered: pyarrow's I/O thread on a Python file can abort the process at exit (pyarrow 26)
+            table = pq.read_table(fh, pre_buffer=False)
     except OSError as exc:  # pyarrow's ArrowInvalid for a file that is not parquet is a ValueError
         raise EmbeddingsFileError(f"cannot read {path}: {exc.strerror or exc}", path=path) from exc
     except (pa.ArrowException, ValueError) as exc:

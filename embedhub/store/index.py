@@ -613,7 +613,7 @@ def _read_ids(path: Path) -> tuple[Fingerprint, dict[str, Any] | None, list[Any]
                 raise bad("no embedhub fingerprint in its metadata; not the ids of an embedhub index")
             fingerprint = Fingerprint.from_json(meta[PARQUET_KEY], path=path)  # before any row is read
             fh.seek(0)
-            table = pq.read_table(fh, columns=["id"])
+            table = pq.read_table(fh, columns=["id"], pre_buffer=False)  # see embeddings._read_parquet
     except (EmbeddingsFileError, ProvenanceError):
         raise
     except OSError as exc:
