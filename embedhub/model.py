@@ -856,11 +856,17 @@ class EncodeStages:
                                           truncate_dim=truncate_dim, normalize=normalize)
 
     def prepare(self, items: Sequence[Any], *, max_image_pixels: int = MAX_IMAGE_PIXELS) -> list[Any]:
-        """Token ids of texts (prompt, special tokens, truncation: as ``encode``), or decoded RGB images;
-        an :class:`InputError` names ``inputs[i]``."""
+        """Token ids of texts (prompt, special tokens, truncation: as ``encode``), or decoded RGB images that the
+        preprocessor can resize; an :class:`InputError` names ``inputs[i]`` (so :meth:`run` does not fail on an
+        item)."""
         items = list(items)
         if self.modality == "image":
-            return [load_image(x, i, max_pixels=max_image_pixels) for i, x in enumerate(items)]
+            images = [load_image(x, i, max_pixels=max_image_pixels) for i, x in enumerate(items)]
+            check = getattr(self._pre, "check", None)
+            for i, img in enumerate(images):  # what run's preprocessor would refuse (an extreme aspect ratio)
+                if check is not None:
+                    check(img, i)
+            return images
         for i, x in enumerate(items):
             if modality_of(x, i) != "text":
                 raise ModalityError(f"inputs[{i}] is not a text", index=i)

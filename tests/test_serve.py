@@ -1281,3 +1281,24 @@ def test_stalled_bodies_get_408_and_image_urls_reach_public_hosts_only(minilm, c
             "model": "clip", "modality": "image", "input": [f"{url}/health"]})  # the server itself
         assert_openai_error(resp, 400, "not a public address")
         assert post(url, {"model": "m", "input": "still here"}, key=None).status_code == 200
+
+
+def test_an_image_its_preprocessor_cannot_resize_is_a_422_and_the_engine_keeps_working(clip_model, photos):
+    """An image of extreme aspect ratio (70000 x 1: few pixels, but resizing its shortest side would make
+    hundreds of megapixels) is refused while it is decoded, as a 422 naming the item, not on the model thread,
+    where it would fail the engine for every request."""
+    from PIL import Image
+
+    from embedhub.serve import create_app
+
+    thin = png_bytes(Image.new("RGB", (70000, 1), (120, 30, 200)))
+    photo = data_uri(png_bytes(photos[0]))
+    with running(create_app({"clip": clip_model})) as url:
+        refused = httpx.post(f"{url}/v1/embeddings", json={"model": "clip", "modality": "image",
+                                                           "input": [photo, data_uri(thin)]}, timeout=60)
+        assert refused.status_code == 422 and "input[1]" in refused.json()["error"]["message"], refused.text
+        assert httpx.get(f"{url}/health", timeout=10).status_code == 200
+        ok = httpx.post(f"{url}/v1/embeddings", json={"model": "clip", "modality": "image",
+                                                      "input": [photo]}, timeout=60)
+        assert ok.status_code == 200
+
