@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 pytest.importorskip("fastapi", reason="pip install 'embedhub[serve]'")
 pytest.importorskip("uvicorn", reason="pip install 'embedhub[serve]'")
@@ -1302,3 +1303,105 @@ def test_an_image_its_preprocessor_cannot_resize_is_a_422_and_the_engine_keeps_w
                                                       "input": [photo]}, timeout=60)
         assert ok.status_code == 200
 
+
+def test_batches_full_by_the_token_budget_are_timed_so_the_queue_stays_bounded_in_time(minilm):
+    """Texts so long that the token budget stops a batch before 16 rows (here 2048 tokens, ~200-token texts: 10
+    rows; a 512-token model at 4096 alike) still give the engine its rate, so ``max_wait`` refuses beyond it."""
+    from embedhub.serve import Engine, Overloaded
+
+    engine = Engine(minilm, max_batch_tokens=2048, max_wait=0.05, name="m").start()
+    stages = minilm.stages()
+    prepared = stages.prepare(sentences(40, seed=5, lengths=(150,)))
+    assert max(map(len, prepared)) * 16 > 2048
+
+    async def main():
+        await engine.embed(stages, prepared[:20])  # two batches, each full by tokens
+        assert engine._rate.get("text", 0) > 0
+        gate = threading.Event()
+        blocker = asyncio.ensure_future(engine.call(gate.wait))
+        await asyncio.sleep(0.1)
+        waiting = asyncio.ensure_future(engine.embed(stages, prepared))
+        await asyncio.sleep(0.1)
+        assert engine.queued_seconds > 0.05
+        with pytest.raises(Overloaded):
+            await engine.embed(stages, prepared[:1])
+        gate.set()
+        await blocker
+        await waiting
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.stop()
+
+
+def test_a_request_cancelled_after_the_engine_failed_leaves_the_queue_count_at_zero(minilm):
+    """The model thread fails while a request waits; its client goes before the failure reaches it: the queue
+    count stays 0 (the failure emptied the queue), never negative."""
+    from embedhub.serve import Engine
+
+    engine = Engine(minilm, max_batch_size=1, name="m").start()
+    stages = minilm.stages()
+    real_run = stages.run
+
+    def fails(items):
+        raise RuntimeError("device lost")
+
+    stages.run = fails
+
+    async def main():
+        first = asyncio.ensure_future(engine.embed(stages, stages.prepare(["a"])))
+        second = asyncio.ensure_future(engine.embed(stages, stages.prepare(["b", "c", "d"])))
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        time.sleep(0.3)  # the event loop is busy while the model thread fails
+        second.cancel()
+        await asyncio.gather(first, second, return_exceptions=True)
+
+    try:
+        asyncio.run(main())
+    finally:
+        stages.run = real_run
+        engine.stop(5)
+    assert not engine.healthy and engine.queued == 0 and engine.in_flight == 0
+
+
+def test_a_request_larger_than_the_window_is_cut_by_length_as_encode_cuts_it():
+    """A request of more items than the engine's window (2048 > 4 x 256) is taken whole, so its batches are
+    plan_batches' (encode's), not a window's at a time, which padded short texts to long ones."""
+    from embedhub.modules.batching import plan_batches
+    from embedhub.serve import Engine
+
+    class Model:
+        embed_dim = 2
+        device = torch.device("cpu")
+
+    class Stages:
+        modality, key = "text", ("text", None, None)
+        batches: list = []
+
+        def cost(self, x):
+            return x
+
+        def run(self, items):
+            self.batches.append(sorted(items, reverse=True))
+            return torch.zeros(len(items), 2)
+
+        def finish(self, emb, **kw):
+            return emb.numpy()
+
+    lengths = [int(x) for x in np.random.default_rng(0).choice([4, 16, 64, 128, 256], size=2048)]
+    engine = Engine(Model(), max_batch_tokens=4096, max_wait=None).start()
+    stages = Stages()
+    try:
+        asyncio.run(engine.embed(stages, lengths))
+    finally:
+        engine.stop()
+    planned = [sorted((lengths[i] for i in b), reverse=True) for b in plan_batches(np.array(lengths), 256, 4096)]
+    assert stages.batches == planned
+
+
+def test_first_come_batch_of_no_items_is_empty():
+    from embedhub.modules.batching import first_come_batch
+
+    assert first_come_batch(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 4, 10).tolist() == []

@@ -104,6 +104,8 @@ def first_come_batch(lengths: np.ndarray, requests: np.ndarray, batch_size: int,
     """
     batch_size, max_tokens = check_batching(batch_size, max_tokens)
     lengths, requests = np.asarray(lengths), np.asarray(requests)
+    if not len(lengths):
+        return np.zeros(0, dtype=np.int64)
     order = np.lexsort((-lengths, requests))  # by request, then longest first (stable)
     oldest = requests[order[0]]
     chosen: list[int] = []

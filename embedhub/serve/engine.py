@@ -98,9 +98,9 @@ class Engine:
     so far; before the first, only ``max_queue`` applies. A request that
     would go beyond either is refused with :class:`Overloaded`, unless the queue is empty (one request larger
     than the queue still runs alone); so the latency of an accepted request stays bounded under overload.
-    ``window``: queued items taken at a time to cut the next batch from (default: 4 batches' rows); requests
-    are answered in the order they came (short texts apart from long ones), and a request larger than a batch is
-    cut by length, a window at a time.
+    ``window``: queued items taken at a time to cut the next batch from (default: 4 batches' rows; the oldest
+    request's items are always taken whole); requests are answered in the order they came (short texts apart
+    from long ones), and a request larger than a batch is cut by length as ``encode`` cuts it.
     ``observe(event, **values)`` receives ``"batch"`` events (rows, padded_tokens, requests, seconds).
     """
 
@@ -257,10 +257,10 @@ class Engine:
                 self._queue.popleft()
                 return first
             key, taken, popped = first.job.stages.key, [], []
-            while self._queue and len(taken) < self.window:
+            while self._queue:
                 item = self._queue[0]
-                if isinstance(item, _Call):
-                    break
+                if isinstance(item, _Call) or (len(taken) >= self.window and item.job is not first.job):
+                    break  # the oldest request is taken whole, so it is cut by length as encode cuts it
                 self._queue.popleft()
                 if item.job.cancelled:  # counted off when it was cancelled
                     continue
@@ -353,11 +353,15 @@ class Engine:
             seconds = time.perf_counter() - start
             jobs = {it.job for it in batch}
             cost = sum(it.cost for it in batch)
-            if len(batch) >= min(16, self.max_batch_size):  # the rate of full batches, as a long queue runs them
+            longest = max(it.cost for it in batch)
+            full = min(16, self.max_batch_size)
+            if stages.modality == "text":  # full by the token budget too (long texts: fewer than 16 rows fit)
+                full = min(full, max(1, self.max_batch_tokens // max(longest, 1)))
+            if len(batch) >= full:  # the rate of full batches, as a long queue runs them
                 rate = cost / max(seconds, 1e-6)
                 old = self._rate.get(stages.modality)
                 self._rate[stages.modality] = rate if old is None else 0.7 * old + 0.3 * rate
-            self._observe("batch", rows=len(batch), padded_tokens=len(batch) * max(it.cost for it in batch),
+            self._observe("batch", rows=len(batch), padded_tokens=len(batch) * longest,
                           requests=len(jobs), seconds=seconds)
             self._ran(rows)
             finished = stages.finish(emb) if any(not it.job.finish for it in batch) else None
@@ -377,6 +381,9 @@ class Engine:
             self.failure = reason
             waiting, self._queue = list(self._queue), deque()
             self._queued, self._queued_seconds = 0, 0.0
+            for w in waiting:  # counted off here: a request cancelled before its failure arrives subtracts nothing
+                if isinstance(w, _Item):
+                    w.job.queued, w.job.queued_seconds = 0, 0.0
         error = EngineFailed(reason)
         owners = {w.job if isinstance(w, _Item) else w for w in waiting}  # jobs and calls: each answered once
         for owner in owners:
