@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import concurrent.futures
 import contextlib
 import io
 import json
@@ -1405,3 +1406,35 @@ def test_first_come_batch_of_no_items_is_empty():
     from embedhub.modules.batching import first_come_batch
 
     assert first_come_batch(np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), 4, 10).tolist() == []
+
+
+def test_large_bodies_are_parsed_one_at_a_time(minilm, monkeypatch):
+    """Parsing holds the interpreter's lock and a body's objects can take 20x its bytes: concurrent large bodies
+    are parsed one after another (peak memory of one parse), each still answered."""
+    import embedhub.serve.app as serve_app
+    from embedhub.serve import create_app
+
+    real, state = serve_app._loads, {"now": 0, "most": 0}
+    lock = threading.Lock()
+
+    def counting(body):
+        with lock:
+            state["now"] += 1
+            state["most"] = max(state["most"], state["now"])
+        try:
+            time.sleep(0.05)
+            return real(body)
+        finally:
+            with lock:
+                state["now"] -= 1
+
+    monkeypatch.setattr(serve_app, "_loads", counting)
+    body = json.dumps({"model": "m", "input": [[]] * 200_000}).encode()  # over the offload size: a worker parses
+    with running(create_app({"m": minilm})) as url:
+        def post(_):
+            return httpx.post(f"{url}/v1/embeddings", content=body, timeout=60,
+                              headers={"content-type": "application/json"}).status_code
+
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            codes = list(pool.map(post, range(6)))
+    assert codes == [400] * 6 and state["most"] == 1

@@ -40,6 +40,9 @@ log = logging.getLogger("embedhub.serve")
 
 #: bodies (and responses) larger than this are parsed (and written) on a worker thread, off the event loop
 _OFFLOAD_BYTES = 256 << 10
+#: large bodies are parsed one at a time: parsing holds the interpreter's lock, so parsing several at once is no
+#: quicker, and a body's parsed objects can take 20x its bytes (8 MiB of ``[],`` is 2.8 million lists)
+_PARSER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedhub-parse")
 #: the fingerprint id of the vectors of a response
 FINGERPRINT_HEADER = "X-Embedhub-Fingerprint"
 _DATA_URI = re.compile(r"^data:(image/[A-Za-z0-9.+-]+)?(;[A-Za-z0-9=.+-]+)*;base64,", re.IGNORECASE)
@@ -233,7 +236,7 @@ async def read_json(request: Any, limit: int, timeout: float = 30.0) -> dict[str
         raise APIError(499, "The client closed the request", code="client_closed") from None
     try:
         if len(body) > _OFFLOAD_BYTES:
-            data = await asyncio.get_running_loop().run_in_executor(None, _loads, bytes(body))
+            data = await asyncio.get_running_loop().run_in_executor(_PARSER, _loads, bytes(body))
         else:
             data = _loads(bytes(body))
     except (ValueError, RecursionError) as exc:
