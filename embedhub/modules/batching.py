@@ -92,8 +92,8 @@ def first_come_batch(lengths: np.ndarray, requests: np.ndarray, batch_size: int,
     :func:`plan_batches` cuts them; then the items of the next requests in turn, each request's longest first,
     that keep the batch within the bounds of :func:`plan_batches` and pad no row much because they joined
     (:func:`similar`: an item no longer than the batch's longest is :func:`similar` to it; a longer one keeps
-    the shortest row :func:`similar`). So no request waits while a newer one of a similar length runs ahead of
-    it, and a short text is not padded to a long one's length.
+    the shortest row :func:`similar`). So a newer request runs ahead of an older one only where the older one's
+    items would pad a row much (or not fit), and a short text is not padded to a long one's length.
 
     >>> first_come_batch(np.array([5, 9, 1, 5, 7]), np.array([0, 0, 1, 2, 2]), 3).tolist()
     [1, 0, 2]

@@ -296,8 +296,9 @@ class Engine:
         """Run the next batch of the window: the oldest request's items (longest first), then the next requests'
         of similar lengths in the order they came, within the batch bounds
         (:func:`~embedhub.modules.batching.first_come_batch`); the rest goes back to the front of the queue in
-        its order. So no request waits while newer ones of a similar length run ahead of it, a short text is not
-        padded to a long one's length, and a large request is cut into batches of similar lengths."""
+        its order. So a newer request runs ahead of an older one only where the older one's items would pad a row
+        much (or not fit), a short text is not padded to a long one's length, and a large request is cut into
+        batches of similar lengths."""
         if not items:
             self._put_back(popped, ())
             return
