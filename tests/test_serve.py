@@ -750,6 +750,24 @@ def in_one_window(engine, submit, *, return_exceptions: bool = False) -> list:
         engine.stop(5)
 
 
+def one_text_each(engine, stages, texts: list[str]) -> tuple[list, list[int], list[dict]]:
+    """Send each of ``texts`` as its own request, all in one window (:func:`in_one_window`): their results in
+    order, the indices of the requests in the order they were answered, and the engine's batch events."""
+    done: list[int] = []
+    batches: list[dict] = []
+    engine._observe = lambda event, **v: batches.append(v)
+
+    async def one(i: int, text: str):
+        out = await engine.embed(stages, stages.prepare([text]))
+        done.append(i)
+        return out
+
+    async def submit():
+        return [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
+
+    return in_one_window(engine, submit), done, batches
+
+
 def test_engine_finishes_each_request_of_a_batch_with_its_own_width(minilm):
     """One batch holds requests at the model's defaults (finished for the whole batch on the model thread) and at
     truncated widths: each request's rows equal encode's with its own settings; a width above the model's fails
@@ -792,20 +810,9 @@ def test_requests_are_answered_in_the_order_they_came(minilm):
              "a cat.", " ".join(["and a third long sentence"] * 4), "a bird."]
     lengths = [stages.cost(x) for x in stages.prepare(texts)]
     assert max(lengths) - min(lengths) <= 32 and max(lengths) > 2 * min(lengths), lengths
-    done: list[int] = []
-    batches: list[int] = []
-    engine._observe = lambda event, **v: batches.append(v["rows"])
-
-    async def one(i: int, text: str):
-        out = await engine.embed(stages, stages.prepare([text]))
-        done.append(i)
-        return out
-
-    async def submit():
-        return [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
-
-    results = in_one_window(engine, submit)
-    assert batches == [2, 2, 2] and [set(done[k:k + 2]) for k in (0, 2, 4)] == [{0, 1}, {2, 3}, {4, 5}], done
+    results, done, batches = one_text_each(engine, stages, texts)
+    assert [b["rows"] for b in batches] == [2, 2, 2], batches
+    assert [set(done[k:k + 2]) for k in (0, 2, 4)] == [{0, 1}, {2, 3}, {4, 5}], done
     for text, got in zip(texts, results):
         np.testing.assert_allclose(got, minilm.encode([text]), atol=1e-6)
     assert engine.queued == 0
@@ -823,20 +830,9 @@ def test_short_texts_are_not_padded_to_the_length_of_long_ones(minilm):
              " ".join(["another long one"] * 20), "a bird.", " ".join(["and a third long sentence"] * 13)]
     lengths = [stages.cost(x) for x in stages.prepare(texts)]
     assert min(lengths[1::2]) - max(lengths[::2]) > 32, lengths
-    done: list[int] = []
-    padded: list[int] = []
-    engine._observe = lambda event, **v: padded.append(v["padded_tokens"])
-
-    async def one(i: int, text: str):
-        out = await engine.embed(stages, stages.prepare([text]))
-        done.append(i)
-        return out
-
-    async def submit():
-        return [asyncio.ensure_future(one(i, t)) for i, t in enumerate(texts)]
-
-    results = in_one_window(engine, submit)
+    results, done, batches = one_text_each(engine, stages, texts)
     assert set(done[:3]) == {0, 2, 4} and set(done[3:]) == {1, 3, 5}, done
+    padded = [b["padded_tokens"] for b in batches]
     assert padded == [3 * max(lengths[::2]), 3 * max(lengths[1::2])], (padded, lengths)
     for text, got in zip(texts, results):
         np.testing.assert_allclose(got, minilm.encode([text]), atol=1e-6)
