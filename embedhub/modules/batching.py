@@ -64,7 +64,7 @@ def plan_batches(lengths: np.ndarray, batch_size: int, max_tokens: int | None = 
     start = 0
     n = len(order)
     while start < n:
-        stop = min(start + _rows(lengths[order[start]], batch_size, max_tokens), n)  # sorted: the first is longest
+        stop = min(start + batch_rows(lengths[order[start]], batch_size, max_tokens), n)  # sorted: the first is longest
         batches.append(order[start:stop])
         start = stop
     return batches
@@ -112,7 +112,7 @@ def first_come_batch(lengths: np.ndarray, requests: np.ndarray, batch_size: int,
     lo = hi = int(lengths[order[0]])
     for i in order:
         n = int(lengths[i])
-        fits = len(chosen) < _rows(max(hi, n), batch_size, max_tokens)
+        fits = len(chosen) < batch_rows(max(hi, n), batch_size, max_tokens)
         if requests[i] == oldest:
             if chosen and not fits:
                 break  # the rest of the oldest request runs in batches of its own
@@ -125,7 +125,7 @@ def first_come_batch(lengths: np.ndarray, requests: np.ndarray, batch_size: int,
     return np.asarray(chosen, dtype=order.dtype)
 
 
-def _rows(longest: Any, batch_size: int, max_tokens: int | None) -> int:
+def batch_rows(longest: Any, batch_size: int, max_tokens: int | None) -> int:
     """Rows a batch whose longest row is ``longest`` tokens may hold: ``batch_size``, fewer when ``max_tokens``
     padded tokens would be exceeded (always at least one)."""
     if max_tokens is None:

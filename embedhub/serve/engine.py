@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from embedhub.errors import ArgumentError
-from embedhub.modules.batching import check_positive_int, first_come_batch
+from embedhub.modules.batching import batch_rows, check_positive_int, first_come_batch
 
 #: padded tokens per text batch on a CPU: a batch that outgrows the caches runs fewer texts per second
 #: (all-MiniLM-L6-v2, 2 cores, 206-token texts: 32.0 texts/s at 16 per batch, 26.3 at 64; benchmarks/model_rate.py)
@@ -355,9 +355,9 @@ class Engine:
             jobs = {it.job for it in batch}
             cost = sum(it.cost for it in batch)
             longest = max(it.cost for it in batch)
-            full = min(16, self.max_batch_size)
-            if stages.modality == "text":  # full by the token budget too (long texts: fewer than 16 rows fit)
-                full = min(full, max(1, self.max_batch_tokens // max(longest, 1)))
+            # full by the token budget too (long texts: fewer than 16 rows fit)
+            full = batch_rows(longest, min(16, self.max_batch_size),
+                              self.max_batch_tokens if stages.modality == "text" else None)
             if len(batch) >= full:  # the rate of full batches, as a long queue runs them
                 rate = cost / max(seconds, 1e-6)
                 old = self._rate.get(stages.modality)
