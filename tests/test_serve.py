@@ -984,6 +984,26 @@ def test_cancelled_requests_stop_counting_against_the_queue_at_once(minilm):
     assert engine.queued == 0
 
 
+def fake_dns(monkeypatch, answers: dict) -> list[str]:
+    """Make ``socket.getaddrinfo`` answer the names of ``answers`` (each an address, a list of them, or a function
+    of how many times the name was looked up, from 1, giving them) and every other name as before; the list of
+    the names of ``answers`` looked up, in order, is returned and grows as they are."""
+    real_getaddrinfo = socket.getaddrinfo
+    asked: list[str] = []
+
+    def resolve(host, *args, **kwargs):
+        if host not in answers:
+            return real_getaddrinfo(host, *args, **kwargs)
+        asked.append(host)
+        found = answers[host]
+        found = found(asked.count(host)) if callable(found) else found
+        return [(socket.AF_INET6 if ":" in a else socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "",
+                 (a, args[0] if args else 80)) for a in ([found] if isinstance(found, str) else found)]
+
+    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    return asked
+
+
 def tls_for(name: str, folder: Path) -> tuple[Path, Path, Path]:
     """A certificate authority and a server certificate for ``name`` signed by it, written to ``folder``:
     (CA certificate, server certificate, server key), PEM."""
@@ -1074,17 +1094,7 @@ def test_an_image_url_is_fetched_from_the_address_that_was_checked(scheme, clip_
         ca, cert, key = tls_for("images.test", tmp_path)
         tls = (cert, key)
         monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the test CA is the only one trusted
-    real_getaddrinfo = socket.getaddrinfo
-    asked: list[str] = []
-
-    def rebinding(host, *args, **kwargs):
-        if host != "images.test":
-            return real_getaddrinfo(host, *args, **kwargs)
-        asked.append(host)
-        address = "127.0.0.1" if len(asked) == 1 else "127.0.0.2"
-        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, args[0] if args else 80))]
-
-    monkeypatch.setattr(socket, "getaddrinfo", rebinding)
+    asked = fake_dns(monkeypatch, {"images.test": lambda k: "127.0.0.1" if k == 1 else "127.0.0.2"})  # rebinding
     monkeypatch.setattr(serve_app, "_fetchable", lambda address: str(address) == "127.0.0.1")
     with image_host(blob, tls) as (port, hosts, names), \
             running(create_app({"clip": clip_model}, limits=Limits(allow_image_urls=True))) as url:
@@ -1125,16 +1135,7 @@ def test_malformed_image_url_ports_and_uppercase_schemes_get_a_400(clip_model, m
     (schemes are case-insensitive), checked like any other. DNS answers are this machine's (no network here)."""
     from embedhub.serve import Limits, create_app
 
-    real_getaddrinfo = socket.getaddrinfo
-    answers = {"private.test": "10.0.0.7", "nat64.test": "64:ff9b::a00:7"}
-
-    def resolve(host, *args, **kwargs):
-        if host not in answers:
-            return real_getaddrinfo(host, *args, **kwargs)
-        family = socket.AF_INET6 if ":" in answers[host] else socket.AF_INET
-        return [(family, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (answers[host], 80))]
-
-    monkeypatch.setattr(socket, "getaddrinfo", resolve)
+    fake_dns(monkeypatch, {"private.test": "10.0.0.7", "nat64.test": "64:ff9b::a00:7"})
     with running(create_app({"clip": clip_model}, limits=Limits(allow_image_urls=True))) as url:
         def refused(image_url: str, *words: str) -> None:
             resp = httpx.post(f"{url}/v1/embeddings", timeout=30, json={
@@ -1197,17 +1198,7 @@ def test_an_image_url_is_fetched_from_the_next_checked_address_when_one_refuses(
     from embedhub.serve.app import _fetch
 
     blob = png_bytes(photos[0].resize((24, 20)))
-    real_getaddrinfo = socket.getaddrinfo
-    asked: list[str] = []
-
-    def two_addresses(host, *args, **kwargs):
-        if host != "images.test":
-            return real_getaddrinfo(host, *args, **kwargs)
-        asked.append(host)
-        return [(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "", (address, args[0]))
-                for address in ("127.0.0.3", "127.0.0.1")]
-
-    monkeypatch.setattr(socket, "getaddrinfo", two_addresses)
+    asked = fake_dns(monkeypatch, {"images.test": ["127.0.0.3", "127.0.0.1"]})
     monkeypatch.setattr(serve_app, "_fetchable", lambda address: str(address) in ("127.0.0.1", "127.0.0.3"))
     with image_host(blob) as (port, hosts, _):
         got = _fetch(f"http://images.test:{port}/cat.png", 0, Limits(allow_image_urls=True), time.monotonic() + 10)
