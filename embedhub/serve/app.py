@@ -347,11 +347,11 @@ def _public_host(url: str, index: int) -> list[str]:
                                    proto=socket.IPPROTO_TCP)
     except (OSError, UnicodeError):
         raise APIError(400, f"input[{index}]: the URL's host does not resolve", param="input") from None
-    for info in infos:
-        if not _fetchable(ipaddress.ip_address(info[4][0].split("%")[0])):
-            raise APIError(400, f"input[{index}]: the URL's host is not a public address; this server fetches "
-                           "public URLs only", param="input", code="image_url_refused")
-    return list(dict.fromkeys(info[4][0].split("%")[0] for info in infos))
+    addresses = list(dict.fromkeys(info[4][0].split("%")[0] for info in infos))  # without an IPv6 zone
+    if not all(_fetchable(ipaddress.ip_address(a)) for a in addresses):
+        raise APIError(400, f"input[{index}]: the URL's host is not a public address; this server fetches "
+                       "public URLs only", param="input", code="image_url_refused")
+    return addresses
 
 
 def _fetchable(address: Any) -> bool:
