@@ -863,8 +863,8 @@ class EncodeStages:
         if self.modality == "image":
             images = [load_image(x, i, max_pixels=max_image_pixels) for i, x in enumerate(items)]
             check = getattr(self._pre, "check", None)
-            for i, img in enumerate(images):  # what run's preprocessor would refuse (an extreme aspect ratio)
-                if check is not None:
+            if check is not None:  # what run's preprocessor would refuse (an extreme aspect ratio)
+                for i, img in enumerate(images):
                     check(img, i)
             return images
         for i, x in enumerate(items):
